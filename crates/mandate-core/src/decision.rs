@@ -1,0 +1,80 @@
+//! The one decision type: made by the PDP, enforced by the PEP, stored by audit.
+
+use crate::DecisionId;
+use serde::{Deserialize, Serialize};
+
+/// Allow or deny. There is no third value: anything undecided is `Deny`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    /// The call may proceed, subject to the decision's obligations.
+    Allow,
+    /// The call must not reach the upstream.
+    Deny,
+}
+
+impl Effect {
+    /// Lower-case name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+        }
+    }
+}
+
+/// Something the PEP must do for an `Allow` to stand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Obligation {
+    /// Hold the call until a human approves it.
+    Approval,
+    /// Remove these top-level fields from structured results.
+    Redact {
+        /// Field names to remove.
+        fields: Vec<String>,
+    },
+}
+
+/// A policy decision with everything needed to enforce and explain it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Unique id, shown to the agent on a denial and stored in audit.
+    pub id: DecisionId,
+    /// The effect.
+    pub effect: Effect,
+    /// Ids of the policies that determined the effect.
+    pub policies: Vec<String>,
+    /// Human-readable reasons (policy `@reason` annotations, or the error
+    /// that forced a deny).
+    pub reasons: Vec<String>,
+    /// Duties attached to an `Allow`.
+    pub obligations: Vec<Obligation>,
+    /// SHA-256 of the policy set that made the decision.
+    pub policy_hash: String,
+}
+
+impl Decision {
+    /// A deny produced outside policy evaluation (an error, an unknown tool,
+    /// a failed check). Fail-closed paths use this.
+    pub fn deny(reason: impl Into<String>, policy_hash: impl Into<String>) -> Self {
+        Self {
+            id: DecisionId::new(),
+            effect: Effect::Deny,
+            policies: Vec::new(),
+            reasons: vec![reason.into()],
+            obligations: Vec::new(),
+            policy_hash: policy_hash.into(),
+        }
+    }
+
+    /// Whether the call may proceed (possibly after obligations).
+    pub fn is_allow(&self) -> bool {
+        self.effect == Effect::Allow
+    }
+
+    /// Whether a human must approve the call first.
+    pub fn requires_approval(&self) -> bool {
+        self.is_allow() && self.obligations.contains(&Obligation::Approval)
+    }
+}

@@ -1,0 +1,24 @@
+//! Shared types of Mandate's trust pipeline. No I/O lives here.
+//!
+//! A tool call travels one road, and each step's output type is the only
+//! valid input to the next:
+//!
+//! ```text
+//! bearer token ─► authn ─► Principal ─► policy::decide ─► Decision ─► audit ─► forward
+//! ```
+//!
+//! [`Decision`] is the single type that flows unchanged from the policy
+//! decision point to the gateway (which enforces it) and to the audit
+//! record (which stores it).
+
+mod decision;
+mod ids;
+mod principal;
+mod record;
+mod tool;
+
+pub use decision::{Decision, Effect, Obligation};
+pub use ids::{CorrelationId, DecisionId};
+pub use principal::{Principal, Scope};
+pub use record::{AuditRecord, RecordKind, Subject, canonical_args_hash, write_canonical};
+pub use tool::{ToolCall, ToolClass, ToolName};

@@ -1,0 +1,115 @@
+//! The authenticated composite subject of a call.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// The composite subject proven by a verified token: the user (`sub`) and
+/// the agent acting for them (`act`), with the delegated scope, the task,
+/// the agent build and the Mandate session.
+///
+/// Only `mandate-authn` builds one from a verified token, so holding a
+/// `Principal` means a token was checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    /// Token issuer.
+    pub iss: String,
+    /// The delegating user.
+    pub sub: String,
+    /// The actor chain, outermost (the calling agent) first. Empty when the
+    /// token has no `act` claim.
+    pub act: Vec<String>,
+    /// Delegated scope.
+    pub scope: Scope,
+    /// The task the token was minted for.
+    pub task_id: Option<String>,
+    /// Hash of the agent build (model + system prompt + tool manifest).
+    pub build: Option<String>,
+    /// Mandate session (token `sid`).
+    pub sid: Option<String>,
+    /// Token id.
+    pub jti: Option<String>,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+}
+
+impl Principal {
+    /// The agent making the call, if the token names one.
+    pub fn agent(&self) -> Option<&str> {
+        self.act.first().map(String::as_str)
+    }
+
+    /// The Mandate session key: the token's `sid`, or, when absent, a key
+    /// derived from the subject pair and task so that two subjects can
+    /// never share session state (F-04).
+    pub fn session_key(&self) -> String {
+        match &self.sid {
+            Some(sid) => format!("sid:{sid}"),
+            None => format!(
+                "subj:{}|{}|{}",
+                self.sub,
+                self.act.join(">"),
+                self.task_id.as_deref().unwrap_or("")
+            ),
+        }
+    }
+
+    /// The identity a transport session is bound to: the subject pair and `sid`.
+    pub fn binding(&self) -> (String, Vec<String>, Option<String>) {
+        (self.sub.clone(), self.act.clone(), self.sid.clone())
+    }
+}
+
+/// A delegated scope: a set of tool patterns.
+///
+/// Each entry is `<upstream>.<tool>` (one tool) or `<upstream>.*` (every
+/// tool of one upstream). Entries of other forms (e.g. `openid`) are kept
+/// but never cover a tool call.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Scope(BTreeSet<String>);
+
+impl Scope {
+    /// Parses a space-separated OAuth `scope` string.
+    pub fn parse(s: &str) -> Self {
+        Self(s.split_ascii_whitespace().map(str::to_owned).collect())
+    }
+
+    /// Whether this scope covers a call to `tool` (`upstream.tool`).
+    pub fn covers(&self, tool: &str) -> bool {
+        if self.0.contains(tool) {
+            return true;
+        }
+        match tool.split_once('.') {
+            Some((upstream, _)) => self.0.contains(&format!("{upstream}.*")),
+            None => false,
+        }
+    }
+
+    /// The entries, sorted.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
+    }
+
+    /// The space-separated form.
+    pub fn to_oauth_string(&self) -> String {
+        self.0.iter().cloned().collect::<Vec<_>>().join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_covers_exact_and_upstream_wildcard_only() {
+        let s = Scope::parse("docs.search bank.* openid");
+        assert!(s.covers("docs.search"));
+        assert!(!s.covers("docs.delete"));
+        assert!(s.covers("bank.transfer"));
+        assert!(!s.covers("mail.send"));
+        assert!(!s.covers("openid"));
+        assert!(!Scope::parse("").covers("docs.search"));
+        // A wildcard never reaches across upstream names that share a prefix.
+        assert!(!Scope::parse("ban.*").covers("bank.transfer"));
+    }
+}

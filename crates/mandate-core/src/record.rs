@@ -1,0 +1,150 @@
+//! Audit records: one per decision and one per outcome of a call.
+
+use crate::{CorrelationId, Decision, Principal};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// What a record documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    /// A policy decision, written (durably) before any forwarding.
+    Decision,
+    /// What happened after an allowed call: the upstream's result or error.
+    Outcome,
+}
+
+impl RecordKind {
+    /// Stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Decision => "decision",
+            Self::Outcome => "outcome",
+        }
+    }
+}
+
+/// The composite subject as recorded: all five token fields plus session.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subject {
+    /// Delegating user (`sub`); empty when the request was unauthenticated.
+    pub sub: String,
+    /// Actor chain (`act`), outermost first.
+    pub act: Vec<String>,
+    /// Scope, space separated.
+    pub scope: String,
+    /// Task id.
+    pub task_id: Option<String>,
+    /// Build hash.
+    pub build: Option<String>,
+    /// Mandate session key.
+    pub session: String,
+}
+
+impl From<&Principal> for Subject {
+    fn from(p: &Principal) -> Self {
+        Self {
+            sub: p.sub.clone(),
+            act: p.act.clone(),
+            scope: p.scope.to_oauth_string(),
+            task_id: p.task_id.clone(),
+            build: p.build.clone(),
+            session: p.session_key(),
+        }
+    }
+}
+
+/// One audit record, before it is sequenced and chained by the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Record kind.
+    pub kind: RecordKind,
+    /// Unix time in milliseconds.
+    pub time_ms: i64,
+    /// The decision this record belongs to.
+    pub decision: Decision,
+    /// End-to-end correlation id.
+    pub correlation_id: CorrelationId,
+    /// Who.
+    pub subject: Subject,
+    /// Exposed tool name (`upstream.tool`), or the method for non-tool requests.
+    pub tool: String,
+    /// SHA-256 of the canonical arguments.
+    pub args_hash: String,
+    /// For outcome records: `ok`, `tool_error`, `upstream_error`,
+    /// `timeout`, `invalid_arguments`; `None` for decisions.
+    pub outcome: Option<String>,
+    /// Free-form detail (an error message, never a secret).
+    pub detail: Option<String>,
+}
+
+impl AuditRecord {
+    /// Current Unix time in milliseconds (0 if the clock is before 1970).
+    pub fn now_ms() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0)
+    }
+}
+
+/// SHA-256 (hex) over the canonical JSON form of the arguments: object keys
+/// sorted at every depth, no insignificant white space (the JCS ordering
+/// rule; numbers keep `serde_json`'s shortest round-trip form).
+pub fn canonical_args_hash(args: &serde_json::Map<String, serde_json::Value>) -> String {
+    let mut out = String::new();
+    write_canonical_object(args, &mut out);
+    hex::encode(Sha256::digest(out.as_bytes()))
+}
+
+/// Appends the canonical JSON of `value` to `out`.
+pub fn write_canonical(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::Object(map) => write_canonical_object(map, out),
+        serde_json::Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+fn write_canonical_object(map: &serde_json::Map<String, serde_json::Value>, out: &mut String) {
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort();
+    out.push('{');
+    for (i, key) in keys.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::Value::String(key.clone()).to_string());
+        out.push(':');
+        if let Some(v) = map.get(key) {
+            write_canonical(v, out);
+        }
+    }
+    out.push('}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_hash_ignores_key_order() {
+        let a: serde_json::Map<_, _> =
+            serde_json::from_str(r#"{"b":1,"a":{"y":2,"x":3}}"#).unwrap_or_default();
+        let b: serde_json::Map<_, _> =
+            serde_json::from_str(r#"{"a":{"x":3,"y":2},"b":1}"#).unwrap_or_default();
+        assert_eq!(canonical_args_hash(&a), canonical_args_hash(&b));
+        let c: serde_json::Map<_, _> =
+            serde_json::from_str(r#"{"a":{"x":3,"y":2},"b":2}"#).unwrap_or_default();
+        assert_ne!(canonical_args_hash(&a), canonical_args_hash(&c));
+    }
+}
