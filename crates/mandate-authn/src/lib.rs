@@ -1,1 +1,481 @@
-//! mandate-authn
+#![doc = include_str!("../README.md")]
+
+mod cache;
+mod claims;
+pub mod dev;
+mod error;
+mod jwks;
+
+pub use claims::MAX_ACTOR_DEPTH;
+pub use error::AuthnError;
+/// Re-exported so callers can name algorithms without depending on
+/// `jsonwebtoken` themselves.
+pub use jsonwebtoken::Algorithm;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use cache::{PrincipalCache, TokenHash};
+use claims::{Clock, RawClaims};
+use jwks::{IssuerKeys, VerifyKey};
+use mandate_core::Principal;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// Largest clock-skew allowance honoured; larger configured values are clamped.
+pub const MAX_LEEWAY_SECS: u64 = 60;
+/// Leeway used by [`AuthnConfig::new`].
+pub const DEFAULT_LEEWAY_SECS: u64 = 30;
+/// Largest bearer token accepted, in bytes. Checked before any decoding,
+/// hashing or cache lookup.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// How tokens are authenticated: which issuers are trusted (and where their
+/// keys are), for which audience, with which algorithms.
+#[derive(Debug, Clone)]
+pub struct AuthnConfig {
+    /// Trusted issuers. A token's `iss` must equal one exactly (no
+    /// normalisation of trailing slashes or case).
+    pub issuers: Vec<IssuerConfig>,
+    /// `aud` must contain exactly this value (string or array form).
+    pub audience: String,
+    /// Clock-skew allowance for `exp`, `nbf` and `iat`; clamped to
+    /// [`MAX_LEEWAY_SECS`].
+    pub leeway_secs: u64,
+    /// Allowed signature algorithms. Only asymmetric ones are accepted:
+    /// [`Authenticator::new`] refuses a list containing HS256/HS384/HS512.
+    pub algorithms: Vec<Algorithm>,
+    /// Refuse tokens that carry no `act` (no agent identified).
+    pub require_actor: bool,
+}
+
+impl AuthnConfig {
+    /// A configuration with the default algorithms, [`DEFAULT_LEEWAY_SECS`]
+    /// and `require_actor: false`.
+    pub fn new(issuers: Vec<IssuerConfig>, audience: impl Into<String>) -> Self {
+        Self {
+            issuers,
+            audience: audience.into(),
+            leeway_secs: DEFAULT_LEEWAY_SECS,
+            algorithms: Self::default_algorithms(),
+            require_actor: false,
+        }
+    }
+
+    /// EdDSA, ES256, RS256, PS256.
+    pub fn default_algorithms() -> Vec<Algorithm> {
+        vec![
+            Algorithm::EdDSA,
+            Algorithm::ES256,
+            Algorithm::RS256,
+            Algorithm::PS256,
+        ]
+    }
+}
+
+/// One trusted issuer and where its public keys are published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuerConfig {
+    /// The exact `iss` value.
+    pub issuer: String,
+    /// Its JWKS.
+    pub jwks: JwksSource,
+}
+
+/// Where an issuer's JWKS comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// A local JWKS file, re-read when an unknown `kid` arrives.
+    File(PathBuf),
+    /// An `https` URL (or `http` to a loopback host), fetched with a 5 s
+    /// timeout and re-fetched when an unknown `kid` arrives.
+    Url(String),
+}
+
+/// Verifies bearer tokens and yields [`Principal`]s. `Send + Sync`; share
+/// it in an `Arc`.
+pub struct Authenticator {
+    /// Index = issuer number in cache entries.
+    issuers: Vec<Arc<IssuerKeys>>,
+    audience: String,
+    leeway: u64,
+    require_actor: bool,
+    /// One prepared `jsonwebtoken` validation per allowed algorithm; its
+    /// `algorithms` holds exactly that one.
+    validations: HashMap<Algorithm, jsonwebtoken::Validation>,
+    cache: PrincipalCache,
+}
+
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Authenticator>();
+};
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let issuers: Vec<&str> = self.issuers.iter().map(|i| i.issuer.as_str()).collect();
+        let mut algorithms: Vec<String> =
+            self.validations.keys().map(|a| format!("{a:?}")).collect();
+        algorithms.sort();
+        f.debug_struct("Authenticator")
+            .field("issuers", &issuers)
+            .field("audience", &self.audience)
+            .field("leeway", &self.leeway)
+            .field("algorithms", &algorithms)
+            .field("require_actor", &self.require_actor)
+            .field("cached", &self.cache.len())
+            .finish()
+    }
+}
+
+/// A token whose signature has been checked, and what the cache needs.
+struct Verified {
+    principal: Principal,
+    issuer: usize,
+    generation: u64,
+}
+
+impl Authenticator {
+    /// Checks the configuration and loads every issuer's JWKS (a file must
+    /// parse; a URL must fetch). Errors name the issuer and the problem.
+    pub async fn new(cfg: AuthnConfig) -> Result<Self, AuthnError> {
+        let AuthnConfig {
+            issuers,
+            audience,
+            leeway_secs,
+            algorithms,
+            require_actor,
+        } = cfg;
+
+        if audience.is_empty() {
+            return Err(AuthnError::Config("audience must not be empty".into()));
+        }
+        if algorithms.is_empty() {
+            return Err(AuthnError::Config("no algorithms allowed".into()));
+        }
+        if let Some(bad) = algorithms.iter().find(|a| !jwks::is_asymmetric(**a)) {
+            return Err(AuthnError::Config(format!(
+                "algorithm {bad:?} is not allowed: only asymmetric signature algorithms \
+                 (EdDSA, ES256, ES384, RS*, PS*) can be used"
+            )));
+        }
+        let leeway = if leeway_secs > MAX_LEEWAY_SECS {
+            tracing::warn!(
+                configured = leeway_secs,
+                used = MAX_LEEWAY_SECS,
+                "token leeway clamped"
+            );
+            MAX_LEEWAY_SECS
+        } else {
+            leeway_secs
+        };
+
+        if issuers.is_empty() {
+            return Err(AuthnError::Config("no trusted issuers configured".into()));
+        }
+        let mut seen = HashSet::new();
+        for issuer in &issuers {
+            if issuer.issuer.is_empty() {
+                return Err(AuthnError::Config("issuer must not be empty".into()));
+            }
+            if !seen.insert(issuer.issuer.as_str()) {
+                return Err(AuthnError::Config(format!(
+                    "issuer {:?} is configured twice",
+                    issuer.issuer
+                )));
+            }
+            if let JwksSource::Url(url) = &issuer.jwks {
+                let allowed = reqwest::Url::parse(url).is_ok_and(|u| jwks::url_allowed(&u));
+                if !allowed {
+                    return Err(AuthnError::jwks(
+                        &issuer.issuer,
+                        format!("{url}: JWKS URL must be https (or http to a loopback host)"),
+                    ));
+                }
+            }
+        }
+
+        let client = jwks::http_client()?;
+        let mut loaded = Vec::with_capacity(issuers.len());
+        for IssuerConfig { issuer, jwks } in issuers {
+            loaded.push(Arc::new(IssuerKeys::load(issuer, jwks, client.clone()).await?));
+        }
+
+        let validations = algorithms
+            .into_iter()
+            .map(|alg| (alg, validation(alg, &audience, leeway)))
+            .collect();
+
+        Ok(Self {
+            issuers: loaded,
+            audience,
+            leeway,
+            require_actor,
+            validations,
+            cache: PrincipalCache::new(cache::DEFAULT_CAPACITY),
+        })
+    }
+
+    /// The configured audience.
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    /// The leeway in force, after clamping.
+    pub fn leeway_secs(&self) -> u64 {
+        self.leeway
+    }
+
+    /// Verifies a compact JWS bearer token, answering from the cache when
+    /// this exact token was verified before and has not expired.
+    pub async fn verify(&self, token: &str) -> Result<Principal, AuthnError> {
+        let result = self.verify_cached(token).await;
+        if let Err(e) = &result {
+            tracing::debug!(error = %e, "bearer token refused");
+        }
+        result
+    }
+
+    async fn verify_cached(&self, token: &str) -> Result<Principal, AuthnError> {
+        check_size(token)?;
+        let clock = self.clock()?;
+        let key = TokenHash::of(token);
+        let generation_of = |i: usize| self.issuers.get(i).map(|k| k.generation());
+        if let Some(principal) = self.cache.get(&key, clock, generation_of) {
+            return Ok(principal);
+        }
+        let verified = self.verify_token(token, clock).await?;
+        self.cache.insert(
+            key,
+            verified.principal.clone(),
+            verified.issuer,
+            verified.generation,
+            clock,
+        );
+        Ok(verified.principal)
+    }
+
+    /// Verifies a token without the cache (for benchmarks and callers that
+    /// must not share state). Same checks as [`Authenticator::verify`].
+    pub async fn verify_uncached(&self, token: &str) -> Result<Principal, AuthnError> {
+        let clock = self.clock()?;
+        self.verify_token(token, clock)
+            .await
+            .map(|verified| verified.principal)
+    }
+
+    /// The verification pipeline. The order matters: nothing about the
+    /// token is trusted until step 5, so steps 1–4 only choose and refuse,
+    /// and every refusal happens before any key is used.
+    async fn verify_token(&self, token: &str, clock: Clock) -> Result<Verified, AuthnError> {
+        // 1. Shape: three base64url segments within the size bound; the
+        //    header and the (unverified) issuer are decoded.
+        let unverified = UnverifiedToken::parse(token)?;
+
+        // 2. Header: the algorithm must be allow-listed (this is what
+        //    refuses `none` and every HMAC variant, whatever key an attacker
+        //    hopes we would use as the secret), the type must be an access
+        //    token, and no critical extension may be present. Embedded keys
+        //    (`jwk`, `jku`, `x5u`, `x5c`) are never read.
+        let alg = Algorithm::from_str(&unverified.header.alg)
+            .ok()
+            .filter(|a| self.validations.contains_key(a))
+            .ok_or_else(|| AuthnError::AlgorithmNotAllowed(truncated(&unverified.header.alg)))?;
+        unverified.header.check_type()?;
+        if unverified.header.crit.is_some() {
+            return Err(AuthnError::CriticalHeader);
+        }
+
+        // 3. Issuer: the unverified `iss` only selects which keys to try; a
+        //    forged `iss` then fails the signature under that issuer's keys.
+        let (index, issuer) = self
+            .issuers
+            .iter()
+            .enumerate()
+            .find(|(_, k)| k.issuer == unverified.iss)
+            .ok_or(AuthnError::UnknownIssuer)?;
+
+        // 4. Key: by `kid`, re-loading the JWKS once (rate-limited) for an
+        //    unknown kid; its type must fit the algorithm. The generation is
+        //    read first so a key-set change during this call invalidates
+        //    the cache entry this call makes.
+        let kid = unverified
+            .header
+            .kid
+            .as_deref()
+            .ok_or(AuthnError::MissingKid)?;
+        let generation = issuer.generation();
+        let key: Arc<VerifyKey> = issuer.key(kid).await?;
+        if !key.accepts(alg) {
+            return Err(AuthnError::KeyAlgorithmMismatch {
+                issuer: issuer.issuer.clone(),
+                kid: truncated(kid),
+                alg,
+            });
+        }
+        let validation = self
+            .validations
+            .get(&alg)
+            .ok_or_else(|| AuthnError::AlgorithmNotAllowed(truncated(&unverified.header.alg)))?;
+
+        // 5. Signature, audience, and presence of exp/iss/sub/aud.
+        let data = jsonwebtoken::decode::<RawClaims>(token, &key.decoding, validation)?;
+
+        // 6. Claims: time window, issuer, subject, actor chain, scope.
+        let principal = claims::principal(data.claims, &issuer.issuer, clock, self.require_actor)?;
+        Ok(Verified {
+            principal,
+            issuer: index,
+            generation,
+        })
+    }
+
+    fn clock(&self) -> Result<Clock, AuthnError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| AuthnError::Clock)?
+            .as_secs();
+        Ok(Clock {
+            now,
+            leeway: self.leeway,
+        })
+    }
+}
+
+/// The `jsonwebtoken` validation for one algorithm. Time claims are not
+/// checked here but in [`claims::principal`], against the same clock the
+/// cache uses (and without the library's unchecked `now - leeway`).
+fn validation(alg: Algorithm, audience: &str, leeway: u64) -> jsonwebtoken::Validation {
+    let mut v = jsonwebtoken::Validation::new(alg);
+    v.algorithms = vec![alg];
+    v.leeway = leeway;
+    v.validate_exp = false;
+    v.validate_nbf = false;
+    v.validate_aud = true;
+    v.set_audience(&[audience]);
+    v.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+    v
+}
+
+fn check_size(token: &str) -> Result<(), AuthnError> {
+    if token.is_empty() {
+        return Err(AuthnError::Malformed("empty token"));
+    }
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(AuthnError::Malformed("token too large"));
+    }
+    Ok(())
+}
+
+/// Attacker-supplied text bound for logs.
+fn truncated(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// The JOSE header fields this crate reads. Derived, so a header that
+/// repeats one of them is refused.
+#[derive(serde::Deserialize)]
+struct RawHeader {
+    alg: String,
+    kid: Option<String>,
+    typ: Option<String>,
+    crit: Option<serde_json::Value>,
+}
+
+impl RawHeader {
+    /// `typ` may be absent, `JWT`, or the RFC 9068 access-token type. Other
+    /// types (`dpop+jwt`, `logout+jwt`, `secevent+jwt`, …) are different
+    /// kinds of JWT that must not pass as access tokens.
+    fn check_type(&self) -> Result<(), AuthnError> {
+        match &self.typ {
+            None => Ok(()),
+            Some(t)
+                if ["JWT", "at+jwt", "application/at+jwt"]
+                    .iter()
+                    .any(|ok| t.eq_ignore_ascii_case(ok)) =>
+            {
+                Ok(())
+            }
+            Some(t) => Err(AuthnError::UnsupportedType(truncated(t))),
+        }
+    }
+}
+
+/// A token that has the JWS compact shape and nothing more. Its issuer is
+/// a claim nobody has verified yet; only a key lookup may use it.
+struct UnverifiedToken {
+    header: RawHeader,
+    iss: String,
+}
+
+impl UnverifiedToken {
+    fn parse(token: &str) -> Result<Self, AuthnError> {
+        check_size(token)?;
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthnError::Malformed("not a compact JWS"));
+        };
+        if header.is_empty() || payload.is_empty() || signature.is_empty() {
+            return Err(AuthnError::Malformed("empty JWS segment"));
+        }
+        let header = URL_SAFE_NO_PAD
+            .decode(header)
+            .map_err(|_| AuthnError::Malformed("header is not base64url"))?;
+        let header: RawHeader = serde_json::from_slice(&header)
+            .map_err(|_| AuthnError::Malformed("header is not a JOSE header"))?;
+
+        #[derive(serde::Deserialize)]
+        struct Peek {
+            iss: Option<serde_json::Value>,
+        }
+        let payload = URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| AuthnError::Malformed("payload is not base64url"))?;
+        let peek: Peek = serde_json::from_slice(&payload)
+            .map_err(|_| AuthnError::Malformed("payload is not a JSON object"))?;
+        let iss = match peek.iss {
+            Some(serde_json::Value::String(iss)) => iss,
+            Some(_) => return Err(AuthnError::InvalidClaim("iss")),
+            None => return Err(AuthnError::MissingClaim("iss")),
+        };
+        Ok(Self { header, iss })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_future_is_send() {
+        fn is_send<T: Send>(_: &T) {}
+        fn check(a: &Authenticator) {
+            is_send(&a.verify("x"));
+            is_send(&a.verify_uncached("x"));
+        }
+        let _ = check;
+    }
+
+    #[test]
+    fn token_shape_is_checked_before_anything_else() {
+        for bad in [
+            "",
+            "a.b",
+            "a.b.c.d",
+            "..",
+            "e30.e30.",
+            "!!.e30.sig",
+            "e30.e30.sig",
+        ] {
+            assert!(UnverifiedToken::parse(bad).is_err(), "{bad:?}");
+        }
+        let huge = "a".repeat(MAX_TOKEN_BYTES + 1);
+        assert!(matches!(
+            UnverifiedToken::parse(&huge),
+            Err(AuthnError::Malformed("token too large"))
+        ));
+    }
+}

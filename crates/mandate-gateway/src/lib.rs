@@ -1,1 +1,277 @@
-//! mandate-gateway
+//! Mandate's policy enforcement point: an MCP gateway.
+//!
+//! Agents speak MCP to the gateway (Streamable HTTP at `/mcp`, or stdio);
+//! the gateway speaks MCP to upstream servers (stdio child processes or
+//! Streamable HTTP). Every request is authenticated, every `tools/call` is
+//! decided by the policy engine and recorded durably before it is
+//! forwarded, and `tools/list` shows only what the subject may call.
+//!
+//! Reading order: [`http`] (authentication and session binding per HTTP
+//! request), [`handler`] (the MCP server surface), `pipeline` (the
+//! per-call enforcement steps), [`upstream`] (the MCP client side).
+
+pub mod config;
+pub mod error;
+pub mod handler;
+pub mod http;
+mod metrics;
+mod pipeline;
+pub mod upstream;
+
+pub use config::{GatewayConfig, Transport, UpstreamConfig};
+pub use metrics::Metrics;
+pub use pipeline::{Incoming, META_CORRELATION, META_DECISION};
+
+use dashmap::DashMap;
+use mandate_audit::AuditLog;
+use mandate_authn::Authenticator;
+use mandate_core::{Principal, ToolName};
+use mandate_policy::{DecisionRequest, PolicyEngine, SessionFacts};
+use pipeline::Resolved;
+use rmcp::model::Tool;
+use rmcp::{Peer, RoleServer};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use upstream::{Events, Upstream};
+
+/// Per-Mandate-session state (keyed by the token's `sid`), never shared
+/// across sessions (F-04).
+#[derive(Debug, Default)]
+pub(crate) struct SessionState {
+    pub(crate) calls: u64,
+    pub(crate) taint: BTreeSet<String>,
+}
+
+/// The gateway: configuration plus the planes it enforces with.
+pub struct Gateway {
+    cfg: GatewayConfig,
+    authn: Arc<Authenticator>,
+    policy: Arc<PolicyEngine>,
+    audit: AuditLog,
+    upstreams: BTreeMap<String, Arc<Upstream>>,
+    sessions: DashMap<String, SessionState>,
+    validators: DashMap<String, (String, Arc<jsonschema::Validator>)>,
+    peers: Mutex<Vec<Peer<RoleServer>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Gateway {
+    /// Builds a gateway. Upstreams connect lazily, on first use.
+    pub fn new(
+        cfg: GatewayConfig,
+        authn: Arc<Authenticator>,
+        policy: Arc<PolicyEngine>,
+        audit: AuditLog,
+    ) -> Arc<Self> {
+        let events = Arc::new(Events::default());
+        let upstreams = cfg
+            .upstreams
+            .iter()
+            .map(|u| {
+                (
+                    u.name.clone(),
+                    Arc::new(Upstream::new(u.clone(), events.clone())),
+                )
+            })
+            .collect();
+        let gw = Arc::new(Self {
+            cfg,
+            authn,
+            policy,
+            audit,
+            upstreams,
+            sessions: DashMap::new(),
+            validators: DashMap::new(),
+            peers: Mutex::new(Vec::new()),
+            metrics: Arc::new(Metrics::default()),
+        });
+        let weak = Arc::downgrade(&gw);
+        events.on_list_changed(Arc::new(move |upstream: String| {
+            if let Some(gw) = weak.upgrade() {
+                tokio::spawn(async move { gw.upstream_tools_changed(&upstream).await });
+            }
+        }));
+        gw
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.cfg
+    }
+
+    /// The token verifier.
+    pub fn authn(&self) -> &Authenticator {
+        &self.authn
+    }
+
+    /// The policy engine.
+    pub fn policy(&self) -> &PolicyEngine {
+        &self.policy
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Counters for `/metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Connects to every upstream and lists its tools; for `serve --check`.
+    /// Returns one line per upstream, or the first failure.
+    pub async fn probe_upstreams(&self) -> Result<Vec<String>, upstream::UpstreamError> {
+        let mut lines = Vec::new();
+        for (name, u) in &self.upstreams {
+            let n = u.probe().await?;
+            let classified = u.config().tools.len();
+            lines.push(format!(
+                "upstream {name}: reachable, {n} tools ({classified} classified in config)"
+            ));
+        }
+        Ok(lines)
+    }
+
+    /// Looks up an exposed `upstream.tool` name.
+    pub(crate) async fn resolve(&self, exposed: &str) -> Resolved {
+        let Some(name) = ToolName::parse(exposed) else {
+            return Resolved::Unknown;
+        };
+        let Some(upstream) = self.upstreams.get(&name.upstream) else {
+            return Resolved::Unknown;
+        };
+        let class = upstream.config().class_of(&name.tool);
+        match upstream.tools().await {
+            Ok(tools) => match tools.iter().find(|t| t.name == name.tool) {
+                Some(tool) => Resolved::Known {
+                    upstream: upstream.clone(),
+                    class,
+                    tool: Some(tool.clone()),
+                },
+                None => Resolved::Unknown,
+            },
+            // The catalogue is unreadable: the name may be real, so this is a
+            // (fail-closed) deny rather than "unknown".
+            Err(e) => {
+                tracing::warn!(error = %e, "tool catalogue unavailable");
+                Resolved::Known {
+                    upstream: upstream.clone(),
+                    class,
+                    tool: None,
+                }
+            }
+        }
+    }
+
+    /// Validates arguments against the tool's input schema (compiled once per
+    /// schema version).
+    pub(crate) fn validate_args(
+        &self,
+        exposed: &str,
+        tool: &Tool,
+        args: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), String> {
+        let schema = serde_json::Value::Object((*tool.input_schema).clone());
+        let fingerprint = schema.to_string();
+        let validator = match self.validators.get(exposed) {
+            Some(v) if v.0 == fingerprint => v.1.clone(),
+            _ => {
+                let compiled = jsonschema::validator_for(&schema)
+                    .map_err(|e| format!("the tool's input schema is invalid: {e}"))?;
+                let compiled = Arc::new(compiled);
+                self.validators
+                    .insert(exposed.to_owned(), (fingerprint, compiled.clone()));
+                compiled
+            }
+        };
+        let instance = serde_json::Value::Object(args.clone());
+        let errors: Vec<String> = validator
+            .iter_errors(&instance)
+            .take(3)
+            .map(|e| {
+                let path = e.instance_path().to_string();
+                if path.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("{path}: {e}")
+                }
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// The tools this subject may call: configured, in scope, and not
+    /// refused by policy for this subject (evaluated without arguments;
+    /// argument-dependent rules apply at call time).
+    pub async fn list_tools(&self, principal: &Principal) -> Vec<Tool> {
+        let facts = SessionFacts::default();
+        let now = pipeline::now_unix();
+        let mut out = Vec::new();
+        for (name, upstream) in &self.upstreams {
+            let tools = match upstream.tools().await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(upstream = %name, error = %e, "cannot list upstream tools");
+                    continue;
+                }
+            };
+            for tool in tools.iter() {
+                let exposed = format!("{name}.{}", tool.name);
+                let Some(class) = upstream.config().class_of(&tool.name) else {
+                    continue;
+                };
+                if !principal.scope.covers(&exposed) {
+                    continue;
+                }
+                let Some(tool_name) = ToolName::parse(&exposed) else {
+                    continue;
+                };
+                let call = mandate_core::ToolCall::new(tool_name, class, Default::default());
+                let decision = self.policy.decide(&DecisionRequest {
+                    principal,
+                    call: &call,
+                    session: &facts,
+                    now_unix: now,
+                });
+                if !decision.is_allow() {
+                    continue;
+                }
+                let mut shown = tool.clone();
+                shown.name = exposed.into();
+                out.push(shown);
+            }
+        }
+        out
+    }
+
+    /// Remembers a connected client so it hears `tools/list_changed`.
+    pub(crate) fn register_peer(&self, peer: Peer<RoleServer>) {
+        if let Ok(mut peers) = self.peers.lock() {
+            peers.retain(|p| !p.is_transport_closed());
+            peers.push(peer);
+        }
+    }
+
+    async fn upstream_tools_changed(&self, upstream: &str) {
+        if let Some(u) = self.upstreams.get(upstream) {
+            u.invalidate_tools().await;
+        }
+        let peers: Vec<_> = match self.peers.lock() {
+            Ok(mut peers) => {
+                peers.retain(|p| !p.is_transport_closed());
+                peers.clone()
+            }
+            Err(_) => return,
+        };
+        for peer in peers {
+            if let Err(e) = peer.notify_tool_list_changed().await {
+                tracing::debug!(error = %e, "could not notify client of tool list change");
+            }
+        }
+    }
+}

@@ -1,1 +1,407 @@
-fn main() {}
+//! `mandate`: the Zero Trust control plane for AI agents, as one binary.
+
+mod config;
+mod demo;
+mod demo_server;
+mod devtoken;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use config::{Config, Overrides, env};
+use mandate_audit::AuditLog;
+use mandate_authn::Authenticator;
+use mandate_gateway::Gateway;
+use mandate_policy::PolicyEngine;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "mandate", version, about = "Zero Trust control plane for AI agents: an MCP gateway that authenticates, decides and audits every tool call.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gateway (MCP over Streamable HTTP at /mcp).
+    Serve {
+        /// Config file.
+        #[arg(long, env = env::CONFIG, default_value = "mandate.toml")]
+        config: PathBuf,
+        /// Listen address (overrides server.listen).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Data directory (overrides server.data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Validate config, policies and upstream reachability, then exit.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Serve the gateway to one local agent over stdio (token from MANDATE_TOKEN).
+    Gateway {
+        /// Use stdio (the only mode of this subcommand).
+        #[arg(long, required = true)]
+        stdio: bool,
+        /// Config file.
+        #[arg(long, env = env::CONFIG, default_value = "mandate.toml")]
+        config: PathBuf,
+        /// Data directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Run the guided demo: gateway, demo upstreams and a scripted agent.
+    Demo {
+        /// Where embedded state goes.
+        #[arg(long, default_value = "mandate-demo-data")]
+        data_dir: PathBuf,
+    },
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Development signing keys for a local token issuer.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Development tokens signed by a local key (for trying Mandate out).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// The demo MCP server used by `mandate demo` and the tests.
+    #[command(hide = true)]
+    DemoServer {
+        /// `workspace` or `bank`.
+        #[arg(long)]
+        profile: String,
+        /// Append every received call to this JSON Lines file.
+        #[arg(long)]
+        record: Option<PathBuf>,
+        /// Serve Streamable HTTP on this address instead of stdio.
+        #[arg(long)]
+        http: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy directory against its schema.
+    Check {
+        /// Policy directory.
+        #[arg(long, default_value = "examples/quickstart/policies")]
+        dir: PathBuf,
+    },
+    /// Run policy test cases.
+    Test {
+        /// Policy directory.
+        #[arg(long, default_value = "examples/quickstart/policies")]
+        dir: PathBuf,
+        /// Directory of test files (default: DIR/tests).
+        #[arg(long)]
+        tests: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain and report any edit, deletion, insertion or reordering.
+    Verify {
+        /// Data directory of `mandate serve`.
+        #[arg(long, default_value = "mandate-data")]
+        data_dir: PathBuf,
+    },
+    /// Print a session's records in order.
+    Replay {
+        /// Data directory.
+        #[arg(long, default_value = "mandate-data")]
+        data_dir: PathBuf,
+        /// Session key (as recorded, e.g. `sid:…`).
+        #[arg(long)]
+        session: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Generate an Ed25519 issuer key: DIR/issuer.pem and DIR/jwks.json.
+    Generate {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint a composite token (sub + act + scope + task + build + sid).
+    Mint(devtoken::MintArgs),
+}
+
+fn init_logging(default: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env(env::LOG).unwrap_or_else(|_| EnvFilter::new(default));
+    let json = std::env::var(env::LOG_FORMAT).is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        // The demo prints its own report; its demo servers only log problems.
+        Command::Demo { .. } => {}
+        Command::DemoServer { .. } => init_logging("warn"),
+        _ => init_logging("info,rmcp=warn"),
+    }
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<std::process::ExitCode> {
+    use std::process::ExitCode;
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+            check,
+        } => {
+            let cfg = Config::load(
+                &config,
+                &Overrides {
+                    listen,
+                    data_dir,
+                    public_url: None,
+                },
+            )?;
+            if check {
+                check_config(&cfg).await?;
+                println!("configuration OK");
+                return Ok(ExitCode::SUCCESS);
+            }
+            serve(cfg).await?;
+        }
+        Command::Gateway {
+            stdio: _,
+            config,
+            data_dir,
+        } => {
+            let cfg = Config::load(
+                &config,
+                &Overrides {
+                    data_dir,
+                    ..Default::default()
+                },
+            )?;
+            let token = std::env::var(env::TOKEN)
+                .with_context(|| format!("{} must hold the agent's bearer token", env::TOKEN))?;
+            let gw = build_gateway(&cfg).await?;
+            // Refuse to start with a token that does not verify now.
+            gw.authn()
+                .verify(&token)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}: {}", env::TOKEN, e.description()))?;
+            let handler = mandate_gateway::handler::GatewayHandler::new(
+                gw,
+                mandate_gateway::handler::PrincipalSource::Token(token.into()),
+            );
+            use rmcp::ServiceExt as _;
+            let running = handler.serve(rmcp::transport::stdio()).await?;
+            running.waiting().await?;
+        }
+        Command::Demo { data_dir } => return demo::run(data_dir).await,
+        Command::Policy { command } => match command {
+            PolicyCommand::Check { dir } => match PolicyEngine::check_dir(&dir) {
+                Ok(summary) => println!("{}: {summary}", dir.display()),
+                Err(e) => {
+                    eprintln!("{}: {e}", dir.display());
+                    return Ok(ExitCode::FAILURE);
+                }
+            },
+            PolicyCommand::Test { dir, tests } => {
+                let engine = PolicyEngine::load_dir(&dir)?;
+                let tests = tests.unwrap_or_else(|| dir.join("tests"));
+                let report = mandate_policy::run_tests(&engine, &tests)?;
+                println!("{report}");
+                if !report.all_passed() {
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        },
+        Command::Audit { command } => match command {
+            AuditCommand::Verify { data_dir } => {
+                let path = data_dir.join("audit.sqlite");
+                if !path.exists() {
+                    bail!("no audit log at {}", path.display());
+                }
+                let report = mandate_audit::verify(&path)?;
+                if report.problems.is_empty() {
+                    println!(
+                        "audit log {} verified: {} records, head {}",
+                        path.display(),
+                        report.records,
+                        report.head.as_deref().unwrap_or("(empty)")
+                    );
+                } else {
+                    println!("audit log {} FAILED verification:", path.display());
+                    for p in &report.problems {
+                        println!("  {p}");
+                    }
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+            AuditCommand::Replay { data_dir, session } => {
+                let path = data_dir.join("audit.sqlite");
+                for r in mandate_audit::read_records(&path, Some(&session))? {
+                    println!("{}", serde_json::to_string(&serde_json::json!({
+                        "seq": r.seq, "hash": r.hash, "record": r.record
+                    }))?);
+                }
+            }
+        },
+        Command::Keys {
+            command: KeysCommand::Generate { out },
+        } => {
+            let key = devtoken::generate_issuer_key(&out)?;
+            println!(
+                "wrote {} and {} (kid {})",
+                out.join("issuer.pem").display(),
+                out.join("jwks.json").display(),
+                key.kid
+            );
+        }
+        Command::Token {
+            command: TokenCommand::Mint(args),
+        } => println!("{}", devtoken::mint(&args)?),
+        Command::DemoServer {
+            profile,
+            record,
+            http,
+        } => demo_server::run(&profile, record, http).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds the planes from config: authn, policy, audit, gateway.
+async fn build_gateway(cfg: &Config) -> Result<Arc<Gateway>> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    let authn = Authenticator::new(cfg.authn.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("token issuers: {e}"))?;
+    let policy = PolicyEngine::load_dir(&cfg.policy_dir)
+        .map_err(|e| anyhow::anyhow!("policies in {}: {e}", cfg.policy_dir.display()))?;
+    let audit = AuditLog::open_sqlite(&cfg.audit_path())
+        .map_err(|e| anyhow::anyhow!("audit log {}: {e}", cfg.audit_path().display()))?;
+    Ok(Gateway::new(
+        cfg.gateway.clone(),
+        Arc::new(authn),
+        Arc::new(policy),
+        audit,
+    ))
+}
+
+async fn check_config(cfg: &Config) -> Result<()> {
+    let gw = build_gateway(cfg).await?;
+    println!(
+        "policies: {}",
+        PolicyEngine::check_dir(&cfg.policy_dir).map_err(|e| anyhow::anyhow!("{e}"))?
+    );
+    for line in gw
+        .probe_upstreams()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+    {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// Serves the gateway on `listener` and reloads policies when their files
+/// change (a broken set is refused; the last good set keeps serving).
+pub(crate) async fn start_on(
+    cfg: &Config,
+    listener: tokio::net::TcpListener,
+) -> Result<(Arc<Gateway>, tokio::task::JoinHandle<()>)> {
+    let gw = build_gateway(cfg).await?;
+    let app = mandate_gateway::http::router(gw.clone());
+    let handle = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "server stopped");
+        }
+    });
+    let reload_gw = gw.clone();
+    let dir = cfg.policy_dir.clone();
+    tokio::spawn(async move {
+        let mut seen = dir_fingerprint(&dir);
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let now = dir_fingerprint(&dir);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match reload_gw.policy().reload() {
+                Ok(()) => tracing::info!(policy_hash = %reload_gw.policy().policy_hash(), "policies reloaded"),
+                Err(e) => tracing::error!(error = %e, "policy reload refused; the last good set keeps serving"),
+            }
+        }
+    });
+    Ok((gw, handle))
+}
+
+/// Names, sizes and modification times of a directory's files.
+fn dir_fingerprint(dir: &std::path::Path) -> Vec<(std::ffi::OsString, u64, Option<std::time::SystemTime>)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some((e.file_name(), m.len(), m.modified().ok()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+async fn serve(cfg: Config) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let (_gw, handle) = start_on(&cfg, listener).await?;
+    tracing::info!(
+        listen = %addr,
+        resource = %cfg.gateway.resource,
+        audit = %cfg.audit_path().display(),
+        "mandate serving MCP at /mcp"
+    );
+    tokio::select! {
+        _ = handle => {}
+        _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+    }
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! The gateway's part of the one configuration model (parsed, not validated
+//! later: every value here is already checked).
+
+use mandate_core::ToolClass;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How the gateway reaches one upstream MCP server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// A child process speaking MCP over stdio.
+    Stdio {
+        /// Program to run.
+        command: PathBuf,
+        /// Its arguments.
+        args: Vec<String>,
+        /// Extra environment variables (the child does not inherit Mandate's
+        /// secrets: only these and PATH/HOME/LANG are passed).
+        env: BTreeMap<String, String>,
+    },
+    /// A Streamable HTTP MCP endpoint.
+    Http {
+        /// The endpoint URL.
+        url: String,
+        /// Static headers for the upstream's own credentials (never the
+        /// agent's token).
+        headers: BTreeMap<String, String>,
+    },
+}
+
+/// One upstream MCP server behind the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// Namespace for its tools (`<name>.<tool>`); no `.` allowed.
+    pub name: String,
+    /// How to reach it.
+    pub transport: Transport,
+    /// Per-call timeout.
+    pub timeout: Duration,
+    /// Class of each tool the operator has classified.
+    pub tools: BTreeMap<String, ToolClass>,
+    /// Class of tools not listed in `tools`; `None` = such tools are denied.
+    pub default_class: Option<ToolClass>,
+}
+
+impl UpstreamConfig {
+    /// The configured class of a tool, if it may be called at all.
+    pub fn class_of(&self, tool: &str) -> Option<ToolClass> {
+        self.tools.get(tool).copied().or(self.default_class)
+    }
+}
+
+/// Gateway settings.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The public base URL of this Mandate (e.g. `https://mandate.example`).
+    pub public_url: String,
+    /// The resource identifier tokens must be issued for (`aud`).
+    pub resource: String,
+    /// Issuers to advertise in protected resource metadata.
+    pub authorization_servers: Vec<String>,
+    /// Upstreams, in declaration order.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Allowed `Host` values (empty = any; not recommended).
+    pub allowed_hosts: Vec<String>,
+    /// Allowed browser `Origin`s (empty = reject any request that has one).
+    pub allowed_origins: Vec<String>,
+}

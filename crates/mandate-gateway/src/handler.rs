@@ -1,0 +1,111 @@
+//! The MCP server surface the agent sees.
+//!
+//! Every method that touches a tool obtains the verified [`Principal`] for
+//! *this request* first: over HTTP from the request the authentication layer
+//! already checked, over stdio by re-verifying the launch token on each call
+//! (so expiry and, later, revocation are seen mid-session).
+
+use crate::Gateway;
+use crate::pipeline::Incoming;
+use mandate_core::Principal;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, Implementation, ListToolsResult,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::{NotificationContext, RequestContext};
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+use std::sync::Arc;
+
+/// Where the handler gets the caller's identity from.
+#[derive(Clone)]
+pub enum PrincipalSource {
+    /// From the HTTP request (inserted by [`crate::http`]'s auth layer).
+    PerRequest,
+    /// A token given at launch (stdio mode); re-verified on every call.
+    Token(Arc<str>),
+}
+
+/// The rmcp server handler; one per transport session, all sharing one
+/// [`Gateway`].
+#[derive(Clone)]
+pub struct GatewayHandler {
+    gw: Arc<Gateway>,
+    source: PrincipalSource,
+}
+
+impl GatewayHandler {
+    /// A handler over `gw`.
+    pub fn new(gw: Arc<Gateway>, source: PrincipalSource) -> Self {
+        Self { gw, source }
+    }
+
+    async fn principal(&self, ctx: &RequestContext<RoleServer>) -> Result<Arc<Principal>, ErrorData> {
+        match &self.source {
+            PrincipalSource::PerRequest => ctx
+                .extensions
+                .get::<http::request::Parts>()
+                .and_then(|parts| parts.extensions.get::<Arc<Principal>>())
+                .cloned()
+                // INVARIANT: the HTTP layer refuses unauthenticated requests
+                // before they reach rmcp, so this is unreachable in practice;
+                // if it ever happens, refuse.
+                .ok_or_else(|| ErrorData::invalid_request("unauthenticated request", None)),
+            PrincipalSource::Token(token) => {
+                self.gw.authn().verify(token).await.map(Arc::new).map_err(|e| {
+                    self.gw.metrics().auth_failures.inc();
+                    ErrorData::invalid_request(format!("invalid token: {}", e.description()), None)
+                })
+            }
+        }
+    }
+}
+
+impl ServerHandler for GatewayHandler {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+        .with_server_info(Implementation::new("mandate", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "Mandate gateway: tools are namespaced <upstream>.<tool>. Every call is \
+             authorised per call; denials carry a decision id.",
+        )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let principal = self.principal(&ctx).await?;
+        Ok(ListToolsResult::with_all_items(
+            self.gw.list_tools(&principal).await,
+        ))
+    }
+
+    async fn call_tool(
+        &self,
+        params: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let principal = self.principal(&ctx).await?;
+        let progress = ctx
+            .meta
+            .get_progress_token()
+            .map(|token| (ctx.peer.clone(), token));
+        self.gw
+            .call_tool(Incoming {
+                principal,
+                params,
+                progress,
+            })
+            .await
+    }
+
+    async fn on_initialized(&self, ctx: NotificationContext<RoleServer>) {
+        self.gw.register_peer(ctx.peer.clone());
+    }
+}

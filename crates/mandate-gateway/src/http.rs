@@ -1,0 +1,387 @@
+//! HTTP surface: `/mcp` (Streamable HTTP, via `rmcp`), protected resource
+//! metadata (RFC 9728), `/healthz` and `/metrics`.
+//!
+//! Every `/mcp` request passes [`mcp_entry`] first, in this order:
+//! 1. authenticate the bearer token (401 + `WWW-Authenticate` on failure);
+//! 2. check the transport session is bound to this subject (F-04);
+//! 3. bound and read the body, and refuse `tools/call`s outside the token's
+//!    scope with 403 `insufficient_scope` so clients can step up;
+//! 4. hand the request, with the verified [`Principal`], to `rmcp`;
+//! 5. bind a newly created transport session to the subject.
+
+use crate::Gateway;
+use crate::handler::{GatewayHandler, PrincipalSource};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use dashmap::DashMap;
+use http::{HeaderValue, Method, StatusCode, header};
+use mandate_core::{AuditRecord, CorrelationId, Decision, Principal, RecordKind, Subject};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tower::ServiceExt as _;
+
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// The subject a transport session was opened by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Binding {
+    sub: String,
+    act: Vec<String>,
+    sid: Option<String>,
+}
+
+impl From<&Principal> for Binding {
+    fn from(p: &Principal) -> Self {
+        let (sub, act, sid) = p.binding();
+        Self { sub, act, sid }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    gw: Arc<Gateway>,
+    mcp: StreamableHttpService<GatewayHandler, LocalSessionManager>,
+    bindings: Arc<DashMap<String, Binding>>,
+}
+
+/// The gateway's HTTP routes.
+pub fn router(gw: Arc<Gateway>) -> Router {
+    let cfg = gw.config();
+    let mut mcp_cfg = StreamableHttpServerConfig::default()
+        .with_max_request_body_bytes(cfg.max_body_bytes)
+        .with_allowed_hosts(cfg.allowed_hosts.clone())
+        .with_allowed_origins(cfg.allowed_origins.clone())
+        .enforce_origin_validation();
+    if cfg.allowed_hosts.is_empty() {
+        mcp_cfg = mcp_cfg.disable_allowed_hosts();
+    }
+    let factory_gw = gw.clone();
+    let mcp = StreamableHttpService::new(
+        move || {
+            Ok(GatewayHandler::new(
+                factory_gw.clone(),
+                PrincipalSource::PerRequest,
+            ))
+        },
+        Arc::new(LocalSessionManager::default()),
+        mcp_cfg,
+    );
+    let state = AppState {
+        gw,
+        mcp,
+        bindings: Arc::new(DashMap::new()),
+    };
+    Router::new()
+        .route("/mcp", any(mcp_entry))
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(protected_resource_metadata),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/mcp",
+            get(protected_resource_metadata),
+        )
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+fn metadata_url(gw: &Gateway) -> String {
+    format!(
+        "{}/.well-known/oauth-protected-resource/mcp",
+        gw.config().public_url.trim_end_matches('/')
+    )
+}
+
+/// RFC 9728 protected resource metadata, so standard MCP clients can find
+/// the authorization server.
+async fn protected_resource_metadata(State(app): State<AppState>) -> Response {
+    let cfg = app.gw.config();
+    axum::Json(json!({
+        "resource": cfg.resource,
+        "authorization_servers": cfg.authorization_servers,
+        "bearer_methods_supported": ["header"],
+        "resource_name": "Mandate MCP gateway",
+        "scopes_supported": app.gw.config().upstreams.iter().map(|u| format!("{}.*", u.name)).collect::<Vec<_>>(),
+    }))
+    .into_response()
+}
+
+async fn healthz(State(app): State<AppState>) -> Response {
+    match app.gw.audit().health() {
+        Ok(()) => (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({
+                "status": "degraded",
+                "audit": format!("unavailable: {e}"),
+                "effect": "tool calls are denied until the audit store can write",
+            })),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    let audit_ok = if app.gw.audit().health().is_ok() { 1.0 } else { 0.0 };
+    #[expect(clippy::cast_precision_loss, reason = "a gauge; precision loss past 2^53 is fine")]
+    let appended = app.gw.audit().appended_count() as f64;
+    let body = app.gw.metrics().render(&[
+        (
+            "mandate_audit_up",
+            "1 if the audit store's last write succeeded.",
+            audit_ok,
+        ),
+        (
+            "mandate_audit_appended",
+            "Audit records appended since start.",
+            appended,
+        ),
+        (
+            "mandate_policy_reload_failures",
+            "Policy reloads refused (the last good set keeps serving).",
+            #[expect(clippy::cast_precision_loss, reason = "small counter")]
+            {
+                app.gw.policy().reload_failures() as f64
+            },
+        ),
+    ]);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        body,
+    )
+        .into_response()
+}
+
+/// A JSON-RPC error response body with HTTP status and optional challenge.
+fn rpc_error(status: StatusCode, id: Value, code: i32, message: &str, challenge: Option<String>) -> Response {
+    let mut resp = (
+        status,
+        axum::Json(json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})),
+    )
+        .into_response();
+    if let Some(c) = challenge
+        && let Ok(v) = HeaderValue::from_str(&c)
+    {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+fn challenge(gw: &Gateway, error: Option<(&str, &str)>, scope: Option<&str>) -> String {
+    let mut c = format!("Bearer resource_metadata=\"{}\"", metadata_url(gw));
+    if let Some((code, desc)) = error {
+        let desc = desc.replace(['"', '\\'], "'");
+        c.push_str(&format!(", error=\"{code}\", error_description=\"{desc}\""));
+    }
+    if let Some(s) = scope {
+        c.push_str(&format!(", scope=\"{s}\""));
+    }
+    c
+}
+
+async fn authenticate(gw: &Gateway, headers: &http::HeaderMap) -> Result<Arc<Principal>, Response> {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let Some(token) = header.and_then(|h| {
+        h.strip_prefix("Bearer ")
+            .or_else(|| h.strip_prefix("bearer "))
+    }) else {
+        gw.metrics().auth_failures.inc();
+        return Err(rpc_error(
+            StatusCode::UNAUTHORIZED,
+            Value::Null,
+            -32001,
+            "authentication required: send an OAuth bearer token",
+            Some(challenge(gw, None, None)),
+        ));
+    };
+    match gw.authn().verify(token.trim()).await {
+        Ok(p) => Ok(Arc::new(p)),
+        Err(e) => {
+            gw.metrics().auth_failures.inc();
+            let desc = e.description();
+            tracing::info!(reason = %desc, "bearer token refused");
+            Err(rpc_error(
+                StatusCode::UNAUTHORIZED,
+                Value::Null,
+                -32001,
+                &format!("invalid token: {desc}"),
+                Some(challenge(gw, Some(("invalid_token", &desc)), None)),
+            ))
+        }
+    }
+}
+
+/// Records a refusal made at the HTTP layer for an authenticated subject.
+async fn audit_refusal(gw: &Gateway, principal: &Principal, tool: &str, reason: String) -> Decision {
+    let decision = Decision::deny(reason, gw.policy().policy_hash());
+    let record = AuditRecord {
+        kind: RecordKind::Decision,
+        time_ms: AuditRecord::now_ms(),
+        decision: decision.clone(),
+        correlation_id: CorrelationId::new(),
+        subject: Subject::from(principal),
+        tool: tool.to_owned(),
+        args_hash: String::new(),
+        outcome: None,
+        detail: None,
+    };
+    if let Err(e) = gw.audit().append(record).await {
+        gw.metrics().audit_failures.inc();
+        tracing::error!(error = %e, "could not record refusal");
+    }
+    decision
+}
+
+/// Tool names of `tools/call` requests in a body (one message, or a batch).
+fn called_tools(body: &Value) -> Vec<(Value, String)> {
+    let one = |m: &Value| -> Option<(Value, String)> {
+        if m.get("method")?.as_str()? != "tools/call" {
+            return None;
+        }
+        let name = m.get("params")?.get("name")?.as_str()?.to_owned();
+        Some((m.get("id").cloned().unwrap_or(Value::Null), name))
+    };
+    match body {
+        Value::Array(items) => items.iter().filter_map(one).collect(),
+        other => one(other).into_iter().collect(),
+    }
+}
+
+async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
+    let gw = &app.gw;
+
+    // 1. Authenticate.
+    let principal = match authenticate(gw, req.headers()).await {
+        Ok(p) => p,
+        Err(resp) => return resp,
+    };
+
+    // 2. Session binding: a transport session belongs to the subject pair and
+    //    Mandate session that opened it.
+    let session_id = req
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Some(id) = &session_id {
+        let bound = app.bindings.get(id).map(|b| b.clone());
+        match bound {
+            Some(bound) if bound == Binding::from(principal.as_ref()) => {}
+            Some(_) => {
+                gw.metrics().session_refusals.inc();
+                let d = audit_refusal(
+                    gw,
+                    &principal,
+                    "mcp/session",
+                    "transport session is bound to another subject".into(),
+                )
+                .await;
+                return rpc_error(
+                    StatusCode::FORBIDDEN,
+                    Value::Null,
+                    -32003,
+                    &format!(
+                        "this MCP session belongs to another subject; start a new session (decision {})",
+                        d.id
+                    ),
+                    None,
+                );
+            }
+            None => {
+                return rpc_error(
+                    StatusCode::NOT_FOUND,
+                    Value::Null,
+                    -32001,
+                    "session not found: initialize a new session",
+                    None,
+                );
+            }
+        }
+    }
+
+    // 3. Read the body (bounded) and check scope for tool calls.
+    let (mut parts, body) = req.into_parts();
+    let bytes = if parts.method == Method::POST {
+        match axum::body::to_bytes(body, gw.config().max_body_bytes).await {
+            Ok(b) => b,
+            Err(_) => {
+                return rpc_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    Value::Null,
+                    -32600,
+                    &format!(
+                        "request body exceeds {} bytes",
+                        gw.config().max_body_bytes
+                    ),
+                    None,
+                );
+            }
+        }
+    } else {
+        bytes::Bytes::new()
+    };
+    if let Ok(message) = serde_json::from_slice::<Value>(&bytes) {
+        for (id, tool) in called_tools(&message) {
+            if !principal.scope.covers(&tool) {
+                gw.metrics().scope_refusals.inc();
+                let d = audit_refusal(
+                    gw,
+                    &principal,
+                    &tool,
+                    format!("scope does not cover {tool}"),
+                )
+                .await;
+                return rpc_error(
+                    StatusCode::FORBIDDEN,
+                    id,
+                    crate::error::CODE_DENIED,
+                    &format!(
+                        "call to {tool} denied: outside the token's scope (decision {})",
+                        d.id
+                    ),
+                    Some(challenge(
+                        gw,
+                        Some(("insufficient_scope", "the token's scope does not cover this tool")),
+                        Some(&tool),
+                    )),
+                );
+            }
+        }
+    }
+
+    // 4. Hand over to rmcp with the verified principal attached.
+    parts.extensions.insert(principal.clone());
+    let is_delete = parts.method == Method::DELETE;
+    let req = Request::from_parts(parts, Body::from(bytes));
+    let resp = match app.mcp.clone().oneshot(req).await {
+        Ok(r) => r.map(Body::new),
+        Err(never) => match never {},
+    };
+
+    // 5. Bind a newly created transport session; forget a deleted one.
+    if session_id.is_none()
+        && let Some(new_id) = resp
+            .headers()
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+    {
+        app.bindings
+            .insert(new_id.to_owned(), Binding::from(principal.as_ref()));
+    }
+    if is_delete
+        && resp.status().is_success()
+        && let Some(id) = &session_id
+    {
+        app.bindings.remove(id);
+    }
+    resp
+}
+

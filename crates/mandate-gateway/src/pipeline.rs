@@ -1,0 +1,309 @@
+//! The policy enforcement point: one readable pipeline per `tools/call`.
+//!
+//! ```text
+//! Principal ─► resolve tool ─► scope ─► decide (PDP) ─► hold? ─► validate args
+//!   ─► record decision (durable) ─► Permitted ─► forward ─► redact ─► record outcome
+//! ```
+//!
+//! The order matters: nothing reaches an upstream before its decision record
+//! is durable (write-ahead), and only a [`Permitted`] call — which only this
+//! module can build, after all checks and the durable record — can be
+//! forwarded.
+
+use crate::error::{DenyCategory, denial_error, unknown_tool_error, upstream_error};
+use crate::upstream::{Upstream, UpstreamError};
+use mandate_core::{
+    AuditRecord, CorrelationId, Decision, Effect, Obligation, Principal, RecordKind, Subject,
+    ToolCall, ToolName,
+};
+use mandate_policy::{DecisionRequest, SessionFacts};
+use rmcp::model::{CallToolRequestParams, CallToolResponse, ProgressToken};
+use rmcp::{ErrorData, Peer, RoleServer};
+use std::sync::Arc;
+
+/// Audit metadata key carrying the correlation id in `params._meta` (to the
+/// upstream) and in the result's `_meta` (to the client).
+pub const META_CORRELATION: &str = "io.mandate/correlation_id";
+/// Result `_meta` key carrying the decision id.
+pub const META_DECISION: &str = "io.mandate/decision_id";
+
+/// A call that passed every check and whose decision record is durable.
+/// The private field means only the pipeline can build one.
+pub struct Permitted {
+    call: ToolCall,
+    decision: Decision,
+    correlation: CorrelationId,
+    _proof: (),
+}
+
+/// Everything the pipeline needs to know about one incoming call.
+pub struct Incoming {
+    /// The verified subject.
+    pub principal: Arc<Principal>,
+    /// The call as the client sent it.
+    pub params: CallToolRequestParams,
+    /// Where to relay the upstream's progress notifications, if asked for.
+    pub progress: Option<(Peer<RoleServer>, ProgressToken)>,
+}
+
+impl crate::Gateway {
+    /// Runs one `tools/call` through the pipeline.
+    pub async fn call_tool(&self, incoming: Incoming) -> Result<CallToolResponse, ErrorData> {
+        let Incoming {
+            principal,
+            params,
+            progress,
+        } = incoming;
+        let correlation = CorrelationId::new();
+        let exposed = params.name.to_string();
+        let args = params.arguments.clone().unwrap_or_default();
+        let subject = Subject::from(principal.as_ref());
+        let record = |decision: &Decision, args_hash: &str| AuditRecord {
+            kind: RecordKind::Decision,
+            time_ms: AuditRecord::now_ms(),
+            decision: decision.clone(),
+            correlation_id: correlation.clone(),
+            subject: subject.clone(),
+            tool: exposed.clone(),
+            args_hash: args_hash.to_owned(),
+            outcome: None,
+            detail: None,
+        };
+
+        // 1. Resolve the tool. An unknown tool is audited and answered as
+        //    "unknown", which the agent can tell apart from a denial.
+        let resolved = self.resolve(&exposed).await;
+        let (upstream, class, tool_def) = match resolved {
+            Resolved::Known {
+                upstream,
+                class,
+                tool,
+            } => (upstream, class, tool),
+            Resolved::Unknown => {
+                let decision = Decision::deny(
+                    format!("unknown tool {exposed:?}"),
+                    self.policy.policy_hash(),
+                );
+                let hash = mandate_core::canonical_args_hash(&args);
+                self.metrics.count_decision(&decision);
+                // Best effort: an unknown tool reaches nothing either way.
+                if let Err(e) = self.audit.append(record(&decision, &hash)).await {
+                    tracing::error!(error = %e, "audit append failed for unknown-tool deny");
+                }
+                return Err(unknown_tool_error(&exposed, &correlation));
+            }
+        };
+        let Some(name) = ToolName::parse(&exposed) else {
+            return Err(unknown_tool_error(&exposed, &correlation));
+        };
+        let call = ToolCall::new(name, class.unwrap_or(mandate_core::ToolClass::Read), args);
+
+        // 2. Decide. Continuous verification first (expiry is re-checked on
+        //    every call, not once per session), then configuration, scope and
+        //    the policy engine.
+        let now = now_unix();
+        let (mut decision, category) = if principal.exp <= now.cast_unsigned() {
+            (
+                Decision::deny("token expired", self.policy.policy_hash()),
+                DenyCategory::TokenExpired,
+            )
+        } else if class.is_none() {
+            (
+                Decision::deny(
+                    format!("tool {exposed} is not configured in any class (deny by default)"),
+                    self.policy.policy_hash(),
+                ),
+                DenyCategory::NotConfigured,
+            )
+        } else if !principal.scope.covers(&exposed) {
+            (
+                Decision::deny(
+                    format!("scope does not cover {exposed}"),
+                    self.policy.policy_hash(),
+                ),
+                DenyCategory::InsufficientScope,
+            )
+        } else {
+            let facts = self.session_facts(&principal);
+            let d = self.policy.decide(&DecisionRequest {
+                principal: &principal,
+                call: &call,
+                session: &facts,
+                now_unix: now,
+            });
+            (d, DenyCategory::NotPermitted)
+        };
+        let mut category = category;
+
+        // 3. Hold for a human. Approvals are not wired in this build, so an
+        //    approval obligation fails closed: the approver is unavailable.
+        if decision.requires_approval() {
+            decision.effect = Effect::Deny;
+            decision
+                .reasons
+                .push("requires human approval and no approver is available".into());
+            category = DenyCategory::ApprovalRequired;
+        }
+
+        // 4. Validate the arguments against the tool's pinned input schema.
+        //    Without the upstream's catalogue there is nothing to validate
+        //    against, so the call fails closed.
+        if decision.is_allow() {
+            match tool_def.as_ref() {
+                None => {
+                    decision.effect = Effect::Deny;
+                    decision
+                        .reasons
+                        .push("the upstream's tool catalogue is unavailable".into());
+                    category = DenyCategory::UpstreamUnavailable;
+                }
+                Some(tool) => {
+                    if let Err(msg) = self.validate_args(&exposed, tool, &call.args) {
+                        decision.effect = Effect::Deny;
+                        decision
+                            .reasons
+                            .push(format!("arguments do not match the input schema: {msg}"));
+                        category = DenyCategory::InvalidArguments(msg);
+                    }
+                }
+            }
+        }
+
+        // 5. Write ahead: the decision is durable before anything is forwarded.
+        //    If the store cannot write, the call is denied.
+        self.metrics.count_decision(&decision);
+        if let Err(e) = self.audit.append(record(&decision, &call.args_hash)).await {
+            tracing::error!(error = %e, decision = %decision.id, "audit store unavailable; denying");
+            self.metrics.audit_failures.inc();
+            let denied = Decision::deny("audit store unavailable", self.policy.policy_hash());
+            return Err(denial_error(
+                &exposed,
+                &denied,
+                &correlation,
+                &DenyCategory::AuditUnavailable,
+            ));
+        }
+        if !decision.is_allow() {
+            return Err(denial_error(&exposed, &decision, &correlation, &category));
+        }
+        self.note_call(&principal);
+        let permitted = Permitted {
+            call,
+            decision,
+            correlation: correlation.clone(),
+            _proof: (),
+        };
+
+        // 6. Forward, then 7. record the outcome (after the fact; the
+        //    response is not held for it).
+        let result = self.forward(&upstream, &permitted, params, progress).await;
+        let (outcome, detail) = match &result {
+            Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => ("tool_error", None),
+            Ok(CallToolResponse::Complete(_)) => ("ok", None),
+            Ok(CallToolResponse::InputRequired(_)) => ("input_required", None),
+            Ok(CallToolResponse::Task(_)) => ("task", None),
+            Ok(_) => ("ok", None),
+            Err(e) => (e.outcome(), Some(e.to_string())),
+        };
+        let mut outcome_record = record(&permitted.decision, &permitted.call.args_hash);
+        outcome_record.kind = RecordKind::Outcome;
+        outcome_record.time_ms = AuditRecord::now_ms();
+        outcome_record.outcome = Some(outcome.to_owned());
+        outcome_record.detail = detail;
+        let audit = self.audit.clone();
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = audit.append(outcome_record).await {
+                metrics.audit_failures.inc();
+                tracing::error!(error = %e, "could not record call outcome");
+            }
+        });
+
+        match result {
+            Ok(response) => Ok(self.finish(response, &permitted)),
+            Err(e) => {
+                self.metrics.upstream_errors.inc();
+                Err(upstream_error(&e, &permitted.correlation))
+            }
+        }
+    }
+
+    /// Sends a permitted call upstream, with the correlation id in `_meta`
+    /// and a W3C `traceparent`. The agent's token is never part of it.
+    async fn forward(
+        &self,
+        upstream: &Upstream,
+        permitted: &Permitted,
+        mut params: CallToolRequestParams,
+        progress: Option<(Peer<RoleServer>, ProgressToken)>,
+    ) -> Result<CallToolResponse, UpstreamError> {
+        params.name = permitted.call.name.tool.clone().into();
+        let meta = params.meta.get_or_insert_with(Default::default);
+        meta.0
+            .0
+            .insert(META_CORRELATION.into(), permitted.correlation.as_str().into());
+        meta.0
+            .0
+            .insert("traceparent".into(), permitted.correlation.traceparent().into());
+        upstream.call(params, progress).await
+    }
+
+    /// Applies result obligations and stamps the correlation id.
+    fn finish(&self, response: CallToolResponse, permitted: &Permitted) -> CallToolResponse {
+        let CallToolResponse::Complete(mut result) = response else {
+            return response;
+        };
+        for obligation in &permitted.decision.obligations {
+            if let Obligation::Redact { fields } = obligation
+                && let Some(serde_json::Value::Object(map)) = result.structured_content.as_mut()
+            {
+                for f in fields {
+                    map.remove(f);
+                }
+            }
+        }
+        let meta = result.meta.get_or_insert_with(Default::default);
+        meta.0.insert(
+            META_CORRELATION.into(),
+            permitted.correlation.as_str().into(),
+        );
+        meta.0
+            .insert(META_DECISION.into(), permitted.decision.id.as_str().into());
+        CallToolResponse::Complete(result)
+    }
+
+    fn session_facts(&self, principal: &Principal) -> SessionFacts {
+        let mut facts = SessionFacts::default();
+        if let Some(s) = self.sessions.get(&principal.session_key()) {
+            facts.calls_in_session = s.calls;
+            facts.taint = s.taint.clone();
+        }
+        facts
+    }
+
+    fn note_call(&self, principal: &Principal) {
+        let mut s = self.sessions.entry(principal.session_key()).or_default();
+        s.calls = s.calls.saturating_add(1);
+    }
+}
+
+/// The result of looking up an exposed tool name.
+pub(crate) enum Resolved {
+    /// The upstream serves it. `class` is `None` when config does not
+    /// classify it (deny). `tool` is its catalogue entry.
+    Known {
+        upstream: Arc<Upstream>,
+        class: Option<mandate_core::ToolClass>,
+        tool: Option<rmcp::model::Tool>,
+    },
+    /// No such upstream or tool.
+    Unknown,
+}
+
+/// Current Unix time in seconds.
+pub(crate) fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,432 @@
+//! Connections to upstream MCP servers, as an MCP client (`rmcp`).
+//!
+//! Each upstream is one shared client connection, opened lazily and reopened
+//! after a crash. Its tool catalogue is cached and refreshed when the server
+//! says `notifications/tools/list_changed`. Progress notifications the
+//! upstream sends for a forwarded call are routed back to the client that made
+//! that call (the gateway rewrites progress tokens so two clients can never
+//! see each other's progress).
+
+use crate::config::{Transport, UpstreamConfig};
+use dashmap::DashMap;
+use http::{HeaderName, HeaderValue};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, ClientCapabilities, ClientConfig, ClientJsonRpcMessage,
+    ClientRequest, Implementation, JsonRpcMessage, ProgressNotificationParam, ProgressToken, Tool,
+};
+use rmcp::service::{NotificationContext, RunningService};
+use rmcp::transport::streamable_http_client::{
+    StreamableHttpClient, StreamableHttpClientTransportConfig, StreamableHttpError,
+    StreamableHttpPostResponse, StreamableHttpResponseLimits,
+};
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{ClientHandler, ErrorData, Peer, RoleClient, RoleServer, ServiceExt};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::{Mutex, RwLock};
+
+/// Why an upstream call did not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Could not connect or initialise.
+    #[error("upstream {upstream:?} is unavailable: {detail}")]
+    Unavailable {
+        /// Upstream name.
+        upstream: String,
+        /// What failed.
+        detail: String,
+    },
+    /// No answer within the configured timeout.
+    #[error("upstream {upstream:?} did not answer within {secs} s")]
+    Timeout {
+        /// Upstream name.
+        upstream: String,
+        /// The timeout.
+        secs: u64,
+    },
+    /// The upstream answered with a JSON-RPC error.
+    #[error("upstream {upstream:?} returned an error: {message}")]
+    Protocol {
+        /// Upstream name.
+        upstream: String,
+        /// Its error message.
+        message: String,
+        /// Its JSON-RPC error, relayed to the client.
+        error: Option<ErrorData>,
+    },
+}
+
+impl UpstreamError {
+    /// Audit outcome label.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Unavailable { .. } => "upstream_unavailable",
+            Self::Timeout { .. } => "timeout",
+            Self::Protocol { .. } => "upstream_error",
+        }
+    }
+}
+
+/// Where a rewritten progress token leads back to.
+struct ProgressRoute {
+    peer: Peer<RoleServer>,
+    token: ProgressToken,
+}
+
+/// Shared state between the gateway and every upstream's client handler.
+#[derive(Default)]
+pub struct Events {
+    progress: DashMap<String, ProgressRoute>,
+    /// Called (with the upstream's name) when an upstream's tool list changed.
+    list_changed: std::sync::OnceLock<Arc<dyn Fn(String) + Send + Sync>>,
+}
+
+impl Events {
+    /// Registers what to do when an upstream's tool list changes.
+    pub fn on_list_changed(&self, f: Arc<dyn Fn(String) + Send + Sync>) {
+        let _ = self.list_changed.set(f);
+    }
+}
+
+/// The gateway's MCP client handler for one upstream.
+#[derive(Clone)]
+struct UpstreamHandler {
+    upstream: String,
+    events: Arc<Events>,
+}
+
+impl ClientHandler for UpstreamHandler {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("mandate-gateway", env!("CARGO_PKG_VERSION")),
+        )
+    }
+
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _ctx: NotificationContext<RoleClient>,
+    ) {
+        let key = token_key(&params.progress_token);
+        let Some(route) = self.events.progress.get(&key) else {
+            return;
+        };
+        let mut params = params;
+        params.progress_token = route.token.clone();
+        let peer = route.peer.clone();
+        drop(route);
+        if let Err(e) = peer.notify_progress(params).await {
+            tracing::debug!(error = %e, "could not relay progress to client");
+        }
+    }
+
+    async fn on_tool_list_changed(&self, _ctx: NotificationContext<RoleClient>) {
+        if let Some(f) = self.events.list_changed.get() {
+            f(self.upstream.clone());
+        }
+    }
+    // Elicitation requests use the default handler, which declines: a shared
+    // upstream connection cannot tell which client's call an elicitation
+    // belongs to, and relaying it could show one user's prompt to another
+    // (F-04).
+}
+
+fn token_key(token: &ProgressToken) -> String {
+    serde_json::to_string(token).unwrap_or_default()
+}
+
+type Connection = RunningService<RoleClient, UpstreamHandler>;
+
+/// One upstream server: its connection and tool catalogue.
+pub struct Upstream {
+    cfg: UpstreamConfig,
+    events: Arc<Events>,
+    conn: Mutex<Option<Arc<Connection>>>,
+    tools: RwLock<Option<Arc<Vec<Tool>>>>,
+}
+
+impl Upstream {
+    /// An upstream that connects on first use.
+    pub fn new(cfg: UpstreamConfig, events: Arc<Events>) -> Self {
+        Self {
+            cfg,
+            events,
+            conn: Mutex::new(None),
+            tools: RwLock::new(None),
+        }
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.cfg
+    }
+
+    fn unavailable(&self, detail: impl std::fmt::Display) -> UpstreamError {
+        UpstreamError::Unavailable {
+            upstream: self.cfg.name.clone(),
+            detail: detail.to_string(),
+        }
+    }
+
+    async fn connection(&self) -> Result<Arc<Connection>, UpstreamError> {
+        let mut guard = self.conn.lock().await;
+        if let Some(c) = guard.as_ref()
+            && !c.is_closed()
+            && !c.peer().is_transport_closed()
+        {
+            return Ok(c.clone());
+        }
+        *guard = None;
+        let handler = UpstreamHandler {
+            upstream: self.cfg.name.clone(),
+            events: self.events.clone(),
+        };
+        let connect = async {
+            match &self.cfg.transport {
+                Transport::Stdio { command, args, env } => {
+                    let mut cmd = tokio::process::Command::new(command);
+                    cmd.args(args).env_clear();
+                    for key in ["PATH", "HOME", "LANG", "TMPDIR"] {
+                        if let Ok(v) = std::env::var(key) {
+                            cmd.env(key, v);
+                        }
+                    }
+                    cmd.envs(env);
+                    let (transport, _stderr) = TokioChildProcess::builder(cmd)
+                        .stderr(std::process::Stdio::inherit())
+                        .spawn()
+                        .map_err(|e| self.unavailable(format!("cannot start {command:?}: {e}")))?;
+                    handler
+                        .serve(transport)
+                        .await
+                        .map_err(|e| self.unavailable(e))
+                }
+                Transport::Http { url, headers } => {
+                    let mut custom = HashMap::new();
+                    for (k, v) in headers {
+                        let name = HeaderName::try_from(k.as_str())
+                            .map_err(|e| self.unavailable(format!("header {k:?}: {e}")))?;
+                        let value = HeaderValue::try_from(v.as_str())
+                            .map_err(|e| self.unavailable(format!("header {k:?}: {e}")))?;
+                        custom.insert(name, value);
+                    }
+                    let config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
+                        .custom_headers(custom);
+                    let transport = StreamableHttpClientTransport::with_client(
+                        TraceHttpClient(reqwest::Client::new()),
+                        config,
+                    );
+                    handler
+                        .serve(transport)
+                        .await
+                        .map_err(|e| self.unavailable(e))
+                }
+            }
+        };
+        let service = tokio::time::timeout(self.cfg.timeout, connect)
+            .await
+            .map_err(|_| self.unavailable("timed out while connecting"))??;
+        let service = Arc::new(service);
+        *guard = Some(service.clone());
+        Ok(service)
+    }
+
+    /// The upstream's tools (cached until it reports a change).
+    pub async fn tools(&self) -> Result<Arc<Vec<Tool>>, UpstreamError> {
+        if let Some(t) = self.tools.read().await.as_ref() {
+            return Ok(t.clone());
+        }
+        let conn = self.connection().await?;
+        let list = tokio::time::timeout(self.cfg.timeout, conn.peer().list_all_tools())
+            .await
+            .map_err(|_| UpstreamError::Timeout {
+                upstream: self.cfg.name.clone(),
+                secs: self.cfg.timeout.as_secs(),
+            })?
+            .map_err(|e| self.unavailable(e))?;
+        let list = Arc::new(list);
+        *self.tools.write().await = Some(list.clone());
+        Ok(list)
+    }
+
+    /// Forgets the cached catalogue (after `tools/list_changed`).
+    pub async fn invalidate_tools(&self) {
+        *self.tools.write().await = None;
+    }
+
+    /// Forwards one call. `progress` routes the upstream's progress
+    /// notifications for this call back to the calling client.
+    pub async fn call(
+        &self,
+        mut params: CallToolRequestParams,
+        progress: Option<(Peer<RoleServer>, ProgressToken)>,
+    ) -> Result<CallToolResponse, UpstreamError> {
+        let conn = self.connection().await?;
+        let mut route_key = None;
+        if let Some((peer, token)) = progress {
+            let ours = ProgressToken(rmcp::model::NumberOrString::String(
+                format!("mandate-{}", uuid::Uuid::new_v4().simple()).into(),
+            ));
+            let key = token_key(&ours);
+            self.events
+                .progress
+                .insert(key.clone(), ProgressRoute { peer, token });
+            params
+                .meta
+                .get_or_insert_with(Default::default)
+                .set_progress_token(ours);
+            route_key = Some(key);
+        }
+        let result = tokio::time::timeout(self.cfg.timeout, conn.peer().call_tool_once(params)).await;
+        if let Some(key) = route_key {
+            self.events.progress.remove(&key);
+        }
+        match result {
+            Err(_) => {
+                // A hung upstream may never answer; drop the connection so the
+                // next call starts a fresh one.
+                self.conn.lock().await.take();
+                Err(UpstreamError::Timeout {
+                    upstream: self.cfg.name.clone(),
+                    secs: self.cfg.timeout.as_secs(),
+                })
+            }
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(rmcp::ServiceError::McpError(e))) => Err(UpstreamError::Protocol {
+                upstream: self.cfg.name.clone(),
+                message: e.message.to_string(),
+                error: Some(e),
+            }),
+            Ok(Err(e)) => {
+                self.conn.lock().await.take();
+                Err(self.unavailable(e))
+            }
+        }
+    }
+
+    /// Connects and lists tools, for `mandate serve --check`.
+    pub async fn probe(&self) -> Result<usize, UpstreamError> {
+        self.invalidate_tools().await;
+        Ok(self.tools().await?.len())
+    }
+}
+
+/// A `reqwest` client for upstream HTTP that copies the call's W3C
+/// `traceparent` from `params._meta` into the HTTP header (F-05), so
+/// HTTP-level tracing and logs on the upstream side see the correlation.
+#[derive(Clone)]
+pub struct TraceHttpClient(pub reqwest::Client);
+
+fn traceparent_of(message: &ClientJsonRpcMessage) -> Option<HeaderValue> {
+    let JsonRpcMessage::Request(req) = message else {
+        return None;
+    };
+    let ClientRequest::CallToolRequest(call) = &req.request else {
+        return None;
+    };
+    let meta = call.params.meta.as_ref()?;
+    let value = meta.0.0.get("traceparent")?.as_str()?;
+    HeaderValue::from_str(value).ok()
+}
+
+type PostResult = Result<StreamableHttpPostResponse, StreamableHttpError<reqwest::Error>>;
+
+impl StreamableHttpClient for TraceHttpClient {
+    type Error = reqwest::Error;
+
+    fn post_message(
+        &self,
+        uri: Arc<str>,
+        message: ClientJsonRpcMessage,
+        session_id: Option<Arc<str>>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+    ) -> impl Future<Output = PostResult> + Send + '_ {
+        self.post_message_with_response_limits(
+            uri,
+            message,
+            session_id,
+            auth_header,
+            custom_headers,
+            StreamableHttpResponseLimits::default(),
+        )
+    }
+
+    fn post_message_with_response_limits(
+        &self,
+        uri: Arc<str>,
+        message: ClientJsonRpcMessage,
+        session_id: Option<Arc<str>>,
+        auth_header: Option<String>,
+        mut custom_headers: HashMap<HeaderName, HeaderValue>,
+        limits: StreamableHttpResponseLimits,
+    ) -> impl Future<Output = PostResult> + Send + '_ {
+        if let Some(tp) = traceparent_of(&message) {
+            custom_headers.insert(HeaderName::from_static("traceparent"), tp);
+        }
+        self.0.post_message_with_response_limits(
+            uri,
+            message,
+            session_id,
+            auth_header,
+            custom_headers,
+            limits,
+        )
+    }
+
+    fn delete_session(
+        &self,
+        uri: Arc<str>,
+        session_id: Arc<str>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+    ) -> impl Future<Output = Result<(), StreamableHttpError<Self::Error>>> + Send + '_ {
+        self.0
+            .delete_session(uri, session_id, auth_header, custom_headers)
+    }
+
+    fn get_stream(
+        &self,
+        uri: Arc<str>,
+        session_id: Option<Arc<str>>,
+        last_event_id: Option<String>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+    ) -> impl Future<
+        Output = Result<
+            futures::stream::BoxStream<'static, Result<sse_stream::Sse, sse_stream::Error>>,
+            StreamableHttpError<Self::Error>,
+        >,
+    > + Send
+    + '_ {
+        self.0
+            .get_stream(uri, session_id, last_event_id, auth_header, custom_headers)
+    }
+
+    fn get_stream_with_max_sse_event_size(
+        &self,
+        uri: Arc<str>,
+        session_id: Option<Arc<str>>,
+        last_event_id: Option<String>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+        max_sse_event_size: usize,
+    ) -> impl Future<
+        Output = Result<
+            futures::stream::BoxStream<'static, Result<sse_stream::Sse, sse_stream::Error>>,
+            StreamableHttpError<Self::Error>,
+        >,
+    > + Send
+    + '_ {
+        self.0.get_stream_with_max_sse_event_size(
+            uri,
+            session_id,
+            last_event_id,
+            auth_header,
+            custom_headers,
+            max_sse_event_size,
+        )
+    }
+}
+

@@ -1,0 +1,388 @@
+//! `mandate.toml`: the one configuration model.
+//!
+//! The file and `MANDATE_*` environment overrides are translated into one
+//! [`Config`] at load time; unknown keys are errors. Paths may use
+//! `{config_dir}`, `{data_dir}` and `{mandate}` (this executable).
+
+use anyhow::{Context, Result, anyhow, bail};
+use mandate_authn::{AuthnConfig, IssuerConfig, JwksSource};
+use mandate_core::ToolClass;
+use mandate_gateway::{GatewayConfig, Transport, UpstreamConfig};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Environment variables Mandate reads, all in one place.
+pub mod env {
+    /// Overrides `server.listen`.
+    pub const LISTEN: &str = "MANDATE_LISTEN";
+    /// Overrides `server.public_url`.
+    pub const PUBLIC_URL: &str = "MANDATE_PUBLIC_URL";
+    /// Overrides `server.data_dir`.
+    pub const DATA_DIR: &str = "MANDATE_DATA_DIR";
+    /// Path of the config file when `--config` is not given.
+    pub const CONFIG: &str = "MANDATE_CONFIG";
+    /// The agent's bearer token for `mandate gateway --stdio`.
+    pub const TOKEN: &str = "MANDATE_TOKEN";
+    /// Log filter (tracing `EnvFilter` syntax), default `info`.
+    pub const LOG: &str = "MANDATE_LOG";
+    /// `json` for JSON logs.
+    pub const LOG_FORMAT: &str = "MANDATE_LOG_FORMAT";
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    server: ServerSection,
+    auth: AuthSection,
+    #[serde(default)]
+    policy: PolicySection,
+    #[serde(default)]
+    upstreams: BTreeMap<String, UpstreamSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerSection {
+    #[serde(default = "default_listen")]
+    listen: String,
+    public_url: Option<String>,
+    #[serde(default = "default_data_dir")]
+    data_dir: String,
+    #[serde(default = "default_max_body")]
+    max_body_bytes: usize,
+    allowed_hosts: Option<Vec<String>>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            public_url: None,
+            data_dir: default_data_dir(),
+            max_body_bytes: default_max_body(),
+            allowed_hosts: None,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8943".into()
+}
+fn default_data_dir() -> String {
+    "mandate-data".into()
+}
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthSection {
+    resource: Option<String>,
+    #[serde(default = "default_leeway")]
+    leeway_secs: u64,
+    #[serde(default)]
+    algorithms: Option<Vec<String>>,
+    #[serde(default = "yes")]
+    require_actor: bool,
+    #[serde(default)]
+    issuers: Vec<IssuerSection>,
+}
+
+fn default_leeway() -> u64 {
+    30
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssuerSection {
+    issuer: String,
+    jwks_file: Option<String>,
+    jwks_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicySection {
+    #[serde(default = "default_policy_dir")]
+    dir: String,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        Self {
+            dir: default_policy_dir(),
+        }
+    }
+}
+
+fn default_policy_dir() -> String {
+    "{config_dir}/policies".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamSection {
+    command: Option<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    url: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default = "default_timeout")]
+    timeout_secs: u64,
+    #[serde(default)]
+    tools: BTreeMap<String, String>,
+    default_class: Option<String>,
+}
+
+fn default_timeout() -> u64 {
+    30
+}
+
+/// The loaded configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Embedded state (audit log, demo keys).
+    pub data_dir: PathBuf,
+    /// Policy directory.
+    pub policy_dir: PathBuf,
+    /// Token verification.
+    pub authn: AuthnConfig,
+    /// Gateway.
+    pub gateway: GatewayConfig,
+}
+
+/// Command-line overrides, applied after the environment.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// Public URL (the demo sets it to the port it bound).
+    pub public_url: Option<String>,
+}
+
+impl Config {
+    /// Reads and parses `path`, then applies environment and CLI overrides.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::parse(&text, path, overrides)
+    }
+
+    /// Parses config text; `path` locates `{config_dir}`.
+    pub fn parse(text: &str, path: &Path, overrides: &Overrides) -> Result<Self> {
+        let file: FileConfig = toml::from_str(text)
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let config_dir = path
+            .parent()
+            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+
+        let listen = overrides
+            .listen
+            .clone()
+            .or_else(|| std::env::var(env::LISTEN).ok())
+            .unwrap_or(file.server.listen.clone());
+        let listen: SocketAddr = listen
+            .parse()
+            .with_context(|| format!("server.listen {listen:?} is not an address like 127.0.0.1:8943"))?;
+        let data_dir = overrides
+            .data_dir
+            .clone()
+            .or_else(|| std::env::var(env::DATA_DIR).ok().map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(&file.server.data_dir));
+        let public_url = overrides
+            .public_url
+            .clone()
+            .or_else(|| std::env::var(env::PUBLIC_URL).ok())
+            .or(file.server.public_url.clone())
+            .unwrap_or_else(|| format!("http://{listen}"));
+        let public_url = public_url.trim_end_matches('/').to_owned();
+
+        let subst = |s: &str| -> String {
+            let exe = std::env::current_exe()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "mandate".into());
+            s.replace("{config_dir}", &config_dir.display().to_string())
+                .replace("{data_dir}", &data_dir.display().to_string())
+                .replace("{mandate}", &exe)
+        };
+
+        let resource = file
+            .auth
+            .resource
+            .clone()
+            .unwrap_or_else(|| format!("{public_url}/mcp"));
+        if file.auth.issuers.is_empty() {
+            bail!("auth.issuers is empty: configure at least one token issuer");
+        }
+        let mut issuers = Vec::new();
+        for i in &file.auth.issuers {
+            let jwks = match (&i.jwks_file, &i.jwks_url) {
+                (Some(f), None) => JwksSource::File(PathBuf::from(subst(f))),
+                (None, Some(u)) => JwksSource::Url(u.clone()),
+                _ => bail!(
+                    "auth.issuers {:?}: set exactly one of jwks_file and jwks_url",
+                    i.issuer
+                ),
+            };
+            issuers.push(IssuerConfig {
+                issuer: i.issuer.clone(),
+                jwks,
+            });
+        }
+        let algorithms = match &file.auth.algorithms {
+            None => AuthnConfig::default_algorithms(),
+            Some(names) => names
+                .iter()
+                .map(|n| {
+                    n.parse::<jsonwebtoken::Algorithm>()
+                        .map_err(|_| anyhow!("auth.algorithms: unknown algorithm {n:?}"))
+                })
+                .collect::<Result<Vec<_>>>()?,
+        };
+        if file.auth.leeway_secs > 60 {
+            bail!("auth.leeway_secs must be at most 60");
+        }
+        let authn = AuthnConfig {
+            issuers,
+            audience: resource.clone(),
+            leeway_secs: file.auth.leeway_secs,
+            algorithms,
+            require_actor: file.auth.require_actor,
+        };
+
+        let mut upstreams = Vec::new();
+        for (name, u) in &file.upstreams {
+            if name.is_empty() || name.contains('.') {
+                bail!("upstream name {name:?} must be non-empty and contain no '.'");
+            }
+            let transport = match (&u.command, &u.url) {
+                (Some(cmd), None) => Transport::Stdio {
+                    command: PathBuf::from(subst(cmd)),
+                    args: u.args.iter().map(|a| subst(a)).collect(),
+                    env: u.env.clone(),
+                },
+                (None, Some(url)) => {
+                    if !u.args.is_empty() || !u.env.is_empty() {
+                        bail!("upstreams.{name}: args/env only apply to command upstreams");
+                    }
+                    Transport::Http {
+                        url: url.clone(),
+                        headers: u.headers.clone(),
+                    }
+                }
+                _ => bail!("upstreams.{name}: set exactly one of command and url"),
+            };
+            let mut tools = BTreeMap::new();
+            for (tool, class) in &u.tools {
+                let class: ToolClass = class
+                    .parse()
+                    .map_err(|e: String| anyhow!("upstreams.{name}.tools.{tool}: {e}"))?;
+                tools.insert(tool.clone(), class);
+            }
+            let default_class = match &u.default_class {
+                None => None,
+                Some(c) if c == "deny" => None,
+                Some(c) => Some(
+                    c.parse::<ToolClass>()
+                        .map_err(|e| anyhow!("upstreams.{name}.default_class: {e} (or \"deny\")"))?,
+                ),
+            };
+            if u.timeout_secs == 0 {
+                bail!("upstreams.{name}.timeout_secs must be positive");
+            }
+            upstreams.push(UpstreamConfig {
+                name: name.clone(),
+                transport,
+                timeout: Duration::from_secs(u.timeout_secs),
+                tools,
+                default_class,
+            });
+        }
+
+        let allowed_hosts = match &file.server.allowed_hosts {
+            Some(h) => h.clone(),
+            None => {
+                let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+                if let Some(host) = host_of(&public_url) {
+                    hosts.push(host);
+                }
+                hosts
+            }
+        };
+
+        let gateway = GatewayConfig {
+            public_url: public_url.clone(),
+            resource,
+            authorization_servers: file.auth.issuers.iter().map(|i| i.issuer.clone()).collect(),
+            upstreams,
+            max_body_bytes: file.server.max_body_bytes,
+            allowed_hosts,
+            allowed_origins: file.server.allowed_origins.clone(),
+        };
+        let policy_dir = PathBuf::from(subst(&file.policy.dir));
+        Ok(Self {
+            listen,
+            data_dir,
+            policy_dir,
+            authn,
+            gateway,
+        })
+    }
+
+    /// Path of the embedded audit log.
+    pub fn audit_path(&self) -> PathBuf {
+        self.data_dir.join("audit.sqlite")
+    }
+}
+
+fn host_of(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+    Some(host.trim_matches(['[', ']']).to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let text = "[auth]\nissuers=[{issuer=\"x\", jwks_file=\"j\"}]\n[server]\nlisten=\"127.0.0.1:1\"\nbogus=1\n";
+        let err = Config::parse(text, Path::new("m.toml"), &Overrides::default());
+        assert!(err.is_err_and(|e| e.to_string().contains("bogus")));
+    }
+
+    #[test]
+    fn upstream_needs_exactly_one_transport() {
+        let text = "[auth]\nissuers=[{issuer=\"x\", jwks_file=\"j\"}]\n[upstreams.a]\ncommand=\"c\"\nurl=\"http://x\"\n";
+        assert!(Config::parse(text, Path::new("m.toml"), &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn bad_tool_class_is_named() {
+        let text = "[auth]\nissuers=[{issuer=\"x\", jwks_file=\"j\"}]\n[upstreams.a]\ncommand=\"c\"\ntools={t=\"sometimes\"}\n";
+        let err = Config::parse(text, Path::new("m.toml"), &Overrides::default());
+        assert!(err.is_err_and(|e| e.to_string().contains("upstreams.a.tools.t")));
+    }
+}

@@ -1,0 +1,161 @@
+"""`mandate serve --check` validates config, policies and upstreams without
+serving: a mistake is caught before deployment, with a message that says
+what is wrong, instead of at the first tool call."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from e2e_support import POLICY_DIR, Issuer, everything_entry, free_port, gateway_toml, mandate_bin, run_mandate
+
+
+def write_config(tmp_path: Path, issuer: Issuer, *, upstreams=None, policy_dir: Path = POLICY_DIR,
+                 extra: str = "") -> Path:
+    if upstreams is None:
+        upstreams = {
+            "docs": {"command": str(mandate_bin()), "args": ["demo-server", "--profile", "workspace"],
+                     "timeout_secs": 10, "tools": {"search": "read", "send_mail": "outbound"}},
+        }
+    text = gateway_toml(port=free_port(), data_dir=tmp_path / "data", jwks=issuer.jwks_path,
+                        issuer=issuer.issuer, upstreams=upstreams, policy_dir=policy_dir)
+    path = tmp_path / "mandate.toml"
+    path.write_text(text + extra)
+    return path
+
+
+def check(config: Path):
+    return run_mandate("serve", "--config", str(config), "--check", timeout=90)
+
+
+def output(r) -> str:
+    return (r.stdout or "") + (r.stderr or "")
+
+
+def test_good_config_passes_check(tmp_path: Path, issuer: Issuer) -> None:
+    node, script, arg = everything_entry()
+    config = write_config(tmp_path, issuer, upstreams={
+        "docs": {"command": str(mandate_bin()), "args": ["demo-server", "--profile", "workspace"],
+                 "timeout_secs": 10, "tools": {"search": "read"}},
+        "everything": {"command": node, "args": [script, arg], "timeout_secs": 20, "tools": {"echo": "read"}},
+    })
+    r = check(config)
+    assert r.returncode == 0, output(r)
+    assert "configuration OK" in r.stdout, output(r)
+
+
+def test_shipped_quickstart_config_passes_check(tmp_path: Path) -> None:
+    """The config the README points people at must itself be valid."""
+    r = run_mandate("keys", "generate", "--out", str(tmp_path / "data" / "dev-issuer"))
+    assert r.returncode == 0, output(r)
+    cfg_dir = tmp_path / "quickstart"
+    shutil.copytree(POLICY_DIR.parent, cfg_dir)
+    r = run_mandate("serve", "--config", str(cfg_dir / "mandate.toml"), "--data-dir", str(tmp_path / "data"),
+                    "--check", timeout=90)
+    assert r.returncode == 0, output(r)
+    assert "configuration OK" in r.stdout
+
+
+@pytest.mark.parametrize("section,key", [("server", "listne"), ("auth", "leway_secs"), ("policy", "directory")])
+def test_unknown_key_fails_check_naming_the_key(tmp_path: Path, issuer: Issuer, section: str, key: str) -> None:
+    config = write_config(tmp_path, issuer)
+    text = config.read_text().replace(f"[{section}]\n", f"[{section}]\n{key} = 1\n", 1)
+    config.write_text(text)
+    r = check(config)
+    assert r.returncode != 0, output(r)
+    assert key in output(r), output(r)
+    assert "configuration OK" not in r.stdout
+
+
+def test_unknown_upstream_key_fails_check(tmp_path: Path, issuer: Issuer) -> None:
+    config = write_config(tmp_path, issuer, upstreams={
+        "docs": {"command": str(mandate_bin()), "args": ["demo-server", "--profile", "workspace"],
+                 "timeout_sec": 10, "tools": {"search": "read"}},
+    })
+    r = check(config)
+    assert r.returncode != 0 and "timeout_sec" in output(r), output(r)
+
+
+def test_unknown_tool_class_fails_check(tmp_path: Path, issuer: Issuer) -> None:
+    config = write_config(tmp_path, issuer, upstreams={
+        "docs": {"command": str(mandate_bin()), "args": ["demo-server", "--profile", "workspace"],
+                 "tools": {"search": "harmless"}},
+    })
+    r = check(config)
+    assert r.returncode != 0 and "harmless" in output(r), output(r)
+
+
+def broken_policy_dir(tmp_path: Path, name: str, text: str) -> Path:
+    d = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, d)
+    (d / name).write_text(text)
+    return d
+
+
+def test_policy_syntax_error_fails_check_naming_the_file(tmp_path: Path, issuer: Issuer) -> None:
+    d = broken_policy_dir(tmp_path, "99-broken.cedar",
+                          '@id("broken")\npermit (principal, action, resource) when { context.in_scope && };\n')
+    r = check(write_config(tmp_path, issuer, policy_dir=d))
+    assert r.returncode != 0, output(r)
+    assert "99-broken.cedar" in output(r), output(r)
+    # `mandate policy check` agrees.
+    r2 = run_mandate("policy", "check", "--dir", str(d))
+    assert r2.returncode != 0 and "99-broken.cedar" in output(r2), output(r2)
+
+
+def test_policy_that_breaks_the_schema_fails_check(tmp_path: Path, issuer: Issuer) -> None:
+    d = broken_policy_dir(tmp_path, "99-typo.cedar",
+                          '@id("typo")\npermit (principal, action, resource) when { context.in_scoep };\n')
+    r = check(write_config(tmp_path, issuer, policy_dir=d))
+    assert r.returncode != 0, output(r)
+    assert "in_scoep" in output(r) or "99-typo.cedar" in output(r), output(r)
+
+
+def test_missing_policy_dir_fails_check(tmp_path: Path, issuer: Issuer) -> None:
+    missing = tmp_path / "no-such-policies"
+    r = check(write_config(tmp_path, issuer, policy_dir=missing))
+    assert r.returncode != 0 and str(missing) in output(r), output(r)
+
+
+def test_shipped_policies_pass_policy_check() -> None:
+    r = run_mandate("policy", "check", "--dir", str(POLICY_DIR))
+    assert r.returncode == 0, output(r)
+
+
+def test_unreachable_http_upstream_fails_check_naming_it(tmp_path: Path, issuer: Issuer) -> None:
+    port = free_port()  # nothing listens there
+    config = write_config(tmp_path, issuer, upstreams={
+        "docs": {"command": str(mandate_bin()), "args": ["demo-server", "--profile", "workspace"],
+                 "tools": {"search": "read"}},
+        "crm": {"url": f"http://127.0.0.1:{port}/mcp", "timeout_secs": 5, "tools": {"lookup": "read"}},
+    })
+    r = check(config)
+    assert r.returncode != 0, output(r)
+    assert "crm" in output(r), output(r)
+    assert "configuration OK" not in r.stdout
+
+
+def test_upstream_command_that_does_not_exist_fails_check(tmp_path: Path, issuer: Issuer) -> None:
+    config = write_config(tmp_path, issuer, upstreams={
+        "ghost": {"command": str(tmp_path / "no-such-program"), "timeout_secs": 5, "tools": {"x": "read"}},
+    })
+    r = check(config)
+    assert r.returncode != 0, output(r)
+    assert "ghost" in output(r), output(r)
+
+
+def test_upstream_that_exits_at_once_fails_check(tmp_path: Path, issuer: Issuer) -> None:
+    config = write_config(tmp_path, issuer, upstreams={
+        "flaky": {"command": "/bin/false", "timeout_secs": 5, "tools": {"x": "read"}},
+    })
+    r = check(config)
+    assert r.returncode != 0 and "flaky" in output(r), output(r)
+
+
+def test_missing_jwks_file_fails_check(tmp_path: Path, issuer: Issuer) -> None:
+    config = write_config(tmp_path, issuer)
+    config.write_text(config.read_text().replace(str(issuer.jwks_path), str(tmp_path / "nope.json")))
+    r = check(config)
+    assert r.returncode != 0 and "nope.json" in output(r), output(r)

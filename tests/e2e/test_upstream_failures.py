@@ -1,0 +1,120 @@
+"""An upstream that hangs or crashes gets a clear error to the agent, an
+audit record saying what happened, and does not take the others down."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import anyio
+import pytest
+from mcp import MCPError
+
+from e2e_support import (
+    RECORDING_SERVER,
+    Issuer,
+    Launcher,
+    RecordingServer,
+    everything_entry,
+    meta_of,
+    read_jsonl,
+    sdk_client,
+    text_of,
+)
+
+UPSTREAM_FAILED = -32004
+TIMEOUT_SECS = 2
+
+
+@pytest.fixture(scope="module")
+def env(launcher: Launcher, issuer: Issuer, rec_http: RecordingServer):
+    crashy_rec = launcher.root / "crashy-calls.jsonl"
+    node, script, arg = everything_entry()
+    gw = launcher.gateway(issuer, {
+        "everything": {"command": node, "args": [script, arg], "timeout_secs": 20, "tools": {"echo": "read"}},
+        # The Python SDK recording server over HTTP; `slow` outlives timeout_secs.
+        "rec": {"url": rec_http.url, "timeout_secs": TIMEOUT_SECS,
+                "tools": {"lookup": "read", "slow": "read"}},
+        # The same server over stdio, as a child process that can crash.
+        "crashy": {"command": sys.executable, "args": [str(RECORDING_SERVER), "--record", str(crashy_rec)],
+                   "timeout_secs": 10, "tools": {"lookup": "read", "crash": "read"}},
+    })
+    tok = issuer.mint(gw.audience, scope="everything.* rec.* crashy.*")
+    return gw, tok, crashy_rec
+
+
+def test_hanging_upstream_times_out_and_others_keep_working(env, rec_http: RecordingServer) -> None:
+    gw, tok, _ = env
+    results: dict[str, object] = {}
+
+    async def hang(c) -> None:
+        t0 = time.monotonic()
+        try:
+            r = await c.call_tool("rec.slow", {"seconds": 60})
+            results["slow"] = r
+        except MCPError as e:
+            results["slow"] = e
+        results["slow_secs"] = time.monotonic() - t0
+
+    async def meanwhile(c, other) -> None:
+        await anyio.sleep(0.5)  # the slow call is now in flight
+        t0 = time.monotonic()
+        results["same_session_echo"] = text_of(await c.call_tool("everything.echo", {"message": "same session"}))
+        results["other_session_echo"] = text_of(await other.call_tool("everything.echo", {"message": "other"}))
+        results["echo_secs"] = time.monotonic() - t0
+
+    async def go() -> None:
+        async with sdk_client(gw.mcp_url, tok) as c, sdk_client(gw.mcp_url, tok) as other:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hang, c)
+                tg.start_soon(meanwhile, c, other)
+            # The hung upstream itself still answers its other tools.
+            results["after"] = text_of(await c.call_tool("rec.lookup", {"key": "after-timeout"}))
+
+    anyio.run(go)
+
+    err = results["slow"]
+    assert isinstance(err, MCPError), f"a 60 s call through a {TIMEOUT_SECS} s timeout returned {err}"
+    assert err.code == UPSTREAM_FAILED, (err.code, err.message)
+    assert "timeout" in err.message.lower() or "timed out" in err.message.lower(), err.message
+    assert results["slow_secs"] < TIMEOUT_SECS + 8, f"error came after {results['slow_secs']:.1f}s"
+    assert results["same_session_echo"] == "Echo: same session"
+    assert results["other_session_echo"] == "Echo: other"
+    assert results["echo_secs"] < TIMEOUT_SECS, f"other upstream blocked for {results['echo_secs']:.1f}s"
+    assert results["after"] == "value-of-after-timeout"
+
+    assert any(c["tool"] == "slow" for c in rec_http.calls()), "the slow call never reached the upstream"
+    rows = gw.wait_audit("tool = 'rec.slow' AND kind = 'outcome'")
+    assert rows and rows[-1]["outcome"] == "timeout", rows
+
+
+def test_crashed_stdio_upstream_errors_cleanly_and_reconnects(env) -> None:
+    gw, tok, crashy_rec = env
+
+    async def go():
+        async with sdk_client(gw.mcp_url, tok) as c:
+            first = await c.call_tool("crashy.lookup", {"key": "before"})
+            try:
+                crashed: object = await c.call_tool("crashy.crash", {})
+            except MCPError as e:
+                crashed = e
+            echo = await c.call_tool("everything.echo", {"message": "still here"})
+            again = await c.call_tool("crashy.lookup", {"key": "after"})
+            return first, crashed, echo, again
+
+    first, crashed, echo, again = anyio.run(go)
+    assert text_of(first) == "value-of-before", first
+    assert isinstance(crashed, MCPError), f"crash call returned {crashed}"
+    assert crashed.code == UPSTREAM_FAILED, (crashed.code, crashed.message)
+    assert "crashy" in crashed.message or "upstream" in crashed.message.lower(), crashed.message
+    assert text_of(echo) == "Echo: still here", echo
+    assert not again.is_error and text_of(again) == "value-of-after", again
+    assert meta_of(again).get("io.mandate/correlation_id")
+
+    calls = read_jsonl(crashy_rec)
+    assert [c["tool"] for c in calls] == ["lookup", "crash", "lookup"], calls
+    assert calls[0]["pid"] == calls[1]["pid"] != calls[2]["pid"], "the upstream was not restarted"
+
+    rows = gw.wait_audit("tool = 'crashy.crash' AND kind = 'outcome'")
+    assert rows and rows[-1]["outcome"] in ("upstream_error", "upstream_unavailable"), rows
+    assert gw.proc.alive()
