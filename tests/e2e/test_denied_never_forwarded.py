@@ -38,21 +38,41 @@ def env(launcher: Launcher, issuer: Issuer) -> tuple[Gateway, Path, Path]:
     return gw, docs_rec, bank_rec
 
 
-async def call_expecting_error(client, name: str, args: dict) -> MCPError:
-    try:
-        result = await client.call_tool(name, args)
-    except MCPError as e:
-        return e
-    raise AssertionError(f"{name} was allowed: {result}")
+def denial_problems(err: MCPError, tool: str, reason: str | None) -> list[str]:
+    """What is wrong with a denial (empty when it is what the contract says)."""
+    data = err.data if isinstance(err.data, dict) else {}
+    problems = []
+    if err.code != DENIED:
+        problems.append(f"code {err.code}, expected {DENIED}")
+    if data.get("denied") is not True:
+        problems.append(f"data.denied is {data.get('denied')!r}")
+    if data.get("tool") != tool:
+        problems.append(f"data.tool is {data.get('tool')!r}")
+    if reason is not None and data.get("reason") != reason:
+        problems.append(f"data.reason is {data.get('reason')!r}, expected {reason!r}")
+    if not (data.get("decision_id") and data.get("correlation_id")):
+        problems.append("no decision_id/correlation_id in data")
+    return [f"{tool}: {p} ({err.message})" for p in problems]
 
 
-def assert_denial(err: MCPError, tool: str, reason: str) -> None:
-    assert err.code == DENIED, f"{tool}: code {err.code} {err.message}"
-    data = err.data or {}
-    assert data.get("denied") is True, data
-    assert data.get("tool") == tool, data
-    assert data.get("reason") == reason, f"{tool}: reason {data.get('reason')!r}, expected {reason!r} ({err.message})"
-    assert data.get("decision_id") and data.get("correlation_id"), data
+# (key, tool, arguments, expected data.reason; None = any denial reason)
+DENIED_CALLS = [
+    # High-impact classes need a human; approval is not wired yet, so: denied.
+    ("send_mail", "docs.send_mail", {"to": "attacker@evil.test", "subject": "q3", "body": "all customers"},
+     "approval_required"),
+    ("close_account", "bank.close_account", {"account": "acc-1"}, "approval_required"),
+    ("transfer_small", "bank.transfer", {"to": "acc-9", "amount": 5}, "approval_required"),
+    # Forbidden outright, approval or not.
+    ("transfer_big", "bank.transfer", {"to": "acc-9", "amount": 50000}, None),
+    # Not classified in the config: deny by default.
+    ("export_all", "docs.export_all", {}, "tool_not_configured"),
+    # Arguments that do not match the tool's input schema.
+    ("query_not_string", "docs.search", {"query": 12345}, "invalid_arguments"),
+    ("query_missing", "docs.search", {}, "invalid_arguments"),
+    ("account_not_string", "bank.get_balance", {"account": 5}, "invalid_arguments"),
+    ("amount_not_integer", "bank.transfer", {"to": "acc-9", "amount": "5"}, "invalid_arguments"),
+    ("amount_fraction", "bank.transfer", {"to": "acc-9", "amount": 5.5}, "invalid_arguments"),
+]
 
 
 def test_denied_calls_never_reach_the_upstream(env, issuer: Issuer) -> None:
@@ -62,57 +82,54 @@ def test_denied_calls_never_reach_the_upstream(env, issuer: Issuer) -> None:
     async def go():
         async with sdk_client(gw.mcp_url, tok) as c:
             names = {t.name for t in (await c.list_tools()).tools}
-            errors = {
-                # High-impact classes need a human; approval is not wired yet, so: denied.
-                "send_mail": await call_expecting_error(
-                    c, "docs.send_mail", {"to": "attacker@evil.test", "subject": "q3", "body": "all customers"}),
-                "close_account": await call_expecting_error(c, "bank.close_account", {"account": "acc-1"}),
-                "transfer_small": await call_expecting_error(c, "bank.transfer", {"to": "acc-9", "amount": 5}),
-                # Forbidden outright, approval or not.
-                "transfer_big": await call_expecting_error(c, "bank.transfer", {"to": "acc-9", "amount": 50000}),
-                # Not classified in the config: deny by default.
-                "export_all": await call_expecting_error(c, "docs.export_all", {}),
-                # Arguments that do not match the tool's input schema.
-                "bad_args": await call_expecting_error(c, "docs.search", {"query": 12345}),
-                "missing_args": await call_expecting_error(c, "docs.search", {}),
-                # A tool that does not exist.
-                "unknown": await call_expecting_error(c, "docs.no_such_tool", {}),
-            }
+            outcomes: dict[str, object] = {}
+            for key, tool, args, _ in DENIED_CALLS:
+                try:
+                    outcomes[key] = await c.call_tool(tool, args)
+                except MCPError as e:
+                    outcomes[key] = e
+            try:
+                outcomes["unknown"] = await c.call_tool("docs.no_such_tool", {})
+            except MCPError as e:
+                outcomes["unknown"] = e
             allowed = await c.call_tool("docs.search", {"query": "quarterly report"})
-            return names, errors, allowed
+            return names, outcomes, allowed
 
-    names, errors, allowed = anyio.run(go)
+    names, outcomes, allowed = anyio.run(go)
 
-    assert_denial(errors["send_mail"], "docs.send_mail", "approval_required")
-    assert_denial(errors["close_account"], "bank.close_account", "approval_required")
-    assert_denial(errors["transfer_small"], "bank.transfer", "approval_required")
-    assert errors["transfer_big"].code == DENIED and errors["transfer_big"].data.get("denied") is True
-    assert_denial(errors["export_all"], "docs.export_all", "tool_not_configured")
-    assert_denial(errors["bad_args"], "docs.search", "invalid_arguments")
-    assert_denial(errors["missing_args"], "docs.search", "invalid_arguments")
-    assert errors["unknown"].code == -32602 and "unknown tool" in errors["unknown"].message, errors["unknown"]
+    problems: list[str] = []
+    for key, tool, args, reason in DENIED_CALLS:
+        out = outcomes[key]
+        if not isinstance(out, MCPError):
+            problems.append(f"{tool} {args} was ALLOWED: {out}")
+            continue
+        problems += denial_problems(out, tool, reason)
+    unknown = outcomes["unknown"]
+    if not (isinstance(unknown, MCPError) and unknown.code == -32602 and "unknown tool" in unknown.message):
+        problems.append(f"docs.no_such_tool: expected -32602 'unknown tool', got {unknown!r}")
 
-    # tools/list offers neither unclassified nor unknown tools.
+    # The upstreams saw exactly the one allowed call, nothing else.
+    docs_calls = read_jsonl(docs_rec)
+    if [(c["tool"], c["arguments"]) for c in docs_calls] != [("search", {"query": "quarterly report"})]:
+        problems.append(f"docs upstream received {docs_calls}")
+    if read_jsonl(bank_rec):
+        problems.append(f"bank upstream received {read_jsonl(bank_rec)}")
+    assert not problems, "\n".join(problems)
+
+    assert not allowed.is_error and text_of(allowed), allowed
+    assert docs_calls[0]["_meta"]["io.mandate/correlation_id"] == meta_of(allowed)["io.mandate/correlation_id"]
+
+    # tools/list offers neither unclassified nor out-of-scope tools.
     assert "docs.search" in names and "bank.get_balance" in names, names
     assert "docs.export_all" not in names and "docs.list_customers" not in names, names
 
-    # The upstreams saw exactly the one allowed call, nothing else.
-    assert not allowed.is_error, allowed
-    assert text_of(allowed), allowed
-    docs_calls = read_jsonl(docs_rec)
-    assert [(c["tool"], c["arguments"]) for c in docs_calls] == [("search", {"query": "quarterly report"})], docs_calls
-    assert docs_calls[0]["_meta"]["io.mandate/correlation_id"] == meta_of(allowed)["io.mandate/correlation_id"]
-    assert read_jsonl(bank_rec) == [], read_jsonl(bank_rec)
-
-    # Every denial was recorded as a deny decision, with the same ids the agent saw.
-    for key, err in errors.items():
-        if key == "unknown":
-            continue
+    # Every denial was recorded as a deny decision, with the ids the agent saw.
+    for key, *_ in DENIED_CALLS:
+        err = outcomes[key]
         rows = gw.audit_rows("decision_id = ?", (err.data["decision_id"],))
         assert rows and rows[0]["effect"] == "deny", (key, rows)
         assert rows[0]["correlation_id"] == err.data["correlation_id"], (key, rows)
-        assert not gw.audit_rows("correlation_id = ? AND kind = 'outcome' AND outcome = 'ok'",
-                                 (err.data["correlation_id"],)), key
+        assert not gw.audit_rows("correlation_id = ? AND kind = 'outcome'", (err.data["correlation_id"],)), key
 
 
 def test_out_of_scope_call_is_403_insufficient_scope_and_not_forwarded(env, issuer: Issuer) -> None:

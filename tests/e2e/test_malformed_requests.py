@@ -45,17 +45,29 @@ def token(issuer: Issuer, gw: Gateway) -> str:
     return issuer.mint(gw.audience, scope="everything.echo docs.search")
 
 
-def assert_rejected(reply: RpcReply, label: str, codes: tuple[int, ...] = (-32700, -32600)) -> None:
-    """A 4xx, or a JSON-RPC error with one of `codes`; never a 5xx or a result."""
-    assert reply.status < 500, f"{label}: HTTP {reply.status} {reply.text[:300]}"
-    assert not any("result" in m for m in reply.messages), f"{label}: got a result: {reply.text[:300]}"
-    if reply.status < 400:
-        errors = [m["error"] for m in reply.messages if "error" in m]
-        assert errors, f"{label}: HTTP {reply.status} without a JSON-RPC error: {reply.text[:300]!r}"
-        assert errors[0]["code"] in codes, f"{label}: {errors[0]}"
-    elif reply.messages:
-        errors = [m for m in reply.messages if "error" in m]
-        assert errors and errors[0].get("jsonrpc") == "2.0", f"{label}: malformed error body {reply.text[:300]!r}"
+def rejection_problem(reply: RpcReply, label: str, codes: tuple[int, ...] = (-32700, -32600)) -> str | None:
+    """None if `reply` is HTTP 400 Bad Request (as MCP Streamable HTTP asks;
+    any body must be a JSON-RPC error) or a JSON-RPC error with one of
+    `codes`; otherwise what is wrong: a 5xx, a misleading status, a result."""
+    head = f"{label}: HTTP {reply.status} {reply.text[:160]!r}"
+    if any("result" in m for m in reply.messages):
+        return f"{head}: got a result"
+    if reply.status not in (200, 400):
+        return f"{head}: expected 400 Bad Request or a JSON-RPC error"
+    errors = [m for m in reply.messages if "error" in m]
+    if reply.status == 200:
+        if not errors:
+            return f"{head}: no JSON-RPC error"
+        if errors[0]["error"].get("code") not in codes:
+            return f"{head}: JSON-RPC error code {errors[0]['error'].get('code')}, expected one of {codes}"
+    elif reply.messages and not (errors and errors[0].get("jsonrpc") == "2.0"):
+        return f"{head}: body is not a JSON-RPC error"
+    return None
+
+
+def assert_rejected_all(cases: list[tuple[str, RpcReply]], codes: tuple[int, ...] = (-32700, -32600)) -> None:
+    problems = [p for label, reply in cases if (p := rejection_problem(reply, label, codes))]
+    assert not problems, f"{len(problems)} of {len(cases)} malformed requests mishandled:\n" + "\n".join(problems)
 
 
 def bad_requests(gw: Gateway, tok: str, session: str) -> list[tuple[str, RpcReply]]:
@@ -84,10 +96,16 @@ def test_malformed_json_and_invalid_envelopes_get_errors(env, issuer: Issuer) ->
     tok = token(issuer, gw)
     session = gw.initialize(tok)
     before = len(read_jsonl(rec))
-    for label, reply in bad_requests(gw, tok, session):
-        assert_rejected(reply, label)
+    assert_rejected_all(bad_requests(gw, tok, session))
     assert len(read_jsonl(rec)) == before
     assert gw.proc.alive(), gw.proc.stderr()[-2000:]
+
+
+def test_wrong_content_type_is_a_4xx(env, issuer: Issuer) -> None:
+    gw, _ = env
+    tok = token(issuer, gw)
+    reply = gw.post(initialize_request(), tok, headers={"Content-Type": "text/plain"})
+    assert 400 <= reply.status < 500, f"HTTP {reply.status} {reply.text[:200]}"
 
 
 def test_unknown_method_gets_method_not_found(env, issuer: Issuer) -> None:
@@ -104,6 +122,7 @@ def test_tools_call_with_malformed_params_is_rejected(env, issuer: Issuer) -> No
     tok = token(issuer, gw)
     session = gw.initialize(tok)
     before = len(read_jsonl(rec))
+    cases = []
     for rid, params in enumerate([
         "docs.search",
         {"arguments": {"query": "x"}},
@@ -112,7 +131,9 @@ def test_tools_call_with_malformed_params_is_rejected(env, issuer: Issuer) -> No
         {"name": "docs.search", "arguments": [1, 2]},
     ], start=20):
         reply = gw.post({"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params}, tok, session)
-        assert_rejected(reply, f"params {params!r}", codes=(-32602, -32600, -32003))
+        cases.append((f"tools/call params {json.dumps(params)}", reply))
+    # -32601 (method not found) would be wrong: tools/call exists, its params are invalid.
+    assert_rejected_all(cases, codes=(-32602, -32600))
     assert len(read_jsonl(rec)) == before, read_jsonl(rec)
 
 

@@ -50,7 +50,7 @@ pub struct Gateway {
     audit: AuditLog,
     upstreams: BTreeMap<String, Arc<Upstream>>,
     sessions: DashMap<String, SessionState>,
-    validators: DashMap<String, (String, Arc<jsonschema::Validator>)>,
+    validators: DashMap<String, (Arc<rmcp::model::JsonObject>, Arc<jsonschema::Validator>)>,
     peers: Mutex<Vec<Peer<RoleServer>>>,
     metrics: Arc<Metrics>,
 }
@@ -172,16 +172,19 @@ impl Gateway {
         tool: &Tool,
         args: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), String> {
-        let schema = serde_json::Value::Object((*tool.input_schema).clone());
-        let fingerprint = schema.to_string();
+        // The cache entry holds the schema's Arc, so pointer equality means
+        // "the same catalogue entry" (it cannot be freed and reused).
         let validator = match self.validators.get(exposed) {
-            Some(v) if v.0 == fingerprint => v.1.clone(),
+            Some(v) if Arc::ptr_eq(&v.0, &tool.input_schema) => v.1.clone(),
             _ => {
+                let schema = serde_json::Value::Object((*tool.input_schema).clone());
                 let compiled = jsonschema::validator_for(&schema)
                     .map_err(|e| format!("the tool's input schema is invalid: {e}"))?;
                 let compiled = Arc::new(compiled);
-                self.validators
-                    .insert(exposed.to_owned(), (fingerprint, compiled.clone()));
+                self.validators.insert(
+                    exposed.to_owned(),
+                    (tool.input_schema.clone(), compiled.clone()),
+                );
                 compiled
             }
         };

@@ -13,8 +13,8 @@
 //! The ratio `mandate_decide / cedar_is_authorized` is the PDP overhead.
 
 use cedar_policy::{
-    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet,
-    Request, RestrictedExpression, Schema,
+    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet, Request,
+    RestrictedExpression, Schema,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 use mandate_core::{Principal, Scope, ToolCall, ToolClass, ToolName};
@@ -54,7 +54,11 @@ fn principal() -> Principal {
 
 fn tool_call(s: &Scenario) -> Result<ToolCall, Box<dyn Error>> {
     let name = ToolName::parse(s.tool).ok_or("bad tool name")?;
-    let args = s.args.as_object().cloned().ok_or("args must be an object")?;
+    let args = s
+        .args
+        .as_object()
+        .cloned()
+        .ok_or("args must be an object")?;
     Ok(ToolCall::new(name, s.class, args))
 }
 
@@ -70,7 +74,10 @@ fn raw_policies(dir: &Path) -> Result<(PolicySet, Schema), Box<dyn Error>> {
     for path in names {
         match path.extension().and_then(|e| e.to_str()) {
             Some("cedar") => {
-                set.merge(&PolicySet::from_str(&std::fs::read_to_string(&path)?)?, true)?;
+                set.merge(
+                    &PolicySet::from_str(&std::fs::read_to_string(&path)?)?,
+                    true,
+                )?;
             }
             Some("cedarschema") => {
                 schema = Some(Schema::from_cedarschema_str(&std::fs::read_to_string(&path)?)?.0);
@@ -99,7 +106,8 @@ fn value(v: &serde_json::Value) -> Option<RestrictedExpression> {
         serde_json::Value::String(s) => RestrictedExpression::new_string(s.clone()),
         serde_json::Value::Array(a) => RestrictedExpression::new_set(a.iter().filter_map(value)),
         serde_json::Value::Object(m) => RestrictedExpression::new_record(
-            m.iter().filter_map(|(k, v)| value(v).map(|e| (k.clone(), e))),
+            m.iter()
+                .filter_map(|(k, v)| value(v).map(|e| (k.clone(), e))),
         )
         .ok()?,
     })
@@ -119,20 +127,46 @@ fn raw_request(
     let tool = uid("Tool", &tool_name)?;
     let action = uid("Action", call.class.as_str())?;
     let strings = |it: Vec<&str>| {
-        RestrictedExpression::new_set(it.into_iter().map(|s| RestrictedExpression::new_string(s.into())))
+        RestrictedExpression::new_set(
+            it.into_iter()
+                .map(|s| RestrictedExpression::new_string(s.into())),
+        )
     };
     let args = RestrictedExpression::new_record(
-        call.args.iter().filter_map(|(k, v)| value(v).map(|e| (k.clone(), e))),
+        call.args
+            .iter()
+            .filter_map(|(k, v)| value(v).map(|e| (k.clone(), e))),
     )?;
     let context = Context::from_pairs([
-        ("user".into(), RestrictedExpression::new_entity_uid(user.clone())),
+        (
+            "user".into(),
+            RestrictedExpression::new_entity_uid(user.clone()),
+        ),
         ("scope".into(), strings(p.scope.iter().collect())),
-        ("in_scope".into(), RestrictedExpression::new_bool(p.scope.covers(&tool_name))),
-        ("task_id".into(), RestrictedExpression::new_string(p.task_id.clone().unwrap_or_default())),
-        ("build".into(), RestrictedExpression::new_string(p.build.clone().unwrap_or_default())),
-        ("session".into(), RestrictedExpression::new_string(p.session_key())),
-        ("tool".into(), RestrictedExpression::new_string(tool_name.clone())),
-        ("taint".into(), strings(session.taint.iter().map(String::as_str).collect())),
+        (
+            "in_scope".into(),
+            RestrictedExpression::new_bool(p.scope.covers(&tool_name)),
+        ),
+        (
+            "task_id".into(),
+            RestrictedExpression::new_string(p.task_id.clone().unwrap_or_default()),
+        ),
+        (
+            "build".into(),
+            RestrictedExpression::new_string(p.build.clone().unwrap_or_default()),
+        ),
+        (
+            "session".into(),
+            RestrictedExpression::new_string(p.session_key()),
+        ),
+        (
+            "tool".into(),
+            RestrictedExpression::new_string(tool_name.clone()),
+        ),
+        (
+            "taint".into(),
+            strings(session.taint.iter().map(String::as_str).collect()),
+        ),
         (
             "calls_in_session".into(),
             RestrictedExpression::new_long(i64::try_from(session.calls_in_session)?),
@@ -148,8 +182,14 @@ fn raw_request(
         Entity::new(
             tool,
             HashMap::from([
-                ("class".to_owned(), RestrictedExpression::new_string(call.class.as_str().into())),
-                ("upstream".to_owned(), RestrictedExpression::new_string(call.name.upstream.clone())),
+                (
+                    "class".to_owned(),
+                    RestrictedExpression::new_string(call.class.as_str().into()),
+                ),
+                (
+                    "upstream".to_owned(),
+                    RestrictedExpression::new_string(call.name.upstream.clone()),
+                ),
             ]),
             HashSet::from([upstream]),
         )?,
@@ -212,8 +252,9 @@ fn bench(c: &mut Criterion) {
         });
         group.bench_function(format!("cedar_build_and_authorize/{}", s.name), |b| {
             b.iter(|| {
-                let (request, entities) = raw_request(&schema, &principal, black_box(&call), &session)
-                    .expect("raw request");
+                let (request, entities) =
+                    raw_request(&schema, &principal, black_box(&call), &session)
+                        .expect("raw request");
                 authorizer.is_authorized(&request, &policies, &entities)
             });
         });

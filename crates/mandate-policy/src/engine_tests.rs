@@ -76,11 +76,18 @@ permit (principal, action == Mandate::Action::"read", resource) when { context.i
 #[test]
 fn read_in_scope_is_allowed_without_obligations() -> TestResult {
     let engine = shipped()?;
-    let d = decide(&engine, "docs.*", &call("docs.search", ToolClass::Read, json!({"query": "refunds"}))?);
+    let d = decide(
+        &engine,
+        "docs.*",
+        &call("docs.search", ToolClass::Read, json!({"query": "refunds"}))?,
+    );
     assert_eq!(d.effect, Effect::Allow, "{d:?}");
     assert!(d.obligations.is_empty());
     assert_eq!(d.policies, vec!["read-in-scope".to_owned()]);
-    assert_eq!(d.reasons, vec!["read-only tool within the delegated scope".to_owned()]);
+    assert_eq!(
+        d.reasons,
+        vec!["read-only tool within the delegated scope".to_owned()]
+    );
     assert_eq!(d.policy_hash, engine.policy_hash());
     Ok(())
 }
@@ -88,7 +95,11 @@ fn read_in_scope_is_allowed_without_obligations() -> TestResult {
 #[test]
 fn read_out_of_scope_is_denied_by_default() -> TestResult {
     let engine = shipped()?;
-    let d = decide(&engine, "docs.search", &call("bank.get_balance", ToolClass::Read, json!({}))?);
+    let d = decide(
+        &engine,
+        "docs.search",
+        &call("bank.get_balance", ToolClass::Read, json!({}))?,
+    );
     assert_eq!(d.effect, Effect::Deny);
     assert!(d.policies.is_empty());
     assert_eq!(d.reasons, vec![DEFAULT_DENY_REASON.to_owned()]);
@@ -101,7 +112,11 @@ fn transfer_in_scope_needs_approval() -> TestResult {
     let d = decide(
         &engine,
         "bank.*",
-        &call("bank.transfer", ToolClass::Financial, json!({"amount": 50, "to": "bob"}))?,
+        &call(
+            "bank.transfer",
+            ToolClass::Financial,
+            json!({"amount": 50, "to": "bob"}),
+        )?,
     );
     assert_eq!(d.effect, Effect::Allow, "{d:?}");
     assert_eq!(d.obligations, vec![Obligation::Approval]);
@@ -116,7 +131,11 @@ fn transfer_over_the_limit_is_forbidden_with_reason() -> TestResult {
     let d = decide(
         &engine,
         "bank.*",
-        &call("bank.transfer", ToolClass::Financial, json!({"amount": 20000, "to": "bob"}))?,
+        &call(
+            "bank.transfer",
+            ToolClass::Financial,
+            json!({"amount": 20000, "to": "bob"}),
+        )?,
     );
     assert_eq!(d.effect, Effect::Deny);
     assert_eq!(d.policies, vec!["financial-amount-limit".to_owned()]);
@@ -131,11 +150,20 @@ fn transfer_over_the_limit_is_forbidden_with_reason() -> TestResult {
 #[test]
 fn amount_of_the_wrong_type_fails_closed() -> TestResult {
     let engine = shipped()?;
-    for amount in [json!("20000"), json!(20000.5), json!([20000]), json!({"value": 20000})] {
+    for amount in [
+        json!("20000"),
+        json!(20000.5),
+        json!([20000]),
+        json!({"value": 20000}),
+    ] {
         let d = decide(
             &engine,
             "bank.*",
-            &call("bank.transfer", ToolClass::Financial, json!({"amount": amount, "to": "bob"}))?,
+            &call(
+                "bank.transfer",
+                ToolClass::Financial,
+                json!({"amount": amount, "to": "bob"}),
+            )?,
         );
         assert_eq!(d.effect, Effect::Deny, "amount {amount}: {d:?}");
         assert!(
@@ -144,7 +172,11 @@ fn amount_of_the_wrong_type_fails_closed() -> TestResult {
             d.reasons
         );
         // The value itself is not echoed into the (audited) reason.
-        assert!(!d.reasons.iter().any(|r| r.contains("20000")), "{:?}", d.reasons);
+        assert!(
+            !d.reasons.iter().any(|r| r.contains("20000")),
+            "{:?}",
+            d.reasons
+        );
     }
     Ok(())
 }
@@ -165,17 +197,37 @@ when { context.args has amount && context.args.amount * 1000000000000 > 0 };
 "#,
     )])?;
     let engine = PolicyEngine::load_dir(dir.path())?;
-    let ok = decide(&engine, "docs.*", &call("docs.search", ToolClass::Read, json!({"amount": 1}))?);
-    assert_eq!(ok.effect, Effect::Deny, "the forbid applies normally: {ok:?}");
+    let ok = decide(
+        &engine,
+        "docs.*",
+        &call("docs.search", ToolClass::Read, json!({"amount": 1}))?,
+    );
+    assert_eq!(
+        ok.effect,
+        Effect::Deny,
+        "the forbid applies normally: {ok:?}"
+    );
     let d = decide(
         &engine,
         "docs.*",
-        &call("docs.search", ToolClass::Read, json!({"amount": 10_000_000}))?,
+        &call(
+            "docs.search",
+            ToolClass::Read,
+            json!({"amount": 10_000_000}),
+        )?,
     );
     assert_eq!(d.effect, Effect::Deny, "{d:?}");
     assert_eq!(d.policies, vec!["overflowing-forbid".to_owned()]);
-    assert!(d.reasons.iter().any(|r| r.contains("overflowing-forbid") && r.contains("fail closed")));
-    let fine = decide(&engine, "docs.*", &call("docs.search", ToolClass::Read, json!({}))?);
+    assert!(
+        d.reasons
+            .iter()
+            .any(|r| r.contains("overflowing-forbid") && r.contains("fail closed"))
+    );
+    let fine = decide(
+        &engine,
+        "docs.*",
+        &call("docs.search", ToolClass::Read, json!({}))?,
+    );
     assert_eq!(fine.effect, Effect::Allow, "{fine:?}");
     Ok(())
 }
@@ -202,7 +254,11 @@ fn null_declared_argument_counts_as_absent() -> TestResult {
     let d = decide(
         &engine,
         "bank.*",
-        &call("bank.transfer", ToolClass::Financial, json!({"amount": null}))?,
+        &call(
+            "bank.transfer",
+            ToolClass::Financial,
+            json!({"amount": null}),
+        )?,
     );
     assert_eq!(d.effect, Effect::Allow, "{d:?}");
     assert!(d.requires_approval());
@@ -216,14 +272,30 @@ fn arguments_too_deep_or_too_large_are_denied() -> TestResult {
     for _ in 0..20 {
         deep = json!({ "d": deep });
     }
-    let d = decide(&engine, "docs.*", &call("docs.search", ToolClass::Read, json!({"extra": deep}))?);
+    let d = decide(
+        &engine,
+        "docs.*",
+        &call("docs.search", ToolClass::Read, json!({"extra": deep}))?,
+    );
     assert_eq!(d.effect, Effect::Deny);
-    assert!(d.reasons.iter().any(|r| r.contains("deeper")), "{:?}", d.reasons);
+    assert!(
+        d.reasons.iter().any(|r| r.contains("deeper")),
+        "{:?}",
+        d.reasons
+    );
 
     let big = "y".repeat(limits::MAX_ARGS_BYTES);
-    let d = decide(&engine, "docs.*", &call("docs.search", ToolClass::Read, json!({"query": big}))?);
+    let d = decide(
+        &engine,
+        "docs.*",
+        &call("docs.search", ToolClass::Read, json!({"query": big}))?,
+    );
     assert_eq!(d.effect, Effect::Deny);
-    assert!(d.reasons.iter().any(|r| r.contains("bytes")), "{:?}", d.reasons);
+    assert!(
+        d.reasons.iter().any(|r| r.contains("bytes")),
+        "{:?}",
+        d.reasons
+    );
     Ok(())
 }
 
@@ -237,7 +309,11 @@ fn tainted_session_sinks_need_approval_and_name_the_flow_rule() -> TestResult {
     let d = decide_with(
         &engine,
         &principal("docs.*"),
-        &call("docs.send_mail", ToolClass::Outbound, json!({"to": "eve@example.com"}))?,
+        &call(
+            "docs.send_mail",
+            ToolClass::Outbound,
+            json!({"to": "eve@example.com"}),
+        )?,
         &session,
     );
     assert_eq!(d.effect, Effect::Allow);
@@ -350,7 +426,10 @@ fn default_ids_name_file_and_position() -> TestResult {
     let engine = PolicyEngine::load_dir(dir.path())?;
     let d = decide(&engine, "", &call("x.y", ToolClass::Write, json!({}))?);
     assert_eq!(d.policies, vec!["a.cedar#policy1".to_owned()]);
-    assert_eq!(d.reasons, vec!["permitted by policy `a.cedar#policy1`".to_owned()]);
+    assert_eq!(
+        d.reasons,
+        vec!["permitted by policy `a.cedar#policy1`".to_owned()]
+    );
     Ok(())
 }
 
@@ -358,9 +437,14 @@ fn default_ids_name_file_and_position() -> TestResult {
 fn a_parse_error_names_file_line_and_column() -> TestResult {
     let dir = temp_set(&[
         ("ok.cedar", READ_PERMIT),
-        ("broken.cedar", "// first line\npermit (principal, action, resource)\nwhen { context.in_scope &&& true };\n"),
+        (
+            "broken.cedar",
+            "// first line\npermit (principal, action, resource)\nwhen { context.in_scope &&& true };\n",
+        ),
     ])?;
-    let err = PolicyEngine::load_dir(dir.path()).err().ok_or("loaded a broken set")?;
+    let err = PolicyEngine::load_dir(dir.path())
+        .err()
+        .ok_or("loaded a broken set")?;
     let msg = err.to_string();
     assert!(matches!(err, PolicyError::Syntax(_)), "{msg}");
     assert!(msg.contains("broken.cedar:3:"), "{msg}");
@@ -377,7 +461,9 @@ fn a_validation_error_names_file_line_and_column() -> TestResult {
         "v.cedar",
         "@id(\"unsafe\")\npermit (principal, action == Mandate::Action::\"financial\", resource)\nwhen {\n  context.args.amount < 100\n};\n",
     )])?;
-    let err = PolicyEngine::load_dir(dir.path()).err().ok_or("loaded an invalid set")?;
+    let err = PolicyEngine::load_dir(dir.path())
+        .err()
+        .ok_or("loaded an invalid set")?;
     let msg = err.to_string();
     assert!(matches!(err, PolicyError::Invalid(_)), "{msg}");
     assert!(msg.contains("v.cedar:4:"), "{msg}");
@@ -403,14 +489,20 @@ fn annotation_mistakes_are_refused() -> TestResult {
             "@id(\"x\") permit (principal, action, resource);\n@id(\"x\") forbid (principal, action, resource);",
             "already used at p.cedar:1:1",
         ),
-        ("permit (principal, action, resource == ?resource);", "templates"),
+        (
+            "permit (principal, action, resource == ?resource);",
+            "templates",
+        ),
     ] {
         let dir = temp_set(&[("p.cedar", text)])?;
         let err = PolicyEngine::load_dir(dir.path()).err().ok_or("accepted")?;
         assert!(err.to_string().contains(needle), "{needle}: {err}");
         assert!(err.to_string().contains("p.cedar"), "{err}");
     }
-    let dir = temp_set(&[("p.cedar", "@x_owner(\"team\")\n@id(\"fine\")\npermit (principal, action, resource);")])?;
+    let dir = temp_set(&[(
+        "p.cedar",
+        "@x_owner(\"team\")\n@id(\"fine\")\npermit (principal, action, resource);",
+    )])?;
     assert!(PolicyEngine::load_dir(dir.path()).is_ok());
     Ok(())
 }
@@ -425,7 +517,10 @@ fn layout_and_contract_problems_are_refused() -> TestResult {
 
     // Two schemas.
     let dir = temp_set(&[("p.cedar", READ_PERMIT)])?;
-    std::fs::copy(dir.path().join("mandate.cedarschema"), dir.path().join("other.cedarschema"))?;
+    std::fs::copy(
+        dir.path().join("mandate.cedarschema"),
+        dir.path().join("other.cedarschema"),
+    )?;
     let err = PolicyEngine::load_dir(dir.path()).err().ok_or("accepted")?;
     assert!(err.to_string().contains("more than one schema"), "{err}");
 
@@ -452,7 +547,10 @@ fn layout_and_contract_problems_are_refused() -> TestResult {
 
     // A schema syntax error is located.
     let dir = temp_set(&[("p.cedar", READ_PERMIT)])?;
-    std::fs::write(dir.path().join("mandate.cedarschema"), "namespace Mandate {\n  entity ;\n}\n")?;
+    std::fs::write(
+        dir.path().join("mandate.cedarschema"),
+        "namespace Mandate {\n  entity ;\n}\n",
+    )?;
     let err = PolicyEngine::load_dir(dir.path()).err().ok_or("accepted")?;
     assert!(err.to_string().contains("mandate.cedarschema:2:"), "{err}");
     Ok(())
@@ -480,8 +578,14 @@ fn reload_with_a_broken_file_keeps_the_last_good_set() -> TestResult {
     let good_hash = engine.policy_hash();
     let c = call("docs.search", ToolClass::Read, json!({}))?;
 
-    std::fs::write(dir.path().join("broken.cedar"), "permit (principal, action, resource")?;
-    let err = engine.reload().err().ok_or("reload accepted a broken set")?;
+    std::fs::write(
+        dir.path().join("broken.cedar"),
+        "permit (principal, action, resource",
+    )?;
+    let err = engine
+        .reload()
+        .err()
+        .ok_or("reload accepted a broken set")?;
     assert!(err.to_string().contains("broken.cedar"), "{err}");
     assert_eq!(engine.reload_failures(), 1);
     assert_eq!(engine.policy_hash(), good_hash);
@@ -554,7 +658,10 @@ fn policy_test_runner_reports_failures_and_malformed_files() -> TestResult {
     )?;
     let report = run_tests(&engine, dir.path())?;
     assert_eq!((report.passed(), report.failed()), (1, 1), "{report}");
-    assert!(report.to_string().contains("FAIL t.json: wrong on purpose"), "{report}");
+    assert!(
+        report.to_string().contains("FAIL t.json: wrong on purpose"),
+        "{report}"
+    );
 
     std::fs::write(
         dir.path().join("t.json"),
@@ -575,9 +682,7 @@ fn engine_is_shareable_across_threads() -> TestResult {
         .map(|_| {
             let engine = engine.clone();
             let c = c.clone();
-            std::thread::spawn(move || {
-                (0..50).all(|_| decide(&engine, "docs.*", &c).is_allow())
-            })
+            std::thread::spawn(move || (0..50).all(|_| decide(&engine, "docs.*", &c).is_allow()))
         })
         .collect();
     for h in handles {

@@ -63,8 +63,7 @@ impl Snapshot {
                 ));
             }
         };
-        let policy_srcs: Vec<&Source> =
-            files.iter().filter(|f| f.kind == Kind::Policy).collect();
+        let policy_srcs: Vec<&Source> = files.iter().filter(|f| f.kind == Kind::Policy).collect();
         if policy_srcs.is_empty() {
             return Err(PolicyError::layout(
                 dir,
@@ -73,8 +72,7 @@ impl Snapshot {
         }
 
         let (schema, schema_warnings) = parse_schema(schema_src)?;
-        let names = Names::new()
-            .map_err(|e| PolicyError::contract(&schema_src.name, e))?;
+        let names = Names::new().map_err(|e| PolicyError::contract(&schema_src.name, e))?;
         let declared_args =
             model::check_contract(&schema_src.name, &schema_src.text, &schema, &names)?;
 
@@ -83,9 +81,7 @@ impl Snapshot {
 
         let action_entities: Vec<Entity> = schema
             .action_entities()
-            .map_err(|e| {
-                PolicyError::contract(&schema_src.name, format!("action entities: {e}"))
-            })?
+            .map_err(|e| PolicyError::contract(&schema_src.name, format!("action entities: {e}")))?
             .iter()
             .cloned()
             .collect();
@@ -352,10 +348,10 @@ fn validate(parsed: &Parsed<'_>, schema: &Schema) -> Result<Vec<String>, PolicyE
         None => SourceDiagnostic::new(id.as_ref(), None, d.to_string()),
     };
     if !result.validation_passed() {
-        let errors = result
-            .validation_errors()
-            .map(|e| place(e.policy_id(), e));
-        return Err(PolicyError::Invalid(Diagnostics(collapse_per_action(errors))));
+        let errors = result.validation_errors().map(|e| place(e.policy_id(), e));
+        return Err(PolicyError::Invalid(Diagnostics(collapse_per_action(
+            errors,
+        ))));
     }
     Ok(collapse_per_action(
         result
@@ -382,7 +378,11 @@ fn collapse_per_action(diags: impl Iterator<Item = SourceDiagnostic>) -> Vec<Sou
                     .get(after..)
                     .and_then(|rest| rest.find('"'))
                     .map_or(msg.len(), |e| after.saturating_add(e).saturating_add(1));
-                format!("{}{}", msg.get(..start).unwrap_or_default(), msg.get(end..).unwrap_or_default())
+                format!(
+                    "{}{}",
+                    msg.get(..start).unwrap_or_default(),
+                    msg.get(end..).unwrap_or_default()
+                )
             }
             None => msg.to_owned(),
         };

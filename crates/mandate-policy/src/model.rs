@@ -174,8 +174,12 @@ fn missing_context_field(
     CONTEXT_FIELDS.into_iter().find(|field| {
         sample_context(user.clone())
             .ok()
-            .and_then(|pairs| Context::from_pairs(pairs.into_iter().filter(|(k, _)| k != field)).ok())
-            .and_then(|c| Request::new(agent.clone(), action.clone(), tool.clone(), c, Some(schema)).ok())
+            .and_then(|pairs| {
+                Context::from_pairs(pairs.into_iter().filter(|(k, _)| k != field)).ok()
+            })
+            .and_then(|c| {
+                Request::new(agent.clone(), action.clone(), tool.clone(), c, Some(schema)).ok()
+            })
             .is_some()
     })
 }
@@ -186,7 +190,7 @@ pub(crate) fn tool_entity(
     upstream: EntityUid,
     class: &str,
     upstream_name: &str,
-) -> Result<Entity, cedar_policy::EntityAttrEvaluationError> {
+) -> Result<Entity, String> {
     Entity::new(
         uid,
         HashMap::from([
@@ -201,6 +205,7 @@ pub(crate) fn tool_entity(
         ]),
         HashSet::from([upstream]),
     )
+    .map_err(|e| e.to_string())
 }
 
 fn sample_context(
@@ -209,13 +214,19 @@ fn sample_context(
     let string = |s: &str| RestrictedExpression::new_string(s.to_owned());
     Ok(vec![
         ("user".into(), RestrictedExpression::new_entity_uid(user)),
-        ("scope".into(), RestrictedExpression::new_set([string("sample.tool")])),
+        (
+            "scope".into(),
+            RestrictedExpression::new_set([string("sample.tool")]),
+        ),
         ("in_scope".into(), RestrictedExpression::new_bool(true)),
         ("task_id".into(), string("")),
         ("build".into(), string("")),
         ("session".into(), string("")),
         ("tool".into(), string("sample.tool")),
-        ("taint".into(), RestrictedExpression::new_set([string("untrusted")])),
+        (
+            "taint".into(),
+            RestrictedExpression::new_set([string("untrusted")]),
+        ),
         ("calls_in_session".into(), RestrictedExpression::new_long(0)),
         ("now".into(), RestrictedExpression::new_long(0)),
         ("args".into(), RestrictedExpression::new_record([])?),
@@ -263,10 +274,11 @@ fn resolve_record<'a>(
                     .and_then(serde_json::Value::as_object)
                     .ok_or_else(|| "record type without attributes".to_owned());
             }
-            "EntityOrCommon" | "CommonType" => ty
-                .get("name")
-                .and_then(serde_json::Value::as_str)
-                .ok_or_else(|| format!("unexpected type form {ty}"))?,
+            "EntityOrCommon" | "CommonType" => {
+                ty.get("name")
+                    .and_then(serde_json::Value::as_str)
+                    .ok_or_else(|| format!("unexpected type form {ty}"))?
+            }
             other => other,
         };
         let local = name

@@ -113,7 +113,8 @@ fn context_pairs(
     args: RestrictedExpression,
 ) -> Vec<(String, RestrictedExpression)> {
     let p = req.principal;
-    let text = |s: Option<&String>| RestrictedExpression::new_string(s.cloned().unwrap_or_default());
+    let text =
+        |s: Option<&String>| RestrictedExpression::new_string(s.cloned().unwrap_or_default());
     vec![
         ("user".into(), RestrictedExpression::new_entity_uid(user)),
         ("scope".into(), string_set(p.scope.iter())),
@@ -321,7 +322,8 @@ mod tests {
             v = json!([v]);
         }
         // 15 arrays around a scalar under the top-level object: 16 levels.
-        let ok: serde_json::Map<String, Value> = [("a".to_owned(), v.clone())].into_iter().collect();
+        let ok: serde_json::Map<String, Value> =
+            [("a".to_owned(), v.clone())].into_iter().collect();
         assert!(check_args_bounds(&ok).is_ok());
         let deep: serde_json::Map<String, Value> =
             [("a".to_owned(), json!([v]))].into_iter().collect();

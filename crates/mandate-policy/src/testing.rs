@@ -219,9 +219,7 @@ fn compare(expect: &Expect, obligations: &[Obligation], got: &Decision) -> Optio
         let want: BTreeSet<&String> = policies.iter().collect();
         let have: BTreeSet<&String> = got.policies.iter().collect();
         if want != have {
-            diffs.push(format!(
-                "expected policies {want:?}, got {have:?}"
-            ));
+            diffs.push(format!("expected policies {want:?}, got {have:?}"));
         }
     }
     if let Some(needle) = &expect.reason_contains

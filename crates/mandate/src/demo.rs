@@ -66,7 +66,8 @@ struct Row {
     detail: String,
 }
 
-fn materialise(dir: &Path) -> Result<PathBuf> {
+/// Writes the embedded quickstart files under `dir/quickstart`.
+pub(crate) fn materialise(dir: &Path) -> Result<PathBuf> {
     let qs = dir.join("quickstart");
     for (name, text) in QUICKSTART {
         let path = qs.join(name);

@@ -16,9 +16,9 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Appends received calls to a JSON Lines file.
+/// Appends received calls to a JSON Lines file (or nothing, by default).
 #[derive(Clone, Default)]
-struct Recorder(Option<Arc<std::sync::Mutex<std::fs::File>>>);
+pub struct Recorder(Option<Arc<std::sync::Mutex<std::fs::File>>>);
 
 impl Recorder {
     fn open(path: Option<PathBuf>) -> Result<Self> {
@@ -165,11 +165,10 @@ pub async fn run(profile: &str, record: Option<PathBuf>, http: Option<String>) -
     match (profile, http) {
         ("workspace", None) => serve_stdio(Workspace { rec, tool_router: Workspace::tool_router() }).await,
         ("bank", None) => serve_stdio(Bank { rec, tool_router: Bank::tool_router() }).await,
-        ("workspace", Some(addr)) => {
-            serve_http(addr, move || Workspace { rec: rec.clone(), tool_router: Workspace::tool_router() }).await
-        }
-        ("bank", Some(addr)) => {
-            serve_http(addr, move || Bank { rec: rec.clone(), tool_router: Bank::tool_router() }).await
+        (profile, Some(addr)) => {
+            let listener = tokio::net::TcpListener::bind(&addr).await?;
+            eprintln!("demo server listening on http://{}/mcp", listener.local_addr()?);
+            serve_http(profile, rec, listener).await
         }
         (other, _) => anyhow::bail!("unknown profile {other:?} (workspace or bank)"),
     }
@@ -181,7 +180,18 @@ async fn serve_stdio<S: ServerHandler>(server: S) -> Result<()> {
     Ok(())
 }
 
-async fn serve_http<S, F>(addr: String, factory: F) -> Result<()>
+/// Serves a profile over Streamable HTTP at `/mcp` on `listener`.
+pub async fn serve_http(profile: &str, rec: Recorder, listener: tokio::net::TcpListener) -> Result<()> {
+    match profile {
+        "workspace" => {
+            serve_http_with(listener, move || Workspace { rec: rec.clone(), tool_router: Workspace::tool_router() }).await
+        }
+        "bank" => serve_http_with(listener, move || Bank { rec: rec.clone(), tool_router: Bank::tool_router() }).await,
+        other => anyhow::bail!("unknown profile {other:?} (workspace or bank)"),
+    }
+}
+
+async fn serve_http_with<S, F>(listener: tokio::net::TcpListener, factory: F) -> Result<()>
 where
     S: ServerHandler + Send + 'static,
     F: Fn() -> S + Send + Sync + 'static,
@@ -194,8 +204,9 @@ where
         StreamableHttpServerConfig::default(),
     );
     let app = axum::Router::new().nest_service("/mcp", service);
-    let listener = tokio::net::TcpListener::bind(&addr).await?;
-    eprintln!("demo server listening on http://{}/mcp", listener.local_addr()?);
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app).await?;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `mandate`: the Zero Trust control plane for AI agents, as one binary.
 
+mod bench;
 mod config;
 mod demo;
 mod demo_server;
@@ -77,6 +78,8 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// End-to-end load benchmark: gateway vs direct upstream, as ratios.
+    Bench(bench::BenchArgs),
     /// The demo MCP server used by `mandate demo` and the tests.
     #[command(hide = true)]
     DemoServer {
@@ -294,6 +297,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Token {
             command: TokenCommand::Mint(args),
         } => println!("{}", devtoken::mint(&args)?),
+        Command::Bench(args) => bench::run(args).await?,
         Command::DemoServer {
             profile,
             record,
@@ -346,6 +350,10 @@ pub(crate) async fn start_on(
 ) -> Result<(Arc<Gateway>, tokio::task::JoinHandle<()>)> {
     let gw = build_gateway(cfg).await?;
     let app = mandate_gateway::http::router(gw.clone());
+    // Small SSE writes must not wait for delayed ACKs (Nagle): ~40 ms each.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let handle = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "server stopped");

@@ -1,0 +1,291 @@
+//! `mandate bench`: end-to-end load benchmark, gateway vs direct upstream.
+//!
+//! In one process and one run it starts the demo MCP server over Streamable
+//! HTTP, a gateway in front of it (durable audit on, the quickstart
+//! policies), and drives `tools/call` through both with the official Rust
+//! SDK client: sequentially (added latency) and with many concurrent clients
+//! (throughput). It also measures this disk's fsync time, the floor of the
+//! gateway's added latency (the decision record is durable before the call
+//! is forwarded). Everything is reported as ratios to the direct baseline.
+
+use crate::config::{Config, Overrides};
+use crate::devtoken::{MintArgs, claims, generate_issuer_key, load_issuer_key, now};
+use anyhow::{Context, Result};
+use rmcp::ServiceExt as _;
+use rmcp::model::CallToolRequestParams;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Benchmark parameters.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Calls per sequential run.
+    #[arg(long, default_value_t = 400)]
+    pub sequential_calls: usize,
+    /// Concurrent clients for the throughput run.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Seconds per throughput run.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Where the benchmark's audit log and keys go (wiped first).
+    #[arg(long, default_value = "target/bench-data")]
+    pub data_dir: PathBuf,
+}
+
+/// Mints a token with a fresh `sid` for each client, so every benchmark
+/// client is its own Mandate session (and its own call budget).
+type TokenSource = std::sync::Arc<dyn Fn() -> Result<String> + Send + Sync>;
+
+struct Target {
+    url: String,
+    token: Option<TokenSource>,
+    tool: &'static str,
+}
+
+type Client = rmcp::service::RunningService<rmcp::RoleClient, ()>;
+
+async fn connect(t: &Target) -> Result<Client> {
+    let mut cfg = StreamableHttpClientTransportConfig::with_uri(t.url.as_str());
+    if let Some(mint) = &t.token {
+        cfg = cfg.auth_header(mint()?);
+    }
+    Ok(().serve(StreamableHttpClientTransport::from_config(cfg)).await?)
+}
+
+async fn one_call(c: &Client, tool: &'static str) -> Result<Duration> {
+    let mut p = CallToolRequestParams::new(tool);
+    p.arguments = serde_json::json!({"query": "benchmark"}).as_object().cloned();
+    let start = Instant::now();
+    let r = c.call_tool(p).await?;
+    let took = start.elapsed();
+    if r.is_error == Some(true) {
+        anyhow::bail!("tool returned an error");
+    }
+    Ok(took)
+}
+
+/// Latencies of `n` sequential calls on one client (after a warm-up).
+async fn sequential(t: &Target, n: usize) -> Result<Vec<Duration>> {
+    let c = connect(t).await?;
+    for _ in 0..50 {
+        one_call(&c, t.tool).await?;
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(one_call(&c, t.tool).await?);
+    }
+    let _ = c.cancel().await;
+    Ok(out)
+}
+
+/// Calls per second with `clients` concurrent clients for `secs` seconds.
+async fn throughput(t: &Target, clients: usize, secs: u64) -> Result<(f64, Vec<Duration>)> {
+    let mut conns = Vec::new();
+    for _ in 0..clients {
+        let c = connect(t).await?;
+        one_call(&c, t.tool).await?;
+        conns.push(c);
+    }
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in conns {
+        let tool = t.tool;
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < deadline {
+                match one_call(&c, tool).await {
+                    Ok(d) => lat.push(d),
+                    Err(e) => return Err(e),
+                }
+            }
+            let _ = c.cancel().await;
+            Ok(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    #[expect(clippy::cast_precision_loss, reason = "call counts are small")]
+    let rate = all.len() as f64 / elapsed;
+    Ok((rate, all))
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "index into a short vector"
+    )]
+    let idx = (((v.len() - 1) as f64) * p).round() as usize;
+    v.get(idx).copied().unwrap_or(Duration::ZERO)
+}
+
+/// Median and p99 of write(4 KiB) + fdatasync on `dir`.
+fn fsync_cost(dir: &Path) -> Result<(Duration, Duration)> {
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path)?;
+    let block = [0u8; 4096];
+    let mut v = Vec::new();
+    for _ in 0..300 {
+        let s = Instant::now();
+        f.write_all(&block)?;
+        f.sync_data()?;
+        v.push(s.elapsed());
+    }
+    std::fs::remove_file(&path)?;
+    Ok((pct(&mut v.clone(), 0.5), pct(&mut v, 0.99)))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Runs the benchmark and prints a Markdown report.
+pub async fn run(args: BenchArgs) -> Result<()> {
+    let _ = std::fs::remove_dir_all(&args.data_dir);
+    std::fs::create_dir_all(&args.data_dir)?;
+    let data_dir = args.data_dir.canonicalize()?;
+
+    // The upstream, over Streamable HTTP.
+    let up_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let up_addr = up_listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) =
+            crate::demo_server::serve_http("workspace", Default::default(), up_listener).await
+        {
+            eprintln!("upstream stopped: {e}");
+        }
+    });
+    let upstream_url = format!("http://{up_addr}/mcp");
+
+    // The gateway in front of it, with the quickstart policies.
+    let qs_config = crate::demo::materialise(&data_dir)?;
+    let qs_dir = qs_config.parent().context("quickstart dir")?;
+    let key_dir = data_dir.join("dev-issuer");
+    generate_issuer_key(&key_dir)?;
+    let key = load_issuer_key(&key_dir)?;
+    let config_text = format!(
+        "[server]\ndata_dir = \"{}\"\n[auth]\n[[auth.issuers]]\nissuer = \"mandate-dev\"\njwks_file = \"{}\"\n[policy]\ndir = \"{}\"\n[upstreams.docs]\nurl = \"{upstream_url}\"\ntimeout_secs = 30\n[upstreams.docs.tools]\nsearch = \"read\"\n",
+        data_dir.display(),
+        key_dir.join("jwks.json").display(),
+        qs_dir.join("policies").display(),
+    );
+    let cfg_path = data_dir.join("bench.toml");
+    std::fs::write(&cfg_path, config_text)?;
+    let gw_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let gw_addr = gw_listener.local_addr()?;
+    let cfg = Config::load(
+        &cfg_path,
+        &Overrides {
+            listen: Some(gw_addr.to_string()),
+            data_dir: Some(data_dir.clone()),
+            public_url: Some(format!("http://{gw_addr}")),
+        },
+    )?;
+    let (gw, _h) = crate::start_on(&cfg, gw_listener).await?;
+    let resource = cfg.gateway.resource.clone();
+    let mint: TokenSource = std::sync::Arc::new(move || {
+        let args = MintArgs {
+            key: key_dir.clone(),
+            iss: "mandate-dev".into(),
+            aud: resource.clone(),
+            sub: "bench@example.com".into(),
+            act: "bench-agent".into(),
+            scope: "docs.*".into(),
+            task: Some("bench".into()),
+            build: None,
+            sid: Some(uuid::Uuid::new_v4().to_string()),
+            ttl: 3600,
+        };
+        key.sign(&claims(&args, now()))
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    });
+
+    let direct = Target {
+        url: upstream_url,
+        token: None,
+        tool: "search",
+    };
+    let via = Target {
+        url: format!("http://{gw_addr}/mcp"),
+        token: Some(mint),
+        tool: "docs.search",
+    };
+
+    let (fsync_p50, fsync_p99) = fsync_cost(&data_dir)?;
+    eprintln!("sequential runs ({} calls each)…", args.sequential_calls);
+    let mut d_seq = sequential(&direct, args.sequential_calls).await?;
+    let mut g_seq = sequential(&via, args.sequential_calls).await?;
+    eprintln!("throughput runs ({} clients, {} s each)…", args.concurrency, args.seconds);
+    let (d_rate, mut d_lat) = throughput(&direct, args.concurrency, args.seconds).await?;
+    let (g_rate, mut g_lat) = throughput(&via, args.concurrency, args.seconds).await?;
+    let appended = gw.audit().appended_count();
+    let commits = gw.audit().commits_count();
+
+    let (dp50, dp99) = (pct(&mut d_seq, 0.5), pct(&mut d_seq, 0.99));
+    let (gp50, gp99) = (pct(&mut g_seq, 0.5), pct(&mut g_seq, 0.99));
+    let add50 = ms(gp50) - ms(dp50);
+    let add99 = ms(gp99) - ms(dp99);
+    println!("## Gateway vs direct upstream (one run, `mandate bench`)\n");
+    println!("| measure | direct | through Mandate | ratio / added |");
+    println!("|---|---|---|---|");
+    println!(
+        "| sequential p50 latency | {:.3} ms | {:.3} ms | +{:.3} ms = {:.2} fsync p50 |",
+        ms(dp50),
+        ms(gp50),
+        add50,
+        add50 / ms(fsync_p50).max(1e-9)
+    );
+    println!(
+        "| sequential p99 latency | {:.3} ms | {:.3} ms | +{:.3} ms = {:.2} fsync p99 |",
+        ms(dp99),
+        ms(gp99),
+        add99,
+        add99 / ms(fsync_p99).max(1e-9)
+    );
+    println!(
+        "| throughput, {} clients | {:.0} calls/s | {:.0} calls/s | {:.2}× |",
+        args.concurrency,
+        d_rate,
+        g_rate,
+        g_rate / d_rate.max(1e-9)
+    );
+    println!(
+        "| p50 / p99 under load | {:.3} / {:.3} ms | {:.3} / {:.3} ms | |",
+        ms(pct(&mut d_lat, 0.5)),
+        ms(pct(&mut d_lat, 0.99)),
+        ms(pct(&mut g_lat, 0.5)),
+        ms(pct(&mut g_lat, 0.99))
+    );
+    println!(
+        "\nfsync (4 KiB write + fdatasync) on the audit disk: p50 {:.3} ms, p99 {:.3} ms.",
+        ms(fsync_p50),
+        ms(fsync_p99)
+    );
+    println!(
+        "Audit: {appended} records in {commits} commits ({:.1} records per fsync'd transaction).",
+        {
+            #[expect(clippy::cast_precision_loss, reason = "counts")]
+            let r = appended as f64 / (commits.max(1) as f64);
+            r
+        }
+    );
+    println!(
+        "Added latency vs goal: p50 {:+.3} ms beyond one fsync (goal ≤ 0.5), p99 {:+.3} ms beyond one fsync (goal ≤ 3).",
+        add50 - ms(fsync_p50),
+        add99 - ms(fsync_p99)
+    );
+    Ok(())
+}
