@@ -89,7 +89,7 @@ def test_denied_calls_never_reach_the_upstream(env, issuer: Issuer) -> None:
                 except MCPError as e:
                     outcomes[key] = e
             try:
-                outcomes["unknown"] = await c.call_tool("docs.no_such_tool", {})
+                outcomes["unknown"] = await c.call_tool("bank.no_such_tool", {})
             except MCPError as e:
                 outcomes["unknown"] = e
             allowed = await c.call_tool("docs.search", {"query": "quarterly report"})
@@ -106,7 +106,7 @@ def test_denied_calls_never_reach_the_upstream(env, issuer: Issuer) -> None:
         problems += denial_problems(out, tool, reason)
     unknown = outcomes["unknown"]
     if not (isinstance(unknown, MCPError) and unknown.code == -32602 and "unknown tool" in unknown.message):
-        problems.append(f"docs.no_such_tool: expected -32602 'unknown tool', got {unknown!r}")
+        problems.append(f"bank.no_such_tool (in scope via bank.*): expected -32602 'unknown tool', got {unknown!r}")
 
     # The upstreams saw exactly the one allowed call, nothing else.
     docs_calls = read_jsonl(docs_rec)

@@ -51,7 +51,10 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Result<Fixture, Box<dyn std::error::
 }
 
 fn bench_verify(c: &mut Criterion) {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
         eprintln!("cannot build a tokio runtime");
         return;
     };

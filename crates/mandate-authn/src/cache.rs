@@ -170,7 +170,13 @@ mod tests {
     fn capacity_is_bounded_and_oldest_go_first() {
         let cache = PrincipalCache::new(10);
         for i in 0..25 {
-            cache.insert(TokenHash::of(&i.to_string()), principal("a", 2000), 0, 0, T0);
+            cache.insert(
+                TokenHash::of(&i.to_string()),
+                principal("a", 2000),
+                0,
+                0,
+                T0,
+            );
             assert!(cache.len() <= 10);
         }
         assert!(cache.get(&TokenHash::of("24"), T0, |_| Some(0)).is_some());
@@ -180,16 +186,36 @@ mod tests {
     #[test]
     fn eviction_prefers_expired_entries() {
         let cache = PrincipalCache::new(4);
-        cache.insert(TokenHash::of("old-but-live"), principal("a", 5000), 0, 0, T0);
+        cache.insert(
+            TokenHash::of("old-but-live"),
+            principal("a", 5000),
+            0,
+            0,
+            T0,
+        );
         for i in 0..3 {
-            cache.insert(TokenHash::of(&i.to_string()), principal("a", 1001), 0, 0, T0);
+            cache.insert(
+                TokenHash::of(&i.to_string()),
+                principal("a", 1001),
+                0,
+                0,
+                T0,
+            );
         }
         let later = Clock {
             now: 1002,
             leeway: 0,
         };
         cache.insert(TokenHash::of("new"), principal("a", 5000), 0, 0, later);
-        assert!(cache.get(&TokenHash::of("old-but-live"), later, |_| Some(0)).is_some());
-        assert!(cache.get(&TokenHash::of("new"), later, |_| Some(0)).is_some());
+        assert!(
+            cache
+                .get(&TokenHash::of("old-but-live"), later, |_| Some(0))
+                .is_some()
+        );
+        assert!(
+            cache
+                .get(&TokenHash::of("new"), later, |_| Some(0))
+                .is_some()
+        );
     }
 }

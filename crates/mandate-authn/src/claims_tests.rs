@@ -47,7 +47,10 @@ fn act_chain_is_outermost_first() -> Result<(), AuthnError> {
 
 #[test]
 fn act_chain_depth_is_bounded() -> Result<(), AuthnError> {
-    assert_eq!(with(json!({"act": nested_act(MAX_ACTOR_DEPTH)}))?.act.len(), 8);
+    assert_eq!(
+        with(json!({"act": nested_act(MAX_ACTOR_DEPTH)}))?.act.len(),
+        8
+    );
     assert!(matches!(
         with(json!({"act": nested_act(MAX_ACTOR_DEPTH + 1)})),
         Err(AuthnError::ActorChainTooDeep(8))
@@ -66,7 +69,10 @@ fn act_without_sub_or_with_bad_sub_is_refused() {
         json!({"sub": "a\nb"}),
     ] {
         assert!(
-            matches!(with(json!({"act": act})), Err(AuthnError::InvalidClaim("act"))),
+            matches!(
+                with(json!({"act": act})),
+                Err(AuthnError::InvalidClaim("act"))
+            ),
             "{act}"
         );
     }

@@ -7,14 +7,14 @@ use crate::AuthnError;
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair,
-    Ed25519KeyPair, KeyPair as _,
+    ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair,
+    KeyPair as _,
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::jwk::{
-    AlgorithmParameters, CommonParameters, EllipticCurve, Jwk, KeyAlgorithm, OctetKeyPairParameters,
-    OctetKeyPairType, PublicKeyUse, ThumbprintHash,
+    AlgorithmParameters, CommonParameters, EllipticCurve, Jwk, KeyAlgorithm,
+    OctetKeyPairParameters, OctetKeyPairType, PublicKeyUse, ThumbprintHash,
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use std::fmt;
@@ -77,9 +77,8 @@ impl DevKey {
             | Algorithm::PS512 => {
                 let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
                     .map_err(|_| fail("RSA key generation failed"))?;
-                let der: aws_lc_rs::encoding::Pkcs8V1Der<'static> = pair
-                    .as_der()
-                    .map_err(|_| fail("RSA key encoding failed"))?;
+                let der: aws_lc_rs::encoding::Pkcs8V1Der<'static> =
+                    pair.as_der().map_err(|_| fail("RSA key encoding failed"))?;
                 der.as_ref().to_vec()
             }
             other => return Err(fail(&format!("no development keys for {other:?}"))),
@@ -104,7 +103,9 @@ impl DevKey {
         } else if EncodingKey::from_rsa_pem(pem_bytes).is_ok() {
             Algorithm::RS256
         } else {
-            return Err(fail("not a PKCS#8 Ed25519, P-256, P-384 or RSA private key"));
+            return Err(fail(
+                "not a PKCS#8 Ed25519, P-256, P-384 or RSA private key",
+            ));
         };
         Self::from_pem_with(pem, Some(kid.into()), alg)
     }

@@ -120,7 +120,10 @@ impl KeySet {
             }
         }
         if keys.is_empty() {
-            return Err(AuthnError::jwks(issuer, "JWKS contains no usable signing key"));
+            return Err(AuthnError::jwks(
+                issuer,
+                "JWKS contains no usable signing key",
+            ));
         }
         Ok(Self {
             keys,
@@ -314,7 +317,10 @@ impl IssuerKeys {
             return Ok(key);
         }
         if last.is_some_and(|t| t.elapsed() < MIN_REFRESH_INTERVAL) {
-            tracing::debug!(issuer = self.issuer, "unknown kid; JWKS re-load rate-limited");
+            tracing::debug!(
+                issuer = self.issuer,
+                "unknown kid; JWKS re-load rate-limited"
+            );
             return Err(self.unknown_key());
         }
         *last = Some(Instant::now());
@@ -402,7 +408,10 @@ async fn fetch(issuer: &str, url: &str, client: &reqwest::Client) -> Result<Vec<
     let fail = |e: reqwest::Error| AuthnError::jwks(issuer, format!("{url}: {}", e.without_url()));
     let mut response = client
         .get(url)
-        .header(reqwest::header::ACCEPT, "application/json, application/jwk-set+json")
+        .header(
+            reqwest::header::ACCEPT,
+            "application/json, application/jwk-set+json",
+        )
         .send()
         .await
         .map_err(fail)?;
@@ -414,12 +423,18 @@ async fn fetch(issuer: &str, url: &str, client: &reqwest::Client) -> Result<Vec<
         .content_length()
         .is_some_and(|len| len > MAX_JWKS_BYTES as u64)
     {
-        return Err(AuthnError::jwks(issuer, format!("{url}: response too large")));
+        return Err(AuthnError::jwks(
+            issuer,
+            format!("{url}: response too large"),
+        ));
     }
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(fail)? {
         if body.len().saturating_add(chunk.len()) > MAX_JWKS_BYTES {
-            return Err(AuthnError::jwks(issuer, format!("{url}: response too large")));
+            return Err(AuthnError::jwks(
+                issuer,
+                format!("{url}: response too large"),
+            ));
         }
         body.extend_from_slice(&chunk);
     }
@@ -513,7 +528,11 @@ mod tests {
 
     #[test]
     fn plain_http_only_to_loopback() {
-        let ok = |s: &str| reqwest::Url::parse(s).map(|u| url_allowed(&u)).unwrap_or(false);
+        let ok = |s: &str| {
+            reqwest::Url::parse(s)
+                .map(|u| url_allowed(&u))
+                .unwrap_or(false)
+        };
         assert!(ok("https://idp.example/jwks"));
         assert!(ok("http://127.0.0.1:8080/jwks"));
         assert!(ok("http://localhost/jwks"));

@@ -199,7 +199,9 @@ impl Authenticator {
         let client = jwks::http_client()?;
         let mut loaded = Vec::with_capacity(issuers.len());
         for IssuerConfig { issuer, jwks } in issuers {
-            loaded.push(Arc::new(IssuerKeys::load(issuer, jwks, client.clone()).await?));
+            loaded.push(Arc::new(
+                IssuerKeys::load(issuer, jwks, client.clone()).await?,
+            ));
         }
 
         let validations = algorithms

@@ -82,7 +82,9 @@ fn setup(keys: &[&DevKey]) -> std::io::Result<(tempfile::TempDir, PathBuf, Authn
     Ok((dir, path, cfg))
 }
 
-async fn trusting(keys: &[&DevKey]) -> Result<(tempfile::TempDir, PathBuf, Authenticator), Box<dyn std::error::Error>> {
+async fn trusting(
+    keys: &[&DevKey],
+) -> Result<(tempfile::TempDir, PathBuf, Authenticator), Box<dyn std::error::Error>> {
     let (dir, path, cfg) = setup(keys)?;
     Ok((dir, path, Authenticator::new(cfg).await?))
 }
@@ -99,7 +101,11 @@ fn b64(v: &Value) -> String {
 }
 
 /// Signs `claims` under an arbitrary header with `key`'s private key.
-fn sign_raw(key: &DevKey, header: &Value, claims: &Value) -> Result<String, Box<dyn std::error::Error>> {
+fn sign_raw(
+    key: &DevKey,
+    header: &Value,
+    claims: &Value,
+) -> Result<String, Box<dyn std::error::Error>> {
     let message = format!("{}.{}", b64(header), b64(claims));
     let encoding = match key.algorithm() {
         Algorithm::EdDSA => EncodingKey::from_ed_pem(key.pkcs8_pem.as_bytes())?,
@@ -110,7 +116,10 @@ fn sign_raw(key: &DevKey, header: &Value, claims: &Value) -> Result<String, Box<
     Ok(format!("{message}.{sig}"))
 }
 
-fn is_err<T: std::fmt::Debug>(r: &Result<T, AuthnError>, want: impl Fn(&AuthnError) -> bool) -> bool {
+fn is_err<T: std::fmt::Debug>(
+    r: &Result<T, AuthnError>,
+    want: impl Fn(&AuthnError) -> bool,
+) -> bool {
     match r {
         Err(e) => want(e),
         Ok(_) => false,
@@ -130,7 +139,10 @@ async fn valid_token_yields_principal_with_act_chain() -> TestResult {
     let p = authn.verify(&token).await?;
     assert_eq!(p.iss, ISS);
     assert_eq!(p.sub, "alice@example.com");
-    assert_eq!(p.act, vec!["research-agent".to_owned(), "orchestrator".to_owned()]);
+    assert_eq!(
+        p.act,
+        vec!["research-agent".to_owned(), "orchestrator".to_owned()]
+    );
     assert_eq!(p.agent(), Some("research-agent"));
     assert!(p.scope.covers("docs.search") && p.scope.covers("mail.send"));
     assert!(!p.scope.covers("bank.transfer"));
@@ -183,7 +195,10 @@ async fn forged_signature_with_same_kid_is_refused() -> TestResult {
     attacker.kid = key.kid.clone();
     let (_dir, _, authn) = trusting(&[&key]).await?;
     let r = authn.verify(&attacker.sign(&claims())?).await;
-    assert!(is_err(&r, |e| matches!(e, AuthnError::BadSignature)), "{r:?}");
+    assert!(
+        is_err(&r, |e| matches!(e, AuthnError::BadSignature)),
+        "{r:?}"
+    );
     Ok(())
 }
 
@@ -198,7 +213,10 @@ async fn tampered_payload_is_refused() -> TestResult {
         *p = &forged_payload;
     }
     let r = authn.verify(&parts.join(".")).await;
-    assert!(is_err(&r, |e| matches!(e, AuthnError::BadSignature)), "{r:?}");
+    assert!(
+        is_err(&r, |e| matches!(e, AuthnError::BadSignature)),
+        "{r:?}"
+    );
     Ok(())
 }
 
@@ -238,7 +256,9 @@ async fn hs256_token_keyed_with_the_issuers_public_key_is_refused() -> TestResul
         .map(str::to_owned)
         .unwrap_or_default();
     let raw = URL_SAFE_NO_PAD.decode(&x)?;
-    let mut spki = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+    let mut spki = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
     spki.extend_from_slice(&raw);
     let pem = format!(
         "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
@@ -256,7 +276,8 @@ async fn hs256_token_keyed_with_the_issuers_public_key_is_refused() -> TestResul
         for secret in &secrets {
             let mut header = Header::new(alg);
             header.kid = Some(key.kid.clone());
-            let token = jsonwebtoken::encode(&header, &claims(), &EncodingKey::from_secret(secret))?;
+            let token =
+                jsonwebtoken::encode(&header, &claims(), &EncodingKey::from_secret(secret))?;
             let r = authn.verify(&token).await;
             assert!(
                 is_err(&r, |e| matches!(e, AuthnError::AlgorithmNotAllowed(_))),
@@ -274,7 +295,10 @@ async fn hmac_in_the_allow_list_is_rejected_by_the_constructor() -> TestResult {
         let (_dir, _, mut cfg) = setup(&[&key])?;
         cfg.algorithms.push(alg);
         let r = Authenticator::new(cfg).await;
-        assert!(is_err(&r, |e| matches!(e, AuthnError::Config(_)) && e.is_config()), "{alg:?}");
+        assert!(
+            is_err(&r, |e| matches!(e, AuthnError::Config(_)) && e.is_config()),
+            "{alg:?}"
+        );
     }
     let (_dir, _, mut cfg) = setup(&[&key])?;
     cfg.algorithms.clear();
@@ -288,7 +312,10 @@ async fn algorithm_outside_the_allow_list_is_refused() -> TestResult {
     let key = DevKey::generate(Algorithm::ES384)?;
     let (_dir, _, authn) = trusting(&[&key]).await?;
     let r = authn.verify(&key.sign(&claims())?).await;
-    assert!(is_err(&r, |e| matches!(e, AuthnError::AlgorithmNotAllowed(_))), "{r:?}");
+    assert!(
+        is_err(&r, |e| matches!(e, AuthnError::AlgorithmNotAllowed(_))),
+        "{r:?}"
+    );
     Ok(())
 }
 
@@ -300,14 +327,20 @@ async fn key_of_another_type_than_the_alg_is_refused() -> TestResult {
     ed.kid = ec.kid.clone();
     let (_dir, _, authn) = trusting(&[&ec]).await?;
     let r = authn.verify(&ed.sign(&claims())?).await;
-    assert!(is_err(&r, |e| matches!(e, AuthnError::KeyAlgorithmMismatch { .. })), "{r:?}");
+    assert!(
+        is_err(&r, |e| matches!(e, AuthnError::KeyAlgorithmMismatch { .. })),
+        "{r:?}"
+    );
 
     // An RSA JWK pinned to RS256 does not verify PS256, though both are RSA.
     let rs = DevKey::generate(Algorithm::RS256)?;
     let (_dir2, _, authn) = trusting(&[&rs]).await?;
     let ps = rs.with_algorithm(Algorithm::PS256)?;
     let r = authn.verify(&ps.sign(&claims())?).await;
-    assert!(is_err(&r, |e| matches!(e, AuthnError::KeyAlgorithmMismatch { .. })), "{r:?}");
+    assert!(
+        is_err(&r, |e| matches!(e, AuthnError::KeyAlgorithmMismatch { .. })),
+        "{r:?}"
+    );
     Ok(())
 }
 
@@ -323,8 +356,13 @@ async fn key_embedded_in_the_header_is_ignored() -> TestResult {
         "jwk": attacker.jwk(),
         "jku": "https://attacker.example/jwks.json",
     });
-    let r = authn.verify(&sign_raw(&attacker, &header, &claims())?).await;
-    assert!(is_err(&r, |e| matches!(e, AuthnError::BadSignature)), "{r:?}");
+    let r = authn
+        .verify(&sign_raw(&attacker, &header, &claims())?)
+        .await;
+    assert!(
+        is_err(&r, |e| matches!(e, AuthnError::BadSignature)),
+        "{r:?}"
+    );
     Ok(())
 }
 
@@ -334,11 +372,17 @@ async fn other_jwt_types_and_critical_headers_are_refused() -> TestResult {
     let (_dir, _, authn) = trusting(&[&key]).await?;
     let dpop = json!({"alg": "EdDSA", "kid": key.kid, "typ": "dpop+jwt"});
     let r = authn.verify(&sign_raw(&key, &dpop, &claims())?).await;
-    assert!(is_err(&r, |e| matches!(e, AuthnError::UnsupportedType(_))), "{r:?}");
+    assert!(
+        is_err(&r, |e| matches!(e, AuthnError::UnsupportedType(_))),
+        "{r:?}"
+    );
 
     let crit = json!({"alg": "EdDSA", "kid": key.kid, "crit": ["b64"], "b64": false});
     let r = authn.verify(&sign_raw(&key, &crit, &claims())?).await;
-    assert!(is_err(&r, |e| matches!(e, AuthnError::CriticalHeader)), "{r:?}");
+    assert!(
+        is_err(&r, |e| matches!(e, AuthnError::CriticalHeader)),
+        "{r:?}"
+    );
 
     let no_kid = json!({"alg": "EdDSA", "typ": "JWT"});
     let r = authn.verify(&sign_raw(&key, &no_kid, &claims())?).await;
@@ -355,13 +399,20 @@ async fn token_without_actor_is_refused_when_actor_required() -> TestResult {
     let (_dir, _, mut cfg) = setup(&[&key])?;
     cfg.require_actor = true;
     let authn = Authenticator::new(cfg).await?;
-    let r = authn.verify(&key.sign(&claims_with(json!({"act": null})))?).await;
-    assert!(is_err(&r, |e| matches!(e, AuthnError::ActorRequired)), "{r:?}");
+    let r = authn
+        .verify(&key.sign(&claims_with(json!({"act": null})))?)
+        .await;
+    assert!(
+        is_err(&r, |e| matches!(e, AuthnError::ActorRequired)),
+        "{r:?}"
+    );
     assert!(authn.verify(&key.sign(&claims())?).await.is_ok());
 
     // Without the requirement the same token is a user-only principal.
     let (_dir2, _, lax) = trusting(&[&key]).await?;
-    let p = lax.verify(&key.sign(&claims_with(json!({"act": null})))?).await?;
+    let p = lax
+        .verify(&key.sign(&claims_with(json!({"act": null})))?)
+        .await?;
     assert!(p.act.is_empty());
     Ok(())
 }
@@ -370,12 +421,24 @@ async fn token_without_actor_is_refused_when_actor_required() -> TestResult {
 async fn expired_token_beyond_leeway_is_refused() -> TestResult {
     let key = dev::generate_ed25519()?;
     let (_dir, _, authn) = trusting(&[&key]).await?;
-    let r = authn.verify(&key.sign(&claims_with(json!({"exp": now() - 35})))?).await;
+    let r = authn
+        .verify(&key.sign(&claims_with(json!({"exp": now() - 35})))?)
+        .await;
     assert!(is_err(&r, |e| matches!(e, AuthnError::Expired)), "{r:?}");
     // Inside the 30 s leeway a just-expired token still passes (clock skew).
-    assert!(authn.verify(&key.sign(&claims_with(json!({"exp": now() - 10})))?).await.is_ok());
-    let r = authn.verify(&key.sign(&claims_with(json!({"exp": null})))?).await;
-    assert!(is_err(&r, |e| matches!(e, AuthnError::MissingClaim("exp"))), "{r:?}");
+    assert!(
+        authn
+            .verify(&key.sign(&claims_with(json!({"exp": now() - 10})))?)
+            .await
+            .is_ok()
+    );
+    let r = authn
+        .verify(&key.sign(&claims_with(json!({"exp": null})))?)
+        .await;
+    assert!(
+        is_err(&r, |e| matches!(e, AuthnError::MissingClaim("exp"))),
+        "{r:?}"
+    );
     Ok(())
 }
 
@@ -383,11 +446,26 @@ async fn expired_token_beyond_leeway_is_refused() -> TestResult {
 async fn token_not_yet_valid_is_refused() -> TestResult {
     let key = dev::generate_ed25519()?;
     let (_dir, _, authn) = trusting(&[&key]).await?;
-    let r = authn.verify(&key.sign(&claims_with(json!({"nbf": now() + 120})))?).await;
-    assert!(is_err(&r, |e| matches!(e, AuthnError::NotYetValid)), "{r:?}");
-    let r = authn.verify(&key.sign(&claims_with(json!({"iat": now() + 120})))?).await;
-    assert!(is_err(&r, |e| matches!(e, AuthnError::IssuedInFuture)), "{r:?}");
-    assert!(authn.verify(&key.sign(&claims_with(json!({"nbf": now() + 10})))?).await.is_ok());
+    let r = authn
+        .verify(&key.sign(&claims_with(json!({"nbf": now() + 120})))?)
+        .await;
+    assert!(
+        is_err(&r, |e| matches!(e, AuthnError::NotYetValid)),
+        "{r:?}"
+    );
+    let r = authn
+        .verify(&key.sign(&claims_with(json!({"iat": now() + 120})))?)
+        .await;
+    assert!(
+        is_err(&r, |e| matches!(e, AuthnError::IssuedInFuture)),
+        "{r:?}"
+    );
+    assert!(
+        authn
+            .verify(&key.sign(&claims_with(json!({"nbf": now() + 10})))?)
+            .await
+            .is_ok()
+    );
     Ok(())
 }
 
@@ -395,12 +473,27 @@ async fn token_not_yet_valid_is_refused() -> TestResult {
 async fn token_for_another_audience_is_refused() -> TestResult {
     let key = dev::generate_ed25519()?;
     let (_dir, _, authn) = trusting(&[&key]).await?;
-    for aud in [json!("other-service"), json!(["a", "b"]), json!([]), json!("mandate")] {
-        let r = authn.verify(&key.sign(&claims_with(json!({"aud": aud})))?).await;
-        assert!(is_err(&r, |e| matches!(e, AuthnError::WrongAudience)), "{aud}: {r:?}");
+    for aud in [
+        json!("other-service"),
+        json!(["a", "b"]),
+        json!([]),
+        json!("mandate"),
+    ] {
+        let r = authn
+            .verify(&key.sign(&claims_with(json!({"aud": aud})))?)
+            .await;
+        assert!(
+            is_err(&r, |e| matches!(e, AuthnError::WrongAudience)),
+            "{aud}: {r:?}"
+        );
     }
-    let r = authn.verify(&key.sign(&claims_with(json!({"aud": null})))?).await;
-    assert!(is_err(&r, |e| matches!(e, AuthnError::MissingClaim("aud"))), "{r:?}");
+    let r = authn
+        .verify(&key.sign(&claims_with(json!({"aud": null})))?)
+        .await;
+    assert!(
+        is_err(&r, |e| matches!(e, AuthnError::MissingClaim("aud"))),
+        "{r:?}"
+    );
     Ok(())
 }
 
@@ -408,12 +501,26 @@ async fn token_for_another_audience_is_refused() -> TestResult {
 async fn token_from_an_unconfigured_issuer_is_refused() -> TestResult {
     let key = dev::generate_ed25519()?;
     let (_dir, _, authn) = trusting(&[&key]).await?;
-    for iss in ["https://evil.example", "https://idp.example/", "HTTPS://IDP.EXAMPLE"] {
-        let r = authn.verify(&key.sign(&claims_with(json!({"iss": iss})))?).await;
-        assert!(is_err(&r, |e| matches!(e, AuthnError::UnknownIssuer)), "{iss}: {r:?}");
+    for iss in [
+        "https://evil.example",
+        "https://idp.example/",
+        "HTTPS://IDP.EXAMPLE",
+    ] {
+        let r = authn
+            .verify(&key.sign(&claims_with(json!({"iss": iss})))?)
+            .await;
+        assert!(
+            is_err(&r, |e| matches!(e, AuthnError::UnknownIssuer)),
+            "{iss}: {r:?}"
+        );
     }
-    let r = authn.verify(&key.sign(&claims_with(json!({"iss": null})))?).await;
-    assert!(is_err(&r, |e| matches!(e, AuthnError::MissingClaim("iss"))), "{r:?}");
+    let r = authn
+        .verify(&key.sign(&claims_with(json!({"iss": null})))?)
+        .await;
+    assert!(
+        is_err(&r, |e| matches!(e, AuthnError::MissingClaim("iss"))),
+        "{r:?}"
+    );
     Ok(())
 }
 
@@ -432,11 +539,17 @@ async fn token_naming_one_issuer_but_signed_by_another_is_refused() -> TestResul
     let authn = Authenticator::new(cfg).await?;
     // B's key, A's iss, B's kid: not in A's key set.
     let r = authn.verify(&b.sign(&claims())?).await;
-    assert!(is_err(&r, |e| matches!(e, AuthnError::UnknownKey { .. })), "{r:?}");
+    assert!(
+        is_err(&r, |e| matches!(e, AuthnError::UnknownKey { .. })),
+        "{r:?}"
+    );
     // B's key claiming A's kid: signature fails under A's key.
     b.kid = a.kid.clone();
     let r = authn.verify(&b.sign(&claims())?).await;
-    assert!(is_err(&r, |e| matches!(e, AuthnError::BadSignature)), "{r:?}");
+    assert!(
+        is_err(&r, |e| matches!(e, AuthnError::BadSignature)),
+        "{r:?}"
+    );
     Ok(())
 }
 
@@ -451,11 +564,18 @@ async fn nested_act_depth_is_bounded() -> TestResult {
         }
         act
     };
-    let p = authn.verify(&key.sign(&claims_with(json!({"act": chain(MAX_ACTOR_DEPTH)})))?).await?;
+    let p = authn
+        .verify(&key.sign(&claims_with(json!({"act": chain(MAX_ACTOR_DEPTH)})))?)
+        .await?;
     assert_eq!(p.act.len(), MAX_ACTOR_DEPTH);
     assert_eq!(p.agent(), Some("agent-1"));
-    let r = authn.verify(&key.sign(&claims_with(json!({"act": chain(MAX_ACTOR_DEPTH + 1)})))?).await;
-    assert!(is_err(&r, |e| matches!(e, AuthnError::ActorChainTooDeep(_))), "{r:?}");
+    let r = authn
+        .verify(&key.sign(&claims_with(json!({"act": chain(MAX_ACTOR_DEPTH + 1)})))?)
+        .await;
+    assert!(
+        is_err(&r, |e| matches!(e, AuthnError::ActorChainTooDeep(_))),
+        "{r:?}"
+    );
     Ok(())
 }
 
@@ -466,11 +586,23 @@ async fn leeway_above_60_seconds_is_clamped() -> TestResult {
     cfg.leeway_secs = 3600;
     let authn = Authenticator::new(cfg).await?;
     assert_eq!(authn.leeway_secs(), 60);
-    let r = authn.verify(&key.sign(&claims_with(json!({"exp": now() - 120})))?).await;
+    let r = authn
+        .verify(&key.sign(&claims_with(json!({"exp": now() - 120})))?)
+        .await;
     assert!(is_err(&r, |e| matches!(e, AuthnError::Expired)), "{r:?}");
-    let r = authn.verify(&key.sign(&claims_with(json!({"nbf": now() + 120})))?).await;
-    assert!(is_err(&r, |e| matches!(e, AuthnError::NotYetValid)), "{r:?}");
-    assert!(authn.verify(&key.sign(&claims_with(json!({"exp": now() - 45})))?).await.is_ok());
+    let r = authn
+        .verify(&key.sign(&claims_with(json!({"nbf": now() + 120})))?)
+        .await;
+    assert!(
+        is_err(&r, |e| matches!(e, AuthnError::NotYetValid)),
+        "{r:?}"
+    );
+    assert!(
+        authn
+            .verify(&key.sign(&claims_with(json!({"exp": now() - 45})))?)
+            .await
+            .is_ok()
+    );
     Ok(())
 }
 
@@ -505,7 +637,10 @@ async fn key_removed_from_the_jwks_stops_cached_tokens() -> TestResult {
     rotate(&path, &[&new])?;
     assert!(authn.verify(&new.sign(&claims())?).await.is_ok()); // unknown kid: re-read
     let r = authn.verify(&old_token).await;
-    assert!(is_err(&r, |e| matches!(e, AuthnError::UnknownKey { .. })), "{r:?}");
+    assert!(
+        is_err(&r, |e| matches!(e, AuthnError::UnknownKey { .. })),
+        "{r:?}"
+    );
     Ok(())
 }
 
@@ -532,11 +667,15 @@ async fn unknown_kid_rereads_are_rate_limited() -> TestResult {
     let new_token = new.sign(&claims())?;
     // First unknown kid re-reads (and still does not find it).
     let r = authn.verify(&new_token).await;
-    assert!(is_err(&r, |e| matches!(e, AuthnError::UnknownKey { .. }) && !e.is_config()));
+    assert!(is_err(&r, |e| matches!(e, AuthnError::UnknownKey { .. })
+        && !e.is_config()));
     rotate(&path, &[&old, &new])?;
     // Within 10 s no second re-read happens, so the new key is not seen yet.
     let r = authn.verify(&new_token).await;
-    assert!(is_err(&r, |e| matches!(e, AuthnError::UnknownKey { .. })), "{r:?}");
+    assert!(
+        is_err(&r, |e| matches!(e, AuthnError::UnknownKey { .. })),
+        "{r:?}"
+    );
     // Known kids are unaffected.
     assert!(authn.verify(&old.sign(&claims())?).await.is_ok());
     Ok(())
@@ -548,10 +687,19 @@ async fn missing_or_invalid_jwks_file_is_a_config_error_naming_the_issuer() -> T
     let (_dir, path, cfg) = setup(&[&key])?;
     std::fs::remove_file(&path)?;
     let r = Authenticator::new(cfg.clone()).await;
-    assert!(is_err(&r, |e| e.is_config() && e.to_string().contains(ISS)), "{r:?}");
-    std::fs::write(&path, "{\"keys\": [{\"kty\": \"oct\", \"kid\": \"k\", \"k\": \"c2VjcmV0\"}]}")?;
+    assert!(
+        is_err(&r, |e| e.is_config() && e.to_string().contains(ISS)),
+        "{r:?}"
+    );
+    std::fs::write(
+        &path,
+        "{\"keys\": [{\"kty\": \"oct\", \"kid\": \"k\", \"k\": \"c2VjcmV0\"}]}",
+    )?;
     let r = Authenticator::new(cfg.clone()).await;
-    assert!(is_err(&r, |e| e.is_config() && e.to_string().contains("no usable")), "{r:?}");
+    assert!(
+        is_err(&r, |e| e.is_config() && e.to_string().contains("no usable")),
+        "{r:?}"
+    );
     std::fs::write(&path, "not json")?;
     assert!(Authenticator::new(cfg).await.is_err());
     Ok(())
@@ -610,7 +758,10 @@ async fn jwks_url_is_fetched_and_refetched_on_unknown_kid() -> TestResult {
 #[tokio::test]
 async fn unreachable_jwks_url_is_a_config_error_naming_the_issuer() -> TestResult {
     // Bind then drop a listener: the port is (almost certainly) closed.
-    let port = tokio::net::TcpListener::bind("127.0.0.1:0").await?.local_addr()?.port();
+    let port = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await?
+        .local_addr()?
+        .port();
     let cfg = AuthnConfig::new(
         vec![IssuerConfig {
             issuer: ISS.into(),
@@ -619,7 +770,10 @@ async fn unreachable_jwks_url_is_a_config_error_naming_the_issuer() -> TestResul
         AUD,
     );
     let r = Authenticator::new(cfg).await;
-    assert!(is_err(&r, |e| e.is_config() && e.to_string().contains(ISS)), "{r:?}");
+    assert!(
+        is_err(&r, |e| e.is_config() && e.to_string().contains(ISS)),
+        "{r:?}"
+    );
     Ok(())
 }
 
@@ -633,7 +787,10 @@ async fn cleartext_jwks_url_to_a_remote_host_is_refused() -> TestResult {
         AUD,
     );
     let r = Authenticator::new(cfg).await;
-    assert!(is_err(&r, |e| e.is_config() && e.to_string().contains("https")), "{r:?}");
+    assert!(
+        is_err(&r, |e| e.is_config() && e.to_string().contains("https")),
+        "{r:?}"
+    );
     Ok(())
 }
 

@@ -46,7 +46,8 @@ impl From<&Principal> for Binding {
 struct AppState {
     gw: Arc<Gateway>,
     mcp: StreamableHttpService<GatewayHandler, LocalSessionManager>,
-    bindings: Arc<DashMap<String, Binding>>,
+    /// Transport session id → (subject it is bound to, latest token expiry).
+    bindings: Arc<DashMap<String, (Binding, u64)>>,
 }
 
 /// The gateway's HTTP routes.
@@ -272,9 +273,13 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     if let Some(id) = &session_id {
-        let bound = app.bindings.get(id).map(|b| b.clone());
+        let bound = app.bindings.get(id).map(|b| b.0.clone());
         match bound {
-            Some(bound) if bound == Binding::from(principal.as_ref()) => {}
+            Some(bound) if bound == Binding::from(principal.as_ref()) => {
+                if let Some(mut b) = app.bindings.get_mut(id) {
+                    b.1 = b.1.max(principal.exp);
+                }
+            }
             Some(_) => {
                 gw.metrics().session_refusals.inc();
                 let d = audit_refusal(
@@ -373,8 +378,18 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
             .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok())
     {
-        app.bindings
-            .insert(new_id.to_owned(), Binding::from(principal.as_ref()));
+        app.bindings.insert(
+            new_id.to_owned(),
+            (Binding::from(principal.as_ref()), principal.exp),
+        );
+        if app.bindings.len() % 1024 == 0 {
+            // A binding is useless once every token that could use it has
+            // expired (the subject would need a new token, hence a new session).
+            let cutoff = crate::pipeline::now_unix()
+                .cast_unsigned()
+                .saturating_sub(crate::pipeline::SESSION_GRACE_SECS);
+            app.bindings.retain(|_, b| b.1 > cutoff);
+        }
     }
     if is_delete
         && resp.status().is_success()

@@ -39,6 +39,8 @@ use upstream::{Events, Upstream};
 #[derive(Debug, Default)]
 pub(crate) struct SessionState {
     pub(crate) calls: u64,
+    /// Latest expiry of any token seen for the session.
+    pub(crate) exp: u64,
     pub(crate) taint: BTreeSet<String>,
 }
 

@@ -172,7 +172,13 @@ impl crate::Gateway {
         // 5. Write ahead: the decision is durable before anything is forwarded.
         //    If the store cannot write, the call is denied.
         self.metrics.count_decision(&decision);
-        if let Err(e) = self.audit.append(record(&decision, &call.args_hash)).await {
+        let appended = tokio::time::timeout(
+            AUDIT_WRITE_TIMEOUT,
+            self.audit.append(record(&decision, &call.args_hash)),
+        )
+        .await
+        .unwrap_or_else(|_| Err(mandate_audit::AuditError::WriterStopped));
+        if let Err(e) = appended {
             tracing::error!(error = %e, decision = %decision.id, "audit store unavailable; denying");
             self.metrics.audit_failures.inc();
             let denied = Decision::deny("audit store unavailable", self.policy.policy_hash());
@@ -282,8 +288,17 @@ impl crate::Gateway {
     }
 
     fn note_call(&self, principal: &Principal) {
-        let mut s = self.sessions.entry(principal.session_key()).or_default();
-        s.calls = s.calls.saturating_add(1);
+        {
+            let mut s = self.sessions.entry(principal.session_key()).or_default();
+            s.calls = s.calls.saturating_add(1);
+            s.exp = s.exp.max(principal.exp);
+        }
+        // State outlives its session only until every token of the session
+        // has expired; prune opportunistically.
+        if self.sessions.len() % 1024 == 0 {
+            let cutoff = now_unix().cast_unsigned().saturating_sub(SESSION_GRACE_SECS);
+            self.sessions.retain(|_, s| s.exp > cutoff);
+        }
     }
 }
 
@@ -299,6 +314,13 @@ pub(crate) enum Resolved {
     /// No such upstream or tool.
     Unknown,
 }
+
+/// A decision record not durable within this time counts as a failed write
+/// (a stuck disk must not hold calls forever; they are denied instead).
+const AUDIT_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long per-session state is kept after the session's last token expired.
+pub(crate) const SESSION_GRACE_SECS: u64 = 120;
 
 /// Current Unix time in seconds.
 pub(crate) fn now_unix() -> i64 {
