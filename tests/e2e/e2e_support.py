@@ -405,7 +405,10 @@ class Gateway:
     # ---- raw MCP over HTTP --------------------------------------------------
 
     def post(self, body: Any, token: str | None = None, session: str | None = None, *,
-             content: bytes | None = None, headers: dict[str, str] | None = None) -> RpcReply:
+             content: bytes | None = None, headers: dict[str, str] | None = None,
+             client: httpx.Client | None = None) -> RpcReply:
+        """POSTs to /mcp on a fresh connection (or on `client`'s pool), so a
+        test's result does not depend on how the previous request ended."""
         h = {"Accept": MCP_ACCEPT, "Content-Type": "application/json", "MCP-Protocol-Version": PROTOCOL_VERSION}
         if token is not None:
             h["Authorization"] = f"Bearer {token}"
@@ -413,8 +416,10 @@ class Gateway:
             h["Mcp-Session-Id"] = session
         h.update(headers or {})
         data = content if content is not None else json.dumps(body).encode()
-        r = self._http.post(self.mcp_url, content=data, headers=h)
-        return RpcReply.of(r)
+        if client is not None:
+            return RpcReply.of(client.post(self.mcp_url, content=data, headers=h))
+        with httpx.Client(timeout=30) as fresh:
+            return RpcReply.of(fresh.post(self.mcp_url, content=data, headers=h))
 
     def initialize(self, token: str) -> str:
         """Opens a transport session with `token`; returns its Mcp-Session-Id."""

@@ -9,13 +9,25 @@ public key) are built by hand.
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 import jwt
-from e2e_support import DROP, Gateway, Issuer, Launcher, b64url, b64url_json, initialize_request, mandate_bin, read_jsonl
+from e2e_support import (
+    DROP,
+    MCP_ACCEPT,
+    Gateway,
+    Issuer,
+    Launcher,
+    b64url,
+    b64url_json,
+    initialize_request,
+    mandate_bin,
+    read_jsonl,
+)
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +184,65 @@ def test_bad_token_on_an_established_session_is_refused_and_not_forwarded(env, i
     assert len(read_jsonl(rec)) == before, read_jsonl(rec)
     ok = gw.call_tool(good, session, "docs.search", {"query": "fine"})
     assert ok.status == 200 and "result" in ok.response(7), ok.text
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Reads one HTTP/1.1 response with a Content-Length body (the gateway's
+    JSON errors have one)."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"connection closed after {len(buf)} bytes of response head")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
+    length = int(headers.get("content-length", "0"))
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed inside the response body")
+        rest += chunk
+    return status, headers, rest[:length]
+
+
+def test_a_refused_request_does_not_break_the_clients_next_request(env, issuer: Issuer) -> None:
+    """HTTP clients pool connections (the MCP SDKs do). When the gateway
+    answers 401 before reading the request body, it must either say
+    `Connection: close` or keep the connection usable; dropping it silently
+    makes the client's next request on that connection (say, the retry with
+    a refreshed token) fail with "server disconnected"."""
+    gw, _ = env
+    host, port = gw.public_url.removeprefix("http://").split(":")
+    bad = issuer.mint(gw.audience, scope="docs.search", act=DROP)
+    good = issuer.mint(gw.audience, scope="docs.search")
+    big = json.dumps({**initialize_request(), "pad": "x" * 200_000}).encode()
+    small = json.dumps(initialize_request()).encode()
+
+    def request(token: str, body_len: int) -> bytes:
+        return (f"POST /mcp HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {token}\r\n"
+                f"Accept: {MCP_ACCEPT}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {body_len}\r\n\r\n").encode()
+
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        # Headers and the start of the body; the 401 comes before the rest.
+        sock.sendall(request(bad, len(big)) + big[:1000])
+        status, headers, _ = read_response(sock)
+        assert status == 401, status
+        if headers.get("connection", "").lower() == "close":
+            return  # the client was told not to reuse this connection
+        # Kept alive, so the connection must stay usable: finish the body,
+        # then send the next request.
+        try:
+            sock.sendall(big[1000:])
+            sock.sendall(request(good, len(small)) + small)
+            status2, _, _ = read_response(sock)
+        except OSError as e:
+            pytest.fail(f"the gateway answered 401 without `Connection: close` and then dropped the "
+                        f"connection: the client's next request on it failed ({type(e).__name__}: {e})")
+        assert status2 == 200, status2
 
 
 def test_protected_resource_metadata_names_the_resource(env) -> None:

@@ -44,11 +44,11 @@ impl Principal {
     pub fn session_key(&self) -> String {
         match &self.sid {
             Some(sid) => format!("sid:{sid}"),
+            // JSON encoding keeps the parts unambiguous (a `sub` may contain
+            // any separator character).
             None => format!(
-                "subj:{}|{}|{}",
-                self.sub,
-                self.act.join(">"),
-                self.task_id.as_deref().unwrap_or("")
+                "subj:{}",
+                serde_json::json!([self.sub, self.act, self.task_id])
             ),
         }
     }
@@ -76,13 +76,14 @@ impl Scope {
 
     /// Whether this scope covers a call to `tool` (`upstream.tool`).
     pub fn covers(&self, tool: &str) -> bool {
-        if self.0.contains(tool) {
-            return true;
+        // Only `upstream.tool` names can be covered.
+        let Some((upstream, name)) = tool.split_once('.') else {
+            return false;
+        };
+        if upstream.is_empty() || name.is_empty() {
+            return false;
         }
-        match tool.split_once('.') {
-            Some((upstream, _)) => self.0.contains(&format!("{upstream}.*")),
-            None => false,
-        }
+        self.0.contains(tool) || self.0.contains(&format!("{upstream}.*"))
     }
 
     /// The entries, sorted.
@@ -99,6 +100,30 @@ impl Scope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn principal(sub: &str, act: &[&str], task: Option<&str>) -> Principal {
+        Principal {
+            iss: "i".into(),
+            sub: sub.into(),
+            act: act.iter().map(|a| (*a).to_owned()).collect(),
+            scope: Scope::default(),
+            task_id: task.map(str::to_owned),
+            build: None,
+            sid: None,
+            jti: None,
+            exp: 0,
+        }
+    }
+
+    #[test]
+    fn session_keys_of_different_subjects_never_collide() {
+        let a = principal("u", &["a|t"], None);
+        let b = principal("u", &["a"], Some("t|"));
+        assert_ne!(a.session_key(), b.session_key());
+        let c = principal("auth0|x", &["a"], None);
+        let d = principal("auth0", &["x|a"], None);
+        assert_ne!(c.session_key(), d.session_key());
+    }
 
     #[test]
     fn scope_covers_exact_and_upstream_wildcard_only() {

@@ -29,6 +29,17 @@ pub enum Transport {
     },
 }
 
+/// Whether Mandate sessions share one connection to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// One connection for every session (stateless servers; cheapest).
+    #[default]
+    Shared,
+    /// A connection (for stdio: a child process) per Mandate session: no
+    /// server-side state crosses sessions, and elicitations are relayed.
+    Session,
+}
+
 /// One upstream MCP server behind the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
@@ -42,6 +53,8 @@ pub struct UpstreamConfig {
     pub tools: BTreeMap<String, ToolClass>,
     /// Class of tools not listed in `tools`; `None` = such tools are denied.
     pub default_class: Option<ToolClass>,
+    /// Connection sharing across Mandate sessions.
+    pub isolation: Isolation,
 }
 
 impl UpstreamConfig {

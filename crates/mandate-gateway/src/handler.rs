@@ -92,15 +92,12 @@ impl ServerHandler for GatewayHandler {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let principal = self.principal(&ctx).await?;
-        let progress = ctx
-            .meta
-            .get_progress_token()
-            .map(|token| (ctx.peer.clone(), token));
         self.gw
             .call_tool(Incoming {
                 principal,
                 params,
-                progress,
+                client: Some(ctx.peer.clone()),
+                progress: ctx.meta.get_progress_token(),
             })
             .await
     }

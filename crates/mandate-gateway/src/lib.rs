@@ -18,7 +18,7 @@ mod metrics;
 mod pipeline;
 pub mod upstream;
 
-pub use config::{GatewayConfig, Transport, UpstreamConfig};
+pub use config::{GatewayConfig, Isolation, Transport, UpstreamConfig};
 pub use metrics::Metrics;
 pub use pipeline::{Incoming, META_CORRELATION, META_DECISION};
 

@@ -42,8 +42,11 @@ pub struct Incoming {
     pub principal: Arc<Principal>,
     /// The call as the client sent it.
     pub params: CallToolRequestParams,
-    /// Where to relay the upstream's progress notifications, if asked for.
-    pub progress: Option<(Peer<RoleServer>, ProgressToken)>,
+    /// The calling client, for relaying the upstream's progress and
+    /// elicitations of this call (absent in stateless requests).
+    pub client: Option<Peer<RoleServer>>,
+    /// The client's progress token, if it asked for progress.
+    pub progress: Option<ProgressToken>,
 }
 
 impl crate::Gateway {
@@ -52,6 +55,7 @@ impl crate::Gateway {
         let Incoming {
             principal,
             params,
+            client,
             progress,
         } = incoming;
         let correlation = CorrelationId::new();
@@ -202,7 +206,10 @@ impl crate::Gateway {
 
         // 6. Forward, then 7. record the outcome (after the fact; the
         //    response is not held for it).
-        let result = self.forward(&upstream, &permitted, params, progress).await;
+        let session = principal.session_key();
+        let result = self
+            .forward(&upstream, &permitted, params, &session, client, progress)
+            .await;
         let (outcome, detail) = match &result {
             Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => ("tool_error", None),
             Ok(CallToolResponse::Complete(_)) => ("ok", None),
@@ -241,7 +248,9 @@ impl crate::Gateway {
         upstream: &Upstream,
         permitted: &Permitted,
         mut params: CallToolRequestParams,
-        progress: Option<(Peer<RoleServer>, ProgressToken)>,
+        session: &str,
+        client: Option<Peer<RoleServer>>,
+        progress: Option<ProgressToken>,
     ) -> Result<CallToolResponse, UpstreamError> {
         params.name = permitted.call.name.tool.clone().into();
         let meta = params.meta.get_or_insert_with(Default::default);
@@ -251,7 +260,7 @@ impl crate::Gateway {
         meta.0
             .0
             .insert("traceparent".into(), permitted.correlation.traceparent().into());
-        upstream.call(params, progress).await
+        upstream.call(params, session, client, progress).await
     }
 
     /// Applies result obligations and stamps the correlation id.

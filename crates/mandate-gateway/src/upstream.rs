@@ -7,7 +7,7 @@
 //! that call (the gateway rewrites progress tokens so two clients can never
 //! see each other's progress).
 
-use crate::config::{Transport, UpstreamConfig};
+use crate::config::{Isolation, Transport, UpstreamConfig};
 use dashmap::DashMap;
 use http::{HeaderName, HeaderValue};
 use rmcp::model::{
@@ -88,19 +88,61 @@ impl Events {
     }
 }
 
-/// The gateway's MCP client handler for one upstream.
+/// The client of the Mandate session a session-isolated connection serves:
+/// the peer of its latest call, so elicitations reach that client.
+type SessionClient = Arc<std::sync::Mutex<Option<Peer<RoleServer>>>>;
+
+/// The gateway's MCP client handler for one upstream connection.
 #[derive(Clone)]
 struct UpstreamHandler {
     upstream: String,
     events: Arc<Events>,
+    /// `Some` only on a connection dedicated to one Mandate session.
+    client: Option<SessionClient>,
+}
+
+impl UpstreamHandler {
+    fn session_client(&self) -> Option<Peer<RoleServer>> {
+        self.client.as_ref()?.lock().ok()?.clone()
+    }
 }
 
 impl ClientHandler for UpstreamHandler {
     fn get_info(&self) -> ClientConfig {
+        // Only a connection dedicated to one Mandate session can relay
+        // elicitations, because only there is it certain whose they are.
+        let mut caps = ClientCapabilities::default();
+        if self.client.is_some() {
+            caps.elicitation = Some(Default::default());
+        }
         ClientConfig::new(
-            ClientCapabilities::default(),
+            caps,
             Implementation::new("mandate-gateway", env!("CARGO_PKG_VERSION")),
         )
+    }
+
+    async fn create_elicitation(
+        &self,
+        request: rmcp::model::ElicitRequestParams,
+        _ctx: rmcp::service::RequestContext<RoleClient>,
+    ) -> Result<rmcp::model::ElicitResult, ErrorData> {
+        let declined = rmcp::model::ElicitResult::new(rmcp::model::ElicitationAction::Decline);
+        let Some(peer) = self.session_client() else {
+            return Ok(declined);
+        };
+        let supports = peer
+            .peer_info()
+            .is_some_and(|info| info.capabilities.elicitation.is_some());
+        if !supports || peer.is_transport_closed() {
+            return Ok(declined);
+        }
+        match peer.create_elicitation(request).await {
+            Ok(result) => Ok(result),
+            Err(e) => {
+                tracing::info!(upstream = %self.upstream, error = %e, "client did not answer elicitation");
+                Ok(declined)
+            }
+        }
     }
 
     async fn on_progress(
@@ -126,10 +168,6 @@ impl ClientHandler for UpstreamHandler {
             f(self.upstream.clone());
         }
     }
-    // Elicitation requests use the default handler, which declines: a shared
-    // upstream connection cannot tell which client's call an elicitation
-    // belongs to, and relaying it could show one user's prompt to another
-    // (F-04).
 }
 
 fn token_key(token: &ProgressToken) -> String {
@@ -138,11 +176,31 @@ fn token_key(token: &ProgressToken) -> String {
 
 type Connection = RunningService<RoleClient, UpstreamHandler>;
 
-/// One upstream server: its connection and tool catalogue.
+/// A live connection and, if dedicated to one session, that session's client.
+struct Slot {
+    conn: Arc<Connection>,
+    client: Option<SessionClient>,
+    last_used: std::time::Instant,
+}
+
+/// Most session-dedicated connections one upstream may hold at once; past
+/// it, new sessions are refused (fail closed) rather than exhausting the host.
+const MAX_SESSION_CONNECTIONS: usize = 256;
+/// A session-dedicated connection unused for this long is closed.
+const SESSION_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// One upstream server: its connections and tool catalogue.
+///
+/// With [`Isolation::Session`] every Mandate session gets its own
+/// connection (its own child process, for stdio), so no per-user state in
+/// the server can cross sessions (F-04) and elicitations can be relayed to
+/// the right client. The tool catalogue is read on a separate connection
+/// that never carries a call.
 pub struct Upstream {
     cfg: UpstreamConfig,
     events: Arc<Events>,
-    conn: Mutex<Option<Arc<Connection>>>,
+    /// Key `""` is the shared (or catalogue) connection; others are session keys.
+    conns: Mutex<HashMap<String, Slot>>,
     tools: RwLock<Option<Arc<Vec<Tool>>>>,
 }
 
@@ -152,7 +210,7 @@ impl Upstream {
         Self {
             cfg,
             events,
-            conn: Mutex::new(None),
+            conns: Mutex::new(HashMap::new()),
             tools: RwLock::new(None),
         }
     }
@@ -169,19 +227,68 @@ impl Upstream {
         }
     }
 
-    async fn connection(&self) -> Result<Arc<Connection>, UpstreamError> {
-        let mut guard = self.conn.lock().await;
-        if let Some(c) = guard.as_ref()
-            && !c.is_closed()
-            && !c.peer().is_transport_closed()
+    /// The connection for a Mandate session (`None`: the shared/catalogue
+    /// one), opened if needed. `client` is recorded as the session's client.
+    async fn connection(
+        &self,
+        session: Option<&str>,
+        client: Option<Peer<RoleServer>>,
+    ) -> Result<Arc<Connection>, UpstreamError> {
+        let key = match (self.cfg.isolation, session) {
+            (Isolation::Session, Some(s)) => s.to_owned(),
+            _ => String::new(),
+        };
+        let mut conns = self.conns.lock().await;
+        let now = std::time::Instant::now();
+        conns.retain(|k, slot| {
+            k.is_empty() || now.duration_since(slot.last_used) < SESSION_IDLE
+        });
+        if let Some(slot) = conns.get_mut(&key)
+            && !slot.conn.is_closed()
+            && !slot.conn.peer().is_transport_closed()
         {
-            return Ok(c.clone());
+            slot.last_used = now;
+            if let (Some(route), Some(peer)) = (&slot.client, client)
+                && let Ok(mut r) = route.lock()
+            {
+                *r = Some(peer);
+            }
+            return Ok(slot.conn.clone());
         }
-        *guard = None;
+        conns.remove(&key);
+        if !key.is_empty() && conns.len() > MAX_SESSION_CONNECTIONS {
+            return Err(self.unavailable("too many concurrent sessions for this upstream"));
+        }
+        let route: Option<SessionClient> =
+            (!key.is_empty()).then(|| Arc::new(std::sync::Mutex::new(client)));
         let handler = UpstreamHandler {
             upstream: self.cfg.name.clone(),
             events: self.events.clone(),
+            client: route.clone(),
         };
+        let conn = Arc::new(self.open(handler).await?);
+        conns.insert(
+            key,
+            Slot {
+                conn: conn.clone(),
+                client: route,
+                last_used: now,
+            },
+        );
+        Ok(conn)
+    }
+
+    /// Drops the connection used by `session` (after a timeout or failure),
+    /// so the next call starts afresh.
+    async fn discard(&self, session: Option<&str>) {
+        let key = match (self.cfg.isolation, session) {
+            (Isolation::Session, Some(s)) => s.to_owned(),
+            _ => String::new(),
+        };
+        self.conns.lock().await.remove(&key);
+    }
+
+    async fn open(&self, handler: UpstreamHandler) -> Result<Connection, UpstreamError> {
         let connect = async {
             match &self.cfg.transport {
                 Transport::Stdio { command, args, env } => {
@@ -224,12 +331,9 @@ impl Upstream {
                 }
             }
         };
-        let service = tokio::time::timeout(self.cfg.timeout, connect)
+        tokio::time::timeout(self.cfg.timeout, connect)
             .await
-            .map_err(|_| self.unavailable("timed out while connecting"))??;
-        let service = Arc::new(service);
-        *guard = Some(service.clone());
-        Ok(service)
+            .map_err(|_| self.unavailable("timed out while connecting"))?
     }
 
     /// The upstream's tools (cached until it reports a change).
@@ -237,7 +341,7 @@ impl Upstream {
         if let Some(t) = self.tools.read().await.as_ref() {
             return Ok(t.clone());
         }
-        let conn = self.connection().await?;
+        let conn = self.connection(None, None).await?;
         let list = tokio::time::timeout(self.cfg.timeout, conn.peer().list_all_tools())
             .await
             .map_err(|_| UpstreamError::Timeout {
@@ -255,16 +359,20 @@ impl Upstream {
         *self.tools.write().await = None;
     }
 
-    /// Forwards one call. `progress` routes the upstream's progress
-    /// notifications for this call back to the calling client.
+    /// Forwards one call for a Mandate `session`. `client` is the calling
+    /// client: the upstream's progress notifications for this call (if it
+    /// asked with `progress`) and, on a session-isolated upstream, its
+    /// elicitations are relayed to it and to no one else.
     pub async fn call(
         &self,
         mut params: CallToolRequestParams,
-        progress: Option<(Peer<RoleServer>, ProgressToken)>,
+        session: &str,
+        client: Option<Peer<RoleServer>>,
+        progress: Option<ProgressToken>,
     ) -> Result<CallToolResponse, UpstreamError> {
-        let conn = self.connection().await?;
+        let conn = self.connection(Some(session), client.clone()).await?;
         let mut route_key = None;
-        if let Some((peer, token)) = progress {
+        if let (Some(peer), Some(token)) = (client, progress) {
             let ours = ProgressToken(rmcp::model::NumberOrString::String(
                 format!("mandate-{}", uuid::Uuid::new_v4().simple()).into(),
             ));
@@ -286,7 +394,7 @@ impl Upstream {
             Err(_) => {
                 // A hung upstream may never answer; drop the connection so the
                 // next call starts a fresh one.
-                self.conn.lock().await.take();
+                self.discard(Some(session)).await;
                 Err(UpstreamError::Timeout {
                     upstream: self.cfg.name.clone(),
                     secs: self.cfg.timeout.as_secs(),
@@ -299,7 +407,7 @@ impl Upstream {
                 error: Some(e),
             }),
             Ok(Err(e)) => {
-                self.conn.lock().await.take();
+                self.discard(Some(session)).await;
                 Err(self.unavailable(e))
             }
         }

@@ -7,7 +7,7 @@
 use anyhow::{Context, Result, anyhow, bail};
 use mandate_authn::{AuthnConfig, IssuerConfig, JwksSource};
 use mandate_core::ToolClass;
-use mandate_gateway::{GatewayConfig, Transport, UpstreamConfig};
+use mandate_gateway::{GatewayConfig, Isolation, Transport, UpstreamConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -146,6 +146,8 @@ struct UpstreamSection {
     #[serde(default)]
     tools: BTreeMap<String, String>,
     default_class: Option<String>,
+    #[serde(default)]
+    isolation: Option<String>,
 }
 
 fn default_timeout() -> u64 {
@@ -310,8 +312,16 @@ impl Config {
             if u.timeout_secs == 0 {
                 bail!("upstreams.{name}.timeout_secs must be positive");
             }
+            let isolation = match u.isolation.as_deref() {
+                None | Some("shared") => Isolation::Shared,
+                Some("session") => Isolation::Session,
+                Some(other) => bail!(
+                    "upstreams.{name}.isolation: {other:?} is not \"shared\" or \"session\""
+                ),
+            };
             upstreams.push(UpstreamConfig {
                 name: name.clone(),
+                isolation,
                 transport,
                 timeout: Duration::from_secs(u.timeout_secs),
                 tools,
