@@ -382,7 +382,7 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
             new_id.to_owned(),
             (Binding::from(principal.as_ref()), principal.exp),
         );
-        if app.bindings.len() % 1024 == 0 {
+        if app.bindings.len().is_multiple_of(1024) {
             // A binding is useless once every token that could use it has
             // expired (the subject would need a new token, hence a new session).
             let cutoff = crate::pipeline::now_unix()

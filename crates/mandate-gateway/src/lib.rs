@@ -149,7 +149,7 @@ impl Gateway {
                 Some(tool) => Resolved::Known {
                     upstream: upstream.clone(),
                     class,
-                    tool: Some(tool.clone()),
+                    tool: Some(Box::new(tool.clone())),
                 },
                 None => Resolved::Unknown,
             },

@@ -181,7 +181,7 @@ impl crate::Gateway {
             self.audit.append(record(&decision, &call.args_hash)),
         )
         .await
-        .unwrap_or_else(|_| Err(mandate_audit::AuditError::WriterStopped));
+        .unwrap_or(Err(mandate_audit::AuditError::WriterStopped));
         if let Err(e) = appended {
             tracing::error!(error = %e, decision = %decision.id, "audit store unavailable; denying");
             self.metrics.audit_failures.inc();
@@ -304,7 +304,7 @@ impl crate::Gateway {
         }
         // State outlives its session only until every token of the session
         // has expired; prune opportunistically.
-        if self.sessions.len() % 1024 == 0 {
+        if self.sessions.len().is_multiple_of(1024) {
             let cutoff = now_unix().cast_unsigned().saturating_sub(SESSION_GRACE_SECS);
             self.sessions.retain(|_, s| s.exp > cutoff);
         }
@@ -318,7 +318,7 @@ pub(crate) enum Resolved {
     Known {
         upstream: Arc<Upstream>,
         class: Option<mandate_core::ToolClass>,
-        tool: Option<rmcp::model::Tool>,
+        tool: Option<Box<rmcp::model::Tool>>,
     },
     /// No such upstream or tool.
     Unknown,

@@ -46,7 +46,7 @@ pub fn generate_issuer_key(out: &Path) -> Result<DevKey> {
     let key = mandate_authn::dev::generate_ed25519().map_err(|e| anyhow::anyhow!("{e}"))?;
     write_private(&out.join("issuer.pem"), key.pkcs8_pem.as_bytes())?;
     std::fs::write(out.join("kid"), key.kid.as_bytes())?;
-    std::fs::write(out.join("jwks.json"), key.jwks_json().to_string())?;
+    std::fs::write(out.join("jwks.json"), key.jwks_json())?;
     Ok(key)
 }
 
@@ -86,11 +86,13 @@ pub fn claims(args: &MintArgs, now: i64) -> serde_json::Value {
         "nbf": now,
         "exp": now + args.ttl,
     });
-    if let Some(t) = &args.task {
-        c["task_id"] = t.clone().into();
-    }
-    if let Some(b) = &args.build {
-        c["build"] = b.clone().into();
+    if let Some(obj) = c.as_object_mut() {
+        if let Some(t) = &args.task {
+            obj.insert("task_id".into(), t.clone().into());
+        }
+        if let Some(b) = &args.build {
+            obj.insert("build".into(), b.clone().into());
+        }
     }
     c
 }
