@@ -7,8 +7,11 @@
 //!   authorise, fold diagnostics into a `Decision` (with a fresh id).
 //! * `cedar_is_authorized`: `Authorizer::is_authorized` alone on a request
 //!   and entities built once, before timing (the floor).
-//! * `cedar_build_and_authorize`: building the same request and entities
-//!   with the Cedar API, then authorising: what any Cedar-based PDP pays.
+//! * `cedar_build_and_authorize`: building the same request (validated
+//!   against the schema) and a full entity store (principal, user, tool,
+//!   upstream, all action entities) with the Cedar API per call, then
+//!   authorising: what a straightforward Cedar-based PDP pays. `decide`
+//!   caches the tool and action entities per snapshot instead.
 //!
 //! The ratio `mandate_decide / cedar_is_authorized` is the PDP overhead.
 
@@ -26,6 +29,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 const NOW: i64 = 1_767_225_600;
+
+/// The `Args` fields of the shipped `mandate.cedarschema`.
+const DECLARED_ARGS: [&str; 4] = ["amount", "to", "recipient", "query"];
 
 fn policies_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart/policies")
@@ -132,9 +138,11 @@ fn raw_request(
                 .map(|s| RestrictedExpression::new_string(s.into())),
         )
     };
+    // Like `decide`, pass only the fields the shipped schema's `Args` declares.
     let args = RestrictedExpression::new_record(
         call.args
             .iter()
+            .filter(|(k, _)| DECLARED_ARGS.contains(&k.as_str()))
             .filter_map(|(k, v)| value(v).map(|e| (k.clone(), e))),
     )?;
     let context = Context::from_pairs([

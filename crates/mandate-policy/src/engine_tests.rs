@@ -690,3 +690,29 @@ fn engine_is_shareable_across_threads() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn nested_action_groups_are_honoured() -> TestResult {
+    let dir = temp_set(&[(
+        "p.cedar",
+        r#"
+@id("read") permit (principal, action == Mandate::Action::"read", resource);
+@id("nothing-after-hours") forbid (principal, action in Mandate::Action::"everything", resource)
+when { context.now > 100 };
+"#,
+    )])?;
+    let schema = std::fs::read_to_string(shipped_dir().join("mandate.cedarschema"))?.replace(
+        "action call;",
+        "action everything;\n  action call in [everything];",
+    );
+    std::fs::write(dir.path().join("mandate.cedarschema"), schema)?;
+    let engine = PolicyEngine::load_dir(dir.path())?;
+    let d = decide(
+        &engine,
+        "",
+        &call("docs.search", ToolClass::Read, json!({}))?,
+    );
+    assert_eq!(d.effect, Effect::Deny, "{d:?}");
+    assert_eq!(d.policies, vec!["nothing-after-hours".to_owned()]);
+    Ok(())
+}

@@ -87,10 +87,13 @@ impl PolicyEngine {
         match Snapshot::load(&self.dir) {
             Ok(snapshot) => {
                 let old_hash = self.current.load().hash.clone();
-                log_loaded(&self.dir, &snapshot);
-                if old_hash != snapshot.hash {
-                    tracing::info!(old = %old_hash, new = %snapshot.hash, "policy set replaced");
+                if old_hash == snapshot.hash {
+                    // Same files: keep the serving snapshot (and its caches).
+                    tracing::debug!(hash = %old_hash, "policy set unchanged");
+                    return Ok(());
                 }
+                log_loaded(&self.dir, &snapshot);
+                tracing::info!(old = %old_hash, new = %snapshot.hash, "policy set replaced");
                 self.current.store(Arc::new(snapshot));
                 Ok(())
             }

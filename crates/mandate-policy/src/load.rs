@@ -8,7 +8,9 @@ use crate::error::{Diagnostics, PolicyError, SourceDiagnostic, line_col};
 use crate::limits;
 use crate::model::{self, DeclaredArgs, Names};
 use crate::obligation::{self, PolicyMeta};
+use crate::request::EntityCache;
 use cedar_policy::{Authorizer, Entity, PolicyId, PolicySet, Schema, ValidationMode, Validator};
+use mandate_core::ToolClass;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Read;
@@ -30,9 +32,11 @@ pub(crate) struct Snapshot {
     pub(crate) meta: HashMap<PolicyId, PolicyMeta>,
     pub(crate) names: Names,
     pub(crate) declared_args: DeclaredArgs,
-    /// The schema's action entities (the class actions and `call`).
-    pub(crate) action_entities: Vec<Entity>,
+    /// Per class, its action entity and the entities of all the action
+    /// groups it is in: all a request needs for `action in ...`.
+    pub(crate) action_entities: HashMap<ToolClass, Vec<Entity>>,
     pub(crate) authorizer: Authorizer,
+    pub(crate) entity_cache: EntityCache,
     pub(crate) schema_file: String,
     pub(crate) policy_files: usize,
     pub(crate) warnings: Vec<String>,
@@ -79,12 +83,8 @@ impl Snapshot {
         let parsed = parse_policies(&policy_srcs)?;
         let validation_warnings = validate(&parsed, &schema)?;
 
-        let action_entities: Vec<Entity> = schema
-            .action_entities()
-            .map_err(|e| PolicyError::contract(&schema_src.name, format!("action entities: {e}")))?
-            .iter()
-            .cloned()
-            .collect();
+        let action_entities = action_entities(&schema, &names)
+            .map_err(|e| PolicyError::contract(&schema_src.name, e))?;
 
         let mut warnings = schema_warnings;
         warnings.extend(validation_warnings);
@@ -97,6 +97,7 @@ impl Snapshot {
             declared_args,
             action_entities,
             authorizer: Authorizer::new(),
+            entity_cache: EntityCache::default(),
             schema_file: schema_src.name.clone(),
             policy_files: policy_srcs.len(),
             warnings,
@@ -106,6 +107,31 @@ impl Snapshot {
     pub(crate) fn policy_count(&self) -> usize {
         self.policies.num_of_policies()
     }
+}
+
+/// Each class's action entity with the entities of its ancestor groups.
+fn action_entities(
+    schema: &Schema,
+    names: &Names,
+) -> Result<HashMap<ToolClass, Vec<Entity>>, String> {
+    let all = schema
+        .action_entities()
+        .map_err(|e| format!("action entities: {e}"))?;
+    let mut out = HashMap::new();
+    for class in ToolClass::ALL {
+        let uid = names
+            .action(class)
+            .ok_or_else(|| format!("no action for class {class}"))?;
+        let mut entities: Vec<Entity> = all.get(uid).cloned().into_iter().collect();
+        if let Some(ancestors) = all.ancestors(uid) {
+            entities.extend(ancestors.filter_map(|a| all.get(a).cloned()));
+        }
+        if entities.is_empty() {
+            return Err(format!("the schema declares no action `{uid}`"));
+        }
+        out.insert(class, entities);
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -33,15 +33,17 @@ use crate::limits;
 use crate::load::Snapshot;
 use crate::model::{self, Names};
 use cedar_policy::{
-    Context, Entities, Entity, EntityUid, Request, RequestValidationError, RestrictedExpression,
+    Context, Entities, EntityUid, Request, RequestValidationError, RestrictedExpression,
 };
+use mandate_core::ToolClass;
 use serde_json::Value;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
 
 /// A request ready for the authorizer.
 pub(crate) struct Prepared {
     pub(crate) request: Request,
-    pub(crate) entities: Entities,
+    pub(crate) entities: Arc<Entities>,
 }
 
 /// Builds the request, or says (as a reason for the denial) why not.
@@ -89,21 +91,73 @@ pub(crate) fn prepare(snap: &Snapshot, req: &DecisionRequest<'_>) -> Result<Prep
         Err(e) => return Err(format!("the request does not fit the schema: {e}")),
     };
 
-    let mut entities = Vec::with_capacity(snap.action_entities.len().saturating_add(4));
-    entities.push(Entity::new_no_attrs(agent, HashSet::new()));
-    entities.push(Entity::new_no_attrs(user, HashSet::new()));
-    entities.push(Entity::new_no_attrs(upstream.clone(), HashSet::new()));
-    entities.push(
-        model::tool_entity(tool, upstream, call.class.as_str(), &call.name.upstream)
-            .map_err(|e| format!("cannot build the tool entity: {e}"))?,
-    );
-    entities.extend(snap.action_entities.iter().cloned());
-    // The entities are built here by construction and checked against the
-    // schema at load (`check_contract`), so no per-call schema pass.
-    let entities = Entities::from_entities(entities, None)
-        .map_err(|e| format!("cannot build the entities: {e}"))?;
-
+    let entities = snap.entity_cache.get_or_build(&tool_name, call.class, || {
+        build_entities(snap, tool, upstream, call)
+    })?;
     Ok(Prepared { request, entities })
+}
+
+/// The entity store for a call to `tool`: the `Tool` entity (attributes
+/// `class`, `upstream`; parent its `Upstream`) and the class's action
+/// entity with its action groups. It depends only on the tool's name and
+/// class, so it is cached per snapshot.
+///
+/// `Agent`, `User` and `Upstream` entities are not materialised: the schema
+/// gives them no attributes and Mandate gives them no parents, and Cedar
+/// treats an absent entity exactly like such an empty one for `==`, `is`
+/// and `in` (an `in` only looks at the left operand's ancestors; the Tool's
+/// parent link to its Upstream is kept). Should they ever carry attributes
+/// or groups, they must be added here (per principal, not cached per tool).
+fn build_entities(
+    snap: &Snapshot,
+    tool: EntityUid,
+    upstream: EntityUid,
+    call: &mandate_core::ToolCall,
+) -> Result<Entities, String> {
+    let actions = snap
+        .action_entities
+        .get(&call.class)
+        .map_or(&[][..], Vec::as_slice);
+    let tool = model::tool_entity(tool, upstream, call.class.as_str(), &call.name.upstream)
+        .map_err(|e| format!("cannot build the tool entity: {e}"))?;
+    // Built by construction and checked against the schema at load
+    // (`check_contract`), so no per-call schema pass.
+    Entities::from_entities(std::iter::once(tool).chain(actions.iter().cloned()), None)
+        .map_err(|e| format!("cannot build the entities: {e}"))
+}
+
+/// Per-snapshot cache of entity stores, keyed by exposed tool name and
+/// class. Bounded: past [`EntityCache::CAPACITY`] entries, stores are built
+/// per call instead of cached (so unknown tool names cannot grow memory).
+#[derive(Default)]
+pub(crate) struct EntityCache {
+    map: RwLock<HashMap<(String, ToolClass), Arc<Entities>>>,
+}
+
+impl EntityCache {
+    const CAPACITY: usize = 4096;
+
+    fn get_or_build(
+        &self,
+        tool: &str,
+        class: ToolClass,
+        build: impl FnOnce() -> Result<Entities, String>,
+    ) -> Result<Arc<Entities>, String> {
+        // A poisoned lock only means another thread panicked mid-insert;
+        // the map itself is still consistent, but bypass it to be safe.
+        if let Ok(map) = self.map.read()
+            && let Some(hit) = map.get(&(tool.to_owned(), class))
+        {
+            return Ok(Arc::clone(hit));
+        }
+        let built = Arc::new(build()?);
+        if let Ok(mut map) = self.map.write()
+            && map.len() < Self::CAPACITY
+        {
+            map.insert((tool.to_owned(), class), Arc::clone(&built));
+        }
+        Ok(built)
+    }
 }
 
 fn context_pairs(
