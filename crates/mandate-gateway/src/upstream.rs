@@ -473,14 +473,25 @@ impl StreamableHttpClient for TraceHttpClient {
         if let Some(tp) = traceparent_of(&message) {
             custom_headers.insert(HeaderName::from_static("traceparent"), tp);
         }
-        self.0.post_message_with_response_limits(
-            uri,
-            message,
-            session_id,
-            auth_header,
-            custom_headers,
-            limits,
-        )
+        async move {
+            let response = self
+                .0
+                .post_message_with_response_limits(
+                    uri,
+                    message,
+                    session_id,
+                    auth_header,
+                    custom_headers,
+                    limits,
+                )
+                .await?;
+            Ok(match response {
+                StreamableHttpPostResponse::Sse(stream, sid) => {
+                    StreamableHttpPostResponse::Sse(Box::pin(Drained(Some(stream))), sid)
+                }
+                other => other,
+            })
+        }
     }
 
     fn delete_session(
@@ -538,3 +549,49 @@ impl StreamableHttpClient for TraceHttpClient {
     }
 }
 
+
+type SseStream =
+    futures::stream::BoxStream<'static, Result<sse_stream::Sse, sse_stream::Error>>;
+
+/// An SSE response stream that, when dropped before its end (rmcp stops
+/// reading once it has the response it waited for), reads the rest in the
+/// background for a moment. A body read to its end lets the HTTP client put
+/// the connection back in its pool; without this every call opened a new
+/// TCP connection and left one in TIME_WAIT.
+struct Drained(Option<SseStream>);
+
+impl futures::Stream for Drained {
+    type Item = Result<sse_stream::Sse, sse_stream::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        match self.0.as_mut() {
+            Some(inner) => {
+                let polled = inner.as_mut().poll_next(cx);
+                if let std::task::Poll::Ready(None) = polled {
+                    self.0 = None;
+                }
+                polled
+            }
+            None => std::task::Poll::Ready(None),
+        }
+    }
+}
+
+impl Drop for Drained {
+    fn drop(&mut self) {
+        if let Some(mut rest) = self.0.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                use futures::StreamExt as _;
+                let _ = tokio::time::timeout(std::time::Duration::from_millis(500), async {
+                    while rest.next().await.is_some() {}
+                })
+                .await;
+            });
+        }
+    }
+}
