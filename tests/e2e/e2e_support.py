@@ -7,6 +7,7 @@ server in `servers/`. Nothing is mocked.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import hashlib
@@ -177,6 +178,18 @@ DROP = _DROP
 # Processes
 
 
+_ALL_PROCS: list[Proc] = []
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    """Last line of defence (e.g. after a pytest-timeout abort): no spawned
+    process group outlives the test run."""
+    for proc in _ALL_PROCS:
+        with contextlib.suppress(Exception):
+            proc.stop()
+
+
 class Proc:
     """A child process in its own process group, with logs in files."""
 
@@ -196,6 +209,8 @@ class Proc:
             env=full_env, cwd=cwd, start_new_session=True,
         )
         self.pid = self.popen.pid
+        self._stopped = False
+        _ALL_PROCS.append(self)
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -210,6 +225,9 @@ class Proc:
 
     def stop(self) -> None:
         """SIGTERM the group (the process and any children it started), then SIGKILL."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGTERM)

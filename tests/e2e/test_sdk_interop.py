@@ -85,7 +85,12 @@ def test_sdk_client_calls_server_everything_and_gets_its_real_result(gateway: Ga
     rows = gateway.wait_audit("correlation_id = ? AND kind = 'outcome'", (corr,))
     decisions = gateway.audit_rows("correlation_id = ? AND kind = 'decision'", (corr,))
     assert decisions and decisions[0]["effect"] == "allow" and decisions[0]["tool"] == "everything.echo", decisions
-    assert decisions[0]["sub"] == "alice@example.com" and "agent-research" in decisions[0]["act"], decisions
+    # The composite subject, all five token fields, is on the record.
+    d = decisions[0]
+    assert d["sub"] == "alice@example.com" and "agent-research" in d["act"], d
+    assert d["task_id"] == "task-e2e" and d["build"] and d["build"].endswith(issuer.claims("x")["build"][7:]), d
+    assert "everything.*" in d["scope"].split(), d
+    assert d["session"], d
     assert decisions[0]["decision_id"] == meta_of(echo)[DECISION]
     assert rows and rows[0]["outcome"] == "ok", rows
     assert decisions[0]["seq"] < rows[0]["seq"], "the decision must be recorded before the outcome"
@@ -114,6 +119,8 @@ def test_correlation_id_reaches_the_http_upstream_with_traceparent(
     assert meta.get(CORR) == corr, f"upstream saw {meta}, agent got correlation id {corr}"
     assert traceparent_ok(meta.get("traceparent")), f"bad params._meta.traceparent: {meta}"
     assert traceparent_ok(call["traceparent_header"]), f"bad traceparent header: {call['traceparent_header']!r}"
+    assert call["traceparent_header"].split("-")[1] == meta["traceparent"].split("-")[1], \
+        f"header and _meta carry different trace ids: {call['traceparent_header']} vs {meta['traceparent']}"
     # No token passthrough: the agent's bearer token never reaches an upstream.
     assert tok not in (call["authorization_header"] or ""), "the agent's token was forwarded upstream"
 

@@ -159,11 +159,26 @@ async fn metrics(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
-/// A JSON-RPC error response body with HTTP status and optional challenge.
+/// A JSON-RPC error response with HTTP status and optional challenge.
 fn rpc_error(status: StatusCode, id: Value, code: i32, message: &str, challenge: Option<String>) -> Response {
+    rpc_error_with(status, id, code, message, None, challenge)
+}
+
+fn rpc_error_with(
+    status: StatusCode,
+    id: Value,
+    code: i32,
+    message: &str,
+    data: Option<Value>,
+    challenge: Option<String>,
+) -> Response {
+    let mut error = json!({"code": code, "message": message});
+    if let (Some(d), Some(obj)) = (data, error.as_object_mut()) {
+        obj.insert("data".into(), d);
+    }
     let mut resp = (
         status,
-        axum::Json(json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})),
+        axum::Json(json!({"jsonrpc": "2.0", "id": id, "error": error})),
     )
         .into_response();
     if let Some(c) = challenge
@@ -172,6 +187,74 @@ fn rpc_error(status: StatusCode, id: Value, code: i32, message: &str, challenge:
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
     resp
+}
+
+/// Marks a response sent before the request body was read: the connection
+/// cannot be reused (the unread body would be taken for the next request).
+fn closing(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// Checks a parsed body is a JSON-RPC 2.0 message (or a non-empty batch of
+/// them), and that `tools/call` params have the shape MCP requires, so
+/// malformed input gets the JSON-RPC error it deserves, not a transport one.
+fn envelope_problem(body: &Value) -> Option<(StatusCode, Value, i32, String)> {
+    fn one(m: &Value) -> Option<(StatusCode, Value, i32, String)> {
+        let invalid = |msg: &str| {
+            Some((
+                StatusCode::BAD_REQUEST,
+                Value::Null,
+                -32600,
+                format!("invalid JSON-RPC message: {msg}"),
+            ))
+        };
+        let Some(obj) = m.as_object() else {
+            return invalid("expected an object");
+        };
+        if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+            return invalid("\"jsonrpc\" must be \"2.0\"");
+        }
+        let id = obj.get("id").cloned().unwrap_or(Value::Null);
+        if !matches!(id, Value::Null | Value::String(_) | Value::Number(_)) {
+            return invalid("\"id\" must be a string or a number");
+        }
+        match obj.get("method") {
+            Some(Value::String(method)) => {
+                if method == "tools/call" {
+                    let params = obj.get("params");
+                    let bad = match params.and_then(Value::as_object) {
+                        None => Some("params must be an object"),
+                        Some(p) if !p.get("name").is_some_and(Value::is_string) => {
+                            Some("params.name must be a string")
+                        }
+                        Some(p) if p.get("arguments").is_some_and(|a| !a.is_object()) => {
+                            Some("params.arguments must be an object")
+                        }
+                        Some(_) => None,
+                    };
+                    if let Some(msg) = bad {
+                        return Some((StatusCode::OK, id, -32602, format!("invalid params: {msg}")));
+                    }
+                }
+                None
+            }
+            Some(_) => invalid("\"method\" must be a string"),
+            None if obj.contains_key("result") || obj.contains_key("error") => None,
+            None => invalid("neither a request, a notification nor a response"),
+        }
+    }
+    match body {
+        Value::Array(items) if items.is_empty() => Some((
+            StatusCode::BAD_REQUEST,
+            Value::Null,
+            -32600,
+            "invalid JSON-RPC message: empty batch".into(),
+        )),
+        Value::Array(items) => items.iter().find_map(one),
+        other => one(other),
+    }
 }
 
 fn challenge(gw: &Gateway, error: Option<(&str, &str)>, scope: Option<&str>) -> String {
@@ -262,7 +345,7 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
     // 1. Authenticate.
     let principal = match authenticate(gw, req.headers()).await {
         Ok(p) => p,
-        Err(resp) => return resp,
+        Err(resp) => return closing(resp),
     };
 
     // 2. Session binding: a transport session belongs to the subject pair and
@@ -289,7 +372,7 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
                     "transport session is bound to another subject".into(),
                 )
                 .await;
-                return rpc_error(
+                return closing(rpc_error(
                     StatusCode::FORBIDDEN,
                     Value::Null,
                     -32003,
@@ -298,16 +381,16 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
                         d.id
                     ),
                     None,
-                );
+                ));
             }
             None => {
-                return rpc_error(
+                return closing(rpc_error(
                     StatusCode::NOT_FOUND,
                     Value::Null,
                     -32001,
                     "session not found: initialize a new session",
                     None,
-                );
+                ));
             }
         }
     }
@@ -318,7 +401,7 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
         match axum::body::to_bytes(body, gw.config().max_body_bytes).await {
             Ok(b) => b,
             Err(_) => {
-                return rpc_error(
+                return closing(rpc_error(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     Value::Null,
                     -32600,
@@ -327,13 +410,33 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
                         gw.config().max_body_bytes
                     ),
                     None,
-                );
+                ));
             }
         }
     } else {
         bytes::Bytes::new()
     };
-    if let Ok(message) = serde_json::from_slice::<Value>(&bytes) {
+    let is_json = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if parts.method == Method::POST && is_json {
+        let message = match serde_json::from_slice::<Value>(&bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                return rpc_error(
+                    StatusCode::BAD_REQUEST,
+                    Value::Null,
+                    -32700,
+                    &format!("parse error: {e}"),
+                    None,
+                );
+            }
+        };
+        if let Some((status, id, code, msg)) = envelope_problem(&message) {
+            return rpc_error(status, id, code, &msg, None);
+        }
         for (id, tool) in called_tools(&message) {
             if !principal.scope.covers(&tool) {
                 gw.metrics().scope_refusals.inc();
@@ -344,7 +447,7 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
                     format!("scope does not cover {tool}"),
                 )
                 .await;
-                return rpc_error(
+                return rpc_error_with(
                     StatusCode::FORBIDDEN,
                     id,
                     crate::error::CODE_DENIED,
@@ -352,6 +455,12 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
                         "call to {tool} denied: outside the token's scope (decision {})",
                         d.id
                     ),
+                    Some(json!({
+                        "denied": true,
+                        "tool": tool,
+                        "reason": "insufficient_scope",
+                        "decision_id": d.id.as_str(),
+                    })),
                     Some(challenge(
                         gw,
                         Some(("insufficient_scope", "the token's scope does not cover this tool")),

@@ -1,8 +1,9 @@
 //! The policy enforcement point: one readable pipeline per `tools/call`.
 //!
 //! ```text
-//! Principal ─► resolve tool ─► scope ─► decide (PDP) ─► hold? ─► validate args
-//!   ─► record decision (durable) ─► Permitted ─► forward ─► redact ─► record outcome
+//! Principal ─► resolve tool ─► expiry, class, scope, argument schema
+//!   ─► decide (PDP) ─► hold? ─► record decision (durable) ─► Permitted
+//!   ─► forward ─► redact ─► record outcome
 //! ```
 //!
 //! The order matters: nothing reaches an upstream before its decision record
@@ -102,44 +103,65 @@ impl crate::Gateway {
         };
         let call = ToolCall::new(name, class.unwrap_or(mandate_core::ToolClass::Read), args);
 
-        // 2. Decide. Continuous verification first (expiry is re-checked on
-        //    every call, not once per session), then configuration, scope and
-        //    the policy engine.
+        // 2. Checks that need no policy: continuous verification (expiry is
+        //    re-checked on every call, not once per session), configuration,
+        //    scope, and the arguments against the tool's input schema.
+        //    Validating before the policy engine means a malformed call is
+        //    reported as such, and a human is never asked to approve a call
+        //    the tool would reject. Without the upstream's catalogue there is
+        //    nothing to validate against, so the call fails closed.
         let now = now_unix();
-        let (mut decision, category) = if principal.exp <= now.cast_unsigned() {
-            (
-                Decision::deny("token expired", self.policy.policy_hash()),
-                DenyCategory::TokenExpired,
-            )
+        let hash = || self.policy.policy_hash();
+        let precheck = if principal.exp <= now.cast_unsigned() {
+            Some((Decision::deny("token expired", hash()), DenyCategory::TokenExpired))
         } else if class.is_none() {
-            (
+            Some((
                 Decision::deny(
                     format!("tool {exposed} is not configured in any class (deny by default)"),
-                    self.policy.policy_hash(),
+                    hash(),
                 ),
                 DenyCategory::NotConfigured,
-            )
+            ))
         } else if !principal.scope.covers(&exposed) {
-            (
-                Decision::deny(
-                    format!("scope does not cover {exposed}"),
-                    self.policy.policy_hash(),
-                ),
+            Some((
+                Decision::deny(format!("scope does not cover {exposed}"), hash()),
                 DenyCategory::InsufficientScope,
-            )
+            ))
         } else {
-            let facts = self.session_facts(&principal);
-            let d = self.policy.decide(&DecisionRequest {
-                principal: &principal,
-                call: &call,
-                session: &facts,
-                now_unix: now,
-            });
-            (d, DenyCategory::NotPermitted)
+            match tool_def.as_ref() {
+                None => Some((
+                    Decision::deny("the upstream's tool catalogue is unavailable", hash()),
+                    DenyCategory::UpstreamUnavailable,
+                )),
+                Some(tool) => match self.validate_args(&exposed, tool, &call.args) {
+                    Ok(()) => None,
+                    Err(msg) => Some((
+                        Decision::deny(
+                            format!("arguments do not match the input schema: {msg}"),
+                            hash(),
+                        ),
+                        DenyCategory::InvalidArguments(msg),
+                    )),
+                },
+            }
         };
-        let mut category = category;
 
-        // 3. Hold for a human. Approvals are not wired in this build, so an
+        // 3. Decide (the policy engine), unless a check above already denied.
+        let (mut decision, mut category) = match precheck {
+            Some(denied) => denied,
+            None => {
+                let facts = self.session_facts(&principal);
+                let d = self.policy.decide(&DecisionRequest {
+                    principal: &principal,
+                    call: &call,
+                    session: &facts,
+                    now_unix: now,
+                });
+                (d, DenyCategory::NotPermitted)
+            }
+        };
+
+        // 4. Hold for a human. Approvals are not wired in this build, so an
         //    approval obligation fails closed: the approver is unavailable.
         if decision.requires_approval() {
             decision.effect = Effect::Deny;
@@ -147,30 +169,6 @@ impl crate::Gateway {
                 .reasons
                 .push("requires human approval and no approver is available".into());
             category = DenyCategory::ApprovalRequired;
-        }
-
-        // 4. Validate the arguments against the tool's pinned input schema.
-        //    Without the upstream's catalogue there is nothing to validate
-        //    against, so the call fails closed.
-        if decision.is_allow() {
-            match tool_def.as_ref() {
-                None => {
-                    decision.effect = Effect::Deny;
-                    decision
-                        .reasons
-                        .push("the upstream's tool catalogue is unavailable".into());
-                    category = DenyCategory::UpstreamUnavailable;
-                }
-                Some(tool) => {
-                    if let Err(msg) = self.validate_args(&exposed, tool, &call.args) {
-                        decision.effect = Effect::Deny;
-                        decision
-                            .reasons
-                            .push(format!("arguments do not match the input schema: {msg}"));
-                        category = DenyCategory::InvalidArguments(msg);
-                    }
-                }
-            }
         }
 
         // 5. Write ahead: the decision is durable before anything is forwarded.
@@ -277,6 +275,10 @@ impl crate::Gateway {
                 }
             }
         }
+        // Results from an upstream on an older protocol carry no
+        // `resultType`; clients on 2026-07-28 require it (rmcp strips it
+        // again for older clients).
+        result.result_type = Some(rmcp::model::ResultType::COMPLETE);
         let meta = result.meta.get_or_insert_with(Default::default);
         meta.0.insert(
             META_CORRELATION.into(),
