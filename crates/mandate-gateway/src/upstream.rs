@@ -259,8 +259,13 @@ impl Upstream {
         if !key.is_empty() && conns.len() > MAX_SESSION_CONNECTIONS {
             return Err(self.unavailable("too many concurrent sessions for this upstream"));
         }
-        let route: Option<SessionClient> =
-            (!key.is_empty()).then(|| Arc::new(std::sync::Mutex::new(client)));
+        // On a session-isolated upstream every connection declares the
+        // elicitation capability, the catalogue one included: servers may
+        // offer some tools only to clients that can elicit, and the catalogue
+        // must list what the session connections will serve. The catalogue
+        // connection carries no call, so it has no client and would decline.
+        let route: Option<SessionClient> = (self.cfg.isolation == Isolation::Session)
+            .then(|| Arc::new(std::sync::Mutex::new(client)));
         let handler = UpstreamHandler {
             upstream: self.cfg.name.clone(),
             events: self.events.clone(),

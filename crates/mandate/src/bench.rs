@@ -8,7 +8,6 @@
 //! gateway's added latency (the decision record is durable before the call
 //! is forwarded). Everything is reported as ratios to the direct baseline.
 
-use crate::config::{Config, Overrides};
 use crate::devtoken::{MintArgs, claims, generate_issuer_key, load_issuer_key, now};
 use anyhow::{Context, Result};
 use rmcp::ServiceExt as _;
@@ -184,17 +183,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     );
     let cfg_path = data_dir.join("bench.toml");
     std::fs::write(&cfg_path, config_text)?;
-    let gw_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let gw_addr = gw_listener.local_addr()?;
-    let cfg = Config::load(
-        &cfg_path,
-        &Overrides {
-            listen: Some(gw_addr.to_string()),
-            data_dir: Some(data_dir.clone()),
-            public_url: Some(format!("http://{gw_addr}")),
-        },
-    )?;
-    let (gw, _h) = crate::start_on(&cfg, gw_listener).await?;
+    let (cfg, gw, gw_addr) = crate::start_ephemeral(&cfg_path, &data_dir).await?;
     let resource = cfg.gateway.resource.clone();
     let mint: TokenSource = std::sync::Arc::new(move || {
         let args = MintArgs {

@@ -3,7 +3,6 @@
 //! instruction hidden in a search result. The table it prints shows that the
 //! architecture, not the model, decides.
 
-use crate::config::{Config, Overrides};
 use crate::devtoken::{MintArgs, claims, generate_issuer_key, load_issuer_key, now};
 use anyhow::{Context, Result};
 use rmcp::ServiceExt as _;
@@ -90,17 +89,7 @@ pub async fn run(data_dir: PathBuf) -> Result<ExitCode> {
     }
     let key = load_issuer_key(&key_dir)?;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let cfg = Config::load(
-        &config_path,
-        &Overrides {
-            listen: Some(addr.to_string()),
-            data_dir: Some(data_dir.clone()),
-            public_url: Some(format!("http://{addr}")),
-        },
-    )?;
-    let (_gw, _handle) = crate::start_on(&cfg, listener).await?;
+    let (cfg, _gw, addr) = crate::start_ephemeral(&config_path, &data_dir).await?;
     let mcp_url = format!("http://{addr}/mcp");
 
     println!("Mandate demo");

@@ -380,6 +380,26 @@ pub(crate) async fn start_on(
     Ok((gw, handle))
 }
 
+/// Loads `config` and serves it on an ephemeral loopback port (the demo and
+/// the benchmark): the public URL, and so the token audience, follow the port.
+pub(crate) async fn start_ephemeral(
+    config: &std::path::Path,
+    data_dir: &std::path::Path,
+) -> Result<(Config, Arc<Gateway>, std::net::SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let cfg = Config::load(
+        config,
+        &Overrides {
+            listen: Some(addr.to_string()),
+            data_dir: Some(data_dir.to_path_buf()),
+            public_url: Some(format!("http://{addr}")),
+        },
+    )?;
+    let (gw, _handle) = start_on(&cfg, listener).await?;
+    Ok((cfg, gw, addr))
+}
+
 /// Names, sizes and modification times of a directory's files.
 fn dir_fingerprint(dir: &std::path::Path) -> Vec<(std::ffi::OsString, u64, Option<std::time::SystemTime>)> {
     let mut out: Vec<_> = std::fs::read_dir(dir)
