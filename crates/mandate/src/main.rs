@@ -16,6 +16,11 @@ use mandate_policy::PolicyEngine;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// mimalloc: the gateway's per-call work is allocation-heavy (JSON, HTTP,
+/// Cedar requests); measured with `mandate bench` (docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "mandate", version, about = "Zero Trust control plane for AI agents: an MCP gateway that authenticates, decides and audits every tool call.")]
 struct Cli {
