@@ -316,6 +316,19 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
 async fn build_gateway(cfg: &Config) -> Result<Arc<Gateway>> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    for issuer in &cfg.authn.issuers {
+        if let mandate_authn::JwksSource::File(path) = &issuer.jwks
+            && !path.exists()
+        {
+            let dir = path.parent().unwrap_or(std::path::Path::new("."));
+            bail!(
+                "issuer {:?}: JWKS file {} does not exist. For a local development issuer run:\n  mandate keys generate --out {}",
+                issuer.issuer,
+                path.display(),
+                dir.display()
+            );
+        }
+    }
     let authn = Authenticator::new(cfg.authn.clone())
         .await
         .map_err(|e| anyhow::anyhow!("token issuers: {e}"))?;
