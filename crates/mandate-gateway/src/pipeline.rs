@@ -191,6 +191,16 @@ impl crate::Gateway {
                 &DenyCategory::AuditUnavailable,
             ));
         }
+        tracing::info!(
+            correlation_id = %correlation,
+            decision_id = %decision.id,
+            tool = %exposed,
+            effect = decision.effect.as_str(),
+            reason = if decision.is_allow() { "" } else { category.code() },
+            sub = %principal.sub,
+            act = ?principal.act,
+            "tools/call decided"
+        );
         if !decision.is_allow() {
             return Err(denial_error(&exposed, &decision, &correlation, &category));
         }
