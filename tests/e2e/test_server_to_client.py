@@ -80,14 +80,23 @@ def list_changing_server(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def gateway(launcher: Launcher, issuer: Issuer, list_changing_server: Path) -> Gateway:
+def gateway(launcher: Launcher, issuer: Issuer) -> Gateway:
     node, script, arg = everything_entry()
+    # Shared (the default isolation): every client's call goes over the one
+    # upstream connection, so only the gateway keeps their progress apart.
     return launcher.gateway(issuer, {
-        # Shared (the default isolation): every client's call goes over the
-        # one upstream connection, so the gateway alone keeps progress apart.
         "everything": {"command": node, "args": [script, arg], "timeout_secs": 20, "default_class": "deny",
                        "tools": {LONG_TOOL: "read", "echo": "read"}},
-        # `extra` is classified before it exists, so it is allowed once listed.
+    })
+
+
+@pytest.fixture
+def list_gateway(fresh_launcher: Launcher, issuer: Issuer, list_changing_server: Path) -> Gateway:
+    """A gateway whose only upstream is the list-changing server, so every
+    `tools/list_changed` a client hears comes from it (server-everything
+    announces one of its own when it connects)."""
+    # `extra` is classified before it exists, so it is allowed once listed.
+    return fresh_launcher.gateway(issuer, {
         "up": {"command": sys.executable, "args": [str(list_changing_server)], "timeout_secs": 20,
                "default_class": "deny", "tools": {"enable_extra": "read", "extra": "read"}},
     })
@@ -215,7 +224,9 @@ def test_progress_of_one_client_never_reaches_another(gateway: Gateway, issuer: 
         async with http_client(gateway, tok, rec) as c:
             ready.set()
             if wait_for is not None:
-                with anyio.fail_after(10):
+                # Should Alice hear no progress, Bob starts anyway; the
+                # assertions below then say what each heard.
+                with anyio.move_on_after(5):
                     await wait_for.wait()
             results[name] = await c.call_tool(f"everything.{LONG_TOOL}", args, progress_callback=rec.on_progress)
             done_at[name] = rec.tick()
@@ -248,16 +259,18 @@ def test_progress_of_one_client_never_reaches_another(gateway: Gateway, issuer: 
 # tools/list_changed
 
 
-def test_upstream_tool_list_change_reaches_connected_clients(gateway: Gateway, issuer: Issuer) -> None:
+def test_upstream_tool_list_change_reaches_connected_clients(list_gateway: Gateway, issuer: Issuer) -> None:
+    gw = list_gateway
     caller = Recorder("caller", [0])
-    bystander = Recorder("bystander", [0])
+    bystander = Recorder("bystander", [0])  # another user's session, connected but not calling
 
     async def go():
-        async with http_client(gateway, token(issuer, gateway), caller) as c, \
-                http_client(gateway, token(issuer, gateway, sub="bob@example.com",
-                                           sid="sess-b-" + uuid.uuid4().hex[:8]), bystander) as other:
+        async with http_client(gw, token(issuer, gw), caller) as c, \
+                http_client(gw, token(issuer, gw, sub="bob@example.com", sid="sess-b-" + uuid.uuid4().hex[:8]),
+                            bystander) as other:
             before = sorted(t.name for t in (await c.list_tools()).tools)
             before_other = sorted(t.name for t in (await other.list_tools()).tools)
+            early = (caller.list_changed.is_set(), bystander.list_changed.is_set())
             enabled = await c.call_tool("up.enable_extra", {})
             heard = {}
             for rec in (caller, bystander):
@@ -270,11 +283,12 @@ def test_upstream_tool_list_change_reaches_connected_clients(gateway: Gateway, i
                 extra = await c.call_tool("up.extra", {"word": "hello"})
             except MCPError as e:
                 extra = e
-            return before, before_other, enabled, heard, after, after_other, extra
+            return before, before_other, early, enabled, heard, after, after_other, extra
 
-    before, before_other, enabled, heard, after, after_other, extra = run(go)
+    before, before_other, early, enabled, heard, after, after_other, extra = run(go)
     assert "up.enable_extra" in before and "up.extra" not in before, before
     assert "up.extra" not in before_other, before_other
+    assert early == (False, False), f"a tools/list_changed arrived before the tool list changed: {early}"
     assert not enabled.is_error and text_of(enabled) == "extra enabled", describe(enabled)
     assert heard["caller"], (
         f"the calling client never received notifications/tools/list_changed; it heard {caller.methods()}")
