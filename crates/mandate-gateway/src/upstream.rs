@@ -11,6 +11,7 @@ use crate::config::{Isolation, Transport, UpstreamConfig};
 use dashmap::DashMap;
 use http::{HeaderName, HeaderValue};
 use rmcp::model::{
+    ServerResult,
     CallToolRequestParams, CallToolResponse, ClientCapabilities, ClientConfig, ClientJsonRpcMessage,
     ClientRequest, Implementation, JsonRpcMessage, ProgressNotificationParam, ProgressToken, Tool,
 };
@@ -96,6 +97,8 @@ type SessionClient = Arc<std::sync::Mutex<Option<Peer<RoleServer>>>>;
 #[derive(Clone)]
 struct UpstreamHandler {
     upstream: String,
+    /// Unique per connection: progress tokens are only unique per connection.
+    conn_id: u64,
     events: Arc<Events>,
     /// `Some` only on a connection dedicated to one Mandate session.
     client: Option<SessionClient>,
@@ -150,7 +153,12 @@ impl ClientHandler for UpstreamHandler {
         params: ProgressNotificationParam,
         _ctx: NotificationContext<RoleClient>,
     ) {
-        let key = token_key(&params.progress_token);
+        let key = route_key(self.conn_id, &params.progress_token);
+        // The route is registered right after the request is queued; a very
+        // fast upstream can answer with progress first, so look twice.
+        if !self.events.progress.contains_key(&key) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         let Some(route) = self.events.progress.get(&key) else {
             return;
         };
@@ -170,8 +178,11 @@ impl ClientHandler for UpstreamHandler {
     }
 }
 
-fn token_key(token: &ProgressToken) -> String {
-    serde_json::to_string(token).unwrap_or_default()
+static NEXT_CONN_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Key of a progress route: the connection and the token rmcp sent on it.
+fn route_key(conn_id: u64, token: &ProgressToken) -> String {
+    format!("{conn_id}/{}", serde_json::to_string(token).unwrap_or_default())
 }
 
 type Connection = RunningService<RoleClient, UpstreamHandler>;
@@ -268,6 +279,7 @@ impl Upstream {
             .then(|| Arc::new(std::sync::Mutex::new(client)));
         let handler = UpstreamHandler {
             upstream: self.cfg.name.clone(),
+            conn_id: NEXT_CONN_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             events: self.events.clone(),
             client: route.clone(),
         };
@@ -376,23 +388,38 @@ impl Upstream {
         progress: Option<ProgressToken>,
     ) -> Result<CallToolResponse, UpstreamError> {
         let conn = self.connection(Some(session), client.clone()).await?;
-        let mut route_key = None;
-        if let (Some(peer), Some(token)) = (client, progress) {
-            let ours = ProgressToken(rmcp::model::NumberOrString::String(
-                format!("mandate-{}", uuid::Uuid::new_v4().simple()).into(),
-            ));
-            let key = token_key(&ours);
-            self.events
-                .progress
-                .insert(key.clone(), ProgressRoute { peer, token });
-            params
-                .meta
-                .get_or_insert_with(Default::default)
-                .set_progress_token(ours);
-            route_key = Some(key);
-        }
-        let result = tokio::time::timeout(self.cfg.timeout, conn.peer().call_tool_once(params)).await;
-        if let Some(key) = route_key {
+        // rmcp puts its own progress token (a per-connection counter) on
+        // every request; route the upstream's progress for that token back
+        // to this call's client, with the client's own token.
+        let _ = params.meta.as_mut().map(|m| m.0.0.remove("progressToken"));
+        let request = ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(params));
+        let sent = conn
+            .peer()
+            .send_request_with_option(request, rmcp::service::PeerRequestOptions::no_options())
+            .await;
+        let mut route = None;
+        let result = match sent {
+            Err(e) => Ok(Err(e)),
+            Ok(handle) => {
+                if let (Some(peer), Some(token)) = (client, progress) {
+                    let key = route_key(conn.service().conn_id, &handle.progress_token);
+                    self.events
+                        .progress
+                        .insert(key.clone(), ProgressRoute { peer, token });
+                    route = Some(key);
+                }
+                tokio::time::timeout(self.cfg.timeout, async move {
+                    match handle.await_response().await? {
+                        ServerResult::CallToolResult(r) => Ok(CallToolResponse::Complete(r)),
+                        ServerResult::InputRequiredResult(r) => Ok(CallToolResponse::InputRequired(r)),
+                        ServerResult::CreateTaskResult(r) => Ok(CallToolResponse::Task(r)),
+                        _ => Err(rmcp::ServiceError::UnexpectedResponse),
+                    }
+                })
+                .await
+            }
+        };
+        if let Some(key) = route {
             self.events.progress.remove(&key);
         }
         match result {
