@@ -143,11 +143,27 @@ impl AuditLog {
     /// If this future is dropped after the record was queued, the record may
     /// still be written; it is never acknowledged early.
     pub async fn append(&self, record: AuditRecord) -> Result<Appended, AuditError> {
+        self.enqueue(record, false).await
+    }
+
+    /// Appends a record that gates no action (a call's outcome). It is just
+    /// as durable once acknowledged, but its commit may wait up to 5 ms for
+    /// an [`append`](Self::append) to share it, so outcomes do not cost a
+    /// commit (and an fsync) of their own.
+    pub async fn append_deferrable(&self, record: AuditRecord) -> Result<Appended, AuditError> {
+        self.enqueue(record, true).await
+    }
+
+    async fn enqueue(&self, record: AuditRecord, deferrable: bool) -> Result<Appended, AuditError> {
         // Serialising here keeps that work off the single writer thread.
         let row = PreparedRow::new(&record)?;
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Job { row, reply })
+            .send(Job {
+                row,
+                reply,
+                deferrable,
+            })
             .await
             .map_err(|_| AuditError::WriterStopped)?;
         answer.await.map_err(|_| AuditError::WriterStopped)?

@@ -15,6 +15,9 @@ use tokio::sync::{mpsc, oneshot};
 pub(crate) struct Job {
     pub(crate) row: PreparedRow,
     pub(crate) reply: oneshot::Sender<Result<Appended, AuditError>>,
+    /// A record that gates nothing (an outcome) may wait briefly for an
+    /// urgent one (a decision) to share its commit.
+    pub(crate) deferrable: bool,
 }
 
 /// State the writer publishes to every handle.
@@ -44,6 +47,11 @@ impl Shared {
 /// How long a batch waits for company when appends are concurrent.
 const LINGER: std::time::Duration = std::time::Duration::from_micros(200);
 
+/// How long deferrable records wait for an urgent one to share a commit.
+const DEFER_MAX: std::time::Duration = std::time::Duration::from_millis(5);
+/// How often a deferred batch looks for company.
+const DEFER_POLL: std::time::Duration = std::time::Duration::from_micros(50);
+
 /// Moves queued jobs into `batch`, up to `max_batch`.
 fn drain(rx: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>, max_batch: usize) {
     while batch.len() < max_batch {
@@ -68,16 +76,32 @@ pub(crate) fn run(
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         drain(&mut rx, &mut batch, max_batch);
+        // Only deferrable records so far: give the next decision a few
+        // milliseconds to arrive and share this commit (checked every
+        // 50 µs, so an urgent record never waits more than that).
+        if batch.iter().all(|j| j.deferrable) {
+            let deadline = std::time::Instant::now() + DEFER_MAX;
+            while std::time::Instant::now() < deadline && batch.len() < max_batch {
+                std::thread::sleep(DEFER_POLL);
+                let before = batch.len();
+                drain(&mut rx, &mut batch, max_batch);
+                if batch.iter().skip(before).any(|j| !j.deferrable) {
+                    break;
+                }
+            }
+        }
         // Under concurrency (the previous batch had company), wait a moment
         // for more records before paying for a commit: every commit writes
         // whole pages to the WAL and fsyncs, so fewer, larger commits cost
         // far less CPU and I/O. A lone caller never waits (its previous
         // batch was a single record).
-        if last_batch_len > 1 && batch.len() < max_batch {
+        if last_batch_len > 1 && batch.len() < max_batch && batch.iter().any(|j| !j.deferrable) {
+            // (last_batch_len counts urgent records only: an outcome riding
+            // along with one decision is not concurrency.)
             std::thread::sleep(LINGER);
             drain(&mut rx, &mut batch, max_batch);
         }
-        last_batch_len = batch.len();
+        last_batch_len = batch.iter().filter(|j| !j.deferrable).count();
         match write_batch(&mut conn, &batch) {
             Ok(appended) => {
                 // Publish before replying, so a caller that sees Ok also

@@ -390,3 +390,28 @@ fn readers_refuse_a_missing_or_foreign_file() -> TestResult {
     assert!(!dir.path().join("missing.db").exists());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_shares_the_next_decisions_commit_and_never_waits_long() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let log = AuditLog::open_sqlite(&db(&dir))?;
+    let c = CorrelationId::new();
+    // Alone, a deferrable record is still committed, within its short wait.
+    let started = std::time::Instant::now();
+    log.append_deferrable(record(1, "s", &c)).await?;
+    assert!(started.elapsed() < std::time::Duration::from_millis(500));
+    assert_eq!(log.commits_count(), 1);
+    // Followed at once by an urgent record, both share one commit.
+    let deferred = {
+        let log = log.clone();
+        let c = c.clone();
+        tokio::spawn(async move { log.append_deferrable(record(2, "s", &c)).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    let urgent = log.append(record(3, "s", &c)).await?;
+    let outcome = deferred.await??;
+    assert_eq!(log.commits_count(), 2, "outcome and decision in one commit");
+    assert_eq!((outcome.seq, urgent.seq), (2, 3));
+    assert!(mandate_audit::verify(&db(&dir))?.problems.is_empty());
+    Ok(())
+}

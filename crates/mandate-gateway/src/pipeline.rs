@@ -234,7 +234,7 @@ impl crate::Gateway {
         let audit = self.audit.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            if let Err(e) = audit.append(outcome_record).await {
+            if let Err(e) = audit.append_deferrable(outcome_record).await {
                 metrics.audit_failures.inc();
                 tracing::error!(error = %e, "could not record call outcome");
             }
