@@ -281,10 +281,16 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             }
             AuditCommand::Replay { data_dir, session } => {
                 let path = data_dir.join("audit.sqlite");
+                use std::io::Write as _;
+                let mut out = std::io::stdout().lock();
                 for r in mandate_audit::read_records(&path, Some(&session))? {
-                    println!("{}", serde_json::to_string(&serde_json::json!({
+                    let line = serde_json::to_string(&serde_json::json!({
                         "seq": r.seq, "hash": r.hash, "record": r.record
-                    }))?);
+                    }))?;
+                    // A closed pipe (`| head`) ends the listing quietly.
+                    if writeln!(out, "{line}").is_err() {
+                        break;
+                    }
                 }
             }
         },
