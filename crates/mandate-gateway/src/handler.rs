@@ -39,7 +39,10 @@ impl GatewayHandler {
         Self { gw, source }
     }
 
-    async fn principal(&self, ctx: &RequestContext<RoleServer>) -> Result<Arc<Principal>, ErrorData> {
+    async fn principal(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<Arc<Principal>, ErrorData> {
         match &self.source {
             PrincipalSource::PerRequest => ctx
                 .extensions
@@ -50,12 +53,16 @@ impl GatewayHandler {
                 // before they reach rmcp, so this is unreachable in practice;
                 // if it ever happens, refuse.
                 .ok_or_else(|| ErrorData::invalid_request("unauthenticated request", None)),
-            PrincipalSource::Token(token) => {
-                self.gw.authn().verify(token).await.map(Arc::new).map_err(|e| {
+            PrincipalSource::Token(token) => self
+                .gw
+                .authn()
+                .verify(token)
+                .await
+                .map(Arc::new)
+                .map_err(|e| {
                     self.gw.metrics().auth_failures.inc();
                     ErrorData::invalid_request(format!("invalid token: {}", e.description()), None)
-                })
-            }
+                }),
         }
     }
 }

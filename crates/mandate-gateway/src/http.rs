@@ -129,8 +129,15 @@ async fn healthz(State(app): State<AppState>) -> Response {
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {
-    let audit_ok = if app.gw.audit().health().is_ok() { 1.0 } else { 0.0 };
-    #[expect(clippy::cast_precision_loss, reason = "a gauge; precision loss past 2^53 is fine")]
+    let audit_ok = if app.gw.audit().health().is_ok() {
+        1.0
+    } else {
+        0.0
+    };
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "a gauge; precision loss past 2^53 is fine"
+    )]
     let appended = app.gw.audit().appended_count() as f64;
     let body = app.gw.metrics().render(&[
         (
@@ -152,15 +159,17 @@ async fn metrics(State(app): State<AppState>) -> Response {
             },
         ),
     ]);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        body,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 /// A JSON-RPC error response with HTTP status and optional challenge.
-fn rpc_error(status: StatusCode, id: Value, code: i32, message: &str, challenge: Option<String>) -> Response {
+fn rpc_error(
+    status: StatusCode,
+    id: Value,
+    code: i32,
+    message: &str,
+    challenge: Option<String>,
+) -> Response {
     rpc_error_with(status, id, code, message, None, challenge)
 }
 
@@ -235,7 +244,12 @@ fn envelope_problem(body: &Value) -> Option<(StatusCode, Value, i32, String)> {
                         Some(_) => None,
                     };
                     if let Some(msg) = bad {
-                        return Some((StatusCode::OK, id, -32602, format!("invalid params: {msg}")));
+                        return Some((
+                            StatusCode::OK,
+                            id,
+                            -32602,
+                            format!("invalid params: {msg}"),
+                        ));
                     }
                 }
                 None
@@ -304,7 +318,12 @@ async fn authenticate(gw: &Gateway, headers: &http::HeaderMap) -> Result<Arc<Pri
 }
 
 /// Records a refusal made at the HTTP layer for an authenticated subject.
-async fn audit_refusal(gw: &Gateway, principal: &Principal, tool: &str, reason: String) -> Decision {
+async fn audit_refusal(
+    gw: &Gateway,
+    principal: &Principal,
+    tool: &str,
+    reason: String,
+) -> Decision {
     let decision = Decision::deny(reason, gw.policy().policy_hash());
     let record = AuditRecord {
         kind: RecordKind::Decision,
@@ -405,10 +424,7 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
                     StatusCode::PAYLOAD_TOO_LARGE,
                     Value::Null,
                     -32600,
-                    &format!(
-                        "request body exceeds {} bytes",
-                        gw.config().max_body_bytes
-                    ),
+                    &format!("request body exceeds {} bytes", gw.config().max_body_bytes),
                     None,
                 ));
             }
@@ -463,7 +479,10 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
                     })),
                     Some(challenge(
                         gw,
-                        Some(("insufficient_scope", "the token's scope does not cover this tool")),
+                        Some((
+                            "insufficient_scope",
+                            "the token's scope does not cover this tool",
+                        )),
                         Some(&tool),
                     )),
                 );
@@ -508,4 +527,3 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
     }
     resp
 }
-

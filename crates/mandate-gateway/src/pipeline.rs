@@ -113,7 +113,10 @@ impl crate::Gateway {
         let now = now_unix();
         let hash = || self.policy.policy_hash();
         let precheck = if principal.exp <= now.cast_unsigned() {
-            Some((Decision::deny("token expired", hash()), DenyCategory::TokenExpired))
+            Some((
+                Decision::deny("token expired", hash()),
+                DenyCategory::TokenExpired,
+            ))
         } else if class.is_none() {
             Some((
                 Decision::deny(
@@ -262,12 +265,14 @@ impl crate::Gateway {
     ) -> Result<CallToolResponse, UpstreamError> {
         params.name = permitted.call.name.tool.clone().into();
         let meta = params.meta.get_or_insert_with(Default::default);
-        meta.0
-            .0
-            .insert(META_CORRELATION.into(), permitted.correlation.as_str().into());
-        meta.0
-            .0
-            .insert("traceparent".into(), permitted.correlation.traceparent().into());
+        meta.0.0.insert(
+            META_CORRELATION.into(),
+            permitted.correlation.as_str().into(),
+        );
+        meta.0.0.insert(
+            "traceparent".into(),
+            permitted.correlation.traceparent().into(),
+        );
         upstream.call(params, session, client, progress).await
     }
 
@@ -317,7 +322,9 @@ impl crate::Gateway {
         // State outlives its session only until every token of the session
         // has expired; prune opportunistically.
         if self.sessions.len().is_multiple_of(1024) {
-            let cutoff = now_unix().cast_unsigned().saturating_sub(SESSION_GRACE_SECS);
+            let cutoff = now_unix()
+                .cast_unsigned()
+                .saturating_sub(SESSION_GRACE_SECS);
             self.sessions.retain(|_, s| s.exp > cutoff);
         }
     }

@@ -11,9 +11,9 @@ use crate::config::{Isolation, Transport, UpstreamConfig};
 use dashmap::DashMap;
 use http::{HeaderName, HeaderValue};
 use rmcp::model::{
-    ServerResult,
-    CallToolRequestParams, CallToolResponse, ClientCapabilities, ClientConfig, ClientJsonRpcMessage,
-    ClientRequest, Implementation, JsonRpcMessage, ProgressNotificationParam, ProgressToken, Tool,
+    CallToolRequestParams, CallToolResponse, ClientCapabilities, ClientConfig,
+    ClientJsonRpcMessage, ClientRequest, Implementation, JsonRpcMessage, ProgressNotificationParam,
+    ProgressToken, ServerResult, Tool,
 };
 use rmcp::service::{NotificationContext, RunningService};
 use rmcp::transport::streamable_http_client::{
@@ -182,7 +182,10 @@ static NEXT_CONN_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 
 /// Key of a progress route: the connection and the token rmcp sent on it.
 fn route_key(conn_id: u64, token: &ProgressToken) -> String {
-    format!("{conn_id}/{}", serde_json::to_string(token).unwrap_or_default())
+    format!(
+        "{conn_id}/{}",
+        serde_json::to_string(token).unwrap_or_default()
+    )
 }
 
 type Connection = RunningService<RoleClient, UpstreamHandler>;
@@ -251,9 +254,7 @@ impl Upstream {
         };
         let mut conns = self.conns.lock().await;
         let now = std::time::Instant::now();
-        conns.retain(|k, slot| {
-            k.is_empty() || now.duration_since(slot.last_used) < SESSION_IDLE
-        });
+        conns.retain(|k, slot| k.is_empty() || now.duration_since(slot.last_used) < SESSION_IDLE);
         if let Some(slot) = conns.get_mut(&key)
             && !slot.conn.is_closed()
             && !slot.conn.peer().is_transport_closed()
@@ -411,7 +412,9 @@ impl Upstream {
                 tokio::time::timeout(self.cfg.timeout, async move {
                     match handle.await_response().await? {
                         ServerResult::CallToolResult(r) => Ok(CallToolResponse::Complete(r)),
-                        ServerResult::InputRequiredResult(r) => Ok(CallToolResponse::InputRequired(r)),
+                        ServerResult::InputRequiredResult(r) => {
+                            Ok(CallToolResponse::InputRequired(r))
+                        }
                         ServerResult::CreateTaskResult(r) => Ok(CallToolResponse::Task(r)),
                         _ => Err(rmcp::ServiceError::UnexpectedResponse),
                     }
@@ -581,9 +584,7 @@ impl StreamableHttpClient for TraceHttpClient {
     }
 }
 
-
-type SseStream =
-    futures::stream::BoxStream<'static, Result<sse_stream::Sse, sse_stream::Error>>;
+type SseStream = futures::stream::BoxStream<'static, Result<sse_stream::Sse, sse_stream::Error>>;
 
 /// An SSE response stream that, when dropped before its end (rmcp stops
 /// reading once it has the response it waited for), reads the rest in the

@@ -51,8 +51,13 @@ enum UnderTest {
 
 /// Starts `mandate serve` for `cfg_path` on a free port, pinned to CPU 1,
 /// and pins this process to CPU 0.
-async fn start_pinned(cfg_path: &Path, data_dir: &Path) -> Result<(tokio::process::Child, std::net::SocketAddr)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+async fn start_pinned(
+    cfg_path: &Path,
+    data_dir: &Path,
+) -> Result<(tokio::process::Child, std::net::SocketAddr)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let exe = std::env::current_exe()?;
     let child = tokio::process::Command::new("taskset")
@@ -75,7 +80,10 @@ async fn start_pinned(cfg_path: &Path, data_dir: &Path) -> Result<(tokio::proces
     }
     let health = format!("http://{addr}/healthz");
     for _ in 0..100 {
-        if reqwest::get(&health).await.is_ok_and(|r| r.status().is_success()) {
+        if reqwest::get(&health)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             return Ok((child, addr));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -100,12 +108,17 @@ async fn connect(t: &Target) -> Result<Client> {
     if let Some(mint) = &t.token {
         cfg = cfg.auth_header(mint()?);
     }
-    Ok(().serve(StreamableHttpClientTransport::from_config(cfg)).await?)
+    Ok(
+        ().serve(StreamableHttpClientTransport::from_config(cfg))
+            .await?,
+    )
 }
 
 async fn one_call(c: &Client, tool: &'static str) -> Result<Duration> {
     let mut p = CallToolRequestParams::new(tool);
-    p.arguments = serde_json::json!({"query": "benchmark"}).as_object().cloned();
+    p.arguments = serde_json::json!({"query": "benchmark"})
+        .as_object()
+        .cloned();
     let start = Instant::now();
     let r = c.call_tool(p).await?;
     let took = start.elapsed();
@@ -276,7 +289,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     eprintln!("sequential runs ({} calls each)…", args.sequential_calls);
     let mut d_seq = sequential(&direct, args.sequential_calls).await?;
     let mut g_seq = sequential(&via, args.sequential_calls).await?;
-    eprintln!("throughput runs ({} clients, {} s each)…", args.concurrency, args.seconds);
+    eprintln!(
+        "throughput runs ({} clients, {} s each)…",
+        args.concurrency, args.seconds
+    );
     let (d_rate, mut d_lat) = throughput(&direct, args.concurrency, args.seconds).await?;
     let (g_rate, mut g_lat) = throughput(&via, args.concurrency, args.seconds).await?;
     let (appended, commits) = match &gw {

@@ -190,11 +190,17 @@ impl Config {
 
     /// Parses config text; `path` locates `{config_dir}`.
     pub fn parse(text: &str, path: &Path, overrides: &Overrides) -> Result<Self> {
-        let file: FileConfig = toml::from_str(text)
-            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let file: FileConfig =
+            toml::from_str(text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         let config_dir = path
             .parent()
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
             .unwrap_or(Path::new("."))
             .to_path_buf();
 
@@ -203,9 +209,9 @@ impl Config {
             .clone()
             .or_else(|| std::env::var(env::LISTEN).ok())
             .unwrap_or(file.server.listen.clone());
-        let listen: SocketAddr = listen
-            .parse()
-            .with_context(|| format!("server.listen {listen:?} is not an address like 127.0.0.1:8943"))?;
+        let listen: SocketAddr = listen.parse().with_context(|| {
+            format!("server.listen {listen:?} is not an address like 127.0.0.1:8943")
+        })?;
         let data_dir = overrides
             .data_dir
             .clone()
@@ -301,23 +307,23 @@ impl Config {
                     .map_err(|e: String| anyhow!("upstreams.{name}.tools.{tool}: {e}"))?;
                 tools.insert(tool.clone(), class);
             }
-            let default_class = match &u.default_class {
-                None => None,
-                Some(c) if c == "deny" => None,
-                Some(c) => Some(
-                    c.parse::<ToolClass>()
-                        .map_err(|e| anyhow!("upstreams.{name}.default_class: {e} (or \"deny\")"))?,
-                ),
-            };
+            let default_class =
+                match &u.default_class {
+                    None => None,
+                    Some(c) if c == "deny" => None,
+                    Some(c) => Some(c.parse::<ToolClass>().map_err(|e| {
+                        anyhow!("upstreams.{name}.default_class: {e} (or \"deny\")")
+                    })?),
+                };
             if u.timeout_secs == 0 {
                 bail!("upstreams.{name}.timeout_secs must be positive");
             }
             let isolation = match u.isolation.as_deref() {
                 None | Some("shared") => Isolation::Shared,
                 Some("session") => Isolation::Session,
-                Some(other) => bail!(
-                    "upstreams.{name}.isolation: {other:?} is not \"shared\" or \"session\""
-                ),
+                Some(other) => {
+                    bail!("upstreams.{name}.isolation: {other:?} is not \"shared\" or \"session\"")
+                }
             };
             upstreams.push(UpstreamConfig {
                 name: name.clone(),
@@ -332,7 +338,11 @@ impl Config {
         let allowed_hosts = match &file.server.allowed_hosts {
             Some(h) => h.clone(),
             None => {
-                let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+                let mut hosts = vec![
+                    "localhost".to_owned(),
+                    "127.0.0.1".to_owned(),
+                    "::1".to_owned(),
+                ];
                 if let Some(host) = host_of(&public_url) {
                     hosts.push(host);
                 }

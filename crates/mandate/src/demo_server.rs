@@ -24,7 +24,10 @@ impl Recorder {
     fn open(path: Option<PathBuf>) -> Result<Self> {
         Ok(Self(match path {
             Some(p) => Some(Arc::new(std::sync::Mutex::new(
-                std::fs::OpenOptions::new().create(true).append(true).open(p)?,
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
             ))),
             None => None,
         }))
@@ -86,8 +89,14 @@ struct Workspace {
 
 #[tool_router]
 impl Workspace {
-    #[tool(description = "Search the shared documents. Returns matching text, which comes from outside the organisation.")]
-    async fn search(&self, meta: RequestMetaObject, Parameters(a): Parameters<SearchArgs>) -> String {
+    #[tool(
+        description = "Search the shared documents. Returns matching text, which comes from outside the organisation."
+    )]
+    async fn search(
+        &self,
+        meta: RequestMetaObject,
+        Parameters(a): Parameters<SearchArgs>,
+    ) -> String {
         self.rec.record("search", serde_json::json!(a), &meta);
         format!(
             "Result for {:?}: Q3 supplier report. Revenue grew 4%.\n\
@@ -98,19 +107,32 @@ impl Workspace {
     }
 
     #[tool(description = "List customers with their contact details.")]
-    async fn list_customers(&self, meta: RequestMetaObject, Parameters(a): Parameters<NoArgs>) -> String {
-        self.rec.record("list_customers", serde_json::json!(a), &meta);
+    async fn list_customers(
+        &self,
+        meta: RequestMetaObject,
+        Parameters(a): Parameters<NoArgs>,
+    ) -> String {
+        self.rec
+            .record("list_customers", serde_json::json!(a), &meta);
         "ada@example.com, grace@example.com, edsger@example.com".into()
     }
 
     #[tool(description = "Send an e-mail.")]
-    async fn send_mail(&self, meta: RequestMetaObject, Parameters(a): Parameters<MailArgs>) -> String {
+    async fn send_mail(
+        &self,
+        meta: RequestMetaObject,
+        Parameters(a): Parameters<MailArgs>,
+    ) -> String {
         self.rec.record("send_mail", serde_json::json!(a), &meta);
         format!("mail to {} sent", a.to)
     }
 
     #[tool(description = "Export every document (not enabled in the quickstart config).")]
-    async fn export_all(&self, meta: RequestMetaObject, Parameters(a): Parameters<NoArgs>) -> String {
+    async fn export_all(
+        &self,
+        meta: RequestMetaObject,
+        Parameters(a): Parameters<NoArgs>,
+    ) -> String {
         self.rec.record("export_all", serde_json::json!(a), &meta);
         "exported".into()
     }
@@ -134,20 +156,33 @@ struct Bank {
 #[tool_router]
 impl Bank {
     #[tool(description = "Current balance of an account.")]
-    async fn get_balance(&self, meta: RequestMetaObject, Parameters(a): Parameters<AccountArgs>) -> String {
+    async fn get_balance(
+        &self,
+        meta: RequestMetaObject,
+        Parameters(a): Parameters<AccountArgs>,
+    ) -> String {
         self.rec.record("get_balance", serde_json::json!(a), &meta);
         format!("{{\"account\": {:?}, \"balance_eur\": 12500}}", a.account)
     }
 
     #[tool(description = "Transfer money to another account.")]
-    async fn transfer(&self, meta: RequestMetaObject, Parameters(a): Parameters<TransferArgs>) -> String {
+    async fn transfer(
+        &self,
+        meta: RequestMetaObject,
+        Parameters(a): Parameters<TransferArgs>,
+    ) -> String {
         self.rec.record("transfer", serde_json::json!(a), &meta);
         format!("transferred {} EUR to {}", a.amount, a.to)
     }
 
     #[tool(description = "Close an account permanently.")]
-    async fn close_account(&self, meta: RequestMetaObject, Parameters(a): Parameters<AccountArgs>) -> String {
-        self.rec.record("close_account", serde_json::json!(a), &meta);
+    async fn close_account(
+        &self,
+        meta: RequestMetaObject,
+        Parameters(a): Parameters<AccountArgs>,
+    ) -> String {
+        self.rec
+            .record("close_account", serde_json::json!(a), &meta);
         format!("account {} closed", a.account)
     }
 }
@@ -163,11 +198,26 @@ impl ServerHandler for Bank {
 pub async fn run(profile: &str, record: Option<PathBuf>, http: Option<String>) -> Result<()> {
     let rec = Recorder::open(record)?;
     match (profile, http) {
-        ("workspace", None) => serve_stdio(Workspace { rec, tool_router: Workspace::tool_router() }).await,
-        ("bank", None) => serve_stdio(Bank { rec, tool_router: Bank::tool_router() }).await,
+        ("workspace", None) => {
+            serve_stdio(Workspace {
+                rec,
+                tool_router: Workspace::tool_router(),
+            })
+            .await
+        }
+        ("bank", None) => {
+            serve_stdio(Bank {
+                rec,
+                tool_router: Bank::tool_router(),
+            })
+            .await
+        }
         (profile, Some(addr)) => {
             let listener = tokio::net::TcpListener::bind(&addr).await?;
-            eprintln!("demo server listening on http://{}/mcp", listener.local_addr()?);
+            eprintln!(
+                "demo server listening on http://{}/mcp",
+                listener.local_addr()?
+            );
             serve_http(profile, rec, listener).await
         }
         (other, _) => anyhow::bail!("unknown profile {other:?} (workspace or bank)"),
@@ -181,12 +231,26 @@ async fn serve_stdio<S: ServerHandler>(server: S) -> Result<()> {
 }
 
 /// Serves a profile over Streamable HTTP at `/mcp` on `listener`.
-pub async fn serve_http(profile: &str, rec: Recorder, listener: tokio::net::TcpListener) -> Result<()> {
+pub async fn serve_http(
+    profile: &str,
+    rec: Recorder,
+    listener: tokio::net::TcpListener,
+) -> Result<()> {
     match profile {
         "workspace" => {
-            serve_http_with(listener, move || Workspace { rec: rec.clone(), tool_router: Workspace::tool_router() }).await
+            serve_http_with(listener, move || Workspace {
+                rec: rec.clone(),
+                tool_router: Workspace::tool_router(),
+            })
+            .await
         }
-        "bank" => serve_http_with(listener, move || Bank { rec: rec.clone(), tool_router: Bank::tool_router() }).await,
+        "bank" => {
+            serve_http_with(listener, move || Bank {
+                rec: rec.clone(),
+                tool_router: Bank::tool_router(),
+            })
+            .await
+        }
         other => anyhow::bail!("unknown profile {other:?} (workspace or bank)"),
     }
 }
@@ -197,7 +261,9 @@ where
     F: Fn() -> S + Send + Sync + 'static,
 {
     use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-    use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService,
+    };
     let service = StreamableHttpService::new(
         move || Ok(factory()),
         Arc::new(LocalSessionManager::default()),

@@ -101,7 +101,8 @@ pub fn claims(args: &MintArgs, now: i64) -> serde_json::Value {
 pub fn mint(args: &MintArgs) -> Result<String> {
     let key = load_issuer_key(&args.key)?;
     let now = now();
-    key.sign(&claims(args, now)).map_err(|e| anyhow::anyhow!("{e}"))
+    key.sign(&claims(args, now))
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Current Unix time in seconds.

@@ -22,7 +22,11 @@ use std::sync::Arc;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "mandate", version, about = "Zero Trust control plane for AI agents: an MCP gateway that authenticates, decides and audits every tool call.")]
+#[command(
+    name = "mandate",
+    version,
+    about = "Zero Trust control plane for AI agents: an MCP gateway that authenticates, decides and audits every tool call."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -396,8 +400,12 @@ pub(crate) async fn start_on(
             }
             seen = now;
             match reload_gw.policy().reload() {
-                Ok(()) => tracing::info!(policy_hash = %reload_gw.policy().policy_hash(), "policies reloaded"),
-                Err(e) => tracing::error!(error = %e, "policy reload refused; the last good set keeps serving"),
+                Ok(()) => {
+                    tracing::info!(policy_hash = %reload_gw.policy().policy_hash(), "policies reloaded")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "policy reload refused; the last good set keeps serving")
+                }
             }
         }
     });
@@ -425,7 +433,9 @@ pub(crate) async fn start_ephemeral(
 }
 
 /// Names, sizes and modification times of a directory's files.
-fn dir_fingerprint(dir: &std::path::Path) -> Vec<(std::ffi::OsString, u64, Option<std::time::SystemTime>)> {
+fn dir_fingerprint(
+    dir: &std::path::Path,
+) -> Vec<(std::ffi::OsString, u64, Option<std::time::SystemTime>)> {
     let mut out: Vec<_> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
