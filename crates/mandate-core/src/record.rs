@@ -79,6 +79,38 @@ pub struct AuditRecord {
 }
 
 impl AuditRecord {
+    /// The record of a decision, stamped now.
+    pub fn decision(
+        decision: Decision,
+        correlation_id: CorrelationId,
+        subject: Subject,
+        tool: impl Into<String>,
+        args_hash: impl Into<String>,
+    ) -> Self {
+        Self {
+            kind: RecordKind::Decision,
+            time_ms: Self::now_ms(),
+            decision,
+            correlation_id,
+            subject,
+            tool: tool.into(),
+            args_hash: args_hash.into(),
+            outcome: None,
+            detail: None,
+        }
+    }
+
+    /// The outcome record that follows this decision record, stamped now.
+    pub fn outcome(&self, outcome: impl Into<String>, detail: Option<String>) -> Self {
+        Self {
+            kind: RecordKind::Outcome,
+            time_ms: Self::now_ms(),
+            outcome: Some(outcome.into()),
+            detail,
+            ..self.clone()
+        }
+    }
+
     /// Current Unix time in milliseconds (0 if the clock is before 1970).
     pub fn now_ms() -> i64 {
         std::time::SystemTime::now()

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use dashmap::DashMap;
 use http::{HeaderValue, Method, StatusCode, header};
-use mandate_core::{AuditRecord, CorrelationId, Decision, Principal, RecordKind, Subject};
+use mandate_core::{AuditRecord, CorrelationId, Decision, Principal, Subject};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::{Value, json};
@@ -325,17 +325,13 @@ async fn audit_refusal(
     reason: String,
 ) -> Decision {
     let decision = Decision::deny(reason, gw.policy().policy_hash());
-    let record = AuditRecord {
-        kind: RecordKind::Decision,
-        time_ms: AuditRecord::now_ms(),
-        decision: decision.clone(),
-        correlation_id: CorrelationId::new(),
-        subject: Subject::from(principal),
-        tool: tool.to_owned(),
-        args_hash: String::new(),
-        outcome: None,
-        detail: None,
-    };
+    let record = AuditRecord::decision(
+        decision.clone(),
+        CorrelationId::new(),
+        Subject::from(principal),
+        tool,
+        "",
+    );
     if let Err(e) = gw.audit().append(record).await {
         gw.metrics().audit_failures.inc();
         tracing::error!(error = %e, "could not record refusal");

@@ -147,6 +147,7 @@ impl Gateway {
         match upstream.tools().await {
             Ok(tools) => match tools.iter().find(|t| t.name == name.tool) {
                 Some(tool) => Resolved::Known {
+                    name: name.clone(),
                     upstream: upstream.clone(),
                     class,
                     tool: Some(Box::new(tool.clone())),
@@ -158,6 +159,7 @@ impl Gateway {
             Err(e) => {
                 tracing::warn!(error = %e, "tool catalogue unavailable");
                 Resolved::Known {
+                    name: name.clone(),
                     upstream: upstream.clone(),
                     class,
                     tool: None,
@@ -233,8 +235,9 @@ impl Gateway {
                 if !principal.scope.covers(&exposed) {
                     continue;
                 }
-                let Some(tool_name) = ToolName::parse(&exposed) else {
-                    continue;
+                let tool_name = ToolName {
+                    upstream: name.clone(),
+                    tool: tool.name.to_string(),
                 };
                 let call = mandate_core::ToolCall::new(tool_name, class, Default::default());
                 let decision = self.policy.decide(&DecisionRequest {

@@ -14,8 +14,8 @@
 use crate::error::{DenyCategory, denial_error, unknown_tool_error, upstream_error};
 use crate::upstream::{Upstream, UpstreamError};
 use mandate_core::{
-    AuditRecord, CorrelationId, Decision, Effect, Obligation, Principal, RecordKind, Subject,
-    ToolCall, ToolName,
+    AuditRecord, CorrelationId, Decision, Effect, Obligation, Principal, Subject, ToolCall,
+    ToolName,
 };
 use mandate_policy::{DecisionRequest, SessionFacts};
 use rmcp::model::{CallToolRequestParams, CallToolResponse, ProgressToken};
@@ -63,27 +63,26 @@ impl crate::Gateway {
         let exposed = params.name.to_string();
         let args = params.arguments.clone().unwrap_or_default();
         let subject = Subject::from(principal.as_ref());
-        let record = |decision: &Decision, args_hash: &str| AuditRecord {
-            kind: RecordKind::Decision,
-            time_ms: AuditRecord::now_ms(),
-            decision: decision.clone(),
-            correlation_id: correlation.clone(),
-            subject: subject.clone(),
-            tool: exposed.clone(),
-            args_hash: args_hash.to_owned(),
-            outcome: None,
-            detail: None,
+        let record = |decision: &Decision, args_hash: &str| {
+            AuditRecord::decision(
+                decision.clone(),
+                correlation.clone(),
+                subject.clone(),
+                exposed.as_str(),
+                args_hash,
+            )
         };
 
         // 1. Resolve the tool. An unknown tool is audited and answered as
         //    "unknown", which the agent can tell apart from a denial.
         let resolved = self.resolve(&exposed).await;
-        let (upstream, class, tool_def) = match resolved {
+        let (name, upstream, class, tool_def) = match resolved {
             Resolved::Known {
+                name,
                 upstream,
                 class,
                 tool,
-            } => (upstream, class, tool),
+            } => (name, upstream, class, tool),
             Resolved::Unknown => {
                 let decision = Decision::deny(
                     format!("unknown tool {exposed:?}"),
@@ -98,9 +97,8 @@ impl crate::Gateway {
                 return Err(unknown_tool_error(&exposed, &correlation));
             }
         };
-        let Some(name) = ToolName::parse(&exposed) else {
-            return Err(unknown_tool_error(&exposed, &correlation));
-        };
+        // An unclassified tool is denied below; its class here is only a
+        // placeholder so the denial can be recorded with the argument hash.
         let call = ToolCall::new(name, class.unwrap_or(mandate_core::ToolClass::Read), args);
 
         // 2. Checks that need no policy: continuous verification (expiry is
@@ -229,11 +227,8 @@ impl crate::Gateway {
             Ok(_) => ("ok", None),
             Err(e) => (e.outcome(), Some(e.to_string())),
         };
-        let mut outcome_record = record(&permitted.decision, &permitted.call.args_hash);
-        outcome_record.kind = RecordKind::Outcome;
-        outcome_record.time_ms = AuditRecord::now_ms();
-        outcome_record.outcome = Some(outcome.to_owned());
-        outcome_record.detail = detail;
+        let outcome_record =
+            record(&permitted.decision, &permitted.call.args_hash).outcome(outcome, detail);
         let audit = self.audit.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
@@ -335,6 +330,7 @@ pub(crate) enum Resolved {
     /// The upstream serves it. `class` is `None` when config does not
     /// classify it (deny). `tool` is its catalogue entry.
     Known {
+        name: ToolName,
         upstream: Arc<Upstream>,
         class: Option<mandate_core::ToolClass>,
         tool: Option<Box<rmcp::model::Tool>>,

@@ -213,8 +213,10 @@ const SESSION_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
 pub struct Upstream {
     cfg: UpstreamConfig,
     events: Arc<Events>,
-    /// Key `""` is the shared (or catalogue) connection; others are session keys.
-    conns: Mutex<HashMap<String, Slot>>,
+    /// Key `""` is the shared (or catalogue) connection; others are session
+    /// keys. Each key has its own lock, so opening one session's connection
+    /// (spawning a process, up to the timeout) never holds up the others.
+    conns: std::sync::Mutex<HashMap<String, Arc<Mutex<Option<Slot>>>>>,
     tools: RwLock<Option<Arc<Vec<Tool>>>>,
 }
 
@@ -224,7 +226,7 @@ impl Upstream {
         Self {
             cfg,
             events,
-            conns: Mutex::new(HashMap::new()),
+            conns: std::sync::Mutex::new(HashMap::new()),
             tools: RwLock::new(None),
         }
     }
@@ -243,33 +245,54 @@ impl Upstream {
 
     /// The connection for a Mandate session (`None`: the shared/catalogue
     /// one), opened if needed. `client` is recorded as the session's client.
+    /// The connection key of a Mandate session (`""`: the shared one).
+    fn key(&self, session: Option<&str>) -> String {
+        match (self.cfg.isolation, session) {
+            (Isolation::Session, Some(s)) => s.to_owned(),
+            _ => String::new(),
+        }
+    }
+
+    /// The connection for a Mandate session (`None`: the shared/catalogue
+    /// one), opened if needed. `client` is recorded as the session's client.
     async fn connection(
         &self,
         session: Option<&str>,
         client: Option<Peer<RoleServer>>,
     ) -> Result<Arc<Connection>, UpstreamError> {
-        let key = match (self.cfg.isolation, session) {
-            (Isolation::Session, Some(s)) => s.to_owned(),
-            _ => String::new(),
-        };
-        let mut conns = self.conns.lock().await;
+        let key = self.key(session);
         let now = std::time::Instant::now();
-        conns.retain(|k, slot| k.is_empty() || now.duration_since(slot.last_used) < SESSION_IDLE);
-        if let Some(slot) = conns.get_mut(&key)
-            && !slot.conn.is_closed()
-            && !slot.conn.peer().is_transport_closed()
+        let cell = {
+            let mut conns = self
+                .conns
+                .lock()
+                .map_err(|_| self.unavailable("connection table poisoned"))?;
+            // Close idle session connections (never one in use right now).
+            conns.retain(|k, cell| {
+                k.is_empty()
+                    || cell.try_lock().map_or(true, |slot| {
+                        slot.as_ref()
+                            .is_none_or(|s| now.duration_since(s.last_used) < SESSION_IDLE)
+                    })
+            });
+            if !conns.contains_key(&key) && !key.is_empty() && conns.len() > MAX_SESSION_CONNECTIONS
+            {
+                return Err(self.unavailable("too many concurrent sessions for this upstream"));
+            }
+            conns.entry(key.clone()).or_default().clone()
+        };
+        let mut slot = cell.lock().await;
+        if let Some(s) = slot.as_mut()
+            && !s.conn.is_closed()
+            && !s.conn.peer().is_transport_closed()
         {
-            slot.last_used = now;
-            if let (Some(route), Some(peer)) = (&slot.client, client)
+            s.last_used = now;
+            if let (Some(route), Some(peer)) = (&s.client, client)
                 && let Ok(mut r) = route.lock()
             {
                 *r = Some(peer);
             }
-            return Ok(slot.conn.clone());
-        }
-        conns.remove(&key);
-        if !key.is_empty() && conns.len() > MAX_SESSION_CONNECTIONS {
-            return Err(self.unavailable("too many concurrent sessions for this upstream"));
+            return Ok(s.conn.clone());
         }
         // On a session-isolated upstream every connection declares the
         // elicitation capability, the catalogue one included: servers may
@@ -285,25 +308,21 @@ impl Upstream {
             client: route.clone(),
         };
         let conn = Arc::new(self.open(handler).await?);
-        conns.insert(
-            key,
-            Slot {
-                conn: conn.clone(),
-                client: route,
-                last_used: now,
-            },
-        );
+        *slot = Some(Slot {
+            conn: conn.clone(),
+            client: route,
+            last_used: now,
+        });
         Ok(conn)
     }
 
     /// Drops the connection used by `session` (after a timeout or failure),
     /// so the next call starts afresh.
-    async fn discard(&self, session: Option<&str>) {
-        let key = match (self.cfg.isolation, session) {
-            (Isolation::Session, Some(s)) => s.to_owned(),
-            _ => String::new(),
-        };
-        self.conns.lock().await.remove(&key);
+    fn discard(&self, session: Option<&str>) {
+        let key = self.key(session);
+        if let Ok(mut conns) = self.conns.lock() {
+            conns.remove(&key);
+        }
     }
 
     async fn open(&self, handler: UpstreamHandler) -> Result<Connection, UpstreamError> {
@@ -429,7 +448,7 @@ impl Upstream {
             Err(_) => {
                 // A hung upstream may never answer; drop the connection so the
                 // next call starts a fresh one.
-                self.discard(Some(session)).await;
+                self.discard(Some(session));
                 Err(UpstreamError::Timeout {
                     upstream: self.cfg.name.clone(),
                     secs: self.cfg.timeout.as_secs(),
@@ -442,7 +461,7 @@ impl Upstream {
                 error: Some(e),
             }),
             Ok(Err(e)) => {
-                self.discard(Some(session)).await;
+                self.discard(Some(session));
                 Err(self.unavailable(e))
             }
         }
