@@ -156,6 +156,10 @@ class Issuer:
         hdr.update(headers or {})
         return jwt.encode(claims, key, algorithm=alg, headers=hdr)
 
+    def operator_token(self, audience: str, sub: str) -> str:
+        """A person's token for the control API: no `act`, no task, no build."""
+        return self.mint(audience, sub=sub, act=_DROP, task_id=_DROP, build=_DROP, sid=_DROP)
+
     def hs256_with(self, secret: bytes, audience: str, **overrides: Any) -> str:
         """HS256 token keyed with `secret` (the algorithm-confusion attack:
         the public key used as an HMAC secret)."""
@@ -290,7 +294,8 @@ class Launcher:
         return RecordingServer(url=f"http://127.0.0.1:{port}/mcp", record=record, proc=proc)
 
     def gateway(self, issuer: Issuer, upstreams: dict[str, dict[str, Any]], *, max_body_bytes: int = 1048576,
-                data_dir: Path | None = None, extra_toml: str = "", name: str = "gateway") -> Gateway:
+                data_dir: Path | None = None, extra_toml: str = "", name: str = "gateway",
+                policy_dir: Path = POLICY_DIR, policy_toml: str = "") -> Gateway:
         port = free_port()
         d = self.root / f"{name}-{uuid.uuid4().hex[:6]}"
         d.mkdir(parents=True)
@@ -299,7 +304,8 @@ class Launcher:
         config = d / "mandate.toml"
         config.write_text(
             gateway_toml(port=port, data_dir=data, jwks=issuer.jwks_path, issuer=issuer.issuer,
-                         upstreams=upstreams, max_body_bytes=max_body_bytes) + extra_toml
+                         upstreams=upstreams, max_body_bytes=max_body_bytes, policy_dir=policy_dir,
+                         policy_toml=policy_toml) + extra_toml
         )
         proc = self.spawn([str(mandate_bin()), "serve", "--config", str(config)], name,
                           env={"MANDATE_LOG": "info,mandate=debug"})
@@ -348,7 +354,7 @@ def toml_value(v: Any) -> str:
 
 
 def gateway_toml(*, port: int, data_dir: Path, jwks: Path, issuer: str, upstreams: dict[str, dict[str, Any]],
-                 max_body_bytes: int = 1048576, policy_dir: Path = POLICY_DIR) -> str:
+                 max_body_bytes: int = 1048576, policy_dir: Path = POLICY_DIR, policy_toml: str = "") -> str:
     lines = [
         "[server]",
         f"listen = {toml_value(f'127.0.0.1:{port}')}",
@@ -367,6 +373,7 @@ def gateway_toml(*, port: int, data_dir: Path, jwks: Path, issuer: str, upstream
         "",
         "[policy]",
         f"dir = {toml_value(policy_dir)}",
+        policy_toml,
         "",
     ]
     for name, spec in upstreams.items():
@@ -476,13 +483,29 @@ class Gateway:
                 return rows
             time.sleep(0.1)
 
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return run_mandate(*args, timeout=timeout)
+    def cli(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return run_mandate(*args, timeout=timeout, env=env)
+
+    # ---- control API ------------------------------------------------------
+
+    @property
+    def api_audience(self) -> str:
+        return self.public_url + "/api"
+
+    def api(self, method: str, path: str, token: str | None, body: Any = None) -> httpx.Response:
+        h = {"Authorization": f"Bearer {token}"} if token else {}
+        return self._http.request(method, self.public_url + path, json=body, headers=h)
+
+    def operator_cli(self, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """Runs an operator command (`mandate revoke …`) against this gateway."""
+        env = dict(os.environ, MANDATE_OPERATOR_TOKEN=token, MANDATE_SERVER=self.public_url)
+        return run_mandate(*args, env=env)
 
 
-def run_mandate(*args: str, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_mandate(*args: str, timeout: float = 120, cwd: Path | None = None,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(mandate_bin()), *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd, stdin=subprocess.DEVNULL)
+                          cwd=cwd, stdin=subprocess.DEVNULL, env=env)
 
 
 def initialize_request(rid: int = 1) -> dict[str, Any]:

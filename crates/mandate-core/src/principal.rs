@@ -86,6 +86,38 @@ impl Scope {
         self.0.contains(tool) || self.0.contains(&format!("{upstream}.*"))
     }
 
+    /// Whether this scope covers every call `pattern` (an entry of another
+    /// scope) could cover: `a.*` covers `a.*` and `a.x`; `a.x` covers `a.x`.
+    fn covers_pattern(&self, pattern: &str) -> bool {
+        if self.0.contains(pattern) {
+            return true;
+        }
+        match pattern.split_once('.') {
+            Some((upstream, name)) if !upstream.is_empty() && !name.is_empty() => {
+                self.0.contains(&format!("{upstream}.*"))
+            }
+            _ => false,
+        }
+    }
+
+    /// The scope covering exactly the calls both scopes cover (used to
+    /// narrow a token's scope to an agent's ceiling: never wider than
+    /// either side).
+    pub fn intersect(&self, other: &Scope) -> Scope {
+        let mut out = BTreeSet::new();
+        for entry in &self.0 {
+            if other.covers_pattern(entry) {
+                out.insert(entry.clone());
+            }
+        }
+        for entry in &other.0 {
+            if self.covers_pattern(entry) {
+                out.insert(entry.clone());
+            }
+        }
+        Scope(out)
+    }
+
     /// The entries, sorted.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(String::as_str)
@@ -123,6 +155,31 @@ mod tests {
         let c = principal("auth0|x", &["a"], None);
         let d = principal("auth0", &["x|a"], None);
         assert_ne!(c.session_key(), d.session_key());
+    }
+
+    #[test]
+    fn intersection_is_never_wider_than_either_side() {
+        let token = Scope::parse("docs.* bank.get_balance bank.transfer openid");
+        let ceiling = Scope::parse("docs.search bank.* mail.send");
+        let both = token.intersect(&ceiling);
+        assert_eq!(
+            both.to_oauth_string(),
+            "bank.get_balance bank.transfer docs.search"
+        );
+        for tool in [
+            "docs.search",
+            "docs.send",
+            "bank.transfer",
+            "bank.close",
+            "mail.send",
+        ] {
+            assert_eq!(
+                both.covers(tool),
+                token.covers(tool) && ceiling.covers(tool),
+                "{tool}"
+            );
+        }
+        assert_eq!(token.intersect(&Scope::default()), Scope::default());
     }
 
     #[test]

@@ -12,6 +12,9 @@ pub enum RecordKind {
     Decision,
     /// What happened after an allowed call: the upstream's result or error.
     Outcome,
+    /// An operator action on the control plane (revoke, lift, propose,
+    /// review, activate), allowed or refused.
+    Control,
 }
 
 impl RecordKind {
@@ -20,6 +23,7 @@ impl RecordKind {
         match self {
             Self::Decision => "decision",
             Self::Outcome => "outcome",
+            Self::Control => "control",
         }
     }
 }
@@ -97,6 +101,36 @@ impl AuditRecord {
             args_hash: args_hash.into(),
             outcome: None,
             detail: None,
+        }
+    }
+
+    /// The record of an operator action (`action` e.g. `control/revoke`),
+    /// stamped now. `detail` (the request, or what it produced) is stored
+    /// as JSON, and its canonical hash as the argument hash.
+    pub fn control(
+        decision: Decision,
+        operator: Subject,
+        action: impl Into<String>,
+        detail: &serde_json::Value,
+    ) -> Self {
+        let args_hash = match detail {
+            serde_json::Value::Object(map) => canonical_args_hash(map),
+            other => {
+                let mut out = String::new();
+                write_canonical(other, &mut out);
+                hex::encode(Sha256::digest(out.as_bytes()))
+            }
+        };
+        Self {
+            kind: RecordKind::Control,
+            time_ms: Self::now_ms(),
+            decision,
+            correlation_id: CorrelationId::new(),
+            subject: operator,
+            tool: action.into(),
+            args_hash,
+            outcome: None,
+            detail: Some(detail.to_string()),
         }
     }
 

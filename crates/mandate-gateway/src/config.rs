@@ -64,6 +64,49 @@ impl UpstreamConfig {
     }
 }
 
+/// What an operator may do on the control API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Kill switches (revoke, lift) and the change gate (propose, review,
+    /// activate).
+    Admin,
+    /// Decides held tool calls (human approval).
+    Approver,
+}
+
+impl Role {
+    /// Configured and displayed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Approver => "approver",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "admin" => Ok(Self::Admin),
+            "approver" => Ok(Self::Approver),
+            _ => Err(format!("unknown role {s:?} (admin, approver)")),
+        }
+    }
+}
+
+/// A person allowed to use the control API, identified by a token from a
+/// configured issuer (never an agent token: one with `act` is refused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorConfig {
+    /// The token's `sub`.
+    pub sub: String,
+    /// The token's `iss`; `None` = any configured issuer.
+    pub issuer: Option<String>,
+    /// What they may do.
+    pub roles: std::collections::BTreeSet<Role>,
+}
+
 /// Gateway settings.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -81,4 +124,16 @@ pub struct GatewayConfig {
     pub allowed_hosts: Vec<String>,
     /// Allowed browser `Origin`s (empty = reject any request that has one).
     pub allowed_origins: Vec<String>,
+    /// Operators of the control API (`/api`).
+    pub operators: Vec<OperatorConfig>,
+    /// Whether policy-set changes must pass the two-person change gate
+    /// (policies then load from the control store, not the directory).
+    pub change_gate: bool,
+}
+
+impl GatewayConfig {
+    /// The audience operator tokens must carry: `<public_url>/api`.
+    pub fn operator_audience(&self) -> String {
+        format!("{}/api", self.public_url)
+    }
 }

@@ -33,6 +33,8 @@ pub enum DenyCategory {
     UpstreamUnavailable,
     /// The token expired.
     TokenExpired,
+    /// A kill switch covers the user, agent, build, task, session or token.
+    Revoked,
 }
 
 impl DenyCategory {
@@ -47,6 +49,7 @@ impl DenyCategory {
             Self::AuditUnavailable => "audit_unavailable",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::TokenExpired => "token_expired",
+            Self::Revoked => "revoked",
         }
     }
 
@@ -60,6 +63,7 @@ impl DenyCategory {
             Self::AuditUnavailable => "the audit store is unavailable".into(),
             Self::UpstreamUnavailable => "the tool's server is unavailable".into(),
             Self::TokenExpired => "the token has expired".into(),
+            Self::Revoked => "access was revoked by an operator".into(),
         }
     }
 }

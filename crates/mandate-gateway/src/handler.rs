@@ -55,8 +55,7 @@ impl GatewayHandler {
                 .ok_or_else(|| ErrorData::invalid_request("unauthenticated request", None)),
             PrincipalSource::Token(token) => self
                 .gw
-                .authn()
-                .verify(token)
+                .authenticate(token)
                 .await
                 .map(Arc::new)
                 .map_err(|e| {

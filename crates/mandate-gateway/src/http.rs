@@ -72,6 +72,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         Arc::new(LocalSessionManager::default()),
         mcp_cfg,
     );
+    let api_gw = gw.clone();
     let state = AppState {
         gw,
         mcp,
@@ -90,6 +91,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(state)
+        .merge(crate::control::routes(api_gw))
 }
 
 fn metadata_url(gw: &Gateway) -> String {
@@ -300,7 +302,7 @@ async fn authenticate(gw: &Gateway, headers: &http::HeaderMap) -> Result<Arc<Pri
             Some(challenge(gw, None, None)),
         ));
     };
-    match gw.authn().verify(token.trim()).await {
+    match gw.authenticate(token.trim()).await {
         Ok(p) => Ok(Arc::new(p)),
         Err(e) => {
             gw.metrics().auth_failures.inc();

@@ -11,6 +11,7 @@
 //! per-call enforcement steps), [`upstream`] (the MCP client side).
 
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod handler;
 pub mod http;
@@ -18,13 +19,14 @@ mod metrics;
 mod pipeline;
 pub mod upstream;
 
-pub use config::{GatewayConfig, Isolation, Transport, UpstreamConfig};
+pub use config::{GatewayConfig, Isolation, OperatorConfig, Role, Transport, UpstreamConfig};
 pub use metrics::Metrics;
 pub use pipeline::{Incoming, META_CORRELATION, META_DECISION};
 
 use dashmap::DashMap;
 use mandate_audit::AuditLog;
-use mandate_authn::Authenticator;
+use mandate_authn::{Authenticator, AuthnError};
+use mandate_control::ControlStore;
 use mandate_core::{Principal, ToolName};
 use mandate_policy::{DecisionRequest, PolicyEngine, SessionFacts};
 use pipeline::Resolved;
@@ -42,16 +44,47 @@ pub(crate) struct SessionState {
     /// Latest expiry of any token seen for the session.
     pub(crate) exp: u64,
     pub(crate) taint: BTreeSet<String>,
+    /// Permitted calls per exposed tool name.
+    pub(crate) per_tool: std::collections::HashMap<String, u64>,
+    /// Unix seconds of the permitted calls of the last minute (bounded).
+    pub(crate) recent: std::collections::VecDeque<i64>,
+}
+
+/// Per-task usage (keyed by issuer, user and task id), for task budgets.
+#[derive(Debug, Default)]
+pub(crate) struct TaskState {
+    pub(crate) calls: u64,
+    /// Sum of the `amount` argument of permitted `financial` calls.
+    pub(crate) amount: i64,
+    /// Latest expiry of any token seen for the task.
+    pub(crate) exp: u64,
+}
+
+/// The planes a gateway enforces with.
+pub struct Planes {
+    /// Verifies agents' (composite) tokens for `/mcp`.
+    pub authn: Arc<Authenticator>,
+    /// Verifies operators' tokens for `/api` (audience `<public_url>/api`).
+    pub operator_authn: Arc<Authenticator>,
+    /// The policy decision point.
+    pub policy: Arc<PolicyEngine>,
+    /// The audit log.
+    pub audit: AuditLog,
+    /// Kill switches and the change gate.
+    pub control: Arc<ControlStore>,
 }
 
 /// The gateway: configuration plus the planes it enforces with.
 pub struct Gateway {
     cfg: GatewayConfig,
     authn: Arc<Authenticator>,
+    operator_authn: Arc<Authenticator>,
     policy: Arc<PolicyEngine>,
     audit: AuditLog,
+    control: Arc<ControlStore>,
     upstreams: BTreeMap<String, Arc<Upstream>>,
     sessions: DashMap<String, SessionState>,
+    tasks: DashMap<String, TaskState>,
     validators: DashMap<String, (Arc<rmcp::model::JsonObject>, Arc<jsonschema::Validator>)>,
     peers: Mutex<Vec<Peer<RoleServer>>>,
     metrics: Arc<Metrics>,
@@ -59,12 +92,14 @@ pub struct Gateway {
 
 impl Gateway {
     /// Builds a gateway. Upstreams connect lazily, on first use.
-    pub fn new(
-        cfg: GatewayConfig,
-        authn: Arc<Authenticator>,
-        policy: Arc<PolicyEngine>,
-        audit: AuditLog,
-    ) -> Arc<Self> {
+    pub fn new(cfg: GatewayConfig, planes: Planes) -> Arc<Self> {
+        let Planes {
+            authn,
+            operator_authn,
+            policy,
+            audit,
+            control,
+        } = planes;
         let events = Arc::new(Events::default());
         let upstreams = cfg
             .upstreams
@@ -79,10 +114,13 @@ impl Gateway {
         let gw = Arc::new(Self {
             cfg,
             authn,
+            operator_authn,
             policy,
             audit,
+            control,
             upstreams,
             sessions: DashMap::new(),
+            tasks: DashMap::new(),
             validators: DashMap::new(),
             peers: Mutex::new(Vec::new()),
             metrics: Arc::new(Metrics::default()),
@@ -104,6 +142,29 @@ impl Gateway {
     /// The token verifier.
     pub fn authn(&self) -> &Authenticator {
         &self.authn
+    }
+
+    /// The operator token verifier (control API).
+    pub fn operator_authn(&self) -> &Authenticator {
+        &self.operator_authn
+    }
+
+    /// Kill switches and the change gate.
+    pub fn control(&self) -> &Arc<ControlStore> {
+        &self.control
+    }
+
+    /// Verifies an agent's bearer token and narrows its scope to the
+    /// agent's scope ceiling, if one is in force (a token can never carry
+    /// more than the ceiling the change gate approved).
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthnError> {
+        let mut principal = self.authn.verify(token).await?;
+        if self.control.has_ceilings()
+            && let Some(ceiling) = principal.agent().and_then(|a| self.control.ceiling(a))
+        {
+            principal.scope = principal.scope.intersect(&ceiling);
+        }
+        Ok(principal)
     }
 
     /// The policy engine.
@@ -216,6 +277,9 @@ impl Gateway {
     /// refused by policy for this subject (evaluated without arguments;
     /// argument-dependent rules apply at call time).
     pub async fn list_tools(&self, principal: &Principal) -> Vec<Tool> {
+        if self.control.check(principal).is_some() {
+            return Vec::new();
+        }
         let facts = SessionFacts::default();
         let now = pipeline::now_unix();
         let mut out = Vec::new();

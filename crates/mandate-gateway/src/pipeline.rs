@@ -1,7 +1,7 @@
 //! The policy enforcement point: one readable pipeline per `tools/call`.
 //!
 //! ```text
-//! Principal ─► resolve tool ─► expiry, class, scope, argument schema
+//! Principal ─► resolve tool ─► expiry, revocation, class, scope, argument schema
 //!   ─► decide (PDP) ─► hold? ─► record decision (durable) ─► Permitted
 //!   ─► forward ─► redact ─► record outcome
 //! ```
@@ -115,6 +115,17 @@ impl crate::Gateway {
                 Decision::deny("token expired", hash()),
                 DenyCategory::TokenExpired,
             ))
+        } else if let Some(r) = self.control.check(&principal) {
+            Some((
+                Decision::deny(
+                    format!(
+                        "{} {} was revoked by {} (revocation {}): {}",
+                        r.kind, r.value, r.revoked_by, r.id, r.reason
+                    ),
+                    hash(),
+                ),
+                DenyCategory::Revoked,
+            ))
         } else if class.is_none() {
             Some((
                 Decision::deny(
@@ -148,18 +159,15 @@ impl crate::Gateway {
         };
 
         // 3. Decide (the policy engine), unless a check above already denied.
+        //    Deciding and counting the call against its session's and task's
+        //    budgets happen under the session's lock, so concurrent calls of
+        //    one session cannot all see the last unit of a budget.
         let (mut decision, mut category) = match precheck {
             Some(denied) => denied,
-            None => {
-                let facts = self.session_facts(&principal);
-                let d = self.policy.decide(&DecisionRequest {
-                    principal: &principal,
-                    call: &call,
-                    session: &facts,
-                    now_unix: now,
-                });
-                (d, DenyCategory::NotPermitted)
-            }
+            None => (
+                self.decide_and_count(&principal, &call, now),
+                DenyCategory::NotPermitted,
+            ),
         };
 
         // 4. Hold for a human. Approvals are not wired in this build, so an
@@ -205,7 +213,6 @@ impl crate::Gateway {
         if !decision.is_allow() {
             return Err(denial_error(&exposed, &decision, &correlation, &category));
         }
-        self.note_call(&principal);
         let permitted = Permitted {
             call,
             decision,
@@ -299,31 +306,87 @@ impl crate::Gateway {
         CallToolResponse::Complete(result)
     }
 
-    fn session_facts(&self, principal: &Principal) -> SessionFacts {
-        let mut facts = SessionFacts::default();
-        if let Some(s) = self.sessions.get(&principal.session_key()) {
-            facts.calls_in_session = s.calls;
-            facts.taint = s.taint.clone();
+    /// Decides `call` and, if it may proceed without a human, counts it in
+    /// its session's and task's usage (which later decisions see). Holding
+    /// the session's entry while deciding serialises the calls of one
+    /// session; the task entry is always taken after it (no lock cycles).
+    fn decide_and_count(&self, principal: &Principal, call: &ToolCall, now: i64) -> Decision {
+        let exp = principal.exp;
+        let mut session = self.sessions.entry(principal.session_key()).or_default();
+        let task_key = task_key(principal);
+        let mut task = task_key.map(|k| self.tasks.entry(k).or_default());
+        let exposed = call.name.to_string();
+        session.exp = session.exp.max(exp);
+        if let Some(task) = task.as_mut() {
+            task.exp = task.exp.max(exp);
         }
-        facts
+
+        let minute_ago = now.saturating_sub(60);
+        while session.recent.front().is_some_and(|t| *t <= minute_ago) {
+            session.recent.pop_front();
+        }
+        let facts = SessionFacts {
+            taint: session.taint.clone(),
+            calls_in_session: session.calls,
+            // PENDING-POLICY-API calls_in_task: task.as_ref().map_or(0, |t| t.calls),
+            // PENDING-POLICY-API tool_calls_in_session: session.per_tool.get(&exposed).copied().unwrap_or(0),
+            // PENDING-POLICY-API calls_last_minute: session.recent.len() as u64,
+            // PENDING-POLICY-API amount_in_task: task.as_ref().map_or(0, |t| t.amount),
+            // PENDING-POLICY-API approved: false,
+        };
+        let decision = self.policy.decide(&DecisionRequest {
+            principal,
+            call,
+            session: &facts,
+            now_unix: now,
+        });
+        if decision.is_allow() && !decision.requires_approval() {
+            session.calls = session.calls.saturating_add(1);
+            *session.per_tool.entry(exposed).or_default() += 1;
+            if session.recent.len() >= RECENT_CAP {
+                session.recent.pop_front();
+            }
+            session.recent.push_back(now);
+            if let Some(task) = task.as_mut() {
+                task.calls = task.calls.saturating_add(1);
+                if call.class == mandate_core::ToolClass::Financial
+                    && let Some(amount) =
+                        call.args.get("amount").and_then(serde_json::Value::as_i64)
+                {
+                    task.amount = task.amount.saturating_add(amount.max(0));
+                }
+            }
+        }
+        drop(task);
+        drop(session);
+        self.prune_usage();
+        decision
     }
 
-    fn note_call(&self, principal: &Principal) {
-        {
-            let mut s = self.sessions.entry(principal.session_key()).or_default();
-            s.calls = s.calls.saturating_add(1);
-            s.exp = s.exp.max(principal.exp);
+    /// Usage outlives its session or task only until every token of it
+    /// has expired; pruned now and then.
+    fn prune_usage(&self) {
+        if !self.sessions.len().is_multiple_of(1024) && !self.tasks.len().is_multiple_of(1024) {
+            return;
         }
-        // State outlives its session only until every token of the session
-        // has expired; prune opportunistically.
-        if self.sessions.len().is_multiple_of(1024) {
-            let cutoff = now_unix()
-                .cast_unsigned()
-                .saturating_sub(SESSION_GRACE_SECS);
-            self.sessions.retain(|_, s| s.exp > cutoff);
-        }
+        let cutoff = now_unix()
+            .cast_unsigned()
+            .saturating_sub(SESSION_GRACE_SECS);
+        self.sessions.retain(|_, s| s.exp > cutoff);
+        self.tasks.retain(|_, t| t.exp > cutoff);
     }
 }
+
+/// The usage key of a principal's task: issuer, user and task id (two
+/// users' tasks with the same id never share a budget). `None` without a task.
+fn task_key(p: &Principal) -> Option<String> {
+    p.task_id
+        .as_ref()
+        .map(|t| serde_json::json!([p.iss, p.sub, t]).to_string())
+}
+
+/// Most call times kept per session for `calls_last_minute`.
+const RECENT_CAP: usize = 10_000;
 
 /// The result of looking up an exposed tool name.
 pub(crate) enum Resolved {
@@ -341,7 +404,7 @@ pub(crate) enum Resolved {
 
 /// A decision record not durable within this time counts as a failed write
 /// (a stuck disk must not hold calls forever; they are denied instead).
-const AUDIT_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const AUDIT_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long per-session state is kept after the session's last token expired.
 pub(crate) const SESSION_GRACE_SECS: u64 = 120;

@@ -263,7 +263,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             iss: "mandate-dev".into(),
             aud: resource.clone(),
             sub: "bench@example.com".into(),
-            act: "bench-agent".into(),
+            act: Some("bench-agent".into()),
             scope: "docs.*".into(),
             task: Some("bench".into()),
             build: None,

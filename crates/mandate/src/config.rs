@@ -7,7 +7,7 @@
 use anyhow::{Context, Result, anyhow, bail};
 use mandate_authn::{AuthnConfig, IssuerConfig, JwksSource};
 use mandate_core::ToolClass;
-use mandate_gateway::{GatewayConfig, Isolation, Transport, UpstreamConfig};
+use mandate_gateway::{GatewayConfig, Isolation, OperatorConfig, Role, Transport, UpstreamConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,6 +30,10 @@ pub mod env {
     pub const LOG: &str = "MANDATE_LOG";
     /// `json` for JSON logs.
     pub const LOG_FORMAT: &str = "MANDATE_LOG_FORMAT";
+    /// Base URL of a running gateway, for operator commands.
+    pub const SERVER: &str = "MANDATE_SERVER";
+    /// An operator's bearer token, for operator commands.
+    pub const OPERATOR_TOKEN: &str = "MANDATE_OPERATOR_TOKEN";
 }
 
 #[derive(Debug, Deserialize)]
@@ -42,6 +46,16 @@ struct FileConfig {
     policy: PolicySection,
     #[serde(default)]
     upstreams: BTreeMap<String, UpstreamSection>,
+    #[serde(default)]
+    operators: Vec<OperatorSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OperatorSection {
+    sub: String,
+    issuer: Option<String>,
+    roles: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,12 +130,27 @@ struct IssuerSection {
 struct PolicySection {
     #[serde(default = "default_policy_dir")]
     dir: String,
+    #[serde(default)]
+    change_gate: bool,
+    #[serde(default)]
+    groups: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    builds: BTreeMap<String, BuildSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuildSection {
+    name: String,
 }
 
 impl Default for PolicySection {
     fn default() -> Self {
         Self {
             dir: default_policy_dir(),
+            change_gate: false,
+            groups: BTreeMap::new(),
+            builds: BTreeMap::new(),
         }
     }
 }
@@ -167,6 +196,10 @@ pub struct Config {
     pub authn: AuthnConfig,
     /// Gateway.
     pub gateway: GatewayConfig,
+    /// Groups of users (group → user `sub`s), for the policy directory.
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// Registered agent builds (build hash → name).
+    pub builds: BTreeMap<String, String>,
 }
 
 /// Command-line overrides, applied after the environment.
@@ -350,6 +383,34 @@ impl Config {
             }
         };
 
+        let mut operators = Vec::new();
+        for (i, o) in file.operators.iter().enumerate() {
+            if o.sub.trim().is_empty() {
+                bail!("operators[{i}].sub must not be empty");
+            }
+            if let Some(iss) = &o.issuer
+                && !file.auth.issuers.iter().any(|i| &i.issuer == iss)
+            {
+                bail!("operators[{i}].issuer {iss:?} is not one of auth.issuers");
+            }
+            let roles = o
+                .roles
+                .iter()
+                .map(|r| {
+                    r.parse::<Role>()
+                        .map_err(|e| anyhow!("operators[{i}].roles: {e}"))
+                })
+                .collect::<Result<std::collections::BTreeSet<_>>>()?;
+            if roles.is_empty() {
+                bail!("operators[{i}].roles must name at least one role");
+            }
+            operators.push(OperatorConfig {
+                sub: o.sub.clone(),
+                issuer: o.issuer.clone(),
+                roles,
+            });
+        }
+
         let gateway = GatewayConfig {
             public_url: public_url.clone(),
             resource,
@@ -358,6 +419,8 @@ impl Config {
             max_body_bytes: file.server.max_body_bytes,
             allowed_hosts,
             allowed_origins: file.server.allowed_origins.clone(),
+            operators,
+            change_gate: file.policy.change_gate,
         };
         let policy_dir = PathBuf::from(subst(&file.policy.dir));
         Ok(Self {
@@ -366,7 +429,34 @@ impl Config {
             policy_dir,
             authn,
             gateway,
+            groups: file.policy.groups,
+            builds: file
+                .policy
+                .builds
+                .into_iter()
+                .map(|(hash, b)| (hash, b.name))
+                .collect(),
         })
+    }
+
+    /// Path of the control store (kill switches, change gate).
+    pub fn control_path(&self) -> PathBuf {
+        self.data_dir.join("control.sqlite")
+    }
+
+    /// Where the active policy set lives when the change gate is on.
+    pub fn gated_policy_dir(&self) -> PathBuf {
+        self.data_dir.join("policy-active")
+    }
+
+    /// Token verification for operators: same issuers and algorithms, the
+    /// control API's audience, and no agent required.
+    pub fn operator_authn(&self) -> AuthnConfig {
+        AuthnConfig {
+            audience: self.gateway.operator_audience(),
+            require_actor: false,
+            ..self.authn.clone()
+        }
     }
 
     /// Path of the embedded audit log.

@@ -109,7 +109,7 @@ pub async fn run(data_dir: PathBuf) -> Result<ExitCode> {
             iss: "mandate-dev".into(),
             aud: cfg.gateway.resource.clone(),
             sub: sub.into(),
-            act: act.into(),
+            act: Some(act.into()),
             scope: scope.into(),
             task: Some("task-q3-review".into()),
             build: Some("demo-build".into()),

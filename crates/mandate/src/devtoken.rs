@@ -20,11 +20,12 @@ pub struct MintArgs {
     /// The delegating user.
     #[arg(long)]
     pub sub: String,
-    /// The acting agent.
+    /// The acting agent. Omit it for an operator token (control API,
+    /// audience `<public_url>/api`).
     #[arg(long)]
-    pub act: String,
+    pub act: Option<String>,
     /// Space-separated scope (`upstream.tool` or `upstream.*`).
-    #[arg(long)]
+    #[arg(long, default_value = "")]
     pub scope: String,
     /// Task id.
     #[arg(long)]
@@ -78,7 +79,6 @@ pub fn claims(args: &MintArgs, now: i64) -> serde_json::Value {
         "iss": args.iss,
         "aud": args.aud,
         "sub": args.sub,
-        "act": {"sub": args.act},
         "scope": args.scope,
         "sid": args.sid.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         "jti": uuid::Uuid::new_v4().to_string(),
@@ -87,6 +87,9 @@ pub fn claims(args: &MintArgs, now: i64) -> serde_json::Value {
         "exp": now + args.ttl,
     });
     if let Some(obj) = c.as_object_mut() {
+        if let Some(a) = &args.act {
+            obj.insert("act".into(), serde_json::json!({ "sub": a }));
+        }
         if let Some(t) = &args.task {
             obj.insert("task_id".into(), t.clone().into());
         }

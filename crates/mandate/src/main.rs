@@ -5,6 +5,7 @@ mod config;
 mod demo;
 mod demo_server;
 mod devtoken;
+mod ops;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -86,6 +87,32 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Kill switch: revoke a user, agent, build, task, session or token now.
+    Revoke {
+        /// user | agent | build | task | session | token
+        kind: String,
+        /// The user `sub`, agent, build hash, task id, session id or token `jti`.
+        value: String,
+        /// Why (recorded, and shown to the denied agent's operator).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        api: ops::ApiArgs,
+    },
+    /// List or lift kill switches.
+    Revocations {
+        #[command(subcommand)]
+        command: ops::RevocationsCommand,
+        #[command(flatten)]
+        api: ops::ApiArgs,
+    },
+    /// The two-person change gate: propose, approve, activate.
+    Change {
+        #[command(subcommand)]
+        command: ops::ChangeCommand,
+        #[command(flatten)]
+        api: ops::ApiArgs,
     },
     /// End-to-end load benchmark: gateway vs direct upstream, as ratios.
     Bench(bench::BenchArgs),
@@ -312,6 +339,14 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Token {
             command: TokenCommand::Mint(args),
         } => println!("{}", devtoken::mint(&args)?),
+        Command::Revoke {
+            kind,
+            value,
+            reason,
+            api,
+        } => ops::revoke(&api, &kind, &value, reason).await?,
+        Command::Revocations { command, api } => ops::revocations(&api, command).await?,
+        Command::Change { command, api } => ops::change(&api, command).await?,
         Command::Bench(args) => bench::run(args).await?,
         Command::DemoServer {
             profile,
@@ -342,16 +377,131 @@ async fn build_gateway(cfg: &Config) -> Result<Arc<Gateway>> {
     let authn = Authenticator::new(cfg.authn.clone())
         .await
         .map_err(|e| anyhow::anyhow!("token issuers: {e}"))?;
-    let policy = PolicyEngine::load_dir(&cfg.policy_dir)
-        .map_err(|e| anyhow::anyhow!("policies in {}: {e}", cfg.policy_dir.display()))?;
+    let operator_authn = Authenticator::new(cfg.operator_authn())
+        .await
+        .map_err(|e| anyhow::anyhow!("token issuers (operators): {e}"))?;
     let audit = AuditLog::open_sqlite(&cfg.audit_path())
         .map_err(|e| anyhow::anyhow!("audit log {}: {e}", cfg.audit_path().display()))?;
+    let control = mandate_control::ControlStore::open(&cfg.control_path())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.control_path().display()))?;
+    let policy_dir = if cfg.gateway.change_gate {
+        gated_policy_dir(cfg, &control, &audit).await?
+    } else {
+        cfg.policy_dir.clone()
+    };
+    let policy = PolicyEngine::load_dir(&policy_dir)
+        .map_err(|e| anyhow::anyhow!("policies in {}: {e}", policy_dir.display()))?;
+    // PENDING-POLICY-API policy.set_directory(directory(cfg));
     Ok(Gateway::new(
         cfg.gateway.clone(),
-        Arc::new(authn),
-        Arc::new(policy),
-        audit,
+        mandate_gateway::Planes {
+            authn: Arc::new(authn),
+            operator_authn: Arc::new(operator_authn),
+            policy: Arc::new(policy),
+            audit,
+            control: Arc::new(control),
+        },
     ))
+}
+
+// PENDING-FN #[allow(dead_code)] // PENDING-POLICY-API
+// PENDING-FN /// The policy directory of users' groups and registered builds, from config.
+// PENDING-FN fn directory(cfg: &Config) -> mandate_policy::Directory {
+// PENDING-FN     let mut dir = mandate_policy::Directory::default(); // PENDING-POLICY-API
+// PENDING-FN     for (group, users) in &cfg.groups {
+// PENDING-FN         for user in users {
+// PENDING-FN             dir.groups
+// PENDING-FN                 .entry(user.clone())
+// PENDING-FN                 .or_default()
+// PENDING-FN                 .insert(group.clone());
+// PENDING-FN         }
+// PENDING-FN     }
+// PENDING-FN     for (hash, name) in &cfg.builds {
+// PENDING-FN         dir.builds.insert(
+// PENDING-FN             hash.clone(),
+// PENDING-FN             mandate_policy::BuildInfo { name: name.clone() },
+// PENDING-FN         );
+// PENDING-FN     }
+// PENDING-FN     dir
+// PENDING-FN }
+
+/// With the change gate on, the policy set in force is the one the
+/// control store says was activated; it is written out to
+/// `DATA_DIR/policy-active` at every start (the store is the source of
+/// truth; edits to that directory or to `policy.dir` have no effect). The
+/// first start takes `policy.dir` as the initial set, recorded in audit.
+async fn gated_policy_dir(
+    cfg: &Config,
+    control: &mandate_control::ControlStore,
+    audit: &AuditLog,
+) -> Result<PathBuf> {
+    use mandate_control::ChangeKind;
+    let active = control
+        .active_changes(ChangeKind::PolicySet)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let change = match active.into_iter().next() {
+        Some(c) => c,
+        None => {
+            let files = mandate_gateway::control::read_policy_files(&cfg.policy_dir)
+                .with_context(|| format!("reading {}", cfg.policy_dir.display()))?;
+            let hash = PolicyEngine::load_dir(&cfg.policy_dir)
+                .map_err(|e| anyhow::anyhow!("policies in {}: {e}", cfg.policy_dir.display()))?
+                .policy_hash();
+            let summary = format!("initial policy set from {}", cfg.policy_dir.display());
+            let detail =
+                serde_json::json!({"kind": "policy_set", "policy_hash": hash, "summary": summary});
+            let decision = mandate_core::Decision {
+                id: mandate_core::DecisionId::new(),
+                effect: mandate_core::Effect::Allow,
+                policies: vec!["bootstrap".into()],
+                reasons: vec![summary.clone()],
+                obligations: Vec::new(),
+                policy_hash: hash.clone(),
+            };
+            let operator = mandate_core::Subject {
+                sub: "mandate".into(),
+                session: "operator:mandate".into(),
+                ..Default::default()
+            };
+            audit
+                .append(mandate_core::AuditRecord::control(
+                    decision,
+                    operator,
+                    "control/change.bootstrap",
+                    &detail,
+                ))
+                .await
+                .map_err(|e| anyhow::anyhow!("audit log: {e}"))?;
+            control
+                .bootstrap(
+                    ChangeKind::PolicySet,
+                    "",
+                    serde_json::json!({ "files": files }),
+                    &hash,
+                    &summary,
+                    "mandate",
+                )
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .context("the control store already holds a policy set")?
+        }
+    };
+    let files = mandate_gateway::control::policy_files_of(&change)
+        .map_err(|_| anyhow::anyhow!("change {} holds no readable policy files", change.id))?;
+    let dir = cfg.gated_policy_dir();
+    mandate_gateway::control::replace_policy_files(&dir, &files)
+        .with_context(|| format!("writing {}", dir.display()))?;
+    let loaded = PolicyEngine::load_dir(&dir)
+        .map_err(|e| anyhow::anyhow!("the active policy set (change {}): {e}", change.id))?;
+    if loaded.policy_hash() != change.payload_hash {
+        bail!(
+            "the active policy set (change {}) hashes to {}, not the approved {}",
+            change.id,
+            loaded.policy_hash(),
+            change.payload_hash
+        );
+    }
+    tracing::info!(change = %change.id, policy_hash = %change.payload_hash, "change gate on: serving the activated policy set");
+    Ok(dir)
 }
 
 async fn check_config(cfg: &Config) -> Result<()> {
@@ -387,6 +537,10 @@ pub(crate) async fn start_on(
             tracing::error!(error = %e, "server stopped");
         }
     });
+    if cfg.gateway.change_gate {
+        // Policies change only through the gate (see `gated_policy_dir`).
+        return Ok((gw, handle));
+    }
     let reload_gw = gw.clone();
     let dir = cfg.policy_dir.clone();
     tokio::spawn(async move {

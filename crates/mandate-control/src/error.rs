@@ -1,0 +1,32 @@
+//! Errors of the control store.
+
+/// Why a control operation failed. Messages are safe to show operators.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The database could not be opened, read or written.
+    #[error("control store: {0}")]
+    Storage(#[from] rusqlite::Error),
+    /// A stored row could not be decoded.
+    #[error("control store row {id}: {reason}")]
+    Corrupt {
+        /// Row id.
+        id: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// No revocation or change with this id.
+    #[error("{what} {id} not found")]
+    NotFound {
+        /// `revocation` or `change`.
+        what: &'static str,
+        /// The id asked for.
+        id: String,
+    },
+    /// The request is not valid in the object's current state (approving
+    /// one's own change, activating an unapproved change, …).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request itself is malformed (empty value, unknown kind, …).
+    #[error("{0}")]
+    Invalid(String),
+}

@@ -1,0 +1,24 @@
+//! Mandate's control store: the operator-side state that changes what
+//! agents may do while the gateway runs.
+//!
+//! * **Kill switches** ([`Revocation`]): a revoked user, agent, build, task,
+//!   session or token is denied on its very next call. Revocations are
+//!   durable (SQLite, `synchronous=FULL`) and kept in memory as an index
+//!   swapped atomically on every change, so the per-call check is a few
+//!   hash lookups ([`ControlStore::check`]).
+//! * **Two-person change gate** ([`Change`]): persistent changes that widen
+//!   authority (a new policy set, an agent's scope ceiling) are proposed by
+//!   one operator, approved by another, and only then activated.
+//!
+//! The store knows nothing about HTTP or audit: the gateway's control API
+//! authenticates operators, writes the audit record, then calls the store.
+
+mod changes;
+mod error;
+mod revocations;
+mod store;
+
+pub use changes::{Change, ChangeKind, ChangeStatus};
+pub use error::ControlError;
+pub use revocations::{Revocation, RevocationKind};
+pub use store::ControlStore;

@@ -1,0 +1,571 @@
+//! The SQLite-backed control store.
+
+use crate::changes::{Change, ChangeKind, ChangeStatus};
+use crate::error::ControlError;
+use crate::revocations::{Index, Revocation, RevocationKind};
+use arc_swap::ArcSwap;
+use mandate_core::{Principal, Scope};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+const DDL: &str = "
+CREATE TABLE IF NOT EXISTS revocations (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind        TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    revoked_by  TEXT NOT NULL,
+    revoked_ms  INTEGER NOT NULL,
+    lifted_by   TEXT,
+    lifted_ms   INTEGER
+) STRICT;
+CREATE UNIQUE INDEX IF NOT EXISTS revocations_active
+    ON revocations (kind, value) WHERE lifted_ms IS NULL;
+CREATE TABLE IF NOT EXISTS changes (
+    id             TEXT PRIMARY KEY NOT NULL,
+    kind           TEXT NOT NULL,
+    target         TEXT NOT NULL,
+    payload        TEXT NOT NULL,
+    payload_hash   TEXT NOT NULL,
+    summary        TEXT NOT NULL,
+    status         TEXT NOT NULL,
+    proposed_by    TEXT NOT NULL,
+    proposed_ms    INTEGER NOT NULL,
+    reviewed_by    TEXT,
+    reviewed_ms    INTEGER,
+    review_comment TEXT,
+    activated_by   TEXT,
+    activated_ms   INTEGER
+) STRICT;
+CREATE TABLE IF NOT EXISTS active (
+    kind      TEXT NOT NULL,
+    target    TEXT NOT NULL,
+    change_id TEXT NOT NULL REFERENCES changes (id),
+    PRIMARY KEY (kind, target)
+) STRICT;
+";
+
+/// Durable kill switches and change-gate state, with in-memory indexes
+/// for the per-call checks.
+pub struct ControlStore {
+    conn: Mutex<Connection>,
+    revoked: ArcSwap<Index>,
+    ceilings: ArcSwap<BTreeMap<String, Scope>>,
+}
+
+impl std::fmt::Debug for ControlStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlStore")
+            .field("active_revocations", &self.revoked.load().len())
+            .field("ceilings", &self.ceilings.load().len())
+            .finish()
+    }
+}
+
+impl ControlStore {
+    /// Opens (creating if needed) the store at `path` and loads the
+    /// active revocations and ceilings.
+    pub fn open(path: &Path) -> Result<Self, ControlError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(DDL)?;
+        let store = Self {
+            conn: Mutex::new(conn),
+            revoked: ArcSwap::from_pointee(Index::default()),
+            ceilings: ArcSwap::from_pointee(BTreeMap::new()),
+        };
+        store.refresh()?;
+        Ok(store)
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (every
+        // write is one statement or one transaction).
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Re-reads the in-memory indexes from the database.
+    fn refresh(&self) -> Result<(), ControlError> {
+        let active = self.revocations(false)?;
+        self.revoked.store(Arc::new(Index::build(active)));
+        let mut ceilings = BTreeMap::new();
+        for change in self.active_changes(ChangeKind::ScopeCeiling)? {
+            let scope = change
+                .payload
+                .get("scope")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default();
+            ceilings.insert(change.target.clone(), Scope::parse(scope));
+        }
+        self.ceilings.store(Arc::new(ceilings));
+        Ok(())
+    }
+
+    // ----- kill switches -------------------------------------------------
+
+    /// The active revocation covering `p`, if any. In memory: no I/O.
+    pub fn check(&self, p: &Principal) -> Option<Revocation> {
+        self.revoked.load().check(p).cloned()
+    }
+
+    /// Revokes `value` of `kind`. Revoking what is already revoked returns
+    /// the existing revocation unchanged.
+    pub fn revoke(
+        &self,
+        kind: RevocationKind,
+        value: &str,
+        reason: &str,
+        by: &str,
+    ) -> Result<Revocation, ControlError> {
+        let value = value.trim();
+        if value.is_empty() {
+            return Err(ControlError::Invalid(format!(
+                "revoke {kind}: the value must not be empty"
+            )));
+        }
+        let conn = self.conn();
+        if let Some(existing) = conn
+            .query_row(
+                "SELECT * FROM revocations WHERE kind = ?1 AND value = ?2 AND lifted_ms IS NULL",
+                params![kind.as_str(), value],
+                revocation_row,
+            )
+            .optional()?
+        {
+            return existing;
+        }
+        conn.execute(
+            "INSERT INTO revocations (kind, value, reason, revoked_by, revoked_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![kind.as_str(), value, reason, by, now_ms()],
+        )?;
+        let id = conn.last_insert_rowid();
+        let r = get_revocation(&conn, id)?;
+        drop(conn);
+        self.refresh()?;
+        Ok(r)
+    }
+
+    /// Lifts revocation `id`.
+    pub fn lift(&self, id: i64, by: &str) -> Result<Revocation, ControlError> {
+        let conn = self.conn();
+        let current = get_revocation(&conn, id)?;
+        if !current.is_active() {
+            return Err(ControlError::Conflict(format!(
+                "revocation {id} was already lifted"
+            )));
+        }
+        conn.execute(
+            "UPDATE revocations SET lifted_by = ?1, lifted_ms = ?2 WHERE id = ?3",
+            params![by, now_ms(), id],
+        )?;
+        let r = get_revocation(&conn, id)?;
+        drop(conn);
+        self.refresh()?;
+        Ok(r)
+    }
+
+    /// One revocation.
+    pub fn revocation(&self, id: i64) -> Result<Revocation, ControlError> {
+        get_revocation(&self.conn(), id)
+    }
+
+    /// Revocations, newest first; lifted ones only if `include_lifted`.
+    pub fn revocations(&self, include_lifted: bool) -> Result<Vec<Revocation>, ControlError> {
+        let conn = self.conn();
+        let sql = if include_lifted {
+            "SELECT * FROM revocations ORDER BY id DESC"
+        } else {
+            "SELECT * FROM revocations WHERE lifted_ms IS NULL ORDER BY id DESC"
+        };
+        let mut stmt = conn.prepare(sql)?;
+        let rows = stmt.query_map([], revocation_row)?;
+        rows.map(|r| r.map_err(ControlError::from)?).collect()
+    }
+
+    // ----- change gate -------------------------------------------------------
+
+    /// The scope ceiling in force for `agent`, if any.
+    pub fn ceiling(&self, agent: &str) -> Option<Scope> {
+        self.ceilings.load().get(agent).cloned()
+    }
+
+    /// Whether any agent has a ceiling (lets callers skip the lookup).
+    pub fn has_ceilings(&self) -> bool {
+        !self.ceilings.load().is_empty()
+    }
+
+    /// Records a proposal. Validation of the payload (policy set compiles,
+    /// scope parses) is the caller's job.
+    pub fn propose(
+        &self,
+        kind: ChangeKind,
+        target: &str,
+        payload: serde_json::Value,
+        payload_hash: &str,
+        summary: &str,
+        by: &str,
+    ) -> Result<Change, ControlError> {
+        let id = format!("chg-{}", uuid::Uuid::now_v7());
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO changes (id, kind, target, payload, payload_hash, summary, status, proposed_by, proposed_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'proposed', ?7, ?8)",
+            params![
+                id,
+                kind.as_str(),
+                target,
+                payload.to_string(),
+                payload_hash,
+                summary,
+                by,
+                now_ms()
+            ],
+        )?;
+        get_change(&conn, &id)
+    }
+
+    /// Approves (or, with `approve = false`, rejects) a proposal. The
+    /// reviewer must not be the proposer: that is the point of the gate.
+    pub fn review(
+        &self,
+        id: &str,
+        approve: bool,
+        by: &str,
+        comment: Option<&str>,
+    ) -> Result<Change, ControlError> {
+        let conn = self.conn();
+        let change = get_change(&conn, id)?;
+        if change.status != ChangeStatus::Proposed {
+            return Err(ControlError::Conflict(format!(
+                "change {id} is {}, not proposed",
+                change.status.as_str()
+            )));
+        }
+        if change.proposed_by == by {
+            return Err(ControlError::Conflict(format!(
+                "change {id} was proposed by {by}: a different operator must review it (two-person rule)"
+            )));
+        }
+        let status = if approve {
+            ChangeStatus::Approved
+        } else {
+            ChangeStatus::Rejected
+        };
+        conn.execute(
+            "UPDATE changes SET status = ?1, reviewed_by = ?2, reviewed_ms = ?3, review_comment = ?4
+             WHERE id = ?5 AND status = 'proposed'",
+            params![status.as_str(), by, now_ms(), comment, id],
+        )?;
+        get_change(&conn, id)
+    }
+
+    /// Puts an approved change in force. For a policy set, the caller
+    /// must have installed and loaded the files first (and checked their
+    /// hash equals [`Change::payload_hash`]); this records it as active.
+    pub fn activate(&self, id: &str, by: &str) -> Result<Change, ControlError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let change = get_change(&tx, id)?;
+        if change.status != ChangeStatus::Approved {
+            return Err(ControlError::Conflict(format!(
+                "change {id} is {}: only an approved change can be activated",
+                change.status.as_str()
+            )));
+        }
+        tx.execute(
+            "UPDATE changes SET status = 'activated', activated_by = ?1, activated_ms = ?2 WHERE id = ?3",
+            params![by, now_ms(), id],
+        )?;
+        tx.execute(
+            "INSERT INTO active (kind, target, change_id) VALUES (?1, ?2, ?3)
+             ON CONFLICT (kind, target) DO UPDATE SET change_id = excluded.change_id",
+            params![change.kind.as_str(), change.target, id],
+        )?;
+        let out = get_change(&tx, id)?;
+        tx.commit()?;
+        drop(conn);
+        self.refresh()?;
+        Ok(out)
+    }
+
+    /// Records `payload` as the change in force for (`kind`, `target`)
+    /// without review, only when nothing is in force for it yet: the
+    /// first policy set of a new installation comes from its config.
+    /// Returns `None` (and changes nothing) if something is already in force.
+    pub fn bootstrap(
+        &self,
+        kind: ChangeKind,
+        target: &str,
+        payload: serde_json::Value,
+        payload_hash: &str,
+        summary: &str,
+        by: &str,
+    ) -> Result<Option<Change>, ControlError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let exists: Option<String> = tx
+            .query_row(
+                "SELECT change_id FROM active WHERE kind = ?1 AND target = ?2",
+                params![kind.as_str(), target],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if exists.is_some() {
+            return Ok(None);
+        }
+        let id = format!("chg-{}", uuid::Uuid::now_v7());
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO changes (id, kind, target, payload, payload_hash, summary, status, proposed_by, proposed_ms, activated_by, activated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'activated', ?7, ?8, ?7, ?8)",
+            params![id, kind.as_str(), target, payload.to_string(), payload_hash, summary, by, now],
+        )?;
+        tx.execute(
+            "INSERT INTO active (kind, target, change_id) VALUES (?1, ?2, ?3)",
+            params![kind.as_str(), target, id],
+        )?;
+        let out = get_change(&tx, &id)?;
+        tx.commit()?;
+        drop(conn);
+        self.refresh()?;
+        Ok(Some(out))
+    }
+
+    /// One change.
+    pub fn change(&self, id: &str) -> Result<Change, ControlError> {
+        get_change(&self.conn(), id)
+    }
+
+    /// Every change, newest first.
+    pub fn changes(&self) -> Result<Vec<Change>, ControlError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT * FROM changes ORDER BY proposed_ms DESC, id DESC")?;
+        let rows = stmt.query_map([], change_row)?;
+        rows.map(|r| r.map_err(ControlError::from)?).collect()
+    }
+
+    /// The changes of `kind` currently in force (one per target).
+    pub fn active_changes(&self, kind: ChangeKind) -> Result<Vec<Change>, ControlError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT c.* FROM active a JOIN changes c ON c.id = a.change_id WHERE a.kind = ?1 ORDER BY a.target",
+        )?;
+        let rows = stmt.query_map([kind.as_str()], change_row)?;
+        rows.map(|r| r.map_err(ControlError::from)?).collect()
+    }
+}
+
+fn get_revocation(conn: &Connection, id: i64) -> Result<Revocation, ControlError> {
+    conn.query_row(
+        "SELECT * FROM revocations WHERE id = ?1",
+        [id],
+        revocation_row,
+    )
+    .optional()?
+    .ok_or_else(|| ControlError::NotFound {
+        what: "revocation",
+        id: id.to_string(),
+    })?
+}
+
+fn get_change(conn: &Connection, id: &str) -> Result<Change, ControlError> {
+    conn.query_row("SELECT * FROM changes WHERE id = ?1", [id], change_row)
+        .optional()?
+        .ok_or_else(|| ControlError::NotFound {
+            what: "change",
+            id: id.to_owned(),
+        })?
+}
+
+/// Decodes a row; the outer `Result` is SQLite's, the inner one ours.
+fn revocation_row(row: &Row<'_>) -> rusqlite::Result<Result<Revocation, ControlError>> {
+    let id: i64 = row.get("id")?;
+    let kind: String = row.get("kind")?;
+    Ok(match kind.parse::<RevocationKind>() {
+        Err(reason) => Err(ControlError::Corrupt {
+            id: id.to_string(),
+            reason,
+        }),
+        Ok(kind) => Ok(Revocation {
+            id,
+            kind,
+            value: row.get("value")?,
+            reason: row.get("reason")?,
+            revoked_by: row.get("revoked_by")?,
+            revoked_ms: row.get("revoked_ms")?,
+            lifted_by: row.get("lifted_by")?,
+            lifted_ms: row.get("lifted_ms")?,
+        }),
+    })
+}
+
+fn change_row(row: &Row<'_>) -> rusqlite::Result<Result<Change, ControlError>> {
+    let id: String = row.get("id")?;
+    let kind: String = row.get("kind")?;
+    let status: String = row.get("status")?;
+    let payload: String = row.get("payload")?;
+    let corrupt = |reason: String| ControlError::Corrupt {
+        id: id.clone(),
+        reason,
+    };
+    let kind = match kind.parse::<ChangeKind>() {
+        Ok(k) => k,
+        Err(e) => return Ok(Err(corrupt(e))),
+    };
+    let status = match status.parse::<ChangeStatus>() {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(corrupt(e))),
+    };
+    let payload = match serde_json::from_str(&payload) {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(corrupt(format!("payload: {e}")))),
+    };
+    Ok(Ok(Change {
+        id: id.clone(),
+        kind,
+        target: row.get("target")?,
+        payload,
+        payload_hash: row.get("payload_hash")?,
+        summary: row.get("summary")?,
+        status,
+        proposed_by: row.get("proposed_by")?,
+        proposed_ms: row.get("proposed_ms")?,
+        reviewed_by: row.get("reviewed_by")?,
+        reviewed_ms: row.get("reviewed_ms")?,
+        review_comment: row.get("review_comment")?,
+        activated_by: row.get("activated_by")?,
+        activated_ms: row.get("activated_ms")?,
+    }))
+}
+
+fn now_ms() -> i64 {
+    mandate_core::AuditRecord::now_ms()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, ControlStore) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
+        let store = ControlStore::open(&dir.path().join("control.sqlite"))
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        (dir, store)
+    }
+
+    fn alice() -> Principal {
+        Principal {
+            iss: "i".into(),
+            sub: "alice".into(),
+            act: vec!["assistant".into()],
+            scope: Scope::parse("docs.*"),
+            task_id: None,
+            build: None,
+            sid: Some("s1".into()),
+            jti: None,
+            exp: 0,
+        }
+    }
+
+    #[test]
+    fn revocation_is_durable_and_liftable() -> Result<(), ControlError> {
+        let (dir, store) = open();
+        let r = store.revoke(RevocationKind::Agent, "assistant", "leaked prompt", "ops")?;
+        assert!(store.check(&alice()).is_some());
+        // Idempotent.
+        let again = store.revoke(RevocationKind::Agent, "assistant", "other", "ops2")?;
+        assert_eq!(again.id, r.id);
+        drop(store);
+        let store = ControlStore::open(&dir.path().join("control.sqlite"))?;
+        assert_eq!(
+            store.check(&alice()).map(|r| r.reason),
+            Some("leaked prompt".into())
+        );
+        store.lift(r.id, "ops")?;
+        assert!(store.check(&alice()).is_none());
+        assert!(matches!(
+            store.lift(r.id, "ops"),
+            Err(ControlError::Conflict(_))
+        ));
+        assert_eq!(store.revocations(true)?.len(), 1);
+        assert!(store.revocations(false)?.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn empty_values_are_refused() {
+        let (_dir, store) = open();
+        assert!(matches!(
+            store.revoke(RevocationKind::User, "  ", "r", "ops"),
+            Err(ControlError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn a_change_needs_a_second_operator_before_activation() -> Result<(), ControlError> {
+        let (_dir, store) = open();
+        let payload = serde_json::json!({"scope": "docs.search"});
+        let c = store.propose(
+            ChangeKind::ScopeCeiling,
+            "assistant",
+            payload,
+            "h",
+            "narrow",
+            "ann",
+        )?;
+        // Not in force before activation; cannot activate unapproved.
+        assert!(store.ceiling("assistant").is_none());
+        assert!(matches!(
+            store.activate(&c.id, "ann"),
+            Err(ControlError::Conflict(_))
+        ));
+        // The proposer cannot approve.
+        assert!(matches!(
+            store.review(&c.id, true, "ann", None),
+            Err(ControlError::Conflict(_))
+        ));
+        let c = store.review(&c.id, true, "bob", Some("ok"))?;
+        assert_eq!(c.status, ChangeStatus::Approved);
+        // Reviewed once only.
+        assert!(store.review(&c.id, false, "carol", None).is_err());
+        let c = store.activate(&c.id, "ann")?;
+        assert_eq!(c.status, ChangeStatus::Activated);
+        assert!(
+            store
+                .ceiling("assistant")
+                .is_some_and(|s| s.covers("docs.search"))
+        );
+        assert!(
+            store
+                .ceiling("assistant")
+                .is_some_and(|s| !s.covers("docs.send_mail"))
+        );
+        // Activated once only.
+        assert!(store.activate(&c.id, "ann").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn a_rejected_change_never_activates() -> Result<(), ControlError> {
+        let (_dir, store) = open();
+        let c = store.propose(
+            ChangeKind::ScopeCeiling,
+            "assistant",
+            serde_json::json!({"scope": "*"}),
+            "h",
+            "widen",
+            "ann",
+        )?;
+        store.review(&c.id, false, "bob", Some("too wide"))?;
+        assert!(store.activate(&c.id, "ann").is_err());
+        assert!(store.ceiling("assistant").is_none());
+        Ok(())
+    }
+}

@@ -1,0 +1,790 @@
+//! The control API under `/api`: operators pull kill switches and move
+//! changes through the two-person gate.
+//!
+//! | method | path | role |
+//! |---|---|---|
+//! | GET  | `/api/revocations[?all=true]` | any operator |
+//! | POST | `/api/revocations` `{kind, value, reason}` | admin |
+//! | POST | `/api/revocations/{id}/lift` | admin |
+//! | GET  | `/api/changes`, `/api/changes/{id}` | any operator |
+//! | POST | `/api/changes` `{kind: "policy_set", files, summary}` or `{kind: "scope_ceiling", agent, scope, summary}` | admin |
+//! | POST | `/api/changes/{id}/approve`, `/reject` `{comment}` | admin, not the proposer |
+//! | POST | `/api/changes/{id}/activate` | admin |
+//!
+//! Operators authenticate with a bearer JWT from a configured issuer whose
+//! `aud` is `<public_url>/api` and which carries no `act` claim: an agent
+//! token never operates Mandate. Each mutating request is decided (role
+//! check, state check), the decision is recorded durably in the audit log
+//! BEFORE anything changes (if the log cannot write, nothing changes: 503),
+//! and what happened is recorded after. Errors are JSON
+//! `{"error", "error_description"}` (the RFC 6749 §5.2 shape).
+
+use crate::Gateway;
+use crate::config::Role;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http::{HeaderMap, StatusCode, header};
+use mandate_control::{Change, ChangeKind, ChangeStatus, ControlError, RevocationKind};
+use mandate_core::{AuditRecord, Decision, DecisionId, Effect, Principal, Subject};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// Most bytes of policy text one proposal may carry.
+const MAX_POLICY_BYTES: usize = 1024 * 1024;
+
+#[derive(Clone)]
+struct ApiState {
+    gw: Arc<Gateway>,
+    /// One activation at a time (it swaps the policy directory).
+    activation: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The `/api` routes.
+pub(crate) fn routes(gw: Arc<Gateway>) -> Router {
+    let state = ApiState {
+        gw,
+        activation: Arc::new(tokio::sync::Mutex::new(())),
+    };
+    Router::new()
+        .route("/api/revocations", get(list_revocations).post(revoke))
+        .route("/api/revocations/{id}/lift", post(lift))
+        .route("/api/changes", get(list_changes).post(propose))
+        .route("/api/changes/{id}", get(show_change))
+        .route("/api/changes/{id}/{action}", post(review_or_activate))
+        .with_state(state)
+}
+
+/// An API failure, rendered as `{"error", "error_description"}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    challenge: Option<String>,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            challenge: None,
+        }
+    }
+
+    fn unauthorized(gw: &Gateway, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            code: "invalid_token",
+            challenge: Some(format!(
+                "Bearer realm=\"mandate-api\", error=\"invalid_token\", error_description=\"{}\", resource=\"{}\"",
+                message.replace(['"', '\\'], "'"),
+                gw.config().operator_audience()
+            )),
+            message,
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::NotFound { .. } => {
+                Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            ControlError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            ControlError::Invalid(_) => Self::bad_request(e.to_string()),
+            ControlError::Storage(_) | ControlError::Corrupt { .. } => {
+                tracing::error!(error = %e, "control store failure");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "the control store is unavailable",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (
+            self.status,
+            Json(json!({"error": self.code, "error_description": self.message})),
+        )
+            .into_response();
+        if let Some(c) = self.challenge
+            && let Ok(v) = http::HeaderValue::from_str(&c)
+        {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        resp.headers_mut().insert(
+            header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-store"),
+        );
+        resp
+    }
+}
+
+/// An authenticated operator.
+pub(crate) struct Operator {
+    pub(crate) principal: Principal,
+    pub(crate) roles: BTreeSet<Role>,
+}
+
+impl Operator {
+    pub(crate) fn name(&self) -> &str {
+        &self.principal.sub
+    }
+
+    fn subject(&self) -> Subject {
+        operator_subject(&self.principal)
+    }
+}
+
+fn operator_subject(p: &Principal) -> Subject {
+    Subject {
+        sub: p.sub.clone(),
+        act: p.act.clone(),
+        scope: String::new(),
+        task_id: None,
+        build: None,
+        session: format!("operator:{}", p.sub),
+    }
+}
+
+/// Authenticates the bearer token of an operator request. A valid token
+/// that is not an operator's (an agent token, an unknown subject) is
+/// refused with 403 and recorded.
+pub(crate) async fn authenticate_operator(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    action: &str,
+) -> Result<Operator, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or_else(|| ApiError::unauthorized(gw, "an operator bearer token is required"))?;
+    let principal =
+        gw.operator_authn().verify(token).await.map_err(|e| {
+            ApiError::unauthorized(gw, format!("invalid token: {}", e.description()))
+        })?;
+    let refuse = |why: String| async {
+        record(
+            gw,
+            &operator_subject(&principal),
+            action,
+            None,
+            &why,
+            &json!({}),
+        )
+        .await?;
+        Err::<Operator, ApiError>(ApiError::new(StatusCode::FORBIDDEN, "forbidden", why))
+    };
+    if !principal.act.is_empty() {
+        return refuse("agent tokens (with an `act` claim) cannot use the control API".into())
+            .await;
+    }
+    let roles: BTreeSet<Role> = gw
+        .config()
+        .operators
+        .iter()
+        .filter(|o| o.sub == principal.sub && o.issuer.as_ref().is_none_or(|i| *i == principal.iss))
+        .flat_map(|o| o.roles.iter().copied())
+        .collect();
+    if roles.is_empty() {
+        return refuse(format!("{} is not a configured operator", principal.sub)).await;
+    }
+    Ok(Operator { principal, roles })
+}
+
+/// Authenticates and requires `role`; a refusal is recorded.
+pub(crate) async fn require(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    role: Role,
+    action: &str,
+) -> Result<Operator, ApiError> {
+    let op = authenticate_operator(gw, headers, action).await?;
+    if !op.roles.contains(&role) {
+        let why = format!("{} lacks the {} role", op.name(), role.as_str());
+        record(gw, &op.subject(), action, None, &why, &json!({})).await?;
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", why));
+    }
+    Ok(op)
+}
+
+/// Appends a control record: allowed (with the role that allowed it) or
+/// refused. Durable before it returns; if the log cannot write, the
+/// request fails with 503 and the caller must change nothing.
+pub(crate) async fn record(
+    gw: &Gateway,
+    operator: &Subject,
+    action: &str,
+    allowed_by: Option<Role>,
+    reason: &str,
+    detail: &Value,
+) -> Result<AuditRecord, ApiError> {
+    let decision = Decision {
+        id: DecisionId::new(),
+        effect: if allowed_by.is_some() {
+            Effect::Allow
+        } else {
+            Effect::Deny
+        },
+        policies: allowed_by
+            .map(|r| vec![format!("operator-role:{}", r.as_str())])
+            .unwrap_or_default(),
+        reasons: vec![reason.to_owned()],
+        obligations: Vec::new(),
+        policy_hash: gw.policy().policy_hash(),
+    };
+    let rec = AuditRecord::control(decision, operator.clone(), action, detail);
+    match tokio::time::timeout(
+        crate::pipeline::AUDIT_WRITE_TIMEOUT,
+        gw.audit().append(rec.clone()),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(rec),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, action, "audit store unavailable; control action refused");
+            gw.metrics().audit_failures.inc();
+            Err(audit_unavailable())
+        }
+        Err(_) => {
+            gw.metrics().audit_failures.inc();
+            Err(audit_unavailable())
+        }
+    }
+}
+
+fn audit_unavailable() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "the audit store is unavailable; nothing was changed",
+    )
+}
+
+/// Records what an allowed control action produced (after the fact).
+pub(crate) async fn record_outcome(
+    gw: &Gateway,
+    rec: &AuditRecord,
+    result: Result<&Value, &ApiError>,
+) {
+    let (outcome, detail) = match result {
+        Ok(v) => ("ok", v.to_string()),
+        Err(e) => ("error", e.message.clone()),
+    };
+    if let Err(e) = gw.audit().append(rec.outcome(outcome, Some(detail))).await {
+        gw.metrics().audit_failures.inc();
+        tracing::error!(error = %e, "could not record control outcome");
+    }
+}
+
+/// Runs blocking store work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ControlError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal error",
+            )
+        })?
+        .map_err(ApiError::from)
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+// ----- kill switches ---------------------------------------------------------
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn list_revocations(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    authenticate_operator(&s.gw, &headers, "control/revocations.list").await?;
+    let control = s.gw.control().clone();
+    let list = blocking(move || control.revocations(q.all)).await?;
+    Ok(Json(json!({ "revocations": list })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    kind: String,
+    value: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn revoke(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Json<RevokeBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    const ACTION: &str = "control/revoke";
+    let op = require(&s.gw, &headers, Role::Admin, ACTION).await?;
+    let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let kind: RevocationKind = body.kind.parse().map_err(ApiError::bad_request)?;
+    if body.value.trim().is_empty() {
+        return Err(ApiError::bad_request("value must not be empty"));
+    }
+    let reason = body
+        .reason
+        .filter(|r| !r.trim().is_empty())
+        .unwrap_or_else(|| format!("revoked by {}", op.name()));
+    let detail = json!({"kind": kind, "value": body.value, "reason": reason});
+    let rec = record(
+        &s.gw,
+        &op.subject(),
+        ACTION,
+        Some(Role::Admin),
+        &format!("revoke {kind} {}", body.value),
+        &detail,
+    )
+    .await?;
+    let control = s.gw.control().clone();
+    let by = op.name().to_owned();
+    let result = blocking(move || control.revoke(kind, &body.value, &reason, &by)).await;
+    let result = result.map(|r| to_value(&r));
+    record_outcome(&s.gw, &rec, result.as_ref()).await;
+    let v = result?;
+    tracing::warn!(revocation = %v, operator = %op.name(), "kill switch pulled");
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+async fn lift(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    const ACTION: &str = "control/lift";
+    let op = require(&s.gw, &headers, Role::Admin, ACTION).await?;
+    let control = s.gw.control().clone();
+    let current = blocking(move || control.revocation(id)).await?;
+    let rec = record(
+        &s.gw,
+        &op.subject(),
+        ACTION,
+        Some(Role::Admin),
+        &format!("lift revocation {id} ({} {})", current.kind, current.value),
+        &to_value(&current),
+    )
+    .await?;
+    let control = s.gw.control().clone();
+    let by = op.name().to_owned();
+    let result = blocking(move || control.lift(id, &by))
+        .await
+        .map(|r| to_value(&r));
+    record_outcome(&s.gw, &rec, result.as_ref()).await;
+    Ok(Json(result?))
+}
+
+// ----- change gate ---------------------------------------------------------
+
+async fn list_changes(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authenticate_operator(&s.gw, &headers, "control/changes.list").await?;
+    let control = s.gw.control().clone();
+    let list = blocking(move || control.changes()).await?;
+    // Listings omit policy file contents (see /api/changes/{id}).
+    let list: Vec<Value> = list.iter().map(change_summary).collect();
+    Ok(Json(
+        json!({ "changes": list, "change_gate": s.gw.config().change_gate }),
+    ))
+}
+
+async fn show_change(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authenticate_operator(&s.gw, &headers, "control/changes.show").await?;
+    let control = s.gw.control().clone();
+    let change = blocking(move || control.change(&id)).await?;
+    Ok(Json(to_value(&change)))
+}
+
+/// A change without its payload when that is a whole policy set.
+fn change_summary(c: &Change) -> Value {
+    let mut v = to_value(c);
+    if c.kind == ChangeKind::PolicySet
+        && let Some(obj) = v.as_object_mut()
+    {
+        let files: Vec<String> = c
+            .payload
+            .get("files")
+            .and_then(Value::as_object)
+            .map(|f| f.keys().cloned().collect())
+            .unwrap_or_default();
+        obj.insert("payload".into(), json!({ "files": files }));
+    }
+    v
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProposeBody {
+    kind: String,
+    #[serde(default)]
+    summary: String,
+    /// policy_set: file name → text.
+    #[serde(default)]
+    files: Option<BTreeMap<String, String>>,
+    /// scope_ceiling: the agent.
+    #[serde(default)]
+    agent: Option<String>,
+    /// scope_ceiling: the ceiling.
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+async fn propose(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Json<ProposeBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    const ACTION: &str = "control/change.propose";
+    let op = require(&s.gw, &headers, Role::Admin, ACTION).await?;
+    let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let kind: ChangeKind = body.kind.parse().map_err(ApiError::bad_request)?;
+    let (target, payload, hash, detail) = match kind {
+        ChangeKind::PolicySet => {
+            if !s.gw.config().change_gate {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    "the change gate is off (policy.change_gate = false): policies load from the policy directory",
+                ));
+            }
+            let files = body
+                .files
+                .ok_or_else(|| ApiError::bad_request("a policy_set change needs `files`"))?;
+            let hash = validate_policy_files(&files)?;
+            let names: Vec<&String> = files.keys().collect();
+            let detail =
+                json!({"kind": kind, "files": names, "policy_hash": hash, "summary": body.summary});
+            (String::new(), json!({ "files": files }), hash, detail)
+        }
+        ChangeKind::ScopeCeiling => {
+            let agent = body
+                .agent
+                .filter(|a| !a.trim().is_empty())
+                .ok_or_else(|| ApiError::bad_request("a scope_ceiling change needs `agent`"))?;
+            let scope = mandate_core::Scope::parse(body.scope.as_deref().unwrap_or_default());
+            let payload = json!({ "scope": scope.to_oauth_string() });
+            let hash = match &payload {
+                Value::Object(m) => mandate_core::canonical_args_hash(m),
+                _ => String::new(),
+            };
+            let detail = json!({"kind": kind, "agent": agent, "scope": scope.to_oauth_string(), "summary": body.summary});
+            (agent, payload, hash, detail)
+        }
+    };
+    let rec = record(
+        &s.gw,
+        &op.subject(),
+        ACTION,
+        Some(Role::Admin),
+        &format!("propose {} change {}", kind.as_str(), body.summary),
+        &detail,
+    )
+    .await?;
+    let control = s.gw.control().clone();
+    let by = op.name().to_owned();
+    let summary = body.summary;
+    let result = blocking(move || control.propose(kind, &target, payload, &hash, &summary, &by))
+        .await
+        .map(|c| change_summary(&c));
+    record_outcome(&s.gw, &rec, result.as_ref()).await;
+    Ok((StatusCode::CREATED, Json(result?)).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReviewBody {
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+async fn review_or_activate(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+    body: Option<Json<ReviewBody>>,
+) -> Result<Json<Value>, ApiError> {
+    let action_name = match action.as_str() {
+        "approve" => "control/change.approve",
+        "reject" => "control/change.reject",
+        "activate" => "control/change.activate",
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such action",
+            ));
+        }
+    };
+    let op = require(&s.gw, &headers, Role::Admin, action_name).await?;
+    let comment = body.and_then(|Json(b)| b.comment);
+    let control = s.gw.control().clone();
+    let lookup = id.clone();
+    let change = blocking(move || control.change(&lookup)).await?;
+    let detail = json!({"change": id, "kind": change.kind, "target": change.target, "payload_hash": change.payload_hash, "comment": comment});
+
+    // Decide first (recorded either way), then act.
+    let refusal = match action.as_str() {
+        "activate" if change.status != ChangeStatus::Approved => Some(format!(
+            "change {id} is {}: only an approved change can be activated",
+            change.status.as_str()
+        )),
+        "approve" | "reject" if change.status != ChangeStatus::Proposed => Some(format!(
+            "change {id} is {}, not proposed",
+            change.status.as_str()
+        )),
+        "approve" | "reject" if change.proposed_by == op.name() => Some(format!(
+            "change {id} was proposed by {}: a different operator must review it (two-person rule)",
+            op.name()
+        )),
+        _ => None,
+    };
+    if let Some(why) = refusal {
+        record(&s.gw, &op.subject(), action_name, None, &why, &detail).await?;
+        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", why));
+    }
+    let rec = record(
+        &s.gw,
+        &op.subject(),
+        action_name,
+        Some(Role::Admin),
+        &format!("{action} {} change {id}", change.kind.as_str()),
+        &detail,
+    )
+    .await?;
+    let result = match action.as_str() {
+        "activate" => activate(&s, &change, op.name()).await,
+        _ => {
+            let control = s.gw.control().clone();
+            let by = op.name().to_owned();
+            let approve = action == "approve";
+            blocking(move || control.review(&id, approve, &by, comment.as_deref())).await
+        }
+    }
+    .map(|c| change_summary(&c));
+    record_outcome(&s.gw, &rec, result.as_ref()).await;
+    Ok(Json(result?))
+}
+
+async fn activate(s: &ApiState, change: &Change, by: &str) -> Result<Change, ApiError> {
+    let _one_at_a_time = s.activation.lock().await;
+    if change.kind == ChangeKind::PolicySet {
+        let files = policy_files_of(change)?;
+        let dir = s.gw.policy().dir().to_path_buf();
+        let expected = change.payload_hash.clone();
+        let gw = s.gw.clone();
+        tokio::task::spawn_blocking(move || install_policy_set(&gw, &dir, &files, &expected))
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "internal error",
+                )
+            })??;
+    }
+    let control = s.gw.control().clone();
+    let id = change.id.clone();
+    let by = by.to_owned();
+    blocking(move || control.activate(&id, &by)).await
+}
+
+/// The files of a policy-set change.
+pub fn policy_files_of(change: &Change) -> Result<BTreeMap<String, String>, ApiError> {
+    serde_json::from_value(change.payload.get("files").cloned().unwrap_or(Value::Null)).map_err(
+        |e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                format!("change {} has no readable files: {e}", change.id),
+            )
+        },
+    )
+}
+
+/// Whether `name` may be a file of a policy set: a plain file name ending
+/// in `.cedar` or `.cedarschema` (no directories, no hidden files).
+fn valid_policy_file_name(name: &str) -> bool {
+    !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && (name
+            .strip_suffix(mandate_policy::POLICY_EXTENSION)
+            .is_some_and(|s| s.ends_with('.'))
+            || name
+                .strip_suffix(mandate_policy::SCHEMA_EXTENSION)
+                .is_some_and(|s| s.ends_with('.')))
+}
+
+/// Checks a proposed policy set compiles (strict validation against its
+/// schema) and returns its policy hash.
+fn validate_policy_files(files: &BTreeMap<String, String>) -> Result<String, ApiError> {
+    if let Some(bad) = files.keys().find(|n| !valid_policy_file_name(n)) {
+        return Err(ApiError::bad_request(format!(
+            "file name {bad:?} is not allowed: plain names ending in .cedar or .cedarschema"
+        )));
+    }
+    if files.values().map(String::len).sum::<usize>() > MAX_POLICY_BYTES {
+        return Err(ApiError::bad_request("the policy set exceeds 1 MiB"));
+    }
+    let tmp = tempdir().map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            format!("temporary directory: {e}"),
+        )
+    })?;
+    write_files(tmp.path(), files).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            format!("temporary files: {e}"),
+        )
+    })?;
+    let engine = mandate_policy::PolicyEngine::load_dir(tmp.path())
+        .map_err(|e| ApiError::bad_request(format!("the proposed policy set is invalid: {e}")))?;
+    Ok(engine.policy_hash())
+}
+
+/// A private temporary directory, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir() -> std::io::Result<TempDir> {
+    let dir = std::env::temp_dir().join(format!("mandate-policy-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir(&dir)?;
+    Ok(TempDir(dir))
+}
+
+fn write_files(dir: &std::path::Path, files: &BTreeMap<String, String>) -> std::io::Result<()> {
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text)?;
+    }
+    Ok(())
+}
+
+/// Replaces the policy files in `dir` with `files` and reloads the engine;
+/// the new set must load and hash to `expected`, otherwise the previous
+/// files are restored and reloaded (the last good set keeps serving).
+fn install_policy_set(
+    gw: &Gateway,
+    dir: &std::path::Path,
+    files: &BTreeMap<String, String>,
+    expected: &str,
+) -> Result<(), ApiError> {
+    let previous = read_policy_files(dir).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            format!("reading {}: {e}", dir.display()),
+        )
+    })?;
+    let fail = |msg: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", msg);
+    replace_policy_files(dir, files)
+        .map_err(|e| fail(format!("writing {}: {e}", dir.display())))?;
+    let loaded = gw.policy().reload().map_err(|e| e.to_string());
+    let hash = gw.policy().policy_hash();
+    if loaded.is_ok() && hash == expected {
+        tracing::warn!(policy_hash = %hash, "policy set replaced through the change gate");
+        return Ok(());
+    }
+    // Put the previous set back.
+    let restored = replace_policy_files(dir, &previous).is_ok() && gw.policy().reload().is_ok();
+    Err(fail(format!(
+        "the approved policy set did not load as approved ({}); previous set {}",
+        loaded
+            .err()
+            .unwrap_or_else(|| format!("hash {hash} != {expected}")),
+        if restored {
+            "restored"
+        } else {
+            "could NOT be restored"
+        }
+    )))
+}
+
+/// The `*.cedar` and `*.cedarschema` files of `dir`.
+pub fn read_policy_files(dir: &std::path::Path) -> std::io::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type()?.is_file() && valid_policy_file_name(&name) {
+            out.insert(name, std::fs::read_to_string(entry.path())?);
+        }
+    }
+    Ok(out)
+}
+
+/// Makes `dir` hold exactly `files` (among policy files): writes each via
+/// a temporary file and rename, then removes policy files not in `files`.
+pub fn replace_policy_files(
+    dir: &std::path::Path,
+    files: &BTreeMap<String, String>,
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (name, text) in files {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, dir.join(name))?;
+    }
+    for existing in read_policy_files(dir)?.keys() {
+        if !files.contains_key(existing) {
+            std::fs::remove_file(dir.join(existing))?;
+        }
+    }
+    Ok(())
+}
