@@ -196,6 +196,24 @@ impl Gateway {
         Ok(lines)
     }
 
+    /// Every tool of every upstream, with its configured class (`None`:
+    /// unclassified, denied), for tooling such as `mandate policy args`.
+    pub async fn catalogue(
+        &self,
+    ) -> Result<Vec<(String, Option<mandate_core::ToolClass>, Tool)>, upstream::UpstreamError> {
+        let mut out = Vec::new();
+        for (name, u) in &self.upstreams {
+            for tool in u.tools().await?.iter() {
+                out.push((
+                    format!("{name}.{}", tool.name),
+                    u.config().class_of(&tool.name),
+                    tool.clone(),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
     /// Looks up an exposed `upstream.tool` name.
     pub(crate) async fn resolve(&self, exposed: &str) -> Resolved {
         let Some(name) = ToolName::parse(exposed) else {

@@ -6,6 +6,7 @@ mod demo;
 mod demo_server;
 mod devtoken;
 mod ops;
+mod policy_args;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -148,6 +149,13 @@ enum PolicyCommand {
         #[arg(long)]
         tests: Option<PathBuf>,
     },
+    /// Print the schema's `Args` record derived from the upstreams' tool
+    /// input schemas (connects to every upstream in the config).
+    Args {
+        /// Config file.
+        #[arg(long, env = env::CONFIG, default_value = "mandate.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -278,6 +286,25 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             },
+            PolicyCommand::Args { config } => {
+                let cfg = Config::load(&config, &Overrides::default())?;
+                let gw = build_gateway(&cfg).await?;
+                let tools = gw.catalogue().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                let schemas: Vec<(String, serde_json::Value)> = tools
+                    .into_iter()
+                    .filter(|(_, class, _)| class.is_some())
+                    .map(|(name, _, tool)| {
+                        (
+                            name,
+                            serde_json::Value::Object((*tool.input_schema).clone()),
+                        )
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    policy_args::render(schemas.iter().map(|(n, s)| (n.as_str(), s)))
+                );
+            }
             PolicyCommand::Test { dir, tests } => {
                 let engine = PolicyEngine::load_dir(&dir)?;
                 let tests = tests.unwrap_or_else(|| dir.join("tests"));
