@@ -10,14 +10,20 @@
 //!   authority (a new policy set, an agent's scope ceiling) are proposed by
 //!   one operator, approved by another, and only then activated.
 //!
+//! * **Approvals** ([`ApprovalRequest`]): high-impact calls held for a
+//!   person; decisions bind to the exact argument hash and release the
+//!   held call once.
+//!
 //! The store knows nothing about HTTP or audit: the gateway's control API
 //! authenticates operators, writes the audit record, then calls the store.
 
+mod approvals;
 mod changes;
 mod error;
 mod revocations;
 mod store;
 
+pub use approvals::{ApprovalRequest, ApprovalStatus, NewApproval};
 pub use changes::{Change, ChangeKind, ChangeStatus};
 pub use error::ControlError;
 pub use revocations::{Revocation, RevocationKind};

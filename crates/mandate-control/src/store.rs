@@ -1,5 +1,6 @@
 //! The SQLite-backed control store.
 
+use crate::approvals::{ApprovalRequest, ApprovalStatus, NewApproval};
 use crate::changes::{Change, ChangeKind, ChangeStatus};
 use crate::error::ControlError;
 use crate::revocations::{Index, Revocation, RevocationKind};
@@ -39,6 +40,20 @@ CREATE TABLE IF NOT EXISTS changes (
     activated_by   TEXT,
     activated_ms   INTEGER
 ) STRICT;
+CREATE TABLE IF NOT EXISTS approvals (
+    id          TEXT PRIMARY KEY NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    status      TEXT NOT NULL,
+    request     TEXT NOT NULL,
+    args_hash   TEXT NOT NULL,
+    sub         TEXT NOT NULL,
+    deadline_ms INTEGER NOT NULL,
+    decided_by  TEXT,
+    decided_ms  INTEGER,
+    comment     TEXT,
+    released_ms INTEGER
+) STRICT;
+CREATE INDEX IF NOT EXISTS approvals_status ON approvals (status, created_ms);
 CREATE TABLE IF NOT EXISTS active (
     kind      TEXT NOT NULL,
     target    TEXT NOT NULL,
@@ -362,6 +377,176 @@ impl ControlStore {
     }
 }
 
+impl ControlStore {
+    /// Records a held call as a pending approval request (durable).
+    pub fn create_approval(&self, new: NewApproval) -> Result<ApprovalRequest, ControlError> {
+        let id = format!("apr-{}", uuid::Uuid::now_v7());
+        let body = serde_json::to_string(&new).map_err(|e| ControlError::Invalid(e.to_string()))?;
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO approvals (id, created_ms, status, request, args_hash, sub, deadline_ms)
+             VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6)",
+            params![id, now_ms(), body, new.args_hash, new.sub, new.deadline_ms],
+        )?;
+        get_approval(&conn, &id)
+    }
+
+    /// One approval request.
+    pub fn approval(&self, id: &str) -> Result<ApprovalRequest, ControlError> {
+        get_approval(&self.conn(), id)
+    }
+
+    /// Approval requests, newest first, optionally of one status.
+    pub fn approvals(
+        &self,
+        status: Option<ApprovalStatus>,
+        limit: usize,
+    ) -> Result<Vec<ApprovalRequest>, ControlError> {
+        let conn = self.conn();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut stmt = conn.prepare(
+            "SELECT * FROM approvals WHERE (?1 IS NULL OR status = ?1) ORDER BY created_ms DESC, id DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(
+            params![status.map(ApprovalStatus::as_str), limit],
+            approval_row,
+        )?;
+        rows.map(|r| r.map_err(ControlError::from)?).collect()
+    }
+
+    /// A person's decision. It binds to the argument hash the person was
+    /// shown (`seen_args_hash`): if the request's differs, nothing is
+    /// decided. Only a pending request before its deadline can be decided.
+    pub fn decide_approval(
+        &self,
+        id: &str,
+        approve: bool,
+        by: &str,
+        comment: Option<&str>,
+        seen_args_hash: &str,
+    ) -> Result<ApprovalRequest, ControlError> {
+        let conn = self.conn();
+        let current = get_approval(&conn, id)?;
+        if current.status != ApprovalStatus::Pending {
+            return Err(ControlError::Conflict(format!(
+                "approval {id} is {}, not pending",
+                current.status.as_str()
+            )));
+        }
+        if current.request.args_hash != seen_args_hash {
+            return Err(ControlError::Conflict(format!(
+                "approval {id} is for other arguments (argument hash {}, not {seen_args_hash})",
+                current.request.args_hash
+            )));
+        }
+        let now = now_ms();
+        if now > current.request.deadline_ms {
+            conn.execute(
+                "UPDATE approvals SET status = 'expired' WHERE id = ?1 AND status = 'pending'",
+                [id],
+            )?;
+            return Err(ControlError::Conflict(format!(
+                "approval {id} passed its deadline; the call was denied"
+            )));
+        }
+        let status = if approve {
+            ApprovalStatus::Approved
+        } else {
+            ApprovalStatus::Denied
+        };
+        let changed = conn.execute(
+            "UPDATE approvals SET status = ?1, decided_by = ?2, decided_ms = ?3, comment = ?4
+             WHERE id = ?5 AND status = 'pending' AND args_hash = ?6",
+            params![status.as_str(), by, now, comment, id, seen_args_hash],
+        )?;
+        if changed != 1 {
+            return Err(ControlError::Conflict(format!(
+                "approval {id} was decided concurrently"
+            )));
+        }
+        get_approval(&conn, id)
+    }
+
+    /// Ends a pending request without a person's decision (`Expired`,
+    /// `Withdrawn`). Returns whether it was still pending.
+    pub fn close_approval(&self, id: &str, status: ApprovalStatus) -> Result<bool, ControlError> {
+        if matches!(status, ApprovalStatus::Pending | ApprovalStatus::Approved) {
+            return Err(ControlError::Invalid(format!(
+                "close_approval cannot set {}",
+                status.as_str()
+            )));
+        }
+        let changed = self.conn().execute(
+            "UPDATE approvals SET status = ?1, decided_ms = ?2 WHERE id = ?3 AND status = 'pending'",
+            params![status.as_str(), now_ms(), id],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Uses an approval to release the held call with `args_hash`: only
+    /// an approved request, only for its own arguments, only once.
+    pub fn release_approval(
+        &self,
+        id: &str,
+        args_hash: &str,
+    ) -> Result<ApprovalRequest, ControlError> {
+        let conn = self.conn();
+        let changed = conn.execute(
+            "UPDATE approvals SET released_ms = ?1
+             WHERE id = ?2 AND status = 'approved' AND released_ms IS NULL AND args_hash = ?3",
+            params![now_ms(), id, args_hash],
+        )?;
+        if changed != 1 {
+            let current = get_approval(&conn, id)?;
+            return Err(ControlError::Conflict(if current.released_ms.is_some() {
+                format!("approval {id} was already used")
+            } else if current.request.args_hash != args_hash {
+                format!("approval {id} is for other arguments")
+            } else {
+                format!("approval {id} is {}, not approved", current.status.as_str())
+            }));
+        }
+        get_approval(&conn, id)
+    }
+}
+
+fn get_approval(conn: &Connection, id: &str) -> Result<ApprovalRequest, ControlError> {
+    conn.query_row("SELECT * FROM approvals WHERE id = ?1", [id], approval_row)
+        .optional()?
+        .ok_or_else(|| ControlError::NotFound {
+            what: "approval",
+            id: id.to_owned(),
+        })?
+}
+
+fn approval_row(row: &Row<'_>) -> rusqlite::Result<Result<ApprovalRequest, ControlError>> {
+    let id: String = row.get("id")?;
+    let status: String = row.get("status")?;
+    let body: String = row.get("request")?;
+    let corrupt = |reason: String| ControlError::Corrupt {
+        id: id.clone(),
+        reason,
+    };
+    let status = match status.parse::<ApprovalStatus>() {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(corrupt(e))),
+    };
+    let request: NewApproval = match serde_json::from_str(&body) {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(corrupt(format!("request: {e}")))),
+    };
+    Ok(Ok(ApprovalRequest {
+        id: id.clone(),
+        created_ms: row.get("created_ms")?,
+        status,
+        request,
+        decided_by: row.get("decided_by")?,
+        decided_ms: row.get("decided_ms")?,
+        comment: row.get("comment")?,
+        released_ms: row.get("released_ms")?,
+    }))
+}
+
 fn get_revocation(conn: &Connection, id: i64) -> Result<Revocation, ControlError> {
     conn.query_row(
         "SELECT * FROM revocations WHERE id = ?1",
@@ -549,6 +734,78 @@ mod tests {
         );
         // Activated once only.
         assert!(store.activate(&c.id, "ann").is_err());
+        Ok(())
+    }
+
+    fn held(args_hash: &str) -> NewApproval {
+        NewApproval {
+            sub: "alice".into(),
+            act: vec!["assistant".into()],
+            build: None,
+            task_id: Some("t".into()),
+            session: "sid:s".into(),
+            tool: "bank.transfer".into(),
+            class: "financial".into(),
+            args: serde_json::json!({"amount": 250, "to": "bob"}),
+            args_hash: args_hash.into(),
+            policies: vec!["high-impact-needs-approval".into()],
+            reasons: vec!["high impact".into()],
+            taint: Vec::new(),
+            untrusted_sources: Vec::new(),
+            decision_id: "d".into(),
+            correlation_id: "c".into(),
+            deadline_ms: now_ms() + 60_000,
+            holder: "gw-1".into(),
+        }
+    }
+
+    #[test]
+    fn an_approval_binds_to_its_arguments_and_releases_once() -> Result<(), ControlError> {
+        let (_dir, store) = open();
+        let a = store.create_approval(held("hash-a"))?;
+        assert_eq!(store.approvals(Some(ApprovalStatus::Pending), 10)?.len(), 1);
+        // Not releasable before a decision.
+        assert!(store.release_approval(&a.id, "hash-a").is_err());
+        // A decision for other arguments than those shown changes nothing.
+        assert!(matches!(
+            store.decide_approval(&a.id, true, "carol", None, "hash-b"),
+            Err(ControlError::Conflict(_))
+        ));
+        let a = store.decide_approval(&a.id, true, "carol", Some("ok"), "hash-a")?;
+        assert_eq!(a.status, ApprovalStatus::Approved);
+        // Decided once.
+        assert!(
+            store
+                .decide_approval(&a.id, false, "dave", None, "hash-a")
+                .is_err()
+        );
+        // Releases only its own arguments, and only once.
+        assert!(store.release_approval(&a.id, "hash-b").is_err());
+        store.release_approval(&a.id, "hash-a")?;
+        assert!(store.release_approval(&a.id, "hash-a").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn closed_and_late_requests_cannot_be_approved() -> Result<(), ControlError> {
+        let (_dir, store) = open();
+        let a = store.create_approval(held("h"))?;
+        assert!(store.close_approval(&a.id, ApprovalStatus::Withdrawn)?);
+        assert!(!store.close_approval(&a.id, ApprovalStatus::Expired)?);
+        assert!(
+            store
+                .decide_approval(&a.id, true, "carol", None, "h")
+                .is_err()
+        );
+        let mut late = held("h");
+        late.deadline_ms = now_ms() - 1;
+        let b = store.create_approval(late)?;
+        assert!(
+            store
+                .decide_approval(&b.id, true, "carol", None, "h")
+                .is_err()
+        );
+        assert_eq!(store.approval(&b.id)?.status, ApprovalStatus::Expired);
         Ok(())
     }
 

@@ -5,7 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// What a tool does, which decides how much scrutiny a call gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ToolClass {
     /// Reads data.

@@ -105,6 +105,39 @@ pub struct OperatorConfig {
     pub issuer: Option<String>,
     /// What they may do.
     pub roles: std::collections::BTreeSet<Role>,
+    /// For approvers: the tool classes whose calls they may decide
+    /// (empty = every class).
+    pub approve_classes: std::collections::BTreeSet<ToolClass>,
+}
+
+impl OperatorConfig {
+    /// Whether this operator may decide a held call of `class`.
+    pub fn may_approve(&self, class: &str) -> bool {
+        self.roles.contains(&Role::Approver)
+            && (self.approve_classes.is_empty()
+                || self.approve_classes.iter().any(|c| c.as_str() == class))
+    }
+}
+
+/// How held calls are handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalConfig {
+    /// How long a call is held before it is denied.
+    pub timeout: Duration,
+    /// Where to POST a JSON notification when a request is created.
+    pub webhook_url: Option<String>,
+    /// Whether the delegating user may approve their own agent's calls.
+    pub allow_self_approval: bool,
+}
+
+impl Default for ApprovalConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(300),
+            webhook_url: None,
+            allow_self_approval: false,
+        }
+    }
 }
 
 /// Gateway settings.
@@ -126,6 +159,8 @@ pub struct GatewayConfig {
     pub allowed_origins: Vec<String>,
     /// Operators of the control API (`/api`).
     pub operators: Vec<OperatorConfig>,
+    /// Human approval of held calls.
+    pub approvals: ApprovalConfig,
     /// Whether policy-set changes must pass the two-person change gate
     /// (policies then load from the control store, not the directory).
     pub change_gate: bool,

@@ -152,7 +152,7 @@ impl Operator {
     }
 }
 
-fn operator_subject(p: &Principal) -> Subject {
+pub(crate) fn operator_subject(p: &Principal) -> Subject {
     Subject {
         sub: p.sub.clone(),
         act: p.act.clone(),

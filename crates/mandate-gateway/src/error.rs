@@ -35,6 +35,12 @@ pub enum DenyCategory {
     TokenExpired,
     /// A kill switch covers the user, agent, build, task, session or token.
     Revoked,
+    /// A person denied the held call.
+    ApprovalDenied,
+    /// Nobody decided the held call in time.
+    ApprovalExpired,
+    /// The client went away while the call was held.
+    Withdrawn,
 }
 
 impl DenyCategory {
@@ -50,6 +56,9 @@ impl DenyCategory {
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::TokenExpired => "token_expired",
             Self::Revoked => "revoked",
+            Self::ApprovalDenied => "approval_denied",
+            Self::ApprovalExpired => "approval_timeout",
+            Self::Withdrawn => "withdrawn",
         }
     }
 
@@ -64,6 +73,9 @@ impl DenyCategory {
             Self::UpstreamUnavailable => "the tool's server is unavailable".into(),
             Self::TokenExpired => "the token has expired".into(),
             Self::Revoked => "access was revoked by an operator".into(),
+            Self::ApprovalDenied => "a person denied this call".into(),
+            Self::ApprovalExpired => "no person approved this call in time".into(),
+            Self::Withdrawn => "withdrawn while waiting for approval".into(),
         }
     }
 }

@@ -104,6 +104,7 @@ impl ServerHandler for GatewayHandler {
                 params,
                 client: Some(ctx.peer.clone()),
                 progress: ctx.meta.get_progress_token(),
+                cancel: ctx.ct.clone(),
             })
             .await
     }

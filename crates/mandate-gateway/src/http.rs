@@ -91,6 +91,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(state)
+        .merge(crate::approvals::routes(api_gw.clone()))
         .merge(crate::control::routes(api_gw))
 }
 

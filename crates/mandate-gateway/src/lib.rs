@@ -10,6 +10,7 @@
 //! request), [`handler`] (the MCP server surface), `pipeline` (the
 //! per-call enforcement steps), [`upstream`] (the MCP client side).
 
+mod approvals;
 pub mod config;
 pub mod control;
 pub mod error;
@@ -19,7 +20,9 @@ mod metrics;
 mod pipeline;
 pub mod upstream;
 
-pub use config::{GatewayConfig, Isolation, OperatorConfig, Role, Transport, UpstreamConfig};
+pub use config::{
+    ApprovalConfig, GatewayConfig, Isolation, OperatorConfig, Role, Transport, UpstreamConfig,
+};
 pub use metrics::Metrics;
 pub use pipeline::{Incoming, META_CORRELATION, META_DECISION};
 
@@ -88,6 +91,12 @@ pub struct Gateway {
     validators: DashMap<String, (Arc<rmcp::model::JsonObject>, Arc<jsonschema::Validator>)>,
     peers: Mutex<Vec<Peer<RoleServer>>>,
     metrics: Arc<Metrics>,
+    /// Held calls waiting in this process.
+    waiters: approvals::Waiters,
+    /// For approval webhooks.
+    webhook_client: reqwest::Client,
+    /// This process's id, recorded as the holder of its held calls.
+    instance: String,
 }
 
 impl Gateway {
@@ -124,6 +133,12 @@ impl Gateway {
             validators: DashMap::new(),
             peers: Mutex::new(Vec::new()),
             metrics: Arc::new(Metrics::default()),
+            waiters: approvals::Waiters::default(),
+            webhook_client: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+            instance: format!("gw-{}", uuid::Uuid::now_v7()),
         });
         let weak = Arc::downgrade(&gw);
         events.on_list_changed(Arc::new(move |upstream: String| {

@@ -11,11 +11,11 @@
 //! module can build, after all checks and the durable record — can be
 //! forwarded.
 
+use crate::approvals::HoldOutcome;
 use crate::error::{DenyCategory, denial_error, unknown_tool_error, upstream_error};
 use crate::upstream::{Upstream, UpstreamError};
 use mandate_core::{
-    AuditRecord, CorrelationId, Decision, Effect, Obligation, Principal, Subject, ToolCall,
-    ToolName,
+    AuditRecord, CorrelationId, Decision, Obligation, Principal, Subject, ToolCall, ToolName,
 };
 use mandate_policy::{DecisionRequest, SessionFacts};
 use rmcp::model::{CallToolRequestParams, CallToolResponse, ProgressToken};
@@ -48,6 +48,9 @@ pub struct Incoming {
     pub client: Option<Peer<RoleServer>>,
     /// The client's progress token, if it asked for progress.
     pub progress: Option<ProgressToken>,
+    /// Cancelled when the client cancels the request or goes away (a held
+    /// call is then withdrawn).
+    pub cancel: tokio_util::sync::CancellationToken,
 }
 
 impl crate::Gateway {
@@ -58,6 +61,7 @@ impl crate::Gateway {
             params,
             client,
             progress,
+            cancel,
         } = incoming;
         let correlation = CorrelationId::new();
         let exposed = params.name.to_string();
@@ -165,19 +169,29 @@ impl crate::Gateway {
         let (mut decision, mut category) = match precheck {
             Some(denied) => denied,
             None => (
-                self.decide_and_count(&principal, &call, now),
+                self.decide_and_count(&principal, &call, now, false),
                 DenyCategory::NotPermitted,
             ),
         };
 
-        // 4. Hold for a human. Approvals are not wired in this build, so an
-        //    approval obligation fails closed: the approver is unavailable.
+        // 4. Hold for a human: the call waits (durably recorded as held)
+        //    until an approver decides, the deadline passes or the client
+        //    goes away; only an approval releases it, re-verified now.
         if decision.requires_approval() {
-            decision.effect = Effect::Deny;
-            decision
-                .reasons
-                .push("requires human approval and no approver is available".into());
-            category = DenyCategory::ApprovalRequired;
+            let held = Held {
+                principal: &principal,
+                call: &call,
+                decision: &decision,
+                correlation: &correlation,
+                held_record: record(&decision, &call.args_hash),
+            };
+            (decision, category) = match self
+                .hold_for_approval(held, cancel, client.clone(), progress.clone())
+                .await
+            {
+                Ok(released) => (released, DenyCategory::NotPermitted),
+                Err(denied) => denied,
+            };
         }
 
         // 5. Write ahead: the decision is durable before anything is forwarded.
@@ -310,7 +324,13 @@ impl crate::Gateway {
     /// its session's and task's usage (which later decisions see). Holding
     /// the session's entry while deciding serialises the calls of one
     /// session; the task entry is always taken after it (no lock cycles).
-    fn decide_and_count(&self, principal: &Principal, call: &ToolCall, now: i64) -> Decision {
+    fn decide_and_count(
+        &self,
+        principal: &Principal,
+        call: &ToolCall,
+        now: i64,
+        approved: bool,
+    ) -> Decision {
         let exp = principal.exp;
         let mut session = self.sessions.entry(principal.session_key()).or_default();
         let task_key = task_key(principal);
@@ -328,11 +348,11 @@ impl crate::Gateway {
         let facts = SessionFacts {
             taint: session.taint.clone(),
             calls_in_session: session.calls,
-            // PENDING-POLICY-API calls_in_task: task.as_ref().map_or(0, |t| t.calls),
-            // PENDING-POLICY-API tool_calls_in_session: session.per_tool.get(&exposed).copied().unwrap_or(0),
-            // PENDING-POLICY-API calls_last_minute: session.recent.len() as u64,
-            // PENDING-POLICY-API amount_in_task: task.as_ref().map_or(0, |t| t.amount),
-            // PENDING-POLICY-API approved: false,
+            calls_in_task: task.as_ref().map_or(0, |t| t.calls),
+            tool_calls_in_session: session.per_tool.get(&exposed).copied().unwrap_or(0),
+            calls_last_minute: session.recent.len() as u64,
+            amount_in_task: task.as_ref().map_or(0, |t| t.amount),
+            approved,
         };
         let decision = self.policy.decide(&DecisionRequest {
             principal,
@@ -340,7 +360,7 @@ impl crate::Gateway {
             session: &facts,
             now_unix: now,
         });
-        if decision.is_allow() && !decision.requires_approval() {
+        if decision.is_allow() && (approved || !decision.requires_approval()) {
             session.calls = session.calls.saturating_add(1);
             *session.per_tool.entry(exposed).or_default() += 1;
             if session.recent.len() >= RECENT_CAP {
@@ -374,6 +394,179 @@ impl crate::Gateway {
             .saturating_sub(SESSION_GRACE_SECS);
         self.sessions.retain(|_, s| s.exp > cutoff);
         self.tasks.retain(|_, t| t.exp > cutoff);
+    }
+}
+
+/// A call whose decision asks for a human, about to be held.
+struct Held<'a> {
+    principal: &'a Principal,
+    call: &'a ToolCall,
+    decision: &'a Decision,
+    correlation: &'a CorrelationId,
+    held_record: AuditRecord,
+}
+
+impl crate::Gateway {
+    /// Makes the call an approval request, records it as held, waits, and
+    /// returns the released decision (re-decided with `approved = true`
+    /// and re-verified: expiry, revocation, budgets) or the denial.
+    async fn hold_for_approval(
+        &self,
+        held: Held<'_>,
+        cancel: tokio_util::sync::CancellationToken,
+        client: Option<Peer<RoleServer>>,
+        progress: Option<ProgressToken>,
+    ) -> Result<Decision, (Decision, DenyCategory)> {
+        let hash = || self.policy.policy_hash();
+        let deny = |reason: String, category: DenyCategory| {
+            Err((Decision::deny(reason, hash()), category))
+        };
+        let Held {
+            principal,
+            call,
+            decision,
+            correlation,
+            mut held_record,
+        } = held;
+        let class = call.class.as_str();
+        if !self.cfg.operators.iter().any(|o| o.may_approve(class)) {
+            return deny(
+                format!("requires human approval and no approver is configured for {class} calls"),
+                DenyCategory::ApprovalRequired,
+            );
+        }
+        let taint: Vec<String> = self
+            .sessions
+            .get(&principal.session_key())
+            .map(|s| s.taint.iter().cloned().collect())
+            .unwrap_or_default();
+        let deadline_ms = AuditRecord::now_ms().saturating_add(
+            i64::try_from(self.cfg.approvals.timeout.as_millis()).unwrap_or(i64::MAX),
+        );
+        let new = mandate_control::NewApproval {
+            sub: principal.sub.clone(),
+            act: principal.act.clone(),
+            build: principal.build.clone(),
+            task_id: principal.task_id.clone(),
+            session: principal.session_key(),
+            tool: call.name.to_string(),
+            class: class.to_owned(),
+            args: serde_json::Value::Object(call.args.clone()),
+            args_hash: call.args_hash.clone(),
+            policies: decision.policies.clone(),
+            reasons: decision.reasons.clone(),
+            taint,
+            untrusted_sources: Vec::new(),
+            decision_id: decision.id.to_string(),
+            correlation_id: correlation.to_string(),
+            deadline_ms,
+            holder: self.instance.clone(),
+        };
+        let approval = match self.create_approval(new).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create approval request; denying");
+                return deny(
+                    "requires human approval and the approval store is unavailable".into(),
+                    DenyCategory::ApprovalRequired,
+                );
+            }
+        };
+        // The held decision is on the record before anyone can act on it.
+        held_record.detail = Some(format!(
+            "held for human approval {} ({})",
+            approval.id,
+            crate::approvals::approval_url(self, &approval.id)
+        ));
+        self.metrics.count_decision(decision);
+        let appended =
+            tokio::time::timeout(AUDIT_WRITE_TIMEOUT, self.audit.append(held_record)).await;
+        if !matches!(appended, Ok(Ok(_))) {
+            let control = self.control.clone();
+            let id = approval.id.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                control.close_approval(&id, mandate_control::ApprovalStatus::Withdrawn)
+            })
+            .await;
+            self.metrics.audit_failures.inc();
+            return deny(
+                "audit store unavailable".into(),
+                DenyCategory::AuditUnavailable,
+            );
+        }
+        tracing::info!(approval = %approval.id, tool = %call.name, correlation_id = %correlation, "call held for human approval");
+
+        match self.hold(&approval, cancel, client, progress).await {
+            HoldOutcome::Approved(a) => {
+                let by = a.decided_by.clone().unwrap_or_default();
+                // Continuous verification at release: the world may have
+                // changed while the call waited.
+                let now = now_unix();
+                if principal.exp <= now.cast_unsigned() {
+                    return deny(
+                        format!("approved by {by}, but the token expired while held"),
+                        DenyCategory::TokenExpired,
+                    );
+                }
+                if let Some(r) = self.control.check(principal) {
+                    return deny(
+                        format!(
+                            "approved by {by}, but {} {} was revoked while held: {}",
+                            r.kind, r.value, r.reason
+                        ),
+                        DenyCategory::Revoked,
+                    );
+                }
+                let mut released = self.decide_and_count(principal, call, now, true);
+                if !released.is_allow() {
+                    released.reasons.push(format!(
+                        "approved by {by} ({}), but denied at release",
+                        a.id
+                    ));
+                    return Err((released, DenyCategory::NotPermitted));
+                }
+                released.reasons.push(format!(
+                    "approved by {by} ({}){}",
+                    a.id,
+                    a.comment
+                        .as_deref()
+                        .map(|c| format!(": {c}"))
+                        .unwrap_or_default()
+                ));
+                Ok(released)
+            }
+            HoldOutcome::Denied(a) => deny(
+                format!(
+                    "denied by {} ({}){}",
+                    a.decided_by.unwrap_or_default(),
+                    a.id,
+                    a.comment.map(|c| format!(": {c}")).unwrap_or_default()
+                ),
+                DenyCategory::ApprovalDenied,
+            ),
+            HoldOutcome::Expired => deny(
+                format!(
+                    "no approver decided within {} s ({}): denied",
+                    self.cfg.approvals.timeout.as_secs(),
+                    approval.id
+                ),
+                DenyCategory::ApprovalExpired,
+            ),
+            HoldOutcome::Withdrawn => deny(
+                format!(
+                    "withdrawn: the client went away while the call was held ({})",
+                    approval.id
+                ),
+                DenyCategory::Withdrawn,
+            ),
+            HoldOutcome::Unavailable(e) => {
+                tracing::error!(error = %e, approval = %approval.id, "approval store failed while holding; denying");
+                deny(
+                    "the approval store failed while the call was held".into(),
+                    DenyCategory::ApprovalRequired,
+                )
+            }
+        }
     }
 }
 

@@ -7,7 +7,9 @@
 use anyhow::{Context, Result, anyhow, bail};
 use mandate_authn::{AuthnConfig, IssuerConfig, JwksSource};
 use mandate_core::ToolClass;
-use mandate_gateway::{GatewayConfig, Isolation, OperatorConfig, Role, Transport, UpstreamConfig};
+use mandate_gateway::{
+    ApprovalConfig, GatewayConfig, Isolation, OperatorConfig, Role, Transport, UpstreamConfig,
+};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -48,6 +50,8 @@ struct FileConfig {
     upstreams: BTreeMap<String, UpstreamSection>,
     #[serde(default)]
     operators: Vec<OperatorSection>,
+    #[serde(default)]
+    approvals: ApprovalsSection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +60,32 @@ struct OperatorSection {
     sub: String,
     issuer: Option<String>,
     roles: Vec<String>,
+    #[serde(default)]
+    approve_classes: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApprovalsSection {
+    #[serde(default = "default_approval_timeout")]
+    timeout_secs: u64,
+    webhook_url: Option<String>,
+    #[serde(default)]
+    allow_self_approval: bool,
+}
+
+impl Default for ApprovalsSection {
+    fn default() -> Self {
+        Self {
+            timeout_secs: default_approval_timeout(),
+            webhook_url: None,
+            allow_self_approval: false,
+        }
+    }
+}
+
+fn default_approval_timeout() -> u64 {
+    300
 }
 
 #[derive(Debug, Deserialize)]
@@ -383,6 +413,9 @@ impl Config {
             }
         };
 
+        if file.approvals.timeout_secs == 0 || file.approvals.timeout_secs > 86_400 {
+            bail!("approvals.timeout_secs must be between 1 and 86400");
+        }
         let mut operators = Vec::new();
         for (i, o) in file.operators.iter().enumerate() {
             if o.sub.trim().is_empty() {
@@ -404,10 +437,22 @@ impl Config {
             if roles.is_empty() {
                 bail!("operators[{i}].roles must name at least one role");
             }
+            let approve_classes = o
+                .approve_classes
+                .iter()
+                .map(|c| {
+                    c.parse::<ToolClass>()
+                        .map_err(|e| anyhow!("operators[{i}].approve_classes: {e}"))
+                })
+                .collect::<Result<std::collections::BTreeSet<_>>>()?;
+            if !approve_classes.is_empty() && !roles.contains(&Role::Approver) {
+                bail!("operators[{i}].approve_classes is set but roles has no \"approver\"");
+            }
             operators.push(OperatorConfig {
                 sub: o.sub.clone(),
                 issuer: o.issuer.clone(),
                 roles,
+                approve_classes,
             });
         }
 
@@ -420,6 +465,11 @@ impl Config {
             allowed_hosts,
             allowed_origins: file.server.allowed_origins.clone(),
             operators,
+            approvals: ApprovalConfig {
+                timeout: Duration::from_secs(file.approvals.timeout_secs),
+                webhook_url: file.approvals.webhook_url.clone(),
+                allow_self_approval: file.approvals.allow_self_approval,
+            },
             change_gate: file.policy.change_gate,
         };
         let policy_dir = PathBuf::from(subst(&file.policy.dir));

@@ -418,7 +418,7 @@ async fn build_gateway(cfg: &Config) -> Result<Arc<Gateway>> {
     };
     let policy = PolicyEngine::load_dir(&policy_dir)
         .map_err(|e| anyhow::anyhow!("policies in {}: {e}", policy_dir.display()))?;
-    // PENDING-POLICY-API policy.set_directory(directory(cfg));
+    policy.set_directory(directory(cfg));
     Ok(Gateway::new(
         cfg.gateway.clone(),
         mandate_gateway::Planes {
@@ -431,26 +431,25 @@ async fn build_gateway(cfg: &Config) -> Result<Arc<Gateway>> {
     ))
 }
 
-// PENDING-FN #[allow(dead_code)] // PENDING-POLICY-API
-// PENDING-FN /// The policy directory of users' groups and registered builds, from config.
-// PENDING-FN fn directory(cfg: &Config) -> mandate_policy::Directory {
-// PENDING-FN     let mut dir = mandate_policy::Directory::default(); // PENDING-POLICY-API
-// PENDING-FN     for (group, users) in &cfg.groups {
-// PENDING-FN         for user in users {
-// PENDING-FN             dir.groups
-// PENDING-FN                 .entry(user.clone())
-// PENDING-FN                 .or_default()
-// PENDING-FN                 .insert(group.clone());
-// PENDING-FN         }
-// PENDING-FN     }
-// PENDING-FN     for (hash, name) in &cfg.builds {
-// PENDING-FN         dir.builds.insert(
-// PENDING-FN             hash.clone(),
-// PENDING-FN             mandate_policy::BuildInfo { name: name.clone() },
-// PENDING-FN         );
-// PENDING-FN     }
-// PENDING-FN     dir
-// PENDING-FN }
+/// The policy directory of users' groups and registered builds, from config.
+fn directory(cfg: &Config) -> mandate_policy::Directory {
+    let mut dir = mandate_policy::Directory::default();
+    for (group, users) in &cfg.groups {
+        for user in users {
+            dir.groups
+                .entry(user.clone())
+                .or_default()
+                .insert(group.clone());
+        }
+    }
+    for (hash, name) in &cfg.builds {
+        dir.builds.insert(
+            hash.clone(),
+            mandate_policy::BuildInfo { name: name.clone() },
+        );
+    }
+    dir
+}
 
 /// With the change gate on, the policy set in force is the one the
 /// control store says was activated; it is written out to
