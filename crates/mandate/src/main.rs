@@ -108,6 +108,13 @@ enum Command {
         #[command(flatten)]
         api: ops::ApiArgs,
     },
+    /// Human approval of held tool calls: list, show, approve, deny.
+    Approvals {
+        #[command(subcommand)]
+        command: ops::ApprovalsCommand,
+        #[command(flatten)]
+        api: ops::ApiArgs,
+    },
     /// The two-person change gate: propose, approve, activate.
     Change {
         #[command(subcommand)]
@@ -374,6 +381,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         } => ops::revoke(&api, &kind, &value, reason).await?,
         Command::Revocations { command, api } => ops::revocations(&api, command).await?,
         Command::Change { command, api } => ops::change(&api, command).await?,
+        Command::Approvals { command, api } => ops::approvals(&api, command).await?,
         Command::Bench(args) => bench::run(args).await?,
         Command::DemoServer {
             profile,

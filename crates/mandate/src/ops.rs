@@ -88,6 +88,45 @@ pub enum ChangeCommand {
     },
 }
 
+/// `mandate approvals …`: decide held tool calls.
+#[derive(clap::Subcommand, Debug)]
+pub enum ApprovalsCommand {
+    /// List approval requests (default: pending).
+    List {
+        /// pending, approved, denied, expired, withdrawn or all.
+        #[arg(long, default_value = "pending")]
+        status: String,
+    },
+    /// Show one request in full (who, what, why, arguments).
+    Show {
+        /// Approval id.
+        id: String,
+    },
+    /// Approve a held call.
+    Approve {
+        /// Approval id.
+        id: String,
+        /// Comment recorded with the decision.
+        #[arg(long)]
+        comment: Option<String>,
+        /// Bind the decision to the argument hash you reviewed (default:
+        /// the request's, after printing the request).
+        #[arg(long)]
+        args_hash: Option<String>,
+    },
+    /// Deny a held call.
+    Deny {
+        /// Approval id.
+        id: String,
+        /// Comment recorded with the decision.
+        #[arg(long)]
+        comment: Option<String>,
+        /// Bind the decision to the argument hash you reviewed.
+        #[arg(long)]
+        args_hash: Option<String>,
+    },
+}
+
 struct Api {
     base: String,
     token: String,
@@ -315,5 +354,113 @@ pub async fn change(args: &ApiArgs, cmd: ChangeCommand) -> Result<()> {
         ),
     };
     print(args, &v, |v| format!("{verb}: {}", change_line(v)));
+    Ok(())
+}
+
+fn approval_line(a: &Value) -> String {
+    format!(
+        "{}  {:<9} {:<22} {:<11} for {} via {}  args {}",
+        s(a, "id"),
+        s(a, "status"),
+        s(a, "tool"),
+        s(a, "class"),
+        s(a, "sub"),
+        a.get("act")
+            .and_then(Value::as_array)
+            .map(|v| v
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" > "))
+            .unwrap_or_default(),
+        a.get("args").map(Value::to_string).unwrap_or_default(),
+    )
+}
+
+/// `mandate approvals …`.
+pub async fn approvals(args: &ApiArgs, cmd: ApprovalsCommand) -> Result<()> {
+    use reqwest::Method;
+    let api = Api::new(args)?;
+    match cmd {
+        ApprovalsCommand::List { status } => {
+            let v = api
+                .send(
+                    Method::GET,
+                    &format!("/api/approvals?status={status}"),
+                    None,
+                )
+                .await?;
+            print(args, &v, |v| {
+                let list = v
+                    .get("approvals")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                if list.is_empty() {
+                    format!("no {status} approval requests")
+                } else {
+                    list.iter()
+                        .map(approval_line)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                }
+            });
+        }
+        ApprovalsCommand::Show { id } => {
+            let v = api
+                .send(Method::GET, &format!("/api/approvals/{id}"), None)
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        ApprovalsCommand::Approve {
+            id,
+            comment,
+            args_hash,
+        } => decide(args, &api, true, &id, comment, args_hash).await?,
+        ApprovalsCommand::Deny {
+            id,
+            comment,
+            args_hash,
+        } => decide(args, &api, false, &id, comment, args_hash).await?,
+    }
+    Ok(())
+}
+
+/// Approves or denies `id`, bound to the argument hash the operator
+/// reviewed (or, without one, to the request's after printing it).
+async fn decide(
+    args: &ApiArgs,
+    api: &Api,
+    approve: bool,
+    id: &str,
+    comment: Option<String>,
+    args_hash: Option<String>,
+) -> Result<()> {
+    use reqwest::Method;
+    let args_hash = match args_hash {
+        Some(h) => h,
+        None => {
+            let current = api
+                .send(Method::GET, &format!("/api/approvals/{id}"), None)
+                .await?;
+            eprintln!("deciding: {}", approval_line(&current));
+            s(&current, "args_hash").to_owned()
+        }
+    };
+    let action = if approve { "approve" } else { "deny" };
+    let v = api
+        .send(
+            Method::POST,
+            &format!("/api/approvals/{id}/{action}"),
+            Some(json!({"args_hash": args_hash, "comment": comment})),
+        )
+        .await?;
+    print(args, &v, |v| {
+        format!(
+            "{}: {}",
+            if approve { "approved" } else { "denied" },
+            approval_line(v)
+        )
+    });
     Ok(())
 }
