@@ -27,6 +27,9 @@ def test_demo_gets_every_expected_decision(demo) -> None:
     assert "expected" in r.stdout and "got" in r.stdout, out
     assert "✗" not in r.stdout, out
     assert "Every call got the decision" in r.stdout, out
+    # The human-in-the-loop story: a held exfiltration denied, a held payment approved and completed.
+    assert "DENIED   docs.send_mail" in r.stdout and "APPROVED bank.transfer" in r.stdout, out
+    assert "transferred 1200 EUR to SUPPLIER-7" in r.stdout, out
 
 
 def test_demo_audit_log_verifies(demo) -> None:
