@@ -309,3 +309,59 @@ def test_restart_while_pending_fails_closed(launcher: Launcher, issuer: Issuer, 
     assert rec_rows and rec_rows[-1]["effect"] == "allow"
     time.sleep(0.5)
     assert not transfers(rec, memo), "a call was forwarded without its held request"
+
+
+def test_clients_are_pointed_at_the_page_but_cannot_answer_for_the_approver(env, issuer: Issuer) -> None:
+    """A client that supports URL-mode elicitation is sent the approval
+    page; accepting that elicitation (the agent's own channel) decides
+    nothing. Only the approver's decision on Mandate's side does."""
+    import httpx2
+    from mcp import Client, MCPError
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.types import ElicitResult
+
+    gw, rec = env
+    memo = "elicit-" + uuid.uuid4().hex[:6]
+    sid = "elicit-" + uuid.uuid4().hex[:8]
+    token = issuer.mint(gw.audience, scope="bank.*", sid=sid)
+    op = op_token(gw, issuer)
+    seen: list[Any] = []
+
+    async def accept_everything(context: Any, params: Any) -> ElicitResult:
+        seen.append(params)
+        return ElicitResult(action="accept")
+
+    outcome: dict[str, Any] = {}
+
+    async def agent() -> None:
+        http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30, read=30))
+        async with http, Client(streamable_http_client(gw.mcp_url, http_client=http), mode="legacy",
+                                read_timeout_seconds=30, elicitation_callback=accept_everything) as client:
+            async with anyio.create_task_group() as tg:
+                async def call() -> None:
+                    try:
+                        outcome["result"] = await client.call_tool(
+                            "bank.transfer", {"amount": 30, "to": "acc-bob", "memo": memo})
+                    except MCPError as e:
+                        outcome["error"] = e
+
+                tg.start_soon(call)
+                with anyio.fail_after(10):
+                    while not seen:
+                        await anyio.sleep(0.05)
+                # The client accepted the elicitation; the call is still held.
+                await anyio.sleep(0.5)
+                pending = [a for a in gw.api("GET", "/api/approvals?status=pending", op).json()["approvals"]
+                           if a["session"] == f"sid:{sid}"]
+                assert pending, "accepting the elicitation decided the approval"
+                outcome["approval"] = pending[0]
+                gw.api("POST", f"/api/approvals/{pending[0]['id']}/deny", op,
+                       {"args_hash": pending[0]["args_hash"], "comment": "no"})
+
+    anyio.run(agent)
+    params = seen[0]
+    assert getattr(params, "mode", None) == "url", params
+    assert params.url.endswith(f"/approvals#{outcome['approval']['id']}"), params.url
+    err = outcome.get("error")
+    assert err is not None and err.data["reason"] == "approval_denied", outcome
+    assert not transfers(rec, memo)

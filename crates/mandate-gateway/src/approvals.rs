@@ -145,6 +145,32 @@ impl Gateway {
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(u64::try_from(remaining_ms).unwrap_or(0));
         let url = approval_url(self, &id);
+        // Point the person at the page through the client's own UI, where
+        // it supports URL-mode elicitation. Whatever comes back is ignored:
+        // only an authenticated approver on Mandate's side decides.
+        if let Some(peer) = client.clone()
+            && let Ok(page) = url::Url::parse(&url)
+        {
+            let message = format!(
+                "A person must approve this {} call before it runs. Open the approval page to decide.",
+                approval.request.tool
+            );
+            let elicitation_id = id.clone();
+            let limit = Duration::from_millis(u64::try_from(remaining_ms.max(0)).unwrap_or(0));
+            tokio::spawn(async move {
+                match peer
+                    .elicit_url_with_timeout(message, page, elicitation_id, Some(limit))
+                    .await
+                {
+                    Ok(action) => {
+                        tracing::debug!(?action, "approval page elicitation answered (ignored)")
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "no URL elicitation for the approval page")
+                    }
+                }
+            });
+        }
         let mut ticker = tokio::time::interval(PROGRESS_EVERY);
         let mut step = 0.0;
         let outcome = loop {
