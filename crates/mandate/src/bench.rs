@@ -38,6 +38,10 @@ pub struct BenchArgs {
     /// CPUs), so the gateway's cost is not taken from the upstream's budget.
     #[arg(long)]
     pub split_cpus: bool,
+    /// Instead: measure human approval (decision sent → agent's result)
+    /// over N held transfers, against the same transfer without approval.
+    #[arg(long, value_name = "N")]
+    pub approvals: Option<usize>,
 }
 
 /// The gateway under test: in this process, or a pinned child process.
@@ -222,6 +226,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let _ = std::fs::remove_dir_all(&args.data_dir);
     std::fs::create_dir_all(&args.data_dir)?;
     let data_dir = args.data_dir.canonicalize()?;
+    if let Some(n) = args.approvals {
+        return crate::bench_approvals::run(&data_dir, n.max(1)).await;
+    }
 
     // The upstream, over Streamable HTTP.
     let up_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

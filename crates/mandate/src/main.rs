@@ -1,6 +1,7 @@
 //! `mandate`: the Zero Trust control plane for AI agents, as one binary.
 
 mod bench;
+mod bench_approvals;
 mod config;
 mod demo;
 mod demo_server;
