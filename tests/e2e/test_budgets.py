@@ -119,3 +119,24 @@ def test_money_budget_counts_only_released_payments(env, issuer: Issuer) -> None
     assert pay(400, "approve") == "ok"                # exactly 1000
     sent = [c["arguments"]["amount"] for c in read_jsonl(bank_rec) if c["arguments"].get("memo", "").startswith(task)]
     assert sent == [600, 400], sent
+
+
+def test_budgets_survive_a_restart(launcher: Launcher, issuer: Issuer, tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, policies, ignore=shutil.ignore_patterns("tests", "*.md"))
+    (policies / "90-e2e-limits.cedar").write_text(LIMITS)
+    data = tmp_path / "data"
+    upstreams = {"docs": {"command": str(mandate_bin()), "args": ["demo-server", "--profile", "workspace"],
+                          "tools": {"search": "read", "list_customers": "read"}}}
+    task = "restart-" + uuid.uuid4().hex[:6]
+
+    def call(gw: Gateway) -> str:
+        token = issuer.mint(gw.audience, scope="docs.*", task_id=task)
+        return outcome(gw.call_tool(token, gw.initialize(token), "docs.list_customers", {}).response())
+
+    first = launcher.gateway(issuer, upstreams, policy_dir=policies, data_dir=data, name="budget-1")
+    assert [call(first) for _ in range(3)] == ["ok"] * 3
+    first.proc.stop()
+    second = launcher.gateway(issuer, upstreams, policy_dir=policies, data_dir=data, name="budget-2")
+    # 3 calls before the restart count: 2 more, then the task budget of 5 is spent.
+    assert [call(second) for _ in range(3)] == ["ok", "ok", "not_permitted"]

@@ -28,6 +28,7 @@ fn record() -> AuditRecord {
         args_hash: "00".repeat(32),
         outcome: None,
         detail: None,
+        amount: None,
     }
 }
 

@@ -37,7 +37,8 @@ mod writer;
 pub use chain::{GENESIS_HASH, canonical_body, record_hash};
 pub use error::{AuditError, CorruptRow, EncodeError, SchemaVersion, StorageError};
 pub use read::{
-    Problem, ProblemKind, StoredRecord, VerifyReport, read_by_correlation, read_records, verify,
+    Problem, ProblemKind, StoredRecord, VerifyReport, read_by_correlation, read_decisions_since,
+    read_records, verify,
 };
 
 use mandate_core::AuditRecord;

@@ -14,6 +14,7 @@ fn record() -> AuditRecord {
         args_hash: "ah".to_owned(),
         outcome: None,
         detail: None,
+        amount: None,
     }
 }
 

@@ -47,6 +47,7 @@ fn record(n: i64, session: &str, correlation: &CorrelationId) -> AuditRecord {
         args_hash: "ab".repeat(32),
         outcome: (n % 2 == 1).then(|| "ok".to_owned()),
         detail: Some("naïve \"quoted\" ✓".to_owned()),
+        amount: None,
     }
 }
 

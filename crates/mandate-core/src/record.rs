@@ -80,6 +80,10 @@ pub struct AuditRecord {
     pub outcome: Option<String>,
     /// Free-form detail (an error message, never a secret).
     pub detail: Option<String>,
+    /// Money the call moves (the integer `amount` argument of a permitted
+    /// `financial` call), so task budgets can be rebuilt from the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<i64>,
 }
 
 impl AuditRecord {
@@ -101,6 +105,7 @@ impl AuditRecord {
             args_hash: args_hash.into(),
             outcome: None,
             detail: None,
+            amount: None,
         }
     }
 
@@ -131,6 +136,7 @@ impl AuditRecord {
             args_hash,
             outcome: None,
             detail: Some(detail.to_string()),
+            amount: None,
         }
     }
 

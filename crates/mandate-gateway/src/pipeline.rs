@@ -197,12 +197,12 @@ impl crate::Gateway {
         // 5. Write ahead: the decision is durable before anything is forwarded.
         //    If the store cannot write, the call is denied.
         self.metrics.count_decision(&decision);
-        let appended = tokio::time::timeout(
-            AUDIT_WRITE_TIMEOUT,
-            self.audit.append(record(&decision, &call.args_hash)),
-        )
-        .await
-        .unwrap_or(Err(mandate_audit::AuditError::WriterStopped));
+        let mut decision_record = record(&decision, &call.args_hash);
+        decision_record.amount = metered_amount(&call);
+        let appended =
+            tokio::time::timeout(AUDIT_WRITE_TIMEOUT, self.audit.append(decision_record))
+                .await
+                .unwrap_or(Err(mandate_audit::AuditError::WriterStopped));
         if let Err(e) = appended {
             tracing::error!(error = %e, decision = %decision.id, "audit store unavailable; denying");
             self.metrics.audit_failures.inc();
@@ -474,7 +474,7 @@ impl crate::Gateway {
         };
         // The held decision is on the record before anyone can act on it.
         held_record.detail = Some(format!(
-            "held for human approval {} ({})",
+            "{HELD_DETAIL} {} ({})",
             approval.id,
             crate::approvals::approval_url(self, &approval.id)
         ));
@@ -570,12 +570,65 @@ impl crate::Gateway {
     }
 }
 
-/// The usage key of a principal's task: issuer, user and task id (two
-/// users' tasks with the same id never share a budget). `None` without a task.
+/// The usage key of a principal's task: user and task id (two users'
+/// tasks with the same id never share a budget). `None` without a task.
 fn task_key(p: &Principal) -> Option<String> {
-    p.task_id
-        .as_ref()
-        .map(|t| serde_json::json!([p.iss, p.sub, t]).to_string())
+    p.task_id.as_deref().map(|t| task_key_of(&p.sub, t))
+}
+
+fn task_key_of(sub: &str, task: &str) -> String {
+    serde_json::json!([sub, task]).to_string()
+}
+
+/// The money a call moves: the integer `amount` argument of a `financial` call.
+fn metered_amount(call: &ToolCall) -> Option<i64> {
+    (call.class == mandate_core::ToolClass::Financial)
+        .then(|| call.args.get("amount").and_then(serde_json::Value::as_i64))
+        .flatten()
+}
+
+/// Detail of the decision record of a call put on hold (not yet counted).
+pub(crate) const HELD_DETAIL: &str = "held for human approval";
+
+impl crate::Gateway {
+    /// Restores session and task usage from decision records written
+    /// before a restart (calls that were let through count; held records
+    /// do not, their release does). Returns how many calls were restored.
+    pub fn restore_usage<'a>(&self, records: impl IntoIterator<Item = &'a AuditRecord>) -> usize {
+        let now = now_unix();
+        let mut restored = 0;
+        for r in records {
+            let held = r
+                .detail
+                .as_deref()
+                .is_some_and(|d| d.starts_with(HELD_DETAIL));
+            if r.kind != mandate_core::RecordKind::Decision || !r.decision.is_allow() || held {
+                continue;
+            }
+            let at = r.time_ms / 1000;
+            let exp = at.saturating_add(3600).max(now).cast_unsigned();
+            {
+                let mut s = self.sessions.entry(r.subject.session.clone()).or_default();
+                s.calls = s.calls.saturating_add(1);
+                s.exp = s.exp.max(exp);
+                *s.per_tool.entry(r.tool.clone()).or_default() += 1;
+                if at > now.saturating_sub(60) && s.recent.len() < RECENT_CAP {
+                    s.recent.push_back(at);
+                }
+            }
+            if let Some(task) = &r.subject.task_id {
+                let mut t = self
+                    .tasks
+                    .entry(task_key_of(&r.subject.sub, task))
+                    .or_default();
+                t.calls = t.calls.saturating_add(1);
+                t.amount = t.amount.saturating_add(r.amount.unwrap_or(0).max(0));
+                t.exp = t.exp.max(exp);
+            }
+            restored += 1;
+        }
+        restored
+    }
 }
 
 /// Most call times kept per session for `calls_last_minute`.

@@ -428,7 +428,7 @@ async fn build_gateway(cfg: &Config) -> Result<Arc<Gateway>> {
     let policy = PolicyEngine::load_dir(&policy_dir)
         .map_err(|e| anyhow::anyhow!("policies in {}: {e}", policy_dir.display()))?;
     policy.set_directory(directory(cfg));
-    Ok(Gateway::new(
+    let gw = Gateway::new(
         cfg.gateway.clone(),
         mandate_gateway::Planes {
             authn: Arc::new(authn),
@@ -437,8 +437,23 @@ async fn build_gateway(cfg: &Config) -> Result<Arc<Gateway>> {
             audit,
             control: Arc::new(control),
         },
-    ))
+    );
+    // Budgets survive restarts: replay the last day's decisions.
+    let since = mandate_core::AuditRecord::now_ms() - USAGE_WINDOW_MS;
+    let records = mandate_audit::read_decisions_since(&cfg.audit_path(), since)
+        .map_err(|e| anyhow::anyhow!("audit log {}: {e}", cfg.audit_path().display()))?;
+    let restored = gw.restore_usage(records.iter().map(|r| &r.record));
+    if restored > 0 {
+        tracing::info!(
+            calls = restored,
+            "session and task usage restored from the audit log"
+        );
+    }
+    Ok(gw)
 }
+
+/// How far back usage counters are restored from the audit log at start.
+const USAGE_WINDOW_MS: i64 = 24 * 3600 * 1000;
 
 /// The policy directory of users' groups and registered builds, from config.
 fn directory(cfg: &Config) -> mandate_policy::Directory {
