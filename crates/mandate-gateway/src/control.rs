@@ -200,17 +200,22 @@ pub(crate) async fn authenticate_operator(
         return refuse("agent tokens (with an `act` claim) cannot use the control API".into())
             .await;
     }
-    let roles: BTreeSet<Role> = gw
-        .config()
-        .operators
-        .iter()
-        .filter(|o| o.sub == principal.sub && o.issuer.as_ref().is_none_or(|i| *i == principal.iss))
-        .flat_map(|o| o.roles.iter().copied())
-        .collect();
+    let roles = operator_roles(gw, &principal);
     if roles.is_empty() {
         return refuse(format!("{} is not a configured operator", principal.sub)).await;
     }
     Ok(Operator { principal, roles })
+}
+
+/// The roles `[[operators]]` gives this person (`sub`, and `iss` where an
+/// entry names one).
+pub(crate) fn operator_roles(gw: &Gateway, principal: &Principal) -> BTreeSet<Role> {
+    gw.config()
+        .operators
+        .iter()
+        .filter(|o| o.sub == principal.sub && o.issuer.as_ref().is_none_or(|i| *i == principal.iss))
+        .flat_map(|o| o.roles.iter().copied())
+        .collect()
 }
 
 /// Authenticates and requires `role`; a refusal is recorded.

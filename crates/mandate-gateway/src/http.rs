@@ -92,6 +92,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/metrics", get(metrics))
         .with_state(state)
         .merge(crate::approvals::routes(api_gw.clone()))
+        .merge(crate::web::routes(api_gw.clone()))
         .merge(crate::control::routes(api_gw))
 }
 

@@ -8,7 +8,8 @@
 //!
 //! Reading order: [`http`] (authentication and session binding per HTTP
 //! request), [`handler`] (the MCP server surface), `pipeline` (the
-//! per-call enforcement steps), [`upstream`] (the MCP client side).
+//! per-call enforcement steps), [`upstream`] (the MCP client side),
+//! [`web`] (the approval page people decide held calls on).
 
 mod approvals;
 pub mod config;
@@ -19,9 +20,11 @@ pub mod http;
 mod metrics;
 mod pipeline;
 pub mod upstream;
+pub mod web;
 
 pub use config::{
-    ApprovalConfig, GatewayConfig, Isolation, OperatorConfig, Role, Transport, UpstreamConfig,
+    ApprovalConfig, ClientSecret, GatewayConfig, Isolation, LocalAccount, OidcConfig,
+    OperatorConfig, Role, Transport, UpstreamConfig, WebConfig,
 };
 pub use metrics::Metrics;
 pub use pipeline::{Incoming, META_CORRELATION, META_DECISION};

@@ -190,7 +190,7 @@ impl crate::Gateway {
                 .await
             {
                 Ok(released) => (released, DenyCategory::NotPermitted),
-                Err(denied) => denied,
+                Err(denied) => *denied,
             };
         }
 
@@ -416,10 +416,10 @@ impl crate::Gateway {
         cancel: tokio_util::sync::CancellationToken,
         client: Option<Peer<RoleServer>>,
         progress: Option<ProgressToken>,
-    ) -> Result<Decision, (Decision, DenyCategory)> {
+    ) -> Result<Decision, Box<(Decision, DenyCategory)>> {
         let hash = || self.policy.policy_hash();
         let deny = |reason: String, category: DenyCategory| {
-            Err((Decision::deny(reason, hash()), category))
+            Err(Box::new((Decision::deny(reason, hash()), category)))
         };
         let Held {
             principal,
@@ -523,7 +523,7 @@ impl crate::Gateway {
                         "approved by {by} ({}), but denied at release",
                         a.id
                     ));
-                    return Err((released, DenyCategory::NotPermitted));
+                    return Err(Box::new((released, DenyCategory::NotPermitted)));
                 }
                 released.reasons.push(format!(
                     "approved by {by} ({}){}",

@@ -166,7 +166,7 @@ pub async fn run(dir: &Path, n: usize) -> Result<()> {
                 .await?
                 .json()
                 .await?;
-            if let Some(a) = list["approvals"]
+            if let Some(a) = field(&list, "approvals")
                 .as_array()
                 .and_then(|v| v.first())
                 .cloned()
@@ -179,10 +179,10 @@ pub async fn run(dir: &Path, n: usize) -> Result<()> {
         let resp = http
             .post(format!(
                 "{held_url}/api/approvals/{}/approve",
-                pending["id"].as_str().unwrap_or_default()
+                field(&pending, "id").as_str().unwrap_or_default()
             ))
             .bearer_auth(&operator)
-            .json(&json!({"args_hash": pending["args_hash"]}))
+            .json(&json!({"args_hash": field(&pending, "args_hash")}))
             .send()
             .await?;
         if !resp.status().is_success() {
@@ -214,4 +214,9 @@ pub async fn run(dir: &Path, n: usize) -> Result<()> {
         "\nThe decision path writes the approver's audit record, the decision, the released call's decision record (each fsync'd) and then forwards."
     );
     Ok(())
+}
+
+/// `v[key]`, or `null` (never panics).
+fn field<'a>(v: &'a Value, key: &str) -> &'a Value {
+    v.get(key).unwrap_or(&Value::Null)
 }

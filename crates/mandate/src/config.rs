@@ -8,7 +8,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use mandate_authn::{AuthnConfig, IssuerConfig, JwksSource};
 use mandate_core::ToolClass;
 use mandate_gateway::{
-    ApprovalConfig, GatewayConfig, Isolation, OperatorConfig, Role, Transport, UpstreamConfig,
+    ApprovalConfig, ClientSecret, GatewayConfig, Isolation, LocalAccount, OidcConfig,
+    OperatorConfig, Role, Transport, UpstreamConfig, WebConfig,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -72,6 +73,8 @@ struct ApprovalsSection {
     webhook_url: Option<String>,
     #[serde(default)]
     allow_self_approval: bool,
+    #[serde(default)]
+    web: WebSection,
 }
 
 impl Default for ApprovalsSection {
@@ -80,8 +83,35 @@ impl Default for ApprovalsSection {
             timeout_secs: default_approval_timeout(),
             webhook_url: None,
             allow_self_approval: false,
+            web: WebSection::default(),
         }
     }
+}
+
+/// `[approvals.web]`: sign-in to the approval page.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebSection {
+    #[serde(default)]
+    local_accounts: Vec<LocalAccountSection>,
+    oidc: Option<OidcSection>,
+    session_idle_secs: Option<u64>,
+    session_max_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LocalAccountSection {
+    sub: String,
+    password_hash: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OidcSection {
+    issuer: String,
+    client_id: String,
+    client_secret_env: Option<String>,
 }
 
 fn default_approval_timeout() -> u64 {
@@ -416,6 +446,7 @@ impl Config {
         if file.approvals.timeout_secs == 0 || file.approvals.timeout_secs > 86_400 {
             bail!("approvals.timeout_secs must be between 1 and 86400");
         }
+        let web = web_config(&file.approvals.web)?;
         let mut operators = Vec::new();
         for (i, o) in file.operators.iter().enumerate() {
             if o.sub.trim().is_empty() {
@@ -423,8 +454,13 @@ impl Config {
             }
             if let Some(iss) = &o.issuer
                 && !file.auth.issuers.iter().any(|i| &i.issuer == iss)
+                && web.oidc.as_ref().is_none_or(|w| &w.issuer != iss)
+                && iss != mandate_gateway::web::LOCAL_ISSUER
             {
-                bail!("operators[{i}].issuer {iss:?} is not one of auth.issuers");
+                bail!(
+                    "operators[{i}].issuer {iss:?} is not one of auth.issuers, approvals.web.oidc.issuer or \"{}\" (local accounts)",
+                    mandate_gateway::web::LOCAL_ISSUER
+                );
             }
             let roles = o
                 .roles
@@ -469,6 +505,7 @@ impl Config {
                 timeout: Duration::from_secs(file.approvals.timeout_secs),
                 webhook_url: file.approvals.webhook_url.clone(),
                 allow_self_approval: file.approvals.allow_self_approval,
+                web,
             },
             change_gate: file.policy.change_gate,
         };
@@ -515,6 +552,92 @@ impl Config {
     }
 }
 
+/// `[approvals.web]` → the approval page's sign-in settings.
+fn web_config(w: &WebSection) -> Result<WebConfig> {
+    let defaults = WebConfig::default();
+    let idle = w
+        .session_idle_secs
+        .unwrap_or(defaults.session_idle.as_secs());
+    let max = w.session_max_secs.unwrap_or(defaults.session_max.as_secs());
+    if idle == 0 || idle > 86_400 {
+        bail!("approvals.web.session_idle_secs must be between 1 and 86400");
+    }
+    if max < idle || max > 7 * 86_400 {
+        bail!(
+            "approvals.web.session_max_secs must be at least session_idle_secs and at most 604800"
+        );
+    }
+    let mut local_accounts = Vec::new();
+    for (i, a) in w.local_accounts.iter().enumerate() {
+        if a.sub.trim().is_empty() || a.sub.trim() != a.sub || a.sub.chars().any(char::is_control) {
+            bail!(
+                "approvals.web.local_accounts[{i}].sub must be non-empty, without surrounding spaces or control characters"
+            );
+        }
+        if w.local_accounts.iter().take(i).any(|b| b.sub == a.sub) {
+            bail!("approvals.web.local_accounts: {:?} is listed twice", a.sub);
+        }
+        let password_hash = a.password_hash.parse().map_err(|e| {
+            anyhow!(
+                "approvals.web.local_accounts[{i}].password_hash: {e} (make one with `mandate approvals hash-password`)"
+            )
+        })?;
+        local_accounts.push(LocalAccount {
+            sub: a.sub.clone(),
+            password_hash,
+        });
+    }
+    let oidc = match &w.oidc {
+        None => None,
+        Some(o) => {
+            let issuer_ok = reqwest::Url::parse(&o.issuer).is_ok_and(|u| {
+                u.scheme() == "https"
+                    || (u.scheme() == "http"
+                        && u.host_str().is_some_and(|h| {
+                            h == "localhost"
+                                || h.trim_matches(['[', ']'])
+                                    .parse::<std::net::IpAddr>()
+                                    .is_ok_and(|ip| ip.is_loopback())
+                        }))
+            });
+            if !issuer_ok {
+                bail!(
+                    "approvals.web.oidc.issuer {:?} must be an https URL (or http to a loopback host)",
+                    o.issuer
+                );
+            }
+            if o.client_id.trim().is_empty() {
+                bail!("approvals.web.oidc.client_id must not be empty");
+            }
+            let client_secret = match &o.client_secret_env {
+                None => None,
+                Some(var) => {
+                    let secret = std::env::var(var).map_err(|_| {
+                        anyhow!("approvals.web.oidc.client_secret_env: the environment variable {var} is not set")
+                    })?;
+                    if secret.is_empty() {
+                        bail!(
+                            "approvals.web.oidc.client_secret_env: the environment variable {var} is empty"
+                        );
+                    }
+                    Some(ClientSecret::new(secret))
+                }
+            };
+            Some(OidcConfig {
+                issuer: o.issuer.clone(),
+                client_id: o.client_id.clone(),
+                client_secret,
+            })
+        }
+    };
+    Ok(WebConfig {
+        local_accounts,
+        oidc,
+        session_idle: Duration::from_secs(idle),
+        session_max: Duration::from_secs(max),
+    })
+}
+
 fn host_of(url: &str) -> Option<String> {
     let rest = url.split_once("://")?.1;
     let authority = rest.split('/').next()?;
@@ -537,6 +660,27 @@ mod tests {
     fn upstream_needs_exactly_one_transport() {
         let text = "[auth]\nissuers=[{issuer=\"x\", jwks_file=\"j\"}]\n[upstreams.a]\ncommand=\"c\"\nurl=\"http://x\"\n";
         assert!(Config::parse(text, Path::new("m.toml"), &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn approval_page_settings_are_checked() {
+        let base = "[auth]\nissuers=[{issuer=\"x\", jwks_file=\"j\"}]\n";
+        let parse = |extra: &str| {
+            Config::parse(
+                &format!("{base}{extra}"),
+                Path::new("m.toml"),
+                &Overrides::default(),
+            )
+        };
+        let weak = "[[approvals.web.local_accounts]]\nsub=\"c\"\npassword_hash=\"pbkdf2-sha256$i=1000$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"\n";
+        assert!(parse(weak).is_err_and(|e| e.to_string().contains("iterations")));
+        let unknown = "[approvals.web]\nbogus=1\n";
+        assert!(parse(unknown).is_err_and(|e| e.to_string().contains("bogus")));
+        let plain_http = "[approvals.web.oidc]\nissuer=\"http://idp.example\"\nclient_id=\"m\"\n";
+        assert!(parse(plain_http).is_err_and(|e| e.to_string().contains("https")));
+        let ok = "[approvals.web.oidc]\nissuer=\"https://idp.example\"\nclient_id=\"m\"\n\
+                  [[operators]]\nsub=\"dana\"\nissuer=\"https://idp.example\"\nroles=[\"approver\"]\n";
+        assert!(parse(ok).is_ok_and(|c| c.gateway.approvals.web.oidc.is_some()));
     }
 
     #[test]

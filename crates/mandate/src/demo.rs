@@ -362,10 +362,14 @@ async fn scripted_approver(
         let Ok(list) = resp.json::<Value>().await else {
             continue;
         };
-        for a in list["approvals"].as_array().cloned().unwrap_or_default() {
-            let id = a["id"].as_str().unwrap_or_default();
-            let to = a["args"]["to"].as_str().unwrap_or_default();
-            let approve = a["tool"] == "bank.transfer" && to.starts_with("SUPPLIER-");
+        for a in field(&list, "approvals")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            let id = field(&a, "id").as_str().unwrap_or_default();
+            let to = field(field(&a, "args"), "to").as_str().unwrap_or_default();
+            let approve = field(&a, "tool") == "bank.transfer" && to.starts_with("SUPPLIER-");
             let comment = if approve {
                 "invoice matches the purchase order"
             } else {
@@ -375,7 +379,7 @@ async fn scripted_approver(
             let done = http
                 .post(format!("{base}/api/approvals/{id}/{action}"))
                 .bearer_auth(&token)
-                .json(&json!({"args_hash": a["args_hash"], "comment": comment}))
+                .json(&json!({"args_hash": field(&a, "args_hash"), "comment": comment}))
                 .send()
                 .await
                 .is_ok_and(|r| r.status().is_success());
@@ -384,8 +388,8 @@ async fn scripted_approver(
                     "{}  {} {} {}: \"{comment}\"",
                     id,
                     if approve { "APPROVED" } else { "DENIED  " },
-                    a["tool"].as_str().unwrap_or_default(),
-                    a["args"],
+                    field(&a, "tool").as_str().unwrap_or_default(),
+                    field(&a, "args"),
                 ));
             }
         }
@@ -523,4 +527,9 @@ fn print_table(rows: &[Row]) {
             r.detail
         );
     }
+}
+
+/// `v[key]`, or `null` (never panics).
+fn field<'a>(v: &'a Value, key: &str) -> &'a Value {
+    v.get(key).unwrap_or(&Value::Null)
 }

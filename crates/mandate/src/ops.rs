@@ -125,6 +125,14 @@ pub enum ApprovalsCommand {
         #[arg(long)]
         args_hash: Option<String>,
     },
+    /// Print a password hash for `[[approvals.web.local_accounts]]`
+    /// (reads the password from the first line of standard input; needs no
+    /// running server).
+    HashPassword {
+        /// PBKDF2 iterations (at least 100000).
+        #[arg(long, default_value_t = mandate_gateway::web::DEFAULT_ITERATIONS)]
+        iterations: u32,
+    },
 }
 
 struct Api {
@@ -380,8 +388,12 @@ fn approval_line(a: &Value) -> String {
 /// `mandate approvals …`.
 pub async fn approvals(args: &ApiArgs, cmd: ApprovalsCommand) -> Result<()> {
     use reqwest::Method;
+    if let ApprovalsCommand::HashPassword { iterations } = cmd {
+        return hash_password(iterations);
+    }
     let api = Api::new(args)?;
     match cmd {
+        ApprovalsCommand::HashPassword { .. } => {}
         ApprovalsCommand::List { status } => {
             let v = api
                 .send(
@@ -423,6 +435,25 @@ pub async fn approvals(args: &ApiArgs, cmd: ApprovalsCommand) -> Result<()> {
             args_hash,
         } => decide(args, &api, false, &id, comment, args_hash).await?,
     }
+    Ok(())
+}
+
+/// Reads a password (first line of standard input) and prints its hash.
+fn hash_password(iterations: u32) -> Result<()> {
+    use std::io::{BufRead as _, IsTerminal as _};
+    if std::io::stdin().is_terminal() {
+        eprintln!("Password (it will be visible; pipe it in to avoid that), then Enter:");
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    let hash = mandate_gateway::web::PasswordHash::new(password, iterations)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{hash}");
     Ok(())
 }
 

@@ -1,0 +1,60 @@
+use super::*;
+
+#[test]
+fn a_hash_round_trips_and_verifies_only_its_password() {
+    let Ok(h) = PasswordHash::new("correct horse", MIN_ITERATIONS) else {
+        unreachable!("hashing failed")
+    };
+    let text = h.to_string();
+    assert!(text.starts_with("pbkdf2-sha256$i=100000$"), "{text}");
+    let Ok(parsed) = text.parse::<PasswordHash>() else {
+        unreachable!("{text} did not parse")
+    };
+    assert_eq!(parsed, h);
+    assert!(parsed.verify("correct horse"));
+    assert!(!parsed.verify("correct horse "));
+    assert!(!parsed.verify(""));
+    let hash_part = text.rsplit('$').next().unwrap_or_default();
+    assert!(!format!("{parsed:?}").contains(hash_part));
+}
+
+#[test]
+fn weak_or_malformed_hashes_are_refused() {
+    for bad in [
+        "",
+        "pbkdf2-sha256$i=600000$c2FsdA$aGFzaA",
+        "pbkdf2-sha1$i=600000$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "pbkdf2-sha256$600000$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "pbkdf2-sha256$i=600000$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA$x",
+    ] {
+        assert!(bad.parse::<PasswordHash>().is_err(), "{bad}");
+    }
+    assert!(matches!(
+        "pbkdf2-sha256$i=1000$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+            .parse::<PasswordHash>(),
+        Err(PasswordError::TooFewIterations(1000))
+    ));
+    assert!(PasswordHash::new("x", 1000).is_err());
+}
+
+#[test]
+fn the_decoy_matches_nothing() {
+    let Some(i) = NonZeroU32::new(MIN_ITERATIONS) else {
+        unreachable!()
+    };
+    assert!(!PasswordHash::decoy(i).verify("anything"));
+}
+
+#[test]
+fn an_account_is_locked_after_repeated_failures() {
+    let limiter = LoginLimiter::default();
+    for _ in 0..MAX_FAILURES {
+        assert!(limiter.allows("carol"));
+        limiter.failed("carol");
+    }
+    assert!(!limiter.allows("carol"));
+    // Names that exist and names that do not are treated alike.
+    assert!(limiter.allows("nobody"));
+    limiter.succeeded("carol");
+    assert!(limiter.allows("carol"));
+}
