@@ -365,3 +365,92 @@ def test_clients_are_pointed_at_the_page_but_cannot_answer_for_the_approver(env,
     err = outcome.get("error")
     assert err is not None and err.data["reason"] == "approval_denied", outcome
     assert not transfers(rec, memo)
+
+
+TASKS_EXT = "io.modelcontextprotocol/tasks"
+
+
+def task_client_session(gw: Gateway, token: str) -> str:
+    """An MCP session whose client declares the tasks extension."""
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "clientInfo": {"name": "e2e-tasks", "version": "1"},
+        "capabilities": {"extensions": {TASKS_EXT: {}}}}}
+    reply = gw.post(init, token, headers={"MCP-Protocol-Version": "2025-11-25"})
+    assert reply.status == 200, reply.text
+    sid = reply.headers["mcp-session-id"]
+    gw.post({"jsonrpc": "2.0", "method": "notifications/initialized"}, token, sid,
+            headers={"MCP-Protocol-Version": "2025-11-25"})
+    return sid
+
+
+def rpc(gw: Gateway, token: str, sid: str, method: str, params: dict[str, Any], rid: int) -> dict[str, Any]:
+    return gw.post({"jsonrpc": "2.0", "id": rid, "method": method, "params": params}, token, sid,
+                   headers={"MCP-Protocol-Version": "2025-11-25"}).response(rid)
+
+
+def test_a_long_hold_becomes_an_mcp_task_for_clients_that_take_tasks(env, issuer: Issuer) -> None:
+    gw, rec = env
+    memo = "task-" + uuid.uuid4().hex[:6]
+    sid_claim = "task-" + uuid.uuid4().hex[:8]
+    token = issuer.mint(gw.audience, scope="bank.*", sid=sid_claim)
+    session = task_client_session(gw, token)
+    op = op_token(gw, issuer)
+
+    started = time.monotonic()
+    created = rpc(gw, token, session, "tools/call",
+                  {"name": "bank.transfer", "arguments": {"amount": 40, "to": "acc-bob", "memo": memo}}, 5)
+    assert time.monotonic() - started < 5, "the held call was not answered with a task"
+    result = created["result"]
+    assert result["resultType"] == "task" and result["status"] == "working", result
+    task_id = result["taskId"]
+    assert "/approvals#" in result.get("statusMessage", ""), result
+
+    # Working while held; the upstream has seen nothing.
+    got = rpc(gw, token, session, "tasks/get", {"taskId": task_id}, 6)["result"]
+    assert got["status"] == "working", got
+    assert not transfers(rec, memo)
+
+    # Another subject cannot see or cancel it.
+    other = issuer.mint(gw.audience, scope="bank.*", sub="mallory@example.com")
+    other_session = task_client_session(gw, other)
+    assert "error" in rpc(gw, other, other_session, "tasks/get", {"taskId": task_id}, 7)
+    assert "error" in rpc(gw, other, other_session, "tasks/cancel", {"taskId": task_id}, 8)
+
+    a = pending_for(gw, op, sid_claim)
+    r = gw.api("POST", f"/api/approvals/{a['id']}/approve", op, {"args_hash": a["args_hash"]})
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        got = rpc(gw, token, session, "tasks/get", {"taskId": task_id}, 9)["result"]
+        if got["status"] != "working":
+            break
+        time.sleep(0.1)
+    assert got["status"] == "completed", got
+    assert "transferred 40" in json.dumps(got["result"]), got
+    assert len(transfers(rec, memo)) == 1
+
+
+def test_cancelling_the_task_withdraws_the_held_call(env, issuer: Issuer) -> None:
+    gw, rec = env
+    memo = "task-cancel-" + uuid.uuid4().hex[:6]
+    sid_claim = "taskc-" + uuid.uuid4().hex[:8]
+    token = issuer.mint(gw.audience, scope="bank.*", sid=sid_claim)
+    session = task_client_session(gw, token)
+    created = rpc(gw, token, session, "tools/call",
+                  {"name": "bank.transfer", "arguments": {"amount": 41, "to": "acc-bob", "memo": memo}}, 5)
+    task_id = created["result"]["taskId"]
+    assert "result" in rpc(gw, token, session, "tasks/cancel", {"taskId": task_id}, 6)
+    op = op_token(gw, issuer)
+    deadline = time.monotonic() + 10
+    status = None
+    while time.monotonic() < deadline:
+        got = rpc(gw, token, session, "tasks/get", {"taskId": task_id}, 7)["result"]
+        status = got["status"]
+        if status != "working":
+            break
+        time.sleep(0.1)
+    assert status == "cancelled", got
+    withdrawn = [x for x in gw.api("GET", "/api/approvals?status=withdrawn", op).json()["approvals"]
+                 if x["session"] == f"sid:{sid_claim}"]
+    assert withdrawn, "the approval request was not withdrawn"
+    assert not transfers(rec, memo)

@@ -9,8 +9,8 @@ use crate::Gateway;
 use crate::pipeline::Incoming;
 use mandate_core::Principal;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, Implementation, ListToolsResult,
-    PaginatedRequestParams, ServerCapabilities, ServerConfig,
+    CallToolRequestParams, CallToolResponse, CancelTaskParams, GetTaskParams, GetTaskResult,
+    Implementation, ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::{NotificationContext, RequestContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
@@ -72,6 +72,7 @@ impl ServerHandler for GatewayHandler {
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_tool_list_changed()
+                .enable_tasks()
                 .build(),
         )
         .with_server_info(Implementation::new("mandate", env!("CARGO_PKG_VERSION")))
@@ -98,15 +99,85 @@ impl ServerHandler for GatewayHandler {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let principal = self.principal(&ctx).await?;
+        let tasks = ctx
+            .client_capabilities()
+            .is_some_and(|c| c.supports_tasks());
+        if !tasks {
+            return self
+                .gw
+                .call_tool(Incoming {
+                    principal,
+                    params,
+                    client: Some(ctx.peer.clone()),
+                    progress: ctx.meta.get_progress_token(),
+                    cancel: ctx.ct.clone(),
+                    on_hold: None,
+                })
+                .await;
+        }
+        // The client takes tasks: run the call in the background and, if it
+        // is held for a person, answer with a task at once. The task has
+        // its own cancellation (tasks/cancel), not this request's.
+        let (held_tx, held_rx) = tokio::sync::oneshot::channel();
+        let task_cancel = tokio_util::sync::CancellationToken::new();
+        let gw = self.gw.clone();
+        let incoming = Incoming {
+            principal: principal.clone(),
+            params,
+            client: Some(ctx.peer.clone()),
+            progress: ctx.meta.get_progress_token(),
+            cancel: task_cancel.clone(),
+            on_hold: Some(held_tx),
+        };
+        let mut run = tokio::spawn(async move { gw.call_tool(incoming).await });
+        let joined = |r: Result<Result<CallToolResponse, ErrorData>, tokio::task::JoinError>| {
+            r.unwrap_or_else(|_| Err(ErrorData::internal_error("internal error", None)))
+        };
+        tokio::select! {
+            r = &mut run => joined(r),
+            held = held_rx => match held {
+                Ok(id) => {
+                    let message = format!(
+                        "held until a person approves it: {}",
+                        crate::approvals::approval_url(&self.gw, &id)
+                    );
+                    let task = self.gw.mcp_tasks.start(&id, &principal, message, task_cancel);
+                    let gw = self.gw.clone();
+                    tokio::spawn(async move {
+                        let r = joined(run.await);
+                        gw.mcp_tasks.finish(&id, r);
+                    });
+                    Ok(CallToolResponse::Task(rmcp::model::CreateTaskResult::new(task)))
+                }
+                // Finished without being held.
+                Err(_) => joined(run.await),
+            },
+            () = ctx.ct.cancelled() => {
+                task_cancel.cancel();
+                joined(run.await)
+            }
+        }
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        let principal = self.principal(&ctx).await?;
         self.gw
-            .call_tool(Incoming {
-                principal,
-                params,
-                client: Some(ctx.peer.clone()),
-                progress: ctx.meta.get_progress_token(),
-                cancel: ctx.ct.clone(),
-            })
-            .await
+            .mcp_tasks
+            .get(&request.task_id, &principal)
+            .map(GetTaskResult::new)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let principal = self.principal(&ctx).await?;
+        self.gw.mcp_tasks.cancel(&request.task_id, &principal)
     }
 
     async fn on_initialized(&self, ctx: NotificationContext<RoleServer>) {

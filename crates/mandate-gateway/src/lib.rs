@@ -19,6 +19,7 @@ pub mod handler;
 pub mod http;
 mod metrics;
 mod pipeline;
+mod tasks;
 pub mod upstream;
 pub mod web;
 
@@ -96,6 +97,8 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     /// Held calls waiting in this process.
     waiters: approvals::Waiters,
+    /// Held calls answered as MCP tasks.
+    mcp_tasks: tasks::Tasks,
     /// For approval webhooks.
     webhook_client: reqwest::Client,
     /// This process's id, recorded as the holder of its held calls.
@@ -137,6 +140,7 @@ impl Gateway {
             peers: Mutex::new(Vec::new()),
             metrics: Arc::new(Metrics::default()),
             waiters: approvals::Waiters::default(),
+            mcp_tasks: tasks::Tasks::default(),
             webhook_client: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(10))
                 .build()

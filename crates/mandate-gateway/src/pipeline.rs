@@ -51,6 +51,9 @@ pub struct Incoming {
     /// Cancelled when the client cancels the request or goes away (a held
     /// call is then withdrawn).
     pub cancel: tokio_util::sync::CancellationToken,
+    /// Told the approval id once the call is durably held (the handler
+    /// then answers with an MCP task instead of keeping the request open).
+    pub on_hold: Option<tokio::sync::oneshot::Sender<String>>,
 }
 
 impl crate::Gateway {
@@ -62,6 +65,7 @@ impl crate::Gateway {
             client,
             progress,
             cancel,
+            on_hold,
         } = incoming;
         let correlation = CorrelationId::new();
         let exposed = params.name.to_string();
@@ -186,7 +190,7 @@ impl crate::Gateway {
                 held_record: record(&decision, &call.args_hash),
             };
             (decision, category) = match self
-                .hold_for_approval(held, cancel, client.clone(), progress.clone())
+                .hold_for_approval(held, cancel, on_hold, client.clone(), progress.clone())
                 .await
             {
                 Ok(released) => (released, DenyCategory::NotPermitted),
@@ -414,6 +418,7 @@ impl crate::Gateway {
         &self,
         held: Held<'_>,
         cancel: tokio_util::sync::CancellationToken,
+        on_hold: Option<tokio::sync::oneshot::Sender<String>>,
         client: Option<Peer<RoleServer>>,
         progress: Option<ProgressToken>,
     ) -> Result<Decision, Box<(Decision, DenyCategory)>> {
@@ -495,6 +500,9 @@ impl crate::Gateway {
             );
         }
         tracing::info!(approval = %approval.id, tool = %call.name, correlation_id = %correlation, "call held for human approval");
+        if let Some(tx) = on_hold {
+            let _ = tx.send(approval.id.clone());
+        }
 
         match self.hold(&approval, cancel, client, progress).await {
             HoldOutcome::Approved(a) => {
