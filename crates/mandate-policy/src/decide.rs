@@ -4,52 +4,84 @@
 //! that would fail open, so here ANY evaluation error denies the call, with
 //! the error as the reason: the decision is exhaustive over Cedar's outcome
 //! and only an error-free `Allow` allows.
+//!
+//! The request is evaluated against each slice of the policy set that can
+//! apply to it (see [`crate::slice`]) and the outcomes are combined as Cedar
+//! combines policies within one set: any satisfied `forbid` denies, else
+//! any satisfied `permit` allows, else the call is denied by default.
 
-use crate::DecisionRequest;
 use crate::load::Snapshot;
-use crate::obligation;
 use crate::request;
-use cedar_policy::{Decision as CedarDecision, PolicyId};
+use crate::{DecisionRequest, Versioned, obligation};
+use cedar_policy::{AuthorizationError, Decision as CedarDecision, PolicyId};
 use mandate_core::{Decision, DecisionId, Effect};
 use std::collections::BTreeSet;
 
 /// The reason recorded when no policy permits a call.
 pub const DEFAULT_DENY_REASON: &str = "no policy permits this call (deny by default)";
 
-pub(crate) fn decide(snap: &Snapshot, req: &DecisionRequest<'_>) -> Decision {
-    let prepared = match request::prepare(snap, req) {
+/// What the policies said, over all slices.
+#[derive(Default)]
+struct Outcome {
+    forbids: BTreeSet<PolicyId>,
+    permits: BTreeSet<PolicyId>,
+    /// Policies that failed to evaluate, with Cedar's message.
+    errors: Vec<(PolicyId, String)>,
+}
+
+pub(crate) fn decide(
+    snap: &Snapshot,
+    directory: &Versioned,
+    req: &DecisionRequest<'_>,
+) -> Decision {
+    let prepared = match request::prepare(snap, directory, req) {
         Ok(p) => p,
         Err(reason) => return Decision::deny(reason, snap.hash.clone()),
     };
-    let response =
-        snap.authorizer
-            .is_authorized(&prepared.request, &snap.policies, &prepared.entities);
-    let diagnostics = response.diagnostics();
-    let determining: BTreeSet<&PolicyId> = diagnostics.reason().collect();
 
-    let errors: Vec<_> = diagnostics.errors().collect();
+    let mut outcome = Outcome::default();
+    for slice in prepared.policies.iter() {
+        let response = snap
+            .authorizer
+            .is_authorized(&prepared.request, slice, &prepared.entities);
+        let diagnostics = response.diagnostics();
+        // Within one slice Cedar reports the satisfied forbids when it
+        // denies and the satisfied permits when it allows; a slice that
+        // satisfies both reports the forbids, which decide anyway.
+        let determining = match response.decision() {
+            CedarDecision::Deny => &mut outcome.forbids,
+            CedarDecision::Allow => &mut outcome.permits,
+        };
+        determining.extend(diagnostics.reason().cloned());
+        outcome.errors.extend(diagnostics.errors().map(|e| match e {
+            AuthorizationError::PolicyEvaluationError(pe) => {
+                (pe.policy_id().clone(), e.to_string())
+            }
+        }));
+    }
+    fold(snap, outcome)
+}
+
+fn fold(snap: &Snapshot, outcome: Outcome) -> Decision {
+    let Outcome {
+        forbids,
+        permits,
+        errors,
+    } = outcome;
     if !errors.is_empty() {
-        // Fail closed. Record the policies that erred (and, if Cedar denied
-        // anyway, the forbids that matched) so the audit shows both.
-        let mut policies: BTreeSet<String> = errors
-            .iter()
-            .map(|e| match e {
-                cedar_policy::AuthorizationError::PolicyEvaluationError(pe) => {
-                    pe.policy_id().to_string()
-                }
-            })
-            .collect();
+        // Fail closed. Record the policies that erred (and the forbids that
+        // matched) so the audit shows both.
         let mut reasons: Vec<String> = errors
             .iter()
-            .map(|e| format!("{e} (evaluation error: call denied, fail closed)"))
+            .map(|(_, e)| format!("{e} (evaluation error: call denied, fail closed)"))
             .collect();
         reasons.sort();
-        if response.decision() == CedarDecision::Deny {
-            for id in &determining {
-                policies.insert(id.to_string());
-                reasons.push(reason_of(snap, id, "forbidden"));
-            }
-        }
+        reasons.extend(forbids.iter().map(|id| reason_of(snap, id, "forbidden")));
+        let policies: BTreeSet<String> = errors
+            .iter()
+            .map(|(id, _)| id.to_string())
+            .chain(forbids.iter().map(ToString::to_string))
+            .collect();
         return Decision {
             id: DecisionId::new(),
             effect: Effect::Deny,
@@ -59,38 +91,37 @@ pub(crate) fn decide(snap: &Snapshot, req: &DecisionRequest<'_>) -> Decision {
             policy_hash: snap.hash.clone(),
         };
     }
-
-    match response.decision() {
-        CedarDecision::Allow => Decision {
-            id: DecisionId::new(),
-            effect: Effect::Allow,
-            policies: determining.iter().map(|id| id.to_string()).collect(),
-            reasons: determining
-                .iter()
-                .map(|id| reason_of(snap, id, "permitted"))
-                .collect(),
-            obligations: obligation::merge(
-                determining
-                    .iter()
-                    .filter_map(|id| snap.meta.get(*id))
-                    .map(|m| m.obligations.as_slice()),
-            ),
-            policy_hash: snap.hash.clone(),
-        },
-        CedarDecision::Deny if determining.is_empty() => {
-            Decision::deny(DEFAULT_DENY_REASON, snap.hash.clone())
-        }
-        CedarDecision::Deny => Decision {
+    if !forbids.is_empty() {
+        return Decision {
             id: DecisionId::new(),
             effect: Effect::Deny,
-            policies: determining.iter().map(|id| id.to_string()).collect(),
-            reasons: determining
+            policies: forbids.iter().map(ToString::to_string).collect(),
+            reasons: forbids
                 .iter()
                 .map(|id| reason_of(snap, id, "forbidden"))
                 .collect(),
             obligations: Vec::new(),
             policy_hash: snap.hash.clone(),
-        },
+        };
+    }
+    if permits.is_empty() {
+        return Decision::deny(DEFAULT_DENY_REASON, snap.hash.clone());
+    }
+    Decision {
+        id: DecisionId::new(),
+        effect: Effect::Allow,
+        policies: permits.iter().map(ToString::to_string).collect(),
+        reasons: permits
+            .iter()
+            .map(|id| reason_of(snap, id, "permitted"))
+            .collect(),
+        obligations: obligation::merge(
+            permits
+                .iter()
+                .filter_map(|id| snap.meta.get(id))
+                .map(|m| m.obligations.as_slice()),
+        ),
+        policy_hash: snap.hash.clone(),
     }
 }
 

@@ -115,7 +115,7 @@ fn transfer_in_scope_needs_approval() -> TestResult {
         &call(
             "bank.transfer",
             ToolClass::Financial,
-            json!({"amount": 50, "to": "bob"}),
+            json!({"amount": 50, "to": "acc-9"}),
         )?,
     );
     assert_eq!(d.effect, Effect::Allow, "{d:?}");
@@ -134,7 +134,7 @@ fn transfer_over_the_limit_is_forbidden_with_reason() -> TestResult {
         &call(
             "bank.transfer",
             ToolClass::Financial,
-            json!({"amount": 20000, "to": "bob"}),
+            json!({"amount": 20000, "to": "acc-9"}),
         )?,
     );
     assert_eq!(d.effect, Effect::Deny);
@@ -162,7 +162,7 @@ fn amount_of_the_wrong_type_fails_closed() -> TestResult {
             &call(
                 "bank.transfer",
                 ToolClass::Financial,
-                json!({"amount": amount, "to": "bob"}),
+                json!({"amount": amount, "to": "acc-9"}),
             )?,
         );
         assert_eq!(d.effect, Effect::Deny, "amount {amount}: {d:?}");
@@ -305,6 +305,7 @@ fn tainted_session_sinks_need_approval_and_name_the_flow_rule() -> TestResult {
     let session = SessionFacts {
         taint: BTreeSet::from(["untrusted".to_owned()]),
         calls_in_session: 3,
+        ..SessionFacts::default()
     };
     let d = decide_with(
         &engine,
@@ -341,8 +342,8 @@ fn tainted_session_sinks_need_approval_and_name_the_flow_rule() -> TestResult {
 fn session_call_budget_is_enforced() -> TestResult {
     let engine = shipped()?;
     let session = SessionFacts {
-        taint: BTreeSet::new(),
         calls_in_session: 1000,
+        ..SessionFacts::default()
     };
     let d = decide_with(
         &engine,
@@ -625,7 +626,7 @@ fn policy_hash_covers_names_and_contents() -> TestResult {
 fn check_dir_accepts_the_shipped_set() -> TestResult {
     let summary = PolicyEngine::check_dir(&shipped_dir())?;
     assert!(
-        summary.starts_with("6 policies in 4 files valid against schema mandate.cedarschema"),
+        summary.starts_with("11 policies in 4 files valid against schema mandate.cedarschema"),
         "{summary}"
     );
     Ok(())
@@ -714,5 +715,568 @@ when { context.now > 100 };
     );
     assert_eq!(d.effect, Effect::Deny, "{d:?}");
     assert_eq!(d.policies, vec!["nothing-after-hours".to_owned()]);
+    Ok(())
+}
+
+fn directory(groups: &[(&str, &[&str])], builds: &[(&str, &str)]) -> Directory {
+    Directory {
+        groups: groups
+            .iter()
+            .map(|(user, gs)| {
+                (
+                    (*user).to_owned(),
+                    gs.iter().map(|g| (*g).to_owned()).collect(),
+                )
+            })
+            .collect(),
+        builds: builds
+            .iter()
+            .map(|(hash, name)| {
+                (
+                    (*hash).to_owned(),
+                    BuildInfo {
+                        name: (*name).to_owned(),
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn groups_come_from_the_directory_and_survive_reloads() -> TestResult {
+    let dir = temp_set(&[(
+        "p.cedar",
+        r#"
+@id("editors-write")
+permit (principal, action == Mandate::Action::"write", resource)
+when { context.user in Mandate::Group::"editors" };
+"#,
+    )])?;
+    let engine = PolicyEngine::load_dir(dir.path())?;
+    let c = call("wiki.update_page", ToolClass::Write, json!({}))?;
+    let alice = principal("");
+    let mut bob = principal("");
+    bob.sub = "bob".into();
+
+    // No directory: nobody is in a group.
+    assert!(engine.directory().groups.is_empty());
+    let d = decide_with(&engine, &alice, &c, &SessionFacts::default());
+    assert_eq!(d.effect, Effect::Deny, "{d:?}");
+
+    engine.set_directory(directory(
+        &[("alice", &["staff", "editors"]), ("bob", &["staff"])],
+        &[],
+    ));
+    assert_eq!(engine.directory().groups.len(), 2);
+    let d = decide_with(&engine, &alice, &c, &SessionFacts::default());
+    assert_eq!(d.effect, Effect::Allow, "{d:?}");
+    assert_eq!(d.policies, vec!["editors-write".to_owned()]);
+    let d = decide_with(&engine, &bob, &c, &SessionFacts::default());
+    assert_eq!(d.effect, Effect::Deny, "{d:?}");
+
+    // A reload that changes the policies keeps the directory.
+    std::fs::write(
+        dir.path().join("q.cedar"),
+        "@id(\"read\") permit (principal, action == Mandate::Action::\"read\", resource);",
+    )?;
+    engine.reload()?;
+    assert_eq!(engine.policy_count(), 2);
+    let d = decide_with(&engine, &alice, &c, &SessionFacts::default());
+    assert_eq!(d.effect, Effect::Allow, "{d:?}");
+
+    // Replacing the directory takes effect on the next decision.
+    engine.set_directory(Directory::default());
+    let d = decide_with(&engine, &alice, &c, &SessionFacts::default());
+    assert_eq!(d.effect, Effect::Deny, "{d:?}");
+    Ok(())
+}
+
+#[test]
+fn builds_are_registered_only_through_the_directory() -> TestResult {
+    let dir = temp_set(&[(
+        "p.cedar",
+        r#"
+@id("any-call") permit (principal, action, resource);
+
+@id("unregistered-build")
+@reason("this agent build is not registered")
+forbid (principal, action, resource) unless { context.build.registered };
+
+@id("not-the-pinned-build")
+forbid (principal, action == Mandate::Action::"financial", resource)
+unless { context.build == Mandate::Build::"cafe01" && context.build.name == "payer v2" };
+"#,
+    )])?;
+    let engine = PolicyEngine::load_dir(dir.path())?;
+    let read = call("docs.search", ToolClass::Read, json!({}))?;
+    let pay = call("bank.transfer", ToolClass::Financial, json!({"amount": 1}))?;
+    let mut p = principal("");
+    let run = |p: &Principal, c: &ToolCall| decide_with(&engine, p, c, &SessionFacts::default());
+
+    p.build = Some("cafe01".into());
+    let d = run(&p, &read);
+    assert_eq!(d.effect, Effect::Deny, "unregistered: {d:?}");
+    assert_eq!(d.policies, vec!["unregistered-build".to_owned()]);
+    assert_eq!(
+        d.reasons,
+        vec!["this agent build is not registered".to_owned()]
+    );
+
+    engine.set_directory(directory(&[], &[("cafe01", "payer v2"), ("", "empty")]));
+    assert_eq!(run(&p, &read).effect, Effect::Allow);
+    assert_eq!(run(&p, &pay).effect, Effect::Allow);
+
+    // Another registered build may read but is not the pinned payer.
+    engine.set_directory(directory(
+        &[],
+        &[("cafe01", "payer v1"), ("beef02", "reader"), ("", "empty")],
+    ));
+    let d = run(&p, &pay);
+    assert_eq!(d.policies, vec!["not-the-pinned-build".to_owned()], "{d:?}");
+    p.build = Some("beef02".into());
+    assert_eq!(run(&p, &read).effect, Effect::Allow);
+    assert_eq!(run(&p, &pay).effect, Effect::Deny);
+
+    // A token without a build is the build "", which is never registered,
+    // even when the configuration lists "".
+    p.build = None;
+    let d = run(&p, &read);
+    assert_eq!(d.policies, vec!["unregistered-build".to_owned()], "{d:?}");
+    p.build = Some(String::new());
+    assert_eq!(run(&p, &read).effect, Effect::Deny);
+    Ok(())
+}
+
+#[test]
+fn task_is_an_entity_and_a_string() -> TestResult {
+    let dir = temp_set(&[(
+        "p.cedar",
+        r#"
+@id("task-1") permit (principal, action, resource) when { context.task == Mandate::Task::"task-1" };
+@id("invoices") permit (principal, action, resource) when { context.task_id like "invoice-*" };
+"#,
+    )])?;
+    let engine = PolicyEngine::load_dir(dir.path())?;
+    let c = call("docs.search", ToolClass::Read, json!({}))?;
+    let mut p = principal("");
+    let run = |p: &Principal| decide_with(&engine, p, &c, &SessionFacts::default());
+    assert_eq!(run(&p).policies, vec!["task-1".to_owned()]);
+    p.task_id = Some("invoice-7".into());
+    assert_eq!(run(&p).policies, vec!["invoices".to_owned()]);
+    p.task_id = None;
+    assert_eq!(run(&p).effect, Effect::Deny);
+    Ok(())
+}
+
+#[test]
+fn each_session_counter_reaches_the_policies() -> TestResult {
+    let dir = temp_set(&[(
+        "p.cedar",
+        r#"
+@id("all") permit (principal, action, resource);
+@id("task-calls") forbid (principal, action, resource) when { context.calls_in_task >= 10 };
+@id("tool-calls") forbid (principal, action, resource) when { context.tool_calls_in_session >= 3 };
+@id("rate") forbid (principal, action, resource) when { context.calls_last_minute >= 60 };
+@id("money") forbid (principal, action, resource) when { context.amount_in_task > 100 };
+@id("approved") forbid (principal, action, resource) when { context.approved };
+@id("session") forbid (principal, action, resource) when { context.calls_in_session >= 1000 };
+"#,
+    )])?;
+    let engine = PolicyEngine::load_dir(dir.path())?;
+    let c = call("docs.search", ToolClass::Read, json!({}))?;
+    let p = principal("");
+    let run = |s: SessionFacts| decide_with(&engine, &p, &c, &s);
+    let d = run(SessionFacts::default());
+    assert_eq!(d.policies, vec!["all".to_owned()], "{d:?}");
+
+    let cases: [(&str, SessionFacts, SessionFacts); 6] = [
+        (
+            "task-calls",
+            SessionFacts {
+                calls_in_task: 9,
+                ..SessionFacts::default()
+            },
+            SessionFacts {
+                calls_in_task: 10,
+                ..SessionFacts::default()
+            },
+        ),
+        (
+            "tool-calls",
+            SessionFacts {
+                tool_calls_in_session: 2,
+                ..SessionFacts::default()
+            },
+            SessionFacts {
+                tool_calls_in_session: 3,
+                ..SessionFacts::default()
+            },
+        ),
+        (
+            "rate",
+            SessionFacts {
+                calls_last_minute: 59,
+                ..SessionFacts::default()
+            },
+            SessionFacts {
+                calls_last_minute: 60,
+                ..SessionFacts::default()
+            },
+        ),
+        (
+            "money",
+            SessionFacts {
+                amount_in_task: 100,
+                ..SessionFacts::default()
+            },
+            SessionFacts {
+                amount_in_task: 101,
+                ..SessionFacts::default()
+            },
+        ),
+        (
+            "approved",
+            SessionFacts {
+                approved: false,
+                ..SessionFacts::default()
+            },
+            SessionFacts {
+                approved: true,
+                ..SessionFacts::default()
+            },
+        ),
+        (
+            "session",
+            SessionFacts {
+                calls_in_session: 999,
+                ..SessionFacts::default()
+            },
+            SessionFacts {
+                calls_in_session: 1000,
+                ..SessionFacts::default()
+            },
+        ),
+    ];
+    for (id, below, at) in cases {
+        let d = run(below);
+        assert_eq!(d.effect, Effect::Allow, "{id} below the limit: {d:?}");
+        let d = run(at);
+        assert_eq!(d.effect, Effect::Deny, "{id} at the limit: {d:?}");
+        assert_eq!(d.policies, vec![id.to_owned()], "{d:?}");
+    }
+
+    // Counters beyond Cedar's `Long` reach policies as i64::MAX, not as a
+    // wrapped negative number.
+    let d = run(SessionFacts {
+        calls_in_task: u64::MAX,
+        ..SessionFacts::default()
+    });
+    assert_eq!(d.policies, vec!["task-calls".to_owned()], "{d:?}");
+    Ok(())
+}
+
+/// A reload that is refused leaves the last good set serving, unchanged.
+fn assert_refused_reload_keeps_serving(
+    files: &[(&str, &str)],
+    kind: fn(&PolicyError) -> bool,
+    needles: &[&str],
+) -> TestResult {
+    let dir = temp_set(&[("p.cedar", READ_PERMIT)])?;
+    let engine = PolicyEngine::load_dir(dir.path())?;
+    let good = engine.policy_hash();
+    let c = call("docs.search", ToolClass::Read, json!({}))?;
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text)?;
+    }
+    let err = engine.reload().err().ok_or("reload accepted a bad set")?;
+    assert!(kind(&err), "{err:?}");
+    let msg = err.to_string();
+    for needle in needles {
+        assert!(msg.contains(needle), "{needle:?} not in: {msg}");
+    }
+    assert_eq!(engine.reload_failures(), 1);
+    assert_eq!(engine.policy_hash(), good);
+    let d = decide(&engine, "docs.*", &c);
+    assert_eq!(d.effect, Effect::Allow, "{d:?}");
+    assert_eq!(d.policy_hash, good);
+    Ok(())
+}
+
+#[test]
+fn reload_refuses_a_syntax_error_with_its_position() -> TestResult {
+    assert_refused_reload_keeps_serving(
+        &[(
+            "99-broken.cedar",
+            "@id(\"broken\")\npermit (principal, action, resource)\nwhen { context.in_scope && };\n",
+        )],
+        |e| matches!(e, PolicyError::Syntax(_)),
+        &["99-broken.cedar:3:"],
+    )
+}
+
+#[test]
+fn reload_refuses_a_policy_that_violates_the_schema() -> TestResult {
+    assert_refused_reload_keeps_serving(
+        &[(
+            "99-types.cedar",
+            "@id(\"types\")\nforbid (principal, action, resource)\nwhen {\n  context.calls_in_task > \"many\"\n};\n",
+        )],
+        |e| matches!(e, PolicyError::Invalid(_)),
+        &["99-types.cedar:4:", "strict mode"],
+    )
+}
+
+#[test]
+fn reload_refuses_a_policy_reading_an_unknown_attribute() -> TestResult {
+    assert_refused_reload_keeps_serving(
+        &[(
+            "99-typo.cedar",
+            "@id(\"typo\")\nforbid (principal, action, resource)\nwhen { context.calls_per_minute > 10 };\n",
+        )],
+        |e| matches!(e, PolicyError::Invalid(_)),
+        &["99-typo.cedar:3:", "calls_per_minute"],
+    )?;
+    // An unknown entity attribute likewise; an undeclared argument behind
+    // `has` makes the forbid impossible, which is refused as well.
+    assert_refused_reload_keeps_serving(
+        &[(
+            "99-typo.cedar",
+            "forbid (principal, action, resource)\nwhen { !context.build.trusted };\n",
+        )],
+        |e| matches!(e, PolicyError::Invalid(_)),
+        &["99-typo.cedar:2:", "trusted"],
+    )?;
+    assert_refused_reload_keeps_serving(
+        &[(
+            "99-typo.cedar",
+            "forbid (principal, action, resource)\nwhen { context.args has iban && context.args.iban == \"x\" };\n",
+        )],
+        |e| matches!(e, PolicyError::Invalid(_)),
+        &["99-typo.cedar:1:1:", "impossible", "declare arguments"],
+    )
+}
+
+#[test]
+fn reload_refuses_a_schema_that_breaks_the_contract() -> TestResult {
+    let schema = std::fs::read_to_string(shipped_dir().join("mandate.cedarschema"))?;
+    for (from, to, needle) in [
+        ("approved: Bool,", "", "does not declare `approved`"),
+        (
+            "calls_last_minute: Long,",
+            "calls_last_minute: String,",
+            "calls_last_minute",
+        ),
+        (
+            "registered: Bool,",
+            "registered: Bool,\n    owner: String,",
+            "Build",
+        ),
+        ("entity User in [Group];", "entity User;", "User in [Group]"),
+    ] {
+        let broken = schema.replace(from, to);
+        assert_ne!(broken, schema, "{from}");
+        assert_refused_reload_keeps_serving(
+            &[("mandate.cedarschema", &broken)],
+            |e| matches!(e, PolicyError::Contract(_)),
+            &["mandate.cedarschema", needle],
+        )?;
+    }
+    Ok(())
+}
+
+/// Slicing and combining give what Cedar gives on the whole set: the same
+/// effect, the same determining policies and the same erring policies.
+#[test]
+fn sliced_evaluation_matches_the_whole_set() -> TestResult {
+    let extra = r#"
+@id("x-any") permit (principal, action, resource) when { context.args has query };
+@id("x-group") forbid (principal, action in Mandate::Action::"call", resource)
+when { context.user in Mandate::Group::"blocked" };
+@id("x-eq-group") permit (principal, action == Mandate::Action::"call", resource);
+@id("x-list") permit (principal, action in [Mandate::Action::"write", Mandate::Action::"financial"], resource in Mandate::Upstream::"bank");
+@id("x-tool") forbid (principal, action, resource == Mandate::Tool::"docs.send_mail") when { context.taint.contains("secret") };
+@id("x-tool-in") permit (principal, action, resource in Mandate::Tool::"wiki.update_page");
+@id("x-is") permit (principal, action == Mandate::Action::"access_control", resource is Mandate::Tool) when { context.build.registered };
+@id("x-is-in") forbid (principal, action, resource is Mandate::Tool in Mandate::Upstream::"iam") when { context.calls_last_minute > 3 };
+@id("x-overflow") forbid (principal, action, resource in Mandate::Upstream::"bank")
+when { context.args has amount && context.args.amount * 1000000000000 > 0 };
+@id("x-agent") permit (principal == Mandate::Agent::"assistant", action == Mandate::Action::"irreversible", resource);
+@id("x-other-agent") forbid (principal == Mandate::Agent::"other", action, resource);
+@id("x-nowhere") permit (principal, action, resource == Mandate::Tool::"nowhere.tool");
+"#;
+    let mut files: Vec<(String, String)> = Vec::new();
+    for entry in std::fs::read_dir(shipped_dir())? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "cedar")
+            && let Some(name) = path.file_name().and_then(|n| n.to_str())
+        {
+            files.push((name.to_owned(), std::fs::read_to_string(&path)?));
+        }
+    }
+    files.push(("90-extra.cedar".to_owned(), extra.to_owned()));
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    let dir = temp_set(&refs)?;
+    let engine = PolicyEngine::load_dir(dir.path())?;
+    engine.set_directory(directory(&[("bob", &["blocked"])], &[("b1", "one")]));
+    let versioned = engine.directory.load();
+    let snap = engine.current.load();
+
+    let tools = [
+        "docs.search",
+        "docs.send_mail",
+        "bank.transfer",
+        "bank.get_balance",
+        "wiki.update_page",
+        "iam.grant_role",
+        "nowhere.tool",
+    ];
+    let args = [
+        json!({}),
+        json!({"query": "q"}),
+        json!({"amount": 5, "to": "acc-1"}),
+        json!({"amount": 10_000_000, "to": "ACME-1"}),
+    ];
+    let sessions = [
+        SessionFacts::default(),
+        SessionFacts {
+            taint: BTreeSet::from(["secret".to_owned(), "untrusted".to_owned()]),
+            calls_last_minute: 70,
+            calls_in_task: 600,
+            ..SessionFacts::default()
+        },
+    ];
+    let mut principals = Vec::new();
+    for (sub, agent, build) in [
+        ("alice", "assistant", Some("b1")),
+        ("bob", "assistant", None),
+        ("carol", "other", Some("b2")),
+    ] {
+        let mut p = principal("docs.* bank.* wiki.update_page");
+        p.sub = sub.into();
+        p.act = vec![agent.into()];
+        p.build = build.map(str::to_owned);
+        principals.push(p);
+    }
+
+    let mut compared = 0;
+    for tool in tools {
+        for class in ToolClass::ALL {
+            for a in &args {
+                for s in &sessions {
+                    for p in &principals {
+                        let c = call(tool, class, a.clone())?;
+                        let req = DecisionRequest {
+                            principal: p,
+                            call: &c,
+                            session: s,
+                            now_unix: 0,
+                        };
+                        let got = engine.decide(&req);
+                        let prepared = request::prepare(&snap, &versioned, &req)?;
+                        let whole = snap.authorizer.is_authorized(
+                            &prepared.request,
+                            &snap.policies,
+                            &prepared.entities,
+                        );
+                        let errors: BTreeSet<String> = whole
+                            .diagnostics()
+                            .errors()
+                            .map(|e| match e {
+                                cedar_policy::AuthorizationError::PolicyEvaluationError(pe) => {
+                                    pe.policy_id().to_string()
+                                }
+                            })
+                            .collect();
+                        let determining: BTreeSet<String> = whole
+                            .diagnostics()
+                            .reason()
+                            .map(ToString::to_string)
+                            .collect();
+                        let deny = whole.decision() == cedar_policy::Decision::Deny;
+                        let (effect, policies) = if !errors.is_empty() {
+                            let mut ids = errors.clone();
+                            if deny {
+                                ids.extend(determining);
+                            }
+                            (Effect::Deny, ids)
+                        } else if deny {
+                            (Effect::Deny, determining)
+                        } else {
+                            (Effect::Allow, determining)
+                        };
+                        let context = format!("{tool} {class} {a} {:?} {}", s.taint, p.sub);
+                        assert_eq!(got.effect, effect, "{context}: {got:?}");
+                        let got_policies: BTreeSet<String> = got.policies.iter().cloned().collect();
+                        assert_eq!(got_policies, policies, "{context}: {got:?}");
+                        compared += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(compared, 7 * 6 * 4 * 2 * 3);
+    Ok(())
+}
+
+#[test]
+fn an_impossible_permit_is_only_a_warning() -> TestResult {
+    let dir = temp_set(&[
+        ("p.cedar", READ_PERMIT),
+        (
+            "q.cedar",
+            "@id(\"never\")\npermit (principal, action, resource)\nwhen { context.args has iban };\n",
+        ),
+    ])?;
+    let summary = PolicyEngine::check_dir(dir.path())?;
+    assert!(
+        summary.contains("warning: q.cedar:1:1:") && summary.contains("impossible"),
+        "{summary}"
+    );
+    Ok(())
+}
+
+#[test]
+fn policy_test_files_take_session_facts_and_a_directory() -> TestResult {
+    let dir = temp_set(&[(
+        "p.cedar",
+        r#"
+@id("all") permit (principal, action, resource);
+@id("staff-only") forbid (principal, action, resource) unless { context.user in Mandate::Group::"staff" };
+@id("rate") forbid (principal, action, resource) when { context.calls_last_minute >= 5 };
+"#,
+    )])?;
+    let engine = PolicyEngine::load_dir(dir.path())?;
+    let tests = tempfile::tempdir()?;
+    std::fs::write(
+        tests.path().join("t.json"),
+        r#"{
+  "principal": {"sub": "alice", "act": ["assistant"]},
+  "directory": {"groups": {"alice": ["staff"]}},
+  "cases": [
+    {"name": "staff, slow", "tool": "docs.search", "class": "read",
+     "session": {"calls_last_minute": 4}, "expect": {"effect": "allow"}},
+    {"name": "staff, fast", "tool": "docs.search", "class": "read",
+     "session": {"calls_last_minute": 5}, "expect": {"effect": "deny", "policies": ["rate"]}},
+    {"name": "not staff", "principal": {"sub": "bob", "act": ["assistant"]},
+     "tool": "docs.search", "class": "read", "expect": {"effect": "deny", "policies": ["staff-only"]}}
+  ]
+}"#,
+    )?;
+    let report = run_tests(&engine, tests.path())?;
+    assert!(report.all_passed(), "{report}");
+    // The file's directory was used for its cases only.
+    assert!(engine.directory().groups.is_empty());
+
+    std::fs::write(
+        tests.path().join("t.json"),
+        r#"{"cases": [{"name": "x", "tool": "docs.search", "class": "read",
+  "session": {"calls_per_minute": 4}, "expect": {"effect": "allow"}}]}"#,
+    )?;
+    let err = run_tests(&engine, tests.path()).err().ok_or("accepted")?;
+    assert!(err.to_string().contains("calls_per_minute"), "{err}");
     Ok(())
 }

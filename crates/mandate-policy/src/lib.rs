@@ -1,11 +1,13 @@
 #![doc = include_str!("../README.md")]
 
+mod args;
 mod decide;
 mod error;
 mod load;
 mod model;
 mod obligation;
 mod request;
+mod slice;
 mod testing;
 
 pub use decide::DEFAULT_DENY_REASON;
@@ -19,7 +21,7 @@ pub use testing::{CaseResult, TEST_EXTENSION, TestReport, run_tests};
 use arc_swap::ArcSwap;
 use load::Snapshot;
 use mandate_core::{Decision, Principal, ToolCall};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,16 +45,59 @@ pub mod limits {
 pub struct PolicyEngine {
     dir: PathBuf,
     current: ArcSwap<Snapshot>,
+    directory: ArcSwap<Versioned>,
+    /// Source of [`Versioned::generation`]s.
+    generations: AtomicU64,
     reload_failures: AtomicU64,
 }
 
-/// What the gateway knows about the session a call belongs to.
+/// A directory and the generation that tells it apart in caches.
+pub(crate) struct Versioned {
+    pub(crate) directory: Arc<Directory>,
+    pub(crate) generation: u64,
+}
+
+/// What the gateway knows about the session and task a call belongs to.
+///
+/// Every counter counts calls made BEFORE the one being decided; a value
+/// above `i64::MAX` reaches policies as `i64::MAX`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionFacts {
     /// Taint labels of content that entered the session (e.g. `untrusted`).
     pub taint: BTreeSet<String>,
     /// Tool calls already made in the session.
     pub calls_in_session: u64,
+    /// Tool calls already made for the token's task (0 without a task).
+    pub calls_in_task: u64,
+    /// Calls to this same tool already made in the session.
+    pub tool_calls_in_session: u64,
+    /// Calls made in the session during the last 60 seconds.
+    pub calls_last_minute: u64,
+    /// Sum of the `amount` arguments of the task's permitted calls.
+    pub amount_in_task: i64,
+    /// True only when the gateway re-decides a call a human approved.
+    pub approved: bool,
+}
+
+/// Facts about users and agent builds, from configuration.
+///
+/// Policies see them as `context.user in Mandate::Group::"<group>"` and
+/// `context.build.registered` / `context.build.name`. Set with
+/// [`PolicyEngine::set_directory`]; it survives policy reloads.
+#[derive(Debug, Clone, Default)]
+pub struct Directory {
+    /// Each user's groups, by the user's token `sub`.
+    pub groups: BTreeMap<String, BTreeSet<String>>,
+    /// Registered agent builds, by build hash (the token's `build` claim).
+    /// The empty hash is never registered.
+    pub builds: BTreeMap<String, BuildInfo>,
+}
+
+/// A registered agent build.
+#[derive(Debug, Clone, Default)]
+pub struct BuildInfo {
+    /// A human-readable name (`context.build.name`).
+    pub name: String,
 }
 
 /// Everything one decision depends on.
@@ -77,6 +122,11 @@ impl PolicyEngine {
         Ok(Self {
             dir: dir.to_path_buf(),
             current: ArcSwap::from_pointee(snapshot),
+            directory: ArcSwap::from_pointee(Versioned {
+                directory: Arc::new(Directory::default()),
+                generation: 0,
+            }),
+            generations: AtomicU64::new(1),
             reload_failures: AtomicU64::new(0),
         })
     }
@@ -110,6 +160,31 @@ impl PolicyEngine {
         }
     }
 
+    /// Replaces the directory (users' groups, registered builds). Takes
+    /// effect for the next decision; kept across policy reloads.
+    pub fn set_directory(&self, dir: Directory) {
+        tracing::info!(
+            users = dir.groups.len(),
+            builds = dir.builds.len(),
+            "policy directory replaced"
+        );
+        self.directory
+            .store(Arc::new(self.versioned(Arc::new(dir))));
+    }
+
+    /// The directory in use.
+    pub fn directory(&self) -> Arc<Directory> {
+        Arc::clone(&self.directory.load().directory)
+    }
+
+    /// `directory` with a generation no other directory of this engine had.
+    pub(crate) fn versioned(&self, directory: Arc<Directory>) -> Versioned {
+        Versioned {
+            directory,
+            generation: self.generations.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
     /// How many reloads have been refused since the engine was built.
     pub fn reload_failures(&self) -> u64 {
         self.reload_failures.load(Ordering::Relaxed)
@@ -137,11 +212,17 @@ impl PolicyEngine {
     /// Any error (building the request, evaluating ANY policy, a limit)
     /// yields [`mandate_core::Effect::Deny`] with the error in the reasons.
     pub fn decide(&self, req: &DecisionRequest<'_>) -> Decision {
+        self.decide_in(&self.directory.load(), req)
+    }
+
+    /// [`PolicyEngine::decide`] against the given directory instead of the
+    /// engine's (policy tests bring their own).
+    pub(crate) fn decide_in(&self, directory: &Versioned, req: &DecisionRequest<'_>) -> Decision {
         let snapshot = self.current.load();
         // Cedar does not panic by design; should it ever, deny rather than
         // unwind into the gateway.
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            decide::decide(&snapshot, req)
+            decide::decide(&snapshot, directory, req)
         }))
         .unwrap_or_else(|_| {
             Decision::deny(

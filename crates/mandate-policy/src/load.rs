@@ -8,8 +8,12 @@ use crate::error::{Diagnostics, PolicyError, SourceDiagnostic, line_col};
 use crate::limits;
 use crate::model::{self, DeclaredArgs, Names};
 use crate::obligation::{self, PolicyMeta};
-use crate::request::EntityCache;
-use cedar_policy::{Authorizer, Entity, PolicyId, PolicySet, Schema, ValidationMode, Validator};
+use crate::request::Caches;
+use crate::slice::Slices;
+use cedar_policy::{
+    Authorizer, Effect, Entity, Policy, PolicyId, PolicySet, Schema, ValidationMode,
+    ValidationWarning, Validator,
+};
 use mandate_core::ToolClass;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -23,11 +27,13 @@ pub const POLICY_EXTENSION: &str = "cedar";
 pub const SCHEMA_EXTENSION: &str = "cedarschema";
 
 /// Everything `decide` needs, parsed and validated once.
-// INVARIANT: `policies` validated against `schema` in strict mode, every
-// policy id has an entry in `meta`, and `schema` passed `check_contract`.
+// INVARIANT: `policies` validated in strict mode against the set's schema,
+// which passed `check_contract` (so `decide` needs no schema of its own),
+// `declared_args` was read from that schema, `slices` holds every policy of
+// `policies` whose scope can match some call, and every policy id has an
+// entry in `meta`.
 pub(crate) struct Snapshot {
     pub(crate) policies: PolicySet,
-    pub(crate) schema: Schema,
     pub(crate) hash: String,
     pub(crate) meta: HashMap<PolicyId, PolicyMeta>,
     pub(crate) names: Names,
@@ -35,8 +41,10 @@ pub(crate) struct Snapshot {
     /// Per class, its action entity and the entities of all the action
     /// groups it is in: all a request needs for `action in ...`.
     pub(crate) action_entities: HashMap<ToolClass, Vec<Entity>>,
+    /// `policies` cut by class and resource, for evaluation.
+    pub(crate) slices: Slices,
     pub(crate) authorizer: Authorizer,
-    pub(crate) entity_cache: EntityCache,
+    pub(crate) caches: Caches,
     pub(crate) schema_file: String,
     pub(crate) policy_files: usize,
     pub(crate) warnings: Vec<String>,
@@ -86,18 +94,21 @@ impl Snapshot {
         let action_entities = action_entities(&schema, &names)
             .map_err(|e| PolicyError::contract(&schema_src.name, e))?;
 
+        let slices = Slices::new(&parsed.set, &names, &action_entities)
+            .map_err(|e| PolicyError::contract(&schema_src.name, e))?;
+
         let mut warnings = schema_warnings;
         warnings.extend(validation_warnings);
         Ok(Self {
             policies: parsed.set,
-            schema,
             hash,
             meta: parsed.meta,
             names,
             declared_args,
             action_entities,
+            slices,
             authorizer: Authorizer::new(),
-            entity_cache: EntityCache::default(),
+            caches: Caches::default(),
             schema_file: schema_src.name.clone(),
             policy_files: policy_srcs.len(),
             warnings,
@@ -366,6 +377,12 @@ fn locate(text: &str, needle: &str, from: usize) -> Option<(usize, usize)> {
 
 /// Strict validation. Errors refuse the set; warnings (located strings) are
 /// returned for `check` and the logs.
+///
+/// One warning is an error here: a `forbid` that Cedar proves impossible
+/// (it can never apply to a valid request). That is almost always a
+/// misspelt or undeclared attribute hidden behind `has`
+/// (`context.args has iban && ...` without `iban` in `Args`), and a guard
+/// that silently never fires fails open.
 fn validate(parsed: &Parsed<'_>, schema: &Schema) -> Result<Vec<String>, PolicyError> {
     let validator = Validator::new(schema.clone());
     let result = validator.validate(&parsed.set, ValidationMode::Strict);
@@ -373,8 +390,24 @@ fn validate(parsed: &Parsed<'_>, schema: &Schema) -> Result<Vec<String>, PolicyE
         Some(src) => SourceDiagnostic::from_cedar(&src.name, &src.text, d),
         None => SourceDiagnostic::new(id.as_ref(), None, d.to_string()),
     };
-    if !result.validation_passed() {
-        let errors = result.validation_errors().map(|e| place(e.policy_id(), e));
+    let is_forbid =
+        |id: &PolicyId| parsed.set.policy(id).map(Policy::effect) == Some(Effect::Forbid);
+    let impossible_forbids: Vec<SourceDiagnostic> = result
+        .validation_warnings()
+        .filter(|w| {
+            matches!(w, ValidationWarning::ImpossiblePolicy(_)) && is_forbid(w.policy_id())
+        })
+        .map(|w| {
+            place(w.policy_id(), w).with_suffix(
+                " (refused for a `forbid`: a guard that can never apply protects nothing; check the attribute names, and declare arguments in the schema's `Args`)",
+            )
+        })
+        .collect();
+    if !result.validation_passed() || !impossible_forbids.is_empty() {
+        let errors = result
+            .validation_errors()
+            .map(|e| place(e.policy_id(), e))
+            .chain(impossible_forbids);
         return Err(PolicyError::Invalid(Diagnostics(collapse_per_action(
             errors,
         ))));

@@ -9,30 +9,45 @@
 //! | action     | `Mandate::Action::"<tool class>"`, a member of `"call"`     |
 //! | resource   | `Mandate::Tool::"<upstream.tool>"` in `Mandate::Upstream::"<upstream>"`, attributes `class`, `upstream` |
 //! | context    | [`CONTEXT_FIELDS`], with `args` the declared arguments       |
+//!
+//! with the entities `Mandate::User::"<sub>"` (parents: its
+//! `Mandate::Group`s from the [`Directory`]), `Mandate::Build::"<build>"`
+//! (`registered`, `name`) and `Mandate::Task::"<task_id>"`.
+//!
+//! [`Directory`]: crate::Directory
 
+use crate::args::{self, ArgType};
 use crate::error::PolicyError;
+use crate::request;
+use crate::{Directory, SessionFacts};
 use cedar_policy::{
     Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression,
     Schema, SchemaFragment,
 };
-use mandate_core::ToolClass;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use mandate_core::{Principal, Scope, ToolClass};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
 
 /// The Cedar namespace of Mandate's types.
 pub const NAMESPACE: &str = "Mandate";
 
 /// The context attributes Mandate supplies on every call, in order.
-pub const CONTEXT_FIELDS: [&str; 11] = [
+pub const CONTEXT_FIELDS: [&str; 17] = [
     "user",
     "scope",
     "in_scope",
+    "task",
     "task_id",
     "build",
     "session",
     "tool",
     "taint",
     "calls_in_session",
+    "calls_in_task",
+    "tool_calls_in_session",
+    "calls_last_minute",
+    "amount_in_task",
+    "approved",
     "now",
     "args",
 ];
@@ -42,6 +57,9 @@ pub const CONTEXT_FIELDS: [&str; 11] = [
 pub(crate) struct Names {
     pub(crate) agent: EntityTypeName,
     pub(crate) user: EntityTypeName,
+    pub(crate) group: EntityTypeName,
+    pub(crate) build: EntityTypeName,
+    pub(crate) task: EntityTypeName,
     pub(crate) tool: EntityTypeName,
     pub(crate) upstream: EntityTypeName,
     /// Action uids, indexed like [`ToolClass::ALL`].
@@ -58,6 +76,9 @@ impl Names {
         Ok(Self {
             agent: ty("Agent")?,
             user: ty("User")?,
+            group: ty("Group")?,
+            build: ty("Build")?,
+            task: ty("Task")?,
             tool: ty("Tool")?,
             upstream: ty("Upstream")?,
             actions: ToolClass::ALL
@@ -79,12 +100,13 @@ impl Names {
     }
 }
 
-/// The top-level `args` attribute names the schema declares, per class.
+/// The top-level `args` fields the schema declares, with their types, per
+/// class.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct DeclaredArgs(HashMap<ToolClass, BTreeSet<String>>);
+pub(crate) struct DeclaredArgs(HashMap<ToolClass, BTreeMap<String, ArgType>>);
 
 impl DeclaredArgs {
-    pub(crate) fn fields(&self, class: ToolClass) -> Option<&BTreeSet<String>> {
+    pub(crate) fn fields(&self, class: ToolClass) -> Option<&BTreeMap<String, ArgType>> {
         self.0.get(&class)
     }
 }
@@ -92,11 +114,14 @@ impl DeclaredArgs {
 /// Checks that `schema` fits the requests Mandate builds, and extracts the
 /// declared argument fields of each action.
 ///
-/// The check is by construction: for every class it builds a sample request
-/// and sample entities exactly as [`crate::request`] does, and asks Cedar to
-/// validate them against the schema. A schema that renames an action, drops
-/// a context field or makes an `Args` field required is refused here rather
-/// than denying every call later.
+/// The check is by construction: it builds sample entities and, for every
+/// class, a sample request with the very functions `decide` uses (see
+/// [`crate::request`]), and asks Cedar to validate them against the schema.
+/// A schema that renames an action, drops or retypes a context field,
+/// changes an entity's attributes or makes an `Args` field required is
+/// refused here rather than denying every call later. Because of this check
+/// `decide` does not validate each request against the schema again; only
+/// the arguments, the one part the agent chooses, are type-checked per call.
 pub(crate) fn check_contract(
     schema_file: &str,
     schema_text: &str,
@@ -105,20 +130,25 @@ pub(crate) fn check_contract(
 ) -> Result<DeclaredArgs, PolicyError> {
     let contract = |msg: String| PolicyError::contract(schema_file, msg);
 
+    let sample = Sample::new();
     let agent = Names::uid(&names.agent, "sample-agent");
-    let user = Names::uid(&names.user, "sample-user");
     let upstream = Names::uid(&names.upstream, "sample");
     let tool = Names::uid(&names.tool, "sample.tool");
-    let entities = [
+    let mut entities = vec![
         Entity::new_no_attrs(agent.clone(), HashSet::new()),
-        Entity::new_no_attrs(user.clone(), HashSet::new()),
         Entity::new_no_attrs(upstream.clone(), HashSet::new()),
+        Entity::new_no_attrs(Names::uid(&names.group, "sample-group"), HashSet::new()),
+        Entity::new_no_attrs(Names::uid(&names.task, "sample-task"), HashSet::new()),
         tool_entity(tool.clone(), upstream, "read", "sample")
             .map_err(|e| contract(format!("cannot build a sample tool entity: {e}")))?,
     ];
+    entities.extend(
+        request::principal_entities(names, &sample.principal, &sample.directory)
+            .map_err(|e| contract(format!("cannot build sample entities: {e}")))?,
+    );
     Entities::from_entities(entities, Some(schema)).map_err(|e| {
         contract(format!(
-            "entities `Agent`, `User`, `Upstream` and `Tool in [Upstream] {{ class: String, upstream: String }}` are expected: {e}"
+            "entities `Agent`, `Group`, `User in [Group]`, `Build {{ registered: Bool, name: String }}`, `Task`, `Upstream` and `Tool in [Upstream] {{ class: String, upstream: String }}` are expected: {e}"
         ))
     })?;
 
@@ -126,9 +156,9 @@ pub(crate) fn check_contract(
         let action = names
             .action(class)
             .ok_or_else(|| contract(format!("no action for class {class}")))?;
-        let pairs = sample_context(user.clone())
-            .map_err(|e| contract(format!("cannot build a sample context: {e}")))?;
-        let context = Context::from_pairs(pairs)
+        let context = sample
+            .context(names, None)
+            .and_then(|pairs| Context::from_pairs(pairs).map_err(|e| e.to_string()))
             .map_err(|e| contract(format!("cannot build a sample context: {e}")))?;
         Request::new(
             agent.clone(),
@@ -138,7 +168,7 @@ pub(crate) fn check_contract(
             Some(schema),
         )
         .map_err(|e| {
-            let hint = missing_context_field(schema, &agent, action, &tool, &user)
+            let hint = missing_context_field(schema, names, &sample, &agent, action, &tool)
                 .map(|f| format!("the schema's context for `{action}` does not declare `{f}`; "))
                 .unwrap_or_default();
             contract(format!(
@@ -155,28 +185,105 @@ pub(crate) fn check_contract(
         .map_err(|e| contract(format!("cannot re-read the schema: {e}")))?;
     let mut declared = HashMap::new();
     for class in ToolClass::ALL {
-        let fields = args_fields(&json, class.as_str())
+        let fields = args::declared(&json, class.as_str())
             .map_err(|e| contract(format!("action `{class}`: {e}")))?;
         declared.insert(class, fields);
     }
     Ok(DeclaredArgs(declared))
 }
 
+/// Sample facts for the contract check. Sets are not empty, so that their
+/// element types are checked too.
+pub(crate) struct Sample {
+    pub(crate) principal: Principal,
+    pub(crate) session: SessionFacts,
+    pub(crate) directory: Directory,
+}
+
+impl Sample {
+    pub(crate) fn new() -> Self {
+        let principal = Principal {
+            iss: "sample-issuer".into(),
+            sub: "sample-user".into(),
+            act: vec!["sample-agent".into()],
+            scope: Scope::parse("sample.tool"),
+            task_id: Some("sample-task".into()),
+            build: Some("sample-build".into()),
+            sid: Some("sample-session".into()),
+            jti: None,
+            exp: 0,
+        };
+        let directory = Directory {
+            groups: BTreeMap::from([(
+                "sample-user".to_owned(),
+                BTreeSet::from(["sample-group".to_owned()]),
+            )]),
+            builds: BTreeMap::from([(
+                "sample-build".to_owned(),
+                crate::BuildInfo {
+                    name: "sample".into(),
+                },
+            )]),
+        };
+        let session = SessionFacts {
+            taint: BTreeSet::from(["untrusted".to_owned()]),
+            ..SessionFacts::default()
+        };
+        Self {
+            principal,
+            session,
+            directory,
+        }
+    }
+
+    /// The sample context, without the field `skip` if given.
+    pub(crate) fn context(
+        &self,
+        names: &Names,
+        skip: Option<&str>,
+    ) -> Result<Vec<(String, RestrictedExpression)>, String> {
+        let args = RestrictedExpression::new_record([]).map_err(|e| e.to_string())?;
+        Ok(self
+            .context_with(names, args)
+            .into_iter()
+            .filter(|(k, _)| Some(k.as_str()) != skip)
+            .collect())
+    }
+
+    /// The sample context with the given `args`.
+    pub(crate) fn context_with(
+        &self,
+        names: &Names,
+        args: RestrictedExpression,
+    ) -> Vec<(String, RestrictedExpression)> {
+        request::context_pairs(
+            names,
+            &request::ContextInput {
+                principal: &self.principal,
+                tool: "sample.tool",
+                session: &self.session,
+                now: 0,
+            },
+            args,
+        )
+    }
+}
+
 /// The one context field whose removal makes the sample request valid, if
 /// any: the field the schema forgot.
 fn missing_context_field(
     schema: &Schema,
+    names: &Names,
+    sample: &Sample,
     agent: &EntityUid,
     action: &EntityUid,
     tool: &EntityUid,
-    user: &EntityUid,
 ) -> Option<&'static str> {
     CONTEXT_FIELDS.into_iter().find(|field| {
-        sample_context(user.clone())
+        sample
+            .context(names, Some(field))
             .ok()
-            .and_then(|pairs| {
-                Context::from_pairs(pairs.into_iter().filter(|(k, _)| k != field)).ok()
-            })
+            .and_then(|pairs| Context::from_pairs(pairs).ok())
             .and_then(|c| {
                 Request::new(agent.clone(), action.clone(), tool.clone(), c, Some(schema)).ok()
             })
@@ -206,89 +313,4 @@ pub(crate) fn tool_entity(
         HashSet::from([upstream]),
     )
     .map_err(|e| e.to_string())
-}
-
-fn sample_context(
-    user: EntityUid,
-) -> Result<Vec<(String, RestrictedExpression)>, cedar_policy::ExpressionConstructionError> {
-    let string = |s: &str| RestrictedExpression::new_string(s.to_owned());
-    Ok(vec![
-        ("user".into(), RestrictedExpression::new_entity_uid(user)),
-        (
-            "scope".into(),
-            RestrictedExpression::new_set([string("sample.tool")]),
-        ),
-        ("in_scope".into(), RestrictedExpression::new_bool(true)),
-        ("task_id".into(), string("")),
-        ("build".into(), string("")),
-        ("session".into(), string("")),
-        ("tool".into(), string("sample.tool")),
-        (
-            "taint".into(),
-            RestrictedExpression::new_set([string("untrusted")]),
-        ),
-        ("calls_in_session".into(), RestrictedExpression::new_long(0)),
-        ("now".into(), RestrictedExpression::new_long(0)),
-        ("args".into(), RestrictedExpression::new_record([])?),
-    ])
-}
-
-/// The top-level attribute names of `context.args` for `action`, read from
-/// the schema's JSON form (resolving common-type references).
-fn args_fields(json: &serde_json::Value, action: &str) -> Result<BTreeSet<String>, String> {
-    let ns = json
-        .get(NAMESPACE)
-        .ok_or_else(|| format!("no namespace `{NAMESPACE}`"))?;
-    let context = ns
-        .get("actions")
-        .and_then(|a| a.get(action))
-        .and_then(|a| a.get("appliesTo"))
-        .and_then(|a| a.get("context"))
-        .ok_or_else(|| "no `appliesTo` context".to_owned())?;
-    let context = resolve_record(ns, context)?;
-    let args = context
-        .get("args")
-        .ok_or_else(|| "the context has no `args` attribute".to_owned())?;
-    // An attribute is `{ "type": ..., "required": ... }`: the type itself.
-    let args = resolve_record(ns, args)?;
-    Ok(args.keys().cloned().collect())
-}
-
-/// Follows common-type references from `ty` to a record type's attributes.
-fn resolve_record<'a>(
-    ns: &'a serde_json::Value,
-    ty: &'a serde_json::Value,
-) -> Result<&'a serde_json::Map<String, serde_json::Value>, String> {
-    let mut ty = ty;
-    // Common types may name other common types; cedar forbids cycles, and a
-    // fixed bound keeps this loop finite whatever the input.
-    for _ in 0..16 {
-        let kind = ty
-            .get("type")
-            .and_then(serde_json::Value::as_str)
-            .ok_or_else(|| format!("unexpected type form {ty}"))?;
-        let name = match kind {
-            "Record" => {
-                return ty
-                    .get("attributes")
-                    .and_then(serde_json::Value::as_object)
-                    .ok_or_else(|| "record type without attributes".to_owned());
-            }
-            "EntityOrCommon" | "CommonType" => {
-                ty.get("name")
-                    .and_then(serde_json::Value::as_str)
-                    .ok_or_else(|| format!("unexpected type form {ty}"))?
-            }
-            other => other,
-        };
-        let local = name
-            .strip_prefix(NAMESPACE)
-            .and_then(|rest| rest.strip_prefix("::"))
-            .unwrap_or(name);
-        ty = ns
-            .get("commonTypes")
-            .and_then(|c| c.get(local))
-            .ok_or_else(|| format!("`{name}` is not a record type declared in `{NAMESPACE}`"))?;
-    }
-    Err("common type references nest too deeply".to_owned())
 }

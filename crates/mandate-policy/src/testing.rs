@@ -5,14 +5,15 @@
 //! ```json
 //! {
 //!   "description": "optional text",
-//!   "principal": { "sub": "alice", "act": ["assistant"], "scope": "docs.* bank.get_balance" },
+//!   "principal": { "sub": "alice", "act": ["assistant"], "scope": "docs.* bank.*" },
+//!   "directory": { "groups": { "alice": ["finance"] }, "builds": { "4f2a": { "name": "v3" } } },
 //!   "cases": [
 //!     {
 //!       "name": "searching the docs is allowed",
 //!       "tool": "docs.search",
 //!       "class": "read",
 //!       "args": { "query": "refund policy" },
-//!       "session": { "taint": ["untrusted"], "calls_in_session": 3 },
+//!       "session": { "taint": ["untrusted"], "calls_in_session": 3, "calls_last_minute": 2 },
 //!       "now": 1767225600,
 //!       "expect": {
 //!         "effect": "allow",
@@ -28,8 +29,13 @@
 //! * `principal` (file level) is the default for cases without their own;
 //!   its fields are `sub`, `act` (actor chain, calling agent first), `scope`
 //!   (space separated), and optional `task_id`, `build`, `sid`, `iss`.
-//! * `args`, `session` and `now` are optional (`{}`, no taint and no calls,
-//!   and 0).
+//! * `directory` (optional) replaces the engine's [`Directory`] for the
+//!   file's cases: `groups` by user `sub`, `builds` by build hash. Without
+//!   it the cases see the engine's directory.
+//! * `args`, `session` and `now` are optional (`{}`, no facts, and 0).
+//!   `session` takes the fields of [`SessionFacts`]: `taint`,
+//!   `calls_in_session`, `calls_in_task`, `tool_calls_in_session`,
+//!   `calls_last_minute`, `amount_in_task`, `approved`.
 //! * `expect.effect` is `"allow"` or `"deny"`. `expect.obligations` uses the
 //!   `@obligation` syntax (`"approval"`, `"redact:a,b"`) and is always
 //!   compared (absent means none). `expect.policies` (the determining
@@ -37,10 +43,10 @@
 //!   of the reasons) are compared only when present.
 
 use crate::error::{Diagnostics, PolicyError, SourceDiagnostic};
-use crate::{DecisionRequest, PolicyEngine, SessionFacts, obligation};
+use crate::{BuildInfo, DecisionRequest, Directory, PolicyEngine, SessionFacts, obligation};
 use mandate_core::{Decision, Effect, Obligation, Principal, Scope, ToolCall, ToolClass, ToolName};
 use serde::Deserialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 
@@ -147,6 +153,12 @@ pub fn run_tests(engine: &PolicyEngine, dir: &Path) -> Result<TestReport, Policy
                 e.to_string(),
             )]))
         })?;
+        // A file's own directory, else the engine's (a fresh generation
+        // either way, so cached entities of another directory never apply).
+        let directory = engine.versioned(match &file.directory {
+            Some(d) => std::sync::Arc::new(d.to_directory()),
+            None => engine.directory(),
+        });
         for case in &file.cases {
             let principal = case
                 .principal
@@ -167,16 +179,16 @@ pub fn run_tests(engine: &PolicyEngine, dir: &Path) -> Result<TestReport, Policy
                     .map(Vec::as_slice),
             );
             let call = ToolCall::new(tool, case.class, case.args.clone());
-            let session = SessionFacts {
-                taint: case.session.taint.clone(),
-                calls_in_session: case.session.calls_in_session,
-            };
-            let decision = engine.decide(&DecisionRequest {
-                principal: &principal,
-                call: &call,
-                session: &session,
-                now_unix: case.now,
-            });
+            let session = case.session.to_facts();
+            let decision = engine.decide_in(
+                &directory,
+                &DecisionRequest {
+                    principal: &principal,
+                    call: &call,
+                    session: &session,
+                    now_unix: case.now,
+                },
+            );
             let failure = compare(&case.expect, &expected_obligations, &decision);
             cases.push(CaseResult {
                 file: name.clone(),
@@ -245,7 +257,45 @@ struct TestFile {
     _description: Option<String>,
     #[serde(default)]
     principal: Option<TestPrincipal>,
+    #[serde(default)]
+    directory: Option<TestDirectory>,
     cases: Vec<TestCase>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestDirectory {
+    #[serde(default)]
+    groups: BTreeMap<String, BTreeSet<String>>,
+    #[serde(default)]
+    builds: BTreeMap<String, TestBuild>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestBuild {
+    #[serde(default)]
+    name: String,
+}
+
+impl TestDirectory {
+    fn to_directory(&self) -> Directory {
+        Directory {
+            groups: self.groups.clone(),
+            builds: self
+                .builds
+                .iter()
+                .map(|(hash, b)| {
+                    (
+                        hash.clone(),
+                        BuildInfo {
+                            name: b.name.clone(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -308,6 +358,30 @@ struct TestSession {
     taint: BTreeSet<String>,
     #[serde(default)]
     calls_in_session: u64,
+    #[serde(default)]
+    calls_in_task: u64,
+    #[serde(default)]
+    tool_calls_in_session: u64,
+    #[serde(default)]
+    calls_last_minute: u64,
+    #[serde(default)]
+    amount_in_task: i64,
+    #[serde(default)]
+    approved: bool,
+}
+
+impl TestSession {
+    fn to_facts(&self) -> SessionFacts {
+        SessionFacts {
+            taint: self.taint.clone(),
+            calls_in_session: self.calls_in_session,
+            calls_in_task: self.calls_in_task,
+            tool_calls_in_session: self.tool_calls_in_session,
+            calls_last_minute: self.calls_last_minute,
+            amount_in_task: self.amount_in_task,
+            approved: self.approved,
+        }
+    }
 }
 
 #[derive(Deserialize)]
