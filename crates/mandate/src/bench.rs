@@ -245,6 +245,21 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     // The gateway in front of it, with the quickstart policies.
     let qs_config = crate::demo::materialise(&data_dir)?;
     let qs_dir = qs_config.parent().context("quickstart dir")?;
+    // One benchmark client makes thousands of calls in its session, past
+    // the quickstart's session budget of 1000: raise that one number (the
+    // rule is still evaluated on every call).
+    let limits = qs_dir.join("policies/40-limits.cedar");
+    let text = std::fs::read_to_string(&limits)?;
+    let raised = text.replace(
+        "context.calls_in_session >= 1000",
+        "context.calls_in_session >= 1000000000",
+    );
+    anyhow::ensure!(
+        raised != text,
+        "the session budget rule was not found in {}",
+        limits.display()
+    );
+    std::fs::write(&limits, raised)?;
     let key_dir = data_dir.join("dev-issuer");
     generate_issuer_key(&key_dir)?;
     let key = load_issuer_key(&key_dir)?;
