@@ -511,12 +511,27 @@ impl ControlStore {
 }
 
 fn get_approval(conn: &Connection, id: &str) -> Result<ApprovalRequest, ControlError> {
-    conn.query_row("SELECT * FROM approvals WHERE id = ?1", [id], approval_row)
-        .optional()?
-        .ok_or_else(|| ControlError::NotFound {
-            what: "approval",
-            id: id.to_owned(),
-        })?
+    get_one(conn, "approvals", "approval", id, approval_row)
+}
+
+/// The row of `table` with primary key `id`, decoded by `decode`.
+fn get_one<K: rusqlite::ToSql + ToString, T>(
+    conn: &Connection,
+    table: &str,
+    what: &'static str,
+    id: K,
+    decode: impl FnOnce(&Row<'_>) -> rusqlite::Result<Result<T, ControlError>>,
+) -> Result<T, ControlError> {
+    conn.query_row(
+        &format!("SELECT * FROM {table} WHERE id = ?1"),
+        [&id],
+        decode,
+    )
+    .optional()?
+    .ok_or_else(|| ControlError::NotFound {
+        what,
+        id: id.to_string(),
+    })?
 }
 
 fn approval_row(row: &Row<'_>) -> rusqlite::Result<Result<ApprovalRequest, ControlError>> {
@@ -548,25 +563,11 @@ fn approval_row(row: &Row<'_>) -> rusqlite::Result<Result<ApprovalRequest, Contr
 }
 
 fn get_revocation(conn: &Connection, id: i64) -> Result<Revocation, ControlError> {
-    conn.query_row(
-        "SELECT * FROM revocations WHERE id = ?1",
-        [id],
-        revocation_row,
-    )
-    .optional()?
-    .ok_or_else(|| ControlError::NotFound {
-        what: "revocation",
-        id: id.to_string(),
-    })?
+    get_one(conn, "revocations", "revocation", id, revocation_row)
 }
 
 fn get_change(conn: &Connection, id: &str) -> Result<Change, ControlError> {
-    conn.query_row("SELECT * FROM changes WHERE id = ?1", [id], change_row)
-        .optional()?
-        .ok_or_else(|| ControlError::NotFound {
-            what: "change",
-            id: id.to_owned(),
-        })?
+    get_one(conn, "changes", "change", id, change_row)
 }
 
 /// Decodes a row; the outer `Result` is SQLite's, the inner one ours.

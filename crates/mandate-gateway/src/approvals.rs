@@ -335,13 +335,7 @@ async fn list(
     let control = s.gw.control().clone();
     let list = tokio::task::spawn_blocking(move || control.approvals(status, limit))
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "internal error",
-            )
-        })??;
+        .map_err(|_| ApiError::internal())??;
     let list: Vec<Value> = list.iter().map(|a| view(&s.gw, a)).collect();
     Ok(Json(json!({ "approvals": list })))
 }
@@ -355,13 +349,7 @@ async fn show(
     let control = s.gw.control().clone();
     let a = tokio::task::spawn_blocking(move || control.approval(&id))
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "internal error",
-            )
-        })??;
+        .map_err(|_| ApiError::internal())??;
     Ok(Json(view(&s.gw, &a)))
 }
 
@@ -432,13 +420,7 @@ pub(crate) async fn decide(
     let lookup = id.to_owned();
     let current = tokio::task::spawn_blocking(move || control.approval(&lookup))
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "internal error",
-            )
-        })??;
+        .map_err(|_| ApiError::internal())??;
     let detail = json!({
         "approval": id,
         "tool": current.request.tool,
@@ -532,13 +514,7 @@ pub(crate) async fn decide(
         )
     })
     .await
-    .map_err(|_| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            "internal error",
-        )
-    })
+    .map_err(|_| ApiError::internal())
     .and_then(|r| r.map_err(ApiError::from))
     .map(|a| view(gw, &a));
     record_outcome(gw, &rec, result.as_ref()).await;

@@ -91,6 +91,15 @@ impl ApiError {
         }
     }
 
+    /// A failure that is ours, not the caller's (a worker task died).
+    pub(crate) fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal error",
+        )
+    }
+
     fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
     }
@@ -309,13 +318,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "internal error",
-            )
-        })?
+        .map_err(|_| ApiError::internal())?
         .map_err(ApiError::from)
 }
 
@@ -620,13 +623,7 @@ async fn activate(s: &ApiState, change: &Change, by: &str) -> Result<Change, Api
         let gw = s.gw.clone();
         tokio::task::spawn_blocking(move || install_policy_set(&gw, &dir, &files, &expected))
             .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "server_error",
-                    "internal error",
-                )
-            })??;
+            .map_err(|_| ApiError::internal())??;
     }
     let control = s.gw.control().clone();
     let id = change.id.clone();
