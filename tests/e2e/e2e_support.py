@@ -379,9 +379,17 @@ def gateway_toml(*, port: int, data_dir: Path, jwks: Path, issuer: str, upstream
     for name, spec in upstreams.items():
         lines.append(f"[upstreams.{name}]")
         tools = spec.get("tools", {})
+        # Mandate treats unlabelled tool results as untrusted (sanitised and
+        # wrapped in an envelope). Tests about other things compare results
+        # to the letter, so their upstreams are trusted unless they say so;
+        # the provenance tests set it explicitly.
+        if "default_provenance" not in spec:
+            lines.append('default_provenance = "trusted"')
         for k, v in spec.items():
-            if k != "tools":
+            if k not in ("tools", "provenance"):
                 lines.append(f"{k} = {toml_value(v)}")
+        if spec.get("provenance"):
+            lines.append(f"provenance = {toml_value(spec['provenance'])}")
         lines.append(f"[upstreams.{name}.tools]")
         for tool, cls in tools.items():
             lines.append(f"{json.dumps(tool)} = {toml_value(cls)}")

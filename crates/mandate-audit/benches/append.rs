@@ -29,6 +29,7 @@ fn record() -> AuditRecord {
         outcome: None,
         detail: None,
         amount: None,
+        taint: Vec::new(),
     }
 }
 

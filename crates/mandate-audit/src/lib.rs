@@ -37,7 +37,7 @@ mod writer;
 pub use chain::{GENESIS_HASH, canonical_body, record_hash};
 pub use error::{AuditError, CorruptRow, EncodeError, SchemaVersion, StorageError};
 pub use read::{
-    Problem, ProblemKind, StoredRecord, VerifyReport, read_by_correlation, read_decisions_since,
+    Problem, ProblemKind, StoredRecord, VerifyReport, read_by_correlation, read_calls_since,
     read_records, verify,
 };
 

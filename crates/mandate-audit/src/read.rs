@@ -42,14 +42,14 @@ pub fn read_by_correlation(
     query(&conn, "WHERE correlation_id = ?1", [correlation_id])
 }
 
-/// The decision records written at or after `since_ms` (Unix ms), in seq
-/// order: what the gateway replays at start to restore session and task
-/// usage counters.
-pub fn read_decisions_since(path: &Path, since_ms: i64) -> Result<Vec<StoredRecord>, AuditError> {
+/// The decision and outcome records written at or after `since_ms` (Unix
+/// ms), in seq order: what the gateway replays at start to restore session
+/// and task usage counters and session taint.
+pub fn read_calls_since(path: &Path, since_ms: i64) -> Result<Vec<StoredRecord>, AuditError> {
     let conn = open_for_read(path)?;
     query(
         &conn,
-        "WHERE kind = 'decision' AND time_ms >= ?1",
+        "WHERE kind IN ('decision', 'outcome') AND time_ms >= ?1",
         [since_ms],
     )
 }

@@ -15,6 +15,7 @@ fn record() -> AuditRecord {
         outcome: None,
         detail: None,
         amount: None,
+        taint: Vec::new(),
     }
 }
 

@@ -48,6 +48,7 @@ fn record(n: i64, session: &str, correlation: &CorrelationId) -> AuditRecord {
         outcome: (n % 2 == 1).then(|| "ok".to_owned()),
         detail: Some("naïve \"quoted\" ✓".to_owned()),
         amount: None,
+        taint: Vec::new(),
     }
 }
 

@@ -84,6 +84,10 @@ pub struct AuditRecord {
     /// `financial` call), so task budgets can be rebuilt from the log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amount: Option<i64>,
+    /// Taint labels the call's result added to the session (`untrusted`,
+    /// `sensitive`, `suspicious`), on outcome records.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taint: Vec<String>,
 }
 
 impl AuditRecord {
@@ -106,6 +110,7 @@ impl AuditRecord {
             outcome: None,
             detail: None,
             amount: None,
+            taint: Vec::new(),
         }
     }
 
@@ -137,6 +142,7 @@ impl AuditRecord {
             outcome: None,
             detail: Some(detail.to_string()),
             amount: None,
+            taint: Vec::new(),
         }
     }
 

@@ -55,12 +55,24 @@ pub struct UpstreamConfig {
     pub default_class: Option<ToolClass>,
     /// Connection sharing across Mandate sessions.
     pub isolation: Isolation,
+    /// What each tool's results are (unlisted: `default_provenance`).
+    pub provenance: BTreeMap<String, crate::provenance::Provenance>,
+    /// Provenance of tools not listed in `provenance` (default `untrusted`).
+    pub default_provenance: crate::provenance::Provenance,
 }
 
 impl UpstreamConfig {
     /// The configured class of a tool, if it may be called at all.
     pub fn class_of(&self, tool: &str) -> Option<ToolClass> {
         self.tools.get(tool).copied().or(self.default_class)
+    }
+
+    /// What a tool's results are.
+    pub fn provenance_of(&self, tool: &str) -> crate::provenance::Provenance {
+        self.provenance
+            .get(tool)
+            .copied()
+            .unwrap_or(self.default_provenance)
     }
 }
 

@@ -19,6 +19,7 @@ pub mod handler;
 pub mod http;
 mod metrics;
 mod pipeline;
+pub mod provenance;
 mod tasks;
 pub mod upstream;
 pub mod web;

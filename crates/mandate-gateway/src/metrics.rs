@@ -36,6 +36,8 @@ pub struct Metrics {
     pub audit_failures: Counter,
     /// Upstream calls that failed or timed out.
     pub upstream_errors: Counter,
+    /// Tool results in which injection patterns or hidden content were found.
+    pub injection_findings: Counter,
 }
 
 impl Metrics {
@@ -89,6 +91,11 @@ impl Metrics {
                 "mandate_upstream_errors_total",
                 "Upstream calls that failed or timed out.",
                 self.upstream_errors.get(),
+            ),
+            (
+                "mandate_injection_findings_total",
+                "Tool results with injection patterns or hidden content.",
+                self.injection_findings.get(),
             ),
         ] {
             let _ = writeln!(

@@ -27,6 +27,8 @@ use std::sync::Arc;
 pub const META_CORRELATION: &str = "io.mandate/correlation_id";
 /// Result `_meta` key carrying the decision id.
 pub const META_DECISION: &str = "io.mandate/decision_id";
+/// Result `_meta` key carrying the provenance labels of the result.
+pub const META_LABELS: &str = "io.mandate/labels";
 
 /// A call that passed every check and whose decision record is durable.
 /// The private field means only the pipeline can build one.
@@ -241,10 +243,35 @@ impl crate::Gateway {
         // 6. Forward, then 7. record the outcome (after the fact; the
         //    response is not held for it).
         let session = principal.session_key();
-        let result = self
+        let mut result = self
             .forward(&upstream, &permitted, params, &session, client, progress)
             .await;
-        let (outcome, detail) = match &result {
+
+        // What came back is data: label it, clean it, look for injected
+        // instructions, and taint the session (later decisions see it).
+        let findings = match &mut result {
+            Ok(CallToolResponse::Complete(r)) => crate::provenance::sanitise(
+                r,
+                &exposed,
+                upstream.config().provenance_of(&permitted.call.name.tool),
+            ),
+            _ => crate::provenance::Findings::default(),
+        };
+        if !findings.labels.is_empty() {
+            let mut s = self.sessions.entry(session.clone()).or_default();
+            s.taint.extend(findings.labels.iter().cloned());
+            s.exp = s.exp.max(principal.exp);
+        }
+        if !findings.patterns.is_empty() {
+            self.metrics.injection_findings.inc();
+            tracing::warn!(
+                correlation_id = %correlation,
+                tool = %exposed,
+                patterns = ?findings.patterns,
+                "possible prompt injection in a tool result; session marked suspicious"
+            );
+        }
+        let (outcome, mut detail) = match &result {
             Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => ("tool_error", None),
             Ok(CallToolResponse::Complete(_)) => ("ok", None),
             Ok(CallToolResponse::InputRequired(_)) => ("input_required", None),
@@ -252,8 +279,18 @@ impl crate::Gateway {
             Ok(_) => ("ok", None),
             Err(e) => (e.outcome(), Some(e.to_string())),
         };
-        let outcome_record =
+        if !findings.patterns.is_empty() || findings.removed > 0 {
+            detail = Some(
+                serde_json::json!({
+                    "injection_patterns": findings.patterns,
+                    "hidden_characters_removed": findings.removed,
+                })
+                .to_string(),
+            );
+        }
+        let mut outcome_record =
             record(&permitted.decision, &permitted.call.args_hash).outcome(outcome, detail);
+        outcome_record.taint = findings.labels.clone();
         let audit = self.audit.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
@@ -264,7 +301,7 @@ impl crate::Gateway {
         });
 
         match result {
-            Ok(response) => Ok(self.finish(response, &permitted)),
+            Ok(response) => Ok(self.finish(response, &permitted, &findings)),
             Err(e) => {
                 self.metrics.upstream_errors.inc();
                 Err(upstream_error(&e, &permitted.correlation))
@@ -297,7 +334,12 @@ impl crate::Gateway {
     }
 
     /// Applies result obligations and stamps the correlation id.
-    fn finish(&self, response: CallToolResponse, permitted: &Permitted) -> CallToolResponse {
+    fn finish(
+        &self,
+        response: CallToolResponse,
+        permitted: &Permitted,
+        findings: &crate::provenance::Findings,
+    ) -> CallToolResponse {
         let CallToolResponse::Complete(mut result) = response else {
             return response;
         };
@@ -321,6 +363,10 @@ impl crate::Gateway {
         );
         meta.0
             .insert(META_DECISION.into(), permitted.decision.id.as_str().into());
+        if !findings.labels.is_empty() {
+            meta.0
+                .insert(META_LABELS.into(), findings.labels.clone().into());
+        }
         CallToolResponse::Complete(result)
     }
 

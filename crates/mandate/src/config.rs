@@ -7,6 +7,7 @@
 use anyhow::{Context, Result, anyhow, bail};
 use mandate_authn::{AuthnConfig, IssuerConfig, JwksSource};
 use mandate_core::ToolClass;
+use mandate_gateway::provenance::Provenance;
 use mandate_gateway::{
     ApprovalConfig, ClientSecret, GatewayConfig, Isolation, LocalAccount, OidcConfig,
     OperatorConfig, Role, Transport, UpstreamConfig, WebConfig,
@@ -236,6 +237,9 @@ struct UpstreamSection {
     tools: BTreeMap<String, String>,
     default_class: Option<String>,
     #[serde(default)]
+    provenance: BTreeMap<String, String>,
+    default_provenance: Option<String>,
+    #[serde(default)]
     isolation: Option<String>,
 }
 
@@ -418,6 +422,19 @@ impl Config {
                     bail!("upstreams.{name}.isolation: {other:?} is not \"shared\" or \"session\"")
                 }
             };
+            let mut provenance = BTreeMap::new();
+            for (tool, p) in &u.provenance {
+                let p: Provenance = p
+                    .parse()
+                    .map_err(|e: String| anyhow!("upstreams.{name}.provenance.{tool}: {e}"))?;
+                provenance.insert(tool.clone(), p);
+            }
+            let default_provenance = match &u.default_provenance {
+                None => Provenance::Untrusted,
+                Some(p) => p
+                    .parse()
+                    .map_err(|e: String| anyhow!("upstreams.{name}.default_provenance: {e}"))?,
+            };
             upstreams.push(UpstreamConfig {
                 name: name.clone(),
                 isolation,
@@ -425,6 +442,8 @@ impl Config {
                 timeout: Duration::from_secs(u.timeout_secs),
                 tools,
                 default_class,
+                provenance,
+                default_provenance,
             });
         }
 

@@ -241,10 +241,29 @@ pub async fn run(data_dir: PathBuf) -> Result<ExitCode> {
                     .filter_map(|c| c.as_text().map(|t| t.text.clone()))
                     .collect::<Vec<_>>()
                     .join(" ");
-                let first = text.lines().next().unwrap_or("").to_owned();
+                // Skip the envelope Mandate puts around untrusted text.
+                let first = text
+                    .lines()
+                    .find(|l| !l.starts_with("<<") && !l.starts_with("The text below was returned"))
+                    .unwrap_or("")
+                    .to_owned();
+                let labels = r
+                    .meta
+                    .as_ref()
+                    .and_then(|m| m.0.get("io.mandate/labels"))
+                    .and_then(Value::as_array)
+                    .map(|l| {
+                        l.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .filter(|l| !l.is_empty())
+                    .map(|l| format!(" [result labelled {l}]"))
+                    .unwrap_or_default();
                 (
                     Expect::Allow,
-                    format!("upstream said: {}", truncate(&first, 60)),
+                    format!("upstream said: {}{labels}", truncate(&first, 60)),
                 )
             }
             Err(rmcp::ServiceError::McpError(e)) if e.code.0 == -32602 => {

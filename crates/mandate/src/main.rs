@@ -440,7 +440,7 @@ async fn build_gateway(cfg: &Config) -> Result<Arc<Gateway>> {
     );
     // Budgets survive restarts: replay the last day's decisions.
     let since = mandate_core::AuditRecord::now_ms() - USAGE_WINDOW_MS;
-    let records = mandate_audit::read_decisions_since(&cfg.audit_path(), since)
+    let records = mandate_audit::read_calls_since(&cfg.audit_path(), since)
         .map_err(|e| anyhow::anyhow!("audit log {}: {e}", cfg.audit_path().display()))?;
     let restored = gw.restore_usage(records.iter().map(|r| &r.record));
     if restored > 0 {
