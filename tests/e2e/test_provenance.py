@@ -92,6 +92,8 @@ def test_read_customers_then_send_mail_is_held_never_silent(env, issuer: Issuer)
     assert pending, "the mail after reading customers was not held"
     a = pending[0]
     assert "tainted-session-sinks-need-approval" in a["policies"] and a["taint"] == ["sensitive"], a
+    # The approver sees what the session read: the customer list, labelled sensitive.
+    assert a["untrusted_sources"] == ["docs.list_customers (sensitive)"], a
     assert not mails(rec, "after-customers"), "the held mail reached the upstream"
     gw.api("POST", f"/api/approvals/{a['id']}/deny", op, {"args_hash": a["args_hash"], "comment": "no"})
     t.join(15)

@@ -52,6 +52,9 @@ pub(crate) struct SessionState {
     /// Latest expiry of any token seen for the session.
     pub(crate) exp: u64,
     pub(crate) taint: BTreeSet<String>,
+    /// The tools whose untrusted, sensitive or suspicious results entered the
+    /// session, in order (bounded), for the people asked to approve.
+    pub(crate) sources: Vec<String>,
     /// Permitted calls per exposed tool name.
     pub(crate) per_tool: std::collections::HashMap<String, u64>,
     /// Unix seconds of the permitted calls of the last minute (bounded).

@@ -261,6 +261,10 @@ impl crate::Gateway {
             let mut s = self.sessions.entry(session.clone()).or_default();
             s.taint.extend(findings.labels.iter().cloned());
             s.exp = s.exp.max(principal.exp);
+            let source = format!("{exposed} ({})", findings.labels.join(", "));
+            if s.sources.last() != Some(&source) && s.sources.len() < MAX_SOURCES {
+                s.sources.push(source);
+            }
         }
         if !findings.patterns.is_empty() {
             self.metrics.injection_findings.inc();
@@ -486,10 +490,10 @@ impl crate::Gateway {
                 DenyCategory::ApprovalRequired,
             );
         }
-        let taint: Vec<String> = self
+        let (taint, untrusted_sources): (Vec<String>, Vec<String>) = self
             .sessions
             .get(&principal.session_key())
-            .map(|s| s.taint.iter().cloned().collect())
+            .map(|s| (s.taint.iter().cloned().collect(), s.sources.clone()))
             .unwrap_or_default();
         let deadline_ms = AuditRecord::now_ms().saturating_add(
             i64::try_from(self.cfg.approvals.timeout.as_millis()).unwrap_or(i64::MAX),
@@ -507,7 +511,7 @@ impl crate::Gateway {
             policies: decision.policies.clone(),
             reasons: decision.reasons.clone(),
             taint,
-            untrusted_sources: Vec::new(),
+            untrusted_sources,
             decision_id: decision.id.to_string(),
             correlation_id: correlation.to_string(),
             deadline_ms,
@@ -684,6 +688,9 @@ impl crate::Gateway {
         restored
     }
 }
+
+/// Most result sources remembered per session for approvers.
+const MAX_SOURCES: usize = 32;
 
 /// Most call times kept per session for `calls_last_minute`.
 const RECENT_CAP: usize = 10_000;
