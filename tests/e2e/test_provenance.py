@@ -135,3 +135,37 @@ def test_trusted_results_pass_through_unchanged(env, issuer: Issuer) -> None:
     r = gw.call_tool(token, s, "docs.send_mail", {"to": "team@example.com", "subject": "t", "body": "b"}).response()
     assert "io.mandate/labels" not in r["result"].get("_meta", {}), r
     assert not r["result"]["content"][0]["text"].startswith("<<untrusted-content"), r
+
+
+def test_taint_never_crosses_sessions_of_the_same_agent(env, issuer: Issuer) -> None:
+    """F-04: session A reads the customer list; session B of the same user and
+    agent (another `sid`) is untainted, so its internal mail goes through."""
+    gw, rec = env
+    token_a, s_a, _ = session(gw, issuer)
+    assert "result" in gw.call_tool(token_a, s_a, "docs.list_customers", {}).response()
+    token_b, s_b, _ = session(gw, issuer)
+    r = gw.call_tool(token_b, s_b, "docs.send_mail",
+                     {"to": "team@example.com", "subject": "session-b", "body": "x"}).response()
+    assert "result" in r, "session A's taint reached session B"
+    assert len(mails(rec, "session-b")) == 1
+
+
+def test_every_upstream_side_effect_is_attributable_by_correlation_id(env, issuer: Issuer) -> None:
+    """F-05: every call the upstream received carries a correlation id that
+    leads to an `allow` decision record naming the user, agent and session."""
+    gw, rec = env
+    token, s, sid = session(gw, issuer)
+    # (Mail first: after the search the session is tainted and mail is held.)
+    gw.call_tool(token, s, "docs.send_mail", {"to": "team@example.com", "subject": "attr", "body": "x"})
+    gw.call_tool(token, s, "docs.search", {"query": "attribution"})
+    received = read_jsonl(rec)
+    assert received, "the upstream recorded nothing"
+    for call in received:
+        corr = call["_meta"].get("io.mandate/correlation_id")
+        assert corr, f"an upstream call without a correlation id: {call}"
+        rows = gw.audit_rows("correlation_id = ? AND kind = 'decision' AND effect = 'allow'", [corr])
+        assert rows, f"no allow decision on record for upstream call {call}"
+        assert rows[-1]["sub"] and rows[-1]["act"] and rows[-1]["session"], rows[-1]
+    mine = [c for c in received if c["arguments"].get("query") == "attribution"]
+    row = gw.audit_rows("correlation_id = ?", [mine[0]["_meta"]["io.mandate/correlation_id"]])[0]
+    assert row["session"] == f"sid:{sid}" and row["sub"] == "alice@example.com", row
