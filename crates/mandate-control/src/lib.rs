@@ -27,4 +27,4 @@ pub use approvals::{ApprovalRequest, ApprovalStatus, NewApproval};
 pub use changes::{Change, ChangeKind, ChangeStatus};
 pub use error::ControlError;
 pub use revocations::{Revocation, RevocationKind};
-pub use store::ControlStore;
+pub use store::{ControlStore, ToolPin};

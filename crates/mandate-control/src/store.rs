@@ -54,6 +54,15 @@ CREATE TABLE IF NOT EXISTS approvals (
     released_ms INTEGER
 ) STRICT;
 CREATE INDEX IF NOT EXISTS approvals_status ON approvals (status, created_ms);
+CREATE TABLE IF NOT EXISTS tool_pins (
+    tool        TEXT PRIMARY KEY NOT NULL,
+    fingerprint TEXT NOT NULL,
+    description TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    decided_by  TEXT NOT NULL,
+    decided_ms  INTEGER NOT NULL
+) STRICT;
 CREATE TABLE IF NOT EXISTS active (
     kind      TEXT NOT NULL,
     target    TEXT NOT NULL,
@@ -508,6 +517,80 @@ impl ControlStore {
         }
         get_approval(&conn, id)
     }
+}
+
+/// A pinned upstream tool: the name, description and input schema an
+/// operator (or first use) accepted, by fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ToolPin {
+    /// Exposed name (`upstream.tool`).
+    pub tool: String,
+    /// SHA-256 of the canonical {name, description, inputSchema}.
+    pub fingerprint: String,
+    /// The description as pinned (or as found, when quarantined).
+    pub description: String,
+    /// `approved` or `quarantined`.
+    pub status: String,
+    /// Why (first use, approval comment, what changed, what was found).
+    pub reason: String,
+    /// Who decided (`mandate` for automatic pins and quarantines).
+    pub decided_by: String,
+    /// Unix milliseconds.
+    pub decided_ms: i64,
+}
+
+impl ControlStore {
+    /// The pin of `tool`, if any.
+    pub fn tool_pin(&self, tool: &str) -> Result<Option<ToolPin>, ControlError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT * FROM tool_pins WHERE tool = ?1", [tool], pin_row)
+            .optional()?)
+    }
+
+    /// Every pin, by name.
+    pub fn tool_pins(&self) -> Result<Vec<ToolPin>, ControlError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT * FROM tool_pins ORDER BY tool")?;
+        let rows = stmt.query_map([], pin_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Records `tool` as approved (pinned to `fingerprint`) or quarantined.
+    pub fn set_tool_pin(
+        &self,
+        tool: &str,
+        fingerprint: &str,
+        description: &str,
+        approved: bool,
+        reason: &str,
+        by: &str,
+    ) -> Result<ToolPin, ControlError> {
+        let status = if approved { "approved" } else { "quarantined" };
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO tool_pins (tool, fingerprint, description, status, reason, decided_by, decided_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (tool) DO UPDATE SET fingerprint = excluded.fingerprint,
+               description = excluded.description, status = excluded.status,
+               reason = excluded.reason, decided_by = excluded.decided_by, decided_ms = excluded.decided_ms",
+            params![tool, fingerprint, description, status, reason, by, now_ms()],
+        )?;
+        conn.query_row("SELECT * FROM tool_pins WHERE tool = ?1", [tool], pin_row)
+            .map_err(ControlError::from)
+    }
+}
+
+fn pin_row(row: &Row<'_>) -> rusqlite::Result<ToolPin> {
+    Ok(ToolPin {
+        tool: row.get("tool")?,
+        fingerprint: row.get("fingerprint")?,
+        description: row.get("description")?,
+        status: row.get("status")?,
+        reason: row.get("reason")?,
+        decided_by: row.get("decided_by")?,
+        decided_ms: row.get("decided_ms")?,
+    })
 }
 
 fn get_approval(conn: &Connection, id: &str) -> Result<ApprovalRequest, ControlError> {

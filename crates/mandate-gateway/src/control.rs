@@ -55,6 +55,8 @@ pub(crate) fn routes(gw: Arc<Gateway>) -> Router {
         .route("/api/changes", get(list_changes).post(propose))
         .route("/api/changes/{id}", get(show_change))
         .route("/api/changes/{id}/{action}", post(review_or_activate))
+        .route("/api/tools", get(list_tool_pins))
+        .route("/api/tools/{name}/approve", post(approve_tool))
         .with_state(state)
 }
 
@@ -789,4 +791,58 @@ pub fn replace_policy_files(
         }
     }
     Ok(())
+}
+
+// ----- tool pins ---------------------------------------------------------------
+
+async fn list_tool_pins(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authenticate_operator(&s.gw, &headers, "control/tools.list").await?;
+    let control = s.gw.control().clone();
+    let pins = blocking(move || control.tool_pins()).await?;
+    Ok(Json(json!({ "tools": pins })))
+}
+
+async fn approve_tool(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Option<Json<ReviewBody>>,
+) -> Result<Json<Value>, ApiError> {
+    const ACTION: &str = "control/tool.approve";
+    let op = require(&s.gw, &headers, Role::Admin, ACTION).await?;
+    let comment = body.and_then(|Json(b)| b.comment);
+    let crate::pipeline::Resolved::Known {
+        tool: Some(tool), ..
+    } = s.gw.resolve(&name).await
+    else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no tool {name} in the upstreams' current catalogues"),
+        ));
+    };
+    let fp = crate::pinning::fingerprint(&tool);
+    let description = tool.description.as_deref().unwrap_or_default();
+    let reason = format!(
+        "approved by {}{}",
+        op.name(),
+        comment
+            .as_deref()
+            .map(|c| format!(": {c}"))
+            .unwrap_or_default()
+    );
+    let pin =
+        s.gw.record_pin(&name, &fp, description, true, &reason, op.name())
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    e,
+                )
+            })?;
+    Ok(Json(to_value(&pin)))
 }

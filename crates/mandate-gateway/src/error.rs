@@ -41,6 +41,9 @@ pub enum DenyCategory {
     ApprovalExpired,
     /// The client went away while the call was held.
     Withdrawn,
+    /// The tool changed since it was pinned, or its description carries
+    /// instructions: an operator must approve it again.
+    ToolQuarantined,
 }
 
 impl DenyCategory {
@@ -59,6 +62,7 @@ impl DenyCategory {
             Self::ApprovalDenied => "approval_denied",
             Self::ApprovalExpired => "approval_timeout",
             Self::Withdrawn => "withdrawn",
+            Self::ToolQuarantined => "tool_quarantined",
         }
     }
 
@@ -76,6 +80,7 @@ impl DenyCategory {
             Self::ApprovalDenied => "a person denied this call".into(),
             Self::ApprovalExpired => "no person approved this call in time".into(),
             Self::Withdrawn => "withdrawn while waiting for approval".into(),
+            Self::ToolQuarantined => "the tool is quarantined until an operator approves it".into(),
         }
     }
 }

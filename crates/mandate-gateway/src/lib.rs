@@ -18,6 +18,7 @@ pub mod error;
 pub mod handler;
 pub mod http;
 mod metrics;
+mod pinning;
 mod pipeline;
 pub mod provenance;
 mod tasks;
@@ -103,6 +104,8 @@ pub struct Gateway {
     waiters: approvals::Waiters,
     /// Held calls answered as MCP tasks.
     mcp_tasks: tasks::Tasks,
+    /// Tool pin verdicts by exposed name, for the fingerprint they judged.
+    pin_verdicts: DashMap<String, (String, Result<(), String>)>,
     /// For approval webhooks.
     webhook_client: reqwest::Client,
     /// This process's id, recorded as the holder of its held calls.
@@ -145,6 +148,7 @@ impl Gateway {
             metrics: Arc::new(Metrics::default()),
             waiters: approvals::Waiters::default(),
             mcp_tasks: tasks::Tasks::default(),
+            pin_verdicts: DashMap::new(),
             webhook_client: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(10))
                 .build()
@@ -340,7 +344,7 @@ impl Gateway {
                 let Some(class) = upstream.config().class_of(&tool.name) else {
                     continue;
                 };
-                if !principal.scope.covers(&exposed) {
+                if !principal.scope.covers(&exposed) || self.vet(&exposed, tool).await.is_err() {
                     continue;
                 }
                 let tool_name = ToolName {

@@ -120,6 +120,10 @@ impl crate::Gateway {
         //    nothing to validate against, so the call fails closed.
         let now = now_unix();
         let hash = || self.policy.policy_hash();
+        let quarantined = match tool_def.as_ref() {
+            Some(tool) => self.vet(&exposed, tool).await.err(),
+            None => None,
+        };
         let precheck = if principal.exp <= now.cast_unsigned() {
             Some((
                 Decision::deny("token expired", hash()),
@@ -148,6 +152,11 @@ impl crate::Gateway {
             Some((
                 Decision::deny(format!("scope does not cover {exposed}"), hash()),
                 DenyCategory::InsufficientScope,
+            ))
+        } else if let Some(reason) = quarantined {
+            Some((
+                Decision::deny(reason, hash()),
+                DenyCategory::ToolQuarantined,
             ))
         } else {
             match tool_def.as_ref() {

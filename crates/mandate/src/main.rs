@@ -116,6 +116,13 @@ enum Command {
         #[command(flatten)]
         api: ops::ApiArgs,
     },
+    /// Pinned upstream tools: list, approve (lift a quarantine).
+    Tools {
+        #[command(subcommand)]
+        command: ops::ToolsCommand,
+        #[command(flatten)]
+        api: ops::ApiArgs,
+    },
     /// The two-person change gate: propose, approve, activate.
     Change {
         #[command(subcommand)]
@@ -383,6 +390,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Revocations { command, api } => ops::revocations(&api, command).await?,
         Command::Change { command, api } => ops::change(&api, command).await?,
         Command::Approvals { command, api } => ops::approvals(&api, command).await?,
+        Command::Tools { command, api } => ops::tools(&api, command).await?,
         Command::Bench(args) => bench::run(args).await?,
         Command::DemoServer {
             profile,

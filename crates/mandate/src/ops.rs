@@ -88,6 +88,21 @@ pub enum ChangeCommand {
     },
 }
 
+/// `mandate tools …`: pinned upstream tools.
+#[derive(clap::Subcommand, Debug)]
+pub enum ToolsCommand {
+    /// List pinned and quarantined tools.
+    List,
+    /// Approve a tool's current name, description and schema (lifts a quarantine).
+    Approve {
+        /// Exposed name, `upstream.tool`.
+        name: String,
+        /// Comment recorded with the approval.
+        #[arg(long)]
+        comment: Option<String>,
+    },
+}
+
 /// `mandate approvals …`: decide held tool calls.
 #[derive(clap::Subcommand, Debug)]
 pub enum ApprovalsCommand {
@@ -493,5 +508,47 @@ async fn decide(
             approval_line(v)
         )
     });
+    Ok(())
+}
+
+/// `mandate tools …`.
+pub async fn tools(args: &ApiArgs, cmd: ToolsCommand) -> Result<()> {
+    let api = Api::new(args)?;
+    let line = |p: &Value| {
+        format!(
+            "{:<32} {:<11} {}  (by {})",
+            s(p, "tool"),
+            s(p, "status"),
+            s(p, "reason"),
+            s(p, "decided_by")
+        )
+    };
+    match cmd {
+        ToolsCommand::List => {
+            let v = api.send(reqwest::Method::GET, "/api/tools", None).await?;
+            print(args, &v, |v| {
+                let list = v
+                    .get("tools")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                if list.is_empty() {
+                    "no tools pinned yet (tools are pinned when first listed or called)".into()
+                } else {
+                    list.iter().map(line).collect::<Vec<_>>().join("\n")
+                }
+            });
+        }
+        ToolsCommand::Approve { name, comment } => {
+            let v = api
+                .send(
+                    reqwest::Method::POST,
+                    &format!("/api/tools/{name}/approve"),
+                    Some(json!({"comment": comment})),
+                )
+                .await?;
+            print(args, &v, |v| format!("approved: {}", line(v)));
+        }
+    }
     Ok(())
 }
