@@ -407,16 +407,43 @@ impl Upstream {
         client: Option<Peer<RoleServer>>,
         progress: Option<ProgressToken>,
     ) -> Result<CallToolResponse, UpstreamError> {
-        let conn = self.connection(Some(session), client.clone()).await?;
+        // Getting the connection and handing the request to it are bounded
+        // too: whatever is stuck, the call fails after the timeout (and the
+        // connection is replaced) instead of hanging.
+        let conn = tokio::time::timeout(
+            self.cfg.timeout,
+            self.connection(Some(session), client.clone()),
+        )
+        .await
+        .map_err(|_| {
+            self.discard(Some(session));
+            UpstreamError::Timeout {
+                upstream: self.cfg.name.clone(),
+                secs: self.cfg.timeout.as_secs(),
+            }
+        })??;
         // rmcp puts its own progress token (a per-connection counter) on
         // every request; route the upstream's progress for that token back
         // to this call's client, with the client's own token.
         let _ = params.meta.as_mut().map(|m| m.0.0.remove("progressToken"));
         let request = ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(params));
-        let sent = conn
-            .peer()
-            .send_request_with_option(request, rmcp::service::PeerRequestOptions::no_options())
-            .await;
+        let sent = match tokio::time::timeout(
+            self.cfg.timeout,
+            conn.peer()
+                .send_request_with_option(request, rmcp::service::PeerRequestOptions::no_options()),
+        )
+        .await
+        {
+            Ok(sent) => sent,
+            Err(_) => {
+                tracing::warn!(upstream = %self.cfg.name, "upstream connection did not accept the request in time; replacing it");
+                self.discard(Some(session));
+                return Err(UpstreamError::Timeout {
+                    upstream: self.cfg.name.clone(),
+                    secs: self.cfg.timeout.as_secs(),
+                });
+            }
+        };
         let mut route = None;
         let result = match sent {
             Err(e) => Ok(Err(e)),
