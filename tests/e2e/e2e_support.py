@@ -308,7 +308,7 @@ class Launcher:
                          policy_toml=policy_toml) + extra_toml
         )
         proc = self.spawn([str(mandate_bin()), "serve", "--config", str(config)], name,
-                          env={"MANDATE_LOG": "info,mandate=debug"})
+                          env={"MANDATE_LOG": "info,mandate=debug,mandate_gateway=debug"})
         gw = Gateway(public_url=public_url, config=config, data_dir=data, proc=proc)
         gw.wait_ready()
         return gw

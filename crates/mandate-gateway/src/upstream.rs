@@ -166,8 +166,15 @@ impl ClientHandler for UpstreamHandler {
         params.progress_token = route.token.clone();
         let peer = route.peer.clone();
         drop(route);
-        if let Err(e) = peer.notify_progress(params).await {
-            tracing::debug!(error = %e, "could not relay progress to client");
+        // This runs inside the upstream connection's service loop: a client
+        // that does not take the notification (gone, or its stream stalled)
+        // must not stall the connection every other call uses.
+        match tokio::time::timeout(PROGRESS_RELAY_LIMIT, peer.notify_progress(params)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "could not relay progress to client"),
+            Err(_) => {
+                tracing::debug!("client did not take a progress notification in time; dropped")
+            }
         }
     }
 
@@ -177,6 +184,10 @@ impl ClientHandler for UpstreamHandler {
         }
     }
 }
+
+/// Longest a progress notification may wait for its client before it is
+/// dropped (the upstream connection's loop waits meanwhile).
+const PROGRESS_RELAY_LIMIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 static NEXT_CONN_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -427,6 +438,7 @@ impl Upstream {
         // to this call's client, with the client's own token.
         let _ = params.meta.as_mut().map(|m| m.0.0.remove("progressToken"));
         let request = ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(params));
+        tracing::debug!(upstream = %self.cfg.name, "connection ready; sending the call");
         let sent = match tokio::time::timeout(
             self.cfg.timeout,
             conn.peer()
@@ -455,6 +467,7 @@ impl Upstream {
                         .insert(key.clone(), ProgressRoute { peer, token });
                     route = Some(key);
                 }
+                tracing::debug!(upstream = %self.cfg.name, "call sent; awaiting the response");
                 tokio::time::timeout(self.cfg.timeout, async move {
                     match handle.await_response().await? {
                         ServerResult::CallToolResult(r) => Ok(CallToolResponse::Complete(r)),
