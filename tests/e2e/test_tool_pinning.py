@@ -126,3 +126,24 @@ def test_a_changed_description_quarantines_the_tool(env, issuer: Issuer) -> None
     err = gw.call_tool(token, session, "web.fetch", {"url": "https://b.example"}).response()["error"]
     assert err["data"]["reason"] == "tool_quarantined", err
     assert [c["arguments"]["url"] for c in read_jsonl(rec) if c["tool"] == "fetch"] == ["https://a.example"]
+
+
+def test_with_pinning_approve_new_tools_wait_for_an_operator(fresh_launcher: Launcher, issuer: Issuer,
+                                                              tmp_path: Path) -> None:
+    script = tmp_path / "rug_pull_server.py"
+    script.write_text(RUG_PULL_SERVER)
+    rec = tmp_path / "calls.jsonl"
+    gw = fresh_launcher.gateway(issuer, {
+        "web": {"command": sys.executable, "args": [str(script), str(rec)], "timeout_secs": 15,
+                "pinning": "approve", "tools": {"fetch": "read"}},
+    }, extra_toml=OPERATORS, name="approve-first")
+    token = issuer.mint(gw.audience, scope="web.*")
+    session = gw.initialize(token)
+    assert listed(gw, token, session) == []
+    err = gw.call_tool(token, session, "web.fetch", {"url": "https://a.example"}).response()["error"]
+    assert err["data"]["reason"] == "tool_quarantined", err
+    op = issuer.operator_token(gw.api_audience, "secops@example.com")
+    assert gw.operator_cli(op, "tools", "approve", "web.fetch").returncode == 0
+    assert listed(gw, token, session) == ["web.fetch"]
+    assert "result" in gw.call_tool(token, session, "web.fetch", {"url": "https://a.example"}).response()
+    assert [c["arguments"]["url"] for c in read_jsonl(rec)] == ["https://a.example"]

@@ -59,6 +59,9 @@ pub struct UpstreamConfig {
     pub provenance: BTreeMap<String, crate::provenance::Provenance>,
     /// Provenance of tools not listed in `provenance` (default `untrusted`).
     pub default_provenance: crate::provenance::Provenance,
+    /// Whether a tool seen for the first time needs an operator's approval
+    /// (`true`) or is pinned on first use unless its description is suspect.
+    pub approve_new_tools: bool,
 }
 
 impl UpstreamConfig {

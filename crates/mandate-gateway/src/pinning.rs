@@ -43,8 +43,19 @@ pub(crate) fn fingerprint(tool: &Tool) -> String {
 }
 
 /// Decides what a tool's current form means given its pin.
-pub(crate) fn judge(pin: Option<&ToolPin>, fingerprint: &str, description: &str) -> Judgement {
+pub(crate) fn judge(
+    pin: Option<&ToolPin>,
+    fingerprint: &str,
+    description: &str,
+    approve_new: bool,
+) -> Judgement {
     match pin {
+        None if approve_new => Judgement::Pin {
+            approved: false,
+            reason:
+                "a new tool: an operator must approve it before first use (pinning = \"approve\")"
+                    .into(),
+        },
         None => {
             let (cleaned, removed) = crate::provenance::clean(description);
             let mut found = crate::provenance::detect(&cleaned);
@@ -93,7 +104,12 @@ impl Gateway {
             .map_err(|_| "internal error".to_owned())?
             .map_err(|e| format!("the tool pin store is unavailable: {e}"))?;
         let description = tool.description.as_deref().unwrap_or_default().to_owned();
-        let verdict = match judge(pin.as_ref(), &fp, &description) {
+        let approve_new = self
+            .config()
+            .upstreams
+            .iter()
+            .any(|u| u.approve_new_tools && exposed.starts_with(&format!("{}.", u.name)));
+        let verdict = match judge(pin.as_ref(), &fp, &description, approve_new) {
             Judgement::Approved => Ok(()),
             Judgement::Quarantined(reason) => Err(reason),
             Judgement::Pin { approved, reason } => {
@@ -195,7 +211,7 @@ mod tests {
             }
         ));
         assert!(matches!(
-            judge(None, "f", "Look up\u{200B} a key."),
+            judge(None, "f", "Look up\u{200B} a key.", false),
             Judgement::Pin {
                 approved: false,
                 ..
@@ -206,18 +222,18 @@ mod tests {
     #[test]
     fn a_change_quarantines_and_a_quarantine_sticks() {
         assert_eq!(
-            judge(Some(&pin("approved", "f")), "f", "d"),
+            judge(Some(&pin("approved", "f")), "f", "d", true),
             Judgement::Approved
         );
         assert!(matches!(
-            judge(Some(&pin("approved", "f")), "g", "d"),
+            judge(Some(&pin("approved", "f")), "g", "d", false),
             Judgement::Pin {
                 approved: false,
                 ..
             }
         ));
         assert_eq!(
-            judge(Some(&pin("quarantined", "f")), "f", "d"),
+            judge(Some(&pin("quarantined", "f")), "f", "d", false),
             Judgement::Quarantined("r".into())
         );
     }

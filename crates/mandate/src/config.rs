@@ -239,6 +239,7 @@ struct UpstreamSection {
     #[serde(default)]
     provenance: BTreeMap<String, String>,
     default_provenance: Option<String>,
+    pinning: Option<String>,
     #[serde(default)]
     isolation: Option<String>,
 }
@@ -435,6 +436,13 @@ impl Config {
                     .parse()
                     .map_err(|e: String| anyhow!("upstreams.{name}.default_provenance: {e}"))?,
             };
+            let approve_new_tools = match u.pinning.as_deref() {
+                None | Some("first-use") => false,
+                Some("approve") => true,
+                Some(other) => {
+                    bail!("upstreams.{name}.pinning: {other:?} is not \"first-use\" or \"approve\"")
+                }
+            };
             upstreams.push(UpstreamConfig {
                 name: name.clone(),
                 isolation,
@@ -444,6 +452,7 @@ impl Config {
                 default_class,
                 provenance,
                 default_provenance,
+                approve_new_tools,
             });
         }
 
