@@ -403,17 +403,30 @@ async fn an_outcome_shares_the_next_decisions_commit_and_never_waits_long() -> T
     log.append_deferrable(record(1, "s", &c)).await?;
     assert!(started.elapsed() < std::time::Duration::from_millis(500));
     assert_eq!(log.commits_count(), 1);
-    // Followed at once by an urgent record, both share one commit.
-    let deferred = {
-        let log = log.clone();
-        let c = c.clone();
-        tokio::spawn(async move { log.append_deferrable(record(2, "s", &c)).await })
-    };
-    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    let urgent = log.append(record(3, "s", &c)).await?;
-    let outcome = deferred.await??;
-    assert_eq!(log.commits_count(), 2, "outcome and decision in one commit");
-    assert_eq!((outcome.seq, urgent.seq), (2, 3));
+    // Followed at once by an urgent record, both share one commit. The
+    // window is 5 ms, so a loaded machine may miss it now and then: the
+    // pair is tried a few times and must share a commit at least once.
+    let mut shared = false;
+    let mut n = 1;
+    for _ in 0..5 {
+        let before = log.commits_count();
+        let deferred = {
+            let log = log.clone();
+            let c = c.clone();
+            let seq = n + 1;
+            tokio::spawn(async move { log.append_deferrable(record(seq, "s", &c)).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        let urgent = log.append(record(n + 2, "s", &c)).await?;
+        let outcome = deferred.await??;
+        assert_eq!((outcome.seq, urgent.seq), (n + 1, n + 2));
+        n += 2;
+        if log.commits_count() == before + 1 {
+            shared = true;
+            break;
+        }
+    }
+    assert!(shared, "an outcome never shared the next decision's commit");
     assert!(mandate_audit::verify(&db(&dir))?.problems.is_empty());
     Ok(())
 }
