@@ -287,9 +287,18 @@ impl Gateway {
     ) -> Result<(), String> {
         // The cache entry holds the schema's Arc, so pointer equality means
         // "the same catalogue entry" (it cannot be freed and reused).
-        let validator = match self.validators.get(exposed) {
-            Some(v) if Arc::ptr_eq(&v.0, &tool.input_schema) => v.1.clone(),
-            _ => {
+        // The cache lookup is its own statement: a `match` on `get()` would
+        // keep the shard's read lock alive into the arm that inserts, and
+        // DashMap locks are not reentrant (the worker thread would block
+        // forever once a catalogue refresh replaced the schema).
+        let cached = self
+            .validators
+            .get(exposed)
+            .filter(|v| Arc::ptr_eq(&v.0, &tool.input_schema))
+            .map(|v| v.1.clone());
+        let validator = match cached {
+            Some(v) => v,
+            None => {
                 let schema = serde_json::Value::Object((*tool.input_schema).clone());
                 let compiled = jsonschema::validator_for(&schema)
                     .map_err(|e| format!("the tool's input schema is invalid: {e}"))?;
