@@ -294,9 +294,15 @@ def test_upstream_tool_list_change_reaches_connected_clients(list_gateway: Gatew
                 extra = await c.call_tool("up.extra", {"word": "hello"})
             except MCPError as e:
                 extra = e
-            return before, before_other, early, enabled, heard, after, after_other, extra
+            # A tool validated before the refresh, called again after it: the
+            # gateway's schema cache must replace its stale entry (this once
+            # deadlocked a worker thread, hanging calls past every timeout).
+            with anyio.fail_after(15):
+                again = await c.call_tool("up.enable_extra", {})
+            return before, before_other, early, enabled, heard, after, after_other, extra, again
 
-    before, before_other, early, enabled, heard, after, after_other, extra = run(go)
+    before, before_other, early, enabled, heard, after, after_other, extra, again = run(go)
+    assert not again.is_error and text_of(again) == "extra enabled", describe(again)
     assert "up.enable_extra" in before and "up.extra" not in before, before
     assert "up.extra" not in before_other, before_other
     assert early == (False, False), f"a tools/list_changed arrived before the tool list changed: {early}"
