@@ -104,8 +104,9 @@ pub struct Gateway {
     waiters: approvals::Waiters,
     /// Held calls answered as MCP tasks.
     mcp_tasks: tasks::Tasks,
-    /// Tool pin verdicts by exposed name, for the fingerprint they judged.
-    pin_verdicts: DashMap<String, (String, Result<(), String>)>,
+    /// Tool pin verdicts by exposed name, with the catalogue entry's schema
+    /// (identity) and the fingerprint they judged.
+    pin_verdicts: DashMap<String, pinning::Verdict>,
     /// For approval webhooks.
     webhook_client: reqwest::Client,
     /// This process's id, recorded as the holder of its held calls.

@@ -18,6 +18,14 @@ use rmcp::model::Tool;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+/// A remembered judgement: the catalogue entry's schema (its identity), the
+/// fingerprint judged, and the verdict (`Err`: quarantined, with why).
+pub(crate) type Verdict = (
+    std::sync::Arc<rmcp::model::JsonObject>,
+    String,
+    Result<(), String>,
+);
+
 /// What to do about a tool as it is now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Judgement {
@@ -91,11 +99,28 @@ impl Gateway {
     /// `Err(reason)` when quarantined. Fails closed: a store that cannot be
     /// read or written quarantines.
     pub(crate) async fn vet(&self, exposed: &str, tool: &Tool) -> Result<(), String> {
+        // The same catalogue entry (same schema `Arc`) was judged already:
+        // no need to hash it again on every call.
+        let cached = self
+            .pin_verdicts
+            .get(exposed)
+            .filter(|hit| std::sync::Arc::ptr_eq(&hit.0, &tool.input_schema))
+            .map(|hit| hit.2.clone());
+        if let Some(verdict) = cached {
+            return verdict;
+        }
         let fp = fingerprint(tool);
-        if let Some(hit) = self.pin_verdicts.get(exposed)
-            && hit.0 == fp
-        {
-            return hit.1.clone();
+        let same_content = self
+            .pin_verdicts
+            .get(exposed)
+            .filter(|hit| hit.1 == fp)
+            .map(|hit| hit.2.clone());
+        if let Some(verdict) = same_content {
+            self.pin_verdicts.insert(
+                exposed.to_owned(),
+                (tool.input_schema.clone(), fp, verdict.clone()),
+            );
+            return verdict;
         }
         let control = self.control().clone();
         let name = exposed.to_owned();
@@ -119,8 +144,10 @@ impl Gateway {
             }
         };
         let verdict = verdict.map_err(|reason| format!("tool {exposed} is quarantined: {reason}"));
-        self.pin_verdicts
-            .insert(exposed.to_owned(), (fp, verdict.clone()));
+        self.pin_verdicts.insert(
+            exposed.to_owned(),
+            (tool.input_schema.clone(), fp, verdict.clone()),
+        );
         verdict
     }
 
