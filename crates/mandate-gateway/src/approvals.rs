@@ -432,13 +432,7 @@ pub(crate) async fn decide(
         "correlation_id": current.request.correlation_id,
     });
     let subject = crate::control::operator_subject(&op.principal);
-    let refusal = if !gw
-        .config()
-        .operators
-        .iter()
-        .filter(|o| {
-            o.sub == op.principal.sub && o.issuer.as_ref().is_none_or(|i| *i == op.principal.iss)
-        })
+    let refusal = if !crate::control::operator_entries(gw, &op.principal)
         .any(|o| o.may_approve(&current.request.class))
     {
         Some((

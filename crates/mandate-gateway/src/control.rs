@@ -221,12 +221,21 @@ pub(crate) async fn authenticate_operator(
 /// The roles `[[operators]]` gives this person (`sub`, and `iss` where an
 /// entry names one).
 pub(crate) fn operator_roles(gw: &Gateway, principal: &Principal) -> BTreeSet<Role> {
+    operator_entries(gw, principal)
+        .flat_map(|o| o.roles.iter().copied())
+        .collect()
+}
+
+/// The `[[operators]]` entries a verified person matches (by `sub`, and
+/// `iss` where the entry names one).
+pub(crate) fn operator_entries<'a>(
+    gw: &'a Gateway,
+    principal: &'a Principal,
+) -> impl Iterator<Item = &'a crate::config::OperatorConfig> {
     gw.config()
         .operators
         .iter()
         .filter(|o| o.sub == principal.sub && o.issuer.as_ref().is_none_or(|i| *i == principal.iss))
-        .flat_map(|o| o.roles.iter().copied())
-        .collect()
 }
 
 /// Authenticates and requires `role`; a refusal is recorded.

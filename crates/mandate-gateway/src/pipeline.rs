@@ -120,10 +120,6 @@ impl crate::Gateway {
         //    nothing to validate against, so the call fails closed.
         let now = now_unix();
         let hash = || self.policy.policy_hash();
-        let quarantined = match tool_def.as_ref() {
-            Some(tool) => self.vet(&exposed, tool).await.err(),
-            None => None,
-        };
         let precheck = if principal.exp <= now.cast_unsigned() {
             Some((
                 Decision::deny("token expired", hash()),
@@ -153,26 +149,29 @@ impl crate::Gateway {
                 Decision::deny(format!("scope does not cover {exposed}"), hash()),
                 DenyCategory::InsufficientScope,
             ))
-        } else if let Some(reason) = quarantined {
-            Some((
-                Decision::deny(reason, hash()),
-                DenyCategory::ToolQuarantined,
-            ))
         } else {
             match tool_def.as_ref() {
                 None => Some((
                     Decision::deny("the upstream's tool catalogue is unavailable", hash()),
                     DenyCategory::UpstreamUnavailable,
                 )),
-                Some(tool) => match self.validate_args(&exposed, tool, &call.args) {
-                    Ok(()) => None,
-                    Err(msg) => Some((
-                        Decision::deny(
-                            format!("arguments do not match the input schema: {msg}"),
-                            hash(),
-                        ),
-                        DenyCategory::InvalidArguments(msg),
+                // Pinning is checked only for a call the cheap checks let
+                // through (it may hash the tool and write a pin).
+                Some(tool) => match self.vet(&exposed, tool).await {
+                    Err(reason) => Some((
+                        Decision::deny(reason, hash()),
+                        DenyCategory::ToolQuarantined,
                     )),
+                    Ok(()) => match self.validate_args(&exposed, tool, &call.args) {
+                        Ok(()) => None,
+                        Err(msg) => Some((
+                            Decision::deny(
+                                format!("arguments do not match the input schema: {msg}"),
+                                hash(),
+                            ),
+                            DenyCategory::InvalidArguments(msg),
+                        )),
+                    },
                 },
             }
         };
