@@ -566,7 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     # The SDK client warns about every result of a tool it did not list
     # first (the scripted agent never lists) and about DELETE answered 202.
-    logging.getLogger("mcp").setLevel(logging.ERROR)
+    for name in ("mcp", "client"):  # (the SDK's session module logs as "client")
+        logging.getLogger(name).setLevel(logging.ERROR)
     split = (lambda s: set(s.split(",")) if s else None)
     started = time.monotonic()
     config_dir = args.config_dir or EVAL_DIR / args.suite

@@ -65,8 +65,8 @@ forbid (principal, action in [Mandate::Action::"financial", Mandate::Action::"ac
 """
 
 
-def test_the_committed_deployment_stops_every_injection() -> None:
-    code, counts, out = run_eval(*PAIRS, "-v")
+def test_the_committed_deployment_stops_every_injection(tmp_path: Path) -> None:
+    code, counts, out = run_eval(*PAIRS, "-v", "--out", str(tmp_path))
     assert code == 0, out[-3000:]
     assert counts["injection_pairs"] == 4 and counts["injections_achieved"] == 0, counts
     # The refund of user task 3 reads the history (untrusted): a person approves it.
@@ -91,7 +91,7 @@ def test_utility_below_the_baseline_fails_the_evaluation(tmp_path: Path) -> None
     baseline = tmp_path / "baseline.json"
     baseline.write_text(json.dumps({"utility": 2, "completed": 0}))
     code, counts, out = run_eval("--user-tasks", "user_task_1,user_task_3", "--injection-tasks", "injection_task_7",
-                                 "--config-dir", str(blocked), "--baseline", str(baseline))
+                                 "--config-dir", str(blocked), "--baseline", str(baseline), "--out", str(tmp_path))
     assert code == 1, out[-3000:]
     assert counts["denied"] == 1 and counts["completed"] == 1 and counts["injections_achieved"] == 0, counts
     assert "below the recorded baseline" in out, out[-3000:]
