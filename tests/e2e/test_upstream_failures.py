@@ -65,6 +65,8 @@ def test_hanging_upstream_times_out_and_others_keep_working(env, rec_http: Recor
 
     async def go() -> None:
         async with sdk_client(gw.mcp_url, tok) as c, sdk_client(gw.mcp_url, tok) as other:
+            # Start the stdio upstream first: its spawn time is not what is measured.
+            await other.call_tool("everything.echo", {"message": "warm-up"})
             async with anyio.create_task_group() as tg:
                 tg.start_soon(hang, c)
                 tg.start_soon(meanwhile, c, other)

@@ -135,6 +135,9 @@ impl Gateway {
     ) -> HoldOutcome {
         let id = approval.id.clone();
         let mut rx = self.waiters.register(&id);
+        // The request was visible to approvers before this waiter existed: a
+        // decision made in between woke nobody. Look at the store once first.
+        rx.mark_changed();
         let mut guard = HoldGuard {
             waiters: &self.waiters,
             control: self.control().clone(),

@@ -57,7 +57,12 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .with_max_request_body_bytes(cfg.max_body_bytes)
         .with_allowed_hosts(cfg.allowed_hosts.clone())
         .with_allowed_origins(cfg.allowed_origins.clone())
-        .enforce_origin_validation();
+        .enforce_origin_validation()
+        // A stateless (2026-07-28) call whose reply is its first message is
+        // answered as plain JSON; rmcp falls back to SSE as soon as the
+        // handler emits anything first (progress, elicitation), so nothing
+        // is lost. Clients can then reuse their connection.
+        .with_json_response(true);
     if cfg.allowed_hosts.is_empty() {
         mcp_cfg = mcp_cfg.disable_allowed_hosts();
     }
