@@ -14,7 +14,8 @@ refused can never appear in what AgentDojo scores.
 
 Protocol with the host: one JSON object per line each way on one connection
 per request: {"op": "tools"} -> {"tools": [{"name", "description",
-"input_schema"}]}; {"op": "call", "name", "arguments"} -> {"text", "is_error"}.
+"input_schema"}]}; {"op": "call", "name", "arguments", "correlation_id"} ->
+{"text", "is_error"}.
 Nothing but MCP goes to stdout; diagnostics go to stderr.
 """
 
@@ -63,8 +64,12 @@ def build(host: str, suite: str) -> Server[Any]:
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         if params.name not in names:
             return types.CallToolResult(content=[types.TextContent(text=f"unknown tool {params.name}")], is_error=True)
+        # The gateway's correlation id travels with the call, so the harness
+        # can match what reached the environment to the audit log.
+        meta = dict(params.meta or {})
         reply = await anyio.to_thread.run_sync(
-            ask, host, {"op": "call", "name": params.name, "arguments": dict(params.arguments or {})}
+            ask, host, {"op": "call", "name": params.name, "arguments": dict(params.arguments or {}),
+                        "correlation_id": meta.get("io.mandate/correlation_id")}
         )
         return types.CallToolResult(content=[types.TextContent(text=str(reply["text"]))],
                                     is_error=bool(reply.get("is_error")))
