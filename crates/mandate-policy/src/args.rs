@@ -9,9 +9,11 @@
 //!   nothing and keeps evaluation consistent with what the validator proved.
 //! * Values are converted without any JSON escape handling (`__entity`,
 //!   `__extn` are ordinary keys here): integers that fit in 64 bits become
-//!   `Long`; every other number (fractions, exponents, huge integers)
-//!   becomes its decimal `String`; `null` is dropped (as if absent); arrays
-//!   become `Set`s; objects become records.
+//!   `Long`; in a field declared `decimal`, a number with at most four
+//!   fractional digits (Cedar's `decimal` precision) becomes a `decimal`;
+//!   every other number (fractions, exponents, huge integers) becomes its
+//!   decimal `String`; `null` is dropped (as if absent); arrays become
+//!   `Set`s; objects become records.
 //! * Each kept field is checked against its declared type ([`ArgType`], read
 //!   from the schema at load). A field of the wrong type (`"amount":
 //!   "20000"` where `Args` says `Long`) denies the call before evaluation,
@@ -38,6 +40,8 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ArgType {
     Long,
+    /// Cedar's `decimal` extension type, filled from JSON numbers.
+    Decimal,
     String,
     Bool,
     Set(Box<ArgType>),
@@ -64,6 +68,7 @@ impl ArgType {
     pub(crate) fn accepts(&self, v: &Value) -> bool {
         match (self, v) {
             (Self::Long, Value::Number(n)) => n.is_i64(),
+            (Self::Decimal, Value::Number(n)) => cedar_decimal(n).is_some(),
             // Every number that is not a 64-bit integer becomes a string.
             (Self::String, Value::Number(n)) => !n.is_i64(),
             (Self::String, Value::String(_)) => true,
@@ -179,7 +184,11 @@ impl Reader<'_> {
                     .ok_or_else(|| format!("unexpected type form {ty}"))?;
                 self.named(name, next)?
             }
-            "Entity" | "Extension" => ArgType::Unfillable,
+            "Extension" => match ty.get("name").and_then(Value::as_str) {
+                Some("decimal") => ArgType::Decimal,
+                _ => ArgType::Unfillable,
+            },
+            "Entity" => ArgType::Unfillable,
             // In the JSON form a common type may also be named directly
             // (`{"type": "CallContext"}`).
             other => self.named(other, next)?,
@@ -231,6 +240,7 @@ fn primitive(name: &str) -> ArgType {
         "Long" => ArgType::Long,
         "String" => ArgType::String,
         "Bool" => ArgType::Bool,
+        "decimal" => ArgType::Decimal,
         _ => ArgType::Unfillable,
     }
 }
@@ -254,7 +264,7 @@ pub(crate) fn convert_declared(
             bad.push(format!("`{key}` (a JSON {})", json_type(value)));
             continue;
         }
-        if let Some(e) = convert(value) {
+        if let Some(e) = convert_typed(value, Some(ty)) {
             fields.push((key.clone(), e));
         }
     }
@@ -340,41 +350,84 @@ impl std::io::Write for LimitedCounter {
     }
 }
 
-/// Converts every top-level argument (no filtering, no type check).
+/// Converts every top-level argument (no filtering, no type check), guided
+/// by the declared types where a field has one.
 #[cfg(test)]
 pub(crate) fn convert_all(
     args: &serde_json::Map<String, Value>,
+    declared: &BTreeMap<String, ArgType>,
 ) -> Result<RestrictedExpression, String> {
     RestrictedExpression::new_record(
         args.iter()
-            .filter_map(|(k, v)| convert(v).map(|e| (k.clone(), e))),
+            .filter_map(|(k, v)| convert_typed(v, declared.get(k)).map(|e| (k.clone(), e))),
     )
     .map_err(|e| format!("cannot convert arguments: {e}"))
 }
 
-/// One JSON value as a Cedar value; `None` for `null`. Depth is bounded by
+/// One JSON value as a Cedar value, guided by its declared type where there
+/// is one (only the type says whether a number is a `decimal`); `None` for
+/// `null`. A value that does not fit its type converts as if undeclared
+/// (and `accepts` has refused it already). Depth is bounded by
 /// [`check_bounds`], which runs first.
-fn convert(v: &Value) -> Option<RestrictedExpression> {
+fn convert_typed(v: &Value, ty: Option<&ArgType>) -> Option<RestrictedExpression> {
     Some(match v {
         Value::Null => return None,
         Value::Bool(b) => RestrictedExpression::new_bool(*b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => RestrictedExpression::new_long(i),
-            None => RestrictedExpression::new_string(n.to_string()),
-        },
+        Value::Number(n) => {
+            let decimal = match ty {
+                Some(ArgType::Decimal) => cedar_decimal(n),
+                _ => None,
+            };
+            match (decimal, n.as_i64()) {
+                (Some(d), _) => RestrictedExpression::new_decimal(d),
+                (None, Some(i)) => RestrictedExpression::new_long(i),
+                (None, None) => RestrictedExpression::new_string(n.to_string()),
+            }
+        }
         Value::String(s) => RestrictedExpression::new_string(s.clone()),
-        Value::Array(items) => RestrictedExpression::new_set(items.iter().filter_map(convert)),
+        Value::Array(items) => {
+            let element = match ty {
+                Some(ArgType::Set(element)) => Some(element.as_ref()),
+                _ => None,
+            };
+            RestrictedExpression::new_set(items.iter().filter_map(|i| convert_typed(i, element)))
+        }
         Value::Object(map) => {
+            let attr = |k: &str| match ty {
+                Some(ArgType::Record { attrs, .. }) => attrs.get(k).map(|a| &a.ty),
+                _ => None,
+            };
             // Keys of a JSON object are unique, so this cannot fail; if it
             // did, the whole value would be dropped, and a declared field
             // that policies test would then be absent, never forged.
             RestrictedExpression::new_record(
                 map.iter()
-                    .filter_map(|(k, v)| convert(v).map(|e| (k.clone(), e))),
+                    .filter_map(|(k, v)| convert_typed(v, attr(k)).map(|e| (k.clone(), e))),
             )
             .ok()?
         }
     })
+}
+
+/// Cedar's `decimal` holds four fractional digits in a 64-bit integer:
+/// its range is ±922 337 203 685 477.5807.
+const DECIMAL_MAX: f64 = 922_337_203_685_477.0;
+
+/// A JSON number as the text of a Cedar `decimal`, if it is one exactly:
+/// at most four fractional digits and within range. `0.1` is `"0.1000"`;
+/// `0.12345`, `1e-7` and `1e300` are not decimals (never rounded).
+pub(crate) fn cedar_decimal(n: &serde_json::Number) -> Option<String> {
+    if let Some(i) = n.as_i64() {
+        return (i.unsigned_abs() <= 922_337_203_685_477).then(|| format!("{i}.0"));
+    }
+    let f = n.as_f64()?;
+    if !f.is_finite() || f.abs() > DECIMAL_MAX {
+        return None;
+    }
+    let text = format!("{f:.4}");
+    // Exact: the four-digit text reads back as the very same double (the
+    // nearest double to the value the client wrote), so nothing was cut.
+    (text.parse::<f64>().ok()? == f).then_some(text)
 }
 
 #[cfg(test)]

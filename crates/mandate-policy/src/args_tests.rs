@@ -46,9 +46,10 @@ fn cedar_accepts(
     schema: &Schema,
     names: &Names,
     args: &serde_json::Map<String, Value>,
+    declared: &BTreeMap<String, ArgType>,
 ) -> Result<bool, Box<dyn std::error::Error>> {
     let sample = Sample::new();
-    let context = Context::from_pairs(sample.context_with(names, convert_all(args)?))?;
+    let context = Context::from_pairs(sample.context_with(names, convert_all(args, declared)?))?;
     let action = names.action(ToolClass::Write).ok_or("no action")?;
     Ok(Request::new(
         Names::uid(&names.agent, "a"),
@@ -116,7 +117,7 @@ fn the_argument_check_agrees_with_cedar_request_validation() -> TestResult {
     let fields = declared.fields(ToolClass::Write).ok_or("no fields")?;
     assert_eq!(fields.len(), 13, "{fields:?}");
     assert_eq!(fields.get("who"), Some(&ArgType::Unfillable));
-    assert_eq!(fields.get("d"), Some(&ArgType::Unfillable));
+    assert_eq!(fields.get("d"), Some(&ArgType::Decimal));
     assert_eq!(fields.get("ip"), Some(&ArgType::Unfillable));
     assert_eq!(fields.get("s2"), Some(&ArgType::String));
     assert_eq!(fields.get("n2"), fields.get("inner"));
@@ -128,6 +129,13 @@ fn the_argument_check_agrees_with_cedar_request_validation() -> TestResult {
         json!(u64::MAX),
         json!(1.0),
         json!(2.5e10),
+        json!(0.1),
+        json!(-12.3456),
+        json!(0.12345),
+        json!(1e-7),
+        json!(9.2e14),
+        json!(1e300),
+        json!(i64::MIN),
         json!("s"),
         json!(true),
         json!([]),
@@ -162,7 +170,7 @@ fn the_argument_check_agrees_with_cedar_request_validation() -> TestResult {
             let args: serde_json::Map<String, Value> =
                 std::iter::once((field.clone(), value.clone())).collect();
             let ours = ty.accepts(value);
-            let theirs = cedar_accepts(&schema, &names, &args)?;
+            let theirs = cedar_accepts(&schema, &names, &args, fields)?;
             assert_eq!(
                 ours, theirs,
                 "field `{field}` ({ty:?}) with {value}: ours {ours}, Cedar {theirs}"
@@ -218,4 +226,21 @@ fn size_is_bounded() {
             .into_iter()
             .collect();
     assert!(check_bounds(&big).is_err());
+}
+
+#[test]
+fn decimals_are_exact_or_refused() {
+    let d = |v: Value| match v {
+        Value::Number(n) => cedar_decimal(&n),
+        _ => None,
+    };
+    assert_eq!(d(json!(0.1)).as_deref(), Some("0.1000"));
+    assert_eq!(d(json!(25)).as_deref(), Some("25.0"));
+    assert_eq!(d(json!(-12.3456)).as_deref(), Some("-12.3456"));
+    assert_eq!(d(json!(1.0)).as_deref(), Some("1.0000"));
+    // More digits than Cedar keeps, or out of its range: refused, never rounded.
+    assert_eq!(d(json!(0.12345)), None);
+    assert_eq!(d(json!(1e-7)), None);
+    assert_eq!(d(json!(1e300)), None);
+    assert_eq!(d(json!(i64::MAX)), None);
 }

@@ -1280,3 +1280,44 @@ fn policy_test_files_take_session_facts_and_a_directory() -> TestResult {
     assert!(err.to_string().contains("calls_per_minute"), "{err}");
     Ok(())
 }
+
+#[test]
+fn decimal_arguments_compare_as_decimals() -> TestResult {
+    let dir = temp_set(&[(
+        "limit.cedar",
+        r#"
+@id("small-payments")
+permit (principal, action == Mandate::Action::"financial", resource)
+when { context.in_scope && context.args has price && context.args.price.lessThanOrEqual(decimal("100.0")) };
+"#,
+    )])?;
+    let schema_path = dir.path().join("mandate.cedarschema");
+    let schema = std::fs::read_to_string(&schema_path)?
+        .replace("amount?: Long,", "amount?: Long,\n    price?: decimal,");
+    std::fs::write(&schema_path, schema)?;
+    let engine = PolicyEngine::load_dir(dir.path())?;
+    let pay = |price: serde_json::Value| -> Result<Decision, String> {
+        let c = call("bank.pay", ToolClass::Financial, json!({ "price": price }))?;
+        Ok(decide(&engine, "bank.*", &c))
+    };
+    for (price, effect) in [
+        (json!(99.99), Effect::Allow),
+        (json!(100), Effect::Allow),
+        (json!(100.0001), Effect::Deny),
+        (json!(30000), Effect::Deny),
+        (json!(-0.5), Effect::Allow),
+    ] {
+        let d = pay(price.clone())?;
+        assert_eq!(d.effect, effect, "price {price}: {d:?}");
+    }
+    // More precision than a Cedar decimal holds is refused, never rounded
+    // down to fit under the limit.
+    let d = pay(json!(99.99999))?;
+    assert_eq!(d.effect, Effect::Deny, "{d:?}");
+    assert!(
+        d.reasons.iter().any(|r| r.contains("`price`")),
+        "{:?}",
+        d.reasons
+    );
+    Ok(())
+}

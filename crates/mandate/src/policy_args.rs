@@ -37,11 +37,9 @@ pub fn cedar_type(schema: &Value) -> Result<String, String> {
         "integer" => "Long".into(),
         "string" => "String".into(),
         "boolean" => "Bool".into(),
-        "number" => {
-            return Err(
-                "`number`: integers arrive as Long and fractions as String, so no single Cedar type fits (declare it `integer` in the tool if it is one)".into(),
-            );
-        }
+        // Cedar's `decimal`: four fractional digits; a number with more is
+        // refused at the call (never rounded).
+        "number" => "decimal".into(),
         "array" => {
             let items = schema
                 .get("items")
@@ -162,10 +160,7 @@ mod tests {
         assert!(out.contains("urgent?: Bool"), "{out}");
         assert!(out.contains("memo?: String"), "{out}");
         assert!(out.contains("either in docs.send_mail: a union"), "{out}");
-        assert!(
-            !out.contains("rate?:") && out.contains("rate in bank.transfer: `number`"),
-            "{out}"
-        );
+        assert!(out.contains("rate?: decimal, // bank.transfer"), "{out}");
         assert!(out.contains("meta in docs.send_mail: an object"), "{out}");
         let clash = render([("bank.transfer", &transfer), ("x.y", &other)]);
         assert!(
