@@ -672,3 +672,28 @@ def test_a_jwt_svid_is_accepted_as_the_actor_token(env: Env) -> None:
     # Signed by a key outside the bundle.
     forged = env.agents["summariser"].signed({"sub": SPIFFE_ID, "aud": env.issuer, "iat": now, "exp": now + 300})
     assert error_of(env.exchange("assistant", env.id_token(), actor_token=forged)) == "invalid_request"
+
+
+# ---------------------------------------------------------------------------
+# Key rotation
+
+
+def test_key_rotation_keeps_tokens_of_the_old_key_valid(env: Env) -> None:
+    old = env.exchange("assistant", env.id_token())
+    assert old.status_code == 200, old.text
+    old_token = old.json()["access_token"]
+    rotated = run_mandate("keys", "rotate", "--config", str(env.gw.config))
+    assert rotated.returncode == 0, rotated.stderr
+    new = env.exchange("assistant", env.id_token())
+    assert new.status_code == 200, new.text
+    new_token = new.json()["access_token"]
+    old_kid = jwt.get_unverified_header(old_token)["kid"]
+    new_kid = jwt.get_unverified_header(new_token)["kid"]
+    assert old_kid != new_kid
+    kids = {k["kid"] for k in httpx.get(env.issuer + "/.well-known/jwks.json").json()["keys"]}
+    assert {old_kid, new_kid} <= kids
+    for token in (old_token, new_token):
+        verify_with_pyjwt(env, token)
+        session = env.gw.initialize(token)
+        reply = env.gw.call_tool(token, session, "bank.get_balance", {"account": "rotation"})
+        assert "12500" in json.dumps(reply.response()), reply.text
