@@ -26,6 +26,8 @@ impl TokenHash {
 #[derive(Debug)]
 struct Entry {
     principal: Principal,
+    /// The token's DPoP binding (`cnf.jkt`), if any.
+    jkt: Option<String>,
     /// Index of the issuer whose key verified the token.
     issuer: usize,
     /// That issuer's key-set generation at verification time.
@@ -58,7 +60,7 @@ impl PrincipalCache {
         key: &TokenHash,
         clock: Clock,
         generation_of: impl Fn(usize) -> Option<u64>,
-    ) -> Option<Principal> {
+    ) -> Option<(Principal, Option<String>)> {
         let usable = |e: &Entry| {
             // INVARIANT: an expired token is never answered from the cache;
             // this is the same rule (`exp + leeway >= now`) the uncached
@@ -68,17 +70,31 @@ impl PrincipalCache {
         {
             let entry = self.entries.get(key)?;
             if usable(&entry) {
-                return Some(entry.principal.clone());
+                return Some((entry.principal.clone(), entry.jkt.clone()));
             }
         }
         self.entries.remove_if(key, |_, e| !usable(e));
         None
     }
 
+    #[cfg(test)]
     pub(crate) fn insert(
         &self,
         key: TokenHash,
         principal: Principal,
+        issuer: usize,
+        generation: u64,
+        clock: Clock,
+    ) {
+        self.insert_bound(key, principal, None, issuer, generation, clock);
+    }
+
+    /// [`PrincipalCache::insert`] for a token that may be sender-constrained.
+    pub(crate) fn insert_bound(
+        &self,
+        key: TokenHash,
+        principal: Principal,
+        jkt: Option<String>,
         issuer: usize,
         generation: u64,
         clock: Clock,
@@ -91,6 +107,7 @@ impl PrincipalCache {
             key,
             Entry {
                 principal,
+                jkt,
                 issuer,
                 generation,
                 seq,

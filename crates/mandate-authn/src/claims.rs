@@ -27,6 +27,7 @@ pub(crate) struct RawClaims {
     build: Option<Value>,
     sid: Option<Value>,
     jti: Option<Value>,
+    cnf: Option<Value>,
 }
 
 /// Time window checks, with `leeway` already clamped.
@@ -96,6 +97,25 @@ pub(crate) fn principal(
         jti: identifier(claims.jti, "jti")?,
         exp,
     })
+}
+
+/// The DPoP binding (`cnf.jkt`, RFC 9449 §6.1) of a token, if it has one.
+/// A `cnf` claim this crate cannot enforce (another confirmation method) is
+/// refused rather than ignored: ignoring it would turn a sender-constrained
+/// token into a bearer token.
+pub(crate) fn cnf_jkt(claims: &RawClaims) -> Result<Option<String>, AuthnError> {
+    let Some(cnf) = &claims.cnf else {
+        return Ok(None);
+    };
+    let Value::Object(cnf) = cnf else {
+        return Err(AuthnError::InvalidClaim("cnf"));
+    };
+    match (cnf.len(), cnf.get("jkt")) {
+        (1, Some(Value::String(jkt))) if !jkt.is_empty() && jkt.len() <= 128 => {
+            Ok(Some(jkt.clone()))
+        }
+        _ => Err(AuthnError::InvalidClaim("cnf")),
+    }
 }
 
 /// `act` = `{"sub": "agent", "act": {"sub": "prior", ...}}` → `["agent",

@@ -214,6 +214,34 @@ impl DevKey {
     }
 }
 
+impl DevKey {
+    /// Signs `claims` with header `{alg, typ}`, plus `kid` or, when
+    /// `embed_jwk`, the public key itself (`jwk`, as a DPoP proof carries it).
+    pub fn sign_typed(
+        &self,
+        typ: &str,
+        embed_jwk: bool,
+        claims: &serde_json::Value,
+    ) -> Result<String, AuthnError> {
+        let mut header = Header::new(self.alg);
+        header.typ = Some(typ.to_owned());
+        if embed_jwk {
+            header.jwk = Some(self.public_jwk_without_kid());
+        } else {
+            header.kid = Some(self.kid.clone());
+        }
+        jsonwebtoken::encode(&header, claims, &self.encoding)
+            .map_err(|e| AuthnError::DevKey(format!("signing failed: {e}")))
+    }
+
+    /// The RFC 7638 thumbprint (SHA-256) of the public key, as DPoP's `jkt`.
+    pub fn thumbprint(&self) -> Result<String, AuthnError> {
+        self.public_jwk_without_kid()
+            .thumbprint(ThumbprintHash::SHA256)
+            .map_err(|_| fail("cannot compute the key thumbprint"))
+    }
+}
+
 fn fail(what: &str) -> AuthnError {
     AuthnError::DevKey(what.to_owned())
 }

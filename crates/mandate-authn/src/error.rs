@@ -103,6 +103,11 @@ pub enum AuthnError {
     #[error("token actor chain is deeper than {0}")]
     ActorChainTooDeep(usize),
 
+    /// The token is sender-constrained (DPoP) and was presented without
+    /// its proof.
+    #[error("token is DPoP-bound and needs a DPoP proof")]
+    SenderConstrained,
+
     /// A development key could not be generated, loaded or used.
     #[error("development key error: {0}")]
     DevKey(String),
@@ -134,6 +139,7 @@ impl AuthnError {
             Self::InvalidClaim(claim) => return format!("invalid claim {claim}"),
             Self::ActorRequired => "token has no actor",
             Self::ActorChainTooDeep(_) => "actor chain too deep",
+            Self::SenderConstrained => "token is DPoP-bound: present it with a DPoP proof",
         };
         text.to_owned()
     }

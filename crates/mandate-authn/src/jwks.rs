@@ -142,7 +142,7 @@ impl KeySet {
 }
 
 /// Checks one JWK and builds its verification key, or says why not.
-fn usable_key(jwk: &Jwk) -> Result<VerifyKey, &'static str> {
+pub(crate) fn usable_key(jwk: &Jwk) -> Result<VerifyKey, &'static str> {
     match &jwk.common.public_key_use {
         None | Some(PublicKeyUse::Signature) => {}
         Some(_) => return Err("use is not sig"),

@@ -3,6 +3,7 @@
 mod cache;
 mod claims;
 pub mod dev;
+pub mod dpop;
 mod error;
 mod jwks;
 
@@ -105,6 +106,8 @@ pub struct Authenticator {
     /// `algorithms` holds exactly that one.
     validations: HashMap<Algorithm, jsonwebtoken::Validation>,
     cache: PrincipalCache,
+    /// JWT `typ` values accepted besides the access-token ones.
+    extra_types: Vec<String>,
 }
 
 const _: () = {
@@ -132,6 +135,8 @@ impl std::fmt::Debug for Authenticator {
 /// A token whose signature has been checked, and what the cache needs.
 struct Verified {
     principal: Principal,
+    /// `cnf.jkt`, for a DPoP-bound token.
+    jkt: Option<String>,
     issuer: usize,
     generation: u64,
 }
@@ -216,7 +221,17 @@ impl Authenticator {
             require_actor,
             validations,
             cache: PrincipalCache::new(cache::DEFAULT_CAPACITY),
+            extra_types: Vec::new(),
         })
+    }
+
+    /// Also accepts tokens whose header `typ` is one of `types` (e.g. the
+    /// broker's client assertions, `client-authentication+jwt`).
+    #[must_use]
+    pub fn accept_types(mut self, types: &[&str]) -> Self {
+        self.extra_types
+            .extend(types.iter().map(|t| (*t).to_owned()));
+        self
     }
 
     /// The configured audience.
@@ -231,15 +246,36 @@ impl Authenticator {
 
     /// Verifies a compact JWS bearer token, answering from the cache when
     /// this exact token was verified before and has not expired.
+    /// A DPoP-bound token (`cnf.jkt`) is refused here: only
+    /// [`Authenticator::verify_bound`], whose caller checks the proof, may
+    /// accept one.
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthnError> {
-        let result = self.verify_cached(token).await;
+        let result = match self.verify_cached(token).await {
+            Ok((_, Some(_))) => Err(AuthnError::SenderConstrained),
+            Ok((principal, None)) => Ok(principal),
+            Err(e) => Err(e),
+        };
         if let Err(e) = &result {
             tracing::debug!(error = %e, "bearer token refused");
         }
         result
     }
 
-    async fn verify_cached(&self, token: &str) -> Result<Principal, AuthnError> {
+    /// Like [`Authenticator::verify`], but a DPoP-bound token is accepted
+    /// and its `cnf.jkt` returned: the caller must then require a DPoP proof
+    /// made with that key (RFC 9449 §7).
+    pub async fn verify_bound(
+        &self,
+        token: &str,
+    ) -> Result<(Principal, Option<String>), AuthnError> {
+        let result = self.verify_cached(token).await;
+        if let Err(e) = &result {
+            tracing::debug!(error = %e, "token refused");
+        }
+        result
+    }
+
+    async fn verify_cached(&self, token: &str) -> Result<(Principal, Option<String>), AuthnError> {
         check_size(token)?;
         let clock = self.clock()?;
         let key = TokenHash::of(token);
@@ -248,23 +284,49 @@ impl Authenticator {
             return Ok(principal);
         }
         let verified = self.verify_token(token, clock).await?;
-        self.cache.insert(
+        self.cache.insert_bound(
             key,
             verified.principal.clone(),
+            verified.jkt.clone(),
             verified.issuer,
             verified.generation,
             clock,
         );
-        Ok(verified.principal)
+        Ok((verified.principal, verified.jkt))
     }
 
     /// Verifies a token without the cache (for benchmarks and callers that
     /// must not share state). Same checks as [`Authenticator::verify`].
     pub async fn verify_uncached(&self, token: &str) -> Result<Principal, AuthnError> {
         let clock = self.clock()?;
-        self.verify_token(token, clock)
-            .await
-            .map(|verified| verified.principal)
+        match self.verify_token(token, clock).await? {
+            Verified { jkt: Some(_), .. } => Err(AuthnError::SenderConstrained),
+            verified => Ok(verified.principal),
+        }
+    }
+
+    /// Verifies a token without the cache and returns, with the principal,
+    /// every claim of its (now verified) payload, for callers that read
+    /// claims a [`Principal`] does not carry (the broker: `groups`,
+    /// `may_act`, `cnf`). Same checks as [`Authenticator::verify`].
+    pub async fn verify_with_claims(
+        &self,
+        token: &str,
+    ) -> Result<(Principal, serde_json::Map<String, serde_json::Value>), AuthnError> {
+        let clock = self.clock()?;
+        let verified = self.verify_token(token, clock).await?;
+        // The signature covered these bytes; decoding them again is cheaper
+        // than asking the JWT library to verify a second time.
+        let payload = token
+            .split('.')
+            .nth(1)
+            .ok_or(AuthnError::Malformed("not a compact JWS"))?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| AuthnError::Malformed("payload is not base64url"))?;
+        let claims = serde_json::from_slice(&bytes)
+            .map_err(|_| AuthnError::Malformed("payload is not a JSON object"))?;
+        Ok((verified.principal, claims))
     }
 
     /// The verification pipeline. The order matters: nothing about the
@@ -284,7 +346,7 @@ impl Authenticator {
             .ok()
             .filter(|a| self.validations.contains_key(a))
             .ok_or_else(|| AuthnError::AlgorithmNotAllowed(truncated(&unverified.header.alg)))?;
-        unverified.header.check_type()?;
+        unverified.header.check_type(&self.extra_types)?;
         if unverified.header.crit.is_some() {
             return Err(AuthnError::CriticalHeader);
         }
@@ -325,9 +387,11 @@ impl Authenticator {
         let data = jsonwebtoken::decode::<RawClaims>(token, &key.decoding, validation)?;
 
         // 6. Claims: time window, issuer, subject, actor chain, scope.
+        let jkt = claims::cnf_jkt(&data.claims)?;
         let principal = claims::principal(data.claims, &issuer.issuer, clock, self.require_actor)?;
         Ok(Verified {
             principal,
+            jkt,
             issuer: index,
             generation,
         })
@@ -389,13 +453,14 @@ impl RawHeader {
     /// `typ` may be absent, `JWT`, or the RFC 9068 access-token type. Other
     /// types (`dpop+jwt`, `logout+jwt`, `secevent+jwt`, …) are different
     /// kinds of JWT that must not pass as access tokens.
-    fn check_type(&self) -> Result<(), AuthnError> {
+    fn check_type(&self, extra: &[String]) -> Result<(), AuthnError> {
         match &self.typ {
             None => Ok(()),
             Some(t)
                 if ["JWT", "at+jwt", "application/at+jwt"]
                     .iter()
-                    .any(|ok| t.eq_ignore_ascii_case(ok)) =>
+                    .any(|ok| t.eq_ignore_ascii_case(ok))
+                    || extra.iter().any(|ok| t.eq_ignore_ascii_case(ok)) =>
             {
                 Ok(())
             }

@@ -14,6 +14,10 @@
 //!   person; decisions bind to the exact argument hash and release the
 //!   held call once.
 //!
+//! * **Tasks** ([`Task`]): delegated work with a deadline. Ending a task
+//!   (complete or cancel) pulls a task kill switch in the same
+//!   transaction, so every token minted for it is refused on its next call.
+//!
 //! The store knows nothing about HTTP or audit: the gateway's control API
 //! authenticates operators, writes the audit record, then calls the store.
 
@@ -22,9 +26,11 @@ mod changes;
 mod error;
 mod revocations;
 mod store;
+mod tasks;
 
 pub use approvals::{ApprovalRequest, ApprovalStatus, NewApproval};
 pub use changes::{Change, ChangeKind, ChangeStatus};
 pub use error::ControlError;
 pub use revocations::{Revocation, RevocationKind};
 pub use store::{ControlStore, ToolPin};
+pub use tasks::{Task, TaskStatus};

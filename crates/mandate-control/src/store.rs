@@ -63,6 +63,17 @@ CREATE TABLE IF NOT EXISTS tool_pins (
     decided_by  TEXT NOT NULL,
     decided_ms  INTEGER NOT NULL
 ) STRICT;
+CREATE TABLE IF NOT EXISTS tasks (
+    id          TEXT PRIMARY KEY NOT NULL,
+    template    TEXT NOT NULL,
+    sub         TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    started_by  TEXT NOT NULL,
+    started_ms  INTEGER NOT NULL,
+    deadline_ms INTEGER NOT NULL,
+    ended_by    TEXT,
+    ended_ms    INTEGER
+) STRICT;
 CREATE TABLE IF NOT EXISTS active (
     kind      TEXT NOT NULL,
     target    TEXT NOT NULL,
@@ -107,7 +118,7 @@ impl ControlStore {
         Ok(store)
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (every
         // write is one statement or one transaction).
         self.conn
@@ -116,7 +127,7 @@ impl ControlStore {
     }
 
     /// Re-reads the in-memory indexes from the database.
-    fn refresh(&self) -> Result<(), ControlError> {
+    pub(crate) fn refresh(&self) -> Result<(), ControlError> {
         let active = self.revocations(false)?;
         self.revoked.store(Arc::new(Index::build(active)));
         let mut ceilings = BTreeMap::new();
@@ -714,7 +725,7 @@ fn change_row(row: &Row<'_>) -> rusqlite::Result<Result<Change, ControlError>> {
     }))
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     mandate_core::AuditRecord::now_ms()
 }
 

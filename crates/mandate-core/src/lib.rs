@@ -11,6 +11,7 @@
 //! decision point to the gateway (which enforces it) and to the audit
 //! record (which stores it).
 
+pub mod build;
 mod decision;
 mod ids;
 mod principal;

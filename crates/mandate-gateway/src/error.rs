@@ -44,6 +44,9 @@ pub enum DenyCategory {
     /// The tool changed since it was pinned, or its description carries
     /// instructions: an operator must approve it again.
     ToolQuarantined,
+    /// The token's build is not registered, or the tools served to it no
+    /// longer hash to the build's registered manifest.
+    UnknownBuild,
 }
 
 impl DenyCategory {
@@ -63,6 +66,7 @@ impl DenyCategory {
             Self::ApprovalExpired => "approval_timeout",
             Self::Withdrawn => "withdrawn",
             Self::ToolQuarantined => "tool_quarantined",
+            Self::UnknownBuild => "unknown_build",
         }
     }
 
@@ -81,6 +85,7 @@ impl DenyCategory {
             Self::ApprovalExpired => "no person approved this call in time".into(),
             Self::Withdrawn => "withdrawn while waiting for approval".into(),
             Self::ToolQuarantined => "the tool is quarantined until an operator approves it".into(),
+            Self::UnknownBuild => "the agent's build is not registered for these tools".into(),
         }
     }
 }

@@ -172,7 +172,7 @@ async fn metrics(State(app): State<AppState>) -> Response {
 }
 
 /// A JSON-RPC error response with HTTP status and optional challenge.
-fn rpc_error(
+pub(crate) fn rpc_error(
     status: StatusCode,
     id: Value,
     code: i32,
@@ -280,7 +280,7 @@ fn envelope_problem(body: &Value) -> Option<(StatusCode, Value, i32, String)> {
     }
 }
 
-fn challenge(gw: &Gateway, error: Option<(&str, &str)>, scope: Option<&str>) -> String {
+pub(crate) fn challenge(gw: &Gateway, error: Option<(&str, &str)>, scope: Option<&str>) -> String {
     let mut c = format!("Bearer resource_metadata=\"{}\"", metadata_url(gw));
     if let Some((code, desc)) = error {
         let desc = desc.replace(['"', '\\'], "'");
@@ -292,10 +292,20 @@ fn challenge(gw: &Gateway, error: Option<(&str, &str)>, scope: Option<&str>) -> 
     c
 }
 
-async fn authenticate(gw: &Gateway, headers: &http::HeaderMap) -> Result<Arc<Principal>, Response> {
+async fn authenticate(
+    gw: &Gateway,
+    headers: &http::HeaderMap,
+    method: &Method,
+) -> Result<Arc<Principal>, Response> {
     let header = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
+    // `DPoP <token>` (RFC 9449 §7.1) or `Bearer <token>`.
+    let dpop_scheme =
+        header.and_then(|h| h.strip_prefix("DPoP ").or_else(|| h.strip_prefix("dpop ")));
+    if let Some(token) = dpop_scheme {
+        return crate::dpop::authenticate(gw, headers, method, token.trim()).await;
+    }
     let Some(token) = header.and_then(|h| {
         h.strip_prefix("Bearer ")
             .or_else(|| h.strip_prefix("bearer "))
@@ -367,7 +377,7 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
     let gw = &app.gw;
 
     // 1. Authenticate.
-    let principal = match authenticate(gw, req.headers()).await {
+    let principal = match authenticate(gw, req.headers(), req.method()).await {
         Ok(p) => p,
         Err(resp) => return closing(resp),
     };

@@ -12,8 +12,10 @@
 //! [`web`] (the approval page people decide held calls on).
 
 mod approvals;
+pub mod builds;
 pub mod config;
 pub mod control;
+mod dpop;
 pub mod error;
 pub mod handler;
 pub mod http;
@@ -111,6 +113,12 @@ pub struct Gateway {
     webhook_client: reqwest::Client,
     /// This process's id, recorded as the holder of its held calls.
     instance: String,
+    /// Registered builds of the broker's tokens (`builds.rs`).
+    build_policy: arc_swap::ArcSwap<Option<builds::BuildPolicy>>,
+    /// Manifest verdicts by build hash (`builds.rs`).
+    manifest_verdicts: DashMap<String, builds::ManifestVerdict>,
+    /// DPoP proof verification for sender-constrained tokens (`http.rs`).
+    dpop: std::sync::OnceLock<Arc<mandate_authn::dpop::DpopVerifier>>,
 }
 
 impl Gateway {
@@ -155,6 +163,9 @@ impl Gateway {
                 .build()
                 .unwrap_or_default(),
             instance: format!("gw-{}", uuid::Uuid::now_v7()),
+            build_policy: arc_swap::ArcSwap::from_pointee(None),
+            manifest_verdicts: DashMap::new(),
+            dpop: std::sync::OnceLock::new(),
         });
         let weak = Arc::downgrade(&gw);
         events.on_list_changed(Arc::new(move |upstream: String| {

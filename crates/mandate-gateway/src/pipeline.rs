@@ -162,9 +162,15 @@ impl crate::Gateway {
                         Decision::deny(reason, hash()),
                         DenyCategory::ToolQuarantined,
                     )),
-                    Ok(()) => match self.validate_args(&exposed, tool, &call.args) {
+                    Ok(()) => match self.check_build(&principal, &exposed).await.and_then(|()| {
+                        self.validate_args(&exposed, tool, &call.args)
+                            .map_err(|m| (m, false))
+                    }) {
                         Ok(()) => None,
-                        Err(msg) => Some((
+                        Err((reason, true)) => {
+                            Some((Decision::deny(reason, hash()), DenyCategory::UnknownBuild))
+                        }
+                        Err((msg, false)) => Some((
                             Decision::deny(
                                 format!("arguments do not match the input schema: {msg}"),
                                 hash(),

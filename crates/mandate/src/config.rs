@@ -54,6 +54,8 @@ struct FileConfig {
     operators: Vec<OperatorSection>,
     #[serde(default)]
     approvals: ApprovalsSection,
+    /// The delegation broker (`docs/BROKER.md`).
+    broker: Option<crate::broker_config::BrokerSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -265,6 +267,8 @@ pub struct Config {
     pub groups: BTreeMap<String, Vec<String>>,
     /// Registered agent builds (build hash → name).
     pub builds: BTreeMap<String, String>,
+    /// The delegation broker, when enabled.
+    pub broker: Option<mandate_broker::BrokerConfig>,
 }
 
 /// Command-line overrides, applied after the environment.
@@ -337,8 +341,11 @@ impl Config {
             .resource
             .clone()
             .unwrap_or_else(|| format!("{public_url}/mcp"));
-        if file.auth.issuers.is_empty() {
-            bail!("auth.issuers is empty: configure at least one token issuer");
+        let broker_section = file.broker.as_ref().filter(|b| b.enabled());
+        if file.auth.issuers.is_empty() && broker_section.is_none() {
+            bail!(
+                "auth.issuers is empty: configure at least one token issuer (or enable [broker])"
+            );
         }
         let mut issuers = Vec::new();
         for i in &file.auth.issuers {
@@ -354,6 +361,23 @@ impl Config {
                 issuer: i.issuer.clone(),
                 jwks,
             });
+        }
+        // The broker's own tokens are trusted by the gateway, with its keys
+        // read from the broker's key directory.
+        if let Some(b) = broker_section {
+            let issuer = b.issuer(&public_url);
+            if issuers.iter().any(|i| i.issuer == issuer) {
+                bail!(
+                    "auth.issuers lists the broker's own issuer {issuer:?}; remove it (the broker's keys are trusted automatically)"
+                );
+            }
+            issuers.insert(
+                0,
+                IssuerConfig {
+                    issuer,
+                    jwks: JwksSource::File(b.key_dir(&data_dir, &subst).join("jwks.json")),
+                },
+            );
         }
         let algorithms = match &file.auth.algorithms {
             None => AuthnConfig::default_algorithms(),
@@ -520,10 +544,32 @@ impl Config {
             });
         }
 
+        let broker = match broker_section {
+            None => None,
+            Some(b) => Some(
+                b.resolve(&crate::broker_config::BrokerContext {
+                    public_url: &public_url,
+                    data_dir: &data_dir,
+                    resource: &resource,
+                    leeway_secs: file.auth.leeway_secs,
+                    subst: &subst,
+                    admins: operators
+                        .iter()
+                        .filter(|o| o.roles.contains(&Role::Admin))
+                        .map(|o| (o.sub.clone(), o.issuer.clone()))
+                        .collect(),
+                })?,
+            ),
+        };
+        let mut authorization_servers: Vec<String> =
+            file.auth.issuers.iter().map(|i| i.issuer.clone()).collect();
+        if let Some(b) = &broker {
+            authorization_servers.insert(0, b.issuer.clone());
+        }
         let gateway = GatewayConfig {
             public_url: public_url.clone(),
             resource,
-            authorization_servers: file.auth.issuers.iter().map(|i| i.issuer.clone()).collect(),
+            authorization_servers,
             upstreams,
             max_body_bytes: file.server.max_body_bytes,
             allowed_hosts,
@@ -550,7 +596,15 @@ impl Config {
                 .builds
                 .into_iter()
                 .map(|(hash, b)| (hash, b.name))
+                // Builds registered with the broker are registered for
+                // policies too (`context.build.registered`).
+                .chain(broker.iter().flat_map(|b| {
+                    b.build_registry()
+                        .into_iter()
+                        .map(|(hash, (_, build))| (hash, build.name))
+                }))
                 .collect(),
+            broker,
         })
     }
 

@@ -2,6 +2,8 @@
 
 mod bench;
 mod bench_approvals;
+mod broker_cli;
+mod broker_config;
 mod config;
 mod demo;
 mod demo_server;
@@ -130,6 +132,15 @@ enum Command {
         #[command(flatten)]
         api: ops::ApiArgs,
     },
+    /// Print the canonical build hash of (model, system prompt, tool manifest).
+    BuildHash(broker_cli::BuildHashArgs),
+    /// Broker tasks: start, complete, cancel, list (completing revokes the task's tokens).
+    Task {
+        #[command(subcommand)]
+        command: broker_cli::TaskCommand,
+        #[command(flatten)]
+        api: ops::ApiArgs,
+    },
     /// End-to-end load benchmark: gateway vs direct upstream, as ratios.
     Bench(bench::BenchArgs),
     /// The demo MCP server used by `mandate demo` and the tests.
@@ -199,6 +210,15 @@ enum KeysCommand {
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Rotate the broker's signing key (the old key stays published until its tokens expire).
+    Rotate {
+        /// Config file.
+        #[arg(long, env = env::CONFIG, default_value = "mandate.toml")]
+        config: PathBuf,
+        /// Data directory (overrides server.data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -378,6 +398,20 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 key.kid
             );
         }
+        Command::Keys {
+            command: KeysCommand::Rotate { config, data_dir },
+        } => {
+            let cfg = Config::load(
+                &config,
+                &Overrides {
+                    data_dir,
+                    ..Default::default()
+                },
+            )?;
+            broker_cli::rotate(&cfg)?;
+        }
+        Command::BuildHash(args) => broker_cli::build_hash(&args)?,
+        Command::Task { command, api } => broker_cli::task(&api, command).await?,
         Command::Token {
             command: TokenCommand::Mint(args),
         } => println!("{}", devtoken::mint(&args)?),
@@ -405,6 +439,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
 async fn build_gateway(cfg: &Config) -> Result<Arc<Gateway>> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    broker_cli::prepare_keys(cfg)?;
     for issuer in &cfg.authn.issuers {
         if let mandate_authn::JwksSource::File(path) = &issuer.jwks
             && !path.exists()
@@ -564,6 +599,9 @@ async fn gated_policy_dir(
 
 async fn check_config(cfg: &Config) -> Result<()> {
     let gw = build_gateway(cfg).await?;
+    if broker_cli::attach(cfg, &gw).await?.is_some() {
+        println!("broker: identity providers and agent keys loaded");
+    }
     println!(
         "policies: {}",
         PolicyEngine::check_dir(&cfg.policy_dir).map_err(|e| anyhow::anyhow!("{e}"))?
@@ -585,7 +623,10 @@ pub(crate) async fn start_on(
     listener: tokio::net::TcpListener,
 ) -> Result<(Arc<Gateway>, tokio::task::JoinHandle<()>)> {
     let gw = build_gateway(cfg).await?;
-    let app = mandate_gateway::http::router(gw.clone());
+    let mut app = mandate_gateway::http::router(gw.clone());
+    if let Some(broker) = broker_cli::attach(cfg, &gw).await? {
+        app = app.merge(broker);
+    }
     // Small SSE writes must not wait for delayed ACKs (Nagle): ~40 ms each.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);

@@ -5,8 +5,14 @@
 //
 // Usage: node oidc_provider.mjs --port N --client-id ID --client-secret S
 //                                --redirect-uri URI --users a@x,b@x
+//                                [--user-claims FILE] [--extra-clients FILE]
+// --user-claims: JSON {user: {claim: value}} released with the scopes
+//   `groups` (claim `groups`) and `delegation` (claim `may_act`), in the ID
+//   token too (the broker tests read them there).
+// --extra-clients: JSON [client metadata + optional "id_token_ttl" seconds].
 // Prints "ready <issuer>" on stdout once listening.
 import { generateKeyPairSync } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import Provider from "oidc-provider";
 
@@ -17,11 +23,18 @@ const { values: opts } = parseArgs({
     "client-secret": { type: "string" },
     "redirect-uri": { type: "string" },
     users: { type: "string" },
+    "user-claims": { type: "string" },
+    "extra-clients": { type: "string" },
   },
 });
 
 const issuer = `http://127.0.0.1:${opts.port}`;
 const users = new Set(opts.users.split(",").filter(Boolean));
+const userClaims = opts["user-claims"] ? JSON.parse(readFileSync(opts["user-claims"], "utf8")) : {};
+const extraClients = opts["extra-clients"] ? JSON.parse(readFileSync(opts["extra-clients"], "utf8")) : [];
+const idTokenTtl = Object.fromEntries(
+  extraClients.filter((c) => c.id_token_ttl).map((c) => [c.client_id, c.id_token_ttl]),
+);
 
 // A fresh RS256 signing key for each run (published at jwks_uri).
 const { privateKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
@@ -37,14 +50,20 @@ const provider = new Provider(issuer, {
       response_types: ["code"],
       token_endpoint_auth_method: "client_secret_basic",
     },
+    ...extraClients.map(({ id_token_ttl: _ttl, ...meta }) => meta),
   ],
+  claims: { openid: ["sub"], groups: ["groups"], delegation: ["may_act"] },
+  conformIdTokenClaims: false,
+  ttl: {
+    IdToken: (_ctx, _token, client) => idTokenTtl[client?.clientId] ?? 3600,
+  },
   pkce: { required: () => true },
   jwks: { keys: [jwk] },
   cookies: { keys: ["mandate-e2e-cookie-key-0123456789"] },
   features: { devInteractions: { enabled: true } },
   async findAccount(_ctx, id) {
     if (!users.has(id)) return undefined;
-    return { accountId: id, async claims() { return { sub: id }; } };
+    return { accountId: id, async claims() { return { sub: id, ...(userClaims[id] ?? {}) }; } };
   },
 });
 provider.on("server_error", (_ctx, err) => console.error("server_error", err));

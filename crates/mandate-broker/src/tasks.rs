@@ -1,0 +1,270 @@
+//! The task lifecycle API (`mandate task start|complete|cancel|list`).
+//!
+//! | method | path | body |
+//! |---|---|---|
+//! | GET | `/api/tasks[?all=true]` | — |
+//! | POST | `/api/tasks` | `{template, sub, id?}` |
+//! | POST | `/api/tasks/{id}/complete`, `/cancel` | — |
+//!
+//! Callers are operators (`[[operators]]` with the `admin` role): a bearer
+//! token with `aud = <public_url>/api` and no `act`. Each change is recorded
+//! in the audit log before it happens; if the log cannot write, nothing
+//! changes. Ending a task revokes every token minted for it.
+
+use crate::Broker;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http::{HeaderMap, StatusCode, header};
+use mandate_control::{ControlError, TaskStatus};
+use mandate_core::{AuditRecord, Decision, DecisionId, Effect, Principal, Subject};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+pub(crate) fn routes() -> Router<Arc<Broker>> {
+    Router::new()
+        .route("/api/tasks", get(list).post(start))
+        .route("/api/tasks/{id}/{action}", post(end))
+}
+
+struct ApiError(StatusCode, &'static str, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (
+            self.0,
+            Json(json!({"error": self.1, "error_description": self.2})),
+        )
+            .into_response();
+        if self.0 == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static(
+                    "Bearer realm=\"mandate-api\", error=\"invalid_token\"",
+                ),
+            );
+        }
+        r
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::NotFound { .. } => {
+                Self(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            ControlError::Conflict(_) => Self(StatusCode::CONFLICT, "conflict", e.to_string()),
+            ControlError::Invalid(_) => {
+                Self(StatusCode::BAD_REQUEST, "invalid_request", e.to_string())
+            }
+            ControlError::Storage(_) | ControlError::Corrupt { .. } => {
+                tracing::error!(error = %e, "control store failure");
+                Self(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "the control store is unavailable".into(),
+                )
+            }
+        }
+    }
+}
+
+fn operator_subject(p: &Principal) -> Subject {
+    Subject {
+        sub: p.sub.clone(),
+        session: format!("operator:{}", p.sub),
+        ..Subject::default()
+    }
+}
+
+/// Authenticates an operator with task rights; refusals of verified
+/// subjects are recorded.
+async fn operator(b: &Broker, headers: &HeaderMap, action: &str) -> Result<Principal, ApiError> {
+    let unauthorized = |m: &str| ApiError(StatusCode::UNAUTHORIZED, "invalid_token", m.to_owned());
+    let authn = b
+        .operator_authn
+        .as_ref()
+        .ok_or_else(|| unauthorized("no operator issuer is configured"))?;
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or_else(|| unauthorized("an operator bearer token is required"))?;
+    let p = authn
+        .verify(token)
+        .await
+        .map_err(|e| unauthorized(&format!("invalid token: {}", e.description())))?;
+    let allowed = p.act.is_empty()
+        && b.cfg
+            .task_operators
+            .iter()
+            .any(|(sub, iss)| *sub == p.sub && iss.as_ref().is_none_or(|i| *i == p.iss));
+    if !allowed {
+        let why = format!("{} may not manage tasks", p.sub);
+        record(b, &p, action, false, &why, &json!({})).await?;
+        return Err(ApiError(StatusCode::FORBIDDEN, "forbidden", why));
+    }
+    Ok(p)
+}
+
+async fn record(
+    b: &Broker,
+    op: &Principal,
+    action: &str,
+    allowed: bool,
+    reason: &str,
+    detail: &Value,
+) -> Result<(), ApiError> {
+    let decision = Decision {
+        id: DecisionId::new(),
+        effect: if allowed { Effect::Allow } else { Effect::Deny },
+        policies: if allowed {
+            vec!["operator-role:admin".into()]
+        } else {
+            Vec::new()
+        },
+        reasons: vec![reason.to_owned()],
+        obligations: Vec::new(),
+        policy_hash: String::new(),
+    };
+    let rec = AuditRecord::control(decision, operator_subject(op), action, detail);
+    b.audit.append(rec).await.map(|_| ()).map_err(|e| {
+        tracing::error!(error = %e, "audit store unavailable; task change refused");
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the audit store is unavailable; nothing was changed".into(),
+        )
+    })
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn list(
+    State(b): State<Arc<Broker>>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    operator(&b, &headers, "broker/task.list").await?;
+    let control = b.control.clone();
+    let tasks = tokio::task::spawn_blocking(move || control.tasks(q.all))
+        .await
+        .map_err(|_| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal error".into(),
+            )
+        })??;
+    Ok(Json(json!({ "tasks": tasks })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartBody {
+    template: String,
+    sub: String,
+    #[serde(default)]
+    id: Option<String>,
+}
+
+async fn start(
+    State(b): State<Arc<Broker>>,
+    headers: HeaderMap,
+    body: Result<Json<StartBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    const ACTION: &str = "broker/task.start";
+    let op = operator(&b, &headers, ACTION).await?;
+    let Json(body) =
+        body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()))?;
+    let template = b.cfg.templates.get(&body.template).ok_or_else(|| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("no task template {:?}", body.template),
+        )
+    })?;
+    if body.sub.trim().is_empty() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "sub must name the user the task is for".into(),
+        ));
+    }
+    let id = body
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("task-{}", uuid::Uuid::now_v7()));
+    let deadline = AuditRecord::now_ms()
+        .saturating_add(i64::try_from(template.max_duration.as_millis()).unwrap_or(i64::MAX));
+    let detail =
+        json!({"id": id, "template": body.template, "sub": body.sub, "deadline_ms": deadline});
+    record(&b, &op, ACTION, true, &format!("start task {id}"), &detail).await?;
+    let control = b.control.clone();
+    let by = op.sub.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        control.start_task(&id, &body.template, &body.sub, deadline, &by)
+    })
+    .await
+    .map_err(|_| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal error".into(),
+        )
+    })??;
+    Ok((StatusCode::CREATED, Json(json!(task))).into_response())
+}
+
+async fn end(
+    State(b): State<Arc<Broker>>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let status = match action.as_str() {
+        "complete" => TaskStatus::Completed,
+        "cancel" => TaskStatus::Cancelled,
+        _ => {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "unknown task action (complete or cancel)".into(),
+            ));
+        }
+    };
+    let name = format!("broker/task.{action}");
+    let op = operator(&b, &headers, &name).await?;
+    record(
+        &b,
+        &op,
+        &name,
+        true,
+        &format!("{action} task {id}: its tokens are revoked"),
+        &json!({"id": id}),
+    )
+    .await?;
+    let control = b.control.clone();
+    let by = op.sub.clone();
+    let task = tokio::task::spawn_blocking(move || control.end_task(&id, status, &by))
+        .await
+        .map_err(|_| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal error".into(),
+            )
+        })??;
+    tracing::warn!(task = %task.id, status = task.status.as_str(), "task ended; its tokens are revoked");
+    Ok(Json(json!(task)))
+}

@@ -1,0 +1,141 @@
+//! Build attestation at the gateway: a token minted by the broker names
+//! the agent's `build`, the hash of (model, system prompt, tool manifest).
+//! On every call the gateway checks that the build is registered for the
+//! calling agent, that the tool is part of the build's manifest, and that
+//! the tools it serves under those names still hash to the registered
+//! manifest. A changed tool description or schema ("rug pull") makes the
+//! build unknown, and every call of that build is denied (and audited).
+//!
+//! The manifest is recomputed only when an upstream's catalogue changes:
+//! the verdict is cached against the identity of the catalogues it read.
+
+use crate::Gateway;
+use mandate_core::{Principal, ToolName};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// A build the broker registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredManifest {
+    /// The agents it is registered for.
+    pub agents: BTreeSet<String>,
+    /// Its manifest hash (`mandate_core::build::manifest_hash`).
+    pub manifest: String,
+    /// The exposed tool names of the manifest.
+    pub tools: BTreeSet<String>,
+}
+
+/// The builds to enforce, for tokens of one issuer (the broker).
+#[derive(Debug, Clone, Default)]
+pub struct BuildPolicy {
+    /// The issuer whose tokens are held to their build.
+    pub issuer: String,
+    /// Build hash → registration.
+    pub builds: BTreeMap<String, RegisteredManifest>,
+}
+
+/// A cached verdict: the catalogues it was computed from (by pointer) and
+/// whether they hashed to the registered manifest.
+pub(crate) type ManifestVerdict = (Vec<usize>, bool);
+
+impl Gateway {
+    /// Enforces registered builds for the broker's tokens (called once at
+    /// start when the broker is enabled).
+    pub fn enforce_builds(&self, policy: BuildPolicy) {
+        self.build_policy.store(Arc::new(Some(policy)));
+        self.manifest_verdicts.clear();
+    }
+
+    /// `Err((reason, true))` when the principal's build may not call `exposed`.
+    pub(crate) async fn check_build(
+        &self,
+        principal: &Principal,
+        exposed: &str,
+    ) -> Result<(), (String, bool)> {
+        let policy = self.build_policy.load();
+        let Some(policy) = policy.as_ref() else {
+            return Ok(());
+        };
+        if principal.iss != policy.issuer {
+            return Ok(());
+        }
+        let deny = |why: String| Err((why, true));
+        let Some(build) = principal.build.as_deref() else {
+            return deny("the token names no build".into());
+        };
+        let Some(reg) = policy.builds.get(build) else {
+            return deny(format!("build {build:.16}… is not registered"));
+        };
+        if !principal.agent().is_some_and(|a| reg.agents.contains(a)) {
+            return deny(format!(
+                "build {build:.16}… is registered for another agent"
+            ));
+        }
+        if !reg.tools.contains(exposed) {
+            return deny(format!(
+                "{exposed} is not in the tool manifest of build {build:.16}…"
+            ));
+        }
+        match self.manifest_matches(build, reg).await {
+            Ok(true) => Ok(()),
+            Ok(false) => deny(format!(
+                "the tools served for build {build:.16}… no longer match its registered manifest (a tool's description or schema changed): unknown build"
+            )),
+            Err(why) => deny(why),
+        }
+    }
+
+    /// Whether the tools served under the manifest's names hash to it.
+    async fn manifest_matches(
+        &self,
+        build: &str,
+        reg: &RegisteredManifest,
+    ) -> Result<bool, String> {
+        let mut catalogues = Vec::new();
+        let mut idents = Vec::new();
+        for name in &reg.tools {
+            let parsed = ToolName::parse(name)
+                .ok_or_else(|| format!("manifest tool {name} is not upstream.tool"))?;
+            let upstream = self
+                .upstreams
+                .get(&parsed.upstream)
+                .ok_or_else(|| format!("manifest tool {name}: no upstream {}", parsed.upstream))?;
+            let tools = upstream
+                .tools()
+                .await
+                .map_err(|_| format!("the catalogue of {} is unavailable", parsed.upstream))?;
+            idents.push(Arc::as_ptr(&tools) as usize);
+            catalogues.push((name, parsed, tools));
+        }
+        if let Some(v) = self.manifest_verdicts.get(build)
+            && v.0 == idents
+        {
+            return Ok(v.1);
+        }
+        let mut served = Vec::with_capacity(catalogues.len());
+        for (name, parsed, tools) in &catalogues {
+            let Some(tool) = tools.iter().find(|t| t.name == parsed.tool) else {
+                // A tool of the manifest is gone: the build is not what was registered.
+                self.manifest_verdicts
+                    .insert(build.to_owned(), (idents, false));
+                return Ok(false);
+            };
+            let mut v = serde_json::to_value(tool).map_err(|e| e.to_string())?;
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("name".into(), serde_json::Value::String((*name).clone()));
+            }
+            served.push(v);
+        }
+        let ok = mandate_core::build::manifest_hash(&serde_json::Value::Array(served))
+            .is_ok_and(|h| h == reg.manifest);
+        if !ok {
+            tracing::warn!(
+                build,
+                "served tools no longer match the build's registered manifest"
+            );
+        }
+        self.manifest_verdicts
+            .insert(build.to_owned(), (idents, ok));
+        Ok(ok)
+    }
+}

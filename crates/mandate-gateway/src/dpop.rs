@@ -1,0 +1,143 @@
+//! Sender-constrained tokens at the gateway (RFC 9449 §7): a token bound
+//! to a key (`cnf.jkt`) is accepted only as `Authorization: DPoP <token>`
+//! with a valid proof made with that key for this very request (`htm`,
+//! `htu`, `ath`, fresh `iat`, unused `jti`, and the server nonce when
+//! required). The same token as a plain `Bearer` is refused by
+//! `mandate-authn` itself, so no path can forget the check.
+
+use crate::Gateway;
+use crate::http::{challenge, rpc_error};
+use axum::response::Response;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use mandate_authn::dpop::{DpopError, DpopVerifier, ProofRequest};
+use mandate_core::Principal;
+use serde_json::Value;
+use std::sync::Arc;
+
+impl Gateway {
+    /// Shares a DPoP verifier (the broker's, so nonces and the replay
+    /// cache are one). Without one, the gateway makes its own on first use.
+    pub fn use_dpop(&self, verifier: Arc<DpopVerifier>) {
+        let _ = self.dpop.set(verifier);
+    }
+
+    fn dpop_verifier(&self) -> Option<&Arc<DpopVerifier>> {
+        if let Some(v) = self.dpop.get() {
+            return Some(v);
+        }
+        let made = DpopVerifier::new(false, self.authn.leeway_secs()).ok()?;
+        let _ = self.dpop.set(Arc::new(made));
+        self.dpop.get()
+    }
+}
+
+fn refuse(gw: &Gateway, code: &str, desc: &str, nonce: Option<String>) -> Response {
+    gw.metrics().auth_failures.inc();
+    tracing::info!(reason = %desc, "DPoP request refused");
+    let bearer = challenge(gw, Some((code, desc)), None);
+    // The DPoP challenge (RFC 9449 §7.1) alongside the Bearer one.
+    let dpop = format!(
+        "DPoP algs=\"EdDSA ES256 ES384 RS256 PS256\", error=\"{code}\", error_description=\"{}\"",
+        desc.replace(['"', '\\'], "'")
+    );
+    let mut resp = rpc_error(
+        StatusCode::UNAUTHORIZED,
+        Value::Null,
+        -32001,
+        &format!("invalid token: {desc}"),
+        Some(bearer),
+    );
+    if let Ok(v) = HeaderValue::from_str(&dpop) {
+        resp.headers_mut().append(http::header::WWW_AUTHENTICATE, v);
+    }
+    if let Some(n) = nonce
+        && let Ok(v) = HeaderValue::from_str(&n)
+    {
+        resp.headers_mut().insert("dpop-nonce", v);
+    }
+    resp
+}
+
+/// Authenticates `Authorization: DPoP <token>` with its `DPoP` proof.
+pub(crate) async fn authenticate(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    method: &Method,
+    token: &str,
+) -> Result<Arc<Principal>, Response> {
+    let (mut principal, jkt) = match gw.authn().verify_bound(token).await {
+        Ok(v) => v,
+        Err(e) => return Err(refuse(gw, "invalid_token", &e.description(), None)),
+    };
+    // The DPoP scheme is only for bound tokens (RFC 9449 §7.1).
+    let Some(jkt) = jkt else {
+        return Err(refuse(
+            gw,
+            "invalid_token",
+            "the DPoP scheme needs a DPoP-bound token",
+            None,
+        ));
+    };
+    let proofs: Vec<&str> = headers
+        .get_all("dpop")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let proof = match proofs.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(refuse(
+                gw,
+                "invalid_dpop_proof",
+                &DpopError::Missing.to_string(),
+                None,
+            ));
+        }
+        _ => {
+            return Err(refuse(
+                gw,
+                "invalid_dpop_proof",
+                &DpopError::Multiple.to_string(),
+                None,
+            ));
+        }
+    };
+    let Some(verifier) = gw.dpop_verifier() else {
+        return Err(refuse(
+            gw,
+            "invalid_token",
+            "authentication is temporarily unavailable",
+            None,
+        ));
+    };
+    // `htu`: the URL the client used, as the gateway publishes it.
+    let url = format!("{}/mcp", gw.config().public_url.trim_end_matches('/'));
+    let checked = verifier.verify(
+        proof,
+        ProofRequest {
+            method: method.as_str(),
+            url: &url,
+            access_token: Some(token),
+            jkt: Some(&jkt),
+        },
+    );
+    match checked {
+        Ok(_) => {}
+        Err(DpopError::UseNonce) => {
+            return Err(refuse(
+                gw,
+                "use_dpop_nonce",
+                "a current DPoP nonce is required",
+                Some(verifier.nonce()),
+            ));
+        }
+        Err(e) => return Err(refuse(gw, "invalid_dpop_proof", &e.to_string(), None)),
+    }
+    // The same narrowing as for bearer tokens (change-gate ceilings).
+    if gw.control().has_ceilings()
+        && let Some(ceiling) = principal.agent().and_then(|a| gw.control().ceiling(a))
+    {
+        principal.scope = principal.scope.intersect(&ceiling);
+    }
+    Ok(Arc::new(principal))
+}

@@ -1,0 +1,251 @@
+//! The broker in the binary: wiring it into `mandate serve`, and the
+//! `mandate build-hash`, `mandate task …` and `mandate keys rotate`
+//! commands.
+
+use crate::config::{Config, env};
+use anyhow::{Context, Result, bail};
+use mandate_gateway::Gateway;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Creates the broker's signing keys (first start) and writes its JWKS,
+/// so the gateway can trust the broker's tokens before it serves.
+pub(crate) fn prepare_keys(cfg: &Config) -> Result<()> {
+    if let Some(b) = &cfg.broker {
+        let set = mandate_broker::key_dir(b)
+            .open()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        tracing::info!(kid = %set.signing().kid, dir = %b.key_dir.display(), "broker signing key ready");
+    }
+    Ok(())
+}
+
+/// Builds the broker (when configured) on the gateway's audit log and
+/// control store, tells the gateway which builds to enforce and shares the
+/// DPoP verifier; returns the broker's routes.
+pub(crate) async fn attach(cfg: &Config, gw: &Arc<Gateway>) -> Result<Option<axum::Router>> {
+    let Some(b) = &cfg.broker else {
+        return Ok(None);
+    };
+    let operator_authn = mandate_authn::Authenticator::new(cfg.operator_authn())
+        .await
+        .map_err(|e| anyhow::anyhow!("token issuers (operators): {e}"))?;
+    let broker = mandate_broker::Broker::new(
+        b.clone(),
+        gw.audit().clone(),
+        gw.control().clone(),
+        Some(Arc::new(operator_authn)),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let builds = b
+        .build_registry()
+        .into_iter()
+        .map(|(hash, (agents, build))| {
+            (
+                hash,
+                mandate_gateway::builds::RegisteredManifest {
+                    agents,
+                    manifest: build.manifest,
+                    tools: build.tools,
+                },
+            )
+        })
+        .collect();
+    gw.enforce_builds(mandate_gateway::builds::BuildPolicy {
+        issuer: b.issuer.clone(),
+        builds,
+    });
+    gw.use_dpop(broker.dpop());
+    tracing::info!(issuer = %b.issuer, agents = b.agents.len(), "delegation broker serving /oauth2/token");
+    Ok(Some(mandate_broker::router(Arc::new(broker))))
+}
+
+/// `mandate build-hash`.
+#[derive(clap::Args, Debug)]
+pub struct BuildHashArgs {
+    /// The model id (exactly as the agent names it).
+    #[arg(long)]
+    pub model: String,
+    /// File holding the system prompt (read as UTF-8, byte for byte).
+    #[arg(long)]
+    pub system_prompt: PathBuf,
+    /// JSON file with the tool manifest: an array of tools as the agent
+    /// sees them (or a `tools/list` result).
+    #[arg(long)]
+    pub tools: PathBuf,
+    /// Also print the manifest hash and the canonical manifest.
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+/// Prints the canonical build hash.
+pub(crate) fn build_hash(args: &BuildHashArgs) -> Result<()> {
+    let (hash, build) =
+        crate::broker_config::build_of(&args.model, &args.system_prompt, &args.tools)?;
+    println!("{hash}");
+    if args.verbose {
+        eprintln!("manifest {}", build.manifest);
+        eprintln!(
+            "tools    {}",
+            build.tools.into_iter().collect::<Vec<_>>().join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// `mandate task …`.
+#[derive(clap::Subcommand, Debug)]
+pub enum TaskCommand {
+    /// Start a task for a user from a template.
+    Start {
+        /// Task template (`[broker.tasks.<name>]`).
+        #[arg(long)]
+        template: String,
+        /// The user the task is for (their `sub`).
+        #[arg(long)]
+        user: String,
+        /// Task id (default: a fresh one).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Complete a task: every token minted for it is refused from the next call.
+    Complete {
+        /// Task id.
+        id: String,
+    },
+    /// Cancel a task: every token minted for it is refused from the next call.
+    Cancel {
+        /// Task id.
+        id: String,
+    },
+    /// List active tasks (with --all, ended ones too).
+    List {
+        /// Include completed and cancelled tasks.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+async fn api(
+    args: &crate::ops::ApiArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value> {
+    let token = std::env::var(env::OPERATOR_TOKEN).with_context(|| {
+        format!(
+            "{} must hold an operator token (audience <public_url>/api, no `act`)",
+            env::OPERATOR_TOKEN
+        )
+    })?;
+    let url = format!("{}{path}", args.server.trim_end_matches('/'));
+    let mut req = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()?
+        .request(method, &url)
+        .bearer_auth(token.trim());
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = resp.status();
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let code = v.get("error").and_then(Value::as_str).unwrap_or("error");
+        let msg = v
+            .get("error_description")
+            .and_then(Value::as_str)
+            .unwrap_or("(no description)");
+        bail!("{status}: {code}: {msg}");
+    }
+    Ok(v)
+}
+
+fn task_line(t: &Value) -> String {
+    let s = |k: &str| t.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    format!(
+        "{:<40} {:<10} {:<16} for {:<24} deadline {}",
+        s("id"),
+        s("status"),
+        s("template"),
+        s("sub"),
+        t.get("deadline_ms")
+            .and_then(Value::as_i64)
+            .unwrap_or_default()
+    )
+}
+
+/// Runs a `mandate task` command against a running `mandate serve`.
+pub(crate) async fn task(args: &crate::ops::ApiArgs, cmd: TaskCommand) -> Result<()> {
+    use reqwest::Method;
+    let v = match &cmd {
+        TaskCommand::Start { template, user, id } => {
+            api(
+                args,
+                Method::POST,
+                "/api/tasks",
+                Some(json!({"template": template, "sub": user, "id": id})),
+            )
+            .await?
+        }
+        TaskCommand::Complete { id } => {
+            api(
+                args,
+                Method::POST,
+                &format!("/api/tasks/{id}/complete"),
+                None,
+            )
+            .await?
+        }
+        TaskCommand::Cancel { id } => {
+            api(args, Method::POST, &format!("/api/tasks/{id}/cancel"), None).await?
+        }
+        TaskCommand::List { all } => {
+            api(args, Method::GET, &format!("/api/tasks?all={all}"), None).await?
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(());
+    }
+    match cmd {
+        TaskCommand::List { .. } => {
+            for t in v
+                .get("tasks")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                println!("{}", task_line(t));
+            }
+        }
+        TaskCommand::Start { .. } => println!("started: {}", task_line(&v)),
+        TaskCommand::Complete { .. } => {
+            println!("completed (its tokens are revoked): {}", task_line(&v));
+        }
+        TaskCommand::Cancel { .. } => {
+            println!("cancelled (its tokens are revoked): {}", task_line(&v));
+        }
+    }
+    Ok(())
+}
+
+/// `mandate keys rotate`: a new broker signing key; the old one stays
+/// published until its tokens have expired. A running broker picks it up.
+pub(crate) fn rotate(cfg: &Config) -> Result<()> {
+    let Some(b) = &cfg.broker else {
+        bail!("the configuration has no [broker]");
+    };
+    let kid = mandate_broker::key_dir(b)
+        .rotate()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!(
+        "new broker signing key {kid} (the previous key stays published until its tokens expire)"
+    );
+    Ok(())
+}
