@@ -136,8 +136,9 @@ impl CheckpointSigner {
             .trim()
             .strip_prefix("PRIVATE+KEY+")
             .ok_or(bad.clone())?;
-        let mut parts = rest.rsplitn(3, '+');
-        let (Some(key), Some(id), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        // The name has no `+`; base64 may.
+        let mut parts = rest.splitn(3, '+');
+        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(bad);
         };
         let raw = B64.decode(key).map_err(|_| bad.clone())?;
@@ -275,8 +276,9 @@ impl std::str::FromStr for NoteVerifier {
 
     fn from_str(text: &str) -> Result<Self, NoteError> {
         let bad = NoteError::Malformed("verifier key");
-        let mut parts = text.trim().rsplitn(3, '+');
-        let (Some(key), Some(id), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        // The name has no `+`; base64 may.
+        let mut parts = text.trim().splitn(3, '+');
+        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(bad);
         };
         let raw = B64.decode(key).map_err(|_| bad.clone())?;

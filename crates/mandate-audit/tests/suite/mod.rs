@@ -222,7 +222,8 @@ pub async fn tamper_edit_is_named(fx: &dyn Fixture) -> TestResult {
     let store = fx.store();
     let signer = write_log(&store, 27).await?;
     fx.tamper(
-        "UPDATE audit_log SET body = replace(body, '\"reason 5\"', '\"reason five\"') WHERE seq = 5",
+        "UPDATE audit_log SET body = replace(body, '\"reason 5\"', '\"reason five\"'),
+                              reasons = replace(reasons, 'reason 5', 'reason five') WHERE seq = 5",
     )?;
     let r = report(&store, &signer).await?;
     assert_eq!(record_problems(&r), vec![at(5, ProblemKind::Edited)]);
