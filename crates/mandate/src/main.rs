@@ -607,16 +607,6 @@ fn dir_fingerprint(
     out
 }
 
-/// Resolves on SIGTERM (never elsewhere), so `serve` can stop cleanly.
-async fn terminated() {
-    #[cfg(unix)]
-    if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        s.recv().await;
-        return;
-    }
-    std::future::pending::<()>().await;
-}
-
 async fn serve(cfg: Config) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -632,9 +622,6 @@ async fn serve(cfg: Config) -> Result<()> {
     tokio::select! {
         _ = handle => {}
         _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
-        _ = terminated() => tracing::info!("SIGTERM: shutting down"),
     }
-    // The last handle to the audit log goes with the gateway: its writer
-    // drains the queue and signs a final checkpoint.
     Ok(())
 }
