@@ -30,6 +30,7 @@ fn record() -> AuditRecord {
         detail: None,
         amount: None,
         taint: Vec::new(),
+        args: None,
     }
 }
 

@@ -9,12 +9,15 @@ use std::fmt;
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum AuditError {
-    /// SQLite refused an open, a write or a read.
+    /// The store refused an open, a write or a read.
     #[error("{0}")]
     Storage(StorageError),
     /// The writer thread is gone; nothing can be appended any more.
     #[error("the audit writer has stopped")]
     WriterStopped,
+    /// A checkpoint was asked of a log opened without a signing key.
+    #[error("the audit log has no checkpoint signing key")]
+    NoCheckpointKey,
     /// A record could not be turned into its stored form.
     #[error("an audit record could not be encoded: {0}")]
     Encode(EncodeError),

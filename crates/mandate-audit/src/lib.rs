@@ -28,18 +28,27 @@
 //! checks them too. Triggers refuse UPDATE and DELETE, but [`verify`]
 //! does not rely on them.
 
+mod backend;
 mod chain;
 mod error;
+pub mod merkle;
+pub mod note;
+mod postgres;
 mod read;
+pub mod replay;
 mod schema;
+mod sqlite;
 mod writer;
 
+pub use backend::Store;
 pub use chain::{GENESIS_HASH, canonical_body, record_hash};
 pub use error::{AuditError, CorruptRow, EncodeError, SchemaVersion, StorageError};
+pub use note::{CheckpointSigner, NoteVerifier};
 pub use read::{
-    Problem, ProblemKind, StoredRecord, VerifyReport, read_by_correlation, read_calls_since,
-    read_records, verify,
+    LogTree, Problem, ProblemKind, StoredCheckpoint, StoredRecord, VerifyReport,
+    read_by_correlation, read_calls_since, read_checkpoints, read_records, read_time_range, verify,
 };
+pub use writer::SignedCheckpoint;
 
 use mandate_core::AuditRecord;
 use schema::PreparedRow;
@@ -50,7 +59,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-use writer::{Job, Shared};
+use writer::{Append, Job, Shared, TreeState};
 
 /// Appends waiting for the writer before `append` itself waits (backpressure).
 const QUEUE_CAPACITY: usize = 8192;
@@ -64,25 +73,32 @@ pub struct Appended {
     pub hash: String,
 }
 
-/// Tuning for [`AuditLog::open_sqlite_with`].
+/// Tuning for [`AuditLog::open`].
 #[derive(Debug, Clone)]
-pub struct SqliteOptions {
+pub struct Options {
     busy_timeout: Duration,
     max_batch: usize,
+    signer: Option<CheckpointSigner>,
+    checkpoint_interval: Option<Duration>,
 }
 
-impl Default for SqliteOptions {
+/// The former name of [`Options`].
+pub type SqliteOptions = Options;
+
+impl Default for Options {
     fn default() -> Self {
         Self {
             busy_timeout: Duration::from_secs(5),
             max_batch: 512,
+            signer: None,
+            checkpoint_interval: None,
         }
     }
 }
 
-impl SqliteOptions {
-    /// How long a batch waits for a write lock held by another connection
-    /// before it fails (default 5 s).
+impl Options {
+    /// How long a SQLite batch waits for a write lock held by another
+    /// connection before it fails (default 5 s).
     #[must_use]
     pub fn busy_timeout(mut self, timeout: Duration) -> Self {
         self.busy_timeout = timeout;
@@ -96,43 +112,94 @@ impl SqliteOptions {
         self.max_batch = max.max(1);
         self
     }
+
+    /// Sign checkpoints with `signer`: on demand ([`AuditLog::checkpoint`]),
+    /// at close, and every `interval` when given (if records were added).
+    #[must_use]
+    pub fn checkpoints(mut self, signer: CheckpointSigner, interval: Option<Duration>) -> Self {
+        self.signer = Some(signer);
+        self.checkpoint_interval = interval.filter(|d| !d.is_zero());
+        self
+    }
 }
 
 /// A handle to the audit log. Cheap to clone; all clones feed one writer
-/// thread, which stops (after draining the queue) when the last is dropped.
+/// thread, which stops (after draining the queue and signing a last
+/// checkpoint) when the last is dropped.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     // Field order matters: the last handle's `tx` must drop before `writer`
     // joins the thread, or the join would wait for itself.
     tx: mpsc::Sender<Job>,
     shared: Arc<Shared>,
+    store: Arc<Store>,
     #[expect(dead_code, reason = "held for its Drop, which joins the writer thread")]
     writer: Arc<WriterThread>,
 }
 
 impl AuditLog {
     /// Opens (creating if needed) the SQLite log at `path`; WAL +
-    /// `synchronous=FULL`; spawns ONE writer (sequencer) thread. The chain
-    /// resumes from the last stored row.
+    /// `synchronous=FULL`; no checkpoints. See [`AuditLog::open`].
     pub fn open_sqlite(path: &Path) -> Result<AuditLog, AuditError> {
-        Self::open_sqlite_with(path, SqliteOptions::default())
+        Self::open(&Store::sqlite(path), Options::default())
     }
 
     /// [`AuditLog::open_sqlite`] with explicit options.
-    pub fn open_sqlite_with(path: &Path, options: SqliteOptions) -> Result<AuditLog, AuditError> {
-        let conn = schema::open_for_write(path, options.busy_timeout)?;
-        let (seq, _) = schema::head(&conn).map_err(|e| AuditError::storage(error::Op::Open, e))?;
-        tracing::info!(path = %path.display(), last_seq = seq, "audit log open");
+    pub fn open_sqlite_with(path: &Path, options: Options) -> Result<AuditLog, AuditError> {
+        Self::open(&Store::sqlite(path), options)
+    }
+
+    /// Opens (creating its tables if needed) the log in `store` and spawns
+    /// ONE writer (sequencer) thread. The chain (and, with a signer, the
+    /// Merkle tree) resumes from what is stored.
+    pub fn open(store: &Store, options: Options) -> Result<AuditLog, AuditError> {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let shared = Arc::new(Shared::default());
         let thread_shared = Arc::clone(&shared);
+        let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+        let thread_store = store.clone();
+        let thread_options = options.clone();
+        // The store is opened on the writer thread: the PostgreSQL client
+        // blocks, and must not run on an async runtime's thread.
         let handle = std::thread::Builder::new()
             .name("mandate-audit-writer".to_owned())
-            .spawn(move || writer::run(conn, rx, thread_shared, options.max_batch))
+            .spawn(move || {
+                let opened =
+                    backend::open_backend(&thread_store, &thread_options).and_then(|mut b| {
+                        let tree = match thread_options.signer.clone() {
+                            Some(signer) => Some(TreeState::load(b.as_mut(), signer)?),
+                            None => None,
+                        };
+                        let (seq, _) = b.head()?;
+                        Ok((b, tree, seq))
+                    });
+                match opened {
+                    Ok((backend, tree, seq)) => {
+                        let _ = opened_tx.send(Ok(seq));
+                        writer::run(backend, rx, thread_shared, thread_options.max_batch, tree);
+                    }
+                    Err(e) => {
+                        let _ = opened_tx.send(Err(e));
+                    }
+                }
+            })
             .map_err(|e| AuditError::storage(error::Op::Open, e))?;
+        let opened = opened_rx.recv().unwrap_or(Err(AuditError::WriterStopped));
+        let seq = match opened {
+            Ok(seq) => seq,
+            Err(e) => {
+                let _ = handle.join();
+                return Err(e);
+            }
+        };
+        tracing::info!(store = %store, last_seq = seq, "audit log open");
+        if let Some(interval) = options.checkpoint_interval {
+            spawn_ticker(tx.downgrade(), interval)?;
+        }
         Ok(AuditLog {
             tx,
             shared,
+            store: Arc::new(store.clone()),
             writer: Arc::new(WriterThread(Mutex::new(Some(handle)))),
         })
     }
@@ -156,15 +223,28 @@ impl AuditLog {
     }
 
     async fn enqueue(&self, record: AuditRecord, deferrable: bool) -> Result<Appended, AuditError> {
-        // Serialising here keeps that work off the single writer thread.
+        // Serialising (and hashing the Merkle leaf) here keeps that work
+        // off the single writer thread.
         let row = PreparedRow::new(&record)?;
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Job {
+            .send(Job::Append(Append {
                 row,
                 reply,
                 deferrable,
-            })
+            }))
+            .await
+            .map_err(|_| AuditError::WriterStopped)?;
+        answer.await.map_err(|_| AuditError::WriterStopped)?
+    }
+
+    /// Signs (and stores) a checkpoint of every committed record now, or
+    /// returns the latest one if nothing was added since. `None` for an
+    /// empty log. Fails if the log was opened without a signing key.
+    pub async fn checkpoint(&self) -> Result<Option<SignedCheckpoint>, AuditError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Job::Checkpoint(Some(reply)))
             .await
             .map_err(|_| AuditError::WriterStopped)?;
         answer.await.map_err(|_| AuditError::WriterStopped)?
@@ -183,6 +263,11 @@ impl AuditLog {
         }
     }
 
+    /// Where the log lives (for reading it back).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Number of appends acknowledged (committed) since open.
     pub fn appended_count(&self) -> u64 {
         self.shared.appended.load(Ordering::Relaxed)
@@ -193,6 +278,24 @@ impl AuditLog {
     pub fn commits_count(&self) -> u64 {
         self.shared.commits.load(Ordering::Relaxed)
     }
+}
+
+/// Asks for a checkpoint every `interval` while any handle lives (it holds
+/// no handle itself, so it never keeps the writer alive).
+fn spawn_ticker(tx: mpsc::WeakSender<Job>, interval: Duration) -> Result<(), AuditError> {
+    std::thread::Builder::new()
+        .name("mandate-audit-checkpoints".to_owned())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(interval);
+                let Some(tx) = tx.upgrade() else { break };
+                if tx.blocking_send(Job::Checkpoint(None)).is_err() {
+                    break;
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| AuditError::storage(error::Op::Open, e))
 }
 
 /// Joins the writer thread when the last handle goes, so the connection is

@@ -2,6 +2,7 @@
 
 use crate::chain::{GENESIS_HASH, canonical_body};
 use crate::error::{AuditError, Op};
+use crate::merkle::{Hash, leaf_hash};
 use mandate_core::AuditRecord;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
@@ -9,8 +10,9 @@ use std::path::Path;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-/// `PRAGMA user_version` of the schema below.
-const SCHEMA_VERSION: i64 = 1;
+/// `PRAGMA user_version` of the schema below. Version 1 had no
+/// checkpoints table; opening it for writing upgrades it.
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// How long a reader waits for a lock before giving up.
 const READ_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -90,6 +92,21 @@ WHEN NEW.seq IS NOT (SELECT IFNULL(MAX(seq), 0) + 1 FROM audit_log)
 BEGIN
     SELECT RAISE(ABORT, 'audit_log is append-only: INSERT must extend the chain');
 END;
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    size     INTEGER PRIMARY KEY NOT NULL CHECK (size >= 1),
+    time_ms  INTEGER NOT NULL,
+    root     TEXT NOT NULL,
+    note     TEXT NOT NULL,
+    frontier TEXT NOT NULL
+) STRICT;
+CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
+BEGIN
+    SELECT RAISE(ABORT, 'audit_checkpoints is append-only: UPDATE refused');
+END;
+CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
+BEGIN
+    SELECT RAISE(ABORT, 'audit_checkpoints is append-only: DELETE refused');
+END;
 ";
 
 /// `INSERT` of one row: seq, prev_hash, hash, body, then [`COLUMNS`].
@@ -113,14 +130,18 @@ pub static SELECT_SQL: LazyLock<String> = LazyLock::new(|| {
 pub struct PreparedRow {
     /// Canonical JSON; what the hash covers.
     pub body: String,
+    /// Its Merkle leaf hash, `SHA-256(0x00 || body)`.
+    pub leaf: Hash,
     /// Values for [`COLUMNS`], in order.
     pub columns: Vec<Value>,
 }
 
 impl PreparedRow {
     pub fn new(record: &AuditRecord) -> Result<Self, AuditError> {
+        let body = canonical_body(record)?;
         Ok(Self {
-            body: canonical_body(record)?,
+            leaf: leaf_hash(body.as_bytes()),
+            body,
             columns: column_values(record)?,
         })
     }
@@ -183,7 +204,7 @@ pub fn open_for_write(path: &Path, busy_timeout: Duration) -> Result<Connection,
     conn.pragma_update(None, "checkpoint_fullfsync", true)
         .map_err(err)?;
     let version = user_version(&conn).map_err(err)?;
-    if version != 0 && version != SCHEMA_VERSION {
+    if version != 0 && version != 1 && version != SCHEMA_VERSION {
         return Err(AuditError::schema(version));
     }
     conn.execute_batch(&format!(
@@ -203,13 +224,13 @@ pub fn open_for_read(path: &Path) -> Result<Connection, AuditError> {
     .map_err(err)?;
     conn.busy_timeout(READ_BUSY_TIMEOUT).map_err(err)?;
     let version = user_version(&conn).map_err(err)?;
-    if version != SCHEMA_VERSION {
+    if version != SCHEMA_VERSION && version != 1 {
         return Err(AuditError::schema(version));
     }
     Ok(conn)
 }
 
-fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+pub(crate) fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.pragma_query_value(None, "user_version", |r| r.get(0))
 }
 

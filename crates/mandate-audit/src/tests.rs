@@ -16,6 +16,7 @@ fn record() -> AuditRecord {
         detail: None,
         amount: None,
         taint: Vec::new(),
+        args: None,
     }
 }
 
@@ -23,6 +24,7 @@ fn handle(tx: mpsc::Sender<Job>, thread: Option<JoinHandle<()>>) -> AuditLog {
     AuditLog {
         tx,
         shared: Arc::default(),
+        store: Arc::new(Store::sqlite("unused")),
         writer: Arc::new(WriterThread(Mutex::new(thread))),
     }
 }

@@ -1,18 +1,40 @@
 //! The single writer (sequencer) thread and its group commit.
 
 use crate::Appended;
+use crate::backend::{Backend, CheckpointRow, NewRow};
 use crate::chain::record_hash;
 use crate::error::{AuditError, Op};
-use crate::schema::{INSERT_SQL, PreparedRow, head};
-use rusqlite::types::ToSql;
-use rusqlite::{Connection, TransactionBehavior, params_from_iter};
+use crate::merkle::Frontier;
+use crate::note::CheckpointSigner;
+use crate::schema::PreparedRow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::{mpsc, oneshot};
 
+/// A signed checkpoint, as [`crate::AuditLog::checkpoint`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SignedCheckpoint {
+    /// Records covered (1 ..= size).
+    pub size: u64,
+    /// Their RFC 9162 tree hash.
+    pub root: crate::merkle::Hash,
+    /// The C2SP signed note.
+    pub note: String,
+}
+
+/// Work for the writer.
+#[derive(Debug)]
+pub(crate) enum Job {
+    /// Append one record.
+    Append(Append),
+    /// Sign a checkpoint of everything committed (if it grew since the
+    /// last one); `None` for the periodic tick, which wants no answer.
+    Checkpoint(Option<oneshot::Sender<Result<Option<SignedCheckpoint>, AuditError>>>),
+}
+
 /// One pending append: the prepared row and where to send its fate.
 #[derive(Debug)]
-pub(crate) struct Job {
+pub(crate) struct Append {
     pub(crate) row: PreparedRow,
     pub(crate) reply: oneshot::Sender<Result<Appended, AuditError>>,
     /// A record that gates nothing (an outcome) may wait briefly for an
@@ -52,39 +74,123 @@ const DEFER_MAX: std::time::Duration = std::time::Duration::from_millis(5);
 /// How often a deferred batch looks for company.
 const DEFER_POLL: std::time::Duration = std::time::Duration::from_micros(50);
 
-/// Moves queued jobs into `batch`, up to `max_batch`.
-fn drain(rx: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>, max_batch: usize) {
+/// Checkpoint requests waiting for the next commit.
+type CheckpointWaiters = Vec<oneshot::Sender<Result<Option<SignedCheckpoint>, AuditError>>>;
+
+/// Moves queued jobs into `batch` (appends, up to `max_batch`) and
+/// `checkpoints` (requests).
+fn drain(
+    rx: &mut mpsc::Receiver<Job>,
+    batch: &mut Vec<Append>,
+    checkpoints: &mut Checkpoints,
+    max_batch: usize,
+) {
     while batch.len() < max_batch {
         match rx.try_recv() {
-            Ok(job) => batch.push(job),
+            Ok(job) => take(job, batch, checkpoints),
             Err(_) => break,
         }
     }
 }
 
+fn take(job: Job, batch: &mut Vec<Append>, checkpoints: &mut Checkpoints) {
+    match job {
+        Job::Append(a) => batch.push(a),
+        Job::Checkpoint(reply) => {
+            checkpoints.wanted = true;
+            checkpoints.waiters.extend(reply);
+        }
+    }
+}
+
+/// Pending checkpoint requests.
+#[derive(Default)]
+struct Checkpoints {
+    wanted: bool,
+    waiters: CheckpointWaiters,
+}
+
+/// The Merkle tree's right edge and the signing key, when the log signs
+/// checkpoints.
+pub(crate) struct TreeState {
+    signer: CheckpointSigner,
+    frontier: Frontier,
+    last: Option<SignedCheckpoint>,
+}
+
+impl TreeState {
+    /// Resumes from the store's last checkpoint, then reads the leaves
+    /// written after it.
+    pub(crate) fn load(
+        backend: &mut dyn Backend,
+        signer: CheckpointSigner,
+    ) -> Result<Self, AuditError> {
+        let mut state = Self {
+            signer,
+            frontier: Frontier::default(),
+            last: None,
+        };
+        let (head, _) = backend.head()?;
+        if let Some(cp) = backend.last_checkpoint()? {
+            let size = i64::try_from(cp.size).unwrap_or(i64::MAX);
+            if size <= head
+                && let Some(f) = Frontier::from_parts(cp.size, cp.frontier.clone())
+            {
+                state.frontier = f;
+            }
+            state.last = Some(SignedCheckpoint {
+                size: cp.size,
+                root: cp.root,
+                note: cp.note,
+            });
+        }
+        state.catch_up(backend, head)?;
+        Ok(state)
+    }
+
+    /// Brings the frontier to `head` (another writer may have appended).
+    fn catch_up(&mut self, backend: &mut dyn Backend, head: i64) -> Result<(), AuditError> {
+        let size = i64::try_from(self.frontier.size()).unwrap_or(i64::MAX);
+        if size > head {
+            // The store is behind us: rebuild from scratch.
+            self.frontier = Frontier::default();
+            return self.catch_up(backend, head);
+        }
+        if size < head {
+            for leaf in backend.leaves_after(size)? {
+                self.frontier.push(leaf);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The writer loop: block for one job, drain up to `max_batch` queued jobs,
 /// write them in one transaction, commit (fsync), then answer every waiter.
-/// Returns when every sender is gone and the queue is empty.
+/// Returns when every sender is gone and the queue is empty, after a last
+/// checkpoint of whatever it appended.
 pub(crate) fn run(
-    mut conn: Connection,
+    mut backend: Box<dyn Backend>,
     mut rx: mpsc::Receiver<Job>,
     shared: Arc<Shared>,
     max_batch: usize,
+    mut tree: Option<TreeState>,
 ) {
-    let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
+    let mut batch: Vec<Append> = Vec::with_capacity(max_batch);
+    let mut checkpoints = Checkpoints::default();
     let mut last_batch_len = 0usize;
     while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        drain(&mut rx, &mut batch, max_batch);
+        take(first, &mut batch, &mut checkpoints);
+        drain(&mut rx, &mut batch, &mut checkpoints, max_batch);
         // Only deferrable records so far: give the next decision a few
         // milliseconds to arrive and share this commit (checked every
         // 50 µs, so an urgent record never waits more than that).
-        if batch.iter().all(|j| j.deferrable) {
+        if !batch.is_empty() && batch.iter().all(|j| j.deferrable) {
             let deadline = std::time::Instant::now() + DEFER_MAX;
             while std::time::Instant::now() < deadline && batch.len() < max_batch {
                 std::thread::sleep(DEFER_POLL);
                 let before = batch.len();
-                drain(&mut rx, &mut batch, max_batch);
+                drain(&mut rx, &mut batch, &mut checkpoints, max_batch);
                 if batch.iter().skip(before).any(|j| !j.deferrable) {
                     break;
                 }
@@ -99,13 +205,51 @@ pub(crate) fn run(
             // (last_batch_len counts urgent records only: an outcome riding
             // along with one decision is not concurrency.)
             std::thread::sleep(LINGER);
-            drain(&mut rx, &mut batch, max_batch);
+            drain(&mut rx, &mut batch, &mut checkpoints, max_batch);
         }
         last_batch_len = batch.iter().filter(|j| !j.deferrable).count();
-        match write_batch(&mut conn, &batch) {
-            Ok(appended) => {
-                // Publish before replying, so a caller that sees Ok also
-                // sees the counters and health that include its record.
+        let wanted = std::mem::take(&mut checkpoints);
+        commit_and_answer(backend.as_mut(), &shared, &mut batch, tree.as_mut(), wanted);
+    }
+    // Closing: sign what was appended since the last checkpoint.
+    if tree.as_ref().is_some_and(|t| {
+        t.frontier.size() > 0 && t.last.as_ref().map(|c| c.size) != Some(t.frontier.size())
+    }) {
+        commit_and_answer(
+            backend.as_mut(),
+            &shared,
+            &mut batch,
+            tree.as_mut(),
+            Checkpoints {
+                wanted: true,
+                waiters: Vec::new(),
+            },
+        );
+    }
+}
+
+/// Writes `batch` (and a checkpoint, if wanted), then answers every waiter.
+fn commit_and_answer(
+    backend: &mut dyn Backend,
+    shared: &Shared,
+    batch: &mut Vec<Append>,
+    tree: Option<&mut TreeState>,
+    checkpoints: Checkpoints,
+) {
+    if batch.is_empty() && !checkpoints.wanted {
+        return;
+    }
+    let no_key = tree.is_none() && checkpoints.wanted;
+    let result = match tree {
+        Some(tree) => write_batch(backend, batch, Some(tree), checkpoints.wanted),
+        None if checkpoints.wanted && batch.is_empty() => Err(AuditError::NoCheckpointKey),
+        None => write_batch(backend, batch, None, false),
+    };
+    match result {
+        Ok((appended, checkpoint)) => {
+            // Publish before replying, so a caller that sees Ok also
+            // sees the counters and health that include its record.
+            if !appended.is_empty() {
                 shared.commits.fetch_add(1, Ordering::Relaxed);
                 shared
                     .appended
@@ -114,55 +258,135 @@ pub(crate) fn run(
                     tracing::info!("audit log writes succeed again");
                 }
                 shared.set_failure(None);
-                for (job, appended) in batch.drain(..).zip(appended) {
-                    // A waiter that gave up is fine: its record is durable.
-                    let _ = job.reply.send(Ok(appended));
-                }
             }
-            Err(e) => {
-                tracing::error!(error = %e, records = batch.len(), "audit batch failed; none acknowledged");
-                shared.set_failure(Some(e.to_string()));
-                for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(e.clone()));
-                }
+            for (job, appended) in batch.drain(..).zip(appended) {
+                // A waiter that gave up is fine: its record is durable.
+                let _ = job.reply.send(Ok(appended));
+            }
+            for waiter in checkpoints.waiters {
+                let answer = if no_key {
+                    Err(AuditError::NoCheckpointKey)
+                } else {
+                    Ok(checkpoint.clone())
+                };
+                let _ = waiter.send(answer);
             }
         }
-    }
-    if let Err((_, e)) = conn.close() {
-        tracing::warn!(error = %e, "audit log did not close cleanly");
+        Err(e) => {
+            if !batch.is_empty() {
+                tracing::error!(error = %e, records = batch.len(), "audit batch failed; none acknowledged");
+                shared.set_failure(Some(e.to_string()));
+            }
+            for job in batch.drain(..) {
+                let _ = job.reply.send(Err(e.clone()));
+            }
+            for waiter in checkpoints.waiters {
+                let _ = waiter.send(Err(e.clone()));
+            }
+        }
     }
 }
 
-/// Appends `batch` in one IMMEDIATE transaction and commits it. With WAL
-/// and `synchronous=FULL` the commit returns only after the WAL is fsynced.
-/// On any error the transaction is rolled back (on drop) and nothing counts.
-fn write_batch(conn: &mut Connection, batch: &[Job]) -> Result<Vec<Appended>, AuditError> {
-    let err = |e: rusqlite::Error| AuditError::storage(Op::Write, e);
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(err)?;
+/// Appends `batch` in one transaction and commits it; with `checkpoint`,
+/// also signs and stores a checkpoint of the tree after the batch (if the
+/// tree grew since the last one) in the same transaction. Commit returns
+/// only after the fsync. On any error the transaction is rolled back, the
+/// tree state is left as it was, and nothing counts.
+fn write_batch(
+    backend: &mut dyn Backend,
+    batch: &[Append],
+    tree: Option<&mut TreeState>,
+    checkpoint: bool,
+) -> Result<(Vec<Appended>, Option<SignedCheckpoint>), AuditError> {
+    backend.begin()?;
+    let result = write_in_transaction(backend, batch, tree, checkpoint);
+    if result.is_err() {
+        backend.rollback();
+    }
+    result
+}
+
+fn write_in_transaction(
+    backend: &mut dyn Backend,
+    batch: &[Append],
+    tree: Option<&mut TreeState>,
+    checkpoint: bool,
+) -> Result<(Vec<Appended>, Option<SignedCheckpoint>), AuditError> {
     // INVARIANT: the head is read inside the write transaction, so the chain
-    // always extends what is committed, including after a failed batch.
-    let (mut seq, mut prev) = head(&tx).map_err(err)?;
-    let mut out = Vec::with_capacity(batch.len());
-    {
-        let mut stmt = tx.prepare_cached(&INSERT_SQL).map_err(err)?;
-        for job in batch {
-            seq = seq
-                .checked_add(1)
-                .ok_or_else(|| AuditError::storage(Op::Write, "sequence numbers exhausted"))?;
-            let hash = record_hash(&prev, &job.row.body);
-            let fixed: [&dyn ToSql; 4] = [&seq, &prev, &hash, &job.row.body];
-            let columns = job.row.columns.iter().map(|v| v as &dyn ToSql);
-            stmt.execute(params_from_iter(fixed.into_iter().chain(columns)))
-                .map_err(err)?;
-            out.push(Appended {
-                seq,
-                hash: hash.clone(),
-            });
-            prev = hash;
+    // always extends what is committed, including after a failed batch and
+    // with other writers on the same store.
+    let (mut seq, mut prev) = backend.head()?;
+    let mut hashes = Vec::with_capacity(batch.len());
+    let mut seqs = Vec::with_capacity(batch.len());
+    for job in batch {
+        seq = seq
+            .checked_add(1)
+            .ok_or_else(|| AuditError::storage(Op::Write, "sequence numbers exhausted"))?;
+        let hash = record_hash(&prev, &job.row.body);
+        seqs.push(seq);
+        hashes.push((prev, hash.clone()));
+        prev = hash;
+    }
+    // The tree as it will be after this batch: first caught up with the
+    // committed rows (another writer may have added some), then extended.
+    let mut next_tree = match tree.as_deref() {
+        Some(tree) => {
+            let mut state = TreeState {
+                signer: tree.signer.clone(),
+                frontier: tree.frontier.clone(),
+                last: tree.last.clone(),
+            };
+            let head_before = seqs.first().map_or(seq, |first| first - 1);
+            state.catch_up(backend, head_before)?;
+            for job in batch {
+                state.frontier.push(job.row.leaf);
+            }
+            Some(state)
+        }
+        None => None,
+    };
+    let rows: Vec<NewRow<'_>> = batch
+        .iter()
+        .zip(&seqs)
+        .zip(&hashes)
+        .map(|((job, seq), (prev, hash))| NewRow {
+            seq: *seq,
+            prev_hash: prev,
+            hash,
+            row: &job.row,
+        })
+        .collect();
+    if !rows.is_empty() {
+        backend.insert(&rows)?;
+    }
+    let mut signed = None;
+    if let Some(state) = next_tree.as_mut() {
+        let size = state.frontier.size();
+        let grew = state.last.as_ref().map(|c| c.size) != Some(size);
+        if checkpoint && size > 0 && grew {
+            let root = state.frontier.root();
+            let note = state.signer.sign_checkpoint(size, &root);
+            backend.insert_checkpoint(&CheckpointRow {
+                size,
+                time_ms: mandate_core::AuditRecord::now_ms(),
+                root,
+                note: note.clone(),
+                frontier: state.frontier.nodes().to_vec(),
+            })?;
+            state.last = Some(SignedCheckpoint { size, root, note });
+        }
+        if checkpoint {
+            signed = state.last.clone();
         }
     }
-    tx.commit().map_err(err)?;
-    Ok(out)
+    backend.commit()?;
+    if let (Some(tree), Some(next)) = (tree, next_tree) {
+        *tree = next;
+    }
+    let appended = seqs
+        .into_iter()
+        .zip(hashes)
+        .map(|(seq, (_, hash))| Appended { seq, hash })
+        .collect();
+    Ok((appended, signed))
 }

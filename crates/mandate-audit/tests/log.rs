@@ -49,6 +49,7 @@ fn record(n: i64, session: &str, correlation: &CorrelationId) -> AuditRecord {
         detail: Some("naïve \"quoted\" ✓".to_owned()),
         amount: None,
         taint: Vec::new(),
+        args: None,
     }
 }
 
@@ -98,7 +99,7 @@ async fn chain_verifies_and_reads_back() -> TestResult {
     assert_eq!(log.appended_count(), 6);
     assert_eq!(log.health(), Ok(()));
 
-    let report = verify(&path)?;
+    let report = verify(&path, None)?;
     assert!(report.is_ok(), "{:?}", report.problems);
     assert_eq!(report.records, 6);
     assert_eq!(
@@ -189,7 +190,7 @@ async fn concurrent_appends_are_group_committed() -> TestResult {
         commits < 200,
         "no batching: {commits} commits for 200 appends"
     );
-    let report = verify(&path)?;
+    let report = verify(&path, None)?;
     assert!(report.is_ok(), "{:?}", report.problems);
     assert_eq!(report.records, 200);
     Ok(())
@@ -205,7 +206,7 @@ async fn reopen_resumes_the_chain() -> TestResult {
     let stored = read_records(&path, None)?;
     let row4 = stored.iter().find(|r| r.seq == 4).ok_or("no row 4")?;
     assert_eq!(Some(&row4.prev_hash), first.last().map(|a| &a.hash));
-    let report = verify(&path)?;
+    let report = verify(&path, None)?;
     assert!(report.is_ok(), "{:?}", report.problems);
     assert_eq!(report.head, second.last().map(|a| a.hash.clone()));
     Ok(())
@@ -228,12 +229,12 @@ async fn triggers_refuse_update_delete_and_foreign_inserts() -> TestResult {
     // Out of sequence, and in sequence but not chained to the head.
     assert!(conn.execute("INSERT INTO audit_log SELECT 9, prev_hash, hash, body, time_ms, kind, decision_id, correlation_id, session, sub, act, scope, task_id, build, tool, args_hash, effect, policies, reasons, obligations, policy_hash, outcome, detail FROM audit_log WHERE seq = 2", []).is_err());
     assert!(conn.execute("INSERT INTO audit_log SELECT 3, prev_hash, hash, body, time_ms, kind, decision_id, correlation_id, session, sub, act, scope, task_id, build, tool, args_hash, effect, policies, reasons, obligations, policy_hash, outcome, detail FROM audit_log WHERE seq = 2", []).is_err());
-    assert!(verify(&path)?.is_ok());
+    assert!(verify(&path, None)?.is_ok());
     Ok(())
 }
 
 fn problems(path: &Path) -> Result<Vec<Problem>, AuditError> {
-    let report = verify(path)?;
+    let report = verify(path, None)?;
     Ok(report.problems)
 }
 
@@ -252,7 +253,7 @@ async fn edited_body_is_named_by_seq() -> TestResult {
         "UPDATE audit_log SET body = replace(body, '\"docs.search\"', '\"docs.delete\"'),
                               tool = 'docs.delete' WHERE seq = 3;",
     )?;
-    assert_eq!(problems(&path)?, vec![at(3, ProblemKind::HashMismatch)]);
+    assert_eq!(problems(&path)?, vec![at(3, ProblemKind::Edited)]);
     Ok(())
 }
 
@@ -285,13 +286,13 @@ async fn deleted_row_is_named_by_seq() -> TestResult {
     tamper(&path, "DELETE FROM audit_log WHERE seq = 3;")?;
     assert_eq!(
         problems(&path)?,
-        vec![at(3, ProblemKind::Missing { count: 1 })]
+        vec![at(3, ProblemKind::Deleted { count: Some(1) })]
     );
     // A deleted first row is a gap from 1.
     tamper(&path, "DELETE FROM audit_log WHERE seq IN (1, 2);")?;
     assert_eq!(
         problems(&path)?,
-        vec![at(1, ProblemKind::Missing { count: 3 }),]
+        vec![at(1, ProblemKind::Deleted { count: Some(3) }),]
     );
     Ok(())
 }
@@ -320,7 +321,7 @@ async fn inserted_row_is_named_at_the_break() -> TestResult {
                 FROM audit_log WHERE seq = 2;"
         ),
     )?;
-    assert_eq!(problems(&path)?, vec![at(4, ProblemKind::PrevHashMismatch)]);
+    assert_eq!(problems(&path)?, vec![at(3, ProblemKind::Inserted)]);
     Ok(())
 }
 
@@ -337,11 +338,9 @@ async fn swapped_rows_are_named_by_seq() -> TestResult {
     )?;
     assert_eq!(
         problems(&path)?,
-        vec![
-            at(2, ProblemKind::PrevHashMismatch),
-            at(3, ProblemKind::PrevHashMismatch),
-            at(4, ProblemKind::PrevHashMismatch),
-        ]
+        // Stored at seq 3 is the original record 2, which the chain
+        // places right after record 1: the one moved row is named.
+        vec![at(3, ProblemKind::Reordered { after: 1 })]
     );
     Ok(())
 }
@@ -375,7 +374,7 @@ async fn failed_write_is_an_error_and_nothing_is_acknowledged() -> TestResult {
     assert_eq!(ok.seq, 2);
     assert_eq!(log.health(), Ok(()));
     assert_eq!(log.appended_count(), 2);
-    let report = verify(&path)?;
+    let report = verify(&path, None)?;
     assert!(report.is_ok(), "{:?}", report.problems);
     assert_eq!(report.records, 2);
     Ok(())
@@ -387,7 +386,7 @@ fn readers_refuse_a_missing_or_foreign_file() -> TestResult {
     assert!(read_records(&dir.path().join("missing.db"), None).is_err());
     let foreign = dir.path().join("foreign.db");
     Connection::open(&foreign)?.execute_batch("CREATE TABLE t (x);")?;
-    assert!(matches!(verify(&foreign), Err(AuditError::Schema(_))));
+    assert!(matches!(verify(&foreign, None), Err(AuditError::Schema(_))));
     // Nothing was created by the failed read.
     assert!(!dir.path().join("missing.db").exists());
     Ok(())
@@ -429,6 +428,6 @@ async fn an_outcome_shares_the_next_decisions_commit_and_never_waits_long() -> T
         }
     }
     assert!(shared, "an outcome never shared the next decision's commit");
-    assert!(mandate_audit::verify(&db(&dir))?.problems.is_empty());
+    assert!(mandate_audit::verify(&db(&dir), None)?.problems.is_empty());
     Ok(())
 }

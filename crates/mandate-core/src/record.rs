@@ -88,6 +88,11 @@ pub struct AuditRecord {
     /// `sensitive`, `suspicious`), on outcome records.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub taint: Vec<String>,
+    /// The arguments as the redaction rules keep them (per field: in full,
+    /// as a SHA-256, or `"[redacted]"`); `None` when none are kept.
+    /// `args_hash` always covers the complete arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<serde_json::Value>,
 }
 
 impl AuditRecord {
@@ -111,6 +116,7 @@ impl AuditRecord {
             detail: None,
             amount: None,
             taint: Vec::new(),
+            args: None,
         }
     }
 
@@ -143,6 +149,7 @@ impl AuditRecord {
             detail: Some(detail.to_string()),
             amount: None,
             taint: Vec::new(),
+            args: None,
         }
     }
 
@@ -153,6 +160,8 @@ impl AuditRecord {
             time_ms: Self::now_ms(),
             outcome: Some(outcome.into()),
             detail,
+            // The decision record holds them; the outcome refers to it.
+            args: None,
             ..self.clone()
         }
     }

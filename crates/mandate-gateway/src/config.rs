@@ -253,6 +253,8 @@ pub struct GatewayConfig {
     /// Whether policy-set changes must pass the two-person change gate
     /// (policies then load from the control store, not the directory).
     pub change_gate: bool,
+    /// What audit records keep of call arguments (`[audit.redaction]`).
+    pub redaction: crate::redaction::Redaction,
 }
 
 impl GatewayConfig {

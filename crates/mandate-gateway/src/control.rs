@@ -45,6 +45,7 @@ struct ApiState {
 
 /// The `/api` routes.
 pub(crate) fn routes(gw: Arc<Gateway>) -> Router {
+    let audit = crate::audit_api::routes(gw.clone());
     let state = ApiState {
         gw,
         activation: Arc::new(tokio::sync::Mutex::new(())),
@@ -58,6 +59,7 @@ pub(crate) fn routes(gw: Arc<Gateway>) -> Router {
         .route("/api/tools", get(list_tool_pins))
         .route("/api/tools/{name}/approve", post(approve_tool))
         .with_state(state)
+        .merge(audit)
 }
 
 /// An API failure, rendered as `{"error", "error_description"}`.

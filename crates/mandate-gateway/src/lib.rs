@@ -12,6 +12,7 @@
 //! [`web`] (the approval page people decide held calls on).
 
 mod approvals;
+mod audit_api;
 pub mod builds;
 pub mod config;
 pub mod control;
@@ -23,6 +24,7 @@ mod metrics;
 mod pinning;
 mod pipeline;
 pub mod provenance;
+pub mod redaction;
 mod tasks;
 pub mod upstream;
 pub mod web;

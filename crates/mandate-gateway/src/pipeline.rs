@@ -73,14 +73,18 @@ impl crate::Gateway {
         let exposed = params.name.to_string();
         let args = params.arguments.clone().unwrap_or_default();
         let subject = Subject::from(principal.as_ref());
+        // What the record keeps of the arguments (the hash always stays).
+        let kept_args = self.cfg.redaction.apply(&exposed, &args);
         let record = |decision: &Decision, args_hash: &str| {
-            AuditRecord::decision(
+            let mut r = AuditRecord::decision(
                 decision.clone(),
                 correlation.clone(),
                 subject.clone(),
                 exposed.as_str(),
                 args_hash,
-            )
+            );
+            r.args.clone_from(&kept_args);
+            r
         };
 
         // 1. Resolve the tool. An unknown tool is audited and answered as

@@ -214,7 +214,9 @@ fn fsync_cost(dir: &Path) -> Result<(Duration, Duration)> {
 
 /// Rows in the audit log (read after the run).
 fn audit_rows(path: &Path) -> u64 {
-    mandate_audit::verify(path).map(|r| r.records).unwrap_or(0)
+    mandate_audit::verify(path, None)
+        .map(|r| r.records)
+        .unwrap_or(0)
 }
 
 fn ms(d: Duration) -> f64 {

@@ -38,6 +38,8 @@ pub mod env {
     pub const SERVER: &str = "MANDATE_SERVER";
     /// An operator's bearer token, for operator commands.
     pub const OPERATOR_TOKEN: &str = "MANDATE_OPERATOR_TOKEN";
+    /// Overrides `audit.store` (a `postgres://` URL or a SQLite path).
+    pub const AUDIT_STORE: &str = "MANDATE_AUDIT_STORE";
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +58,8 @@ struct FileConfig {
     approvals: ApprovalsSection,
     /// The delegation broker (`docs/BROKER.md`).
     broker: Option<crate::broker_config::BrokerSection>,
+    #[serde(default)]
+    audit: crate::audit_cli::AuditSection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -269,6 +273,8 @@ pub struct Config {
     pub builds: BTreeMap<String, String>,
     /// The delegation broker, when enabled.
     pub broker: Option<mandate_broker::BrokerConfig>,
+    /// `[audit]`: store, checkpoints, retention, redaction.
+    pub audit: crate::audit_cli::AuditSettings,
 }
 
 /// Command-line overrides, applied after the environment.
@@ -582,9 +588,14 @@ impl Config {
                 web,
             },
             change_gate: file.policy.change_gate,
+            redaction: Default::default(),
         };
         let policy_dir = PathBuf::from(subst(&file.policy.dir));
+        let audit = crate::audit_cli::AuditSettings::from_section(&file.audit, &data_dir, &subst)?;
+        let mut gateway = gateway;
+        gateway.redaction = audit.redaction.clone();
         Ok(Self {
+            audit,
             listen,
             data_dir,
             policy_dir,
@@ -631,6 +642,11 @@ impl Config {
     /// Path of the embedded audit log.
     pub fn audit_path(&self) -> PathBuf {
         self.data_dir.join("audit.sqlite")
+    }
+
+    /// The audit store (`[audit] store`, default the embedded SQLite log).
+    pub fn audit_store(&self) -> mandate_audit::Store {
+        self.audit.store.clone()
     }
 }
 

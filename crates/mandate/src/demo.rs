@@ -92,7 +92,7 @@ pub async fn run(data_dir: PathBuf) -> Result<ExitCode> {
     }
     let key = load_issuer_key(&key_dir)?;
 
-    let (cfg, _gw, addr) = crate::start_ephemeral(&config_path, &data_dir).await?;
+    let (cfg, gw, addr) = crate::start_ephemeral(&config_path, &data_dir).await?;
     let mcp_url = format!("http://{addr}/mcp");
 
     println!("Mandate demo");
@@ -320,10 +320,16 @@ pub async fn run(data_dir: PathBuf) -> Result<ExitCode> {
             println!("  {d}");
         }
     }
-    let report = mandate_audit::verify(&audit)?;
+    // Sign a checkpoint of everything so far, then check it all.
+    gw.audit()
+        .checkpoint()
+        .await
+        .map_err(|e| anyhow::anyhow!("audit checkpoint: {e}"))?;
+    let key = mandate_audit::NoteVerifier::read(&cfg.audit.public_key()).ok();
+    let report = mandate_audit::verify(&audit, key.as_ref())?;
     println!();
     println!(
-        "Audit log: {} ({} records, hash chain {})",
+        "Audit log: {} ({} records, hash chain and signed Merkle checkpoints {})",
         audit.display(),
         report.records,
         if report.problems.is_empty() {

@@ -1,5 +1,6 @@
 //! `mandate`: the Zero Trust control plane for AI agents, as one binary.
 
+mod audit_cli;
 mod bench;
 mod bench_approvals;
 mod broker_cli;
@@ -8,6 +9,7 @@ mod config;
 mod demo;
 mod demo_server;
 mod devtoken;
+mod evidence;
 mod ops;
 mod policy_args;
 
@@ -77,10 +79,10 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// Audit log tools.
+    /// Audit log tools: verify, replay, export, checkpoint.
     Audit {
         #[command(subcommand)]
-        command: AuditCommand,
+        command: audit_cli::AuditCommand,
     },
     /// Development signing keys for a local token issuer.
     Keys {
@@ -181,25 +183,6 @@ enum PolicyCommand {
         /// Config file.
         #[arg(long, env = env::CONFIG, default_value = "mandate.toml")]
         config: PathBuf,
-    },
-}
-
-#[derive(Subcommand)]
-enum AuditCommand {
-    /// Recompute the hash chain and report any edit, deletion, insertion or reordering.
-    Verify {
-        /// Data directory of `mandate serve`.
-        #[arg(long, default_value = "mandate-data")]
-        data_dir: PathBuf,
-    },
-    /// Print a session's records in order.
-    Replay {
-        /// Data directory.
-        #[arg(long, default_value = "mandate-data")]
-        data_dir: PathBuf,
-        /// Session key (as recorded, e.g. `sid:…`).
-        #[arg(long)]
-        session: String,
     },
 }
 
@@ -350,43 +333,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 }
             }
         },
-        Command::Audit { command } => match command {
-            AuditCommand::Verify { data_dir } => {
-                let path = data_dir.join("audit.sqlite");
-                if !path.exists() {
-                    bail!("no audit log at {}", path.display());
-                }
-                let report = mandate_audit::verify(&path)?;
-                if report.problems.is_empty() {
-                    println!(
-                        "audit log {} verified: {} records, head {}",
-                        path.display(),
-                        report.records,
-                        report.head.as_deref().unwrap_or("(empty)")
-                    );
-                } else {
-                    println!("audit log {} FAILED verification:", path.display());
-                    for p in &report.problems {
-                        println!("  {p}");
-                    }
-                    return Ok(ExitCode::FAILURE);
-                }
-            }
-            AuditCommand::Replay { data_dir, session } => {
-                let path = data_dir.join("audit.sqlite");
-                use std::io::Write as _;
-                let mut out = std::io::stdout().lock();
-                for r in mandate_audit::read_records(&path, Some(&session))? {
-                    let line = serde_json::to_string(&serde_json::json!({
-                        "seq": r.seq, "hash": r.hash, "record": r.record
-                    }))?;
-                    // A closed pipe (`| head`) ends the listing quietly.
-                    if writeln!(out, "{line}").is_err() {
-                        break;
-                    }
-                }
-            }
-        },
+        Command::Audit { command } => return audit_cli::run(command).await,
         Command::Keys {
             command: KeysCommand::Generate { out },
         } => {
@@ -459,8 +406,7 @@ async fn build_gateway(cfg: &Config) -> Result<Arc<Gateway>> {
     let operator_authn = Authenticator::new(cfg.operator_authn())
         .await
         .map_err(|e| anyhow::anyhow!("token issuers (operators): {e}"))?;
-    let audit = AuditLog::open_sqlite(&cfg.audit_path())
-        .map_err(|e| anyhow::anyhow!("audit log {}: {e}", cfg.audit_path().display()))?;
+    let audit = cfg.audit.open_log()?;
     let control = mandate_control::ControlStore::open(&cfg.control_path())
         .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.control_path().display()))?;
     let policy_dir = if cfg.gateway.change_gate {
@@ -483,8 +429,8 @@ async fn build_gateway(cfg: &Config) -> Result<Arc<Gateway>> {
     );
     // Budgets survive restarts: replay the last day's decisions.
     let since = mandate_core::AuditRecord::now_ms() - USAGE_WINDOW_MS;
-    let records = mandate_audit::read_calls_since(&cfg.audit_path(), since)
-        .map_err(|e| anyhow::anyhow!("audit log {}: {e}", cfg.audit_path().display()))?;
+    let records = mandate_audit::read_calls_since(cfg.audit_store(), since)
+        .map_err(|e| anyhow::anyhow!("audit log {}: {e}", cfg.audit_store()))?;
     let restored = gw.restore_usage(records.iter().map(|r| &r.record));
     if restored > 0 {
         tracing::info!(
@@ -711,7 +657,7 @@ async fn serve(cfg: Config) -> Result<()> {
     tracing::info!(
         listen = %addr,
         resource = %cfg.gateway.resource,
-        audit = %cfg.audit_path().display(),
+        audit = %cfg.audit_store(),
         "mandate serving MCP at /mcp"
     );
     tokio::select! {

@@ -11,6 +11,8 @@
 //! | POST | `/approvals/logout` | sign out `{csrf}` |
 //! | POST | `/approvals/requests/{id}/approve` or `/deny` | `{csrf, args_hash, comment}` |
 //! | GET  | `/approvals/oidc/login`, `/approvals/oidc/callback` | OpenID Connect sign-in |
+//! | GET  | `/approvals/audit` | session replay page (`audit.js` renders it) |
+//! | GET  | `/approvals/audit/sessions/{id}` | a session's audit timeline (JSON; the read is audited) |
 //!
 //! Everything shown comes from the control store (the durable approval
 //! requests), never from the agent; a decision goes through the same
@@ -62,6 +64,8 @@ pub const LOCAL_ISSUER: &str = "local";
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const CSS: &str = include_str!("assets/approvals.css");
 const JS: &str = include_str!("assets/approvals.js");
+const AUDIT_HTML: &str = include_str!("assets/audit.html");
+const AUDIT_JS: &str = include_str!("assets/audit.js");
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
                    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
@@ -152,6 +156,9 @@ pub(crate) fn routes(gw: Arc<Gateway>) -> Router {
         .route("/approvals/requests/{id}/{action}", post(decide_route))
         .route("/approvals/oidc/login", get(oidc_login))
         .route("/approvals/oidc/callback", get(oidc_callback))
+        .route("/approvals/audit", get(audit_page))
+        .route("/approvals/assets/audit.js", get(audit_js))
+        .route("/approvals/audit/sessions/{id}", get(audit_session))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(web)
 }
@@ -227,6 +234,47 @@ async fn js() -> Response {
         JS,
     )
         .into_response()
+}
+
+async fn audit_page() -> Response {
+    html(StatusCode::OK, AUDIT_HTML.to_owned())
+}
+
+async fn audit_js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        AUDIT_JS,
+    )
+        .into_response()
+}
+
+/// One session's timeline for a signed-in operator; the read is recorded
+/// in the audit log first.
+async fn audit_session(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    const ACTION: &str = "control/audit.read_session";
+    let Some((_, op)) = web.signed_in(&headers) else {
+        return signed_out();
+    };
+    if let Err(e) = record(
+        &web.gw,
+        &operator_subject(&op.principal),
+        ACTION,
+        Some(Role::Approver),
+        &format!("{} read session {id}", op.name()),
+        &json!({ "session": id }),
+    )
+    .await
+    {
+        return e.into_response();
+    }
+    match crate::audit_api::session_timeline(&web.gw, &id).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 fn html(status: StatusCode, body: String) -> Response {

@@ -1,0 +1,407 @@
+//! The PostgreSQL store: the same tables as SQLite, in their own schema.
+//!
+//! - Durability: `synchronous_commit = on` for the writer's session, so a
+//!   commit returns only after the WAL is flushed (on the primary, and on
+//!   synchronous standbys if the server has any).
+//! - Group commit: one transaction per batch, the rows inserted by ONE
+//!   multi-row `INSERT … SELECT FROM unnest(…)` statement.
+//! - One sequencer across replicas: each batch takes an `EXCLUSIVE` lock on
+//!   the log table (readers are not blocked) before reading the head.
+//! - Append-only: a statement trigger refuses UPDATE, DELETE and TRUNCATE
+//!   on both tables for every role, and those privileges are revoked from
+//!   PUBLIC and from the serving role (see docs/AUDIT-FORMAT.md for a
+//!   deployment where another role owns the tables).
+//!
+//! The blocking `postgres` client runs its own small runtime, so it is only
+//! ever used from the writer thread or a dedicated reader thread.
+
+use crate::backend::{
+    Backend, CheckpointRow, Filter, NewRow, RawRow, Reader, frontier_text, parse_frontier,
+};
+use crate::chain::GENESIS_HASH;
+use crate::error::{AuditError, Op};
+use crate::merkle::{Hash, leaf_hash};
+use crate::schema::COLUMNS;
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row};
+use rusqlite::types::Value;
+
+fn err(op: Op) -> impl Fn(postgres::Error) -> AuditError {
+    move |e: postgres::Error| {
+        // The driver's Display of a server error is "db error"; the
+        // server's own message says what went wrong.
+        let message = match e.as_db_error() {
+            Some(db) => format!("{}: {}", db.code().code(), db.message()),
+            None => e.to_string(),
+        };
+        AuditError::storage(op, message)
+    }
+}
+
+/// A plain lower-case identifier, safe to splice into SQL.
+fn check_schema(schema: &str) -> Result<(), AuditError> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !schema.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(AuditError::storage(
+            Op::Open,
+            "the PostgreSQL schema name must be a lower-case identifier",
+        ))
+    }
+}
+
+fn connect(url: &str, schema: &str, op: Op) -> Result<Client, AuditError> {
+    check_schema(schema)?;
+    let mut client = Client::connect(url, NoTls).map_err(err(op))?;
+    client
+        .batch_execute(&format!(
+            "SET synchronous_commit = on; SET search_path TO {schema}"
+        ))
+        .map_err(err(op))?;
+    Ok(client)
+}
+
+/// Tables, indexes and the append-only trigger. Idempotent; run under an
+/// advisory lock so concurrent first starts do not race.
+fn ddl(schema: &str) -> String {
+    let columns: String = COLUMNS
+        .iter()
+        .map(|c| {
+            let ty = match *c {
+                "time_ms" => "bigint NOT NULL",
+                "task_id" | "build" | "outcome" | "detail" => "text",
+                _ => "text NOT NULL",
+            };
+            format!(",\n    {c} {ty}")
+        })
+        .collect();
+    format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE IF NOT EXISTS {schema}.audit_log (
+    seq bigint PRIMARY KEY CHECK (seq >= 1),
+    prev_hash text NOT NULL,
+    hash text NOT NULL,
+    body text NOT NULL{columns}
+);
+CREATE INDEX IF NOT EXISTS audit_log_session ON {schema}.audit_log (session);
+CREATE INDEX IF NOT EXISTS audit_log_correlation_id ON {schema}.audit_log (correlation_id);
+CREATE INDEX IF NOT EXISTS audit_log_time_ms ON {schema}.audit_log (time_ms);
+CREATE TABLE IF NOT EXISTS {schema}.audit_checkpoints (
+    size bigint PRIMARY KEY CHECK (size >= 1),
+    time_ms bigint NOT NULL,
+    root text NOT NULL,
+    note text NOT NULL,
+    frontier text NOT NULL
+);
+CREATE OR REPLACE FUNCTION {schema}.audit_append_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP;
+END
+$$;
+CREATE OR REPLACE TRIGGER audit_log_append_only
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON {schema}.audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION {schema}.audit_append_only();
+CREATE OR REPLACE TRIGGER audit_checkpoints_append_only
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON {schema}.audit_checkpoints
+    FOR EACH STATEMENT EXECUTE FUNCTION {schema}.audit_append_only();
+REVOKE UPDATE, DELETE, TRUNCATE ON {schema}.audit_log, {schema}.audit_checkpoints FROM PUBLIC;
+"
+    )
+}
+
+/// The writer's connection.
+pub(crate) struct PgBackend {
+    url: String,
+    schema: String,
+    client: Client,
+    insert: String,
+}
+
+impl PgBackend {
+    pub(crate) fn open(url: &str, schema: &str) -> Result<Self, AuditError> {
+        let mut client = connect(url, schema, Op::Open)?;
+        let mut tx = client.transaction().map_err(err(Op::Open))?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext($1))",
+            &[&format!("mandate-audit-ddl:{schema}")],
+        )
+        .map_err(err(Op::Open))?;
+        // Tables owned by another role (separation of duties) are used as
+        // they are; otherwise they are created or brought up to date.
+        let owned_by_us: Option<bool> = tx
+            .query_opt(
+                "SELECT tableowner = current_user FROM pg_tables WHERE schemaname = $1 AND tablename = 'audit_log'",
+                &[&schema],
+            )
+            .map_err(err(Op::Open))?
+            .map(|r| r.get(0));
+        if owned_by_us != Some(false) {
+            tx.batch_execute(&ddl(schema)).map_err(err(Op::Open))?;
+            // The serving role keeps INSERT and SELECT only, even as owner
+            // (an owner could grant itself more; the trigger still refuses).
+            tx.batch_execute(&format!(
+                "REVOKE UPDATE, DELETE, TRUNCATE ON {schema}.audit_log, {schema}.audit_checkpoints FROM CURRENT_USER"
+            ))
+            .map_err(err(Op::Open))?;
+        }
+        tx.commit().map_err(err(Op::Open))?;
+        let names = COLUMNS.join(", ");
+        let arrays: Vec<String> = (0..COLUMNS.len() + 4)
+            .map(|i| {
+                let ty = if i == 0 || i == 4 { "bigint" } else { "text" };
+                format!("${}::{ty}[]", i + 1)
+            })
+            .collect();
+        let insert = format!(
+            "INSERT INTO audit_log (seq, prev_hash, hash, body, {names}) SELECT * FROM unnest({})",
+            arrays.join(", ")
+        );
+        Ok(Self {
+            url: url.to_owned(),
+            schema: schema.to_owned(),
+            client,
+            insert,
+        })
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::Text(s) => Some(s.clone()),
+        Value::Integer(i) => Some(i.to_string()),
+        Value::Real(r) => Some(r.to_string()),
+        Value::Null | Value::Blob(_) => None,
+    }
+}
+
+impl Backend for PgBackend {
+    fn begin(&mut self) -> Result<(), AuditError> {
+        // A lost connection (server restart) is replaced on the next batch.
+        if self.client.is_closed() {
+            self.client = connect(&self.url, &self.schema, Op::Write)?;
+        }
+        self.client
+            .batch_execute("BEGIN; LOCK TABLE audit_log IN EXCLUSIVE MODE")
+            .map_err(err(Op::Write))
+    }
+
+    fn head(&mut self) -> Result<(i64, String), AuditError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+                &[],
+            )
+            .map_err(err(Op::Write))?;
+        Ok(row.map_or_else(|| (0, GENESIS_HASH.to_owned()), |r| (r.get(0), r.get(1))))
+    }
+
+    fn leaves_after(&mut self, after: i64) -> Result<Vec<Hash>, AuditError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT body FROM audit_log WHERE seq > $1 ORDER BY seq",
+                &[&after],
+            )
+            .map_err(err(Op::Read))?;
+        Ok(rows
+            .iter()
+            .map(|r| leaf_hash(r.get::<_, &str>(0).as_bytes()))
+            .collect())
+    }
+
+    fn last_checkpoint(&mut self) -> Result<Option<CheckpointRow>, AuditError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT size, time_ms, root, note, frontier FROM audit_checkpoints ORDER BY size DESC LIMIT 1",
+                &[],
+            )
+            .map_err(err(Op::Read))?;
+        row.map(|r| checkpoint_from_row(&r)).transpose()
+    }
+
+    fn insert(&mut self, rows: &[NewRow<'_>]) -> Result<(), AuditError> {
+        let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        let prevs: Vec<&str> = rows.iter().map(|r| r.prev_hash).collect();
+        let hashes: Vec<&str> = rows.iter().map(|r| r.hash).collect();
+        let bodies: Vec<&str> = rows.iter().map(|r| r.row.body.as_str()).collect();
+        let mut times: Vec<i64> = Vec::with_capacity(rows.len());
+        let mut texts: Vec<Vec<Option<String>>> =
+            vec![Vec::with_capacity(rows.len()); COLUMNS.len() - 1];
+        for r in rows {
+            let mut values = r.row.columns.iter();
+            times.push(match values.next() {
+                Some(Value::Integer(t)) => *t,
+                _ => 0,
+            });
+            for (column, v) in texts.iter_mut().zip(values) {
+                column.push(text(v));
+            }
+        }
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&seqs, &prevs, &hashes, &bodies, &times];
+        for column in &texts {
+            params.push(column);
+        }
+        self.client
+            .execute(self.insert.as_str(), &params)
+            .map_err(err(Op::Write))?;
+        Ok(())
+    }
+
+    fn insert_checkpoint(&mut self, cp: &CheckpointRow) -> Result<(), AuditError> {
+        let size = i64::try_from(cp.size).map_err(|e| AuditError::storage(Op::Write, e))?;
+        self.client
+            .execute(
+                "INSERT INTO audit_checkpoints (size, time_ms, root, note, frontier) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (size) DO NOTHING",
+                &[&size, &cp.time_ms, &cp.root.to_hex(), &cp.note, &frontier_text(&cp.frontier)],
+            )
+            .map_err(err(Op::Write))?;
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<(), AuditError> {
+        self.client.batch_execute("COMMIT").map_err(err(Op::Write))
+    }
+
+    fn rollback(&mut self) {
+        if !self.client.is_closed()
+            && let Err(e) = self.client.batch_execute("ROLLBACK")
+        {
+            tracing::warn!(error = %e, "audit log: rollback failed");
+        }
+    }
+}
+
+fn checkpoint_from_row(r: &Row) -> Result<CheckpointRow, AuditError> {
+    let size: i64 = r.get(0);
+    let bad = || AuditError::storage(Op::Read, format!("checkpoint {size} is malformed"));
+    Ok(CheckpointRow {
+        size: u64::try_from(size).map_err(|_| bad())?,
+        time_ms: r.get(1),
+        root: Hash::from_hex(r.get(2)).ok_or_else(bad)?,
+        note: r.get(3),
+        frontier: parse_frontier(r.get(4)).ok_or_else(bad)?,
+    })
+}
+
+/// A reading connection.
+pub(crate) struct PgReader {
+    client: Client,
+    select: String,
+}
+
+impl PgReader {
+    pub(crate) fn open(url: &str, schema: &str) -> Result<Self, AuditError> {
+        let mut client = connect(url, schema, Op::Read)?;
+        let exists: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = 'audit_log')",
+                &[&schema],
+            )
+            .map_err(err(Op::Read))?
+            .get(0);
+        if !exists {
+            return Err(AuditError::storage(
+                Op::Read,
+                format!("no audit log in schema {schema}"),
+            ));
+        }
+        Ok(Self {
+            client,
+            select: format!(
+                "SELECT seq, prev_hash, hash, body, {} FROM audit_log",
+                COLUMNS.join(", ")
+            ),
+        })
+    }
+}
+
+fn raw_row(row: &Row) -> RawRow {
+    let mut columns = Vec::with_capacity(COLUMNS.len());
+    for i in 0..COLUMNS.len() {
+        let v = if i == 0 {
+            Value::Integer(row.get(i + 4))
+        } else {
+            row.get::<_, Option<String>>(i + 4)
+                .map_or(Value::Null, Value::Text)
+        };
+        columns.push(v);
+    }
+    RawRow {
+        seq: row.get(0),
+        prev_hash: row.get(1),
+        hash: row.get(2),
+        body: row.get(3),
+        columns,
+    }
+}
+
+impl Reader for PgReader {
+    fn scan(
+        &mut self,
+        f: &mut dyn FnMut(RawRow) -> Result<(), AuditError>,
+    ) -> Result<(), AuditError> {
+        use postgres::fallible_iterator::FallibleIterator as _;
+        let sql = format!("{} ORDER BY seq", self.select);
+        let none: [&(dyn ToSql + Sync); 0] = [];
+        let mut rows = self
+            .client
+            .query_raw(sql.as_str(), none)
+            .map_err(err(Op::Read))?;
+        while let Some(row) = rows.next().map_err(err(Op::Read))? {
+            f(raw_row(&row))?;
+        }
+        Ok(())
+    }
+
+    fn rows(&mut self, filter: &Filter) -> Result<Vec<RawRow>, AuditError> {
+        let (clause, text, ints): (&str, Option<&str>, Vec<i64>) = match filter {
+            Filter::All => ("", None, vec![]),
+            Filter::Session(s) => ("WHERE session = $1", Some(s), vec![]),
+            Filter::Correlation(c) => ("WHERE correlation_id = $1", Some(c), vec![]),
+            Filter::CallsSince(ms) => (
+                "WHERE kind IN ('decision', 'outcome') AND time_ms >= $1",
+                None,
+                vec![*ms],
+            ),
+            Filter::Time { from, to } => (
+                "WHERE time_ms >= $1 AND time_ms < $2",
+                None,
+                vec![*from, *to],
+            ),
+        };
+        let sql = format!("{} {clause} ORDER BY seq", self.select);
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        if let Some(t) = &text {
+            params.push(t);
+        }
+        for i in &ints {
+            params.push(i);
+        }
+        let rows = self
+            .client
+            .query(sql.as_str(), &params)
+            .map_err(err(Op::Read))?;
+        Ok(rows.iter().map(raw_row).collect())
+    }
+
+    fn checkpoints(&mut self) -> Result<Vec<CheckpointRow>, AuditError> {
+        self.client
+            .query(
+                "SELECT size, time_ms, root, note, frontier FROM audit_checkpoints ORDER BY size",
+                &[],
+            )
+            .map_err(err(Op::Read))?
+            .iter()
+            .map(checkpoint_from_row)
+            .collect()
+    }
+}

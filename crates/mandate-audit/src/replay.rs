@@ -1,0 +1,118 @@
+//! A session's records as a timeline (`mandate audit replay`, the
+//! `/api/audit/sessions/{id}` endpoint and its page).
+
+use crate::StoredRecord;
+use mandate_core::{AuditRecord, RecordKind};
+use serde::Serialize;
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` of Unix ms.
+pub fn format_ms(ms: i64) -> String {
+    let days = ms.div_euclid(86_400_000);
+    let rem = ms.rem_euclid(86_400_000);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000
+    )
+}
+
+/// One step of a session's timeline.
+#[derive(Debug, Serialize)]
+pub struct TimelineEntry {
+    /// Place in the log.
+    pub seq: i64,
+    /// Chain hash (for citing the record).
+    pub hash: String,
+    /// RFC 3339 time.
+    pub time: String,
+    /// `decided`, `held`, `outcome` or `control`.
+    pub step: &'static str,
+    /// The call (decision and outcome share it).
+    pub correlation_id: String,
+    /// The decision.
+    pub decision_id: String,
+    /// The composite subject.
+    pub subject: mandate_core::Subject,
+    /// Tool (or control action).
+    pub tool: String,
+    /// SHA-256 of the canonical arguments.
+    pub args_hash: String,
+    /// The arguments as the redaction rules kept them.
+    pub args: Option<serde_json::Value>,
+    /// `allow` / `deny`.
+    pub effect: &'static str,
+    /// Determining policies.
+    pub policies: Vec<String>,
+    /// Reasons.
+    pub reasons: Vec<String>,
+    /// Approvals: who approved or denied a held call, from the reasons.
+    pub approvals: Vec<String>,
+    /// Taint labels this step added to the session.
+    pub taint: Vec<String>,
+    /// Upstream outcome (`ok`, `tool_error`, …).
+    pub outcome: Option<String>,
+    /// Detail (error, held-for-approval reference, injection findings).
+    pub detail: Option<String>,
+    /// The full record, as stored.
+    pub record: AuditRecord,
+}
+
+/// A session's records as a timeline, in log order.
+pub fn timeline(records: &[StoredRecord]) -> Vec<TimelineEntry> {
+    records
+        .iter()
+        .map(|r| {
+            let rec = &r.record;
+            let d = &rec.decision;
+            let step = match rec.kind {
+                RecordKind::Outcome => "outcome",
+                RecordKind::Control => "control",
+                RecordKind::Decision
+                    if rec
+                        .detail
+                        .as_deref()
+                        .is_some_and(|x| x.starts_with("held for human approval")) =>
+                {
+                    "held"
+                }
+                RecordKind::Decision => "decided",
+            };
+            TimelineEntry {
+                seq: r.seq,
+                hash: r.hash.clone(),
+                time: format_ms(rec.time_ms),
+                step,
+                correlation_id: rec.correlation_id.as_str().to_owned(),
+                decision_id: d.id.as_str().to_owned(),
+                subject: rec.subject.clone(),
+                tool: rec.tool.clone(),
+                args_hash: rec.args_hash.clone(),
+                args: rec.args.clone(),
+                effect: d.effect.as_str(),
+                policies: d.policies.clone(),
+                reasons: d.reasons.clone(),
+                approvals: d
+                    .reasons
+                    .iter()
+                    .filter(|x| x.starts_with("approved by ") || x.starts_with("denied by "))
+                    .cloned()
+                    .collect(),
+                taint: rec.taint.clone(),
+                outcome: rec.outcome.clone(),
+                detail: rec.detail.clone(),
+                record: rec.clone(),
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,109 @@
+//! The audit API under `/api/audit`: what an investigator reads.
+//!
+//! | method | path | role |
+//! |---|---|---|
+//! | GET  | `/api/audit/sessions/{id}` | any operator: the session's timeline |
+//! | GET  | `/api/audit/checkpoints` | any operator: the signed checkpoints |
+//! | POST | `/api/audit/checkpoint` | admin: sign a checkpoint now |
+//!
+//! Reading a session's records is itself recorded (who read which
+//! session), before the records are returned.
+
+use crate::Gateway;
+use crate::config::Role;
+use crate::control::{ApiError, authenticate_operator, operator_subject, record, require};
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http::{HeaderMap, StatusCode};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// Most records one timeline returns.
+const MAX_RECORDS: usize = 10_000;
+
+/// The `/api/audit` routes.
+pub(crate) fn routes(gw: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/api/audit/sessions/{id}", get(session))
+        .route("/api/audit/checkpoints", get(checkpoints))
+        .route("/api/audit/checkpoint", post(checkpoint))
+        .with_state(gw)
+}
+
+fn store_error(e: &mandate_audit::AuditError) -> ApiError {
+    tracing::error!(error = %e, "audit store read failed");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "the audit store cannot be read right now",
+    )
+}
+
+/// The timeline of session `id` (as JSON), for an operator.
+pub(crate) async fn session_timeline(gw: &Gateway, id: &str) -> Result<Value, ApiError> {
+    let store = gw.audit().store().clone();
+    let session = id.to_owned();
+    let records =
+        tokio::task::spawn_blocking(move || mandate_audit::read_records(store, Some(&session)))
+            .await
+            .map_err(|_| ApiError::internal())?
+            .map_err(|e| store_error(&e))?;
+    let truncated = records.len() > MAX_RECORDS;
+    let shown = records.get(..MAX_RECORDS).unwrap_or(&records);
+    let timeline = mandate_audit::replay::timeline(shown);
+    let calls = timeline
+        .iter()
+        .map(|e| e.correlation_id.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    Ok(json!({
+        "session": id,
+        "subject": timeline.first().map(|e| &e.subject),
+        "records": timeline.len(),
+        "calls": calls,
+        "truncated": truncated,
+        "timeline": timeline,
+    }))
+}
+
+async fn session(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    const ACTION: &str = "control/audit.read_session";
+    let op = authenticate_operator(&gw, &headers, ACTION).await?;
+    record(
+        &gw,
+        &operator_subject(&op.principal),
+        ACTION,
+        op.roles.iter().next().copied(),
+        &format!("{} read session {id}", op.name()),
+        &json!({ "session": id }),
+    )
+    .await?;
+    Ok(Json(session_timeline(&gw, &id).await?))
+}
+
+async fn checkpoints(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authenticate_operator(&gw, &headers, "control/audit.checkpoints").await?;
+    let store = gw.audit().store().clone();
+    let list = tokio::task::spawn_blocking(move || mandate_audit::read_checkpoints(store))
+        .await
+        .map_err(|_| ApiError::internal())?
+        .map_err(|e| store_error(&e))?;
+    Ok(Json(json!({ "checkpoints": list })))
+}
+
+async fn checkpoint(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require(&gw, &headers, Role::Admin, "control/audit.checkpoint").await?;
+    let signed = gw.audit().checkpoint().await.map_err(|e| store_error(&e))?;
+    Ok(Json(json!({ "checkpoint": signed })))
+}

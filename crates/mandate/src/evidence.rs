@@ -1,0 +1,623 @@
+//! Evidence bundles (`mandate audit export`, `mandate audit verify
+//! --bundle`) and session timelines (`mandate audit replay`). The bundle
+//! format is specified in docs/AUDIT-FORMAT.md.
+
+use crate::audit_cli::{AuditSettings, StoreArgs, public_key};
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use mandate_audit::merkle::{Hash, leaf_hash, verify_consistency, verify_inclusion};
+use mandate_audit::replay::{TimelineEntry, format_ms, timeline};
+use mandate_audit::{LogTree, NoteVerifier, StoredRecord, canonical_body, record_hash};
+use mandate_core::AuditRecord;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+/// The bundle format's name and version (in `manifest.json`).
+pub const BUNDLE_FORMAT: &str = "mandate-evidence-bundle/1";
+
+/// `mandate audit export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub(crate) at: StoreArgs,
+    /// First instant included: RFC 3339 (`2026-11-30T08:00:00Z`), a date
+    /// (`2026-11-30`, midnight UTC) or Unix milliseconds. Default: the start.
+    #[arg(long)]
+    from: Option<String>,
+    /// First instant excluded (same forms). Default: now.
+    #[arg(long)]
+    to: Option<String>,
+    /// Only this session's records.
+    #[arg(long)]
+    session: Option<String>,
+    /// Output directory (created; must be empty or absent).
+    #[arg(long)]
+    out: std::path::PathBuf,
+}
+
+/// One line of `records.jsonl`.
+#[derive(Debug, Serialize, Deserialize)]
+struct BundleRecord {
+    seq: i64,
+    prev_hash: String,
+    hash: String,
+    /// The stored canonical JSON, exactly: what both hashes cover.
+    body: String,
+}
+
+/// `proofs.json`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Proofs {
+    /// The checkpoint every inclusion proof is against.
+    tree_size: u64,
+    inclusion: Vec<InclusionProof>,
+    /// Between consecutive checkpoints in `checkpoints/`, oldest first.
+    consistency: Vec<ConsistencyProof>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct InclusionProof {
+    seq: i64,
+    leaf_index: u64,
+    proof: Vec<Hash>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ConsistencyProof {
+    from_size: u64,
+    to_size: u64,
+    proof: Vec<Hash>,
+}
+
+/// `manifest.json`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    format: String,
+    created_ms: i64,
+    log_origin: String,
+    log_key: String,
+    selection: Selection,
+    records: usize,
+    tree_size: u64,
+    /// SHA-256 (hex) of every other file, by name.
+    files: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Selection {
+    from_ms: i64,
+    to_ms: i64,
+    session: Option<String>,
+}
+
+/// Parses `--from`/`--to`: Unix ms, `YYYY-MM-DD` or
+/// `YYYY-MM-DDTHH:MM:SS[.fff]Z`.
+fn parse_instant(s: &str) -> Result<i64> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().map_err(|_| anyhow!("{s:?}: not a time"));
+    }
+    let bad = || anyhow!("{s:?}: expected RFC 3339 UTC (2026-11-30T08:00:00Z), a date or Unix ms");
+    let (date, time) = match s.split_once('T') {
+        Some((d, t)) => (d, Some(t.strip_suffix('Z').ok_or_else(bad)?)),
+        None => (s, None),
+    };
+    let mut d = date.split('-').map(str::parse::<i64>);
+    let (Some(Ok(y)), Some(Ok(m)), Some(Ok(day)), None) = (d.next(), d.next(), d.next(), d.next())
+    else {
+        return Err(bad());
+    };
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return Err(bad());
+    }
+    let mut ms = days_from_civil(y, m, day) * 86_400_000;
+    if let Some(t) = time {
+        let (hms, frac) = t.split_once('.').unwrap_or((t, ""));
+        let mut p = hms.split(':').map(str::parse::<i64>);
+        let (Some(Ok(h)), Some(Ok(mi)), Some(Ok(sec)), None) =
+            (p.next(), p.next(), p.next(), p.next())
+        else {
+            return Err(bad());
+        };
+        if h > 23 || mi > 59 || sec > 60 {
+            return Err(bad());
+        }
+        let frac_ms = if frac.is_empty() {
+            0
+        } else {
+            format!("{frac:0<3}")
+                .get(..3)
+                .ok_or_else(bad)?
+                .parse::<i64>()
+                .map_err(|_| bad())?
+        };
+        ms += ((h * 60 + mi) * 60 + sec) * 1000 + frac_ms;
+    }
+    Ok(ms)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Writes the bundle.
+pub async fn export(settings: &AuditSettings, args: &ExportArgs) -> Result<ExitCode> {
+    let store = &settings.store;
+    if store.is_missing_file() {
+        bail!("no audit log at {store}");
+    }
+    let from_ms = args
+        .from
+        .as_deref()
+        .map(parse_instant)
+        .transpose()?
+        .unwrap_or(0);
+    let to_ms = args
+        .to
+        .as_deref()
+        .map(parse_instant)
+        .transpose()?
+        .unwrap_or_else(|| AuditRecord::now_ms().saturating_add(1));
+    if from_ms >= to_ms {
+        bail!("--from must be before --to");
+    }
+    let out = &args.out;
+    if out.exists() && std::fs::read_dir(out)?.next().is_some() {
+        bail!("{} exists and is not empty", out.display());
+    }
+    let key = public_key(settings, None)?.ok_or_else(|| {
+        anyhow!(
+            "no public key at {}: the log's checkpoint key is needed",
+            settings.public_key().display()
+        )
+    })?;
+    let mut records = mandate_audit::read_time_range(store.clone(), from_ms, to_ms)?;
+    if let Some(s) = &args.session {
+        records.retain(|r| &r.record.subject.session == s);
+    }
+    if records.is_empty() {
+        bail!("no records match");
+    }
+    let last_seq = records.last().map_or(0, |r| r.seq);
+    // A checkpoint must cover the last record: sign one now if needed.
+    let covering = |cps: &[mandate_audit::StoredCheckpoint]| {
+        cps.iter()
+            .any(|c| i64::try_from(c.size).is_ok_and(|s| s >= last_seq))
+    };
+    let mut checkpoints = mandate_audit::read_checkpoints(store.clone())?;
+    if !covering(&checkpoints) {
+        let log = settings.open_log()?;
+        let signed = log.checkpoint().await?;
+        drop(log);
+        if signed.is_none() {
+            bail!("the log is empty");
+        }
+        checkpoints = mandate_audit::read_checkpoints(store.clone())?;
+    }
+    let tree = LogTree::load(store.clone())?;
+    // The checkpoints: every one within the selection, and the first one
+    // covering its last record, with consistency proofs between them.
+    let first_seq = records.first().map_or(1, |r| r.seq);
+    let mut chosen: Vec<_> = checkpoints
+        .iter()
+        .filter(|c| i64::try_from(c.size).is_ok_and(|s| s >= first_seq && s < last_seq))
+        .cloned()
+        .collect();
+    let anchor = checkpoints
+        .iter()
+        .find(|c| i64::try_from(c.size).is_ok_and(|s| s >= last_seq))
+        .cloned()
+        .ok_or_else(|| anyhow!("no checkpoint covers record {last_seq}"))?;
+    chosen.push(anchor.clone());
+    for cp in &chosen {
+        key.open_checkpoint(&cp.note).map_err(|e| {
+            anyhow!(
+                "checkpoint {} does not verify with the log's key: {e}",
+                cp.size
+            )
+        })?;
+        if tree.root(cp.size).ok() != Some(cp.root) {
+            bail!(
+                "checkpoint {} does not match the log: run `mandate audit verify`",
+                cp.size
+            );
+        }
+    }
+    std::fs::create_dir_all(out.join("checkpoints"))
+        .with_context(|| format!("creating {}", out.display()))?;
+    let mut files = BTreeMap::new();
+    let mut write = |name: &str, bytes: &[u8]| -> Result<()> {
+        std::fs::write(out.join(name), bytes).with_context(|| format!("writing {name}"))?;
+        files.insert(name.to_owned(), sha256_hex(bytes));
+        Ok(())
+    };
+    let mut jsonl = String::new();
+    let mut inclusion = Vec::new();
+    for r in &records {
+        let body = canonical_body(&r.record)?;
+        jsonl.push_str(&serde_json::to_string(&BundleRecord {
+            seq: r.seq,
+            prev_hash: r.prev_hash.clone(),
+            hash: r.hash.clone(),
+            body,
+        })?);
+        jsonl.push('\n');
+        inclusion.push(InclusionProof {
+            seq: r.seq,
+            leaf_index: u64::try_from(r.seq - 1)?,
+            proof: tree.inclusion_proof(r.seq, anchor.size)?,
+        });
+    }
+    write("records.jsonl", jsonl.as_bytes())?;
+    let mut consistency = Vec::new();
+    for pair in chosen.windows(2) {
+        if let [a, b] = pair {
+            consistency.push(ConsistencyProof {
+                from_size: a.size,
+                to_size: b.size,
+                proof: tree.consistency_proof(a.size, b.size)?,
+            });
+        }
+    }
+    for cp in &chosen {
+        write(&format!("checkpoints/{}.txt", cp.size), cp.note.as_bytes())?;
+    }
+    write(
+        "proofs.json",
+        serde_json::to_string_pretty(&Proofs {
+            tree_size: anchor.size,
+            inclusion,
+            consistency,
+        })?
+        .as_bytes(),
+    )?;
+    write("log.pub", format!("{key}\n").as_bytes())?;
+    let selection = Selection {
+        from_ms,
+        to_ms,
+        session: args.session.clone(),
+    };
+    write(
+        "report.html",
+        report_html(&records, &selection, &key, &anchor.note, anchor.size).as_bytes(),
+    )?;
+    let manifest = Manifest {
+        format: BUNDLE_FORMAT.to_owned(),
+        created_ms: AuditRecord::now_ms(),
+        log_origin: key.name().to_owned(),
+        log_key: key.to_string(),
+        selection,
+        records: records.len(),
+        tree_size: anchor.size,
+        files,
+    };
+    std::fs::write(
+        out.join("manifest.json"),
+        serde_json::to_string_pretty(&manifest)?,
+    )?;
+    println!(
+        "wrote {} records, {} checkpoint(s) and their proofs to {}",
+        records.len(),
+        chosen.len(),
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What a bundle verification found.
+#[derive(Debug, Default, Serialize)]
+struct BundleReport {
+    records: usize,
+    tree_size: u64,
+    checkpoints: usize,
+    key: String,
+    problems: Vec<String>,
+}
+
+/// Verifies a bundle with nothing but its files and the log's public key.
+pub fn verify_bundle(dir: &Path, key: Option<&Path>, json: bool) -> Result<ExitCode> {
+    let report = check_bundle(dir, key)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if report.problems.is_empty() {
+        println!(
+            "evidence bundle {} verified: {} records included in the log's tree of {} records, {} signed checkpoint(s), key {}",
+            dir.display(),
+            report.records,
+            report.tree_size,
+            report.checkpoints,
+            report.key
+        );
+    } else {
+        println!("evidence bundle {} FAILED verification:", dir.display());
+        for p in &report.problems {
+            println!("  {p}");
+        }
+    }
+    Ok(if report.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn read(dir: &Path, name: &str) -> Result<Vec<u8>> {
+    std::fs::read(dir.join(name)).with_context(|| format!("reading {name}"))
+}
+
+fn check_bundle(dir: &Path, key_file: Option<&Path>) -> Result<BundleReport> {
+    let manifest: Manifest = serde_json::from_slice(&read(dir, "manifest.json")?)
+        .context("manifest.json is not a bundle manifest")?;
+    if manifest.format != BUNDLE_FORMAT {
+        bail!("unknown bundle format {:?}", manifest.format);
+    }
+    let mut problems = Vec::new();
+    // The key: one given by the caller is the trust anchor; the bundle's
+    // own copy must then be the same key.
+    let bundled: NoteVerifier = String::from_utf8(read(dir, "log.pub")?)?
+        .parse()
+        .map_err(|e| anyhow!("log.pub: {e}"))?;
+    let key = match key_file {
+        Some(path) => {
+            let trusted = NoteVerifier::read(path).map_err(|e| anyhow!("{e}"))?;
+            if trusted != bundled {
+                problems.push("log.pub is not the key given with --key".to_owned());
+            }
+            trusted
+        }
+        None => bundled,
+    };
+    for (name, want) in &manifest.files {
+        match read(dir, name) {
+            Ok(bytes) if &sha256_hex(&bytes) == want => {}
+            Ok(_) => problems.push(format!("{name}: content differs from the manifest")),
+            Err(_) => problems.push(format!("{name}: missing")),
+        }
+    }
+    // Checkpoints, by size.
+    let mut checkpoints = BTreeMap::new();
+    for entry in std::fs::read_dir(dir.join("checkpoints"))? {
+        let entry = entry?;
+        let note = std::fs::read_to_string(entry.path())?;
+        match key.open_checkpoint(&note) {
+            Ok(cp) => {
+                checkpoints.insert(cp.size, cp.root);
+            }
+            Err(e) => problems.push(format!("{}: {e}", entry.file_name().to_string_lossy())),
+        }
+    }
+    let proofs: Proofs =
+        serde_json::from_slice(&read(dir, "proofs.json")?).context("proofs.json")?;
+    let Some(root) = checkpoints.get(&proofs.tree_size).copied() else {
+        problems.push(format!(
+            "no valid signed checkpoint of size {} (the proofs' tree)",
+            proofs.tree_size
+        ));
+        return Ok(BundleReport {
+            key: key.to_string(),
+            problems,
+            ..Default::default()
+        });
+    };
+    for c in &proofs.consistency {
+        match (checkpoints.get(&c.from_size), checkpoints.get(&c.to_size)) {
+            (Some(a), Some(b)) => {
+                if verify_consistency(c.from_size, c.to_size, a, b, &c.proof).is_err() {
+                    problems.push(format!(
+                        "checkpoints {} and {}: the log was not append-only between them",
+                        c.from_size, c.to_size
+                    ));
+                }
+            }
+            _ => problems.push(format!(
+                "consistency proof {}→{} refers to a missing checkpoint",
+                c.from_size, c.to_size
+            )),
+        }
+    }
+    let proof_of: BTreeMap<i64, &InclusionProof> =
+        proofs.inclusion.iter().map(|p| (p.seq, p)).collect();
+    let text = String::from_utf8(read(dir, "records.jsonl")?).context("records.jsonl")?;
+    let mut count = 0usize;
+    let mut previous: Option<BundleRecord> = None;
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        count += 1;
+        let r: BundleRecord = match serde_json::from_str(line) {
+            Ok(r) => r,
+            Err(_) => {
+                problems.push(format!("records.jsonl line {count}: not a record"));
+                continue;
+            }
+        };
+        let seq = r.seq;
+        if record_hash(&r.prev_hash, &r.body) != r.hash {
+            problems.push(format!(
+                "record {seq}: edited (its content does not match its hash)"
+            ));
+        }
+        if let Some(p) = &previous
+            && p.seq + 1 == seq
+            && p.hash != r.prev_hash
+        {
+            problems.push(format!("record {seq}: does not chain to record {}", p.seq));
+        }
+        match serde_json::from_str::<AuditRecord>(&r.body) {
+            Ok(rec) => {
+                let in_range = rec.time_ms >= manifest.selection.from_ms
+                    && rec.time_ms < manifest.selection.to_ms;
+                let in_session = manifest
+                    .selection
+                    .session
+                    .as_ref()
+                    .is_none_or(|s| &rec.subject.session == s);
+                if !in_range || !in_session {
+                    problems.push(format!("record {seq}: outside the bundle's selection"));
+                }
+            }
+            Err(_) => problems.push(format!("record {seq}: body is not an audit record")),
+        }
+        let leaf = leaf_hash(r.body.as_bytes());
+        match proof_of.get(&seq) {
+            Some(p)
+                if u64::try_from(seq - 1).ok() == Some(p.leaf_index)
+                    && verify_inclusion(p.leaf_index, proofs.tree_size, &leaf, &p.proof, &root)
+                        .is_ok() => {}
+            Some(_) => problems.push(format!(
+                "record {seq}: not included in the signed tree of {} records (edited, inserted or moved)",
+                proofs.tree_size
+            )),
+            None => problems.push(format!("record {seq}: no inclusion proof")),
+        }
+        previous = Some(r);
+    }
+    if count != manifest.records {
+        problems.push(format!(
+            "records.jsonl holds {count} records, the manifest says {}",
+            manifest.records
+        ));
+    }
+    Ok(BundleReport {
+        records: count,
+        tree_size: proofs.tree_size,
+        checkpoints: checkpoints.len(),
+        key: key.to_string(),
+        problems,
+    })
+}
+
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The human-readable report: what the bundle holds, how to check it, and
+/// how the records meet EU AI Act Art. 12 and NIST SP 800-207 logging.
+fn report_html(
+    records: &[StoredRecord],
+    selection: &Selection,
+    key: &NoteVerifier,
+    anchor_note: &str,
+    tree_size: u64,
+) -> String {
+    let entries = timeline(records);
+    let count = |f: &dyn Fn(&TimelineEntry) -> bool| entries.iter().filter(|e| f(e)).count();
+    let denied = count(&|e| e.effect == "deny");
+    let held = count(&|e| e.step == "held");
+    let approvals = count(&|e| !e.approvals.is_empty());
+    let outcomes = count(&|e| e.step == "outcome");
+    let tainted = count(&|e| !e.taint.is_empty());
+    let sessions: std::collections::BTreeSet<&str> =
+        entries.iter().map(|e| e.subject.session.as_str()).collect();
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Mandate evidence bundle</title>\
+<style>body{{font:14px system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;width:100%}}\
+td,th{{border:1px solid #ccc;padding:4px 6px;vertical-align:top;text-align:left}}th{{background:#f3f3f3}}\
+code,pre{{font:12px ui-monospace,monospace}}.deny{{color:#a00}}.allow{{color:#060}}</style></head><body>\
+<h1>Mandate evidence bundle</h1>\
+<p>Records from {} to {}{}: <b>{}</b> records in {} session(s); {} denied, {} held for a human, {} with an approver's decision, {} upstream outcomes, {} that tainted their session.</p>\
+<p>Log: <code>{}</code>. Every record is a leaf of the log's RFC 9162 Merkle tree of {} records, whose hash is signed in the checkpoint below (C2SP signed note, Ed25519). Check the bundle offline with <code>mandate audit verify --bundle DIR --key log.pub</code> or any verifier written from <code>docs/AUDIT-FORMAT.md</code>; compare <code>log.pub</code> with the key the operator published.</p>\
+<pre>{}</pre>",
+        esc(&format_ms(selection.from_ms)),
+        esc(&format_ms(selection.to_ms)),
+        selection
+            .session
+            .as_ref()
+            .map(|s| format!(", session <code>{}</code>", esc(s)))
+            .unwrap_or_default(),
+        entries.len(),
+        sessions.len(),
+        denied,
+        held,
+        approvals,
+        outcomes,
+        tainted,
+        esc(&key.to_string()),
+        tree_size,
+        esc(anchor_note),
+    );
+    h.push_str(
+        "<h2>Logging duties these records meet</h2><table><tr><th>Duty</th><th>How the records meet it</th></tr>\
+<tr><td>EU AI Act Art. 12(1): automatic recording of events over the system's lifetime</td><td>Every tool call an agent makes through Mandate is recorded before it is forwarded (write-ahead): one record per decision (allow, deny, held, approved, rejected, timed out) and one per upstream outcome, appended by the gateway, not by the agent.</td></tr>\
+<tr><td>Art. 12(2)(a): identifying situations that may present a risk or a substantial modification</td><td>Denials with their policy ids and reasons; calls held for human approval; taint labels when untrusted or sensitive data entered a session; detected prompt-injection patterns (outcome detail); build hashes that identify the agent's model, prompt and tools.</td></tr>\
+<tr><td>Art. 12(2)(b), 12(2)(c) with Art. 26(5): post-market monitoring and monitoring of operation</td><td>Time, session, user (<code>sub</code>), agent chain (<code>act</code>), scope, task, tool, argument hash, effect and outcome per call, with a correlation id joining a call's decision and outcome; the session timeline below.</td></tr>\
+<tr><td>Art. 12(3)(a), (d) analogues: period of use; natural persons involved in verifying results (Art. 14)</td><td>First and last record time per session; the approver named in each approved or rejected call's reasons.</td></tr>\
+<tr><td>Art. 19 / 26(6): keep logs at least six months; integrity</td><td>Retention is configured (<code>audit.retention_days</code>, at least 183); the hash chain, Merkle tree and signed checkpoints make any edit, deletion, insertion or reordering detectable.</td></tr>\
+<tr><td>NIST SP 800-207 §3 (policy engine and administrator decisions are logged)</td><td>The decision (effect, determining policies, reasons, obligations, policy-set hash) as the PDP returned it, and the enforcement: forwarded (outcome record) or refused.</td></tr>\
+<tr><td>NIST SP 800-207 tenets 6 and 7 (dynamic, continuously verified access; collect information to improve posture)</td><td>Every call re-verified and recorded with the subject's current scope, task and build; revocations and approvals are themselves audited operator actions (<code>control/…</code> records).</td></tr>\
+</table><h2>Timeline</h2><table><tr><th>seq</th><th>time (UTC)</th><th>step</th><th>subject</th><th>tool</th><th>effect</th><th>reasons / approvals</th><th>taint</th><th>outcome</th><th>correlation id</th></tr>",
+    );
+    for e in &entries {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} via {}<br><small>session {}</small></td><td><code>{}</code><br><small>args {}</small></td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            e.seq,
+            esc(&e.time),
+            e.step,
+            esc(&e.subject.sub),
+            esc(&e.subject.act.join(" → ")),
+            esc(&e.subject.session),
+            esc(&e.tool),
+            esc(e.args_hash.get(..16).unwrap_or(&e.args_hash)),
+            e.effect,
+            e.effect,
+            esc(&e.reasons.join("; ")),
+            esc(&e.taint.join(", ")),
+            esc(e.outcome.as_deref().unwrap_or("")),
+            esc(&e.correlation_id),
+        );
+    }
+    h.push_str("</table></body></html>\n");
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_parse_and_format() -> Result<()> {
+        assert_eq!(parse_instant("0")?, 0);
+        assert_eq!(parse_instant("1970-01-02")?, 86_400_000);
+        assert_eq!(parse_instant("2026-11-30T08:00:00Z")?, 1_796_025_600_000);
+        assert_eq!(parse_instant("2026-11-30T08:00:00.5Z")?, 1_796_025_600_500);
+        assert_eq!(format_ms(1_796_025_600_500), "2026-11-30T08:00:00.500Z");
+        assert_eq!(format_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert!(parse_instant("2026-13-01").is_err());
+        assert!(parse_instant("yesterday").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            esc("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
+}
