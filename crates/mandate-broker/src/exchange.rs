@@ -514,6 +514,13 @@ impl Broker {
             .verify_with_claims(token)
             .await
             .map_err(|e| unacceptable(format!("subject token refused: {e}")))?;
+        // A sender-constrained user token proves nothing in the hands of
+        // the agent, which does not hold the user's key.
+        if claims.contains_key("cnf") {
+            return Err(unacceptable(
+                "the subject token is sender-constrained (cnf)".into(),
+            ));
+        }
         let groups = match claims.get(&cfg.groups_claim) {
             None => Vec::new(),
             Some(Value::Array(items)) => items

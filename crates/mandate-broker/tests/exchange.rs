@@ -175,6 +175,9 @@ async fn refusals_carry_the_rfc_error_codes() -> Result<(), Error> {
     let may_act = f.user_token("alice", json!({"may_act": {"sub": "someone-else"}}))?;
     let (_, body) = exchange(&f, "assistant", &may_act, ID_TOKEN, &[]).await?;
     assert_eq!(error(&body), "invalid_request");
+    let bound = f.user_token("alice", json!({"cnf": {"jkt": "abc"}}))?;
+    let (_, body) = exchange(&f, "assistant", &bound, ID_TOKEN, &[]).await?;
+    assert_eq!(error(&body), "invalid_request");
     let stranger = f.user_token("mallory", json!({"groups": []}))?;
     let (_, body) = exchange(&f, "assistant", &stranger, ID_TOKEN, &[]).await?;
     assert_eq!(error(&body), "unauthorized_client");
