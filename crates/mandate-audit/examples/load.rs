@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
+/// A store kind: its label and how to name a fresh store of it.
+type StoreKind<'a> = (&'static str, Box<dyn Fn(&str) -> Store + 'a>);
+
 fn record(i: u64) -> AuditRecord {
     AuditRecord {
         kind: RecordKind::Decision,
@@ -81,7 +84,7 @@ async fn main() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = arg(&args, "--dir").map_or_else(|| tmp.path().to_path_buf(), Into::into);
 
-    let mut stores: Vec<(&str, Box<dyn Fn(&str) -> Store>)> = vec![(
+    let mut stores: Vec<StoreKind<'_>> = vec![(
         "SQLite",
         Box::new(|name: &str| Store::sqlite(dir.join(format!("{name}.sqlite")))),
     )];

@@ -313,7 +313,7 @@ impl Tree {
         if n == 0 {
             return empty_root();
         }
-        if n.is_power_of_two() && start % n == 0 {
+        if n.is_power_of_two() && start.is_multiple_of(n) {
             let height = n.trailing_zeros() as usize;
             let stored = usize::try_from(start >> height)
                 .ok()

@@ -383,7 +383,7 @@ async fn failed_write_is_an_error_and_nothing_is_acknowledged() -> TestResult {
 #[test]
 fn readers_refuse_a_missing_or_foreign_file() -> TestResult {
     let dir = tempfile::tempdir()?;
-    assert!(read_records(&dir.path().join("missing.db"), None).is_err());
+    assert!(read_records(dir.path().join("missing.db"), None).is_err());
     let foreign = dir.path().join("foreign.db");
     Connection::open(&foreign)?.execute_batch("CREATE TABLE t (x);")?;
     assert!(matches!(verify(&foreign, None), Err(AuditError::Schema(_))));
@@ -428,6 +428,6 @@ async fn an_outcome_shares_the_next_decisions_commit_and_never_waits_long() -> T
         }
     }
     assert!(shared, "an outcome never shared the next decision's commit");
-    assert!(mandate_audit::verify(&db(&dir), None)?.problems.is_empty());
+    assert!(mandate_audit::verify(db(&dir), None)?.problems.is_empty());
     Ok(())
 }
