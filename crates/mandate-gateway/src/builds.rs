@@ -34,9 +34,11 @@ pub struct BuildPolicy {
     pub builds: BTreeMap<String, RegisteredManifest>,
 }
 
-/// A cached verdict: the catalogues it was computed from (by pointer) and
-/// whether they hashed to the registered manifest.
-pub(crate) type ManifestVerdict = (Vec<usize>, bool);
+/// A cached verdict: the catalogues it was computed from and whether they
+/// hashed to the registered manifest. The catalogues are held (not just
+/// their addresses), so a new catalogue can never reuse a freed one's
+/// address and inherit its verdict.
+pub(crate) type ManifestVerdict = (Vec<Arc<Vec<rmcp::model::Tool>>>, bool);
 
 impl Gateway {
     /// Enforces registered builds for the broker's tokens (called once at
@@ -92,7 +94,7 @@ impl Gateway {
         reg: &RegisteredManifest,
     ) -> Result<bool, String> {
         let mut catalogues = Vec::new();
-        let mut idents = Vec::new();
+        let mut idents: Vec<Arc<Vec<rmcp::model::Tool>>> = Vec::new();
         for name in &reg.tools {
             let parsed = ToolName::parse(name)
                 .ok_or_else(|| format!("manifest tool {name} is not upstream.tool"))?;
@@ -104,11 +106,12 @@ impl Gateway {
                 .tools()
                 .await
                 .map_err(|_| format!("the catalogue of {} is unavailable", parsed.upstream))?;
-            idents.push(Arc::as_ptr(&tools) as usize);
+            idents.push(Arc::clone(&tools));
             catalogues.push((name, parsed, tools));
         }
         if let Some(v) = self.manifest_verdicts.get(build)
-            && v.0 == idents
+            && v.0.len() == idents.len()
+            && v.0.iter().zip(&idents).all(|(a, b)| Arc::ptr_eq(a, b))
         {
             return Ok(v.1);
         }
