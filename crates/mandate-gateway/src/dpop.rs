@@ -134,10 +134,6 @@ pub(crate) async fn authenticate(
         Err(e) => return Err(refuse(gw, "invalid_dpop_proof", &e.to_string(), None)),
     }
     // The same narrowing as for bearer tokens (change-gate ceilings).
-    if gw.control().has_ceilings()
-        && let Some(ceiling) = principal.agent().and_then(|a| gw.control().ceiling(a))
-    {
-        principal.scope = principal.scope.intersect(&ceiling);
-    }
+    gw.apply_ceiling(&mut principal);
     Ok(Arc::new(principal))
 }

@@ -203,12 +203,18 @@ impl Gateway {
     /// more than the ceiling the change gate approved).
     pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthnError> {
         let mut principal = self.authn.verify(token).await?;
+        self.apply_ceiling(&mut principal);
+        Ok(principal)
+    }
+
+    /// Narrows a verified principal's scope to its agent's activated scope
+    /// ceiling (every authentication path ends here).
+    pub(crate) fn apply_ceiling(&self, principal: &mut Principal) {
         if self.control.has_ceilings()
             && let Some(ceiling) = principal.agent().and_then(|a| self.control.ceiling(a))
         {
             principal.scope = principal.scope.intersect(&ceiling);
         }
-        Ok(principal)
     }
 
     /// The policy engine.
