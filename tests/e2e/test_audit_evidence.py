@@ -129,6 +129,12 @@ def test_cli_replay_rebuilds_the_timeline(env: Env) -> None:
                            separators=(",", ":"), sort_keys=True)
     assert extra["args_hash"] == hashlib.sha256(canonical.encode()).hexdigest()
     assert listing[0]["args"] is None  # list_customers: not listed, default redact
+    # A call refused at the HTTP layer (outside the token's scope) keeps its
+    # argument hash too, and its values follow the same redaction rules.
+    refused = json.dumps({"body": "secret body", "subject": "hi", "to": "x@evil.example"},
+                         separators=(",", ":"), sort_keys=True)
+    assert mail["args_hash"] == hashlib.sha256(refused.encode()).hexdigest(), mail
+    assert mail["args"] is None, mail
 
 
 def test_api_serves_the_timeline_to_operators_only(env: Env, issuer: Issuer) -> None:

@@ -82,7 +82,9 @@ async fn main() -> Result<()> {
     let pg = arg(&args, "--postgres")
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".to_owned());
     let tmp = tempfile::tempdir()?;
-    let dir = arg(&args, "--dir").map_or_else(|| tmp.path().to_path_buf(), Into::into);
+    let dir: std::path::PathBuf =
+        arg(&args, "--dir").map_or_else(|| tmp.path().to_path_buf(), Into::into);
+    std::fs::create_dir_all(&dir)?;
 
     let mut stores: Vec<StoreKind<'_>> = vec![(
         "SQLite",

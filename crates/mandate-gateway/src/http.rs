@@ -337,20 +337,27 @@ async fn authenticate(
 }
 
 /// Records a refusal made at the HTTP layer for an authenticated subject.
+/// A refused tool call keeps its argument hash and, per the redaction
+/// rules, its arguments, exactly as a policy denial would.
 async fn audit_refusal(
     gw: &Gateway,
     principal: &Principal,
     tool: &str,
+    args: Option<&serde_json::Map<String, Value>>,
     reason: String,
 ) -> Decision {
     let decision = Decision::deny(reason, gw.policy().policy_hash());
-    let record = AuditRecord::decision(
+    let args_hash = args
+        .map(mandate_core::canonical_args_hash)
+        .unwrap_or_default();
+    let mut record = AuditRecord::decision(
         decision.clone(),
         CorrelationId::new(),
         Subject::from(principal),
         tool,
-        "",
+        &args_hash,
     );
+    record.args = args.and_then(|a| gw.config().redaction.apply(tool, a));
     if let Err(e) = gw.audit().append(record).await {
         gw.metrics().audit_failures.inc();
         tracing::error!(error = %e, "could not record refusal");
@@ -358,15 +365,20 @@ async fn audit_refusal(
     decision
 }
 
-/// Tool names of `tools/call` requests in a body (one message, or a batch).
-fn called_tools(body: &Value) -> Vec<(Value, String)> {
-    let one = |m: &Value| -> Option<(Value, String)> {
+/// A `tools/call` request found in a body: its id, tool name and arguments.
+type CalledTool<'a> = (Value, String, Option<&'a serde_json::Map<String, Value>>);
+
+/// The `tools/call` requests in a body (one message, or a batch).
+fn called_tools(body: &Value) -> Vec<CalledTool<'_>> {
+    fn one(m: &Value) -> Option<CalledTool<'_>> {
         if m.get("method")?.as_str()? != "tools/call" {
             return None;
         }
-        let name = m.get("params")?.get("name")?.as_str()?.to_owned();
-        Some((m.get("id").cloned().unwrap_or(Value::Null), name))
-    };
+        let params = m.get("params")?;
+        let name = params.get("name")?.as_str()?.to_owned();
+        let args = params.get("arguments").and_then(Value::as_object);
+        Some((m.get("id").cloned().unwrap_or(Value::Null), name, args))
+    }
     match body {
         Value::Array(items) => items.iter().filter_map(one).collect(),
         other => one(other).into_iter().collect(),
@@ -403,6 +415,7 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
                     gw,
                     &principal,
                     "mcp/session",
+                    None,
                     "transport session is bound to another subject".into(),
                 )
                 .await;
@@ -468,13 +481,14 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
         if let Some((status, id, code, msg)) = envelope_problem(&message) {
             return rpc_error(status, id, code, &msg, None);
         }
-        for (id, tool) in called_tools(&message) {
+        for (id, tool, args) in called_tools(&message) {
             if !principal.scope.covers(&tool) {
                 gw.metrics().scope_refusals.inc();
                 let d = audit_refusal(
                     gw,
                     &principal,
                     &tool,
+                    Some(args.unwrap_or(&serde_json::Map::new())),
                     format!("scope does not cover {tool}"),
                 )
                 .await;

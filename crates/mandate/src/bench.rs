@@ -10,8 +10,8 @@
 
 use crate::devtoken::{MintArgs, claims, generate_issuer_key, load_issuer_key, now};
 use anyhow::{Context, Result};
-use rmcp::ServiceExt as _;
-use rmcp::model::CallToolRequestParams;
+use rmcp::model::{CallToolRequestParams, ProtocolVersion};
+use rmcp::service::{ClientLifecycleMode, ClientServiceExt as _};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use std::io::Write as _;
@@ -38,6 +38,11 @@ pub struct BenchArgs {
     /// CPUs), so the gateway's cost is not taken from the upstream's budget.
     #[arg(long)]
     pub split_cpus: bool,
+    /// MCP protocol revision the benchmark clients speak (on both paths):
+    /// `2025-11-25` (initialize, a transport session, SSE replies) or
+    /// `2026-07-28` (stateless: `server/discover`, plain JSON replies).
+    #[arg(long, default_value = "2025-11-25", value_parser = ["2025-11-25", "2026-07-28"])]
+    pub protocol: String,
     /// Instead: measure human approval (decision sent → agent's result)
     /// over N held transfers, against the same transfer without approval.
     #[arg(long, value_name = "N")]
@@ -103,19 +108,33 @@ struct Target {
     url: String,
     token: Option<TokenSource>,
     tool: &'static str,
+    /// Speak the stateless 2026-07-28 revision instead of 2025-11-25.
+    stateless: bool,
 }
 
 type Client = rmcp::service::RunningService<rmcp::RoleClient, ()>;
 
+/// One benchmark client: the official SDK's client over its own HTTP
+/// connection pool. Its HTTP client reads every SSE reply to the end (as
+/// Mandate's upstream connections do), so the connection is kept alive
+/// between calls, as a browser's or the Python SDK's would be.
 async fn connect(t: &Target) -> Result<Client> {
     let mut cfg = StreamableHttpClientTransportConfig::with_uri(t.url.as_str());
     if let Some(mint) = &t.token {
         cfg = cfg.auth_header(mint()?);
     }
-    Ok(
-        ().serve(StreamableHttpClientTransport::from_config(cfg))
-            .await?,
-    )
+    let transport = StreamableHttpClientTransport::with_client(
+        mandate_gateway::upstream::TraceHttpClient(reqwest::Client::new()),
+        cfg,
+    );
+    let lifecycle = if t.stateless {
+        ClientLifecycleMode::Discover {
+            preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+        }
+    } else {
+        ClientLifecycleMode::Initialize
+    };
+    Ok(().serve_with_lifecycle(transport, lifecycle).await?)
 }
 
 async fn one_call(c: &Client, tool: &'static str) -> Result<Duration> {
@@ -298,15 +317,18 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("{e}"))
     });
 
+    let stateless = args.protocol == "2026-07-28";
     let direct = Target {
         url: upstream_url,
         token: None,
         tool: "search",
+        stateless,
     };
     let via = Target {
         url: format!("http://{gw_addr}/mcp"),
         token: Some(mint),
         tool: "docs.search",
+        stateless,
     };
 
     let (fsync_p50, fsync_p99) = fsync_cost(&data_dir)?;
@@ -376,6 +398,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     } else {
         println!("Audit: {appended} records, every decision durable before forwarding.");
     }
+    println!(
+        "Clients speak MCP {}; each keeps its HTTP connection alive.",
+        args.protocol
+    );
     if args.split_cpus {
         println!("Gateway pinned to CPU 1; load generator and upstream pinned to CPU 0.");
     } else {

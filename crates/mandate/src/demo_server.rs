@@ -267,7 +267,9 @@ where
     let service = StreamableHttpService::new(
         move || Ok(factory()),
         Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default(),
+        // Stateless (2026-07-28) requests get plain JSON replies, as from
+        // the gateway; session-era ones keep SSE.
+        StreamableHttpServerConfig::default().with_json_response(true),
     );
     let app = axum::Router::new().nest_service("/mcp", service);
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
