@@ -275,8 +275,14 @@ impl crate::Gateway {
             ),
             _ => crate::provenance::Findings::default(),
         };
+        let mut newly_suspicious = false;
         if !findings.labels.is_empty() {
             let mut s = self.sessions.entry(session.clone()).or_default();
+            newly_suspicious = findings
+                .labels
+                .iter()
+                .any(|l| l == crate::provenance::SUSPICIOUS)
+                && !s.taint.contains(crate::provenance::SUSPICIOUS);
             s.taint.extend(findings.labels.iter().cloned());
             s.exp = s.exp.max(principal.exp);
             let source = format!("{exposed} ({})", findings.labels.join(", "));
@@ -285,13 +291,27 @@ impl crate::Gateway {
             }
         }
         if !findings.patterns.is_empty() {
+            // Every finding is counted and on the call's outcome record; the
+            // log warns once per session (when it turns suspicious), so a
+            // session that keeps reading the same poisoned source does not
+            // flood it.
             self.metrics.injection_findings.inc();
-            tracing::warn!(
-                correlation_id = %correlation,
-                tool = %exposed,
-                patterns = ?findings.patterns,
-                "possible prompt injection in a tool result; session marked suspicious"
-            );
+            if newly_suspicious {
+                tracing::warn!(
+                    correlation_id = %correlation,
+                    tool = %exposed,
+                    session = %session,
+                    patterns = ?findings.patterns,
+                    "possible prompt injection in a tool result; session marked suspicious"
+                );
+            } else {
+                tracing::debug!(
+                    correlation_id = %correlation,
+                    tool = %exposed,
+                    patterns = ?findings.patterns,
+                    "possible prompt injection in a tool result (session already suspicious)"
+                );
+            }
         }
         let (outcome, mut detail) = match &result {
             Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => ("tool_error", None),
