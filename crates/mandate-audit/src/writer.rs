@@ -71,8 +71,6 @@ const LINGER: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// How long deferrable records wait for an urgent one to share a commit.
 const DEFER_MAX: std::time::Duration = std::time::Duration::from_millis(5);
-/// How often a deferred batch looks for company.
-const DEFER_POLL: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// Checkpoint requests waiting for the next commit.
 type CheckpointWaiters = Vec<oneshot::Sender<Result<Option<SignedCheckpoint>, AuditError>>>;
@@ -179,17 +177,35 @@ pub(crate) fn run(
     let mut batch: Vec<Append> = Vec::with_capacity(max_batch);
     let mut checkpoints = Checkpoints::default();
     let mut last_batch_len = 0usize;
+    // Waits on the queue with a deadline (a blocking receive has none).
+    // Without it, deferrable records are simply committed at once.
+    let timer = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(
+            |e| tracing::warn!(error = %e, "audit writer: no timer; outcomes are not deferred"),
+        )
+        .ok();
     while let Some(first) = rx.blocking_recv() {
         take(first, &mut batch, &mut checkpoints);
         drain(&mut rx, &mut batch, &mut checkpoints, max_batch);
         // Only deferrable records so far: give the next decision a few
-        // milliseconds to arrive and share this commit (checked every
-        // 50 µs, so an urgent record never waits more than that).
-        if !batch.is_empty() && batch.iter().all(|j| j.deferrable) {
-            let deadline = std::time::Instant::now() + DEFER_MAX;
-            while std::time::Instant::now() < deadline && batch.len() < max_batch {
-                std::thread::sleep(DEFER_POLL);
+        // milliseconds to arrive and share this commit. The wait ends the
+        // moment an urgent record arrives, so it never delays one.
+        if let Some(timer) = &timer
+            && !batch.is_empty()
+            && batch.iter().all(|j| j.deferrable)
+        {
+            let deadline = tokio::time::Instant::now() + DEFER_MAX;
+            while batch.len() < max_batch {
+                // (The timeout is made inside the runtime it needs.)
+                let next =
+                    timer.block_on(async { tokio::time::timeout_at(deadline, rx.recv()).await });
+                let Ok(Some(job)) = next else {
+                    break; // deadline passed, or every sender is gone
+                };
                 let before = batch.len();
+                take(job, &mut batch, &mut checkpoints);
                 drain(&mut rx, &mut batch, &mut checkpoints, max_batch);
                 if batch.iter().skip(before).any(|j| !j.deferrable) {
                     break;
