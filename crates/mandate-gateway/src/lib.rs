@@ -101,6 +101,9 @@ pub struct Gateway {
     upstreams: BTreeMap<String, Arc<Upstream>>,
     sessions: DashMap<String, SessionState>,
     tasks: DashMap<String, TaskState>,
+    /// Unix seconds after which usage of expired sessions and tasks is
+    /// next pruned (`pipeline.rs`).
+    next_usage_prune: std::sync::atomic::AtomicI64,
     validators: DashMap<String, (Arc<rmcp::model::JsonObject>, Arc<jsonschema::Validator>)>,
     peers: Mutex<Vec<Peer<RoleServer>>>,
     metrics: Arc<Metrics>,
@@ -154,6 +157,7 @@ impl Gateway {
             upstreams,
             sessions: DashMap::new(),
             tasks: DashMap::new(),
+            next_usage_prune: std::sync::atomic::AtomicI64::new(0),
             validators: DashMap::new(),
             peers: Mutex::new(Vec::new()),
             metrics: Arc::new(Metrics::default()),

@@ -476,14 +476,26 @@ impl crate::Gateway {
     }
 
     /// Usage outlives its session or task only until every token of it
-    /// has expired; pruned now and then.
+    /// has expired; pruned at most once a minute (a sweep visits every
+    /// session, so it must not run on every call).
     fn prune_usage(&self) {
-        if !self.sessions.len().is_multiple_of(1024) && !self.tasks.len().is_multiple_of(1024) {
+        use std::sync::atomic::Ordering;
+        let now = now_unix();
+        let due = self.next_usage_prune.load(Ordering::Relaxed);
+        if now < due
+            || self
+                .next_usage_prune
+                .compare_exchange(
+                    due,
+                    now + USAGE_PRUNE_SECS,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
             return;
         }
-        let cutoff = now_unix()
-            .cast_unsigned()
-            .saturating_sub(SESSION_GRACE_SECS);
+        let cutoff = now.cast_unsigned().saturating_sub(SESSION_GRACE_SECS);
         self.sessions.retain(|_, s| s.exp > cutoff);
         self.tasks.retain(|_, t| t.exp > cutoff);
     }
@@ -753,6 +765,9 @@ pub(crate) const AUDIT_WRITE_TIMEOUT: std::time::Duration = std::time::Duration:
 
 /// How long per-session state is kept after the session's last token expired.
 pub(crate) const SESSION_GRACE_SECS: u64 = 120;
+
+/// How often usage of expired sessions and tasks is swept.
+const USAGE_PRUNE_SECS: i64 = 60;
 
 /// Current Unix time in seconds.
 pub(crate) fn now_unix() -> i64 {
