@@ -22,9 +22,7 @@
 //! Python's `json.dumps(v, sort_keys=True, separators=(",", ":"),
 //! ensure_ascii=False)`.
 
-use crate::write_canonical;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
 /// Members of a tool definition that take part in the manifest hash.
 pub const MANIFEST_TOOL_MEMBERS: [&str; 6] = [
@@ -95,7 +93,7 @@ pub fn normalise_manifest(tools: &Value) -> Result<Vec<Value>, ManifestError> {
 /// `hex(SHA-256(canonical_json(normalised manifest)))`.
 pub fn manifest_hash(tools: &Value) -> Result<String, ManifestError> {
     let normalised = normalise_manifest(tools)?;
-    Ok(sha256_canonical(&Value::Array(normalised)))
+    Ok(crate::canonical_hash(&Value::Array(normalised)))
 }
 
 /// The build hash of a model id, a system prompt and a manifest hash (from
@@ -107,19 +105,15 @@ pub fn build_hash(model: &str, system_prompt: &str, manifest: &str) -> String {
         "system_prompt": system_prompt,
         "tools": manifest,
     });
-    sha256_canonical(&doc)
-}
-
-fn sha256_canonical(v: &Value) -> String {
-    let mut out = String::new();
-    write_canonical(v, &mut out);
-    hex::encode(Sha256::digest(out.as_bytes()))
+    crate::canonical_hash(&doc)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::write_canonical;
     use serde_json::json;
+    use sha2::{Digest, Sha256};
 
     #[test]
     fn manifest_ignores_order_and_extra_members() -> Result<(), ManifestError> {

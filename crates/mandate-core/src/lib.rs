@@ -21,5 +21,7 @@ mod tool;
 pub use decision::{Decision, Effect, Obligation};
 pub use ids::{CorrelationId, DecisionId};
 pub use principal::{Principal, Scope};
-pub use record::{AuditRecord, RecordKind, Subject, canonical_args_hash, write_canonical};
+pub use record::{
+    AuditRecord, RecordKind, Subject, canonical_args_hash, canonical_hash, write_canonical,
+};
 pub use tool::{ToolCall, ToolClass, ToolName};

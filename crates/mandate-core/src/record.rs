@@ -184,6 +184,14 @@ pub fn canonical_args_hash(args: &serde_json::Map<String, serde_json::Value>) ->
     hex::encode(Sha256::digest(out.as_bytes()))
 }
 
+/// SHA-256 (hex) over the canonical JSON form of any value (as
+/// [`canonical_args_hash`] does for an argument object).
+pub fn canonical_hash(value: &serde_json::Value) -> String {
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    hex::encode(Sha256::digest(out.as_bytes()))
+}
+
 /// Appends the canonical JSON of `value` to `out`.
 pub fn write_canonical(value: &serde_json::Value, out: &mut String) {
     match value {

@@ -14,7 +14,6 @@
 //! the log unless configured.
 
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 /// How one value is kept.
@@ -76,11 +75,7 @@ impl Redaction {
             let keep = rule.fields.get(name).copied().unwrap_or(rule.default);
             let kept = match keep {
                 Keep::Full => value.clone(),
-                Keep::Hash => {
-                    let mut canonical = String::new();
-                    mandate_core::write_canonical(value, &mut canonical);
-                    serde_json::json!({"sha256": hex::encode(Sha256::digest(canonical.as_bytes()))})
-                }
+                Keep::Hash => serde_json::json!({"sha256": mandate_core::canonical_hash(value)}),
                 Keep::Redact => Value::String(REDACTED.to_owned()),
             };
             out.insert(name.clone(), kept);
@@ -92,6 +87,7 @@ impl Redaction {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     fn args() -> Map<String, Value> {
         serde_json::from_str(r#"{"iban":"DE00 1234","amount":120,"memo":{"b":1,"a":2}}"#)
