@@ -646,6 +646,11 @@ def test_dpop_bound_token_needs_a_valid_proof_at_the_gateway(env: Env) -> None:
     # A proof made with another key: refused.
     stranger = env.agents["assistant"].dpop_proof("POST", url, token=token, nonce=nonce)
     assert dpop_post(env, call, token, stranger, session).status == 401
+    # A valid bound token with a bad proof is what a stolen token looks
+    # like: each such refusal is on the audit record, with the subject.
+    refusals = env.gw.audit_rows("tool = 'mcp/dpop' AND effect = 'deny'")
+    assert len(refusals) >= 4, refusals
+    assert all(r["sub"] and json.loads(r["act"]) for r in refusals), refusals
 
 
 def test_dpop_agent_without_a_proof_gets_no_token(env: Env) -> None:

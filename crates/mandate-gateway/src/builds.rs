@@ -48,12 +48,12 @@ impl Gateway {
         self.manifest_verdicts.clear();
     }
 
-    /// `Err((reason, true))` when the principal's build may not call `exposed`.
+    /// `Err(reason)` when the principal's build may not call `exposed`.
     pub(crate) async fn check_build(
         &self,
         principal: &Principal,
         exposed: &str,
-    ) -> Result<(), (String, bool)> {
+    ) -> Result<(), String> {
         let policy = self.build_policy.load();
         let Some(policy) = policy.as_ref() else {
             return Ok(());
@@ -61,7 +61,7 @@ impl Gateway {
         if principal.iss != policy.issuer {
             return Ok(());
         }
-        let deny = |why: String| Err((why, true));
+        let deny = |why: String| Err(why);
         let Some(build) = principal.build.as_deref() else {
             return deny("the token names no build".into());
         };

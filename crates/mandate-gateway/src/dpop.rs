@@ -78,29 +78,13 @@ pub(crate) async fn authenticate(
             None,
         ));
     };
-    let proofs: Vec<&str> = headers
-        .get_all("dpop")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let proof = match proofs.as_slice() {
-        [one] => *one,
-        [] => {
-            return Err(refuse(
-                gw,
-                "invalid_dpop_proof",
-                &DpopError::Missing.to_string(),
-                None,
-            ));
-        }
-        _ => {
-            return Err(refuse(
-                gw,
-                "invalid_dpop_proof",
-                &DpopError::Multiple.to_string(),
-                None,
-            ));
-        }
+    // Exactly one proof (counted before decoding, so a second header that
+    // is not text cannot hide).
+    let values: Vec<&http::HeaderValue> = headers.get_all("dpop").iter().collect();
+    let proof = match values.as_slice() {
+        [one] => one.to_str().map_err(|_| DpopError::Malformed),
+        [] => Err(DpopError::Missing),
+        _ => Err(DpopError::Multiple),
     };
     let Some(verifier) = gw.dpop_verifier() else {
         return Err(refuse(
@@ -112,15 +96,17 @@ pub(crate) async fn authenticate(
     };
     // `htu`: the URL the client used, as the gateway publishes it.
     let url = format!("{}/mcp", gw.config().public_url.trim_end_matches('/'));
-    let checked = verifier.verify(
-        proof,
-        ProofRequest {
-            method: method.as_str(),
-            url: &url,
-            access_token: Some(token),
-            jkt: Some(&jkt),
-        },
-    );
+    let checked = proof.and_then(|proof| {
+        verifier.verify(
+            proof,
+            ProofRequest {
+                method: method.as_str(),
+                url: &url,
+                access_token: Some(token),
+                jkt: Some(&jkt),
+            },
+        )
+    });
     match checked {
         Ok(_) => {}
         Err(DpopError::UseNonce) => {
@@ -131,7 +117,19 @@ pub(crate) async fn authenticate(
                 Some(verifier.nonce()),
             ));
         }
-        Err(e) => return Err(refuse(gw, "invalid_dpop_proof", &e.to_string(), None)),
+        // A valid bound token without a valid proof is what a stolen token
+        // looks like: the subject is known, so the refusal is audited.
+        Err(e) => {
+            crate::http::audit_refusal(
+                gw,
+                &principal,
+                "mcp/dpop",
+                None,
+                format!("DPoP proof refused: {e}"),
+            )
+            .await;
+            return Err(refuse(gw, "invalid_dpop_proof", &e.to_string(), None));
+        }
     }
     // The same narrowing as for bearer tokens (change-gate ceilings).
     gw.apply_ceiling(&mut principal);

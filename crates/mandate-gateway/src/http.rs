@@ -339,7 +339,7 @@ async fn authenticate(
 /// Records a refusal made at the HTTP layer for an authenticated subject.
 /// A refused tool call keeps its argument hash and, per the redaction
 /// rules, its arguments, exactly as a policy denial would.
-async fn audit_refusal(
+pub(crate) async fn audit_refusal(
     gw: &Gateway,
     principal: &Principal,
     tool: &str,

@@ -211,13 +211,19 @@ impl Gateway {
         Ok(principal)
     }
 
-    /// Narrows a verified principal's scope to its agent's activated scope
-    /// ceiling (every authentication path ends here).
+    /// Narrows a verified principal's scope to the activated scope ceiling
+    /// of every agent in its delegation chain (every authentication path
+    /// ends here).
     pub(crate) fn apply_ceiling(&self, principal: &mut Principal) {
-        if self.control.has_ceilings()
-            && let Some(ceiling) = principal.agent().and_then(|a| self.control.ceiling(a))
-        {
-            principal.scope = principal.scope.intersect(&ceiling);
+        if !self.control.has_ceilings() {
+            return;
+        }
+        // Every agent in the delegation chain bounds what passes through
+        // it, not only the one acting now.
+        for agent in &principal.act {
+            if let Some(ceiling) = self.control.ceiling(agent) {
+                principal.scope = principal.scope.intersect(&ceiling);
+            }
         }
     }
 

@@ -161,20 +161,11 @@ impl crate::Gateway {
                 )),
                 // Pinning is checked only for a call the cheap checks let
                 // through (it may hash the tool and write a pin).
-                Some(tool) => match self.vet(&exposed, tool).await {
-                    Err(reason) => Some((
-                        Decision::deny(reason, hash()),
-                        DenyCategory::ToolQuarantined,
-                    )),
-                    Ok(()) => match self.check_build(&principal, &exposed).await.and_then(|()| {
-                        self.validate_args(&exposed, tool, &call.args)
-                            .map_err(|m| (m, false))
-                    }) {
+                Some(tool) => match self.check_tool(&principal, &exposed, tool).await {
+                    Err((reason, category)) => Some((Decision::deny(reason, hash()), category)),
+                    Ok(()) => match self.validate_args(&exposed, tool, &call.args) {
                         Ok(()) => None,
-                        Err((reason, true)) => {
-                            Some((Decision::deny(reason, hash()), DenyCategory::UnknownBuild))
-                        }
-                        Err((msg, false)) => Some((
+                        Err(msg) => Some((
                             Decision::deny(
                                 format!("arguments do not match the input schema: {msg}"),
                                 hash(),
@@ -501,6 +492,26 @@ impl crate::Gateway {
     }
 }
 
+impl crate::Gateway {
+    /// The checks of a tool's catalogue entry that do not depend on the
+    /// arguments: its pin (quarantine when poisoned or changed) and the
+    /// caller's build attestation. Run for every call, and again when a
+    /// held call is released.
+    async fn check_tool(
+        &self,
+        principal: &Principal,
+        exposed: &str,
+        tool: &rmcp::model::Tool,
+    ) -> Result<(), (String, DenyCategory)> {
+        self.vet(exposed, tool)
+            .await
+            .map_err(|r| (r, DenyCategory::ToolQuarantined))?;
+        self.check_build(principal, exposed)
+            .await
+            .map_err(|r| (r, DenyCategory::UnknownBuild))
+    }
+}
+
 /// A call whose decision asks for a human, about to be held.
 struct Held<'a> {
     principal: &'a Principal,
@@ -623,6 +634,25 @@ impl crate::Gateway {
                             r.kind, r.value, r.reason
                         ),
                         DenyCategory::Revoked,
+                    );
+                }
+                // The tool must still be the one the person was shown: a
+                // changed description or schema, or a build's manifest that
+                // no longer matches, denies the release as it would a call.
+                let exposed = call.name.to_string();
+                let current = match self.resolve(&exposed).await {
+                    Resolved::Known {
+                        tool: Some(tool), ..
+                    } => self.check_tool(principal, &exposed, &tool).await,
+                    _ => Err((
+                        "the upstream's tool catalogue is unavailable".to_owned(),
+                        DenyCategory::UpstreamUnavailable,
+                    )),
+                };
+                if let Err((reason, category)) = current {
+                    return deny(
+                        format!("approved by {by}, but at release: {reason}"),
+                        category,
                     );
                 }
                 let mut released = self.decide_and_count(principal, call, now, true);
