@@ -185,6 +185,9 @@ def test_bundle_verifies_offline_with_only_its_files(env: Env, bundle: Path, tmp
     r = run_mandate("audit", "verify", "--bundle", str(copy), "--key", str(key))
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"verified: {len(lines)} records" in r.stdout, r.stdout
+    # Without a key from elsewhere a bundle proves nothing: refused.
+    bare = run_mandate("audit", "verify", "--bundle", str(copy))
+    assert bare.returncode != 0 and "--key" in bare.stdout + bare.stderr, bare.stdout + bare.stderr
     html = (bundle / "report.html").read_text()
     assert "Art. 12" in html and "SP 800-207" in html and f"sid:{env.sid}" in html
     assert "<script" not in html

@@ -22,7 +22,7 @@ use crate::chain::GENESIS_HASH;
 use crate::error::{AuditError, Op};
 use crate::merkle::{Hash, leaf_hash};
 use crate::schema::COLUMNS;
-use postgres::types::ToSql;
+use postgres::types::{FromSql, ToSql};
 use postgres::{Client, NoTls, Row};
 use rusqlite::types::Value;
 
@@ -200,7 +200,10 @@ impl Backend for PgBackend {
                 &[],
             )
             .map_err(err(Op::Write))?;
-        Ok(row.map_or_else(|| (0, GENESIS_HASH.to_owned()), |r| (r.get(0), r.get(1))))
+        match row {
+            None => Ok((0, GENESIS_HASH.to_owned())),
+            Some(r) => Ok((col(&r, 0, Op::Write)?, col(&r, 1, Op::Write)?)),
+        }
     }
 
     fn leaves_after(&mut self, after: i64) -> Result<Vec<Hash>, AuditError> {
@@ -211,10 +214,9 @@ impl Backend for PgBackend {
                 &[&after],
             )
             .map_err(err(Op::Read))?;
-        Ok(rows
-            .iter()
-            .map(|r| leaf_hash(r.get::<_, &str>(0).as_bytes()))
-            .collect())
+        rows.iter()
+            .map(|r| Ok(leaf_hash(col::<&str>(r, 0, Op::Read)?.as_bytes())))
+            .collect()
     }
 
     fn last_checkpoint(&mut self) -> Result<Option<CheckpointRow>, AuditError> {
@@ -280,22 +282,27 @@ impl Backend for PgBackend {
     }
 }
 
+/// Column `i` of `row`, or a storage error (never a panic: the tables may
+/// be another role's, and their types are not ours to guarantee).
+fn col<'a, T: FromSql<'a>>(row: &'a Row, i: usize, op: Op) -> Result<T, AuditError> {
+    row.try_get(i).map_err(|e| AuditError::storage(op, e))
+}
+
 fn checkpoint_from_row(r: &Row) -> Result<CheckpointRow, AuditError> {
-    let size: i64 = r.get(0);
+    let size: i64 = col(r, 0, Op::Read)?;
     let bad = || AuditError::storage(Op::Read, format!("checkpoint {size} is malformed"));
     Ok(CheckpointRow {
         size: u64::try_from(size).map_err(|_| bad())?,
-        time_ms: r.get(1),
-        root: Hash::from_hex(r.get(2)).ok_or_else(bad)?,
-        note: r.get(3),
-        frontier: parse_frontier(r.get(4)).ok_or_else(bad)?,
+        time_ms: col(r, 1, Op::Read)?,
+        root: Hash::from_hex(col(r, 2, Op::Read)?).ok_or_else(bad)?,
+        note: col(r, 3, Op::Read)?,
+        frontier: parse_frontier(col(r, 4, Op::Read)?).ok_or_else(bad)?,
     })
 }
 
 /// A reading connection.
 pub(crate) struct PgReader {
     client: Client,
-    select: String,
 }
 
 impl PgReader {
@@ -314,34 +321,27 @@ impl PgReader {
                 format!("no audit log in schema {schema}"),
             ));
         }
-        Ok(Self {
-            client,
-            select: format!(
-                "SELECT seq, prev_hash, hash, body, {} FROM audit_log",
-                COLUMNS.join(", ")
-            ),
-        })
+        Ok(Self { client })
     }
 }
 
-fn raw_row(row: &Row) -> RawRow {
+fn raw_row(row: &Row) -> Result<RawRow, AuditError> {
     let mut columns = Vec::with_capacity(COLUMNS.len());
     for i in 0..COLUMNS.len() {
         let v = if i == 0 {
-            Value::Integer(row.get(i + 4))
+            Value::Integer(col(row, i + 4, Op::Read)?)
         } else {
-            row.get::<_, Option<String>>(i + 4)
-                .map_or(Value::Null, Value::Text)
+            col::<Option<String>>(row, i + 4, Op::Read)?.map_or(Value::Null, Value::Text)
         };
         columns.push(v);
     }
-    RawRow {
-        seq: row.get(0),
-        prev_hash: row.get(1),
-        hash: row.get(2),
-        body: row.get(3),
+    Ok(RawRow {
+        seq: col(row, 0, Op::Read)?,
+        prev_hash: col(row, 1, Op::Read)?,
+        hash: col(row, 2, Op::Read)?,
+        body: col(row, 3, Op::Read)?,
         columns,
-    }
+    })
 }
 
 impl Reader for PgReader {
@@ -350,14 +350,14 @@ impl Reader for PgReader {
         f: &mut dyn FnMut(RawRow) -> Result<(), AuditError>,
     ) -> Result<(), AuditError> {
         use postgres::fallible_iterator::FallibleIterator as _;
-        let sql = format!("{} ORDER BY seq", self.select);
+        let sql = format!("{} ORDER BY seq", *crate::schema::SELECT_SQL);
         let none: [&(dyn ToSql + Sync); 0] = [];
         let mut rows = self
             .client
             .query_raw(sql.as_str(), none)
             .map_err(err(Op::Read))?;
         while let Some(row) = rows.next().map_err(err(Op::Read))? {
-            f(raw_row(&row))?;
+            f(raw_row(&row)?)?;
         }
         Ok(())
     }
@@ -378,7 +378,7 @@ impl Reader for PgReader {
                 vec![*from, *to],
             ),
         };
-        let sql = format!("{} {clause} ORDER BY seq", self.select);
+        let sql = format!("{} {clause} ORDER BY seq", *crate::schema::SELECT_SQL);
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
         if let Some(t) = &text {
             params.push(t);
@@ -390,7 +390,7 @@ impl Reader for PgReader {
             .client
             .query(sql.as_str(), &params)
             .map_err(err(Op::Read))?;
-        Ok(rows.iter().map(raw_row).collect())
+        rows.iter().map(raw_row).collect()
     }
 
     fn checkpoints(&mut self) -> Result<Vec<CheckpointRow>, AuditError> {

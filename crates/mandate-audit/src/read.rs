@@ -23,6 +23,8 @@ pub struct StoredRecord {
     pub hash: String,
     /// The record, parsed from the hashed `body`.
     pub record: AuditRecord,
+    /// The stored canonical JSON, exactly as hashed (never re-serialised).
+    pub body: String,
 }
 
 impl StoredRecord {
@@ -33,6 +35,7 @@ impl StoredRecord {
             prev_hash: raw.prev_hash,
             hash: raw.hash,
             record,
+            body: raw.body,
         })
     }
 }

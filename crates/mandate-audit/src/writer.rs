@@ -129,18 +129,29 @@ impl TreeState {
             last: None,
         };
         let (head, _) = backend.head()?;
+        // The stored frontier and root are not signed: they are used only
+        // if the note verifies with this log's key and they agree with it.
+        // Otherwise the tree is rebuilt from the leaves.
         if let Some(cp) = backend.last_checkpoint()? {
+            let signed = state.signer.verifier().open_checkpoint(&cp.note).ok();
             let size = i64::try_from(cp.size).unwrap_or(i64::MAX);
-            if size <= head
-                && let Some(f) = Frontier::from_parts(cp.size, cp.frontier.clone())
-            {
-                state.frontier = f;
+            let frontier = Frontier::from_parts(cp.size, cp.frontier.clone());
+            match (signed, frontier) {
+                (Some(signed), Some(f))
+                    if signed.size == cp.size && size <= head && f.root() == signed.root =>
+                {
+                    state.frontier = f;
+                    state.last = Some(SignedCheckpoint {
+                        size: cp.size,
+                        root: signed.root,
+                        note: cp.note,
+                    });
+                }
+                _ => tracing::warn!(
+                    size = cp.size,
+                    "audit log: the last stored checkpoint does not verify with this log's key; rebuilding the tree from the records (run `mandate audit verify`)"
+                ),
             }
-            state.last = Some(SignedCheckpoint {
-                size: cp.size,
-                root: cp.root,
-                note: cp.note,
-            });
         }
         state.catch_up(backend, head)?;
         Ok(state)
@@ -314,8 +325,11 @@ fn write_batch(
     tree: Option<&mut TreeState>,
     checkpoint: bool,
 ) -> Result<(Vec<Appended>, Option<SignedCheckpoint>), AuditError> {
-    backend.begin()?;
-    let result = write_in_transaction(backend, batch, tree, checkpoint);
+    // A failed BEGIN may leave a transaction open (PostgreSQL: the LOCK
+    // after it timed out), so it is rolled back too.
+    let result = backend
+        .begin()
+        .and_then(|()| write_in_transaction(backend, batch, tree, checkpoint));
     if result.is_err() {
         backend.rollback();
     }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use mandate_audit::merkle::{Hash, leaf_hash, verify_consistency, verify_inclusion};
 use mandate_audit::replay::{TimelineEntry, format_ms, timeline};
-use mandate_audit::{LogTree, NoteVerifier, StoredRecord, canonical_body, record_hash};
+use mandate_audit::{LogTree, NoteVerifier, StoredRecord, record_hash};
 use mandate_core::AuditRecord;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -224,13 +224,14 @@ pub async fn export(settings: &AuditSettings, args: &ExportArgs) -> Result<ExitC
         .ok_or_else(|| anyhow!("no checkpoint covers record {last_seq}"))?;
     chosen.push(anchor.clone());
     for cp in &chosen {
-        key.open_checkpoint(&cp.note).map_err(|e| {
+        // The signed note is what counts, not the stored root column.
+        let signed = key.open_checkpoint(&cp.note).map_err(|e| {
             anyhow!(
                 "checkpoint {} does not verify with the log's key: {e}",
                 cp.size
             )
         })?;
-        if tree.root(cp.size).ok() != Some(cp.root) {
+        if signed.size != cp.size || tree.root(cp.size).ok() != Some(signed.root) {
             bail!(
                 "checkpoint {} does not match the log: run `mandate audit verify`",
                 cp.size
@@ -248,12 +249,11 @@ pub async fn export(settings: &AuditSettings, args: &ExportArgs) -> Result<ExitC
     let mut jsonl = String::new();
     let mut inclusion = Vec::new();
     for r in &records {
-        let body = canonical_body(&r.record)?;
         jsonl.push_str(&serde_json::to_string(&BundleRecord {
             seq: r.seq,
             prev_hash: r.prev_hash.clone(),
             hash: r.hash.clone(),
-            body,
+            body: r.body.clone(),
         })?);
         jsonl.push('\n');
         inclusion.push(InclusionProof {
@@ -366,21 +366,20 @@ fn check_bundle(dir: &Path, key_file: Option<&Path>) -> Result<BundleReport> {
         bail!("unknown bundle format {:?}", manifest.format);
     }
     let mut problems = Vec::new();
-    // The key: one given by the caller is the trust anchor; the bundle's
-    // own copy must then be the same key.
+    // The key given by the caller is the trust anchor (a bundle cannot
+    // vouch for itself); the bundle's own copy must be the same key.
+    let Some(key_file) = key_file else {
+        bail!(
+            "verifying a bundle needs --key: the log's public key, from a source you trust (the bundle's own log.pub proves nothing)"
+        );
+    };
     let bundled: NoteVerifier = String::from_utf8(read(dir, "log.pub")?)?
         .parse()
         .map_err(|e| anyhow!("log.pub: {e}"))?;
-    let key = match key_file {
-        Some(path) => {
-            let trusted = NoteVerifier::read(path).map_err(|e| anyhow!("{e}"))?;
-            if trusted != bundled {
-                problems.push("log.pub is not the key given with --key".to_owned());
-            }
-            trusted
-        }
-        None => bundled,
-    };
+    let key = NoteVerifier::read(key_file).map_err(|e| anyhow!("{e}"))?;
+    if key != bundled {
+        problems.push("log.pub is not the key given with --key".to_owned());
+    }
     for (name, want) in &manifest.files {
         match read(dir, name) {
             Ok(bytes) if &sha256_hex(&bytes) == want => {}
@@ -395,7 +394,15 @@ fn check_bundle(dir: &Path, key_file: Option<&Path>) -> Result<BundleReport> {
         let note = std::fs::read_to_string(entry.path())?;
         match key.open_checkpoint(&note) {
             Ok(cp) => {
-                checkpoints.insert(cp.size, cp.root);
+                // Two signed roots for one size are a fork of the log.
+                if let Some(other) = checkpoints.insert(cp.size, cp.root)
+                    && other != cp.root
+                {
+                    problems.push(format!(
+                        "two signed checkpoints of size {} with different roots: the log forked",
+                        cp.size
+                    ));
+                }
             }
             Err(e) => problems.push(format!("{}: {e}", entry.file_name().to_string_lossy())),
         }
@@ -450,7 +457,7 @@ fn check_bundle(dir: &Path, key_file: Option<&Path>) -> Result<BundleReport> {
             ));
         }
         if let Some(p) = &previous
-            && p.seq + 1 == seq
+            && p.seq.checked_add(1) == Some(seq)
             && p.hash != r.prev_hash
         {
             problems.push(format!("record {seq}: does not chain to record {}", p.seq));
@@ -473,7 +480,10 @@ fn check_bundle(dir: &Path, key_file: Option<&Path>) -> Result<BundleReport> {
         let leaf = leaf_hash(r.body.as_bytes());
         match proof_of.get(&seq) {
             Some(p)
-                if u64::try_from(seq - 1).ok() == Some(p.leaf_index)
+                if seq
+                    .checked_sub(1)
+                    .and_then(|s| u64::try_from(s).ok())
+                    == Some(p.leaf_index)
                     && verify_inclusion(p.leaf_index, proofs.tree_size, &leaf, &p.proof, &root)
                         .is_ok() => {}
             Some(_) => problems.push(format!(
