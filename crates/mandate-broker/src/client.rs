@@ -286,6 +286,7 @@ impl SpiffeVerifier {
         v.leeway = self.leeway;
         v.set_audience(&[self.cfg.audience.as_str()]);
         v.set_required_spec_claims(&["exp", "sub", "aud"]);
+        v.validate_nbf = true;
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &v)
             .map_err(|e| format!("JWT-SVID refused: {e}"))?;
         let sub = data

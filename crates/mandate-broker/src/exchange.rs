@@ -229,7 +229,12 @@ impl Broker {
             )
             .await?;
         trail.sub = Some(subject.principal.sub.clone());
-        trail.act = subject.principal.act.clone();
+        // The chain this token would carry: the agent, then earlier actors
+        // (on the audit record of a refusal below too).
+        let mut chain = Vec::with_capacity(subject.principal.act.len().saturating_add(1));
+        chain.push(client.id.clone());
+        chain.extend(subject.principal.act.iter().cloned());
+        trail.act = chain.clone();
 
         // 6. The actor: the agent's own workload identity, required.
         self.verify_actor(&client, req.get("actor_token"), req.get("actor_token_type"))
@@ -237,10 +242,6 @@ impl Broker {
 
         // 7. May this agent act for this subject?
         self.authorise_delegation(&client, &subject)?;
-        let mut chain = Vec::with_capacity(subject.principal.act.len().saturating_add(1));
-        chain.push(client.id.clone());
-        chain.extend(subject.principal.act.iter().cloned());
-        trail.act = chain.clone();
 
         // 8. The build: registered for this agent, or refused.
         let build = req.get("build").ok_or_else(|| {
@@ -282,11 +283,17 @@ impl Broker {
                 subject.groups.iter().map(String::as_str),
             )
         };
+        // The agent's configured ceiling, narrowed by one approved through
+        // the change gate (as the gateway applies it on every call).
+        let ceiling = match self.control.ceiling(&client.id) {
+            Some(approved) => agent.scope_ceiling.intersect(&approved),
+            None => agent.scope_ceiling.clone(),
+        };
         let scope = reduce_scope(
             requested.as_ref(),
             Bounds {
                 subject: &subject_bound,
-                ceiling: &agent.scope_ceiling,
+                ceiling: &ceiling,
                 template: &template.scope,
             },
             subject.composite,
@@ -521,6 +528,13 @@ impl Broker {
                 "the subject token is sender-constrained (cnf)".into(),
             ));
         }
+        // A user's token names no actors: a chain in it was never checked
+        // against any agent's delegation rights, so it is not copied on.
+        if !principal.act.is_empty() {
+            return Err(unacceptable(
+                "the subject token already names an actor (act); only the broker's own tokens delegate further".into(),
+            ));
+        }
         let groups = match claims.get(&cfg.groups_claim) {
             None => Vec::new(),
             Some(Value::Array(items)) => items
@@ -667,6 +681,14 @@ impl Broker {
                 let t = self.cfg.templates.get(&template).ok_or_else(|| {
                     Refusal::request("task_template names no configured template")
                 })?;
+                // Nothing is started for an agent the template does not list.
+                if !t.agents.contains(&client.id) {
+                    return Err(invalid(
+                        ErrorCode::UnauthorizedClient,
+                        "this agent may not work on this task",
+                        format!("template {template} does not list {}", client.id),
+                    ));
+                }
                 let duration_ms = i64::try_from(t.max_duration.as_millis()).unwrap_or(i64::MAX);
                 let deadline = now_ms.saturating_add(duration_ms);
                 let control = self.control.clone();

@@ -175,6 +175,11 @@ async fn refusals_carry_the_rfc_error_codes() -> Result<(), Error> {
     let may_act = f.user_token("alice", json!({"may_act": {"sub": "someone-else"}}))?;
     let (_, body) = exchange(&f, "assistant", &may_act, ID_TOKEN, &[]).await?;
     assert_eq!(error(&body), "invalid_request");
+    // A user token that already names an actor: that chain was never
+    // checked against any agent's delegation rights.
+    let acted = f.user_token("alice", json!({"act": {"sub": "someone"}}))?;
+    let (_, body) = exchange(&f, "assistant", &acted, ID_TOKEN, &[]).await?;
+    assert_eq!(error(&body), "invalid_request");
     let bound = f.user_token("alice", json!({"cnf": {"jkt": "abc"}}))?;
     let (_, body) = exchange(&f, "assistant", &bound, ID_TOKEN, &[]).await?;
     assert_eq!(error(&body), "invalid_request");
