@@ -228,7 +228,8 @@ pub enum AuditCommand {
         #[command(flatten)]
         at: StoreArgs,
         /// The log's public key (default: the `.pub` file beside the
-        /// checkpoint key).
+        /// checkpoint key; required with `--bundle`, which cannot vouch for
+        /// itself).
         #[arg(long)]
         key: Option<PathBuf>,
         /// Verify an evidence bundle offline instead of a store.
