@@ -197,14 +197,15 @@ impl BrokerConfig {
                 mandate_authn::MAX_ACTOR_DEPTH
             ));
         }
-        let mut seen = BTreeSet::new();
+        // Entitlements, agents' `users` and tasks are keyed by `sub` alone:
+        // with two providers, "alice" at one would be "alice" at the other.
+        if self.subject_issuers.len() > 1 {
+            return Err(
+                "broker.identity_providers: at most one provider (users are identified by sub alone)"
+                    .into(),
+            );
+        }
         for s in &self.subject_issuers {
-            if !seen.insert(s.issuer.as_str()) {
-                return Err(format!(
-                    "broker.subject_issuers: {:?} is listed twice",
-                    s.issuer
-                ));
-            }
             if s.issuer == self.issuer {
                 return Err("broker.subject_issuers may not name the broker itself".into());
             }
@@ -274,5 +275,35 @@ mod tests {
             "bank.* docs.search mail.read".to_owned()
         );
         assert_eq!(e.of("bob", []).to_oauth_string(), "docs.search");
+    }
+
+    #[test]
+    fn two_identity_providers_are_refused() {
+        let idp = |issuer: &str| SubjectIssuer {
+            issuer: issuer.into(),
+            audience: "app".into(),
+            jwks: None,
+            groups_claim: "groups".into(),
+        };
+        let mut cfg = BrokerConfig {
+            issuer: "https://broker.test".into(),
+            resources: vec!["https://gw.test/mcp".into()],
+            key_dir: PathBuf::from("keys"),
+            key_algorithm: Algorithm::EdDSA,
+            max_token_ttl: Duration::from_secs(600),
+            max_delegation_depth: 2,
+            leeway_secs: 5,
+            subject_issuers: vec![idp("https://idp-a.test")],
+            entitlements: Entitlements::default(),
+            agents: BTreeMap::new(),
+            templates: BTreeMap::new(),
+            spiffe: None,
+            task_operators: Vec::new(),
+            dpop_require_nonce: false,
+        };
+        assert_eq!(cfg.validate(), Ok(()));
+        cfg.subject_issuers.push(idp("https://idp-b.test"));
+        let err = cfg.validate().err().unwrap_or_default();
+        assert!(err.contains("at most one provider"), "{err}");
     }
 }
