@@ -175,6 +175,33 @@ pub(crate) enum Filter {
     },
 }
 
+/// A value bound to a [`Filter`]'s clause.
+pub(crate) enum Param<'a> {
+    Text(&'a str),
+    Int(i64),
+}
+
+impl Filter {
+    /// The `WHERE` clause (empty for all rows) and its values, in order.
+    /// Placeholders are `$1`, `$2`: PostgreSQL's, which SQLite binds by
+    /// position too.
+    pub(crate) fn clause(&self) -> (&'static str, Vec<Param<'_>>) {
+        match self {
+            Self::All => ("", vec![]),
+            Self::Session(s) => ("WHERE session = $1", vec![Param::Text(s)]),
+            Self::Correlation(c) => ("WHERE correlation_id = $1", vec![Param::Text(c)]),
+            Self::CallsSince(ms) => (
+                "WHERE kind IN ('decision', 'outcome') AND time_ms >= $1",
+                vec![Param::Int(*ms)],
+            ),
+            Self::Time { from, to } => (
+                "WHERE time_ms >= $1 AND time_ms < $2",
+                vec![Param::Int(*from), Param::Int(*to)],
+            ),
+        }
+    }
+}
+
 /// Reading a store.
 pub(crate) trait Reader {
     /// Every row in seq order, to `f`.

@@ -16,7 +16,7 @@
 //! ever used from the writer thread or a dedicated reader thread.
 
 use crate::backend::{
-    Backend, CheckpointRow, Filter, NewRow, RawRow, Reader, frontier_text, parse_frontier,
+    Backend, CheckpointRow, Filter, NewRow, Param, RawRow, Reader, frontier_text, parse_frontier,
 };
 use crate::chain::GENESIS_HASH;
 use crate::error::{AuditError, Op};
@@ -363,29 +363,15 @@ impl Reader for PgReader {
     }
 
     fn rows(&mut self, filter: &Filter) -> Result<Vec<RawRow>, AuditError> {
-        let (clause, text, ints): (&str, Option<&str>, Vec<i64>) = match filter {
-            Filter::All => ("", None, vec![]),
-            Filter::Session(s) => ("WHERE session = $1", Some(s), vec![]),
-            Filter::Correlation(c) => ("WHERE correlation_id = $1", Some(c), vec![]),
-            Filter::CallsSince(ms) => (
-                "WHERE kind IN ('decision', 'outcome') AND time_ms >= $1",
-                None,
-                vec![*ms],
-            ),
-            Filter::Time { from, to } => (
-                "WHERE time_ms >= $1 AND time_ms < $2",
-                None,
-                vec![*from, *to],
-            ),
-        };
+        let (clause, values) = filter.clause();
         let sql = format!("{} {clause} ORDER BY seq", *crate::schema::SELECT_SQL);
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
-        if let Some(t) = &text {
-            params.push(t);
-        }
-        for i in &ints {
-            params.push(i);
-        }
+        let params: Vec<&(dyn ToSql + Sync)> = values
+            .iter()
+            .map(|p| match p {
+                Param::Text(t) => t as &(dyn ToSql + Sync),
+                Param::Int(i) => i,
+            })
+            .collect();
         let rows = self
             .client
             .query(sql.as_str(), &params)

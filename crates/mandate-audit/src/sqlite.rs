@@ -1,6 +1,8 @@
 //! The SQLite store: WAL, `synchronous=FULL`, one writer connection.
 
-use crate::backend::{Backend, CheckpointRow, Filter, NewRow, RawRow, Reader, parse_frontier};
+use crate::backend::{
+    Backend, CheckpointRow, Filter, NewRow, Param, RawRow, Reader, parse_frontier,
+};
 use crate::error::{AuditError, Op};
 use crate::merkle::{Hash, leaf_hash};
 use crate::schema::{
@@ -179,19 +181,11 @@ impl Reader for SqliteReader {
     }
 
     fn rows(&mut self, filter: &Filter) -> Result<Vec<RawRow>, AuditError> {
-        let (clause, values): (&str, Vec<rusqlite::types::Value>) = match filter {
-            Filter::All => ("", vec![]),
-            Filter::Session(s) => ("WHERE session = ?1", vec![s.clone().into()]),
-            Filter::Correlation(c) => ("WHERE correlation_id = ?1", vec![c.clone().into()]),
-            Filter::CallsSince(ms) => (
-                "WHERE kind IN ('decision', 'outcome') AND time_ms >= ?1",
-                vec![(*ms).into()],
-            ),
-            Filter::Time { from, to } => (
-                "WHERE time_ms >= ?1 AND time_ms < ?2",
-                vec![(*from).into(), (*to).into()],
-            ),
-        };
+        let (clause, params) = filter.clause();
+        let values = params.into_iter().map(|p| match p {
+            Param::Text(t) => rusqlite::types::Value::Text(t.to_owned()),
+            Param::Int(i) => rusqlite::types::Value::Integer(i),
+        });
         let sql = format!("{} {clause} ORDER BY seq", &*SELECT_SQL);
         let mut stmt = self.conn.prepare(&sql).map_err(rerr)?;
         let mut rows = stmt.query(params_from_iter(values)).map_err(rerr)?;

@@ -1,5 +1,6 @@
 //! The store suite (`tests/suite`) on SQLite.
 
+#[macro_use]
 mod suite;
 
 use mandate_audit::Store;
@@ -44,15 +45,4 @@ macro_rules! cases {
     )*};
 }
 
-cases!(
-    intact_log_verifies_with_checkpoints,
-    proofs_verify_against_signed_checkpoints,
-    periodic_checkpoints_are_signed,
-    concurrent_appends_share_commits,
-    tamper_edit_is_named,
-    tamper_delete_is_named,
-    tamper_insert_is_named,
-    tamper_reorder_is_named,
-    tamper_truncated_tail_is_named,
-    tamper_rewritten_tail_is_caught_by_checkpoints,
-);
+every_case!(cases);

@@ -32,6 +32,16 @@ pub const DEFAULT_LEEWAY_SECS: u64 = 30;
 /// hashing or cache lookup.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
+/// The token of an `Authorization` header value using `scheme` (`Bearer`,
+/// `DPoP`), the scheme matched case-insensitively (RFC 9110 §11.1).
+pub fn token_of<'a>(authorization: &'a str, scheme: &str) -> Option<&'a str> {
+    let (given, token) = authorization.split_once(' ')?;
+    given
+        .eq_ignore_ascii_case(scheme)
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
 /// How tokens are authenticated: which issuers are trusted (and where their
 /// keys are), for which audience, with which algorithms.
 #[derive(Debug, Clone)]
@@ -524,6 +534,16 @@ mod tests {
             is_send(&a.verify_uncached("x"));
         }
         let _ = check;
+    }
+
+    #[test]
+    fn authorization_scheme_is_case_insensitive_and_exact() {
+        assert_eq!(token_of("Bearer abc", "Bearer"), Some("abc"));
+        assert_eq!(token_of("bEARER  abc ", "Bearer"), Some("abc"));
+        assert_eq!(token_of("DPoP abc", "Bearer"), None);
+        assert_eq!(token_of("Bearerabc", "Bearer"), None);
+        assert_eq!(token_of("Bearer ", "Bearer"), None);
+        assert_eq!(token_of("dpop abc", "DPoP"), Some("abc"));
     }
 
     #[test]

@@ -31,6 +31,32 @@ pub(crate) fn routes() -> Router<Arc<Broker>> {
 
 struct ApiError(StatusCode, &'static str, String);
 
+impl ApiError {
+    fn bad_request(description: impl Into<String>) -> Self {
+        Self(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            description.into(),
+        )
+    }
+}
+
+/// Runs a control-store operation off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ControlError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal error".into(),
+            )
+        })?
+        .map_err(ApiError::from)
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut r = (
@@ -57,9 +83,7 @@ impl From<ControlError> for ApiError {
                 Self(StatusCode::NOT_FOUND, "not_found", e.to_string())
             }
             ControlError::Conflict(_) => Self(StatusCode::CONFLICT, "conflict", e.to_string()),
-            ControlError::Invalid(_) => {
-                Self(StatusCode::BAD_REQUEST, "invalid_request", e.to_string())
-            }
+            ControlError::Invalid(_) => Self::bad_request(e.to_string()),
             ControlError::Storage(_) | ControlError::Corrupt { .. } => {
                 tracing::error!(error = %e, "control store failure");
                 Self(
@@ -91,11 +115,7 @@ async fn operator(b: &Broker, headers: &HeaderMap, action: &str) -> Result<Princ
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        })
-        .map(str::trim)
+        .and_then(|h| mandate_authn::token_of(h, "Bearer"))
         .ok_or_else(|| unauthorized("an operator bearer token is required"))?;
     let p = authn
         .verify(token)
@@ -158,15 +178,7 @@ async fn list(
 ) -> Result<Json<Value>, ApiError> {
     operator(&b, &headers, "broker/task.list").await?;
     let control = b.control.clone();
-    let tasks = tokio::task::spawn_blocking(move || control.tasks(q.all))
-        .await
-        .map_err(|_| {
-            ApiError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "internal error".into(),
-            )
-        })??;
+    let tasks = blocking(move || control.tasks(q.all)).await?;
     Ok(Json(json!({ "tasks": tasks })))
 }
 
@@ -186,20 +198,14 @@ async fn start(
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "broker/task.start";
     let op = operator(&b, &headers, ACTION).await?;
-    let Json(body) =
-        body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()))?;
-    let template = b.cfg.templates.get(&body.template).ok_or_else(|| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            format!("no task template {:?}", body.template),
-        )
-    })?;
+    let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let template =
+        b.cfg.templates.get(&body.template).ok_or_else(|| {
+            ApiError::bad_request(format!("no task template {:?}", body.template))
+        })?;
     if body.sub.trim().is_empty() {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "sub must name the user the task is for".into(),
+        return Err(ApiError::bad_request(
+            "sub must name the user the task is for",
         ));
     }
     let id = body
@@ -213,17 +219,8 @@ async fn start(
     record(&b, &op, ACTION, true, &format!("start task {id}"), &detail).await?;
     let control = b.control.clone();
     let by = op.sub.clone();
-    let task = tokio::task::spawn_blocking(move || {
-        control.start_task(&id, &body.template, &body.sub, deadline, &by)
-    })
-    .await
-    .map_err(|_| {
-        ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            "internal error".into(),
-        )
-    })??;
+    let task =
+        blocking(move || control.start_task(&id, &body.template, &body.sub, deadline, &by)).await?;
     Ok((StatusCode::CREATED, Json(json!(task))).into_response())
 }
 
@@ -256,15 +253,7 @@ async fn end(
     .await?;
     let control = b.control.clone();
     let by = op.sub.clone();
-    let task = tokio::task::spawn_blocking(move || control.end_task(&id, status, &by))
-        .await
-        .map_err(|_| {
-            ApiError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "internal error".into(),
-            )
-        })??;
+    let task = blocking(move || control.end_task(&id, status, &by)).await?;
     tracing::warn!(task = %task.id, status = task.status.as_str(), "task ended; its tokens are revoked");
     Ok(Json(json!(task)))
 }

@@ -187,11 +187,7 @@ pub(crate) async fn authenticate_operator(
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        })
-        .map(str::trim)
+        .and_then(|h| mandate_authn::token_of(h, "Bearer"))
         .ok_or_else(|| ApiError::unauthorized(gw, "an operator bearer token is required"))?;
     let principal =
         gw.operator_authn().verify(token).await.map_err(|e| {

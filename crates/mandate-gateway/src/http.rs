@@ -301,15 +301,10 @@ async fn authenticate(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     // `DPoP <token>` (RFC 9449 §7.1) or `Bearer <token>`.
-    let dpop_scheme =
-        header.and_then(|h| h.strip_prefix("DPoP ").or_else(|| h.strip_prefix("dpop ")));
-    if let Some(token) = dpop_scheme {
-        return crate::dpop::authenticate(gw, headers, method, token.trim()).await;
+    if let Some(token) = header.and_then(|h| mandate_authn::token_of(h, "DPoP")) {
+        return crate::dpop::authenticate(gw, headers, method, token).await;
     }
-    let Some(token) = header.and_then(|h| {
-        h.strip_prefix("Bearer ")
-            .or_else(|| h.strip_prefix("bearer "))
-    }) else {
+    let Some(token) = header.and_then(|h| mandate_authn::token_of(h, "Bearer")) else {
         gw.metrics().auth_failures.inc();
         return Err(rpc_error(
             StatusCode::UNAUTHORIZED,
@@ -319,7 +314,7 @@ async fn authenticate(
             Some(challenge(gw, None, None)),
         ));
     };
-    match gw.authenticate(token.trim()).await {
+    match gw.authenticate(token).await {
         Ok(p) => Ok(Arc::new(p)),
         Err(e) => {
             gw.metrics().auth_failures.inc();

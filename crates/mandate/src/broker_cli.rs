@@ -2,8 +2,8 @@
 //! `mandate build-hash`, `mandate task …` and `mandate keys rotate`
 //! commands.
 
-use crate::config::{Config, env};
-use anyhow::{Context, Result, bail};
+use crate::config::Config;
+use anyhow::{Result, bail};
 use mandate_gateway::Gateway;
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -134,36 +134,7 @@ async fn api(
     path: &str,
     body: Option<Value>,
 ) -> Result<Value> {
-    let token = std::env::var(env::OPERATOR_TOKEN).with_context(|| {
-        format!(
-            "{} must hold an operator token (audience <public_url>/api, no `act`)",
-            env::OPERATOR_TOKEN
-        )
-    })?;
-    let url = format!("{}{path}", args.server.trim_end_matches('/'));
-    let mut req = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()?
-        .request(method, &url)
-        .bearer_auth(token.trim());
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {url}"))?;
-    let status = resp.status();
-    let v: Value = resp.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        let code = v.get("error").and_then(Value::as_str).unwrap_or("error");
-        let msg = v
-            .get("error_description")
-            .and_then(Value::as_str)
-            .unwrap_or("(no description)");
-        bail!("{status}: {code}: {msg}");
-    }
-    Ok(v)
+    crate::ops::Api::new(args)?.send(method, path, body).await
 }
 
 fn task_line(t: &Value) -> String {

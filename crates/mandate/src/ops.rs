@@ -150,14 +150,15 @@ pub enum ApprovalsCommand {
     },
 }
 
-struct Api {
+/// The operator API of a running `mandate serve`, as `MANDATE_OPERATOR_TOKEN`.
+pub(crate) struct Api {
     base: String,
     token: String,
     http: reqwest::Client,
 }
 
 impl Api {
-    fn new(args: &ApiArgs) -> Result<Self> {
+    pub(crate) fn new(args: &ApiArgs) -> Result<Self> {
         let token = std::env::var(env::OPERATOR_TOKEN).with_context(|| {
             format!(
                 "{} must hold an operator token (audience <public_url>/api, no `act`)",
@@ -173,7 +174,8 @@ impl Api {
         })
     }
 
-    async fn send(
+    /// Sends one request; a non-2xx answer is an error with its OAuth-style code.
+    pub(crate) async fn send(
         &self,
         method: reqwest::Method,
         path: &str,

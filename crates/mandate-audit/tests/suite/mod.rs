@@ -13,6 +13,25 @@ use mandate_core::{AuditRecord, CorrelationId, Decision, DecisionId, Effect, Rec
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+/// Calls `$m!(case, …)` with every case of the suite: the one list each
+/// store's test file instantiates.
+macro_rules! every_case {
+    ($m:ident) => {
+        $m!(
+            intact_log_verifies_with_checkpoints,
+            proofs_verify_against_signed_checkpoints,
+            periodic_checkpoints_are_signed,
+            concurrent_appends_share_commits,
+            tamper_edit_is_named,
+            tamper_delete_is_named,
+            tamper_insert_is_named,
+            tamper_reorder_is_named,
+            tamper_truncated_tail_is_named,
+            tamper_rewritten_tail_is_caught_by_checkpoints,
+        );
+    };
+}
+
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// A fresh, empty store of one kind, and raw write access to its tables.
