@@ -1,11 +1,11 @@
 //! The SQLite schema, and the mapping between a record and its row.
 
-use crate::chain::{GENESIS_HASH, canonical_body};
+use crate::chain::canonical_body;
 use crate::error::{AuditError, Op};
 use crate::merkle::{Hash, leaf_hash};
 use mandate_core::AuditRecord;
 use rusqlite::types::Value;
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -234,14 +234,5 @@ pub(crate) fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.pragma_query_value(None, "user_version", |r| r.get(0))
 }
 
-/// The chain head: the last row's (seq, hash), or (0, genesis) when empty.
-pub fn head(conn: &Connection) -> rusqlite::Result<(i64, String)> {
-    let last = conn
-        .query_row(
-            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    Ok(last.unwrap_or_else(|| (0, GENESIS_HASH.to_owned())))
-}
+/// The last row's seq and hash.
+pub(crate) const HEAD_SQL: &str = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1";
