@@ -43,10 +43,28 @@ pub struct BenchArgs {
     /// `2026-07-28` (stateless: `server/discover`, plain JSON replies).
     #[arg(long, default_value = "2025-11-25", value_parser = ["2025-11-25", "2026-07-28"])]
     pub protocol: String,
+    /// Benchmark against this Streamable HTTP MCP server (`http://…/mcp`)
+    /// instead of the built-in demo server, whose tool does no work.
+    #[arg(long, value_name = "URL")]
+    pub upstream_url: Option<String>,
+    /// The upstream tool to call (classed `read` in the benchmark's config).
+    #[arg(long, default_value = "search")]
+    pub tool: String,
+    /// The call's arguments, a JSON object.
+    #[arg(long, default_value = r#"{"query":"benchmark"}"#, value_parser = parse_arguments)]
+    pub arguments: serde_json::Map<String, serde_json::Value>,
     /// Instead: measure human approval (decision sent → agent's result)
     /// over N held transfers, against the same transfer without approval.
     #[arg(long, value_name = "N")]
     pub approvals: Option<usize>,
+}
+
+fn parse_arguments(s: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match serde_json::from_str(s) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(_) => Err("the arguments must be a JSON object".into()),
+        Err(e) => Err(format!("the arguments are not JSON: {e}")),
+    }
 }
 
 /// The gateway under test: in this process, or a pinned child process.
@@ -107,7 +125,8 @@ type TokenSource = std::sync::Arc<dyn Fn() -> Result<String> + Send + Sync>;
 struct Target {
     url: String,
     token: Option<TokenSource>,
-    tool: &'static str,
+    /// The call every client makes (the same on both paths but the name).
+    call: CallToolRequestParams,
     /// Speak the stateless 2026-07-28 revision instead of 2025-11-25.
     stateless: bool,
 }
@@ -137,13 +156,9 @@ async fn connect(t: &Target) -> Result<Client> {
     Ok(().serve_with_lifecycle(transport, lifecycle).await?)
 }
 
-async fn one_call(c: &Client, tool: &'static str) -> Result<Duration> {
-    let mut p = CallToolRequestParams::new(tool);
-    p.arguments = serde_json::json!({"query": "benchmark"})
-        .as_object()
-        .cloned();
+async fn one_call(c: &Client, call: &CallToolRequestParams) -> Result<Duration> {
     let start = Instant::now();
-    let r = c.call_tool(p).await?;
+    let r = c.call_tool(call.clone()).await?;
     let took = start.elapsed();
     if r.is_error == Some(true) {
         anyhow::bail!("tool returned an error");
@@ -164,13 +179,13 @@ async fn sequential(
 ) -> Result<Samples> {
     let (d, g) = (connect(direct).await?, connect(via).await?);
     for _ in 0..50 {
-        one_call(&d, direct.tool).await?;
-        one_call(&g, via.tool).await?;
+        one_call(&d, &direct.call).await?;
+        one_call(&g, &via.call).await?;
     }
     let mut out = Samples::default();
     for _ in 0..n {
-        out.direct.push(one_call(&d, direct.tool).await?);
-        out.gateway.push(one_call(&g, via.tool).await?);
+        out.direct.push(one_call(&d, &direct.call).await?);
+        out.gateway.push(one_call(&g, &via.call).await?);
         out.fsync.push(probe.once()?);
     }
     let _ = d.cancel().await;
@@ -191,18 +206,18 @@ async fn throughput(t: &Target, clients: usize, secs: u64) -> Result<(f64, Vec<D
     let mut conns = Vec::new();
     for _ in 0..clients {
         let c = connect(t).await?;
-        one_call(&c, t.tool).await?;
+        one_call(&c, &t.call).await?;
         conns.push(c);
     }
     let deadline = Instant::now() + Duration::from_secs(secs);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in conns {
-        let tool = t.tool;
+        let call = t.call.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             while Instant::now() < deadline {
-                match one_call(&c, tool).await {
+                match one_call(&c, &call).await {
                     Ok(d) => lat.push(d),
                     Err(e) => return Err(e),
                 }
@@ -286,17 +301,24 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         return crate::bench_approvals::run(&data_dir, n.max(1)).await;
     }
 
-    // The upstream, over Streamable HTTP.
-    let up_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let up_addr = up_listener.local_addr()?;
-    tokio::spawn(async move {
-        if let Err(e) =
-            crate::demo_server::serve_http("workspace", Default::default(), up_listener).await
-        {
-            eprintln!("upstream stopped: {e}");
+    // The upstream, over Streamable HTTP: the one given, or the demo
+    // server in this process.
+    let upstream_url = match &args.upstream_url {
+        Some(url) => url.clone(),
+        None => {
+            let up_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let up_addr = up_listener.local_addr()?;
+            tokio::spawn(async move {
+                if let Err(e) =
+                    crate::demo_server::serve_http("workspace", Default::default(), up_listener)
+                        .await
+                {
+                    eprintln!("upstream stopped: {e}");
+                }
+            });
+            format!("http://{up_addr}/mcp")
         }
-    });
-    let upstream_url = format!("http://{up_addr}/mcp");
+    };
 
     // The gateway in front of it, with the quickstart policies.
     let qs_config = crate::demo::materialise(&data_dir)?;
@@ -320,10 +342,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     generate_issuer_key(&key_dir)?;
     let key = load_issuer_key(&key_dir)?;
     let config_text = format!(
-        "[server]\ndata_dir = \"{}\"\n[auth]\n[[auth.issuers]]\nissuer = \"mandate-dev\"\njwks_file = \"{}\"\n[policy]\ndir = \"{}\"\n[upstreams.docs]\nurl = \"{upstream_url}\"\ntimeout_secs = 30\n[upstreams.docs.tools]\nsearch = \"read\"\n",
+        "[server]\ndata_dir = \"{}\"\n[auth]\n[[auth.issuers]]\nissuer = \"mandate-dev\"\njwks_file = \"{}\"\n[policy]\ndir = \"{}\"\n[upstreams.docs]\nurl = {}\ntimeout_secs = 30\n[upstreams.docs.tools]\n{} = \"read\"\n",
         data_dir.display(),
         key_dir.join("jwks.json").display(),
         qs_dir.join("policies").display(),
+        toml::Value::String(upstream_url.clone()),
+        toml::Value::String(args.tool.clone()),
     );
     let cfg_path = data_dir.join("bench.toml");
     std::fs::write(&cfg_path, config_text)?;
@@ -353,16 +377,21 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     });
 
     let stateless = args.protocol == "2026-07-28";
+    let call = |name: String| {
+        let mut p = CallToolRequestParams::new(name);
+        p.arguments = Some(args.arguments.clone());
+        p
+    };
     let direct = Target {
-        url: upstream_url,
+        url: upstream_url.clone(),
         token: None,
-        tool: "search",
+        call: call(args.tool.clone()),
         stateless,
     };
     let via = Target {
         url: format!("http://{gw_addr}/mcp"),
         token: Some(mint),
-        tool: "docs.search",
+        call: call(format!("docs.{}", args.tool)),
         stateless,
     };
 
@@ -445,6 +474,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         "Clients speak MCP {}; each keeps its HTTP connection alive.",
         args.protocol
     );
+    match &args.upstream_url {
+        Some(url) => println!("Upstream: {url}, tool `{}`.", args.tool),
+        None => println!(
+            "Upstream: the built-in demo server (its `{}` does no work: the harshest case for the ratio).",
+            args.tool
+        ),
+    }
     if args.split_cpus {
         println!("Gateway pinned to CPU 1; load generator and upstream pinned to CPU 0.");
     } else {

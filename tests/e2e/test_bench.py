@@ -1,0 +1,80 @@
+"""`mandate bench`, the reproducible performance command of
+docs/BENCHMARKS.md, kept working end to end. The loads are tiny and nothing
+here is timed (timed tests are not benchmarks): the tests check that every
+benchmark call went through a gateway that recorded it durably, against the
+built-in demo server and against the official reference server over
+Streamable HTTP."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from pathlib import Path
+
+from e2e_support import Launcher, everything_entry, free_port, run_mandate
+
+SEQUENTIAL = 20
+WARM_UP = 50  # sequential calls per path before the measured ones
+CLIENTS = 3
+
+
+def run_bench(tmp_path: Path, *extra: str) -> str:
+    r = run_mandate("bench", "--sequential-calls", str(SEQUENTIAL), "--seconds", "1",
+                    "--concurrency", str(CLIENTS), "--data-dir", str(tmp_path / "bench"), *extra,
+                    timeout=240)
+    assert r.returncode == 0, f"bench failed:\n{r.stdout}\n{r.stderr[-3000:]}"
+    return r.stdout
+
+
+def check_report(out: str) -> None:
+    """Both paths served calls, and the gateway recorded each of its calls
+    (a decision and an outcome record per call) durably."""
+    rate = re.search(r"\| throughput, \d+ clients \| (\d+) calls/s \| (\d+) calls/s \| ([\d.]+)× \|", out)
+    assert rate, out
+    direct, through, _ratio = int(rate[1]), int(rate[2]), float(rate[3])
+    assert direct > 0 and through > 0, out
+    seq = re.search(r"\| sequential p50 latency \| ([\d.]+) ms \| ([\d.]+) ms \|", out)
+    assert seq and float(seq[1]) > 0 and float(seq[2]) > 0, out
+    fsync = re.search(r"fsync .*: p50 ([\d.]+) ms", out)
+    assert fsync and float(fsync[1]) > 0, out
+    audit = re.search(r"Audit: (\d+) records", out)
+    assert audit, out
+    # Sequential calls (warm-up and measured), one warm-up call per throughput
+    # client, then at least one call per client in the throughput second.
+    gateway_calls = WARM_UP + SEQUENTIAL + 2 * CLIENTS
+    assert int(audit[1]) >= 2 * gateway_calls, out
+
+
+def test_bench_against_the_demo_server(tmp_path: Path) -> None:
+    out = run_bench(tmp_path)
+    check_report(out)
+    assert "built-in demo server" in out
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def test_bench_against_the_reference_server_over_http(tmp_path: Path, fresh_launcher: Launcher) -> None:
+    node, script, _stdio = everything_entry()
+    port = free_port()
+    server = fresh_launcher.spawn([node, script, "streamableHttp"], "everything-http", env={"PORT": str(port)})
+    wait_port(port)
+    url = f"http://127.0.0.1:{port}/mcp"
+    out = run_bench(tmp_path, "--upstream-url", url, "--tool", "echo", "--arguments", '{"message": "bench"}')
+    check_report(out)
+    assert f"Upstream: {url}, tool `echo`" in out
+    assert server.alive()
+
+
+def test_bench_refuses_arguments_that_are_not_an_object(tmp_path: Path) -> None:
+    r = run_mandate("bench", "--arguments", "[1, 2]", "--data-dir", str(tmp_path / "bench"), timeout=60)
+    assert r.returncode != 0
+    assert "the arguments must be a JSON object" in r.stderr
