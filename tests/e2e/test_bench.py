@@ -36,8 +36,8 @@ def check_report(out: str) -> None:
     assert direct > 0 and through > 0, out
     seq = re.search(r"\| sequential p50 latency \| ([\d.]+) ms \| ([\d.]+) ms \|", out)
     assert seq and float(seq[1]) > 0 and float(seq[2]) > 0, out
-    fsync = re.search(r"fsync .*: p50 ([\d.]+) ms", out)
-    assert fsync and float(fsync[1]) > 0, out
+    # (The fsync time itself may print as 0.000 on a memory-backed temp dir.)
+    assert re.search(r"fsync .*: p50 [\d.]+ ms", out), out
     audit = re.search(r"Audit: (\d+) records", out)
     assert audit, out
     # Sequential calls (warm-up and measured), one warm-up call per throughput

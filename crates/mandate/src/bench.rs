@@ -341,14 +341,20 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let key_dir = data_dir.join("dev-issuer");
     generate_issuer_key(&key_dir)?;
     let key = load_issuer_key(&key_dir)?;
-    let config_text = format!(
-        "[server]\ndata_dir = \"{}\"\n[auth]\n[[auth.issuers]]\nissuer = \"mandate-dev\"\njwks_file = \"{}\"\n[policy]\ndir = \"{}\"\n[upstreams.docs]\nurl = {}\ntimeout_secs = 30\n[upstreams.docs.tools]\n{} = \"read\"\n",
-        data_dir.display(),
-        key_dir.join("jwks.json").display(),
-        qs_dir.join("policies").display(),
-        toml::Value::String(upstream_url.clone()),
-        toml::Value::String(args.tool.clone()),
-    );
+    let path = |p: &Path| p.display().to_string();
+    let config_text = toml::to_string(&serde_json::json!({
+        "server": { "data_dir": path(&data_dir) },
+        "auth": { "issuers": [{
+            "issuer": "mandate-dev",
+            "jwks_file": path(&key_dir.join("jwks.json")),
+        }] },
+        "policy": { "dir": path(&qs_dir.join("policies")) },
+        "upstreams": { "docs": {
+            "url": upstream_url,
+            "timeout_secs": 30,
+            "tools": { args.tool.as_str(): "read" },
+        } },
+    }))?;
     let cfg_path = data_dir.join("bench.toml");
     std::fs::write(&cfg_path, config_text)?;
     let (gw, gw_addr) = if args.split_cpus {
@@ -481,7 +487,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             args.tool
         ),
     }
-    if args.split_cpus {
+    if args.split_cpus && args.upstream_url.is_some() {
+        println!(
+            "Gateway pinned to CPU 1; load generator pinned to CPU 0 (the upstream runs where it was started)."
+        );
+    } else if args.split_cpus {
         println!("Gateway pinned to CPU 1; load generator and upstream pinned to CPU 0.");
     } else {
         println!("Gateway, load generator and upstream share every CPU.");
