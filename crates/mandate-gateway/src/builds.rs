@@ -93,31 +93,38 @@ impl Gateway {
         build: &str,
         reg: &RegisteredManifest,
     ) -> Result<bool, String> {
-        let mut catalogues = Vec::new();
-        let mut idents: Vec<Arc<Vec<rmcp::model::Tool>>> = Vec::new();
+        // Each upstream's catalogue is read once per call, however many of
+        // the manifest's tools it serves.
+        let mut catalogues: BTreeMap<String, Arc<Vec<rmcp::model::Tool>>> = BTreeMap::new();
+        let mut wanted = Vec::with_capacity(reg.tools.len());
         for name in &reg.tools {
             let parsed = ToolName::parse(name)
                 .ok_or_else(|| format!("manifest tool {name} is not upstream.tool"))?;
-            let upstream = self
-                .upstreams
-                .get(&parsed.upstream)
-                .ok_or_else(|| format!("manifest tool {name}: no upstream {}", parsed.upstream))?;
-            let tools = upstream
-                .tools()
-                .await
-                .map_err(|_| format!("the catalogue of {} is unavailable", parsed.upstream))?;
-            idents.push(Arc::clone(&tools));
-            catalogues.push((name, parsed, tools));
+            if !catalogues.contains_key(&parsed.upstream) {
+                let upstream = self.upstreams.get(&parsed.upstream).ok_or_else(|| {
+                    format!("manifest tool {name}: no upstream {}", parsed.upstream)
+                })?;
+                let tools = upstream
+                    .tools()
+                    .await
+                    .map_err(|_| format!("the catalogue of {} is unavailable", parsed.upstream))?;
+                catalogues.insert(parsed.upstream.clone(), tools);
+            }
+            wanted.push((name, parsed));
         }
+        let idents: Vec<Arc<Vec<rmcp::model::Tool>>> = catalogues.values().cloned().collect();
         if let Some(v) = self.manifest_verdicts.get(build)
             && v.0.len() == idents.len()
             && v.0.iter().zip(&idents).all(|(a, b)| Arc::ptr_eq(a, b))
         {
             return Ok(v.1);
         }
-        let mut served = Vec::with_capacity(catalogues.len());
-        for (name, parsed, tools) in &catalogues {
-            let Some(tool) = tools.iter().find(|t| t.name == parsed.tool) else {
+        let mut served = Vec::with_capacity(wanted.len());
+        for (name, parsed) in &wanted {
+            let tool = catalogues
+                .get(&parsed.upstream)
+                .and_then(|tools| tools.iter().find(|t| t.name == parsed.tool));
+            let Some(tool) = tool else {
                 // A tool of the manifest is gone: the build is not what was registered.
                 self.manifest_verdicts
                     .insert(build.to_owned(), (idents, false));
