@@ -33,9 +33,7 @@ impl SqliteBackend {
             conn: open_for_write(path, busy_timeout)?,
         })
     }
-}
 
-impl SqliteBackend {
     fn execute_cached(&self, sql: &str) -> Result<(), AuditError> {
         self.conn
             .prepare_cached(sql)
@@ -202,9 +200,9 @@ impl Reader for SqliteReader {
 
     fn rows(&mut self, filter: &Filter) -> Result<Vec<RawRow>, AuditError> {
         let (clause, params) = filter.clause();
-        let values = params.into_iter().map(|p| match p {
-            Param::Text(t) => rusqlite::types::Value::Text(t.to_owned()),
-            Param::Int(i) => rusqlite::types::Value::Integer(i),
+        let values = params.iter().map(|p| match p {
+            Param::Text(t) => t as &dyn ToSql,
+            Param::Int(i) => i,
         });
         let sql = format!("{} {clause} ORDER BY seq", &*SELECT_SQL);
         let mut stmt = self.conn.prepare(&sql).map_err(rerr)?;

@@ -181,7 +181,7 @@ impl AuditRecord {
 pub fn canonical_args_hash(args: &serde_json::Map<String, serde_json::Value>) -> String {
     let mut out = String::new();
     write_canonical_object(args, &mut out);
-    hex::encode(Sha256::digest(out.as_bytes()))
+    sha256_hex(&out)
 }
 
 /// SHA-256 (hex) over the canonical JSON form of any value (as
@@ -189,7 +189,11 @@ pub fn canonical_args_hash(args: &serde_json::Map<String, serde_json::Value>) ->
 pub fn canonical_hash(value: &serde_json::Value) -> String {
     let mut out = String::new();
     write_canonical(value, &mut out);
-    hex::encode(Sha256::digest(out.as_bytes()))
+    sha256_hex(&out)
+}
+
+fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
 }
 
 /// Appends the canonical JSON of `value` to `out`.

@@ -644,8 +644,12 @@ impl crate::Gateway {
                     Resolved::Known {
                         tool: Some(tool), ..
                     } => self.check_tool(principal, &exposed, &tool).await,
-                    _ => Err((
+                    Resolved::Known { tool: None, .. } => Err((
                         "the upstream's tool catalogue is unavailable".to_owned(),
+                        DenyCategory::UpstreamUnavailable,
+                    )),
+                    Resolved::Unknown => Err((
+                        "the tool is no longer served".to_owned(),
                         DenyCategory::UpstreamUnavailable,
                     )),
                 };

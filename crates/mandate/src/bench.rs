@@ -1,12 +1,14 @@
 //! `mandate bench`: end-to-end load benchmark, gateway vs direct upstream.
 //!
 //! In one process and one run it starts the demo MCP server over Streamable
-//! HTTP, a gateway in front of it (durable audit on, the quickstart
-//! policies), and drives `tools/call` through both with the official Rust
-//! SDK client: sequentially (added latency) and with many concurrent clients
-//! (throughput). It also measures this disk's fsync time, the floor of the
-//! gateway's added latency (the decision record is durable before the call
-//! is forwarded). Everything is reported as ratios to the direct baseline.
+//! HTTP (or uses the server given with `--upstream-url`), a gateway in front
+//! of it (durable audit on, the quickstart policies), and drives
+//! `tools/call` through both with the official Rust SDK client:
+//! sequentially (added latency) and with many concurrent clients
+//! (throughput). Between the sequential calls it times this disk's fsync,
+//! the floor of the gateway's added latency (the decision record is durable
+//! before the call is forwarded). Everything is reported as ratios to the
+//! direct baseline.
 
 use crate::devtoken::{MintArgs, claims, generate_issuer_key, load_issuer_key, now};
 use anyhow::{Context, Result};

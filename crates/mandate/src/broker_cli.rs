@@ -128,15 +128,6 @@ pub enum TaskCommand {
     },
 }
 
-async fn api(
-    args: &crate::ops::ApiArgs,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> Result<Value> {
-    crate::ops::Api::new(args)?.send(method, path, body).await
-}
-
 fn task_line(t: &Value) -> String {
     let s = |k: &str| t.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
     format!(
@@ -154,10 +145,10 @@ fn task_line(t: &Value) -> String {
 /// Runs a `mandate task` command against a running `mandate serve`.
 pub(crate) async fn task(args: &crate::ops::ApiArgs, cmd: TaskCommand) -> Result<()> {
     use reqwest::Method;
+    let api = crate::ops::Api::new(args)?;
     let v = match &cmd {
         TaskCommand::Start { template, user, id } => {
-            api(
-                args,
+            api.send(
                 Method::POST,
                 "/api/tasks",
                 Some(json!({"template": template, "sub": user, "id": id})),
@@ -165,19 +156,16 @@ pub(crate) async fn task(args: &crate::ops::ApiArgs, cmd: TaskCommand) -> Result
             .await?
         }
         TaskCommand::Complete { id } => {
-            api(
-                args,
-                Method::POST,
-                &format!("/api/tasks/{id}/complete"),
-                None,
-            )
-            .await?
+            api.send(Method::POST, &format!("/api/tasks/{id}/complete"), None)
+                .await?
         }
         TaskCommand::Cancel { id } => {
-            api(args, Method::POST, &format!("/api/tasks/{id}/cancel"), None).await?
+            api.send(Method::POST, &format!("/api/tasks/{id}/cancel"), None)
+                .await?
         }
         TaskCommand::List { all } => {
-            api(args, Method::GET, &format!("/api/tasks?all={all}"), None).await?
+            api.send(Method::GET, &format!("/api/tasks?all={all}"), None)
+                .await?
         }
     };
     if args.json {
