@@ -431,3 +431,31 @@ async fn an_outcome_shares_the_next_decisions_commit_and_never_waits_long() -> T
     assert!(mandate_audit::verify(db(&dir), None)?.problems.is_empty());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_append_is_committed_before_its_answer() -> TestResult {
+    // One caller at a time, as the gateway appends a call's decision before
+    // forwarding it: each acknowledged record must already be committed
+    // (readable by a separate connection at once), each in its own commit,
+    // and the chain must verify.
+    let dir = tempfile::tempdir()?;
+    let path = db(&dir);
+    let log = AuditLog::open_sqlite(&path)?;
+    let corr = CorrelationId::new();
+    let reader = Connection::open(&path)?;
+    for i in 1..=50 {
+        let appended = log.append(record(i, "s", &corr)).await?;
+        assert_eq!(appended.seq, i);
+        let stored: String =
+            reader.query_row("SELECT hash FROM audit_log WHERE seq = ?1", [i], |r| {
+                r.get(0)
+            })?;
+        assert_eq!(stored, appended.hash);
+    }
+    assert_eq!(log.commits_count(), 50);
+    drop(log);
+    let report = verify(&path, None)?;
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.records, 50);
+    Ok(())
+}
