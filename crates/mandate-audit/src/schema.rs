@@ -204,11 +204,11 @@ pub fn open_for_write(path: &Path, busy_timeout: Duration) -> Result<Connection,
     conn.pragma_update(None, "checkpoint_fullfsync", true)
         .map_err(err)?;
     // The WAL's automatic checkpoint stays where SQLite puts it: in the
-    // writer's commit that crosses 1000 pages. It then restarts the WAL at
-    // once, so commits overwrite the same file region and never change its
-    // size. (Checkpointing from another thread was tried: commits slip in
-    // while it runs, the WAL never restarts and grows, and every commit's
-    // fsync then also updates the file's size; p50 got worse.)
+    // writer's commit that crosses 1000 pages, after which the WAL restarts
+    // and is rewritten in place. (Checkpointing from a thread of its own was
+    // measured: commits slip in while it runs, the WAL never restarts and
+    // grows without bound, and the median call got slower; see
+    // docs/BENCHMARKS.md.)
     let version = user_version(&conn).map_err(err)?;
     if version != 0 && version != 1 && version != SCHEMA_VERSION {
         return Err(AuditError::schema(version));

@@ -61,29 +61,28 @@ impl Gateway {
         if principal.iss != policy.issuer {
             return Ok(());
         }
-        let deny = |why: String| Err(why);
         let Some(build) = principal.build.as_deref() else {
-            return deny("the token names no build".into());
+            return Err("the token names no build".into());
         };
         let Some(reg) = policy.builds.get(build) else {
-            return deny(format!("build {build:.16}… is not registered"));
+            return Err(format!("build {build:.16}… is not registered"));
         };
         if !principal.agent().is_some_and(|a| reg.agents.contains(a)) {
-            return deny(format!(
+            return Err(format!(
                 "build {build:.16}… is registered for another agent"
             ));
         }
         if !reg.tools.contains(exposed) {
-            return deny(format!(
+            return Err(format!(
                 "{exposed} is not in the tool manifest of build {build:.16}…"
             ));
         }
-        match self.manifest_matches(build, reg).await {
-            Ok(true) => Ok(()),
-            Ok(false) => deny(format!(
+        if self.manifest_matches(build, reg).await? {
+            Ok(())
+        } else {
+            Err(format!(
                 "the tools served for build {build:.16}… no longer match its registered manifest (a tool's description or schema changed): unknown build"
-            )),
-            Err(why) => deny(why),
+            ))
         }
     }
 
