@@ -78,46 +78,99 @@ enum UnderTest {
     },
 }
 
+/// A free local address.
+fn free_addr() -> Result<std::net::SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Runs this executable with `args` and `env`, pinned to CPU 1.
+fn spawn_on_cpu1(
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, String)],
+) -> Result<tokio::process::Child> {
+    tokio::process::Command::new("taskset")
+        .args(["-c", "1"])
+        .arg(std::env::current_exe()?)
+        .args(args)
+        .env("MANDATE_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot run taskset (util-linux) to pin to CPU 1")
+}
+
+/// Waits until `url` answers (any HTTP status).
+async fn wait_until_up(url: &str, what: &str) -> Result<()> {
+    for _ in 0..100 {
+        if reqwest::get(url).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the pinned {what} did not come up")
+}
+
 /// Starts `mandate serve` for `cfg_path` on a free port, pinned to CPU 1,
 /// and pins this process to CPU 0.
 async fn start_pinned(
     cfg_path: &Path,
     data_dir: &Path,
 ) -> Result<(tokio::process::Child, std::net::SocketAddr)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let exe = std::env::current_exe()?;
-    let child = tokio::process::Command::new("taskset")
-        .args(["-c", "1"])
-        .arg(&exe)
-        .args(["serve", "--config"])
-        .arg(cfg_path)
-        .args(["--listen", &addr.to_string(), "--data-dir"])
-        .arg(data_dir)
-        .env("MANDATE_LOG", "warn")
-        .env("MANDATE_PUBLIC_URL", format!("http://{addr}"))
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot run taskset (util-linux) to pin the gateway")?;
+    let addr = free_addr()?;
+    let listen = addr.to_string();
+    let child = spawn_on_cpu1(
+        &[
+            "serve".as_ref(),
+            "--config".as_ref(),
+            cfg_path.as_os_str(),
+            "--listen".as_ref(),
+            listen.as_ref(),
+            "--data-dir".as_ref(),
+            data_dir.as_os_str(),
+        ],
+        &[("MANDATE_PUBLIC_URL", format!("http://{addr}"))],
+    )?;
     let pinned = std::process::Command::new("taskset")
         .args(["-a", "-cp", "0", &std::process::id().to_string()])
         .output()?;
     if !pinned.status.success() {
         anyhow::bail!("taskset could not pin the load generator to CPU 0");
     }
-    let health = format!("http://{addr}/healthz");
-    for _ in 0..100 {
-        if reqwest::get(&health)
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Ok((child, addr));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_until_up(&format!("http://{addr}/healthz"), "gateway").await?;
+    Ok((child, addr))
+}
+
+/// Starts the bare MCP proxy in front of `upstream_url`: pinned to CPU 1 as
+/// a child process with `split`, in this process otherwise.
+async fn start_bare_proxy(
+    upstream_url: &str,
+    split: bool,
+) -> Result<(Option<tokio::process::Child>, String)> {
+    if split {
+        let addr = free_addr()?.to_string();
+        let child = spawn_on_cpu1(
+            &[
+                "bench-proxy".as_ref(),
+                "--listen".as_ref(),
+                addr.as_ref(),
+                "--upstream".as_ref(),
+                upstream_url.as_ref(),
+            ],
+            &[],
+        )?;
+        let url = format!("http://{addr}/mcp");
+        wait_until_up(&url, "bare proxy").await?;
+        return Ok((Some(child), url));
     }
-    anyhow::bail!("the pinned gateway did not become healthy")
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/mcp", listener.local_addr()?);
+    let upstream = upstream_url.to_owned();
+    tokio::spawn(async move {
+        if let Err(e) = crate::bench_proxy::serve(listener, upstream).await {
+            eprintln!("bare proxy stopped: {e}");
+        }
+    });
+    Ok((None, url))
 }
 
 /// Mints a token with a fresh `sid` for each client, so every benchmark
@@ -175,23 +228,31 @@ async fn one_call(c: &Client, call: &CallToolRequestParams) -> Result<Duration> 
 /// measured minutes apart from the calls would not be the calls' floor).
 async fn sequential(
     direct: &Target,
+    proxy: &Target,
     via: &Target,
     probe: &mut FsyncProbe,
     n: usize,
 ) -> Result<Samples> {
-    let (d, g) = (connect(direct).await?, connect(via).await?);
+    let (d, p, g) = (
+        connect(direct).await?,
+        connect(proxy).await?,
+        connect(via).await?,
+    );
     for _ in 0..50 {
         one_call(&d, &direct.call).await?;
+        one_call(&p, &proxy.call).await?;
         one_call(&g, &via.call).await?;
     }
     let mut out = Samples::default();
     for _ in 0..n {
         out.direct.push(one_call(&d, &direct.call).await?);
+        out.proxy.push(one_call(&p, &proxy.call).await?);
         out.gateway.push(one_call(&g, &via.call).await?);
         out.fsync.push(probe.once()?);
     }
-    let _ = d.cancel().await;
-    let _ = g.cancel().await;
+    for c in [d, p, g] {
+        let _ = c.cancel().await;
+    }
     Ok(out)
 }
 
@@ -199,6 +260,7 @@ async fn sequential(
 #[derive(Default)]
 struct Samples {
     direct: Vec<Duration>,
+    proxy: Vec<Duration>,
     gateway: Vec<Duration>,
     fsync: Vec<Duration>,
 }
@@ -402,17 +464,25 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         call: call(format!("docs.{}", args.tool)),
         stateless,
     };
+    let (proxy_process, proxy_url) = start_bare_proxy(&upstream_url, args.split_cpus).await?;
+    let proxy = Target {
+        url: proxy_url,
+        token: None,
+        call: call(args.tool.clone()),
+        stateless,
+    };
 
     eprintln!(
-        "sequential run ({} rounds of: a direct call, a call through Mandate, one fsync)…",
+        "sequential run ({} rounds of: a direct call, one through a bare MCP proxy, one through Mandate, one fsync)…",
         args.sequential_calls
     );
     let mut probe = FsyncProbe::new(&data_dir)?;
     let Samples {
         direct: mut d_seq,
+        proxy: mut p_seq,
         gateway: mut g_seq,
         fsync: mut f_seq,
-    } = sequential(&direct, &via, &mut probe, args.sequential_calls).await?;
+    } = sequential(&direct, &proxy, &via, &mut probe, args.sequential_calls).await?;
     drop(probe);
     let (fsync_p50, fsync_p99) = (pct(&mut f_seq, 0.5), pct(&mut f_seq, 0.99));
     eprintln!(
@@ -420,6 +490,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         args.concurrency, args.seconds
     );
     let (d_rate, mut d_lat) = throughput(&direct, args.concurrency, args.seconds).await?;
+    let (p_rate, mut p_lat) = throughput(&proxy, args.concurrency, args.seconds).await?;
     let (g_rate, mut g_lat) = throughput(&via, args.concurrency, args.seconds).await?;
     let (appended, commits) = match &gw {
         UnderTest::InProcess(gw) => (gw.audit().appended_count(), gw.audit().commits_count()),
@@ -427,39 +498,55 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     };
 
     let (dp50, dp99) = (pct(&mut d_seq, 0.5), pct(&mut d_seq, 0.99));
+    let (pp50, pp99) = (pct(&mut p_seq, 0.5), pct(&mut p_seq, 0.99));
     let (gp50, gp99) = (pct(&mut g_seq, 0.5), pct(&mut g_seq, 0.99));
     let add50 = ms(gp50) - ms(dp50);
     let add99 = ms(gp99) - ms(dp99);
+    let own50 = ms(gp50) - ms(pp50);
+    let own99 = ms(gp99) - ms(pp99);
     println!("## Gateway vs direct upstream (one run, `mandate bench`)\n");
-    println!("| measure | direct | through Mandate | ratio / added |");
-    println!("|---|---|---|---|");
     println!(
-        "| sequential p50 latency | {:.3} ms | {:.3} ms | +{:.3} ms = {:.2} fsync p50 |",
+        "| measure | direct | bare MCP proxy | through Mandate | Mandate vs direct | Mandate vs bare proxy |"
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| sequential p50 latency | {:.3} ms | {:.3} ms | {:.3} ms | +{:.3} ms = {:.2} fsync p50 | +{:.3} ms |",
         ms(dp50),
+        ms(pp50),
         ms(gp50),
         add50,
-        add50 / ms(fsync_p50).max(1e-9)
+        add50 / ms(fsync_p50).max(1e-9),
+        own50
     );
     println!(
-        "| sequential p99 latency | {:.3} ms | {:.3} ms | +{:.3} ms = {:.2} fsync p99 |",
+        "| sequential p99 latency | {:.3} ms | {:.3} ms | {:.3} ms | +{:.3} ms = {:.2} fsync p99 | +{:.3} ms |",
         ms(dp99),
+        ms(pp99),
         ms(gp99),
         add99,
-        add99 / ms(fsync_p99).max(1e-9)
+        add99 / ms(fsync_p99).max(1e-9),
+        own99
     );
     println!(
-        "| throughput, {} clients | {:.0} calls/s | {:.0} calls/s | {:.2}× |",
+        "| throughput, {} clients | {:.0} calls/s | {:.0} calls/s | {:.0} calls/s | {:.2}× | {:.2}× |",
         args.concurrency,
         d_rate,
+        p_rate,
         g_rate,
-        g_rate / d_rate.max(1e-9)
+        g_rate / d_rate.max(1e-9),
+        g_rate / p_rate.max(1e-9)
     );
     println!(
-        "| p50 / p99 under load | {:.3} / {:.3} ms | {:.3} / {:.3} ms | |",
+        "| p50 / p99 under load | {:.3} / {:.3} ms | {:.3} / {:.3} ms | {:.3} / {:.3} ms | | |",
         ms(pct(&mut d_lat, 0.5)),
         ms(pct(&mut d_lat, 0.99)),
+        ms(pct(&mut p_lat, 0.5)),
+        ms(pct(&mut p_lat, 0.99)),
         ms(pct(&mut g_lat, 0.5)),
         ms(pct(&mut g_lat, 0.99))
+    );
+    println!(
+        "\nThe bare MCP proxy is the same SDK (`rmcp`) in both roles, as in Mandate, with nothing else: no authentication, policy or audit. \"Mandate vs bare proxy\" is what Mandate's own checks and durable records add."
     );
     println!(
         "\nfsync (4 KiB write + fdatasync) on the audit disk, interleaved with the sequential calls: p50 {:.3} ms, p99 {:.3} ms.",
@@ -499,10 +586,18 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         println!("Gateway, load generator and upstream share every CPU.");
     }
     drop(gw);
+    drop(proxy_process);
     println!(
         "Added latency vs goal: p50 {:+.3} ms beyond one fsync (goal ≤ 0.5), p99 {:+.3} ms beyond one fsync (goal ≤ 3).",
         add50 - ms(fsync_p50),
         add99 - ms(fsync_p99)
+    );
+    println!(
+        "Of that, a bare MCP proxy on the same SDK already adds p50 {:+.3} ms, p99 {:+.3} ms; Mandate's own work adds p50 {:+.3} ms, p99 {:+.3} ms beyond one fsync.",
+        ms(pp50) - ms(dp50),
+        ms(pp99) - ms(dp99),
+        own50 - ms(fsync_p50),
+        own99 - ms(fsync_p99)
     );
     Ok(())
 }

@@ -255,7 +255,10 @@ pub async fn serve_http(
     }
 }
 
-async fn serve_http_with<S, F>(listener: tokio::net::TcpListener, factory: F) -> Result<()>
+pub(crate) async fn serve_http_with<S, F>(
+    listener: tokio::net::TcpListener,
+    factory: F,
+) -> Result<()>
 where
     S: ServerHandler + Send + 'static,
     F: Fn() -> S + Send + Sync + 'static,

@@ -3,6 +3,7 @@
 mod audit_cli;
 mod bench;
 mod bench_approvals;
+mod bench_proxy;
 mod broker_cli;
 mod broker_config;
 mod config;
@@ -145,6 +146,17 @@ enum Command {
     },
     /// End-to-end load benchmark: gateway vs direct upstream, as ratios.
     Bench(bench::BenchArgs),
+    /// The bare MCP proxy `mandate bench` compares the gateway with (no
+    /// authentication, policy or audit: a benchmark baseline only).
+    #[command(hide = true)]
+    BenchProxy {
+        /// Serve Streamable HTTP on this address.
+        #[arg(long)]
+        listen: String,
+        /// The upstream's Streamable HTTP URL.
+        #[arg(long)]
+        upstream: String,
+    },
     /// The demo MCP server used by `mandate demo` and the tests.
     #[command(hide = true)]
     DemoServer {
@@ -373,6 +385,16 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Approvals { command, api } => ops::approvals(&api, command).await?,
         Command::Tools { command, api } => ops::tools(&api, command).await?,
         Command::Bench(args) => bench::run(args).await?,
+        Command::BenchProxy { listen, upstream } => {
+            // An unauthenticated proxy: a benchmark baseline on loopback only.
+            let addr: std::net::SocketAddr = listen.parse()?;
+            anyhow::ensure!(
+                addr.ip().is_loopback(),
+                "the benchmark's bare proxy listens on loopback only"
+            );
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            bench_proxy::serve(listener, upstream).await?;
+        }
         Command::DemoServer {
             profile,
             record,
