@@ -2,13 +2,15 @@
 //!
 //! In one process and one run it starts the demo MCP server over Streamable
 //! HTTP (or uses the server given with `--upstream-url`), a gateway in front
-//! of it (durable audit on, the quickstart policies), and drives
-//! `tools/call` through both with the official Rust SDK client:
+//! of it (durable audit on, the quickstart policies), a bare MCP proxy on
+//! the same SDK as a second baseline ([`crate::bench_proxy`]), and drives
+//! `tools/call` directly, through the proxy and through the gateway with
+//! the official Rust SDK client:
 //! sequentially (added latency) and with many concurrent clients
 //! (throughput). Between the sequential calls it times this disk's fsync,
 //! the floor of the gateway's added latency (the decision record is durable
 //! before the call is forwarded). Everything is reported as ratios to the
-//! direct baseline.
+//! direct baseline, and to the bare proxy (what Mandate's own work adds).
 
 use crate::devtoken::{MintArgs, claims, generate_issuer_key, load_issuer_key, now};
 use anyhow::{Context, Result};
@@ -510,7 +512,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     );
     println!("|---|---|---|---|---|---|");
     println!(
-        "| sequential p50 latency | {:.3} ms | {:.3} ms | {:.3} ms | +{:.3} ms = {:.2} fsync p50 | +{:.3} ms |",
+        "| sequential p50 latency | {:.3} ms | {:.3} ms | {:.3} ms | {:+.3} ms = {:.2} fsync p50 | {:+.3} ms |",
         ms(dp50),
         ms(pp50),
         ms(gp50),
@@ -519,7 +521,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         own50
     );
     println!(
-        "| sequential p99 latency | {:.3} ms | {:.3} ms | {:.3} ms | +{:.3} ms = {:.2} fsync p99 | +{:.3} ms |",
+        "| sequential p99 latency | {:.3} ms | {:.3} ms | {:.3} ms | {:+.3} ms = {:.2} fsync p99 | {:+.3} ms |",
         ms(dp99),
         ms(pp99),
         ms(gp99),

@@ -3,8 +3,10 @@
 //! It forwards `tools/list` and `tools/call` to one Streamable HTTP
 //! upstream and does nothing else: no authentication, no policy, no audit.
 //! Like the gateway it is an `rmcp` server to its clients and an `rmcp`
-//! client to the upstream, with one upstream connection per client session
-//! and the same server configuration, so `mandate bench` can tell what any
+//! client to the upstream, with the same server configuration and one
+//! upstream connection per client (the gateway keeps one per Mandate
+//! session): per transport session for session-era clients, per client
+//! connection for stateless ones. So `mandate bench` can tell what any
 //! MCP proxy on this SDK costs from what Mandate's own checks and durable
 //! records add. It is never a way to reach an upstream in production: it
 //! exists only inside `mandate bench`.
@@ -17,18 +19,39 @@ use rmcp::model::{
 use rmcp::service::{RequestContext, RunningService, ServiceExt as _};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{ErrorData, RoleClient, RoleServer, ServerHandler};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
-/// One client session of the proxy, with its own upstream connection.
+type UpstreamCell = Arc<tokio::sync::OnceCell<RunningService<RoleClient, ()>>>;
+
+/// The proxy: its upstream connections, one per client.
+#[derive(Clone)]
 struct BareProxy {
     upstream_url: Arc<str>,
-    upstream: tokio::sync::OnceCell<RunningService<RoleClient, ()>>,
+    upstreams: Arc<Mutex<HashMap<String, UpstreamCell>>>,
 }
 
 impl BareProxy {
-    async fn upstream(&self) -> Result<&RunningService<RoleClient, ()>, ErrorData> {
-        self.upstream
-            .get_or_try_init(|| async {
+    /// The upstream connection of the client that sent this request.
+    async fn upstream(&self, ctx: &RequestContext<RoleServer>) -> Result<UpstreamCell, ErrorData> {
+        let parts = ctx.extensions.get::<axum::http::request::Parts>();
+        let session = parts
+            .and_then(|p| p.headers.get("mcp-session-id"))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let peer = parts
+            .and_then(|p| p.extensions.get::<axum::extract::ConnectInfo<SocketAddr>>())
+            .map(|c| c.0.to_string());
+        let key = session.or(peer).unwrap_or_default();
+        let cell = self
+            .upstreams
+            .lock()
+            .map_err(|_| ErrorData::internal_error("connection table poisoned", None))?
+            .entry(key)
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| async {
                 let transport = StreamableHttpClientTransport::with_client(
                     mandate_gateway::upstream::TraceHttpClient(reqwest::Client::new()),
                     rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
@@ -38,8 +61,13 @@ impl BareProxy {
                 ().serve(transport).await
             })
             .await
-            .map_err(|e| ErrorData::internal_error(format!("upstream: {e}"), None))
+            .map_err(|e| ErrorData::internal_error(format!("upstream: {e}"), None))?;
+        Ok(cell)
     }
+}
+
+fn not_connected() -> ErrorData {
+    ErrorData::internal_error("upstream not connected", None)
 }
 
 fn upstream_error(e: &rmcp::ServiceError) -> ErrorData {
@@ -54,9 +82,10 @@ impl ServerHandler for BareProxy {
     async fn list_tools(
         &self,
         request: Option<PaginatedRequestParams>,
-        _ctx: RequestContext<RoleServer>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let upstream = self.upstream().await?;
+        let upstream = self.upstream(&ctx).await?;
+        let upstream = upstream.get().ok_or_else(not_connected)?;
         upstream
             .list_tools(request)
             .await
@@ -66,9 +95,10 @@ impl ServerHandler for BareProxy {
     async fn call_tool(
         &self,
         params: CallToolRequestParams,
-        _ctx: RequestContext<RoleServer>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let upstream = self.upstream().await?;
+        let upstream = self.upstream(&ctx).await?;
+        let upstream = upstream.get().ok_or_else(not_connected)?;
         upstream
             .call_tool_once(params)
             .await
@@ -79,10 +109,9 @@ impl ServerHandler for BareProxy {
 /// Serves the bare proxy for `upstream_url` on `listener` until the
 /// process ends.
 pub async fn serve(listener: tokio::net::TcpListener, upstream_url: String) -> Result<()> {
-    let url: Arc<str> = upstream_url.into();
-    crate::demo_server::serve_http_with(listener, move || BareProxy {
-        upstream_url: url.clone(),
-        upstream: tokio::sync::OnceCell::new(),
-    })
-    .await
+    let proxy = BareProxy {
+        upstream_url: upstream_url.into(),
+        upstreams: Arc::default(),
+    };
+    crate::demo_server::serve_http_with(listener, move || proxy.clone()).await
 }

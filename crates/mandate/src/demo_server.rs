@@ -278,6 +278,12 @@ where
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, app).await?;
+    // (The client's address is in each request's extensions: the
+    // benchmark's bare proxy keys stateless clients' upstream connections by it.)
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .await?;
     Ok(())
 }

@@ -144,7 +144,8 @@ enum Command {
         #[command(flatten)]
         api: ops::ApiArgs,
     },
-    /// End-to-end load benchmark: gateway vs direct upstream, as ratios.
+    /// End-to-end load benchmark: gateway vs direct upstream and vs a bare
+    /// MCP proxy on the same SDK, as ratios.
     Bench(bench::BenchArgs),
     /// The bare MCP proxy `mandate bench` compares the gateway with (no
     /// authentication, policy or audit: a benchmark baseline only).
