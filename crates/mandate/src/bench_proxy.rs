@@ -18,7 +18,8 @@ use rmcp::model::{
 };
 use rmcp::service::{RequestContext, RunningService, ServiceExt as _};
 use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::{ErrorData, RoleClient, RoleServer, ServerHandler};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::{ErrorData, Peer, RoleClient, RoleServer, ServerHandler};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -34,7 +35,10 @@ struct BareProxy {
 
 impl BareProxy {
     /// The upstream connection of the client that sent this request.
-    async fn upstream(&self, ctx: &RequestContext<RoleServer>) -> Result<UpstreamCell, ErrorData> {
+    async fn upstream(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<Peer<RoleClient>, ErrorData> {
         let parts = ctx.extensions.get::<axum::http::request::Parts>();
         let session = parts
             .and_then(|p| p.headers.get("mcp-session-id"))
@@ -51,23 +55,18 @@ impl BareProxy {
             .entry(key)
             .or_default()
             .clone();
-        cell.get_or_try_init(|| async {
+        let service = cell
+            .get_or_try_init(|| async {
                 let transport = StreamableHttpClientTransport::with_client(
                     mandate_gateway::upstream::TraceHttpClient(reqwest::Client::new()),
-                    rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
-                        &*self.upstream_url,
-                    ),
+                    StreamableHttpClientTransportConfig::with_uri(&*self.upstream_url),
                 );
                 ().serve(transport).await
             })
             .await
             .map_err(|e| ErrorData::internal_error(format!("upstream: {e}"), None))?;
-        Ok(cell)
+        Ok(service.peer().clone())
     }
-}
-
-fn not_connected() -> ErrorData {
-    ErrorData::internal_error("upstream not connected", None)
 }
 
 fn upstream_error(e: &rmcp::ServiceError) -> ErrorData {
@@ -84,9 +83,8 @@ impl ServerHandler for BareProxy {
         request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let upstream = self.upstream(&ctx).await?;
-        let upstream = upstream.get().ok_or_else(not_connected)?;
-        upstream
+        self.upstream(&ctx)
+            .await?
             .list_tools(request)
             .await
             .map_err(|e| upstream_error(&e))
@@ -97,9 +95,8 @@ impl ServerHandler for BareProxy {
         params: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let upstream = self.upstream(&ctx).await?;
-        let upstream = upstream.get().ok_or_else(not_connected)?;
-        upstream
+        self.upstream(&ctx)
+            .await?
             .call_tool_once(params)
             .await
             .map_err(|e| upstream_error(&e))
