@@ -101,15 +101,19 @@ fn spawn_on_cpu1(
         .context("cannot run taskset (util-linux) to pin to CPU 1")
 }
 
-/// Waits until `url` answers (any HTTP status).
-async fn wait_until_up(url: &str, what: &str) -> Result<()> {
+/// Waits until `url` answers: with a success status if `healthy`, with
+/// any status otherwise.
+async fn wait_until_up(url: &str, what: &str, healthy: bool) -> Result<()> {
     for _ in 0..100 {
-        if reqwest::get(url).await.is_ok() {
+        if reqwest::get(url)
+            .await
+            .is_ok_and(|r| !healthy || r.status().is_success())
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    anyhow::bail!("the pinned {what} did not come up")
+    anyhow::bail!("the pinned {what} did not become healthy")
 }
 
 /// Starts `mandate serve` for `cfg_path` on a free port, pinned to CPU 1,
@@ -138,7 +142,7 @@ async fn start_pinned(
     if !pinned.status.success() {
         anyhow::bail!("taskset could not pin the load generator to CPU 0");
     }
-    wait_until_up(&format!("http://{addr}/healthz"), "gateway").await?;
+    wait_until_up(&format!("http://{addr}/healthz"), "gateway", true).await?;
     Ok((child, addr))
 }
 
@@ -161,7 +165,7 @@ async fn start_bare_proxy(
             &[],
         )?;
         let url = format!("http://{addr}/mcp");
-        wait_until_up(&url, "bare proxy").await?;
+        wait_until_up(&url, "bare proxy", false).await?;
         return Ok((Some(child), url));
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
