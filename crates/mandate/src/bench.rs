@@ -584,12 +584,14 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     }
     if args.split_cpus && args.upstream_url.is_some() {
         println!(
-            "Gateway pinned to CPU 1; load generator pinned to CPU 0 (the upstream runs where it was started)."
+            "Gateway and bare proxy pinned to CPU 1; load generator pinned to CPU 0 (the upstream runs where it was started)."
         );
     } else if args.split_cpus {
-        println!("Gateway pinned to CPU 1; load generator and upstream pinned to CPU 0.");
+        println!(
+            "Gateway and bare proxy pinned to CPU 1; load generator and upstream pinned to CPU 0."
+        );
     } else {
-        println!("Gateway, load generator and upstream share every CPU.");
+        println!("Gateway, bare proxy, load generator and upstream share every CPU.");
     }
     drop(gw);
     drop(proxy_process);
