@@ -95,7 +95,7 @@ fn spawn_on_cpu1(
         .arg(std::env::current_exe()?)
         .args(args)
         .env("MANDATE_LOG", "warn")
-        .envs(env.iter().map(|(k, v)| (k, v)))
+        .envs(env.iter().cloned())
         .kill_on_drop(true)
         .spawn()
         .context("cannot run taskset (util-linux) to pin to CPU 1")

@@ -151,9 +151,9 @@ enum Command {
     /// authentication, policy or audit: a benchmark baseline only).
     #[command(hide = true)]
     BenchProxy {
-        /// Serve Streamable HTTP on this address.
+        /// Serve Streamable HTTP on this (loopback) address.
         #[arg(long)]
-        listen: String,
+        listen: std::net::SocketAddr,
         /// The upstream's Streamable HTTP URL.
         #[arg(long)]
         upstream: String,
@@ -388,12 +388,11 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Bench(args) => bench::run(args).await?,
         Command::BenchProxy { listen, upstream } => {
             // An unauthenticated proxy: a benchmark baseline on loopback only.
-            let addr: std::net::SocketAddr = listen.parse()?;
             anyhow::ensure!(
-                addr.ip().is_loopback(),
+                listen.ip().is_loopback(),
                 "the benchmark's bare proxy listens on loopback only"
             );
-            let listener = tokio::net::TcpListener::bind(addr).await?;
+            let listener = tokio::net::TcpListener::bind(listen).await?;
             bench_proxy::serve(listener, upstream).await?;
         }
         Command::DemoServer {
