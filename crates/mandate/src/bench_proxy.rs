@@ -64,12 +64,12 @@ impl BareProxy {
                 ().serve(transport).await
             })
             .await
-            .map_err(|e| ErrorData::internal_error(format!("upstream: {e}"), None))?;
+            .map_err(|e| upstream_error(&e))?;
         Ok(service.peer().clone())
     }
 }
 
-fn upstream_error(e: &rmcp::ServiceError) -> ErrorData {
+fn upstream_error(e: &impl std::fmt::Display) -> ErrorData {
     ErrorData::internal_error(format!("upstream: {e}"), None)
 }
 
