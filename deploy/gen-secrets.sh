@@ -31,16 +31,16 @@ dir=$(cd "$dir" && pwd)
 
 # How to run mandate: a binary, or the image with DIR mounted at /out.
 if [[ -n "${MANDATE:-}" ]]; then
-  run() { "$MANDATE" "$@"; }
+  run() { MANDATE_LOG=warn "$MANDATE" "$@"; }
   at() { printf '%s' "$dir/$1"; }
 elif command -v mandate >/dev/null; then
-  run() { mandate "$@"; }
+  run() { MANDATE_LOG=warn mandate "$@"; }
   at() { printf '%s' "$dir/$1"; }
 else
   image=${MANDATE_IMAGE:-mandate:0.1.0}
   run() {
     docker run --rm --user "$(id -u):$(id -g)" --volume "$dir:/out" \
-      --workdir /out "$image" "$@"
+      --workdir /out --env MANDATE_LOG=warn "$image" "$@"
   }
   at() { printf '/out/%s' "$1"; }
 fi

@@ -25,6 +25,8 @@
 #   VALIDATE_AUDIT   sqlite (default: each replica its own log) or postgres
 #                    (a private PostgreSQL cluster on port 18432 shared by
 #                    the three, as in compose; needs Debian's postgresql)
+#   VALIDATE_PG_ROLE superuser (default: what compose's POSTGRES_USER is) or
+#                    owner (a plain role owning the database)
 #   VALIDATE_IMAGE=1 also run the `image` step (needs podman and runc)
 #   KEEP=1           keep the scratch run folder (printed at the end)
 # Ports on 127.0.0.1: 18941-18943 (replicas), 18080 (HAProxy), 18432
@@ -291,7 +293,64 @@ wait_http() {
   return 1
 }
 
+# A small MCP client (standard library only): COUNT sessions of protocol
+# 2025-06-18 against BASE/mcp, each initialize, tools/list, tools/call.
+write_mcp_script() {
+  cat >"$run_dir/mcp_sessions.py" <<'PY'
+import json, sys, urllib.request, urllib.error
+base, token, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+lb = base
+
+def post(body, session=None, url=lb + "/mcp"):
+    h = {"Authorization": "Bearer " + token, "Content-Type": "application/json",
+         "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
+    if session:
+        h["Mcp-Session-Id"] = session
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=h, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            text = r.read().decode()
+            status, headers = r.status, r.headers
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, []
+    msgs = []
+    if "text/event-stream" in headers.get("content-type", ""):
+        for ev in text.replace("\r\n", "\n").split("\n\n"):
+            data = "\n".join(l[5:].lstrip() for l in ev.split("\n") if l.startswith("data:"))
+            if data.strip():
+                msgs.append(json.loads(data))
+    elif text.strip():
+        msgs.append(json.loads(text))
+    return status, headers, msgs
+
+sessions = []
+for n in range(1, count + 1):
+    st, h, m = post({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                     "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                                "clientInfo": {"name": "deploy-validate", "version": "1"}}})
+    sid = h.get("mcp-session-id")
+    assert st == 200 and sid, f"initialize: HTTP {st}, session {sid}"
+    st, _, _ = post({"jsonrpc": "2.0", "method": "notifications/initialized"}, sid)
+    assert st in (200, 202), f"initialized: HTTP {st}"
+    st, _, m = post({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, sid)
+    assert m and "result" in m[-1], f"tools/list: HTTP {st} {m}"
+    tools = [t["name"] for t in m[-1]["result"]["tools"]]
+    st, _, m = post({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                     "params": {"name": "bank.get_balance", "arguments": {"account": "ops"}}}, sid)
+    assert m and "result" in m[-1], f"tools/call: HTTP {st} {m}"
+    result = m[-1]["result"]
+    assert not result.get("isError"), result
+    text = result["content"][0]["text"]
+    print(f"session {n} ({sid[:8]}…): tools/list {tools}; get_balance -> {text}")
+    sessions.append(sid)
+PY
+}
+
 start_postgres() {
+  # The role as compose's postgres image makes POSTGRES_USER: a superuser.
+  # VALIDATE_PG_ROLE=owner makes a plain role that owns the database instead.
+  pg_role=SUPERUSER
+  [[ "${VALIDATE_PG_ROLE:-superuser}" == owner ]] && pg_role=NOSUPERUSER
   pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
   if [[ -z "$pg_bin" ]] && apt_install psql postgresql; then
     pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
@@ -303,8 +362,8 @@ start_postgres() {
   runuser -u postgres -- "$pg_bin/initdb" -D "$pg_data" -U postgres --auth=trust >"$run_dir/pg/initdb.log" 2>&1 || return 1
   runuser -u postgres -- "$pg_bin/pg_ctl" -D "$pg_data" -l "$run_dir/pg/postgres.log" -w \
     -o "-c listen_addresses=127.0.0.1 -p 18432 -k $run_dir/pg" start >/dev/null 2>&1 || return 1
-  runuser -u postgres -- "$pg_bin/psql" -h 127.0.0.1 -p 18432 -U postgres -qc \
-    "CREATE ROLE mandate LOGIN PASSWORD '$(cat "$1")'; CREATE DATABASE mandate OWNER mandate;" >/dev/null
+  runuser -u postgres -- "$pg_bin/psql" -h 127.0.0.1 -p 18432 -U postgres -q \
+    -c "CREATE ROLE mandate LOGIN $pg_role PASSWORD '$(cat "$1")'" -c "CREATE DATABASE mandate OWNER mandate" >/dev/null
 }
 
 run_checks() {
@@ -328,8 +387,8 @@ run_checks() {
 
   # deploy/mandate.toml with its two mount paths pointed at local folders,
   # which is what compose's volumes and secrets do.
-  sed -e "s#/run/secrets/mandate/#$r/secrets/#" \
-    -e "s#/etc/mandate/policies#$root/examples/quickstart/policies#" \
+  sed -e "/^[[:space:]]*#/!s#/run/secrets/mandate/#$r/secrets/#" \
+    -e "/^[[:space:]]*#/!s#/etc/mandate/policies#$root/examples/quickstart/policies#" \
     "$here/mandate.toml" >"$r/mandate.toml"
   note "config: deploy/mandate.toml with these lines changed:"
   diff "$here/mandate.toml" "$r/mandate.toml" | grep '^>' | sed 's/^/      | /'
@@ -337,7 +396,7 @@ run_checks() {
   local -a env_common=(MANDATE_CONFIG="$r/mandate.toml" MANDATE_PUBLIC_URL="$lb" MANDATE_LOG=info)
   if [[ "$audit" == postgres ]]; then
     if start_postgres "$r/secrets/postgres-password"; then
-      pass "private PostgreSQL ($("$pg_bin/postgres" --version)) on 127.0.0.1:18432"
+      pass "private PostgreSQL ($("$pg_bin/postgres" --version)) on 127.0.0.1:18432, role mandate ${pg_role,,}"
       # The env file gen-secrets.sh wrote, as compose's env_file passes it.
       env_common+=("$(cat "$r/secrets/mandate.env")")
     else
@@ -400,52 +459,9 @@ run_checks() {
   : >"$r/haproxy.mark"
   local before
   before=$(wc -l <"$r/haproxy.log")
+  write_mcp_script
   if check "two MCP sessions through HAProxy: initialize, tools/list, tools/call bank.get_balance" \
-    python3 - "$lb" "$token" <<'PY'; then
-import json, sys, urllib.request, urllib.error
-lb, token = sys.argv[1], sys.argv[2]
-
-def post(body, session=None, url=lb + "/mcp"):
-    h = {"Authorization": "Bearer " + token, "Content-Type": "application/json",
-         "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
-    if session:
-        h["Mcp-Session-Id"] = session
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=h, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            text = r.read().decode()
-            status, headers = r.status, r.headers
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers, []
-    msgs = []
-    if "text/event-stream" in headers.get("content-type", ""):
-        for ev in text.replace("\r\n", "\n").split("\n\n"):
-            data = "\n".join(l[5:].lstrip() for l in ev.split("\n") if l.startswith("data:"))
-            if data.strip():
-                msgs.append(json.loads(data))
-    elif text.strip():
-        msgs.append(json.loads(text))
-    return status, headers, msgs
-
-sessions = []
-for n in (1, 2):
-    st, h, m = post({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                     "params": {"protocolVersion": "2025-06-18", "capabilities": {},
-                                "clientInfo": {"name": "deploy-validate", "version": "1"}}})
-    sid = h.get("mcp-session-id")
-    assert st == 200 and sid, f"initialize: HTTP {st}, session {sid}"
-    st, _, _ = post({"jsonrpc": "2.0", "method": "notifications/initialized"}, sid)
-    assert st in (200, 202), f"initialized: HTTP {st}"
-    st, _, m = post({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, sid)
-    tools = [t["name"] for t in m[-1]["result"]["tools"]]
-    st, _, m = post({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
-                     "params": {"name": "bank.get_balance", "arguments": {"account": "ops"}}}, sid)
-    result = m[-1]["result"]
-    assert not result.get("isError"), result
-    text = result["content"][0]["text"]
-    print(f"session {n} ({sid[:8]}…): tools/list {tools}; get_balance -> {text}")
-    sessions.append(sid)
-PY
+    python3 "$run_dir/mcp_sessions.py" "$lb" "$token" 2; then
     # Each session's five requests went to one replica (HAProxy's log, in order).
     tail -n +"$((before + 1))" "$r/haproxy.log" | grep '"POST /mcp' |
       grep -o 'mandate/mandate-[0-9]' | paste -sd' ' | sed 's/^/      HAProxy routed the POSTs, in order: /'
@@ -476,12 +492,43 @@ PY
     -H "Mcp-Session-Id: $sid" -d '{"jsonrpc":"2.0","id":2,"method":"tools/list"}')
   note "control: a session opened on $owner, sent straight to mandate-$other -> HTTP $code"
 
-  # The audit log(s), verified with the one public key the replicas share.
+  # Each replica signs a checkpoint now (POST /api/audit/checkpoint, as an
+  # operator), all with the one shared key; then the log(s) are verified
+  # with its public half.
+  local optoken answer
+  optoken=$("$bin" token mint --key "$r/secrets/dev-issuer" --aud "$lb/api" \
+    --sub secops@example.com 2>/dev/null)
+  for i in 1 2 3; do
+    answer=$(curl -s -w ' HTTP %{http_code}' -X POST -H "Authorization: Bearer $optoken" \
+      "http://127.0.0.1:1894$i/api/audit/checkpoint")
+    note "replica $i: POST /api/audit/checkpoint -> $(printf '%s' "$answer" | tr '\n' ' ' | cut -c1-160)"
+  done
   if [[ "$audit" == postgres ]]; then
     local url
     url=$(sed 's/^MANDATE_AUDIT_STORE=//' "$r/secrets/mandate.env")
     check "mandate audit verify (the shared PostgreSQL log, shared key)" \
       "$bin" audit verify --store "$url" --key "$r/secrets/audit-checkpoint.key.pub"
+    # Why the key must be shared: a fourth replica left to generate its own
+    # key signs a checkpoint of the same log, and verification fails.
+    sed '/^checkpoint_key/d' "$r/mandate.toml" >"$r/mandate-own-key.toml"
+    mkdir -p "$r/data-4"
+    env "${env_common[@]}" MANDATE_CONFIG="$r/mandate-own-key.toml" MANDATE_LISTEN=127.0.0.1:18944 \
+      MANDATE_DATA_DIR="$r/data-4" "$bin" serve >"$r/mandate-4.log" 2>&1 &
+    local pid4=$!
+    pids+=($pid4)
+    if wait_http http://127.0.0.1:18944/healthz 60; then
+      python3 "$run_dir/mcp_sessions.py" http://127.0.0.1:18944 "$token" 1 >/dev/null 2>&1
+      curl -s -o /dev/null -X POST -H "Authorization: Bearer $optoken" http://127.0.0.1:18944/api/audit/checkpoint
+      if "$bin" audit verify --store "$url" --key "$r/secrets/audit-checkpoint.key.pub" >"$r/verify-own-key.txt" 2>&1; then
+        fail "a checkpoint signed with another key went unnoticed"
+      else
+        pass "a fourth replica with its own checkpoint key makes \`audit verify\` fail:"
+        grep -iE 'checkpoint|FAIL|error' "$r/verify-own-key.txt" | head -4 | sed 's/^/      | /'
+      fi
+    else
+      fail "the fourth replica did not start"
+    fi
+    kill "$pid4" 2>/dev/null
   else
     for i in 1 2 3; do
       check "mandate audit verify (replica $i's SQLite log, shared key)" \
@@ -530,7 +577,7 @@ image_checks() {
   # Podman here needs rlimits it may set and cgroupfs (hybrid cgroups).
   local -a limits=(--cgroup-manager cgroupfs --ulimit nofile=1024:1024 --ulimit nproc=1000:1000)
   check "podman build --target runtime (RUNTIME_IMAGE=$base, build stage = prebuilt binary)" \
-    "${p[@]}" build "${limits[@]}" --network host --target runtime \
+    "${p[@]}" build -q "${limits[@]}" --network host --target runtime \
     --build-arg RUNTIME_IMAGE="$base" --build-context build="$run_dir/prebuilt" \
     -f "$here/Dockerfile" -t localhost/mandate-validate:latest "$root" || return
   note "image: $("${p[@]}" image inspect localhost/mandate-validate:latest --format 'user={{.Config.User}} entrypoint={{.Config.Entrypoint}} cmd={{.Config.Cmd}} size={{.Size}}')"
@@ -557,7 +604,13 @@ image_checks() {
     fail "the container did not answer /healthz"
     "${p[@]}" logs "$image_ctr" 2>&1 | tail -20 | sed 's/^/      | /'
   fi
-  note "inside: $("${p[@]}" exec "$image_ctr" /bin/sh -c 'echo "id=$(id -u):$(id -g) pid1=$(cat /proc/1/comm)"; touch /usr/x 2>&1 | head -1')"
+  note "inside: $("${p[@]}" exec "$image_ctr" /bin/sh -c 'echo "id=$(id -u):$(id -g) pid1=$(cat /proc/1/comm)"; touch /usr/x 2>&1' | paste -sd';')"
+  local token
+  write_mcp_script
+  token=$("$bin" token mint --key "$s/dev-issuer" --aud http://127.0.0.1:18951/mcp \
+    --sub alice@example.com --act deploy-check --scope "bank.get_balance" 2>/dev/null)
+  check "an MCP session with the container (the demo bank upstream as its stdio child, uid 10001, read-only root)" \
+    python3 "$run_dir/mcp_sessions.py" http://127.0.0.1:18951 "$token" 1
   local t0
   t0=$(date +%s%N)
   "${p[@]}" stop -t 45 "$image_ctr" >/dev/null 2>&1
