@@ -12,7 +12,10 @@
 #            compose file's environment, on loopback ports, Debian's HAProxy
 #            in front with deploy/haproxy/haproxy.cfg; /healthz through the
 #            load balancer; two MCP sessions through it (sticky to their
-#            replica); the audit log verified with the shared key; SIGTERM.
+#            replica); each replica signs a checkpoint and the log(s) verify
+#            with the one shared key; with [broker] on, two replicas given
+#            the keys by deployment.yaml's init-container script publish
+#            the same JWKS; SIGTERM.
 #   image    (VALIDATE_IMAGE=1) the Dockerfile's runtime stage built with
 #            Podman around a prebuilt binary and run read-only as uid 10001.
 #
@@ -29,7 +32,7 @@
 #                    owner (a plain role owning the database)
 #   VALIDATE_IMAGE=1 also run the `image` step (needs podman and runc)
 #   KEEP=1           keep the scratch run folder (printed at the end)
-# Ports on 127.0.0.1: 18941-18943 (replicas), 18080 (HAProxy), 18432
+# Ports on 127.0.0.1: 18941-18946 (replicas), 18080 (HAProxy), 18432
 # (PostgreSQL), 18951 (the image). Installs missing Debian packages when
 # run as root; Python tools go into VALIDATE_TOOLS, never the repository.
 set -uo pipefail
@@ -536,6 +539,8 @@ run_checks() {
     done
   fi
 
+  broker_keys_check "$bin" "$r"
+
   # Stop: SIGTERM to each replica, as the container engine or kubelet sends it.
   local pid t0 status
   for i in 1 2 3; do
@@ -546,6 +551,49 @@ run_checks() {
     status=$?
     note "replica $i: SIGTERM -> exited with status $status after $((($(date +%s%N) - t0) / 1000000)) ms$( ((status == 143)) && echo ' (killed by the signal: no graceful stop in this binary)')"
   done
+}
+
+# With [broker] on, replicas must sign with the same keys. Kubernetes gives
+# each pod a copy made by the Deployment's init container: run that very
+# script (taken from deployment.yaml) for two replicas, then compare the
+# JWKS they publish.
+broker_keys_check() {
+  local bin=$1 r=$2 src script i kids=()
+  sed 's/^# \[broker\]$/[broker]/' "$r/mandate.toml" >"$r/mandate-broker.toml"
+  src=$r/broker-source
+  MANDATE_LOG=warn MANDATE_CONFIG="$r/mandate-broker.toml" MANDATE_DATA_DIR="$src" \
+    "$bin" keys rotate >/dev/null || { fail "mandate keys rotate (broker keys)"; return; }
+  local py=$tools/venv/bin/python # has PyYAML (yamllint's dependency)
+  [[ -x "$py" ]] || py=python3
+  script=$("$py" - "$here/k8s/deployment.yaml" <<'PY'
+import sys, yaml
+d = yaml.safe_load(open(sys.argv[1]))
+print(d["spec"]["template"]["spec"]["initContainers"][0]["command"][2])
+PY
+)
+  for i in 5 6; do
+    mkdir -p "$r/data-$i"
+    printf '%s\n' "$script" | sed -e "s#/run/secrets/mandate-broker-keys#$src/broker-keys#" \
+      -e "s#/var/lib/mandate/broker-keys#$r/data-$i/broker-keys#" | sh >/dev/null ||
+      { fail "the init container's copy script"; return; }
+    env MANDATE_CONFIG="$r/mandate-broker.toml" MANDATE_PUBLIC_URL=http://127.0.0.1:18080 \
+      MANDATE_LISTEN=127.0.0.1:1894$i MANDATE_DATA_DIR="$r/data-$i" "$bin" serve >"$r/mandate-$i.log" 2>&1 &
+    pids+=($!)
+  done
+  for i in 5 6; do
+    if wait_http "http://127.0.0.1:1894$i/.well-known/jwks.json" 60; then
+      kids+=("$(curl -s "http://127.0.0.1:1894$i/.well-known/jwks.json" | python3 -c 'import sys, json; print(",".join(k["kid"] for k in json.load(sys.stdin)["keys"]))')")
+    else
+      kids+=("none")
+    fi
+  done
+  local want
+  want=$(python3 -c 'import sys, json; print(",".join(k["kid"] for k in json.load(open(sys.argv[1]))["keys"]))' "$src/broker-keys/jwks.json")
+  if [[ "${kids[0]}" == "$want" && "${kids[1]}" == "$want" ]]; then
+    pass "[broker]: two replicas given the keys by deployment.yaml's init-container script publish the same JWKS (kid ${want:0:12}…)"
+  else
+    fail "[broker]: replicas publish different keys: ${kids[*]} (want $want)"
+  fi
 }
 
 # --------------------------------------------------------------------------
@@ -564,6 +612,8 @@ image_checks() {
   # pulled: the runtime stage runs on a minimal Debian 13 made by debootstrap,
   # and the build stage is replaced by the prebuilt binary (--build-context).
   local base=localhost/mandate-validate-debian:13 p=(podman --runtime runc)
+  # Podman here needs rlimits it may set and cgroupfs (hybrid cgroups).
+  local -a limits=(--cgroup-manager cgroupfs --ulimit nofile=1024:1024 --ulimit nproc=1000:1000)
   if ! "${p[@]}" image exists "$base"; then
     apt_install debootstrap debootstrap || { skip "image (debootstrap not installed)"; return; }
     note "making $base with debootstrap (once; a few minutes)"
@@ -572,10 +622,24 @@ image_checks() {
       tar -C "$tools/trixie" -c . | "${p[@]}" import - "$base" >/dev/null ||
       { fail "debootstrap trixie (see $tools/debootstrap.log)"; return; }
   fi
+  # What .dockerignore lets into the build context (no keys, no state).
+  printf 'FROM %s\nCOPY . /ctx\n' "$base" >"$run_dir/Context.Containerfile"
+  local listing
+  if listing=$("${p[@]}" build -q "${limits[@]}" -f "$run_dir/Context.Containerfile" \
+    -t localhost/mandate-validate-context "$root" >/dev/null &&
+    "${p[@]}" run --rm "${limits[@]}" localhost/mandate-validate-context \
+      sh -c 'cd /ctx && ls -A . examples | paste -sd" "; du -sh . | cut -f1'); then
+    "${p[@]}" rmi localhost/mandate-validate-context >/dev/null 2>&1
+    if [[ "$(printf '%s' "$listing" | head -1)" == ".: Cargo.lock Cargo.toml crates examples  examples: quickstart" ]]; then
+      pass "the build context is the Cargo workspace and examples/quickstart only ($(printf '%s' "$listing" | tail -1))"
+    else
+      fail "the build context holds more than expected: $listing"
+    fi
+  else
+    fail "listing the build context"
+  fi
   mkdir -p "$run_dir/prebuilt/out" "$run_dir/context"
   cp "$bin" "$run_dir/prebuilt/out/mandate"
-  # Podman here needs rlimits it may set and cgroupfs (hybrid cgroups).
-  local -a limits=(--cgroup-manager cgroupfs --ulimit nofile=1024:1024 --ulimit nproc=1000:1000)
   check "podman build --target runtime (RUNTIME_IMAGE=$base, build stage = prebuilt binary)" \
     "${p[@]}" build -q "${limits[@]}" --network host --target runtime \
     --build-arg RUNTIME_IMAGE="$base" --build-context build="$run_dir/prebuilt" \
