@@ -2,7 +2,7 @@
 # Reruns the deployment checks this kind of machine can run, and prints what
 # passed, failed or was skipped (docs/DEPLOY.md, "Validated here").
 #
-#   static   hadolint on the Dockerfile; yamllint; dclint (the Compose
+#   static   hadolint on the Dockerfile; shellcheck; yamllint; dclint (the Compose
 #            Specification's schema) and `docker-compose config`;
 #            kubernetes-validate --strict on every manifest; that the
 #            ConfigMap carries deploy/mandate.toml verbatim; image tags are
@@ -119,7 +119,7 @@ python_tools() {
 # unpacked there (not installed; the machine's apt state is untouched).
 compose_v2() {
   if docker compose version >/dev/null 2>&1; then
-    printf 'docker compose'
+    printf 'docker\ncompose'
     return 0
   fi
   local b=$tools/compose2/usr/libexec/docker/cli-plugins/docker-compose a=$tools/apt-trixie
@@ -130,7 +130,7 @@ compose_v2() {
       -o "Dir::State::Lists=$a/lists" -o "Dir::Cache=$a/cache" -o APT::Get::List-Cleanup=0)
     apt-get "${o[@]}" update -qq >/dev/null 2>&1 &&
       (cd "$a" && apt-get "${o[@]}" download docker-compose >/dev/null 2>&1) &&
-      dpkg -x "$(ls "$a"/docker-compose_2*.deb | tail -1)" "$tools/compose2" || return 1
+      dpkg -x "$(printf '%s\n' "$a"/docker-compose_2*.deb | tail -1)" "$tools/compose2" || return 1
   fi
   [[ -x "$b" ]] && printf '%s' "$b"
 }
@@ -165,6 +165,14 @@ static_checks() {
     check "hadolint deploy/Dockerfile" "$v/hadolint" "$here/Dockerfile"
   else
     skip "hadolint (not installed)"
+  fi
+
+  step "shell scripts"
+  if apt_install shellcheck shellcheck; then
+    check "shellcheck gen-secrets.sh validate.sh ($(shellcheck --version | sed -n 's/^version: //p'))" \
+      shellcheck "$here/gen-secrets.sh" "$here/validate.sh"
+  else
+    skip "shellcheck (not installed)"
   fi
 
   step "YAML"
@@ -209,12 +217,12 @@ static_checks() {
   else
     skip "docker-compose config (docker-compose not installed)"
   fi
-  local compose2
-  if compose2=$(compose_v2); then
+  local -a compose2
+  if mapfile -t compose2 < <(compose_v2) && ((${#compose2[@]})); then
     cp "$here/compose.yaml" "$tree/deploy/compose.yaml"
-    check "$($compose2 version) config -q (the file as shipped)" \
-      $compose2 -f "$tree/deploy/compose.yaml" config -q
-    $compose2 -f "$tree/deploy/compose.yaml" config --services 2>/dev/null | paste -sd' ' |
+    check "$("${compose2[@]}" version) config -q (the file as shipped)" \
+      "${compose2[@]}" -f "$tree/deploy/compose.yaml" config -q
+    "${compose2[@]}" -f "$tree/deploy/compose.yaml" config --services 2>/dev/null | paste -sd' ' |
       sed 's/^/      services: /'
   else
     skip "docker compose v2 config (no plugin, and Debian trixie's docker-compose package could not be fetched)"
@@ -354,9 +362,10 @@ start_postgres() {
   # VALIDATE_PG_ROLE=owner makes a plain role that owns the database instead.
   pg_role=SUPERUSER
   [[ "${VALIDATE_PG_ROLE:-superuser}" == owner ]] && pg_role=NOSUPERUSER
-  pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  newest_pg() { printf '%s\n' /usr/lib/postgresql/*/bin | grep -v '\*' | sort -V | tail -1; }
+  pg_bin=$(newest_pg)
   if [[ -z "$pg_bin" ]] && apt_install psql postgresql; then
-    pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+    pg_bin=$(newest_pg)
   fi
   [[ -n "$pg_bin" && $(id -u) == 0 ]] || return 1
   pg_data=$run_dir/pg/data
@@ -518,7 +527,7 @@ run_checks() {
     env "${env_common[@]}" MANDATE_CONFIG="$r/mandate-own-key.toml" MANDATE_LISTEN=127.0.0.1:18944 \
       MANDATE_DATA_DIR="$r/data-4" "$bin" serve >"$r/mandate-4.log" 2>&1 &
     local pid4=$!
-    pids+=($pid4)
+    pids+=("$pid4")
     if wait_http http://127.0.0.1:18944/healthz 60; then
       python3 "$run_dir/mcp_sessions.py" http://127.0.0.1:18944 "$token" 1 >/dev/null 2>&1
       curl -s -o /dev/null -X POST -H "Authorization: Bearer $optoken" http://127.0.0.1:18944/api/audit/checkpoint
@@ -618,9 +627,12 @@ image_checks() {
     apt_install debootstrap debootstrap || { skip "image (debootstrap not installed)"; return; }
     note "making $base with debootstrap (once; a few minutes)"
     rm -rf "$tools/trixie"
-    debootstrap --variant=minbase trixie "$tools/trixie" http://deb.debian.org/debian >"$tools/debootstrap.log" 2>&1 &&
-      tar -C "$tools/trixie" -c . | "${p[@]}" import - "$base" >/dev/null ||
-      { fail "debootstrap trixie (see $tools/debootstrap.log)"; return; }
+    if ! debootstrap --variant=minbase trixie "$tools/trixie" http://deb.debian.org/debian \
+      >"$tools/debootstrap.log" 2>&1; then
+      fail "debootstrap trixie (see $tools/debootstrap.log)"
+      return
+    fi
+    tar -C "$tools/trixie" -c . | "${p[@]}" import - "$base" >/dev/null || { fail "podman import"; return; }
   fi
   # What .dockerignore lets into the build context (no keys, no state).
   printf 'FROM %s\nCOPY . /ctx\n' "$base" >"$run_dir/Context.Containerfile"
@@ -668,6 +680,7 @@ image_checks() {
     fail "the container did not answer /healthz"
     "${p[@]}" logs "$image_ctr" 2>&1 | tail -20 | sed 's/^/      | /'
   fi
+  # shellcheck disable=SC2016 # expanded by the container's shell
   note "inside: $("${p[@]}" exec "$image_ctr" /bin/sh -c 'echo "id=$(id -u):$(id -g) pid1=$(cat /proc/1/comm)"; touch /usr/x 2>&1' | paste -sd';')"
   local token
   write_mcp_script
