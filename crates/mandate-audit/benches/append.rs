@@ -23,6 +23,7 @@ fn record() -> AuditRecord {
             task_id: Some("task".to_owned()),
             build: None,
             session: "sid:bench".to_owned(),
+            ..Subject::default()
         },
         tool: "docs.search".to_owned(),
         args_hash: "00".repeat(32),

@@ -33,6 +33,7 @@ fn record(i: u64) -> AuditRecord {
             task_id: Some("task-42".to_owned()),
             build: Some("b".repeat(64)),
             session: format!("sid:bench-{}", i % 97),
+            ..Subject::default()
         },
         tool: "docs.search".to_owned(),
         args_hash: "a".repeat(64),

@@ -42,6 +42,7 @@ fn record(n: i64, session: &str, correlation: &CorrelationId) -> AuditRecord {
             task_id: Some("t1".to_owned()),
             build: None,
             session: session.to_owned(),
+            ..Subject::default()
         },
         tool: "docs.search".to_owned(),
         args_hash: "ab".repeat(32),

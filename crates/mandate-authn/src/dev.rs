@@ -265,10 +265,6 @@ mod tests {
     use super::*;
 
     #[test]
-    #[expect(
-        clippy::indexing_slicing,
-        reason = "test; serde_json::Value indexing yields Null, never panics"
-    )]
     fn ed25519_round_trips_through_pem() -> Result<(), AuthnError> {
         let key = generate_ed25519()?;
         assert!(key.pkcs8_pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));

@@ -763,6 +763,7 @@ impl Broker {
             policy_hash: String::new(),
         };
         let subject = Subject {
+            iss: trail.subject_issuer.clone().unwrap_or_default(),
             sub: trail.sub.clone().unwrap_or_default(),
             act: trail.act.clone(),
             scope: trail.scope.clone().unwrap_or_default(),

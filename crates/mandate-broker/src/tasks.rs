@@ -98,6 +98,7 @@ impl From<ControlError> for ApiError {
 
 fn operator_subject(p: &Principal) -> Subject {
     Subject {
+        iss: p.iss.clone(),
         sub: p.sub.clone(),
         session: format!("operator:{}", p.sub),
         ..Subject::default()

@@ -20,7 +20,7 @@ mod tool;
 
 pub use decision::{Decision, Effect, Obligation};
 pub use ids::{CorrelationId, DecisionId};
-pub use principal::{Principal, Scope};
+pub use principal::{Principal, Scope, state_key};
 pub use record::{
     AuditRecord, RecordKind, Subject, canonical_args_hash, canonical_hash, write_canonical,
 };

@@ -53,9 +53,51 @@ impl Principal {
         }
     }
 
-    /// The identity a transport session is bound to: the subject pair and `sid`.
-    pub fn binding(&self) -> (String, Vec<String>, Option<String>) {
-        (self.sub.clone(), self.act.clone(), self.sid.clone())
+    /// The key of everything the gateway keeps per Mandate session (usage,
+    /// budgets, taint): issuer, user, actor chain and `sid` (or, without a
+    /// `sid`, the task). Two issuers, users or agents never share one even
+    /// when their tokens carry the same `sid` (F-04).
+    pub fn state_key(&self) -> String {
+        state_key(
+            &self.iss,
+            &self.sub,
+            &self.act,
+            self.sid.as_deref(),
+            self.task_id.as_deref(),
+        )
+    }
+
+    /// The subject whose resources are bounded together (sessions,
+    /// concurrent calls): issuer and user.
+    pub fn subject_key(&self) -> String {
+        serde_json::json!([self.iss, self.sub]).to_string()
+    }
+
+    /// The identity a transport session is bound to: issuer, subject pair
+    /// and `sid`.
+    pub fn binding(&self) -> (String, String, Vec<String>, Option<String>) {
+        (
+            self.iss.clone(),
+            self.sub.clone(),
+            self.act.clone(),
+            self.sid.clone(),
+        )
+    }
+}
+
+/// The per-session state key of [`Principal::state_key`], from its parts
+/// (as an audit record keeps them), so state can be rebuilt from the log.
+pub fn state_key(
+    iss: &str,
+    sub: &str,
+    act: &[String],
+    sid: Option<&str>,
+    task_id: Option<&str>,
+) -> String {
+    // JSON keeps the parts unambiguous whatever characters they hold.
+    match sid {
+        Some(sid) => serde_json::json!([iss, sub, act, sid]).to_string(),
+        None => serde_json::json!([iss, sub, act, null, task_id]).to_string(),
     }
 }
 
@@ -155,6 +197,20 @@ mod tests {
         let c = principal("auth0|x", &["a"], None);
         let d = principal("auth0", &["x|a"], None);
         assert_ne!(c.session_key(), d.session_key());
+    }
+
+    #[test]
+    fn state_keys_differ_by_issuer_and_user_for_the_same_sid() {
+        let mut a = principal("u", &["agent"], None);
+        a.sid = Some("s1".into());
+        let mut b = a.clone();
+        b.iss = "other-issuer".into();
+        let mut c = a.clone();
+        c.sub = "v".into();
+        assert_ne!(a.state_key(), b.state_key());
+        assert_ne!(a.state_key(), c.state_key());
+        assert_ne!(a.binding(), b.binding());
+        assert_ne!(a.subject_key(), b.subject_key());
     }
 
     #[test]

@@ -31,6 +31,9 @@ impl RecordKind {
 /// The composite subject as recorded: all five token fields plus session.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subject {
+    /// Token issuer (`iss`); empty on records written before it was kept.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub iss: String,
     /// Delegating user (`sub`); empty when the request was unauthenticated.
     pub sub: String,
     /// Actor chain (`act`), outermost first.
@@ -48,6 +51,7 @@ pub struct Subject {
 impl From<&Principal> for Subject {
     fn from(p: &Principal) -> Self {
         Self {
+            iss: p.iss.clone(),
             sub: p.sub.clone(),
             act: p.act.clone(),
             scope: p.scope.to_oauth_string(),

@@ -253,6 +253,8 @@ pub struct GatewayConfig {
     /// Whether policy-set changes must pass the two-person change gate
     /// (policies then load from the control store, not the directory).
     pub change_gate: bool,
+    /// Bounds on connections, sessions and concurrent calls.
+    pub limits: Limits,
     /// What audit records keep of call arguments (`[audit.redaction]`).
     pub redaction: crate::redaction::Redaction,
 }
@@ -261,5 +263,36 @@ impl GatewayConfig {
     /// The audience operator tokens must carry: `<public_url>/api`.
     pub fn operator_audience(&self) -> String {
         format!("{}/api", self.public_url)
+    }
+}
+
+/// Bounds on what callers can make the gateway hold (`[limits]`). Every
+/// limit has a metric and a test that tries to exceed it
+/// (docs/THREAT-MODEL.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// HTTP connections: cap, header-read, idle and body timeouts.
+    pub connections: crate::server::ConnectionLimits,
+    /// Most MCP transport sessions in total; past it new ones are refused.
+    pub max_sessions: usize,
+    /// Most MCP transport sessions per subject (issuer and `sub`); past it
+    /// the subject's least recently used session is closed.
+    pub max_sessions_per_subject: usize,
+    /// A transport session unused this long is closed.
+    pub session_idle_timeout: Duration,
+    /// Most tool calls one subject (issuer and `sub`) may have in flight,
+    /// held calls included; more are refused.
+    pub max_concurrent_calls_per_subject: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connections: crate::server::ConnectionLimits::default(),
+            max_sessions: 10_000,
+            max_sessions_per_subject: 32,
+            session_idle_timeout: Duration::from_secs(300),
+            max_concurrent_calls_per_subject: 64,
+        }
     }
 }

@@ -167,6 +167,7 @@ impl Operator {
 
 pub(crate) fn operator_subject(p: &Principal) -> Subject {
     Subject {
+        iss: p.iss.clone(),
         sub: p.sub.clone(),
         act: p.act.clone(),
         scope: String::new(),

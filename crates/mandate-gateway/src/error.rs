@@ -47,6 +47,8 @@ pub enum DenyCategory {
     /// The token's build is not registered, or the tools served to it no
     /// longer hash to the build's registered manifest.
     UnknownBuild,
+    /// The subject has too many calls in flight; retry when one finishes.
+    TooManyCalls,
 }
 
 impl DenyCategory {
@@ -67,6 +69,7 @@ impl DenyCategory {
             Self::Withdrawn => "withdrawn",
             Self::ToolQuarantined => "tool_quarantined",
             Self::UnknownBuild => "unknown_build",
+            Self::TooManyCalls => "too_many_concurrent_calls",
         }
     }
 
@@ -86,6 +89,9 @@ impl DenyCategory {
             Self::Withdrawn => "withdrawn while waiting for approval".into(),
             Self::ToolQuarantined => "the tool is quarantined until an operator approves it".into(),
             Self::UnknownBuild => "the agent's build is not registered for these tools".into(),
+            Self::TooManyCalls => {
+                "too many calls of this subject are in flight; retry when one finishes".into()
+            }
         }
     }
 }

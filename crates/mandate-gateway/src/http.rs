@@ -11,12 +11,12 @@
 
 use crate::Gateway;
 use crate::handler::{GatewayHandler, PrincipalSource};
+use crate::sessions::{Admission, Check, Sessions};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use dashmap::DashMap;
 use http::{HeaderValue, Method, StatusCode, header};
 use mandate_core::{AuditRecord, CorrelationId, Decision, Principal, Subject};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -27,27 +27,12 @@ use tower::ServiceExt as _;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 
-/// The subject a transport session was opened by.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Binding {
-    sub: String,
-    act: Vec<String>,
-    sid: Option<String>,
-}
-
-impl From<&Principal> for Binding {
-    fn from(p: &Principal) -> Self {
-        let (sub, act, sid) = p.binding();
-        Self { sub, act, sid }
-    }
-}
-
 #[derive(Clone)]
 struct AppState {
     gw: Arc<Gateway>,
     mcp: StreamableHttpService<GatewayHandler, LocalSessionManager>,
-    /// Transport session id → (subject it is bound to, latest token expiry).
-    bindings: Arc<DashMap<String, (Binding, u64)>>,
+    /// Transport sessions: whose, and how many.
+    sessions: Arc<Sessions>,
 }
 
 /// The gateway's HTTP routes.
@@ -67,6 +52,16 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         mcp_cfg = mcp_cfg.disable_allowed_hosts();
     }
     let factory_gw = gw.clone();
+    let limits = &cfg.limits;
+    let mut manager = LocalSessionManager::default();
+    manager.session_config.keep_alive = Some(limits.session_idle_timeout);
+    let manager = Arc::new(manager);
+    let sessions = Arc::new(Sessions::new(
+        manager.clone(),
+        limits.max_sessions,
+        limits.max_sessions_per_subject,
+        gw.metrics().sessions.clone(),
+    ));
     let mcp = StreamableHttpService::new(
         move || {
             Ok(GatewayHandler::new(
@@ -74,15 +69,26 @@ pub fn router(gw: Arc<Gateway>) -> Router {
                 PrincipalSource::PerRequest,
             ))
         },
-        Arc::new(LocalSessionManager::default()),
+        manager,
         mcp_cfg,
     );
+    // Forget sessions rmcp closed and sessions of expired tokens.
+    let sweep = Arc::downgrade(&sessions);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+        loop {
+            tick.tick().await;
+            let Some(sessions) = sweep.upgrade() else {
+                return;
+            };
+            let now = crate::pipeline::now_unix().cast_unsigned();
+            sessions
+                .sweep(now, crate::pipeline::SESSION_GRACE_SECS)
+                .await;
+        }
+    });
     let api_gw = gw.clone();
-    let state = AppState {
-        gw,
-        mcp,
-        bindings: Arc::new(DashMap::new()),
-    };
+    let state = AppState { gw, mcp, sessions };
     Router::new()
         .route("/mcp", any(mcp_entry))
         .route(
@@ -297,6 +303,23 @@ async fn authenticate(
     headers: &http::HeaderMap,
     method: &Method,
 ) -> Result<Arc<Principal>, Response> {
+    // One credential per request: with two, which one counts would be a
+    // guess (RFC 9110 §5.3 allows no list form for Authorization).
+    if headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        gw.metrics().auth_failures.inc();
+        return Err(rpc_error(
+            StatusCode::BAD_REQUEST,
+            Value::Null,
+            -32600,
+            "invalid request: more than one Authorization header",
+            None,
+        ));
+    }
     let header = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
@@ -380,6 +403,26 @@ fn called_tools(body: &Value) -> Vec<CalledTool<'_>> {
     }
 }
 
+/// Whether a `Content-Type` value is `application/json` (media types are
+/// case-insensitive, RFC 9110 §8.3.1; parameters such as `charset` are
+/// ignored).
+fn is_json_media_type(value: &str) -> bool {
+    value
+        .split(';')
+        .next()
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Whether a body is (or a batch holds) an `initialize` request, the only
+/// request that opens a transport session.
+fn opens_session(body: &Value) -> bool {
+    let one = |m: &Value| m.get("method").and_then(Value::as_str) == Some("initialize");
+    match body {
+        Value::Array(items) => items.iter().any(one),
+        other => one(other),
+    }
+}
+
 async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
     let gw = &app.gw;
 
@@ -389,22 +432,17 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
         Err(resp) => return closing(resp),
     };
 
-    // 2. Session binding: a transport session belongs to the subject pair and
-    //    Mandate session that opened it.
+    // 2. Session binding: a transport session belongs to the issuer,
+    //    subject pair and Mandate session that opened it.
     let session_id = req
         .headers()
         .get(SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     if let Some(id) = &session_id {
-        let bound = app.bindings.get(id).map(|b| b.0.clone());
-        match bound {
-            Some(bound) if bound == Binding::from(principal.as_ref()) => {
-                if let Some(mut b) = app.bindings.get_mut(id) {
-                    b.1 = b.1.max(principal.exp);
-                }
-            }
-            Some(_) => {
+        match app.sessions.check(id, &principal) {
+            Check::Bound => {}
+            Check::Foreign => {
                 gw.metrics().session_refusals.inc();
                 let d = audit_refusal(
                     gw,
@@ -425,7 +463,7 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
                     None,
                 ));
             }
-            None => {
+            Check::Unknown => {
                 return closing(rpc_error(
                     StatusCode::NOT_FOUND,
                     Value::Null,
@@ -437,7 +475,10 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
         }
     }
 
-    // 3. Read the body (bounded) and check scope for tool calls.
+    // 3. Read the body (bounded) and check scope for tool calls. The media
+    //    type decides nothing here: whatever the client calls it, a body
+    //    that parses as JSON gets the same checks (rmcp refuses what it
+    //    cannot take).
     let (mut parts, body) = req.into_parts();
     let bytes = if parts.method == Method::POST {
         match axum::body::to_bytes(body, gw.config().max_body_bytes).await {
@@ -447,7 +488,10 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
                     StatusCode::PAYLOAD_TOO_LARGE,
                     Value::Null,
                     -32600,
-                    &format!("request body exceeds {} bytes", gw.config().max_body_bytes),
+                    &format!(
+                        "request body exceeds {} bytes or did not arrive in time",
+                        gw.config().max_body_bytes
+                    ),
                     None,
                 ));
             }
@@ -455,15 +499,16 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
     } else {
         bytes::Bytes::new()
     };
-    let is_json = parts
+    let declared_json = parts
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/json"));
-    if parts.method == Method::POST && is_json {
+        .is_some_and(is_json_media_type);
+    let mut reservation = None;
+    if parts.method == Method::POST {
         let message = match serde_json::from_slice::<Value>(&bytes) {
-            Ok(m) => m,
-            Err(e) => {
+            Ok(m) => Some(m),
+            Err(e) if declared_json => {
                 return rpc_error(
                     StatusCode::BAD_REQUEST,
                     Value::Null,
@@ -472,44 +517,33 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
                     None,
                 );
             }
+            // Not JSON and not declared as JSON: rmcp answers 415.
+            Err(_) => None,
         };
-        if let Some((status, id, code, msg)) = envelope_problem(&message) {
-            return rpc_error(status, id, code, &msg, None);
-        }
-        for (id, tool, args) in called_tools(&message) {
-            if !principal.scope.covers(&tool) {
-                gw.metrics().scope_refusals.inc();
-                let d = audit_refusal(
-                    gw,
-                    &principal,
-                    &tool,
-                    Some(args.unwrap_or(&serde_json::Map::new())),
-                    format!("scope does not cover {tool}"),
-                )
-                .await;
-                return rpc_error_with(
-                    StatusCode::FORBIDDEN,
-                    id,
-                    crate::error::CODE_DENIED,
-                    &format!(
-                        "call to {tool} denied: outside the token's scope (decision {})",
-                        d.id
-                    ),
-                    Some(json!({
-                        "denied": true,
-                        "tool": tool,
-                        "reason": "insufficient_scope",
-                        "decision_id": d.id.as_str(),
-                    })),
-                    Some(challenge(
-                        gw,
-                        Some((
-                            "insufficient_scope",
-                            "the token's scope does not cover this tool",
-                        )),
-                        Some(&tool),
-                    )),
-                );
+        if let Some(message) = message {
+            if let Some((status, id, code, msg)) = envelope_problem(&message) {
+                return rpc_error(status, id, code, &msg, None);
+            }
+            for (id, tool, args) in called_tools(&message) {
+                if !principal.scope.covers(&tool) {
+                    return scope_refusal(gw, &principal, id, tool, args).await;
+                }
+            }
+            // A new transport session takes a slot of its subject's (and
+            // the process's) session budget.
+            if session_id.is_none() && opens_session(&message) {
+                match app.sessions.admit(&principal).await {
+                    Admission::Admitted(r) => reservation = Some(r),
+                    Admission::Refused => {
+                        return closing(rpc_error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            Value::Null,
+                            -32000,
+                            "too many MCP sessions are open on this gateway; retry later",
+                            None,
+                        ));
+                    }
+                }
             }
         }
     }
@@ -524,30 +558,64 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
     };
 
     // 5. Bind a newly created transport session; forget a deleted one.
-    if session_id.is_none()
-        && let Some(new_id) = resp
+    if let Some(r) = reservation {
+        match resp
             .headers()
             .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok())
-    {
-        app.bindings.insert(
-            new_id.to_owned(),
-            (Binding::from(principal.as_ref()), principal.exp),
-        );
-        if app.bindings.len().is_multiple_of(1024) {
-            // A binding is useless once every token that could use it has
-            // expired (the subject would need a new token, hence a new session).
-            let cutoff = crate::pipeline::now_unix()
-                .cast_unsigned()
-                .saturating_sub(crate::pipeline::SESSION_GRACE_SECS);
-            app.bindings.retain(|_, b| b.1 > cutoff);
+        {
+            Some(new_id) => app.sessions.opened(r, new_id, &principal),
+            None => app.sessions.abandoned(r),
         }
     }
     if is_delete
         && resp.status().is_success()
         && let Some(id) = &session_id
     {
-        app.bindings.remove(id);
+        app.sessions.closed(id);
     }
     resp
+}
+
+/// Refuses (and records) a `tools/call` outside the token's scope, with
+/// the challenge a client needs to step up (RFC 6750 §3.1).
+async fn scope_refusal(
+    gw: &Gateway,
+    principal: &Principal,
+    id: Value,
+    tool: String,
+    args: Option<&serde_json::Map<String, Value>>,
+) -> Response {
+    gw.metrics().scope_refusals.inc();
+    let d = audit_refusal(
+        gw,
+        principal,
+        &tool,
+        Some(args.unwrap_or(&serde_json::Map::new())),
+        format!("scope does not cover {tool}"),
+    )
+    .await;
+    rpc_error_with(
+        StatusCode::FORBIDDEN,
+        id,
+        crate::error::CODE_DENIED,
+        &format!(
+            "call to {tool} denied: outside the token's scope (decision {})",
+            d.id
+        ),
+        Some(json!({
+            "denied": true,
+            "tool": tool,
+            "reason": "insufficient_scope",
+            "decision_id": d.id.as_str(),
+        })),
+        Some(challenge(
+            gw,
+            Some((
+                "insufficient_scope",
+                "the token's scope does not cover this tool",
+            )),
+            Some(&tool),
+        )),
+    )
 }

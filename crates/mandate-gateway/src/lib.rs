@@ -25,16 +25,20 @@ mod pinning;
 mod pipeline;
 pub mod provenance;
 pub mod redaction;
+pub mod server;
+mod sessions;
 mod tasks;
 pub mod upstream;
 pub mod web;
 
 pub use config::{
-    ApprovalConfig, ClientSecret, GatewayConfig, Isolation, LocalAccount, OidcConfig,
+    ApprovalConfig, ClientSecret, GatewayConfig, Isolation, Limits, LocalAccount, OidcConfig,
     OperatorConfig, Role, Transport, UpstreamConfig, WebConfig,
 };
 pub use metrics::Metrics;
 pub use pipeline::{Incoming, META_CORRELATION, META_DECISION};
+pub use server::{ConnectionLimits, ConnectionStats};
+pub use sessions::SessionStats;
 
 use dashmap::DashMap;
 use mandate_audit::AuditLog;
@@ -124,6 +128,62 @@ pub struct Gateway {
     manifest_verdicts: DashMap<String, builds::ManifestVerdict>,
     /// DPoP proof verification for sender-constrained tokens (`http.rs`).
     dpop: std::sync::OnceLock<Arc<mandate_authn::dpop::DpopVerifier>>,
+    /// Tool calls in flight per subject (bounded).
+    slots: Arc<CallSlots>,
+}
+
+/// Tool calls in flight per subject (issuer and `sub`), each bounded, so
+/// one token cannot tie up the gateway with held or slow calls.
+pub(crate) struct CallSlots {
+    inflight: DashMap<String, usize>,
+    max: usize,
+    metrics: Arc<Metrics>,
+}
+
+/// One call's slot, given back when dropped.
+pub(crate) struct CallSlot {
+    slots: Arc<CallSlots>,
+    key: String,
+}
+
+impl CallSlots {
+    /// A slot for one more call of `subject`, unless it is at its cap.
+    pub(crate) fn try_acquire(self: &Arc<Self>, subject: String) -> Option<CallSlot> {
+        let mut entry = self.inflight.entry(subject.clone()).or_insert(0);
+        if *entry >= self.max {
+            return None;
+        }
+        if *entry == 0 {
+            self.metrics
+                .busy_subjects
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        *entry += 1;
+        drop(entry);
+        Some(CallSlot {
+            slots: self.clone(),
+            key: subject,
+        })
+    }
+}
+
+impl Drop for CallSlot {
+    fn drop(&mut self) {
+        let emptied = self
+            .slots
+            .inflight
+            .remove_if_mut(&self.key, |_, n| {
+                *n = n.saturating_sub(1);
+                *n == 0
+            })
+            .is_some();
+        if emptied {
+            self.slots
+                .metrics
+                .busy_subjects
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 impl Gateway {
@@ -147,8 +207,15 @@ impl Gateway {
                 )
             })
             .collect();
+        let metrics = Arc::new(Metrics::default());
+        let slots = Arc::new(CallSlots {
+            inflight: DashMap::new(),
+            max: cfg.limits.max_concurrent_calls_per_subject.max(1),
+            metrics: metrics.clone(),
+        });
         let gw = Arc::new(Self {
             cfg,
+            slots,
             authn,
             operator_authn,
             policy,
@@ -160,7 +227,7 @@ impl Gateway {
             next_usage_prune: std::sync::atomic::AtomicI64::new(0),
             validators: DashMap::new(),
             peers: Mutex::new(Vec::new()),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             waiters: approvals::Waiters::default(),
             mcp_tasks: tasks::Tasks::default(),
             pin_verdicts: DashMap::new(),

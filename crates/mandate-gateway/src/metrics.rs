@@ -1,7 +1,10 @@
 //! Prometheus counters, rendered in the text exposition format.
 
+use crate::server::ConnectionStats;
+use crate::sessions::SessionStats;
 use mandate_core::Decision;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A monotonically increasing counter.
@@ -38,6 +41,14 @@ pub struct Metrics {
     pub upstream_errors: Counter,
     /// Tool results in which injection patterns or hidden content were found.
     pub injection_findings: Counter,
+    /// Tool calls refused because their subject had too many in flight.
+    pub concurrency_refusals: Counter,
+    /// HTTP connections (`server.rs`).
+    pub connections: Arc<ConnectionStats>,
+    /// MCP transport sessions (`sessions.rs`).
+    pub sessions: Arc<SessionStats>,
+    /// Subjects with tool calls in flight now.
+    pub(crate) busy_subjects: AtomicU64,
 }
 
 impl Metrics {
@@ -97,10 +108,77 @@ impl Metrics {
                 "Tool results with injection patterns or hidden content.",
                 self.injection_findings.get(),
             ),
+            (
+                "mandate_concurrency_refusals_total",
+                "Tool calls refused because their subject had too many in flight.",
+                self.concurrency_refusals.get(),
+            ),
+            (
+                "mandate_connections_accepted_total",
+                "HTTP connections accepted.",
+                load(&self.connections.accepted),
+            ),
+            (
+                "mandate_connections_evicted_total",
+                "Idle HTTP connections closed to admit a new one at the connection cap.",
+                load(&self.connections.evicted),
+            ),
+            (
+                "mandate_connections_refused_total",
+                "HTTP connections refused at the cap (every connection busy).",
+                load(&self.connections.refused),
+            ),
+            (
+                "mandate_connections_header_timeouts_total",
+                "HTTP connections closed for a request head that did not arrive in time.",
+                load(&self.connections.header_timeouts),
+            ),
+            (
+                "mandate_connections_idle_closed_total",
+                "HTTP connections closed after the idle timeout.",
+                load(&self.connections.idle_closed),
+            ),
+            (
+                "mandate_connections_accept_errors_total",
+                "Failed accepts (e.g. out of file descriptors).",
+                load(&self.connections.accept_errors),
+            ),
+            (
+                "mandate_sessions_evicted_total",
+                "MCP sessions closed because their subject opened one past its cap.",
+                load(&self.sessions.evicted),
+            ),
+            (
+                "mandate_sessions_refused_total",
+                "MCP sessions refused at the total cap.",
+                load(&self.sessions.refused),
+            ),
         ] {
             let _ = writeln!(
                 s,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
+        for (name, help, value) in [
+            (
+                "mandate_connections_open",
+                "HTTP connections open now.",
+                load(&self.connections.open),
+            ),
+            (
+                "mandate_sessions_open",
+                "MCP transport sessions open now.",
+                load(&self.sessions.open),
+            ),
+            (
+                "mandate_busy_subjects",
+                "Subjects with tool calls in flight now.",
+                load(&self.busy_subjects),
+            ),
+        ] {
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
             );
         }
         for (name, help, value) in extra {
@@ -111,4 +189,8 @@ impl Metrics {
         }
         s
     }
+}
+
+fn load(v: &AtomicU64) -> u64 {
+    v.load(Ordering::Relaxed)
 }

@@ -87,6 +87,36 @@ impl crate::Gateway {
             r
         };
 
+        // 0. Bound the calls one subject has in flight (held ones included),
+        //    so one token cannot tie up the gateway.
+        let Some(_slot) = self.slots.try_acquire(principal.subject_key()) else {
+            self.metrics.concurrency_refusals.inc();
+            let decision = Decision::deny(
+                format!(
+                    "more than {} calls of this subject in flight",
+                    self.cfg.limits.max_concurrent_calls_per_subject
+                ),
+                self.policy.policy_hash(),
+            );
+            self.metrics.count_decision(&decision);
+            let hash = mandate_core::canonical_args_hash(&args);
+            let appended = tokio::time::timeout(
+                AUDIT_WRITE_TIMEOUT,
+                self.audit.append(record(&decision, &hash)),
+            )
+            .await;
+            if !matches!(appended, Ok(Ok(_))) {
+                self.metrics.audit_failures.inc();
+                tracing::error!("audit append failed for a concurrency refusal");
+            }
+            return Err(denial_error(
+                &exposed,
+                &decision,
+                &correlation,
+                &DenyCategory::TooManyCalls,
+            ));
+        };
+
         // 1. Resolve the tool. An unknown tool is audited and answered as
         //    "unknown", which the agent can tell apart from a denial.
         let resolved = self.resolve(&exposed).await;
@@ -163,7 +193,9 @@ impl crate::Gateway {
                 // through (it may hash the tool and write a pin).
                 Some(tool) => match self.check_tool(&principal, &exposed, tool).await {
                     Err((reason, category)) => Some((Decision::deny(reason, hash()), category)),
-                    Ok(()) => match self.validate_args(&exposed, tool, &call.args) {
+                    Ok(()) => match mandate_policy::check_args_bounds(&call.args)
+                        .and_then(|()| self.validate_args(&exposed, tool, &call.args))
+                    {
                         Ok(()) => None,
                         Err(msg) => Some((
                             Decision::deny(
@@ -251,7 +283,7 @@ impl crate::Gateway {
 
         // 6. Forward, then 7. record the outcome (after the fact; the
         //    response is not held for it).
-        let session = principal.session_key();
+        let session = principal.state_key();
         let mut result = self
             .forward(&upstream, &permitted, params, &session, client, progress)
             .await;
@@ -415,7 +447,7 @@ impl crate::Gateway {
         approved: bool,
     ) -> Decision {
         let exp = principal.exp;
-        let mut session = self.sessions.entry(principal.session_key()).or_default();
+        let mut session = self.sessions.entry(principal.state_key()).or_default();
         let task_key = task_key(principal);
         let mut task = task_key.map(|k| self.tasks.entry(k).or_default());
         let exposed = call.name.to_string();
@@ -553,7 +585,7 @@ impl crate::Gateway {
         }
         let (taint, untrusted_sources): (Vec<String>, Vec<String>) = self
             .sessions
-            .get(&principal.session_key())
+            .get(&principal.state_key())
             .map(|s| (s.taint.iter().cloned().collect(), s.sources.clone()))
             .unwrap_or_default();
         let deadline_ms = AuditRecord::now_ms().saturating_add(
@@ -715,11 +747,11 @@ impl crate::Gateway {
 /// The usage key of a principal's task: user and task id (two users'
 /// tasks with the same id never share a budget). `None` without a task.
 fn task_key(p: &Principal) -> Option<String> {
-    p.task_id.as_deref().map(|t| task_key_of(&p.sub, t))
+    p.task_id.as_deref().map(|t| task_key_of(&p.iss, &p.sub, t))
 }
 
-fn task_key_of(sub: &str, task: &str) -> String {
-    serde_json::json!([sub, task]).to_string()
+fn task_key_of(iss: &str, sub: &str, task: &str) -> String {
+    serde_json::json!([iss, sub, task]).to_string()
 }
 
 /// The money a call moves: the integer `amount` argument of a `financial` call.
@@ -735,11 +767,43 @@ pub(crate) const HELD_DETAIL: &str = "held for human approval";
 impl crate::Gateway {
     /// Restores session and task usage from decision records written
     /// before a restart (calls that were let through count; held records
-    /// do not, their release does). Returns how many calls were restored.
+    /// do not, their release does) and session taint from outcome records.
+    /// Returns how many calls were restored.
     pub fn restore_usage<'a>(&self, records: impl IntoIterator<Item = &'a AuditRecord>) -> usize {
         let now = now_unix();
+        // Records written before the issuer was kept name none: with one
+        // trusted issuer it can only have been that one.
+        let sole_issuer = match self.cfg.authorization_servers.as_slice() {
+            [only] => only.as_str(),
+            _ => "",
+        };
         let mut restored = 0;
         for r in records {
+            let iss = if r.subject.iss.is_empty() {
+                sole_issuer
+            } else {
+                r.subject.iss.as_str()
+            };
+            let key = mandate_core::state_key(
+                iss,
+                &r.subject.sub,
+                &r.subject.act,
+                r.subject.session.strip_prefix("sid:"),
+                r.subject.task_id.as_deref(),
+            );
+            let at = r.time_ms / 1000;
+            let exp = at.saturating_add(3600).max(now).cast_unsigned();
+            // Taint is on outcome records: what the session read stays read.
+            if r.kind == mandate_core::RecordKind::Outcome && !r.taint.is_empty() {
+                let mut s = self.sessions.entry(key).or_default();
+                s.taint.extend(r.taint.iter().cloned());
+                s.exp = s.exp.max(exp);
+                let source = format!("{} ({})", r.tool, r.taint.join(", "));
+                if s.sources.last() != Some(&source) && s.sources.len() < MAX_SOURCES {
+                    s.sources.push(source);
+                }
+                continue;
+            }
             let held = r
                 .detail
                 .as_deref()
@@ -747,10 +811,8 @@ impl crate::Gateway {
             if r.kind != mandate_core::RecordKind::Decision || !r.decision.is_allow() || held {
                 continue;
             }
-            let at = r.time_ms / 1000;
-            let exp = at.saturating_add(3600).max(now).cast_unsigned();
             {
-                let mut s = self.sessions.entry(r.subject.session.clone()).or_default();
+                let mut s = self.sessions.entry(key).or_default();
                 s.calls = s.calls.saturating_add(1);
                 s.exp = s.exp.max(exp);
                 *s.per_tool.entry(r.tool.clone()).or_default() += 1;
@@ -761,7 +823,7 @@ impl crate::Gateway {
             if let Some(task) = &r.subject.task_id {
                 let mut t = self
                     .tasks
-                    .entry(task_key_of(&r.subject.sub, task))
+                    .entry(task_key_of(iss, &r.subject.sub, task))
                     .or_default();
                 t.calls = t.calls.saturating_add(1);
                 t.amount = t.amount.saturating_add(r.amount.unwrap_or(0).max(0));

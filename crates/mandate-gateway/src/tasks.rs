@@ -30,7 +30,7 @@ enum State {
 }
 
 struct Entry {
-    owner: (String, Vec<String>, Option<String>),
+    owner: (String, String, Vec<String>, Option<String>),
     created: String,
     updated: String,
     message: String,

@@ -293,8 +293,11 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
-/// Denies arguments that are too large or too deep.
-pub(crate) fn check_bounds(args: &serde_json::Map<String, Value>) -> Result<(), String> {
+/// Refuses arguments larger than [`limits::MAX_ARGS_BYTES`] serialised or
+/// nested deeper than [`limits::MAX_ARGS_DEPTH`]. The engine runs it on
+/// every decision; the gateway runs it first to report such calls as
+/// malformed rather than as policy denials.
+pub fn check_bounds(args: &serde_json::Map<String, Value>) -> Result<(), String> {
     let mut counter = LimitedCounter {
         written: 0,
         limit: limits::MAX_ARGS_BYTES,

@@ -10,6 +10,7 @@ mod request;
 mod slice;
 mod testing;
 
+pub use args::check_bounds as check_args_bounds;
 pub use decide::DEFAULT_DENY_REASON;
 pub use error::{
     ContractError, Diagnostics, IoError, LayoutError, LimitError, PolicyError, SourceDiagnostic,

@@ -60,6 +60,91 @@ struct FileConfig {
     broker: Option<crate::broker_config::BrokerSection>,
     #[serde(default)]
     audit: crate::audit_cli::AuditSection,
+    #[serde(default)]
+    limits: LimitsSection,
+}
+
+/// `[limits]`: what any caller can make the gateway hold. Defaults are safe
+/// for one process; docs/CONFIG.md explains each.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LimitsSection {
+    max_connections: usize,
+    header_read_timeout_secs: u64,
+    idle_timeout_secs: u64,
+    body_timeout_secs: u64,
+    max_header_bytes: usize,
+    drain_timeout_secs: u64,
+    max_sessions: usize,
+    max_sessions_per_subject: usize,
+    session_idle_timeout_secs: u64,
+    max_concurrent_calls_per_subject: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        let d = mandate_gateway::Limits::default();
+        let c = &d.connections;
+        Self {
+            max_connections: c.max_connections,
+            header_read_timeout_secs: c.header_read_timeout.as_secs(),
+            idle_timeout_secs: c.idle_timeout.as_secs(),
+            body_timeout_secs: c.body_timeout.as_secs(),
+            max_header_bytes: c.max_header_bytes,
+            drain_timeout_secs: c.drain_timeout.as_secs(),
+            max_sessions: d.max_sessions,
+            max_sessions_per_subject: d.max_sessions_per_subject,
+            session_idle_timeout_secs: d.session_idle_timeout.as_secs(),
+            max_concurrent_calls_per_subject: d.max_concurrent_calls_per_subject,
+        }
+    }
+}
+
+impl LimitsSection {
+    fn to_limits(&self) -> Result<mandate_gateway::Limits> {
+        let positive = |name: &str, v: u64| {
+            if v == 0 {
+                bail!("limits.{name} must be at least 1");
+            }
+            Ok(Duration::from_secs(v))
+        };
+        for (name, v) in [
+            ("max_connections", self.max_connections),
+            ("max_sessions", self.max_sessions),
+            ("max_sessions_per_subject", self.max_sessions_per_subject),
+            (
+                "max_concurrent_calls_per_subject",
+                self.max_concurrent_calls_per_subject,
+            ),
+        ] {
+            if v == 0 {
+                bail!("limits.{name} must be at least 1");
+            }
+        }
+        if self.max_header_bytes < 8192 {
+            bail!("limits.max_header_bytes must be at least 8192");
+        }
+        Ok(mandate_gateway::Limits {
+            connections: mandate_gateway::ConnectionLimits {
+                max_connections: self.max_connections,
+                header_read_timeout: positive(
+                    "header_read_timeout_secs",
+                    self.header_read_timeout_secs,
+                )?,
+                idle_timeout: positive("idle_timeout_secs", self.idle_timeout_secs)?,
+                body_timeout: positive("body_timeout_secs", self.body_timeout_secs)?,
+                max_header_bytes: self.max_header_bytes,
+                drain_timeout: positive("drain_timeout_secs", self.drain_timeout_secs)?,
+            },
+            max_sessions: self.max_sessions,
+            max_sessions_per_subject: self.max_sessions_per_subject,
+            session_idle_timeout: positive(
+                "session_idle_timeout_secs",
+                self.session_idle_timeout_secs,
+            )?,
+            max_concurrent_calls_per_subject: self.max_concurrent_calls_per_subject,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -589,6 +674,7 @@ impl Config {
             },
             change_gate: file.policy.change_gate,
             redaction: Default::default(),
+            limits: file.limits.to_limits()?,
         };
         let policy_dir = PathBuf::from(subst(&file.policy.dir));
         let audit = crate::audit_cli::AuditSettings::from_section(&file.audit, &data_dir, &subst)?;

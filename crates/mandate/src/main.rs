@@ -584,26 +584,25 @@ async fn check_config(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Serves the gateway on `listener` and reloads policies when their files
-/// change (a broken set is refused; the last good set keeps serving).
+/// Serves the gateway on `listener` (within the connection limits) and
+/// reloads policies when their files change (a broken set is refused; the
+/// last good set keeps serving). Cancelling `shutdown` stops accepting and
+/// drains; the returned handle finishes when every connection is closed.
 pub(crate) async fn start_on(
     cfg: &Config,
     listener: tokio::net::TcpListener,
+    shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<(Arc<Gateway>, tokio::task::JoinHandle<()>)> {
     let gw = build_gateway(cfg).await?;
     let mut app = mandate_gateway::http::router(gw.clone());
     if let Some(broker) = broker_cli::attach(cfg, &gw).await? {
         app = app.merge(broker);
     }
-    // Small SSE writes must not wait for delayed ACKs (Nagle): ~40 ms each.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let handle = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "server stopped");
-        }
-    });
+    let limits = connection_limits(&cfg.gateway.limits.connections);
+    let stats = gw.metrics().connections.clone();
+    let handle = tokio::spawn(mandate_gateway::server::serve(
+        listener, app, limits, stats, shutdown,
+    ));
     if cfg.gateway.change_gate {
         // Policies change only through the gate (see `gated_policy_dir`).
         return Ok((gw, handle));
@@ -649,7 +648,9 @@ pub(crate) async fn start_ephemeral(
             public_url: Some(format!("http://{addr}")),
         },
     )?;
-    let (gw, _handle) = start_on(&cfg, listener).await?;
+    // Runs until the process exits (the demo and the benchmark).
+    let (gw, _handle) =
+        start_on(&cfg, listener, tokio_util::sync::CancellationToken::new()).await?;
     Ok((cfg, gw, addr))
 }
 
@@ -675,16 +676,69 @@ async fn serve(cfg: Config) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    let (_gw, handle) = start_on(&cfg, listener).await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (_gw, mut handle) = start_on(&cfg, listener, shutdown.clone()).await?;
     tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
         listen = %addr,
         resource = %cfg.gateway.resource,
         audit = %cfg.audit_store(),
         "mandate serving MCP at /mcp"
     );
     tokio::select! {
-        _ = handle => {}
-        _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+        _ = &mut handle => return Ok(()),
+        () = stop_signal() => {}
     }
+    tracing::info!(
+        drain_secs = cfg.gateway.limits.connections.drain_timeout.as_secs(),
+        "stopping: no new connections; finishing calls in flight"
+    );
+    shutdown.cancel();
+    let _ = handle.await;
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGTERM (what process managers send) or SIGINT (Ctrl-C).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Raises the open-file soft limit to the hard limit and keeps the
+/// connection cap below it, with room for upstream connections, child
+/// processes and the stores: at the cap Mandate closes idle connections
+/// instead of running out of descriptors (which would stop `accept`).
+fn connection_limits(
+    configured: &mandate_gateway::ConnectionLimits,
+) -> mandate_gateway::ConnectionLimits {
+    const RESERVED_FDS: u64 = 256;
+    let mut limits = configured.clone();
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(soft) => {
+            let room =
+                usize::try_from(soft.saturating_sub(RESERVED_FDS).max(16)).unwrap_or(usize::MAX);
+            if room < limits.max_connections {
+                tracing::warn!(
+                    configured = limits.max_connections,
+                    open_file_limit = soft,
+                    cap = room,
+                    "connection cap lowered to fit the open-file limit"
+                );
+                limits.max_connections = room;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
+    limits
 }

@@ -71,6 +71,7 @@ pub fn record(n: i64, session: &str) -> AuditRecord {
             task_id: Some("t1".to_owned()),
             build: None,
             session: session.to_owned(),
+            ..Subject::default()
         },
         tool: "docs.search".to_owned(),
         args_hash: format!("{n:064x}"),
