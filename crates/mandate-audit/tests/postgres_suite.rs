@@ -132,7 +132,6 @@ async fn log_tables_are_append_only() -> TestResult {
     ))?;
     let grants = off_runtime({
         let url = url();
-        let role = role.clone();
         let schema = pg.schema.clone();
         move || -> Result<Vec<String>, String> {
             let mut c =

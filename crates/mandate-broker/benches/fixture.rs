@@ -1,7 +1,10 @@
 //! A broker with file-based keys for an identity provider and two agents,
 //! shared by the integration tests and the benchmark (`#[path]`-included).
 
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "the tests and the benchmark each use part of the fixture"
+)]
 
 use mandate_authn::dev::DevKey;
 use mandate_authn::{Algorithm, JwksSource};

@@ -214,7 +214,7 @@ impl KeyDir {
         self.generate(&mut index)?;
         self.write_index(&index)?;
         let set = self.open()?;
-        Ok(set.signing.kid.clone())
+        Ok(set.signing.kid)
     }
 
     /// Modification time of the index, to notice a rotation.

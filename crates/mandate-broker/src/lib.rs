@@ -64,7 +64,7 @@ pub struct Broker {
     /// The broker's own tokens (sub-delegation, introspection), by resource.
     own: BTreeMap<String, Authenticator>,
     agents: BTreeMap<String, AgentKeys>,
-    spiffe: Option<crate::client::SpiffeVerifier>,
+    spiffe: Option<client::SpiffeVerifier>,
     assertions: ReplayCache,
     dpop: Arc<DpopVerifier>,
     audit: AuditLog,
@@ -166,7 +166,7 @@ impl Broker {
 
         let spiffe = match &cfg.spiffe {
             None => None,
-            Some(sp) => Some(crate::client::spiffe_authenticator(sp, cfg.leeway_secs).await?),
+            Some(sp) => Some(client::spiffe_authenticator(sp, cfg.leeway_secs).await?),
         };
 
         Ok(Self {

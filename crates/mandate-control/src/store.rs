@@ -733,11 +733,12 @@ pub(crate) fn now_ms() -> i64 {
 mod tests {
     use super::*;
 
-    fn open() -> (tempfile::TempDir, ControlStore) {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
-        let store = ControlStore::open(&dir.path().join("control.sqlite"))
-            .unwrap_or_else(|e| unreachable!("{e}"));
-        (dir, store)
+    type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+    fn open() -> TestResult<(tempfile::TempDir, ControlStore)> {
+        let dir = tempfile::tempdir()?;
+        let store = ControlStore::open(&dir.path().join("control.sqlite"))?;
+        Ok((dir, store))
     }
 
     fn alice() -> Principal {
@@ -755,8 +756,8 @@ mod tests {
     }
 
     #[test]
-    fn revocation_is_durable_and_liftable() -> Result<(), ControlError> {
-        let (dir, store) = open();
+    fn revocation_is_durable_and_liftable() -> TestResult {
+        let (dir, store) = open()?;
         let r = store.revoke(RevocationKind::Agent, "assistant", "leaked prompt", "ops")?;
         assert!(store.check(&alice()).is_some());
         // Idempotent.
@@ -780,17 +781,18 @@ mod tests {
     }
 
     #[test]
-    fn empty_values_are_refused() {
-        let (_dir, store) = open();
+    fn empty_values_are_refused() -> TestResult {
+        let (_dir, store) = open()?;
         assert!(matches!(
             store.revoke(RevocationKind::User, "  ", "r", "ops"),
             Err(ControlError::Invalid(_))
         ));
+        Ok(())
     }
 
     #[test]
-    fn a_change_needs_a_second_operator_before_activation() -> Result<(), ControlError> {
-        let (_dir, store) = open();
+    fn a_change_needs_a_second_operator_before_activation() -> TestResult {
+        let (_dir, store) = open()?;
         let payload = serde_json::json!({"scope": "docs.search"});
         let c = store.propose(
             ChangeKind::ScopeCeiling,
@@ -855,8 +857,8 @@ mod tests {
     }
 
     #[test]
-    fn an_approval_binds_to_its_arguments_and_releases_once() -> Result<(), ControlError> {
-        let (_dir, store) = open();
+    fn an_approval_binds_to_its_arguments_and_releases_once() -> TestResult {
+        let (_dir, store) = open()?;
         let a = store.create_approval(held("hash-a"))?;
         assert_eq!(store.approvals(Some(ApprovalStatus::Pending), 10)?.len(), 1);
         // Not releasable before a decision.
@@ -882,8 +884,8 @@ mod tests {
     }
 
     #[test]
-    fn closed_and_late_requests_cannot_be_approved() -> Result<(), ControlError> {
-        let (_dir, store) = open();
+    fn closed_and_late_requests_cannot_be_approved() -> TestResult {
+        let (_dir, store) = open()?;
         let a = store.create_approval(held("h"))?;
         assert!(store.close_approval(&a.id, ApprovalStatus::Withdrawn)?);
         assert!(!store.close_approval(&a.id, ApprovalStatus::Expired)?);
@@ -905,8 +907,8 @@ mod tests {
     }
 
     #[test]
-    fn a_rejected_change_never_activates() -> Result<(), ControlError> {
-        let (_dir, store) = open();
+    fn a_rejected_change_never_activates() -> TestResult {
+        let (_dir, store) = open()?;
         let c = store.propose(
             ChangeKind::ScopeCeiling,
             "assistant",

@@ -573,7 +573,7 @@ impl Config {
             authorization_servers.insert(0, b.issuer.clone());
         }
         let gateway = GatewayConfig {
-            public_url: public_url.clone(),
+            public_url,
             resource,
             authorization_servers,
             upstreams,
