@@ -4,6 +4,12 @@ use serde_json::json;
 
 const URL: &str = "https://mandate.test/mcp";
 
+fn now_secs() -> u64 {
+    mandate_core::Clock::system()
+        .now_unsigned_secs()
+        .unwrap_or_default()
+}
+
 fn proof(key: &DevKey, claims: &Value) -> Result<String, crate::AuthnError> {
     key.sign_typed("dpop+jwt", true, claims)
 }

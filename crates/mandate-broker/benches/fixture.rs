@@ -34,10 +34,9 @@ pub struct Fixture {
 }
 
 pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    mandate_core::Clock::system()
+        .now_unsigned_secs()
+        .unwrap_or_default()
 }
 
 fn write_jwks(dir: &std::path::Path, name: &str, key: &DevKey) -> Result<JwksSource, Error> {

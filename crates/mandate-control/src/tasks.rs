@@ -8,7 +8,7 @@
 
 use crate::error::ControlError;
 use crate::revocations::RevocationKind;
-use crate::store::{ControlStore, now_ms};
+use crate::store::ControlStore;
 use rusqlite::{OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 
@@ -128,7 +128,7 @@ impl ControlStore {
         let inserted = conn.execute(
             "INSERT INTO tasks (id, template, sub, status, started_by, started_ms, deadline_ms)
              VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
-            params![id, template, sub, by, now_ms(), deadline_ms],
+            params![id, template, sub, by, self.clock().now_ms(), deadline_ms],
         )?;
         if inserted == 0 {
             return Err(ControlError::Conflict(format!("task {id} already exists")));
@@ -175,7 +175,7 @@ impl ControlStore {
                 task.status.as_str()
             )));
         }
-        let now = now_ms();
+        let now = self.clock().now_ms();
         tx.execute(
             "UPDATE tasks SET status = ?1, ended_by = ?2, ended_ms = ?3 WHERE id = ?4",
             params![status.as_str(), by, now, id],
@@ -233,7 +233,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let store = ControlStore::open(&dir.path().join("c.sqlite"))?;
         let t = store.start_task("t-1", "research", "alice", i64::MAX, "ops")?;
-        assert!(t.is_live(now_ms()));
+        assert!(t.is_live(store.clock().now_ms()));
         assert!(store.check(&token("t-1")).is_none());
         assert!(matches!(
             store.start_task("t-1", "research", "bob", i64::MAX, "ops"),
@@ -241,7 +241,7 @@ mod tests {
         ));
         let ended = store.end_task("t-1", TaskStatus::Completed, "ops")?;
         assert_eq!(ended.status, TaskStatus::Completed);
-        assert!(!ended.is_live(now_ms()));
+        assert!(!ended.is_live(store.clock().now_ms()));
         assert!(store.check(&token("t-1")).is_some());
         assert!(store.check(&token("t-2")).is_none());
         assert!(matches!(

@@ -96,8 +96,10 @@ pub struct AuditRecord {
 }
 
 impl AuditRecord {
-    /// The record of a decision, stamped now.
+    /// The record of a decision, made at `time_ms` (Unix ms, from the
+    /// caller's [`Clock`](crate::Clock)).
     pub fn decision(
+        time_ms: i64,
         decision: Decision,
         correlation_id: CorrelationId,
         subject: Subject,
@@ -106,7 +108,7 @@ impl AuditRecord {
     ) -> Self {
         Self {
             kind: RecordKind::Decision,
-            time_ms: Self::now_ms(),
+            time_ms,
             decision,
             correlation_id,
             subject,
@@ -120,10 +122,11 @@ impl AuditRecord {
         }
     }
 
-    /// The record of an operator action (`action` e.g. `control/revoke`),
-    /// stamped now. `detail` (the request, or what it produced) is stored
+    /// The record of an operator action (`action` e.g. `control/revoke`)
+    /// at `time_ms`. `detail` (the request, or what it produced) is stored
     /// as JSON, and its canonical hash as the argument hash.
     pub fn control(
+        time_ms: i64,
         decision: Decision,
         operator: Subject,
         action: impl Into<String>,
@@ -139,7 +142,7 @@ impl AuditRecord {
         };
         Self {
             kind: RecordKind::Control,
-            time_ms: Self::now_ms(),
+            time_ms,
             decision,
             correlation_id: CorrelationId::new(),
             subject: operator,
@@ -153,25 +156,22 @@ impl AuditRecord {
         }
     }
 
-    /// The outcome record that follows this decision record, stamped now.
-    pub fn outcome(&self, outcome: impl Into<String>, detail: Option<String>) -> Self {
+    /// The outcome record that follows this decision record, at `time_ms`.
+    pub fn outcome(
+        &self,
+        time_ms: i64,
+        outcome: impl Into<String>,
+        detail: Option<String>,
+    ) -> Self {
         Self {
             kind: RecordKind::Outcome,
-            time_ms: Self::now_ms(),
+            time_ms,
             outcome: Some(outcome.into()),
             detail,
             // The decision record holds them; the outcome refers to it.
             args: None,
             ..self.clone()
         }
-    }
-
-    /// Current Unix time in milliseconds (0 if the clock is before 1970).
-    pub fn now_ms() -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0)
     }
 }
 

@@ -277,7 +277,13 @@ pub(crate) async fn record(
         obligations: Vec::new(),
         policy_hash: gw.policy().policy_hash(),
     };
-    let rec = AuditRecord::control(decision, operator.clone(), action, detail);
+    let rec = AuditRecord::control(
+        gw.clock().now_ms(),
+        decision,
+        operator.clone(),
+        action,
+        detail,
+    );
     match tokio::time::timeout(
         crate::pipeline::AUDIT_WRITE_TIMEOUT,
         gw.audit().append(rec.clone()),
@@ -315,7 +321,11 @@ pub(crate) async fn record_outcome(
         Ok(v) => ("ok", v.to_string()),
         Err(e) => ("error", e.message.clone()),
     };
-    if let Err(e) = gw.audit().append(rec.outcome(outcome, Some(detail))).await {
+    if let Err(e) = gw
+        .audit()
+        .append(rec.outcome(gw.clock().now_ms(), outcome, Some(detail)))
+        .await
+    {
         gw.metrics().audit_failures.inc();
         tracing::error!(error = %e, "could not record control outcome");
     }

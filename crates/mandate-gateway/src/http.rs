@@ -346,6 +346,7 @@ pub(crate) async fn audit_refusal(
         .map(mandate_core::canonical_args_hash)
         .unwrap_or_default();
     let mut record = AuditRecord::decision(
+        gw.clock().now_ms(),
         decision.clone(),
         CorrelationId::new(),
         Subject::from(principal),
@@ -537,7 +538,8 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
         if app.bindings.len().is_multiple_of(1024) {
             // A binding is useless once every token that could use it has
             // expired (the subject would need a new token, hence a new session).
-            let cutoff = crate::pipeline::now_unix()
+            let cutoff = gw
+                .now_unix()
                 .cast_unsigned()
                 .saturating_sub(crate::pipeline::SESSION_GRACE_SECS);
             app.bindings.retain(|_, b| b.1 > cutoff);

@@ -382,7 +382,8 @@ fn prune(at: &StoreArgs) -> Result<ExitCode> {
     if settings.store.is_missing_file() {
         bail!("no audit log at {}", settings.store);
     }
-    let cutoff = mandate_core::AuditRecord::now_ms()
+    let cutoff = mandate_core::Clock::system()
+        .now_ms()
         .saturating_sub(i64::from(days).saturating_mul(86_400_000));
     let old = mandate_audit::read_time_range(settings.store, 0, cutoff)?;
     println!(

@@ -3,7 +3,7 @@
 //! instruction hidden in a search result. The table it prints shows that the
 //! architecture, not the model, decides.
 
-use crate::devtoken::{MintArgs, claims, generate_issuer_key, load_issuer_key, now};
+use crate::devtoken::{MintArgs, generate_issuer_key, load_issuer_key, sign};
 use anyhow::{Context, Result};
 use rmcp::ServiceExt as _;
 use rmcp::model::CallToolRequestParams;
@@ -116,8 +116,7 @@ pub async fn run(data_dir: PathBuf) -> Result<ExitCode> {
             sid: Some(sid.into()),
             ttl,
         };
-        key.sign(&claims(&args, now()))
-            .map_err(|e| anyhow::anyhow!("{e}"))
+        sign(&key, &args)
     };
     let scope = "docs.* bank.get_balance bank.transfer";
     let alice = token_for(
@@ -157,8 +156,7 @@ pub async fn run(data_dir: PathBuf) -> Result<ExitCode> {
             sid: None,
             ttl: 600,
         };
-        key.sign(&claims(&args, now()))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
+        sign(&key, &args)?
     };
     let stop_approver = tokio_util::sync::CancellationToken::new();
     let approver = tokio::spawn(scripted_approver(

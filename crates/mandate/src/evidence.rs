@@ -8,7 +8,7 @@ use clap::Args;
 use mandate_audit::merkle::{Hash, leaf_hash, verify_consistency, verify_inclusion};
 use mandate_audit::replay::{TimelineEntry, format_ms, timeline};
 use mandate_audit::{LogTree, NoteVerifier, StoredRecord, record_hash};
-use mandate_core::AuditRecord;
+use mandate_core::{AuditRecord, Clock};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -171,7 +171,7 @@ pub async fn export(settings: &AuditSettings, args: &ExportArgs) -> Result<ExitC
         .as_deref()
         .map(parse_instant)
         .transpose()?
-        .unwrap_or_else(|| AuditRecord::now_ms().saturating_add(1));
+        .unwrap_or_else(|| Clock::system().now_ms().saturating_add(1));
     if from_ms >= to_ms {
         bail!("--from must be before --to");
     }
@@ -297,7 +297,7 @@ pub async fn export(settings: &AuditSettings, args: &ExportArgs) -> Result<ExitC
     )?;
     let manifest = Manifest {
         format: BUNDLE_FORMAT.to_owned(),
-        created_ms: AuditRecord::now_ms(),
+        created_ms: Clock::system().now_ms(),
         log_origin: key.name().to_owned(),
         log_key: key.to_string(),
         selection,

@@ -447,10 +447,11 @@ async fn build_gateway(cfg: &Config) -> Result<Arc<Gateway>> {
             policy: Arc::new(policy),
             audit,
             control: Arc::new(control),
+            clock: mandate_core::Clock::system(),
         },
     );
     // Budgets survive restarts: replay the last day's decisions.
-    let since = mandate_core::AuditRecord::now_ms() - USAGE_WINDOW_MS;
+    let since = gw.clock().now_ms() - USAGE_WINDOW_MS;
     let records = mandate_audit::read_calls_since(cfg.audit_store(), since)
         .map_err(|e| anyhow::anyhow!("audit log {}: {e}", cfg.audit_store()))?;
     let restored = gw.restore_usage(records.iter().map(|r| &r.record));
@@ -526,6 +527,7 @@ async fn gated_policy_dir(
             };
             audit
                 .append(mandate_core::AuditRecord::control(
+                    control.clock().now_ms(),
                     decision,
                     operator,
                     "control/change.bootstrap",

@@ -130,7 +130,12 @@ pub(crate) fn routes(gw: Arc<Gateway>) -> Router {
     let web = Web {
         inner: Arc::new(Inner {
             origin,
-            sessions: Sessions::new(web_cfg.session_idle, web_cfg.session_max, secure),
+            sessions: Sessions::new(
+                web_cfg.session_idle,
+                web_cfg.session_max,
+                secure,
+                gw.clock().clone(),
+            ),
             limiter: LoginLimiter::default(),
             accounts: web_cfg
                 .local_accounts
@@ -457,14 +462,13 @@ async fn snapshot(gw: &Arc<Gateway>) -> Arc<str> {
     Arc::from(v.to_string())
 }
 
-fn now_ms() -> i64 {
-    mandate_core::AuditRecord::now_ms()
-}
-
 /// `{"now_ms": …, "snapshot": …}`: the server's clock travels with the
 /// data so the page can count deadlines down correctly.
-fn stamped(snapshot: &str) -> String {
-    format!("{{\"now_ms\":{},\"snapshot\":{snapshot}}}", now_ms())
+fn stamped(gw: &Gateway, snapshot: &str) -> String {
+    format!(
+        "{{\"now_ms\":{},\"snapshot\":{snapshot}}}",
+        gw.clock().now_ms()
+    )
 }
 
 async fn requests(State(web): State<Web>, headers: HeaderMap) -> Response {
@@ -472,7 +476,11 @@ async fn requests(State(web): State<Web>, headers: HeaderMap) -> Response {
         return signed_out();
     }
     let snap = snapshot(&web.gw).await;
-    ([(header::CONTENT_TYPE, "application/json")], stamped(&snap)).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        stamped(&web.gw, &snap),
+    )
+        .into_response()
 }
 
 /// Re-reads the store every [`FEED_EVERY`] while anyone is watching and
@@ -539,7 +547,9 @@ async fn events(State(web): State<Web>, headers: HeaderMap) -> Response {
             return None;
         }
         if let Some(first) = f.first.take() {
-            let event = Event::default().event("snapshot").data(stamped(&first));
+            let event = Event::default()
+                .event("snapshot")
+                .data(stamped(&f.web.gw, &first));
             return Some((Ok::<_, Infallible>(event), f));
         }
         loop {
@@ -549,7 +559,7 @@ async fn events(State(web): State<Web>, headers: HeaderMap) -> Response {
                         return None;
                     }
                     let snap = f.rx.borrow_and_update().clone();
-                    let event = Event::default().event("snapshot").data(stamped(&snap));
+                    let event = Event::default().event("snapshot").data(stamped(&f.web.gw, &snap));
                     return Some((Ok(event), f));
                 }
                 _ = f.check.tick() => {
@@ -800,7 +810,10 @@ async fn sign_in(
 ) -> Result<(Session, HeaderValue), SignInRefused> {
     const ACTION: &str = "approval/web.login";
     let max = web.gw.config().approvals.web.session_max.as_secs();
-    let expires = u64::try_from(now_ms() / 1000)
+    let expires = web
+        .gw
+        .clock()
+        .now_unsigned_secs()
         .unwrap_or(0)
         .saturating_add(max);
     let detail = json!({"via": "web", "method": person.method.as_str(), "iss": person.iss});

@@ -24,7 +24,13 @@ fn cookie_value(set_cookie: &HeaderValue) -> String {
 
 #[test]
 fn sign_in_rotates_the_id_and_the_token() -> Result<(), Box<dyn std::error::Error>> {
-    let sessions = Sessions::new(Duration::from_secs(60), Duration::from_secs(600), true);
+    let clock = mandate_core::ManualClock::at_secs(1_800_000_000);
+    let sessions = Sessions::new(
+        Duration::from_secs(60),
+        Duration::from_secs(600),
+        true,
+        clock.clock(),
+    );
     let (anon, set) = sessions.start_anonymous()?;
     let text = set.to_str().unwrap_or_default();
     for attr in ["HttpOnly", "SameSite=Strict", "Path=/approvals", "Secure"] {
@@ -44,6 +50,7 @@ fn sign_in_rotates_the_id_and_the_token() -> Result<(), Box<dyn std::error::Erro
     };
     let (signed, set2) = sessions.sign_in(Some(anon.key), person.clone())?;
     assert_ne!(signed.csrf, anon.csrf);
+    assert_eq!(signed.expires_unix, 1_800_000_600);
     // The old id no longer works; the new one does.
     assert!(sessions.current(&req).is_none());
     let req2 = headers(&[("cookie", &cookie_value(&set2))]);
@@ -55,7 +62,12 @@ fn sign_in_rotates_the_id_and_the_token() -> Result<(), Box<dyn std::error::Erro
 
 #[test]
 fn idle_sessions_end() -> Result<(), SessionError> {
-    let sessions = Sessions::new(Duration::from_millis(1), Duration::from_secs(600), false);
+    let sessions = Sessions::new(
+        Duration::from_millis(1),
+        Duration::from_secs(600),
+        false,
+        Clock::system(),
+    );
     let person = Person {
         sub: "carol".into(),
         iss: "local".into(),
