@@ -15,6 +15,7 @@
 pub mod build;
 pub mod clock;
 mod decision;
+pub mod html;
 mod ids;
 mod principal;
 mod record;

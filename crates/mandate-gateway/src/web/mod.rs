@@ -43,6 +43,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use mandate_control::ApprovalStatus;
+use mandate_core::html::escape;
 use mandate_core::{Principal, Scope};
 use oidc::{Callback, Oidc, OidcError};
 use password::LoginLimiter;
@@ -314,22 +315,6 @@ fn message_page(status: StatusCode, title: &str, body: &str, refresh_to: Option<
             title = escape(title)
         ),
     )
-}
-
-/// HTML-escapes text for element content and quoted attributes.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// A request id to land on after sign-in, or nothing.
