@@ -21,6 +21,9 @@ mod principal;
 mod record;
 mod tool;
 
+#[cfg(test)]
+mod spelling_tests;
+
 pub use clock::{Clock, ManualClock};
 pub use decision::{Decision, Effect, Obligation};
 pub use ids::{CorrelationId, DecisionId};

@@ -5,8 +5,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// What a record documents.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
+#[cfg_attr(test, derive(strum::VariantArray))]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum RecordKind {
     /// A policy decision, written (durably) before any forwarding.
     Decision,
@@ -20,11 +22,7 @@ pub enum RecordKind {
 impl RecordKind {
     /// Stored spelling.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Decision => "decision",
-            Self::Outcome => "outcome",
-            Self::Control => "control",
-        }
+        self.into()
     }
 }
 

@@ -30,7 +30,9 @@ const MAX_ANONYMOUS: usize = 10_000;
 const MAX_SIGNED_IN: usize = 10_000;
 
 /// How a person signed in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[cfg_attr(test, derive(strum::VariantArray))]
+#[strum(serialize_all = "snake_case")]
 pub(crate) enum Method {
     /// A local account from `[approvals.web]`.
     Local,
@@ -40,10 +42,7 @@ pub(crate) enum Method {
 
 impl Method {
     pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::Local => "local",
-            Self::Oidc => "oidc",
-        }
+        self.into()
     }
 }
 

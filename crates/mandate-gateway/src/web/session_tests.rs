@@ -2,6 +2,17 @@ use super::*;
 
 const ORIGIN: &str = "https://mandate.example";
 
+/// Recorded with every sign-in (`method` in the audit detail).
+#[test]
+fn method_spellings_are_unchanged() {
+    use strum::VariantArray as _;
+    let table = [(Method::Local, "local"), (Method::Oidc, "oidc")];
+    assert_eq!(table.len(), Method::VARIANTS.len());
+    for (method, spelled) in table {
+        assert_eq!(method.as_str(), spelled);
+    }
+}
+
 fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
     let mut h = HeaderMap::new();
     for (k, v) in pairs {
