@@ -5,7 +5,8 @@ use anyhow::{Context, Result};
 use mandate_authn::dev::DevKey;
 use std::path::Path;
 
-/// Arguments of `mandate token mint`.
+/// Arguments of `mandate token mint` (a `dev` build), and what the demo
+/// mints its tokens from.
 #[derive(clap::Args, Debug, Clone)]
 pub struct MintArgs {
     /// Directory holding issuer.pem and jwks.json (from `mandate keys generate`).
@@ -101,6 +102,7 @@ pub fn claims(args: &MintArgs, now: i64) -> serde_json::Value {
 }
 
 /// Mints a token with the key in `args.key`.
+#[cfg(feature = "dev")]
 pub fn mint(args: &MintArgs) -> Result<String> {
     sign(&load_issuer_key(&args.key)?, args)
 }
