@@ -58,7 +58,7 @@ def mandate_bin() -> Path:
             target = REPO_ROOT / target
         path = target / "debug" / "mandate"
     if not path.is_file():
-        raise RuntimeError(f"mandate binary not found at {path}: run `cargo build -p mandate` or set MANDATE_BIN")
+        raise RuntimeError(f"mandate binary not found at {path}: run `cargo build -p mandate --features dev` or set MANDATE_BIN")
     return path
 
 

@@ -13,7 +13,7 @@ const CONCURRENT: u64 = 32;
 fn record() -> AuditRecord {
     AuditRecord {
         kind: RecordKind::Decision,
-        time_ms: AuditRecord::now_ms(),
+        time_ms: mandate_core::Clock::system().now_ms(),
         decision: Decision::deny("bench", "policy-hash"),
         correlation_id: CorrelationId::new(),
         subject: Subject {

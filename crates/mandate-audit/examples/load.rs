@@ -23,7 +23,7 @@ type StoreKind<'a> = (&'static str, Box<dyn Fn(&str) -> Store + 'a>);
 fn record(i: u64) -> AuditRecord {
     AuditRecord {
         kind: RecordKind::Decision,
-        time_ms: AuditRecord::now_ms(),
+        time_ms: mandate_core::Clock::system().now_ms(),
         decision: Decision::deny(format!("bench {i}"), "policy-hash"),
         correlation_id: CorrelationId::new(),
         subject: Subject {

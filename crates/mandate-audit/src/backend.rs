@@ -73,7 +73,7 @@ impl Store {
                 url,
                 schema: schema.into(),
             },
-            other => other,
+            other @ Self::Sqlite(_) => other,
         }
     }
 

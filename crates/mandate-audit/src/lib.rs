@@ -50,7 +50,7 @@ pub use read::{
 };
 pub use writer::SignedCheckpoint;
 
-use mandate_core::AuditRecord;
+use mandate_core::{AuditRecord, Clock};
 use schema::PreparedRow;
 use serde::Serialize;
 use std::path::Path;
@@ -80,6 +80,7 @@ pub struct Options {
     max_batch: usize,
     signer: Option<CheckpointSigner>,
     checkpoint_interval: Option<Duration>,
+    clock: Clock,
 }
 
 /// The former name of [`Options`].
@@ -92,6 +93,7 @@ impl Default for Options {
             max_batch: 512,
             signer: None,
             checkpoint_interval: None,
+            clock: Clock::system(),
         }
     }
 }
@@ -119,6 +121,13 @@ impl Options {
     pub fn checkpoints(mut self, signer: CheckpointSigner, interval: Option<Duration>) -> Self {
         self.signer = Some(signer);
         self.checkpoint_interval = interval.filter(|d| !d.is_zero());
+        self
+    }
+
+    /// The clock that dates checkpoints (default: the system's).
+    #[must_use]
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
         self
     }
 }
@@ -167,7 +176,11 @@ impl AuditLog {
                 let opened =
                     backend::open_backend(&thread_store, &thread_options).and_then(|mut b| {
                         let tree = match thread_options.signer.clone() {
-                            Some(signer) => Some(TreeState::load(b.as_mut(), signer)?),
+                            Some(signer) => Some(TreeState::load(
+                                b.as_mut(),
+                                signer,
+                                thread_options.clock.clone(),
+                            )?),
                             None => None,
                         };
                         let (seq, _) = b.head()?;

@@ -117,7 +117,7 @@ fn frontier_survives_a_round_trip_through_its_parts() {
 #[test]
 fn every_inclusion_proof_verifies_and_a_wrong_one_does_not() {
     let leaves = synthetic(37);
-    let tree = Tree::new(leaves.clone());
+    let tree = Tree::new(leaves);
     for size in 1..=37u64 {
         let root = tree.root_at(size).unwrap_or_else(|_| empty_root());
         for index in 0..size {

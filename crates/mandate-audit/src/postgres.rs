@@ -70,7 +70,7 @@ fn connect(url: &str, schema: &str, op: Op) -> Result<Client, AuditError> {
 /// Tables, indexes and the append-only trigger. Idempotent; run under an
 /// advisory lock so concurrent first starts do not race.
 fn ddl(schema: &str) -> String {
-    let columns: String = COLUMNS
+    let columns = COLUMNS
         .iter()
         .map(|c| {
             let ty = match *c {
@@ -80,7 +80,8 @@ fn ddl(schema: &str) -> String {
             };
             format!(",\n    {c} {ty}")
         })
-        .collect();
+        .collect::<Vec<_>>()
+        .concat();
     format!(
         "CREATE SCHEMA IF NOT EXISTS {schema};
 CREATE TABLE IF NOT EXISTS {schema}.audit_log (

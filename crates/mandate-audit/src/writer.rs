@@ -112,6 +112,8 @@ struct Checkpoints {
 /// checkpoints.
 pub(crate) struct TreeState {
     signer: CheckpointSigner,
+    /// Dates checkpoints.
+    clock: mandate_core::Clock,
     frontier: Frontier,
     last: Option<SignedCheckpoint>,
 }
@@ -122,9 +124,11 @@ impl TreeState {
     pub(crate) fn load(
         backend: &mut dyn Backend,
         signer: CheckpointSigner,
+        clock: mandate_core::Clock,
     ) -> Result<Self, AuditError> {
         let mut state = Self {
             signer,
+            clock,
             frontier: Frontier::default(),
             last: None,
         };
@@ -363,6 +367,7 @@ fn write_in_transaction(
         Some(tree) => {
             let mut state = TreeState {
                 signer: tree.signer.clone(),
+                clock: tree.clock.clone(),
                 frontier: tree.frontier.clone(),
                 last: tree.last.clone(),
             };
@@ -398,7 +403,7 @@ fn write_in_transaction(
             let note = state.signer.sign_checkpoint(size, &root);
             backend.insert_checkpoint(&CheckpointRow {
                 size,
-                time_ms: mandate_core::AuditRecord::now_ms(),
+                time_ms: state.clock.now_ms(),
                 root,
                 note: note.clone(),
                 frontier: state.frontier.nodes().to_vec(),

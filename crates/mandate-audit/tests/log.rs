@@ -401,7 +401,7 @@ async fn an_outcome_shares_the_next_decisions_commit_and_never_waits_long() -> T
     // Alone, a deferrable record is still committed, within its short wait.
     let started = std::time::Instant::now();
     log.append_deferrable(record(1, "s", &c)).await?;
-    assert!(started.elapsed() < std::time::Duration::from_millis(500));
+    assert!(started.elapsed() < Duration::from_millis(500));
     assert_eq!(log.commits_count(), 1);
     // Followed at once by an urgent record, both share one commit. The
     // window is 5 ms, so a loaded machine may miss it now and then: the
@@ -416,7 +416,7 @@ async fn an_outcome_shares_the_next_decisions_commit_and_never_waits_long() -> T
             let seq = n + 1;
             tokio::spawn(async move { log.append_deferrable(record(seq, "s", &c)).await })
         };
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
         let urgent = log.append(record(n + 2, "s", &c)).await?;
         let outcome = deferred.await??;
         let mut seqs = [outcome.seq, urgent.seq];
@@ -429,7 +429,7 @@ async fn an_outcome_shares_the_next_decisions_commit_and_never_waits_long() -> T
         }
     }
     assert!(shared, "an outcome never shared the next decision's commit");
-    assert!(mandate_audit::verify(db(&dir), None)?.problems.is_empty());
+    assert!(verify(db(&dir), None)?.problems.is_empty());
     Ok(())
 }
 

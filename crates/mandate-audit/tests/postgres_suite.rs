@@ -36,13 +36,11 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 impl Pg {
     fn new() -> Result<Self, Box<dyn std::error::Error>> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .subsec_nanos();
+        let ms = mandate_core::Clock::system().now_ms();
         let schema = format!(
             "t_{}_{}_{}",
             std::process::id(),
-            nanos,
+            ms,
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         Ok(Self { schema })
@@ -132,7 +130,6 @@ async fn log_tables_are_append_only() -> TestResult {
     ))?;
     let grants = off_runtime({
         let url = url();
-        let role = role.clone();
         let schema = pg.schema.clone();
         move || -> Result<Vec<String>, String> {
             let mut c =

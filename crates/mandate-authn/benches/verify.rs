@@ -33,10 +33,7 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Result<Fixture, Box<dyn std::error::
         AUD,
     );
     let authn = rt.block_on(Authenticator::new(cfg))?;
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs()
-        + 3600;
+    let exp = mandate_core::Clock::system().now_secs() + 3600;
     let claims = json!({
         "iss": ISS, "sub": "alice", "aud": AUD, "exp": exp,
         "act": {"sub": "agent", "act": {"sub": "orchestrator"}},

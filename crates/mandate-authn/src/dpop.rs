@@ -157,6 +157,7 @@ pub struct DpopVerifier {
     nonce_key: hmac::Key,
     require_nonce: bool,
     leeway: u64,
+    clock: mandate_core::Clock,
 }
 
 impl std::fmt::Debug for DpopVerifier {
@@ -166,13 +167,6 @@ impl std::fmt::Debug for DpopVerifier {
             .field("seen", &self.replay.len())
             .finish_non_exhaustive()
     }
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The `ath` of an access token.
@@ -202,7 +196,20 @@ impl DpopVerifier {
             nonce_key,
             require_nonce,
             leeway: leeway.min(crate::MAX_LEEWAY_SECS),
+            clock: mandate_core::Clock::system(),
         })
+    }
+
+    /// Checks proof times and nonce windows against `clock` instead of the
+    /// system's.
+    #[must_use]
+    pub fn with_clock(mut self, clock: mandate_core::Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn now_secs(&self) -> u64 {
+        self.clock.now_unsigned_secs().unwrap_or(0)
     }
 
     /// Whether proofs must carry a nonce.
@@ -212,7 +219,7 @@ impl DpopVerifier {
 
     /// A fresh server nonce (send it as `DPoP-Nonce`).
     pub fn nonce(&self) -> String {
-        self.nonce_for(now_secs() / NONCE_WINDOW_SECS)
+        self.nonce_for(self.now_secs() / NONCE_WINDOW_SECS)
     }
 
     fn nonce_for(&self, window: u64) -> String {
@@ -233,7 +240,7 @@ impl DpopVerifier {
         else {
             return false;
         };
-        let current = now_secs() / NONCE_WINDOW_SECS;
+        let current = self.now_secs() / NONCE_WINDOW_SECS;
         if window != current && window.saturating_add(1) != current {
             return false;
         }
@@ -325,7 +332,7 @@ impl DpopVerifier {
         }
 
         // 4. Freshness.
-        let now = now_secs();
+        let now = self.now_secs();
         let iat = claims
             .get("iat")
             .and_then(Value::as_u64)

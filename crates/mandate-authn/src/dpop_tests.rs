@@ -4,11 +4,17 @@ use serde_json::json;
 
 const URL: &str = "https://mandate.test/mcp";
 
-fn proof(key: &DevKey, claims: &serde_json::Value) -> Result<String, crate::AuthnError> {
+fn now_secs() -> u64 {
+    mandate_core::Clock::system()
+        .now_unsigned_secs()
+        .unwrap_or_default()
+}
+
+fn proof(key: &DevKey, claims: &Value) -> Result<String, crate::AuthnError> {
     key.sign_typed("dpop+jwt", true, claims)
 }
 
-fn claims(token: Option<&str>) -> serde_json::Value {
+fn claims(token: Option<&str>) -> Value {
     let mut c = json!({
         "jti": uuid_like(),
         "htm": "POST",

@@ -118,6 +118,8 @@ pub struct Authenticator {
     cache: PrincipalCache,
     /// JWT `typ` values accepted besides the access-token ones.
     extra_types: Vec<String>,
+    /// What "now" is for `exp`, `nbf` and `iat`.
+    clock: mandate_core::Clock,
 }
 
 const _: () = {
@@ -232,7 +234,15 @@ impl Authenticator {
             validations,
             cache: PrincipalCache::new(cache::DEFAULT_CAPACITY),
             extra_types: Vec::new(),
+            clock: mandate_core::Clock::system(),
         })
+    }
+
+    /// Checks token lifetimes against `clock` instead of the system's.
+    #[must_use]
+    pub fn with_clock(mut self, clock: mandate_core::Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Also accepts tokens whose header `typ` is one of `types` (e.g. the
@@ -287,7 +297,7 @@ impl Authenticator {
 
     async fn verify_cached(&self, token: &str) -> Result<(Principal, Option<String>), AuthnError> {
         check_size(token)?;
-        let clock = self.clock()?;
+        let clock = self.now()?;
         let key = TokenHash::of(token);
         let generation_of = |i: usize| self.issuers.get(i).map(|k| k.generation());
         if let Some(principal) = self.cache.get(&key, clock, generation_of) {
@@ -308,7 +318,7 @@ impl Authenticator {
     /// Verifies a token without the cache (for benchmarks and callers that
     /// must not share state). Same checks as [`Authenticator::verify`].
     pub async fn verify_uncached(&self, token: &str) -> Result<Principal, AuthnError> {
-        let clock = self.clock()?;
+        let clock = self.now()?;
         match self.verify_token(token, clock).await? {
             Verified { jkt: Some(_), .. } => Err(AuthnError::SenderConstrained),
             verified => Ok(verified.principal),
@@ -323,7 +333,7 @@ impl Authenticator {
         &self,
         token: &str,
     ) -> Result<(Principal, serde_json::Map<String, serde_json::Value>), AuthnError> {
-        let clock = self.clock()?;
+        let clock = self.now()?;
         let verified = self.verify_token(token, clock).await?;
         // The signature covered these bytes; decoding them again is cheaper
         // than asking the JWT library to verify a second time.
@@ -407,11 +417,9 @@ impl Authenticator {
         })
     }
 
-    fn clock(&self) -> Result<Clock, AuthnError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_err(|_| AuthnError::Clock)?
-            .as_secs();
+    /// Now, by this verifier's clock, with the leeway in force.
+    fn now(&self) -> Result<Clock, AuthnError> {
+        let now = self.clock.now_unsigned_secs().ok_or(AuthnError::Clock)?;
         Ok(Clock {
             now,
             leeway: self.leeway,

@@ -12,7 +12,6 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -21,10 +20,9 @@ const ISS: &str = "https://idp.example";
 const AUD: &str = "mandate-gateway";
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    mandate_core::Clock::system()
+        .now_unsigned_secs()
+        .unwrap_or_default()
 }
 
 fn claims() -> Value {
@@ -614,14 +612,13 @@ async fn cache_hit_does_not_accept_an_expired_token() -> TestResult {
     let key = dev::generate_ed25519()?;
     let (_dir, _, mut cfg) = setup(&[&key])?;
     cfg.leeway_secs = 0;
-    let authn = Authenticator::new(cfg).await?;
-    let exp = now() + 1;
-    let token = key.sign(&claims_with(json!({"exp": exp})))?;
+    let clock = mandate_core::ManualClock::at_secs(1_800_000_000);
+    let authn = Authenticator::new(cfg).await?.with_clock(clock.clock());
+    let exp = 1_800_000_001;
+    let token = key.sign(&claims_with(json!({"exp": exp, "iat": exp - 1})))?;
     assert!(authn.verify(&token).await.is_ok()); // verified and cached
     assert!(authn.verify(&token).await.is_ok()); // cache hit
-    while now() <= exp {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    clock.advance(std::time::Duration::from_secs(2));
     let r = authn.verify(&token).await;
     assert!(is_err(&r, |e| matches!(e, AuthnError::Expired)), "{r:?}");
     Ok(())

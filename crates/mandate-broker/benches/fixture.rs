@@ -1,7 +1,10 @@
 //! A broker with file-based keys for an identity provider and two agents,
 //! shared by the integration tests and the benchmark (`#[path]`-included).
 
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "the tests and the benchmark each use part of the fixture"
+)]
 
 use mandate_authn::dev::DevKey;
 use mandate_authn::{Algorithm, JwksSource};
@@ -31,10 +34,9 @@ pub struct Fixture {
 }
 
 pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    mandate_core::Clock::system()
+        .now_unsigned_secs()
+        .unwrap_or_default()
 }
 
 fn write_jwks(dir: &std::path::Path, name: &str, key: &DevKey) -> Result<JwksSource, Error> {

@@ -10,6 +10,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use mandate_core::Clock;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -32,13 +33,6 @@ pub(crate) fn peek_claims(token: &str) -> Option<Map<String, Value>> {
     };
     let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
     serde_json::from_slice(&bytes).ok()
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl Broker {
@@ -85,7 +79,7 @@ impl Broker {
                 "client assertion aud must be the broker's issuer identifier as a single value",
             ));
         }
-        let now = now_secs();
+        let now = self.now_secs();
         if principal.exp > now.saturating_add(MAX_ASSERTION_LIFETIME_SECS) {
             return Err(Refusal::client(
                 "client assertion lives longer than the broker accepts",
@@ -190,6 +184,8 @@ impl Broker {
 pub(crate) struct SpiffeVerifier {
     cfg: SpiffeConfig,
     leeway: u64,
+    /// What "now" is for `exp` and `nbf`.
+    clock: Clock,
     keys: Mutex<(HashMap<String, DecodingKey>, Option<Instant>)>,
 }
 
@@ -232,11 +228,13 @@ fn read_bundle(path: &std::path::Path) -> Result<HashMap<String, DecodingKey>, S
 pub(crate) async fn spiffe_authenticator(
     cfg: &SpiffeConfig,
     leeway: u64,
+    clock: Clock,
 ) -> Result<SpiffeVerifier, BrokerError> {
     let keys = read_bundle(&cfg.bundle).map_err(BrokerError::Config)?;
     Ok(SpiffeVerifier {
         cfg: cfg.clone(),
         leeway,
+        clock,
         keys: Mutex::new((keys, None)),
     })
 }
@@ -286,9 +284,29 @@ impl SpiffeVerifier {
         v.leeway = self.leeway;
         v.set_audience(&[self.cfg.audience.as_str()]);
         v.set_required_spec_claims(&["exp", "sub", "aud"]);
-        v.validate_nbf = true;
+        // The time window is checked below, against this verifier's clock.
+        v.validate_exp = false;
+        v.validate_nbf = false;
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &v)
             .map_err(|e| format!("JWT-SVID refused: {e}"))?;
+        let now = self
+            .clock
+            .now_unsigned_secs()
+            .ok_or("the clock is before 1970")?;
+        let exp = data
+            .claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .ok_or("JWT-SVID exp is not a number")?;
+        if exp.saturating_add(self.leeway) < now {
+            return Err("JWT-SVID refused: expired".into());
+        }
+        if let Some(nbf) = data.claims.get("nbf") {
+            let nbf = nbf.as_u64().ok_or("JWT-SVID nbf is not a number")?;
+            if nbf > now.saturating_add(self.leeway) {
+                return Err("JWT-SVID refused: not valid yet".into());
+            }
+        }
         let sub = data
             .claims
             .get("sub")
@@ -306,6 +324,7 @@ impl SpiffeVerifier {
 mod tests {
     use super::*;
     use mandate_authn::dev::DevKey;
+    use mandate_core::ManualClock;
     use serde_json::json;
 
     #[tokio::test]
@@ -327,8 +346,9 @@ mod tests {
             bundle: path,
             audience: "https://mandate.test".into(),
         };
-        let v = spiffe_authenticator(&cfg, 5).await?;
-        let now = now_secs();
+        let manual = ManualClock::at_secs(1_800_000_000);
+        let v = spiffe_authenticator(&cfg, 5, manual.clock()).await?;
+        let now = 1_800_000_000_u64;
         let svid = |sub: &str, aud: &str| {
             key.sign_typed(
                 "JWT",
@@ -352,6 +372,17 @@ mod tests {
         let ed = DevKey::generate(Algorithm::EdDSA)?;
         let t = ed.sign_typed("JWT", false, &json!({"sub": "spiffe://example.org/a", "aud": "https://mandate.test", "exp": now + 60}))?;
         assert!(v.verify(&t).is_err());
+        // Not valid yet, then expired, by the verifier's clock (5 s leeway).
+        let later = key.sign_typed(
+            "JWT",
+            false,
+            &json!({"sub": "spiffe://example.org/agent", "aud": "https://mandate.test", "nbf": now + 10, "exp": now + 60}),
+        )?;
+        assert!(v.verify(&later).is_err());
+        manual.advance(Duration::from_secs(10));
+        assert!(v.verify(&later).is_ok());
+        manual.advance(Duration::from_secs(56));
+        assert!(v.verify(&later).is_err());
         Ok(())
     }
 }

@@ -32,8 +32,11 @@ pub enum BrokerError {
     Authn(#[from] mandate_authn::AuthnError),
 }
 
-/// The OAuth error codes the broker answers with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The OAuth error codes the broker answers with (spelled in snake case
+/// on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[cfg_attr(test, derive(strum::VariantArray))]
+#[strum(serialize_all = "snake_case")]
 pub enum ErrorCode {
     /// Malformed request, or an unacceptable subject or actor token (RFC 8693 §2.2.2).
     InvalidRequest,
@@ -60,18 +63,7 @@ pub enum ErrorCode {
 impl ErrorCode {
     /// The wire spelling.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::InvalidRequest => "invalid_request",
-            Self::InvalidClient => "invalid_client",
-            Self::UnauthorizedClient => "unauthorized_client",
-            Self::UnsupportedGrantType => "unsupported_grant_type",
-            Self::InvalidScope => "invalid_scope",
-            Self::InvalidTarget => "invalid_target",
-            Self::InvalidDpopProof => "invalid_dpop_proof",
-            Self::UseDpopNonce => "use_dpop_nonce",
-            Self::ServerError => "server_error",
-            Self::TemporarilyUnavailable => "temporarily_unavailable",
-        }
+        self.into()
     }
 
     fn status(self) -> StatusCode {
@@ -166,6 +158,28 @@ impl IntoResponse for Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 6749 / 8693 / 9449 spellings.
+    #[test]
+    fn error_code_spellings_are_unchanged() {
+        use strum::VariantArray as _;
+        let table = [
+            (ErrorCode::InvalidRequest, "invalid_request"),
+            (ErrorCode::InvalidClient, "invalid_client"),
+            (ErrorCode::UnauthorizedClient, "unauthorized_client"),
+            (ErrorCode::UnsupportedGrantType, "unsupported_grant_type"),
+            (ErrorCode::InvalidScope, "invalid_scope"),
+            (ErrorCode::InvalidTarget, "invalid_target"),
+            (ErrorCode::InvalidDpopProof, "invalid_dpop_proof"),
+            (ErrorCode::UseDpopNonce, "use_dpop_nonce"),
+            (ErrorCode::ServerError, "server_error"),
+            (ErrorCode::TemporarilyUnavailable, "temporarily_unavailable"),
+        ];
+        assert_eq!(table.len(), ErrorCode::VARIANTS.len());
+        for (code, spelled) in table {
+            assert_eq!(code.as_str(), spelled);
+        }
+    }
 
     #[test]
     fn codes_and_statuses_follow_rfc_6749() {

@@ -107,13 +107,6 @@ pub(crate) struct Trail {
     subject_issuer: Option<String>,
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// The verified user side of the exchange.
 struct SubjectSide {
     principal: Principal,
@@ -313,7 +306,7 @@ impl Broker {
         trail.scope = Some(scope.to_oauth_string());
 
         // 11. Lifetime: the task deadline, the subject token, the maximum.
-        let now = now_secs();
+        let now = self.now_secs();
         let deadline = u64::try_from(task.deadline_ms / 1000).unwrap_or(0);
         let exp = deadline
             .min(subject.principal.exp)
@@ -652,7 +645,7 @@ impl Broker {
             .await
             .map_err(|_| store_failure("task lookup failed"))?
             .map_err(|e| store_failure(&e.to_string()))?;
-        let now_ms = AuditRecord::now_ms();
+        let now_ms = self.clock.now_ms();
         let task = match existing {
             Some(task) => task,
             None if subject.composite => {
@@ -786,7 +779,13 @@ impl Broker {
             "dpop": trail.dpop,
             "error": refusal.map(|r| r.code.as_str()),
         });
-        let record = AuditRecord::control(decision, subject, "broker/token_exchange", &detail);
+        let record = AuditRecord::control(
+            self.clock.now_ms(),
+            decision,
+            subject,
+            "broker/token_exchange",
+            &detail,
+        );
         self.audit
             .append(record)
             .await

@@ -224,6 +224,7 @@ async fn revoke(State(b): State<Arc<Broker>>, headers: HeaderMap, body: Bytes) -
         let mut subject = Subject::from(&principal);
         subject.scope = principal.scope.to_oauth_string();
         let record = AuditRecord::control(
+            b.clock.now_ms(),
             decision,
             subject,
             "broker/token_revoke",

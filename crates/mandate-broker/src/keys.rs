@@ -18,6 +18,7 @@
 use crate::error::BrokerError;
 use mandate_authn::Algorithm;
 use mandate_authn::dev::DevKey;
+use mandate_core::Clock;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -78,13 +79,8 @@ pub struct KeyDir {
     alg: Algorithm,
     /// How long a retired key stays published.
     keep_retired: Duration,
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    /// Dates key creation and retirement.
+    clock: Clock,
 }
 
 fn io(path: &Path, e: std::io::Error) -> BrokerError {
@@ -99,7 +95,19 @@ impl KeyDir {
             dir: dir.into(),
             alg,
             keep_retired,
+            clock: Clock::system(),
         }
+    }
+
+    /// Dates keys by `clock` instead of the system's.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn now_secs(&self) -> u64 {
+        self.clock.now_unsigned_secs().unwrap_or(0)
     }
 
     /// Where the public JWKS is written.
@@ -134,7 +142,7 @@ impl KeyDir {
         index.keys.push(KeyEntry {
             kid: key.kid.clone(),
             alg: format!("{:?}", key.algorithm()),
-            created: now_secs(),
+            created: self.now_secs(),
             retired: None,
         });
         Ok(())
@@ -152,7 +160,7 @@ impl KeyDir {
             self.generate(&mut index)?;
             changed = true;
         }
-        let now = now_secs();
+        let now = self.now_secs();
         let keep = self.keep_retired.as_secs();
         let (live, expired): (Vec<_>, Vec<_>) = index
             .keys
@@ -205,7 +213,7 @@ impl KeyDir {
     pub fn rotate(&self) -> Result<String, BrokerError> {
         std::fs::create_dir_all(&self.dir).map_err(|e| io(&self.dir, e))?;
         let mut index = self.read_index()?;
-        let now = now_secs();
+        let now = self.now_secs();
         for k in &mut index.keys {
             if k.retired.is_none() {
                 k.retired = Some(now);
@@ -214,7 +222,7 @@ impl KeyDir {
         self.generate(&mut index)?;
         self.write_index(&index)?;
         let set = self.open()?;
-        Ok(set.signing.kid.clone())
+        Ok(set.signing.kid)
     }
 
     /// Modification time of the index, to notice a rotation.

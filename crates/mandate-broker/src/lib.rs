@@ -24,6 +24,7 @@ use mandate_audit::AuditLog;
 use mandate_authn::dpop::{DpopVerifier, ReplayCache};
 use mandate_authn::{Authenticator, AuthnConfig, IssuerConfig, JwksSource};
 use mandate_control::ControlStore;
+use mandate_core::Clock;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,12 +65,14 @@ pub struct Broker {
     /// The broker's own tokens (sub-delegation, introspection), by resource.
     own: BTreeMap<String, Authenticator>,
     agents: BTreeMap<String, AgentKeys>,
-    spiffe: Option<crate::client::SpiffeVerifier>,
+    spiffe: Option<client::SpiffeVerifier>,
     assertions: ReplayCache,
     dpop: Arc<DpopVerifier>,
     audit: AuditLog,
     control: Arc<ControlStore>,
     operator_authn: Option<Arc<Authenticator>>,
+    /// The one wall clock of this broker.
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Broker {
@@ -107,8 +110,20 @@ impl Broker {
         control: Arc<ControlStore>,
         operator_authn: Option<Arc<Authenticator>>,
     ) -> Result<Self, BrokerError> {
+        Self::new_with_clock(cfg, audit, control, operator_authn, Clock::system()).await
+    }
+
+    /// [`Broker::new`] with `clock` instead of the system's: it dates keys,
+    /// tokens, tasks and records, and checks every token's time window.
+    pub async fn new_with_clock(
+        cfg: BrokerConfig,
+        audit: AuditLog,
+        control: Arc<ControlStore>,
+        operator_authn: Option<Arc<Authenticator>>,
+        clock: Clock,
+    ) -> Result<Self, BrokerError> {
         cfg.validate().map_err(BrokerError::Config)?;
-        let key_dir = key_dir(&cfg);
+        let key_dir = key_dir(&cfg).with_clock(clock.clone());
         let keys = key_dir.open()?;
         let stamp = key_dir.stamp();
 
@@ -126,7 +141,8 @@ impl Broker {
                 s.audience.clone(),
             );
             ac.leeway_secs = cfg.leeway_secs;
-            subjects.insert(s.issuer.clone(), (s.clone(), Authenticator::new(ac).await?));
+            let authn = Authenticator::new(ac).await?.with_clock(clock.clone());
+            subjects.insert(s.issuer.clone(), (s.clone(), authn));
         }
 
         let mut own = BTreeMap::new();
@@ -144,7 +160,10 @@ impl Broker {
                 mandate_authn::Algorithm::ES256,
             ];
             ac.require_actor = true;
-            own.insert(resource.clone(), Authenticator::new(ac).await?);
+            own.insert(
+                resource.clone(),
+                Authenticator::new(ac).await?.with_clock(clock.clone()),
+            );
         }
 
         let mut agents = BTreeMap::new();
@@ -160,17 +179,23 @@ impl Broker {
             let authn = Authenticator::new(ac)
                 .await
                 .map_err(|e| BrokerError::Config(format!("broker.agents.{id}: {e}")))?
-                .accept_types(&[ASSERTION_TYP]);
+                .accept_types(&[ASSERTION_TYP])
+                .with_clock(clock.clone());
             agents.insert(id.clone(), AgentKeys { authn });
         }
 
         let spiffe = match &cfg.spiffe {
             None => None,
-            Some(sp) => Some(crate::client::spiffe_authenticator(sp, cfg.leeway_secs).await?),
+            Some(sp) => {
+                Some(client::spiffe_authenticator(sp, cfg.leeway_secs, clock.clone()).await?)
+            }
         };
 
         Ok(Self {
-            dpop: Arc::new(DpopVerifier::new(cfg.dpop_require_nonce, cfg.leeway_secs)?),
+            dpop: Arc::new(
+                DpopVerifier::new(cfg.dpop_require_nonce, cfg.leeway_secs)?
+                    .with_clock(clock.clone()),
+            ),
             cfg,
             key_dir,
             keys: ArcSwap::from_pointee(keys),
@@ -183,7 +208,13 @@ impl Broker {
             audit,
             control,
             operator_authn,
+            clock,
         })
+    }
+
+    /// Unix seconds by the broker's clock (0 before 1970).
+    pub(crate) fn now_secs(&self) -> u64 {
+        self.clock.now_unsigned_secs().unwrap_or(0)
     }
 
     /// The configuration.

@@ -155,7 +155,13 @@ async fn record(
         obligations: Vec::new(),
         policy_hash: String::new(),
     };
-    let rec = AuditRecord::control(decision, operator_subject(op), action, detail);
+    let rec = AuditRecord::control(
+        b.clock.now_ms(),
+        decision,
+        operator_subject(op),
+        action,
+        detail,
+    );
     b.audit.append(rec).await.map(|_| ()).map_err(|e| {
         tracing::error!(error = %e, "audit store unavailable; task change refused");
         ApiError(
@@ -213,7 +219,9 @@ async fn start(
         .id
         .clone()
         .unwrap_or_else(|| format!("task-{}", uuid::Uuid::now_v7()));
-    let deadline = AuditRecord::now_ms()
+    let deadline = b
+        .clock
+        .now_ms()
         .saturating_add(i64::try_from(template.max_duration.as_millis()).unwrap_or(i64::MAX));
     let detail =
         json!({"id": id, "template": body.template, "sub": body.sub, "deadline_ms": deadline});

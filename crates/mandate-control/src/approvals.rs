@@ -4,8 +4,25 @@
 use serde::{Deserialize, Serialize};
 
 /// Where an approval request is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
+#[cfg_attr(test, derive(strum::VariantArray))]
 #[serde(rename_all = "snake_case")]
+#[strum(
+    serialize_all = "snake_case",
+    parse_err_ty = String,
+    parse_err_fn = unknown_status
+)]
 pub enum ApprovalStatus {
     /// Waiting for a person.
     Pending,
@@ -23,30 +40,12 @@ pub enum ApprovalStatus {
 impl ApprovalStatus {
     /// Stored and displayed name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Approved => "approved",
-            Self::Denied => "denied",
-            Self::Expired => "expired",
-            Self::Withdrawn => "withdrawn",
-        }
+        self.into()
     }
 }
 
-impl std::str::FromStr for ApprovalStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "pending" => Ok(Self::Pending),
-            "approved" => Ok(Self::Approved),
-            "denied" => Ok(Self::Denied),
-            "expired" => Ok(Self::Expired),
-            "withdrawn" => Ok(Self::Withdrawn),
-            _ => Err(format!(
-                "unknown approval status {s:?} (pending, approved, denied, expired, withdrawn)"
-            )),
-        }
-    }
+fn unknown_status(s: &str) -> String {
+    format!("unknown approval status {s:?} (pending, approved, denied, expired, withdrawn)")
 }
 
 /// What the gateway knows about a held call, for the person deciding.

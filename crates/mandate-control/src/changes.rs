@@ -3,8 +3,25 @@
 use serde::{Deserialize, Serialize};
 
 /// What a change modifies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
+#[cfg_attr(test, derive(strum::VariantArray))]
 #[serde(rename_all = "snake_case")]
+#[strum(
+    serialize_all = "snake_case",
+    parse_err_ty = String,
+    parse_err_fn = unknown_kind
+)]
 pub enum ChangeKind {
     /// The whole policy set (policies and schema). Payload:
     /// `{"files": {"<name>": "<text>", …}}`; hash: the policy set hash.
@@ -17,29 +34,34 @@ pub enum ChangeKind {
 impl ChangeKind {
     /// Stored and displayed name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::PolicySet => "policy_set",
-            Self::ScopeCeiling => "scope_ceiling",
-        }
+        self.into()
     }
 }
 
-impl std::str::FromStr for ChangeKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "policy_set" => Ok(Self::PolicySet),
-            "scope_ceiling" => Ok(Self::ScopeCeiling),
-            _ => Err(format!(
-                "unknown change kind {s:?} (policy_set, scope_ceiling)"
-            )),
-        }
-    }
+fn unknown_kind(s: &str) -> String {
+    format!("unknown change kind {s:?} (policy_set, scope_ceiling)")
 }
 
 /// Where a change is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
+#[cfg_attr(test, derive(strum::VariantArray))]
 #[serde(rename_all = "snake_case")]
+#[strum(
+    serialize_all = "snake_case",
+    parse_err_ty = String,
+    parse_err_fn = unknown_status
+)]
 pub enum ChangeStatus {
     /// Waiting for a second operator.
     Proposed,
@@ -54,26 +76,12 @@ pub enum ChangeStatus {
 impl ChangeStatus {
     /// Stored and displayed name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Proposed => "proposed",
-            Self::Approved => "approved",
-            Self::Activated => "activated",
-            Self::Rejected => "rejected",
-        }
+        self.into()
     }
 }
 
-impl std::str::FromStr for ChangeStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "proposed" => Ok(Self::Proposed),
-            "approved" => Ok(Self::Approved),
-            "activated" => Ok(Self::Activated),
-            "rejected" => Ok(Self::Rejected),
-            _ => Err(format!("unknown change status {s:?}")),
-        }
-    }
+fn unknown_status(s: &str) -> String {
+    format!("unknown change status {s:?}")
 }
 
 /// One proposed change and its review trail.

@@ -28,6 +28,9 @@ mod revocations;
 mod store;
 mod tasks;
 
+#[cfg(test)]
+mod spelling_tests;
+
 pub use approvals::{ApprovalRequest, ApprovalStatus, NewApproval};
 pub use changes::{Change, ChangeKind, ChangeStatus};
 pub use error::ControlError;

@@ -5,8 +5,26 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
 /// What a revocation names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+)]
+#[cfg_attr(test, derive(strum::VariantArray))]
 #[serde(rename_all = "snake_case")]
+#[strum(
+    serialize_all = "snake_case",
+    parse_err_ty = String,
+    parse_err_fn = unknown_kind
+)]
 pub enum RevocationKind {
     /// A delegating user (`sub`): every agent acting for them stops.
     User,
@@ -36,33 +54,12 @@ impl RevocationKind {
 
     /// Stored and displayed name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::User => "user",
-            Self::Agent => "agent",
-            Self::Build => "build",
-            Self::Task => "task",
-            Self::Session => "session",
-            Self::Token => "token",
-        }
+        self.into()
     }
 }
 
-impl std::str::FromStr for RevocationKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| {
-                format!("unknown revocation kind {s:?} (user, agent, build, task, session, token)")
-            })
-    }
-}
-
-impl std::fmt::Display for RevocationKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
+fn unknown_kind(s: &str) -> String {
+    format!("unknown revocation kind {s:?} (user, agent, build, task, session, token)")
 }
 
 /// One kill switch, active until lifted.

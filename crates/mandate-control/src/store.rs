@@ -5,7 +5,7 @@ use crate::changes::{Change, ChangeKind, ChangeStatus};
 use crate::error::ControlError;
 use crate::revocations::{Index, Revocation, RevocationKind};
 use arc_swap::ArcSwap;
-use mandate_core::{Principal, Scope};
+use mandate_core::{Clock, Principal, Scope};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -88,6 +88,8 @@ pub struct ControlStore {
     conn: Mutex<Connection>,
     revoked: ArcSwap<Index>,
     ceilings: ArcSwap<BTreeMap<String, Scope>>,
+    /// Dates every row this store writes.
+    clock: Clock,
 }
 
 impl std::fmt::Debug for ControlStore {
@@ -113,9 +115,23 @@ impl ControlStore {
             conn: Mutex::new(conn),
             revoked: ArcSwap::from_pointee(Index::default()),
             ceilings: ArcSwap::from_pointee(BTreeMap::new()),
+            clock: Clock::system(),
         };
         store.refresh()?;
         Ok(store)
+    }
+
+    /// Dates rows (and judges approval deadlines) by `clock` instead of
+    /// the system's.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The clock this store dates rows by.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -178,7 +194,7 @@ impl ControlStore {
         }
         conn.execute(
             "INSERT INTO revocations (kind, value, reason, revoked_by, revoked_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![kind.as_str(), value, reason, by, now_ms()],
+            params![kind.as_str(), value, reason, by, self.clock.now_ms()],
         )?;
         let id = conn.last_insert_rowid();
         let r = get_revocation(&conn, id)?;
@@ -198,7 +214,7 @@ impl ControlStore {
         }
         conn.execute(
             "UPDATE revocations SET lifted_by = ?1, lifted_ms = ?2 WHERE id = ?3",
-            params![by, now_ms(), id],
+            params![by, self.clock.now_ms(), id],
         )?;
         let r = get_revocation(&conn, id)?;
         drop(conn);
@@ -260,7 +276,7 @@ impl ControlStore {
                 payload_hash,
                 summary,
                 by,
-                now_ms()
+                self.clock.now_ms()
             ],
         )?;
         get_change(&conn, &id)
@@ -296,7 +312,7 @@ impl ControlStore {
         conn.execute(
             "UPDATE changes SET status = ?1, reviewed_by = ?2, reviewed_ms = ?3, review_comment = ?4
              WHERE id = ?5 AND status = 'proposed'",
-            params![status.as_str(), by, now_ms(), comment, id],
+            params![status.as_str(), by, self.clock.now_ms(), comment, id],
         )?;
         get_change(&conn, id)
     }
@@ -316,7 +332,7 @@ impl ControlStore {
         }
         tx.execute(
             "UPDATE changes SET status = 'activated', activated_by = ?1, activated_ms = ?2 WHERE id = ?3",
-            params![by, now_ms(), id],
+            params![by, self.clock.now_ms(), id],
         )?;
         tx.execute(
             "INSERT INTO active (kind, target, change_id) VALUES (?1, ?2, ?3)
@@ -356,7 +372,7 @@ impl ControlStore {
             return Ok(None);
         }
         let id = format!("chg-{}", uuid::Uuid::now_v7());
-        let now = now_ms();
+        let now = self.clock.now_ms();
         tx.execute(
             "INSERT INTO changes (id, kind, target, payload, payload_hash, summary, status, proposed_by, proposed_ms, activated_by, activated_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'activated', ?7, ?8, ?7, ?8)",
@@ -406,7 +422,14 @@ impl ControlStore {
         conn.execute(
             "INSERT INTO approvals (id, created_ms, status, request, args_hash, sub, deadline_ms)
              VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6)",
-            params![id, now_ms(), body, new.args_hash, new.sub, new.deadline_ms],
+            params![
+                id,
+                self.clock.now_ms(),
+                body,
+                new.args_hash,
+                new.sub,
+                new.deadline_ms
+            ],
         )?;
         get_approval(&conn, &id)
     }
@@ -459,7 +482,7 @@ impl ControlStore {
                 current.request.args_hash
             )));
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         if now > current.request.deadline_ms {
             conn.execute(
                 "UPDATE approvals SET status = 'expired' WHERE id = ?1 AND status = 'pending'",
@@ -498,7 +521,7 @@ impl ControlStore {
         }
         let changed = self.conn().execute(
             "UPDATE approvals SET status = ?1, decided_ms = ?2 WHERE id = ?3 AND status = 'pending'",
-            params![status.as_str(), now_ms(), id],
+            params![status.as_str(), self.clock.now_ms(), id],
         )?;
         Ok(changed == 1)
     }
@@ -514,7 +537,7 @@ impl ControlStore {
         let changed = conn.execute(
             "UPDATE approvals SET released_ms = ?1
              WHERE id = ?2 AND status = 'approved' AND released_ms IS NULL AND args_hash = ?3",
-            params![now_ms(), id, args_hash],
+            params![self.clock.now_ms(), id, args_hash],
         )?;
         if changed != 1 {
             let current = get_approval(&conn, id)?;
@@ -585,7 +608,7 @@ impl ControlStore {
              ON CONFLICT (tool) DO UPDATE SET fingerprint = excluded.fingerprint,
                description = excluded.description, status = excluded.status,
                reason = excluded.reason, decided_by = excluded.decided_by, decided_ms = excluded.decided_ms",
-            params![tool, fingerprint, description, status, reason, by, now_ms()],
+            params![tool, fingerprint, description, status, reason, by, self.clock.now_ms()],
         )?;
         conn.query_row("SELECT * FROM tool_pins WHERE tool = ?1", [tool], pin_row)
             .map_err(ControlError::from)
@@ -725,19 +748,17 @@ fn change_row(row: &Row<'_>) -> rusqlite::Result<Result<Change, ControlError>> {
     }))
 }
 
-pub(crate) fn now_ms() -> i64 {
-    mandate_core::AuditRecord::now_ms()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mandate_core::ManualClock;
 
-    fn open() -> (tempfile::TempDir, ControlStore) {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
-        let store = ControlStore::open(&dir.path().join("control.sqlite"))
-            .unwrap_or_else(|e| unreachable!("{e}"));
-        (dir, store)
+    type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+    fn open() -> TestResult<(tempfile::TempDir, ControlStore)> {
+        let dir = tempfile::tempdir()?;
+        let store = ControlStore::open(&dir.path().join("control.sqlite"))?;
+        Ok((dir, store))
     }
 
     fn alice() -> Principal {
@@ -755,8 +776,8 @@ mod tests {
     }
 
     #[test]
-    fn revocation_is_durable_and_liftable() -> Result<(), ControlError> {
-        let (dir, store) = open();
+    fn revocation_is_durable_and_liftable() -> TestResult {
+        let (dir, store) = open()?;
         let r = store.revoke(RevocationKind::Agent, "assistant", "leaked prompt", "ops")?;
         assert!(store.check(&alice()).is_some());
         // Idempotent.
@@ -780,17 +801,18 @@ mod tests {
     }
 
     #[test]
-    fn empty_values_are_refused() {
-        let (_dir, store) = open();
+    fn empty_values_are_refused() -> TestResult {
+        let (_dir, store) = open()?;
         assert!(matches!(
             store.revoke(RevocationKind::User, "  ", "r", "ops"),
             Err(ControlError::Invalid(_))
         ));
+        Ok(())
     }
 
     #[test]
-    fn a_change_needs_a_second_operator_before_activation() -> Result<(), ControlError> {
-        let (_dir, store) = open();
+    fn a_change_needs_a_second_operator_before_activation() -> TestResult {
+        let (_dir, store) = open()?;
         let payload = serde_json::json!({"scope": "docs.search"});
         let c = store.propose(
             ChangeKind::ScopeCeiling,
@@ -832,7 +854,7 @@ mod tests {
         Ok(())
     }
 
-    fn held(args_hash: &str) -> NewApproval {
+    fn held(args_hash: &str, now_ms: i64) -> NewApproval {
         NewApproval {
             sub: "alice".into(),
             act: vec!["assistant".into()],
@@ -849,15 +871,15 @@ mod tests {
             untrusted_sources: Vec::new(),
             decision_id: "d".into(),
             correlation_id: "c".into(),
-            deadline_ms: now_ms() + 60_000,
+            deadline_ms: now_ms + 60_000,
             holder: "gw-1".into(),
         }
     }
 
     #[test]
-    fn an_approval_binds_to_its_arguments_and_releases_once() -> Result<(), ControlError> {
-        let (_dir, store) = open();
-        let a = store.create_approval(held("hash-a"))?;
+    fn an_approval_binds_to_its_arguments_and_releases_once() -> TestResult {
+        let (_dir, store) = open()?;
+        let a = store.create_approval(held("hash-a", store.clock().now_ms()))?;
         assert_eq!(store.approvals(Some(ApprovalStatus::Pending), 10)?.len(), 1);
         // Not releasable before a decision.
         assert!(store.release_approval(&a.id, "hash-a").is_err());
@@ -882,9 +904,12 @@ mod tests {
     }
 
     #[test]
-    fn closed_and_late_requests_cannot_be_approved() -> Result<(), ControlError> {
-        let (_dir, store) = open();
-        let a = store.create_approval(held("h"))?;
+    fn closed_and_late_requests_cannot_be_approved() -> TestResult {
+        let (dir, _) = open()?;
+        let clock = ManualClock::at_ms(1_800_000_000_000);
+        let store =
+            ControlStore::open(&dir.path().join("control.sqlite"))?.with_clock(clock.clock());
+        let a = store.create_approval(held("h", clock.clock().now_ms()))?;
         assert!(store.close_approval(&a.id, ApprovalStatus::Withdrawn)?);
         assert!(!store.close_approval(&a.id, ApprovalStatus::Expired)?);
         assert!(
@@ -892,9 +917,9 @@ mod tests {
                 .decide_approval(&a.id, true, "carol", None, "h")
                 .is_err()
         );
-        let mut late = held("h");
-        late.deadline_ms = now_ms() - 1;
-        let b = store.create_approval(late)?;
+        // A minute and a second later, the request's deadline has passed.
+        let b = store.create_approval(held("h", clock.clock().now_ms()))?;
+        clock.advance(std::time::Duration::from_secs(61));
         assert!(
             store
                 .decide_approval(&b.id, true, "carol", None, "h")
@@ -905,8 +930,8 @@ mod tests {
     }
 
     #[test]
-    fn a_rejected_change_never_activates() -> Result<(), ControlError> {
-        let (_dir, store) = open();
+    fn a_rejected_change_never_activates() -> TestResult {
+        let (_dir, store) = open()?;
         let c = store.propose(
             ChangeKind::ScopeCeiling,
             "assistant",

@@ -8,13 +8,29 @@
 
 use crate::error::ControlError;
 use crate::revocations::RevocationKind;
-use crate::store::{ControlStore, now_ms};
+use crate::store::ControlStore;
 use rusqlite::{OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 
 /// Where a task is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
+#[cfg_attr(test, derive(strum::VariantArray))]
 #[serde(rename_all = "snake_case")]
+#[strum(
+    serialize_all = "snake_case",
+    parse_err_ty = String,
+    parse_err_fn = unknown_status
+)]
 pub enum TaskStatus {
     /// Tokens may be minted for it (until its deadline).
     Active,
@@ -27,24 +43,12 @@ pub enum TaskStatus {
 impl TaskStatus {
     /// Stored spelling.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Completed => "completed",
-            Self::Cancelled => "cancelled",
-        }
+        self.into()
     }
 }
 
-impl std::str::FromStr for TaskStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "active" => Ok(Self::Active),
-            "completed" => Ok(Self::Completed),
-            "cancelled" => Ok(Self::Cancelled),
-            other => Err(format!("unknown task status {other:?}")),
-        }
-    }
+fn unknown_status(s: &str) -> String {
+    format!("unknown task status {s:?}")
 }
 
 /// One task.
@@ -128,7 +132,7 @@ impl ControlStore {
         let inserted = conn.execute(
             "INSERT INTO tasks (id, template, sub, status, started_by, started_ms, deadline_ms)
              VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
-            params![id, template, sub, by, now_ms(), deadline_ms],
+            params![id, template, sub, by, self.clock().now_ms(), deadline_ms],
         )?;
         if inserted == 0 {
             return Err(ControlError::Conflict(format!("task {id} already exists")));
@@ -175,7 +179,7 @@ impl ControlStore {
                 task.status.as_str()
             )));
         }
-        let now = now_ms();
+        let now = self.clock().now_ms();
         tx.execute(
             "UPDATE tasks SET status = ?1, ended_by = ?2, ended_ms = ?3 WHERE id = ?4",
             params![status.as_str(), by, now, id],
@@ -233,7 +237,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let store = ControlStore::open(&dir.path().join("c.sqlite"))?;
         let t = store.start_task("t-1", "research", "alice", i64::MAX, "ops")?;
-        assert!(t.is_live(now_ms()));
+        assert!(t.is_live(store.clock().now_ms()));
         assert!(store.check(&token("t-1")).is_none());
         assert!(matches!(
             store.start_task("t-1", "research", "bob", i64::MAX, "ops"),
@@ -241,7 +245,7 @@ mod tests {
         ));
         let ended = store.end_task("t-1", TaskStatus::Completed, "ops")?;
         assert_eq!(ended.status, TaskStatus::Completed);
-        assert!(!ended.is_live(now_ms()));
+        assert!(!ended.is_live(store.clock().now_ms()));
         assert!(store.check(&token("t-1")).is_some());
         assert!(store.check(&token("t-2")).is_none());
         assert!(matches!(

@@ -4,8 +4,10 @@ use crate::DecisionId;
 use serde::{Deserialize, Serialize};
 
 /// Allow or deny. There is no third value: anything undecided is `Deny`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, strum::IntoStaticStr)]
+#[cfg_attr(test, derive(strum::VariantArray))]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Effect {
     /// The call may proceed, subject to the decision's obligations.
     Allow,
@@ -16,10 +18,7 @@ pub enum Effect {
 impl Effect {
     /// Lower-case name, as stored.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Allow => "allow",
-            Self::Deny => "deny",
-        }
+        self.into()
     }
 }
 

@@ -1,4 +1,5 @@
-//! Shared types of Mandate's trust pipeline. No I/O lives here.
+//! Shared types of Mandate's trust pipeline. No I/O lives here (the one
+//! wall clock, [`Clock`], reads the system time).
 //!
 //! A tool call travels one road, and each step's output type is the only
 //! valid input to the next:
@@ -12,12 +13,18 @@
 //! record (which stores it).
 
 pub mod build;
+pub mod clock;
 mod decision;
+pub mod html;
 mod ids;
 mod principal;
 mod record;
 mod tool;
 
+#[cfg(test)]
+mod spelling_tests;
+
+pub use clock::{Clock, ManualClock};
 pub use decision::{Decision, Effect, Obligation};
 pub use ids::{CorrelationId, DecisionId};
 pub use principal::{Principal, Scope, state_key};

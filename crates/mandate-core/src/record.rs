@@ -5,8 +5,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// What a record documents.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
+#[cfg_attr(test, derive(strum::VariantArray))]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum RecordKind {
     /// A policy decision, written (durably) before any forwarding.
     Decision,
@@ -20,11 +22,7 @@ pub enum RecordKind {
 impl RecordKind {
     /// Stored spelling.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Decision => "decision",
-            Self::Outcome => "outcome",
-            Self::Control => "control",
-        }
+        self.into()
     }
 }
 
@@ -100,8 +98,10 @@ pub struct AuditRecord {
 }
 
 impl AuditRecord {
-    /// The record of a decision, stamped now.
+    /// The record of a decision, made at `time_ms` (Unix ms, from the
+    /// caller's [`Clock`](crate::Clock)).
     pub fn decision(
+        time_ms: i64,
         decision: Decision,
         correlation_id: CorrelationId,
         subject: Subject,
@@ -110,7 +110,7 @@ impl AuditRecord {
     ) -> Self {
         Self {
             kind: RecordKind::Decision,
-            time_ms: Self::now_ms(),
+            time_ms,
             decision,
             correlation_id,
             subject,
@@ -124,10 +124,11 @@ impl AuditRecord {
         }
     }
 
-    /// The record of an operator action (`action` e.g. `control/revoke`),
-    /// stamped now. `detail` (the request, or what it produced) is stored
+    /// The record of an operator action (`action` e.g. `control/revoke`)
+    /// at `time_ms`. `detail` (the request, or what it produced) is stored
     /// as JSON, and its canonical hash as the argument hash.
     pub fn control(
+        time_ms: i64,
         decision: Decision,
         operator: Subject,
         action: impl Into<String>,
@@ -143,7 +144,7 @@ impl AuditRecord {
         };
         Self {
             kind: RecordKind::Control,
-            time_ms: Self::now_ms(),
+            time_ms,
             decision,
             correlation_id: CorrelationId::new(),
             subject: operator,
@@ -157,25 +158,22 @@ impl AuditRecord {
         }
     }
 
-    /// The outcome record that follows this decision record, stamped now.
-    pub fn outcome(&self, outcome: impl Into<String>, detail: Option<String>) -> Self {
+    /// The outcome record that follows this decision record, at `time_ms`.
+    pub fn outcome(
+        &self,
+        time_ms: i64,
+        outcome: impl Into<String>,
+        detail: Option<String>,
+    ) -> Self {
         Self {
             kind: RecordKind::Outcome,
-            time_ms: Self::now_ms(),
+            time_ms,
             outcome: Some(outcome.into()),
             detail,
             // The decision record holds them; the outcome refers to it.
             args: None,
             ..self.clone()
         }
-    }
-
-    /// Current Unix time in milliseconds (0 if the clock is before 1970).
-    pub fn now_ms() -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0)
     }
 }
 

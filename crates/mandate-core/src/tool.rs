@@ -2,11 +2,31 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::str::FromStr;
 
-/// What a tool does, which decides how much scrutiny a call gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// What a tool does, which decides how much scrutiny a call gets. Spelled
+/// in snake case in config, policies and records (serde and strum agree).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+)]
+#[cfg_attr(test, derive(strum::VariantArray))]
 #[serde(rename_all = "snake_case")]
+#[strum(
+    serialize_all = "snake_case",
+    parse_err_ty = String,
+    parse_err_fn = unknown_class
+)]
 pub enum ToolClass {
     /// Reads data.
     Read,
@@ -35,14 +55,7 @@ impl ToolClass {
 
     /// The config / policy spelling.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Read => "read",
-            Self::Write => "write",
-            Self::Outbound => "outbound",
-            Self::Financial => "financial",
-            Self::AccessControl => "access_control",
-            Self::Irreversible => "irreversible",
-        }
+        self.into()
     }
 
     /// High-impact classes require human approval by default.
@@ -54,24 +67,10 @@ impl ToolClass {
     }
 }
 
-impl fmt::Display for ToolClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ToolClass {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|c| c.as_str() == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown tool class {s:?} (expected one of: read, write, outbound, financial, access_control, irreversible)"
-                )
-            })
-    }
+fn unknown_class(s: &str) -> String {
+    format!(
+        "unknown tool class {s:?} (expected one of: read, write, outbound, financial, access_control, irreversible)"
+    )
 }
 
 /// A namespaced tool name, `<upstream>.<tool>`.

@@ -144,7 +144,7 @@ impl Gateway {
             id: id.clone(),
             armed: true,
         };
-        let remaining_ms = approval.request.deadline_ms - mandate_core::AuditRecord::now_ms();
+        let remaining_ms = approval.request.deadline_ms - self.clock().now_ms();
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(u64::try_from(remaining_ms).unwrap_or(0));
         let url = approval_url(self, &id);

@@ -38,7 +38,7 @@ pub struct BuildPolicy {
 /// hashed to the registered manifest. The catalogues are held (not just
 /// their addresses), so a new catalogue can never reuse a freed one's
 /// address and inherit its verdict.
-pub(crate) type ManifestVerdict = (Vec<Arc<Vec<rmcp::model::Tool>>>, bool);
+pub(crate) type ManifestVerdict = (Vec<Arc<[rmcp::model::Tool]>>, bool);
 
 impl Gateway {
     /// Enforces registered builds for the broker's tokens (called once at
@@ -94,7 +94,7 @@ impl Gateway {
     ) -> Result<bool, String> {
         // Each upstream's catalogue is read once per call, however many of
         // the manifest's tools it serves.
-        let mut catalogues: BTreeMap<String, Arc<Vec<rmcp::model::Tool>>> = BTreeMap::new();
+        let mut catalogues: BTreeMap<String, Arc<[rmcp::model::Tool]>> = BTreeMap::new();
         let mut wanted = Vec::with_capacity(reg.tools.len());
         for name in &reg.tools {
             let parsed = ToolName::parse(name)
@@ -111,7 +111,7 @@ impl Gateway {
             }
             wanted.push((name, parsed));
         }
-        let idents: Vec<Arc<Vec<rmcp::model::Tool>>> = catalogues.values().cloned().collect();
+        let idents: Vec<Arc<[rmcp::model::Tool]>> = catalogues.values().cloned().collect();
         if let Some(v) = self.manifest_verdicts.get(build)
             && v.0.len() == idents.len()
             && v.0.iter().zip(&idents).all(|(a, b)| Arc::ptr_eq(a, b))

@@ -80,7 +80,24 @@ impl UpstreamConfig {
 }
 
 /// What an operator may do on the control API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
+#[cfg_attr(test, derive(strum::VariantArray))]
+#[strum(
+    serialize_all = "snake_case",
+    parse_err_ty = String,
+    parse_err_fn = unknown_role
+)]
 pub enum Role {
     /// Kill switches (revoke, lift) and the change gate (propose, review,
     /// activate).
@@ -92,22 +109,12 @@ pub enum Role {
 impl Role {
     /// Configured and displayed name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Admin => "admin",
-            Self::Approver => "approver",
-        }
+        self.into()
     }
 }
 
-impl std::str::FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "admin" => Ok(Self::Admin),
-            "approver" => Ok(Self::Approver),
-            _ => Err(format!("unknown role {s:?} (admin, approver)")),
-        }
-    }
+fn unknown_role(s: &str) -> String {
+    format!("unknown role {s:?} (admin, approver)")
 }
 
 /// A person allowed to use the control API, identified by a token from a
@@ -294,5 +301,26 @@ impl Default for Limits {
             session_idle_timeout: Duration::from_secs(300),
             max_concurrent_calls_per_subject: 64,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Configured spellings, also recorded as policy ids (`operator-role:…`).
+    #[test]
+    fn role_spellings_are_unchanged() {
+        use strum::VariantArray as _;
+        let table = [(Role::Admin, "admin"), (Role::Approver, "approver")];
+        assert_eq!(table.len(), Role::VARIANTS.len());
+        for (role, spelled) in table {
+            assert_eq!(role.as_str(), spelled);
+            assert_eq!(spelled.parse::<Role>(), Ok(role));
+        }
+        assert_eq!(
+            "root".parse::<Role>(),
+            Err("unknown role \"root\" (admin, approver)".to_owned())
+        );
     }
 }

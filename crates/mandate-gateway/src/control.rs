@@ -278,7 +278,13 @@ pub(crate) async fn record(
         obligations: Vec::new(),
         policy_hash: gw.policy().policy_hash(),
     };
-    let rec = AuditRecord::control(decision, operator.clone(), action, detail);
+    let rec = AuditRecord::control(
+        gw.clock().now_ms(),
+        decision,
+        operator.clone(),
+        action,
+        detail,
+    );
     match tokio::time::timeout(
         crate::pipeline::AUDIT_WRITE_TIMEOUT,
         gw.audit().append(rec.clone()),
@@ -316,7 +322,11 @@ pub(crate) async fn record_outcome(
         Ok(v) => ("ok", v.to_string()),
         Err(e) => ("error", e.message.clone()),
     };
-    if let Err(e) = gw.audit().append(rec.outcome(outcome, Some(detail))).await {
+    if let Err(e) = gw
+        .audit()
+        .append(rec.outcome(gw.clock().now_ms(), outcome, Some(detail)))
+        .await
+    {
         gw.metrics().audit_failures.inc();
         tracing::error!(error = %e, "could not record control outcome");
     }
@@ -680,7 +690,7 @@ fn validate_policy_files(files: &BTreeMap<String, String>) -> Result<String, Api
     if files.values().map(String::len).sum::<usize>() > MAX_POLICY_BYTES {
         return Err(ApiError::bad_request("the policy set exceeds 1 MiB"));
     }
-    let tmp = tempdir().map_err(|e| {
+    let tmp = private_tempdir().map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
@@ -699,25 +709,14 @@ fn validate_policy_files(files: &BTreeMap<String, String>) -> Result<String, Api
     Ok(engine.policy_hash())
 }
 
-/// A private temporary directory, removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempdir() -> std::io::Result<TempDir> {
-    let dir = std::env::temp_dir().join(format!("mandate-policy-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir(&dir)?;
-    Ok(TempDir(dir))
+/// A new directory under the system's temporary directory that only this
+/// user can enter (0700, whatever the umask), removed when dropped.
+fn private_tempdir() -> std::io::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt as _;
+    tempfile::Builder::new()
+        .prefix("mandate-policy-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
 }
 
 fn write_files(dir: &std::path::Path, files: &BTreeMap<String, String>) -> std::io::Result<()> {
@@ -853,4 +852,21 @@ async fn approve_tool(
                 )
             })?;
     Ok(Json(to_value(&pin)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proposed_policies_are_checked_in_a_private_directory() -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = private_tempdir()?;
+        let path = dir.path().to_path_buf();
+        let mode = std::fs::metadata(&path)?.permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+        drop(dir);
+        assert!(!path.exists());
+        Ok(())
+    }
 }

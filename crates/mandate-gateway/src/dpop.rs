@@ -80,7 +80,7 @@ pub(crate) async fn authenticate(
     };
     // Exactly one proof (counted before decoding, so a second header that
     // is not text cannot hide).
-    let values: Vec<&http::HeaderValue> = headers.get_all("dpop").iter().collect();
+    let values: Vec<&HeaderValue> = headers.get_all("dpop").iter().collect();
     let proof = match values.as_slice() {
         [one] => one.to_str().map_err(|_| DpopError::Malformed),
         [] => Err(DpopError::Missing),

@@ -14,8 +14,11 @@ pub const CODE_DENIED: i32 = -32003;
 /// JSON-RPC error code for an upstream that failed, hung or was unreachable.
 pub const CODE_UPSTREAM: i32 = -32004;
 
-/// Why a call was refused, in terms an agent can act on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a call was refused, in terms an agent can act on. Its code (snake
+/// case unless renamed) is part of the error data agents see and of the
+/// audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum DenyCategory {
     /// No policy permits it, or a policy forbids it.
     NotPermitted,
@@ -26,6 +29,7 @@ pub enum DenyCategory {
     /// The arguments do not match the tool's input schema (message says how).
     InvalidArguments(String),
     /// The tool is not classified in configuration.
+    #[strum(serialize = "tool_not_configured")]
     NotConfigured,
     /// The audit store could not record the decision.
     AuditUnavailable,
@@ -38,6 +42,7 @@ pub enum DenyCategory {
     /// A person denied the held call.
     ApprovalDenied,
     /// Nobody decided the held call in time.
+    #[strum(serialize = "approval_timeout")]
     ApprovalExpired,
     /// The client went away while the call was held.
     Withdrawn,
@@ -48,29 +53,14 @@ pub enum DenyCategory {
     /// longer hash to the build's registered manifest.
     UnknownBuild,
     /// The subject has too many calls in flight; retry when one finishes.
+    #[strum(serialize = "too_many_concurrent_calls")]
     TooManyCalls,
 }
 
 impl DenyCategory {
     /// Stable machine-readable code, in the error's `data.reason`.
     pub fn code(&self) -> &'static str {
-        match self {
-            Self::NotPermitted => "not_permitted",
-            Self::InsufficientScope => "insufficient_scope",
-            Self::ApprovalRequired => "approval_required",
-            Self::InvalidArguments(_) => "invalid_arguments",
-            Self::NotConfigured => "tool_not_configured",
-            Self::AuditUnavailable => "audit_unavailable",
-            Self::UpstreamUnavailable => "upstream_unavailable",
-            Self::TokenExpired => "token_expired",
-            Self::Revoked => "revoked",
-            Self::ApprovalDenied => "approval_denied",
-            Self::ApprovalExpired => "approval_timeout",
-            Self::Withdrawn => "withdrawn",
-            Self::ToolQuarantined => "tool_quarantined",
-            Self::UnknownBuild => "unknown_build",
-            Self::TooManyCalls => "too_many_concurrent_calls",
-        }
+        self.into()
     }
 
     fn sentence(&self) -> String {
@@ -148,5 +138,56 @@ pub fn upstream_error(e: &UpstreamError, correlation: &CorrelationId) -> ErrorDa
             e.to_string(),
             Some(json!({ "outcome": e.outcome(), "correlation_id": correlation.as_str() })),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The codes agents see in `data.reason` and the audit trail keeps.
+    #[test]
+    fn deny_category_codes_are_unchanged() {
+        let table = [
+            (DenyCategory::NotPermitted, "not_permitted"),
+            (DenyCategory::InsufficientScope, "insufficient_scope"),
+            (DenyCategory::ApprovalRequired, "approval_required"),
+            (
+                DenyCategory::InvalidArguments("x".into()),
+                "invalid_arguments",
+            ),
+            (DenyCategory::NotConfigured, "tool_not_configured"),
+            (DenyCategory::AuditUnavailable, "audit_unavailable"),
+            (DenyCategory::UpstreamUnavailable, "upstream_unavailable"),
+            (DenyCategory::TokenExpired, "token_expired"),
+            (DenyCategory::Revoked, "revoked"),
+            (DenyCategory::ApprovalDenied, "approval_denied"),
+            (DenyCategory::ApprovalExpired, "approval_timeout"),
+            (DenyCategory::Withdrawn, "withdrawn"),
+            (DenyCategory::ToolQuarantined, "tool_quarantined"),
+            (DenyCategory::UnknownBuild, "unknown_build"),
+            (DenyCategory::TooManyCalls, "too_many_concurrent_calls"),
+        ];
+        for (category, code) in &table {
+            // Every variant is in the table: this match has no wildcard.
+            match category {
+                DenyCategory::NotPermitted
+                | DenyCategory::InsufficientScope
+                | DenyCategory::ApprovalRequired
+                | DenyCategory::InvalidArguments(_)
+                | DenyCategory::NotConfigured
+                | DenyCategory::AuditUnavailable
+                | DenyCategory::UpstreamUnavailable
+                | DenyCategory::TokenExpired
+                | DenyCategory::Revoked
+                | DenyCategory::ApprovalDenied
+                | DenyCategory::ApprovalExpired
+                | DenyCategory::Withdrawn
+                | DenyCategory::ToolQuarantined
+                | DenyCategory::UnknownBuild
+                | DenyCategory::TooManyCalls => assert_eq!(category.code(), *code),
+            }
+        }
+        assert_eq!(table.len(), 15);
     }
 }

@@ -181,6 +181,6 @@ impl ServerHandler for GatewayHandler {
     }
 
     async fn on_initialized(&self, ctx: NotificationContext<RoleServer>) {
-        self.gw.register_peer(ctx.peer.clone());
+        self.gw.register_peer(ctx.peer);
     }
 }

@@ -74,6 +74,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     );
     // Forget sessions rmcp closed and sessions of expired tokens.
     let sweep = Arc::downgrade(&sessions);
+    let clock = gw.clock().clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
         loop {
@@ -81,7 +82,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
             let Some(sessions) = sweep.upgrade() else {
                 return;
             };
-            let now = crate::pipeline::now_unix().cast_unsigned();
+            let now = clock.now_secs().cast_unsigned();
             sessions
                 .sweep(now, crate::pipeline::SESSION_GRACE_SECS)
                 .await;
@@ -369,6 +370,7 @@ pub(crate) async fn audit_refusal(
         .map(mandate_core::canonical_args_hash)
         .unwrap_or_default();
     let mut record = AuditRecord::decision(
+        gw.clock().now_ms(),
         decision.clone(),
         CorrelationId::new(),
         Subject::from(principal),

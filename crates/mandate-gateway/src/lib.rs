@@ -44,7 +44,7 @@ use dashmap::DashMap;
 use mandate_audit::AuditLog;
 use mandate_authn::{Authenticator, AuthnError};
 use mandate_control::ControlStore;
-use mandate_core::{Principal, ToolName};
+use mandate_core::{Clock, Principal, ToolName};
 use mandate_policy::{DecisionRequest, PolicyEngine, SessionFacts};
 use pipeline::Resolved;
 use rmcp::model::Tool;
@@ -92,6 +92,8 @@ pub struct Planes {
     pub audit: AuditLog,
     /// Kill switches and the change gate.
     pub control: Arc<ControlStore>,
+    /// The wall clock (`Clock::system()` outside tests).
+    pub clock: Clock,
 }
 
 /// The gateway: configuration plus the planes it enforces with.
@@ -130,6 +132,8 @@ pub struct Gateway {
     dpop: std::sync::OnceLock<Arc<mandate_authn::dpop::DpopVerifier>>,
     /// Tool calls in flight per subject (bounded).
     slots: Arc<CallSlots>,
+    /// The one wall clock (`Planes::clock`).
+    clock: Clock,
 }
 
 /// Tool calls in flight per subject (issuer and `sub`), each bounded, so
@@ -195,6 +199,7 @@ impl Gateway {
             policy,
             audit,
             control,
+            clock,
         } = planes;
         let events = Arc::new(Events::default());
         let upstreams = cfg
@@ -229,7 +234,7 @@ impl Gateway {
             peers: Mutex::new(Vec::new()),
             metrics,
             waiters: approvals::Waiters::default(),
-            mcp_tasks: tasks::Tasks::default(),
+            mcp_tasks: tasks::Tasks::new(clock.clone()),
             pin_verdicts: DashMap::new(),
             webhook_client: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(10))
@@ -239,6 +244,7 @@ impl Gateway {
             build_policy: arc_swap::ArcSwap::from_pointee(None),
             manifest_verdicts: DashMap::new(),
             dpop: std::sync::OnceLock::new(),
+            clock,
         });
         let weak = Arc::downgrade(&gw);
         events.on_list_changed(Arc::new(move |upstream: String| {
@@ -267,6 +273,11 @@ impl Gateway {
     /// Kill switches and the change gate.
     pub fn control(&self) -> &Arc<ControlStore> {
         &self.control
+    }
+
+    /// The wall clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Verifies an agent's bearer token and narrows its scope to the
@@ -435,7 +446,7 @@ impl Gateway {
             return Vec::new();
         }
         let facts = SessionFacts::default();
-        let now = pipeline::now_unix();
+        let now = self.now_unix();
         let mut out = Vec::new();
         for (name, upstream) in &self.upstreams {
             let tools = match upstream.tools().await {

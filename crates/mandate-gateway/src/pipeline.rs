@@ -77,6 +77,7 @@ impl crate::Gateway {
         let kept_args = self.cfg.redaction.apply(&exposed, &args);
         let record = |decision: &Decision, args_hash: &str| {
             let mut r = AuditRecord::decision(
+                self.clock.now_ms(),
                 decision.clone(),
                 correlation.clone(),
                 subject.clone(),
@@ -152,7 +153,7 @@ impl crate::Gateway {
         //    reported as such, and a human is never asked to approve a call
         //    the tool would reject. Without the upstream's catalogue there is
         //    nothing to validate against, so the call fails closed.
-        let now = now_unix();
+        let now = self.now_unix();
         let hash = || self.policy.policy_hash();
         let precheck = if principal.exp <= now.cast_unsigned() {
             Some((
@@ -353,8 +354,11 @@ impl crate::Gateway {
                 .to_string(),
             );
         }
-        let mut outcome_record =
-            record(&permitted.decision, &permitted.call.args_hash).outcome(outcome, detail);
+        let mut outcome_record = record(&permitted.decision, &permitted.call.args_hash).outcome(
+            self.clock.now_ms(),
+            outcome,
+            detail,
+        );
         outcome_record.taint = findings.labels.clone();
         let audit = self.audit.clone();
         let metrics = self.metrics.clone();
@@ -503,7 +507,7 @@ impl crate::Gateway {
     /// session, so it must not run on every call).
     fn prune_usage(&self) {
         use std::sync::atomic::Ordering;
-        let now = now_unix();
+        let now = self.now_unix();
         let due = self.next_usage_prune.load(Ordering::Relaxed);
         if now < due
             || self
@@ -588,7 +592,7 @@ impl crate::Gateway {
             .get(&principal.state_key())
             .map(|s| (s.taint.iter().cloned().collect(), s.sources.clone()))
             .unwrap_or_default();
-        let deadline_ms = AuditRecord::now_ms().saturating_add(
+        let deadline_ms = self.clock.now_ms().saturating_add(
             i64::try_from(self.cfg.approvals.timeout.as_millis()).unwrap_or(i64::MAX),
         );
         let new = mandate_control::NewApproval {
@@ -652,7 +656,7 @@ impl crate::Gateway {
                 let by = a.decided_by.clone().unwrap_or_default();
                 // Continuous verification at release: the world may have
                 // changed while the call waited.
-                let now = now_unix();
+                let now = self.now_unix();
                 if principal.exp <= now.cast_unsigned() {
                     return deny(
                         format!("approved by {by}, but the token expired while held"),
@@ -770,7 +774,7 @@ impl crate::Gateway {
     /// do not, their release does) and session taint from outcome records.
     /// Returns how many calls were restored.
     pub fn restore_usage<'a>(&self, records: impl IntoIterator<Item = &'a AuditRecord>) -> usize {
-        let now = now_unix();
+        let now = self.now_unix();
         // Records written before the issuer was kept name none: with one
         // trusted issuer it can only have been that one.
         let sole_issuer = match self.cfg.authorization_servers.as_slice() {
@@ -865,10 +869,9 @@ pub(crate) const SESSION_GRACE_SECS: u64 = 120;
 /// How often usage of expired sessions and tasks is swept.
 const USAGE_PRUNE_SECS: i64 = 60;
 
-/// Current Unix time in seconds.
-pub(crate) fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+impl crate::Gateway {
+    /// Current Unix time in seconds, by the gateway's clock.
+    pub(crate) fn now_unix(&self) -> i64 {
+        self.clock.now_secs()
+    }
 }

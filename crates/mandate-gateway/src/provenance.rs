@@ -27,7 +27,13 @@ use serde_json::Value;
 use std::sync::LazyLock;
 
 /// What a tool's results are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, strum::IntoStaticStr, strum::EnumString)]
+#[cfg_attr(test, derive(strum::VariantArray))]
+#[strum(
+    serialize_all = "snake_case",
+    parse_err_ty = String,
+    parse_err_fn = unknown_provenance
+)]
 pub enum Provenance {
     /// Produced by a system the operator trusts; passed through unchanged.
     Trusted,
@@ -41,26 +47,12 @@ pub enum Provenance {
 impl Provenance {
     /// Configured name, and the taint label it adds.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Trusted => "trusted",
-            Self::Untrusted => "untrusted",
-            Self::Sensitive => "sensitive",
-        }
+        self.into()
     }
 }
 
-impl std::str::FromStr for Provenance {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "trusted" => Ok(Self::Trusted),
-            "untrusted" => Ok(Self::Untrusted),
-            "sensitive" => Ok(Self::Sensitive),
-            _ => Err(format!(
-                "unknown provenance {s:?} (trusted, untrusted, sensitive)"
-            )),
-        }
-    }
+fn unknown_provenance(s: &str) -> String {
+    format!("unknown provenance {s:?} (trusted, untrusted, sensitive)")
 }
 
 /// The label added when injection patterns are found.
@@ -265,6 +257,26 @@ pub fn sanitise(result: &mut CallToolResult, tool: &str, provenance: Provenance)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Configured spellings, and the taint labels in sessions and records.
+    #[test]
+    fn provenance_spellings_are_unchanged() {
+        use strum::VariantArray as _;
+        let table = [
+            (Provenance::Trusted, "trusted"),
+            (Provenance::Untrusted, "untrusted"),
+            (Provenance::Sensitive, "sensitive"),
+        ];
+        assert_eq!(table.len(), Provenance::VARIANTS.len());
+        for (p, spelled) in table {
+            assert_eq!(p.as_str(), spelled);
+            assert_eq!(spelled.parse::<Provenance>(), Ok(p));
+        }
+        assert_eq!(
+            "Trusted".parse::<Provenance>(),
+            Err("unknown provenance \"Trusted\" (trusted, untrusted, sensitive)".to_owned())
+        );
+    }
 
     fn first_text(r: &CallToolResult) -> &str {
         match r.content.first() {

@@ -16,8 +16,14 @@
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
-/// How one value is kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How one value is kept (configured as `full`, `hash` or `redact`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, strum::EnumString)]
+#[cfg_attr(test, derive(strum::VariantArray, strum::IntoStaticStr))]
+#[strum(
+    serialize_all = "snake_case",
+    parse_err_ty = String,
+    parse_err_fn = unknown_keep
+)]
 pub enum Keep {
     /// As sent.
     Full,
@@ -28,17 +34,8 @@ pub enum Keep {
     Redact,
 }
 
-impl std::str::FromStr for Keep {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "full" => Ok(Self::Full),
-            "hash" => Ok(Self::Hash),
-            "redact" => Ok(Self::Redact),
-            other => Err(format!("{other:?} is not full, hash or redact")),
-        }
-    }
+fn unknown_keep(s: &str) -> String {
+    format!("{s:?} is not full, hash or redact")
 }
 
 /// The rule for one tool: a default and per-field exceptions.
@@ -88,6 +85,26 @@ impl Redaction {
 mod tests {
     use super::*;
     use sha2::{Digest, Sha256};
+
+    /// Configured spellings.
+    #[test]
+    fn keep_spellings_are_unchanged() {
+        use strum::VariantArray as _;
+        let table = [
+            (Keep::Full, "full"),
+            (Keep::Hash, "hash"),
+            (Keep::Redact, "redact"),
+        ];
+        assert_eq!(table.len(), Keep::VARIANTS.len());
+        for (keep, spelled) in table {
+            assert_eq!(<&str>::from(keep), spelled);
+            assert_eq!(spelled.parse::<Keep>(), Ok(keep));
+        }
+        assert_eq!(
+            "all".parse::<Keep>(),
+            Err("\"all\" is not full, hash or redact".to_owned())
+        );
+    }
 
     fn args() -> Map<String, Value> {
         serde_json::from_str(r#"{"iban":"DE00 1234","amount":120,"memo":{"b":1,"a":2}}"#)

@@ -16,7 +16,7 @@ fn app() -> Router {
         )
         .route(
             "/echo",
-            post(|body: axum::body::Bytes| async move { body.len().to_string() }),
+            post(|body: Bytes| async move { body.len().to_string() }),
         )
 }
 

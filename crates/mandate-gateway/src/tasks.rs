@@ -10,7 +10,7 @@
 //! in this process only; after a restart `tasks/get` answers "not found" and
 //! the held call has failed closed.
 
-use mandate_core::Principal;
+use mandate_core::{Clock, Principal};
 use rmcp::ErrorData;
 use rmcp::model::{CallToolResponse, DetailedTask, JsonObject, Task, TaskPayload, TaskStatus};
 use std::time::{Duration, Instant};
@@ -39,13 +39,10 @@ struct Entry {
 }
 
 /// The tasks of this process.
-#[derive(Default)]
 pub(crate) struct Tasks {
     map: dashmap::DashMap<String, Entry>,
-}
-
-fn now_iso() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    /// Dates tasks (`createdAt`, `lastUpdatedAt`).
+    clock: Clock,
 }
 
 fn to_object<T: serde::Serialize>(v: &T) -> JsonObject {
@@ -56,6 +53,20 @@ fn to_object<T: serde::Serialize>(v: &T) -> JsonObject {
 }
 
 impl Tasks {
+    pub(crate) fn new(clock: Clock) -> Self {
+        Self {
+            map: dashmap::DashMap::new(),
+            clock,
+        }
+    }
+
+    /// Now, as RFC 3339 UTC with milliseconds.
+    fn now_iso(&self) -> String {
+        chrono::DateTime::from_timestamp_millis(self.clock.now_ms())
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    }
+
     /// Registers a task for a held call; returns its handle.
     pub(crate) fn start(
         &self,
@@ -65,7 +76,7 @@ impl Tasks {
         cancel: CancellationToken,
     ) -> Task {
         self.prune();
-        let now = now_iso();
+        let now = self.now_iso();
         self.map.insert(
             id.to_owned(),
             Entry {
@@ -85,7 +96,7 @@ impl Tasks {
     /// Records the call's final response.
     pub(crate) fn finish(&self, id: &str, result: Result<CallToolResponse, ErrorData>) {
         if let Some(mut e) = self.map.get_mut(id) {
-            e.updated = now_iso();
+            e.updated = self.now_iso();
             e.state = State::Done(Box::new(result), Instant::now());
         }
     }

@@ -228,7 +228,7 @@ pub struct Upstream {
     /// keys. Each key has its own lock, so opening one session's connection
     /// (spawning a process, up to the timeout) never holds up the others.
     conns: std::sync::Mutex<HashMap<String, Arc<Mutex<Option<Slot>>>>>,
-    tools: RwLock<Option<Arc<Vec<Tool>>>>,
+    tools: RwLock<Option<Arc<[Tool]>>>,
 }
 
 impl Upstream {
@@ -385,7 +385,7 @@ impl Upstream {
     }
 
     /// The upstream's tools (cached until it reports a change).
-    pub async fn tools(&self) -> Result<Arc<Vec<Tool>>, UpstreamError> {
+    pub async fn tools(&self) -> Result<Arc<[Tool]>, UpstreamError> {
         if let Some(t) = self.tools.read().await.as_ref() {
             return Ok(t.clone());
         }
@@ -397,7 +397,7 @@ impl Upstream {
                 secs: self.cfg.timeout.as_secs(),
             })?
             .map_err(|e| self.unavailable(e))?;
-        let list = Arc::new(list);
+        let list: Arc<[Tool]> = list.into();
         *self.tools.write().await = Some(list.clone());
         Ok(list)
     }

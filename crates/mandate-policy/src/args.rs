@@ -430,7 +430,9 @@ pub(crate) fn cedar_decimal(n: &serde_json::Number) -> Option<String> {
     let text = format!("{f:.4}");
     // Exact: the four-digit text reads back as the very same double (the
     // nearest double to the value the client wrote), so nothing was cut.
-    (text.parse::<f64>().ok()? == f).then_some(text)
+    #[expect(clippy::float_cmp, reason = "an exact round trip is the test")]
+    let exact = text.parse::<f64>().ok()? == f;
+    exact.then_some(text)
 }
 
 #[cfg(test)]

@@ -677,7 +677,7 @@ fn policy_test_runner_reports_failures_and_malformed_files() -> TestResult {
 fn engine_is_shareable_across_threads() -> TestResult {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<PolicyEngine>();
-    let engine = std::sync::Arc::new(shipped()?);
+    let engine = Arc::new(shipped()?);
     let c = call("docs.search", ToolClass::Read, json!({}))?;
     let handles: Vec<_> = (0..4)
         .map(|_| {

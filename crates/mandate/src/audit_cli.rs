@@ -360,7 +360,7 @@ fn replay(at: &StoreArgs, session: &str) -> Result<ExitCode> {
     if settings.store.is_missing_file() {
         bail!("no audit log at {}", settings.store);
     }
-    let records = mandate_audit::read_records(settings.store.clone(), Some(session))?;
+    let records = mandate_audit::read_records(settings.store, Some(session))?;
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
     for entry in mandate_audit::replay::timeline(&records) {
@@ -382,9 +382,10 @@ fn prune(at: &StoreArgs) -> Result<ExitCode> {
     if settings.store.is_missing_file() {
         bail!("no audit log at {}", settings.store);
     }
-    let cutoff = mandate_core::AuditRecord::now_ms()
+    let cutoff = mandate_core::Clock::system()
+        .now_ms()
         .saturating_sub(i64::from(days).saturating_mul(86_400_000));
-    let old = mandate_audit::read_time_range(settings.store.clone(), 0, cutoff)?;
+    let old = mandate_audit::read_time_range(settings.store, 0, cutoff)?;
     println!(
         "{} record(s) are older than the retention period of {days} days.",
         old.len()

@@ -12,7 +12,7 @@
 //! before the call is forwarded). Everything is reported as ratios to the
 //! direct baseline, and to the bare proxy (what Mandate's own work adds).
 
-use crate::devtoken::{MintArgs, claims, generate_issuer_key, load_issuer_key, now};
+use crate::devtoken::{MintArgs, generate_issuer_key, load_issuer_key, sign};
 use anyhow::{Context, Result};
 use rmcp::model::{CallToolRequestParams, ProtocolVersion};
 use rmcp::service::{ClientLifecycleMode, ClientServiceExt as _};
@@ -448,8 +448,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             sid: Some(uuid::Uuid::new_v4().to_string()),
             ttl: 3600,
         };
-        key.sign(&claims(&args, now()))
-            .map_err(|e| anyhow::anyhow!("{e}"))
+        sign(&key, &args)
     });
 
     let stateless = args.protocol == "2026-07-28";

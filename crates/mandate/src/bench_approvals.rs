@@ -10,7 +10,7 @@
 //! latency of the same transfer when no approval is needed. Reported as the
 //! ratio of medians.
 
-use crate::devtoken::{MintArgs, claims, generate_issuer_key, load_issuer_key, now};
+use crate::devtoken::{MintArgs, generate_issuer_key, load_issuer_key, sign};
 use anyhow::{Context, Result};
 use rmcp::ServiceExt as _;
 use rmcp::model::CallToolRequestParams;
@@ -97,8 +97,7 @@ pub async fn run(dir: &Path, n: usize) -> Result<()> {
             sid: Some(uuid::Uuid::new_v4().to_string()),
             ttl: 3600,
         };
-        key.sign(&claims(&args, now()))
-            .map_err(|e| anyhow::anyhow!("{e}"))
+        sign(&key, &args)
     };
     let operator = mint(format!("{held_url}/api"), None, "approver@example.com")?;
     let http = reqwest::Client::new();

@@ -171,8 +171,8 @@ pub(crate) fn build_of(
 
 fn jwks_of(
     what: &str,
-    file: &Option<String>,
-    url: &Option<String>,
+    file: Option<&String>,
+    url: Option<&String>,
     subst: &dyn Fn(&str) -> String,
 ) -> Result<JwksSource> {
     match (file, url) {
@@ -218,8 +218,8 @@ impl BrokerSection {
                 (None, None) => None,
                 _ => Some(jwks_of(
                     &format!("broker.identity_providers[{i}]"),
-                    &p.jwks_file,
-                    &p.jwks_url,
+                    p.jwks_file.as_ref(),
+                    p.jwks_url.as_ref(),
                     subst,
                 )?),
             };
@@ -234,8 +234,8 @@ impl BrokerSection {
         for (id, a) in &self.agents {
             let keys = jwks_of(
                 &format!("broker.agents.{id}"),
-                &a.jwks_file,
-                &a.jwks_url,
+                a.jwks_file.as_ref(),
+                a.jwks_url.as_ref(),
                 subst,
             )?;
             let mut builds = BTreeMap::new();

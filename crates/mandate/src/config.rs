@@ -658,7 +658,7 @@ impl Config {
             authorization_servers.insert(0, b.issuer.clone());
         }
         let gateway = GatewayConfig {
-            public_url: public_url.clone(),
+            public_url,
             resource,
             authorization_servers,
             upstreams,

@@ -3,7 +3,7 @@
 //! instruction hidden in a search result. The table it prints shows that the
 //! architecture, not the model, decides.
 
-use crate::devtoken::{MintArgs, claims, generate_issuer_key, load_issuer_key, now};
+use crate::devtoken::{MintArgs, generate_issuer_key, load_issuer_key, sign};
 use anyhow::{Context, Result};
 use rmcp::ServiceExt as _;
 use rmcp::model::CallToolRequestParams;
@@ -81,11 +81,52 @@ pub(crate) fn materialise(dir: &Path) -> Result<PathBuf> {
     Ok(qs.join("mandate.toml"))
 }
 
+/// Starts the quickstart's two demo upstreams in this process, each on a
+/// free loopback port; returns (profile, MCP URL) pairs.
+async fn serve_demo_upstreams() -> Result<Vec<(&'static str, String)>> {
+    let mut urls = Vec::new();
+    for profile in ["workspace", "bank"] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        urls.push((profile, format!("http://{}/mcp", listener.local_addr()?)));
+        tokio::spawn(async move {
+            if let Err(e) =
+                crate::demo_server::serve_http(profile, Default::default(), listener).await
+            {
+                eprintln!("demo upstream {profile} stopped: {e:#}");
+            }
+        });
+    }
+    Ok(urls)
+}
+
+/// The quickstart config with its demo upstreams reached at `urls` instead
+/// of launched as `mandate demo-server` (a command of `dev` builds only).
+fn with_upstream_urls(config: &str, urls: &[(&str, String)]) -> Result<String> {
+    let mut out = config.to_owned();
+    for (profile, url) in urls {
+        let launch = format!(
+            "command = \"{{mandate}}\"\nargs = [\"demo-server\", \"--profile\", \"{profile}\"]\n"
+        );
+        anyhow::ensure!(
+            out.contains(&launch),
+            "the quickstart config does not launch the {profile} demo server as `mandate demo` expects"
+        );
+        out = out.replace(
+            &launch,
+            &format!("# Served by `mandate demo` itself, on loopback.\nurl = \"{url}\"\n"),
+        );
+    }
+    Ok(out)
+}
+
 /// Runs the demo; exit 0 when every call got the expected decision.
 pub async fn run(data_dir: PathBuf) -> Result<ExitCode> {
     std::fs::create_dir_all(&data_dir)?;
     let data_dir = data_dir.canonicalize()?;
     let config_path = materialise(&data_dir)?;
+    let upstreams = serve_demo_upstreams().await?;
+    let config = std::fs::read_to_string(&config_path)?;
+    std::fs::write(&config_path, with_upstream_urls(&config, &upstreams)?)?;
     let key_dir = data_dir.join("dev-issuer");
     if !key_dir.join("issuer.pem").exists() {
         generate_issuer_key(&key_dir)?;
@@ -116,8 +157,7 @@ pub async fn run(data_dir: PathBuf) -> Result<ExitCode> {
             sid: Some(sid.into()),
             ttl,
         };
-        key.sign(&claims(&args, now()))
-            .map_err(|e| anyhow::anyhow!("{e}"))
+        sign(&key, &args)
     };
     let scope = "docs.* bank.get_balance bank.transfer";
     let alice = token_for(
@@ -157,8 +197,7 @@ pub async fn run(data_dir: PathBuf) -> Result<ExitCode> {
             sid: None,
             ttl: 600,
         };
-        key.sign(&claims(&args, now()))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
+        sign(&key, &args)?
     };
     let stop_approver = tokio_util::sync::CancellationToken::new();
     let approver = tokio::spawn(scripted_approver(
@@ -557,4 +596,34 @@ fn print_table(rows: &[Row]) {
 /// `v[key]`, or `null` (never panics).
 fn field<'a>(v: &'a Value, key: &str) -> &'a Value {
     v.get(key).unwrap_or(&Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_serves_the_quickstart_upstreams_itself() -> Result<()> {
+        let config = QUICKSTART
+            .iter()
+            .find(|(name, _)| *name == "mandate.toml")
+            .map(|(_, text)| *text)
+            .unwrap_or_default();
+        let urls = [
+            ("workspace", "http://127.0.0.1:1/mcp".to_owned()),
+            ("bank", "http://127.0.0.1:2/mcp".to_owned()),
+        ];
+        let rewritten = with_upstream_urls(config, &urls)?;
+        assert!(!rewritten.contains("\"demo-server\""), "{rewritten}");
+        assert!(rewritten.contains("url = \"http://127.0.0.1:1/mcp\""));
+        assert!(rewritten.contains("url = \"http://127.0.0.1:2/mcp\""));
+        let parsed: toml::Table = toml::from_str(&rewritten)?;
+        let url = parsed
+            .get("upstreams")
+            .and_then(|u| u.get("bank"))
+            .and_then(|b| b.get("url"))
+            .and_then(toml::Value::as_str);
+        assert_eq!(url, Some("http://127.0.0.1:2/mcp"));
+        Ok(())
+    }
 }

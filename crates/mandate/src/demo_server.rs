@@ -1,5 +1,7 @@
-//! `mandate demo-server`: a small MCP server with tools of several classes,
-//! used by `mandate demo` and the end-to-end tests as a real upstream.
+//! The demo MCP server: a small MCP server with tools of several classes,
+//! served in process by `mandate demo`, and as a process of its own by
+//! `mandate demo-server` (a `dev` build: the quickstart config and the
+//! end-to-end tests launch it as a real upstream).
 //!
 //! With `--record FILE` it appends one JSON line per call it receives (tool,
 //! arguments, `_meta`), so tests can prove from the upstream's side what did
@@ -9,11 +11,10 @@ use anyhow::Result;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{RequestMetaObject, ServerCapabilities, ServerConfig};
-use rmcp::{ServerHandler, ServiceExt, tool, tool_handler, tool_router};
+use rmcp::{ServerHandler, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::io::Write as _;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Appends received calls to a JSON Lines file (or nothing, by default).
@@ -21,7 +22,8 @@ use std::sync::Arc;
 pub struct Recorder(Option<Arc<std::sync::Mutex<std::fs::File>>>);
 
 impl Recorder {
-    fn open(path: Option<PathBuf>) -> Result<Self> {
+    #[cfg(feature = "dev")]
+    fn open(path: Option<std::path::PathBuf>) -> Result<Self> {
         Ok(Self(match path {
             Some(p) => Some(Arc::new(std::sync::Mutex::new(
                 std::fs::OpenOptions::new()
@@ -195,7 +197,12 @@ impl ServerHandler for Bank {
 }
 
 /// Runs the demo server on stdio, or on Streamable HTTP at `http`.
-pub async fn run(profile: &str, record: Option<PathBuf>, http: Option<String>) -> Result<()> {
+#[cfg(feature = "dev")]
+pub async fn run(
+    profile: &str,
+    record: Option<std::path::PathBuf>,
+    http: Option<String>,
+) -> Result<()> {
     let rec = Recorder::open(record)?;
     match (profile, http) {
         ("workspace", None) => {
@@ -224,7 +231,9 @@ pub async fn run(profile: &str, record: Option<PathBuf>, http: Option<String>) -
     }
 }
 
+#[cfg(feature = "dev")]
 async fn serve_stdio<S: ServerHandler>(server: S) -> Result<()> {
+    use rmcp::ServiceExt as _;
     let running = server.serve(rmcp::transport::stdio()).await?;
     running.waiting().await?;
     Ok(())

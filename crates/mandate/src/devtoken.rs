@@ -5,7 +5,8 @@ use anyhow::{Context, Result};
 use mandate_authn::dev::DevKey;
 use std::path::Path;
 
-/// Arguments of `mandate token mint`.
+/// Arguments of `mandate token mint` (a `dev` build), and what the demo
+/// mints its tokens from.
 #[derive(clap::Args, Debug, Clone)]
 pub struct MintArgs {
     /// Directory holding issuer.pem and jwks.json (from `mandate keys generate`).
@@ -101,17 +102,14 @@ pub fn claims(args: &MintArgs, now: i64) -> serde_json::Value {
 }
 
 /// Mints a token with the key in `args.key`.
+#[cfg(feature = "dev")]
 pub fn mint(args: &MintArgs) -> Result<String> {
-    let key = load_issuer_key(&args.key)?;
-    let now = now();
-    key.sign(&claims(args, now))
-        .map_err(|e| anyhow::anyhow!("{e}"))
+    sign(&load_issuer_key(&args.key)?, args)
 }
 
-/// Current Unix time in seconds.
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
-        .unwrap_or(0)
+/// Signs the claims of `args` with `key`, issued now (the system clock).
+pub fn sign(key: &DevKey, args: &MintArgs) -> Result<String> {
+    let now = mandate_core::Clock::system().now_secs();
+    key.sign(&claims(args, now))
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }

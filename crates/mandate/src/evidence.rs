@@ -8,7 +8,8 @@ use clap::Args;
 use mandate_audit::merkle::{Hash, leaf_hash, verify_consistency, verify_inclusion};
 use mandate_audit::replay::{TimelineEntry, format_ms, timeline};
 use mandate_audit::{LogTree, NoteVerifier, StoredRecord, record_hash};
-use mandate_core::AuditRecord;
+use mandate_core::html::escape;
+use mandate_core::{AuditRecord, Clock};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -94,60 +95,22 @@ struct Selection {
     session: Option<String>,
 }
 
-/// Parses `--from`/`--to`: Unix ms, `YYYY-MM-DD` or
-/// `YYYY-MM-DDTHH:MM:SS[.fff]Z`.
+/// Parses `--from`/`--to`: Unix ms, `YYYY-MM-DD` (midnight UTC) or an
+/// RFC 3339 time (`2026-11-30T08:00:00Z`, `…08:00:00.5+01:00`).
 fn parse_instant(s: &str) -> Result<i64> {
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         return s.parse().map_err(|_| anyhow!("{s:?}: not a time"));
     }
-    let bad = || anyhow!("{s:?}: expected RFC 3339 UTC (2026-11-30T08:00:00Z), a date or Unix ms");
-    let (date, time) = match s.split_once('T') {
-        Some((d, t)) => (d, Some(t.strip_suffix('Z').ok_or_else(bad)?)),
-        None => (s, None),
-    };
-    let mut d = date.split('-').map(str::parse::<i64>);
-    let (Some(Ok(y)), Some(Ok(m)), Some(Ok(day)), None) = (d.next(), d.next(), d.next(), d.next())
-    else {
-        return Err(bad());
-    };
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
-        return Err(bad());
+    let bad = || anyhow!("{s:?}: expected RFC 3339 (2026-11-30T08:00:00Z), a date or Unix ms");
+    if let Ok(date) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(date
+            .and_time(chrono::NaiveTime::MIN)
+            .and_utc()
+            .timestamp_millis());
     }
-    let mut ms = days_from_civil(y, m, day) * 86_400_000;
-    if let Some(t) = time {
-        let (hms, frac) = t.split_once('.').unwrap_or((t, ""));
-        let mut p = hms.split(':').map(str::parse::<i64>);
-        let (Some(Ok(h)), Some(Ok(mi)), Some(Ok(sec)), None) =
-            (p.next(), p.next(), p.next(), p.next())
-        else {
-            return Err(bad());
-        };
-        if h > 23 || mi > 59 || sec > 60 {
-            return Err(bad());
-        }
-        let frac_ms = if frac.is_empty() {
-            0
-        } else {
-            format!("{frac:0<3}")
-                .get(..3)
-                .ok_or_else(bad)?
-                .parse::<i64>()
-                .map_err(|_| bad())?
-        };
-        ms += ((h * 60 + mi) * 60 + sec) * 1000 + frac_ms;
-    }
-    Ok(ms)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| bad())
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -171,7 +134,7 @@ pub async fn export(settings: &AuditSettings, args: &ExportArgs) -> Result<ExitC
         .as_deref()
         .map(parse_instant)
         .transpose()?
-        .unwrap_or_else(|| AuditRecord::now_ms().saturating_add(1));
+        .unwrap_or_else(|| Clock::system().now_ms().saturating_add(1));
     if from_ms >= to_ms {
         bail!("--from must be before --to");
     }
@@ -297,7 +260,7 @@ pub async fn export(settings: &AuditSettings, args: &ExportArgs) -> Result<ExitC
     )?;
     let manifest = Manifest {
         format: BUNDLE_FORMAT.to_owned(),
-        created_ms: AuditRecord::now_ms(),
+        created_ms: Clock::system().now_ms(),
         log_origin: key.name().to_owned(),
         log_key: key.to_string(),
         selection,
@@ -509,21 +472,6 @@ fn check_bundle(dir: &Path, key_file: Option<&Path>) -> Result<BundleReport> {
     })
 }
 
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// The human-readable report: what the bundle holds, how to check it, and
 /// how the records meet EU AI Act Art. 12 and NIST SP 800-207 logging.
 fn report_html(
@@ -553,12 +501,12 @@ code,pre{{font:12px ui-monospace,monospace}}.deny{{color:#a00}}.allow{{color:#06
 <p>Records from {} to {}{}: <b>{}</b> records in {} session(s); {} denied, {} held for a human, {} with an approver's decision, {} upstream outcomes, {} that tainted their session.</p>\
 <p>Log: <code>{}</code>. Every record is a leaf of the log's RFC 9162 Merkle tree of {} records, whose hash is signed in the checkpoint below (C2SP signed note, Ed25519). Check the bundle offline with <code>mandate audit verify --bundle DIR --key log.pub</code> or any verifier written from <code>docs/AUDIT-FORMAT.md</code>; compare <code>log.pub</code> with the key the operator published.</p>\
 <pre>{}</pre>",
-        esc(&format_ms(selection.from_ms)),
-        esc(&format_ms(selection.to_ms)),
+        escape(&format_ms(selection.from_ms)),
+        escape(&format_ms(selection.to_ms)),
         selection
             .session
             .as_ref()
-            .map(|s| format!(", session <code>{}</code>", esc(s)))
+            .map(|s| format!(", session <code>{}</code>", escape(s)))
             .unwrap_or_default(),
         entries.len(),
         sessions.len(),
@@ -567,9 +515,9 @@ code,pre{{font:12px ui-monospace,monospace}}.deny{{color:#a00}}.allow{{color:#06
         approvals,
         outcomes,
         tainted,
-        esc(&key.to_string()),
+        escape(&key.to_string()),
         tree_size,
-        esc(anchor_note),
+        escape(anchor_note),
     );
     h.push_str(
         "<h2>Logging duties these records meet</h2><table><tr><th>Duty</th><th>How the records meet it</th></tr>\
@@ -587,19 +535,19 @@ code,pre{{font:12px ui-monospace,monospace}}.deny{{color:#a00}}.allow{{color:#06
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} via {}<br><small>session {}</small></td><td><code>{}</code><br><small>args {}</small></td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
             e.seq,
-            esc(&e.time),
+            escape(&e.time),
             e.step,
-            esc(&e.subject.sub),
-            esc(&e.subject.act.join(" → ")),
-            esc(&e.subject.session),
-            esc(&e.tool),
-            esc(e.args_hash.get(..16).unwrap_or(&e.args_hash)),
+            escape(&e.subject.sub),
+            escape(&e.subject.act.join(" → ")),
+            escape(&e.subject.session),
+            escape(&e.tool),
+            escape(e.args_hash.get(..16).unwrap_or(&e.args_hash)),
             e.effect,
             e.effect,
-            esc(&e.reasons.join("; ")),
-            esc(&e.taint.join(", ")),
-            esc(e.outcome.as_deref().unwrap_or("")),
-            esc(&e.correlation_id),
+            escape(&e.reasons.join("; ")),
+            escape(&e.taint.join(", ")),
+            escape(e.outcome.as_deref().unwrap_or("")),
+            escape(&e.correlation_id),
         );
     }
     h.push_str("</table></body></html>\n");
@@ -616,18 +564,16 @@ mod tests {
         assert_eq!(parse_instant("1970-01-02")?, 86_400_000);
         assert_eq!(parse_instant("2026-11-30T08:00:00Z")?, 1_796_025_600_000);
         assert_eq!(parse_instant("2026-11-30T08:00:00.5Z")?, 1_796_025_600_500);
+        assert_eq!(
+            parse_instant("2026-11-30T09:00:00+01:00")?,
+            1_796_025_600_000
+        );
         assert_eq!(format_ms(1_796_025_600_500), "2026-11-30T08:00:00.500Z");
         assert_eq!(format_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert!(parse_instant("2026-13-01").is_err());
+        assert!(parse_instant("2026-02-30").is_err());
+        assert!(parse_instant("2026-11-30T08:00:00").is_err());
         assert!(parse_instant("yesterday").is_err());
         Ok(())
-    }
-
-    #[test]
-    fn html_is_escaped() {
-        assert_eq!(
-            esc("<a href=\"x\">&'"),
-            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
-        );
     }
 }

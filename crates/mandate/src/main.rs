@@ -1,8 +1,11 @@
 //! `mandate`: the Zero Trust control plane for AI agents, as one binary.
 
 mod audit_cli;
+#[cfg(feature = "dev")]
 mod bench;
+#[cfg(feature = "dev")]
 mod bench_approvals;
+#[cfg(feature = "dev")]
 mod bench_proxy;
 mod broker_cli;
 mod broker_config;
@@ -91,6 +94,7 @@ enum Command {
         command: KeysCommand,
     },
     /// Development tokens signed by a local key (for trying Mandate out).
+    #[cfg(feature = "dev")]
     Token {
         #[command(subcommand)]
         command: TokenCommand,
@@ -146,9 +150,11 @@ enum Command {
     },
     /// End-to-end load benchmark: gateway vs direct upstream and vs a bare
     /// MCP proxy on the same SDK, as ratios.
+    #[cfg(feature = "dev")]
     Bench(bench::BenchArgs),
     /// The bare MCP proxy `mandate bench` compares the gateway with (no
     /// authentication, policy or audit: a benchmark baseline only).
+    #[cfg(feature = "dev")]
     #[command(hide = true)]
     BenchProxy {
         /// Serve Streamable HTTP on this (loopback) address.
@@ -158,7 +164,10 @@ enum Command {
         #[arg(long)]
         upstream: String,
     },
-    /// The demo MCP server used by `mandate demo` and the tests.
+    /// The demo MCP server, as a process of its own (the quickstart config
+    /// and the end-to-end tests launch it; `mandate demo` serves it in
+    /// process).
+    #[cfg(feature = "dev")]
     #[command(hide = true)]
     DemoServer {
         /// `workspace` or `bank`.
@@ -218,6 +227,7 @@ enum KeysCommand {
     },
 }
 
+#[cfg(feature = "dev")]
 #[derive(Subcommand)]
 enum TokenCommand {
     /// Mint a composite token (sub + act + scope + task + build + sid).
@@ -244,6 +254,7 @@ async fn main() -> std::process::ExitCode {
     match cli.command {
         // The demo prints its own report; its demo servers only log problems.
         Command::Demo { .. } => {}
+        #[cfg(feature = "dev")]
         Command::DemoServer { .. } => init_logging("warn"),
         _ => init_logging("info,rmcp=warn"),
     }
@@ -372,6 +383,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Command::BuildHash(args) => broker_cli::build_hash(&args)?,
         Command::Task { command, api } => broker_cli::task(&api, command).await?,
+        #[cfg(feature = "dev")]
         Command::Token {
             command: TokenCommand::Mint(args),
         } => println!("{}", devtoken::mint(&args)?),
@@ -385,7 +397,9 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Change { command, api } => ops::change(&api, command).await?,
         Command::Approvals { command, api } => ops::approvals(&api, command).await?,
         Command::Tools { command, api } => ops::tools(&api, command).await?,
+        #[cfg(feature = "dev")]
         Command::Bench(args) => bench::run(args).await?,
+        #[cfg(feature = "dev")]
         Command::BenchProxy { listen, upstream } => {
             // An unauthenticated proxy: a benchmark baseline on loopback only.
             anyhow::ensure!(
@@ -395,6 +409,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let listener = tokio::net::TcpListener::bind(listen).await?;
             bench_proxy::serve(listener, upstream).await?;
         }
+        #[cfg(feature = "dev")]
         Command::DemoServer {
             profile,
             record,
@@ -447,10 +462,11 @@ async fn build_gateway(cfg: &Config) -> Result<Arc<Gateway>> {
             policy: Arc::new(policy),
             audit,
             control: Arc::new(control),
+            clock: mandate_core::Clock::system(),
         },
     );
     // Budgets survive restarts: replay the last day's decisions.
-    let since = mandate_core::AuditRecord::now_ms() - USAGE_WINDOW_MS;
+    let since = gw.clock().now_ms() - USAGE_WINDOW_MS;
     let records = mandate_audit::read_calls_since(cfg.audit_store(), since)
         .map_err(|e| anyhow::anyhow!("audit log {}: {e}", cfg.audit_store()))?;
     let restored = gw.restore_usage(records.iter().map(|r| &r.record));
@@ -526,6 +542,7 @@ async fn gated_policy_dir(
             };
             audit
                 .append(mandate_core::AuditRecord::control(
+                    control.clock().now_ms(),
                     decision,
                     operator,
                     "control/change.bootstrap",

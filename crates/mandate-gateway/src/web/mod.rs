@@ -43,6 +43,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use mandate_control::ApprovalStatus;
+use mandate_core::html::escape;
 use mandate_core::{Principal, Scope};
 use oidc::{Callback, Oidc, OidcError};
 use password::LoginLimiter;
@@ -130,7 +131,12 @@ pub(crate) fn routes(gw: Arc<Gateway>) -> Router {
     let web = Web {
         inner: Arc::new(Inner {
             origin,
-            sessions: Sessions::new(web_cfg.session_idle, web_cfg.session_max, secure),
+            sessions: Sessions::new(
+                web_cfg.session_idle,
+                web_cfg.session_max,
+                secure,
+                gw.clock().clone(),
+            ),
             limiter: LoginLimiter::default(),
             accounts: web_cfg
                 .local_accounts
@@ -311,22 +317,6 @@ fn message_page(status: StatusCode, title: &str, body: &str, refresh_to: Option<
     )
 }
 
-/// HTML-escapes text for element content and quoted attributes.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// A request id to land on after sign-in, or nothing.
 fn clean_fragment(f: Option<&str>) -> String {
     f.map(|f| f.trim_start_matches('#'))
@@ -457,14 +447,13 @@ async fn snapshot(gw: &Arc<Gateway>) -> Arc<str> {
     Arc::from(v.to_string())
 }
 
-fn now_ms() -> i64 {
-    mandate_core::AuditRecord::now_ms()
-}
-
 /// `{"now_ms": …, "snapshot": …}`: the server's clock travels with the
 /// data so the page can count deadlines down correctly.
-fn stamped(snapshot: &str) -> String {
-    format!("{{\"now_ms\":{},\"snapshot\":{snapshot}}}", now_ms())
+fn stamped(gw: &Gateway, snapshot: &str) -> String {
+    format!(
+        "{{\"now_ms\":{},\"snapshot\":{snapshot}}}",
+        gw.clock().now_ms()
+    )
 }
 
 async fn requests(State(web): State<Web>, headers: HeaderMap) -> Response {
@@ -472,7 +461,11 @@ async fn requests(State(web): State<Web>, headers: HeaderMap) -> Response {
         return signed_out();
     }
     let snap = snapshot(&web.gw).await;
-    ([(header::CONTENT_TYPE, "application/json")], stamped(&snap)).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        stamped(&web.gw, &snap),
+    )
+        .into_response()
 }
 
 /// Re-reads the store every [`FEED_EVERY`] while anyone is watching and
@@ -539,7 +532,9 @@ async fn events(State(web): State<Web>, headers: HeaderMap) -> Response {
             return None;
         }
         if let Some(first) = f.first.take() {
-            let event = Event::default().event("snapshot").data(stamped(&first));
+            let event = Event::default()
+                .event("snapshot")
+                .data(stamped(&f.web.gw, &first));
             return Some((Ok::<_, Infallible>(event), f));
         }
         loop {
@@ -549,7 +544,7 @@ async fn events(State(web): State<Web>, headers: HeaderMap) -> Response {
                         return None;
                     }
                     let snap = f.rx.borrow_and_update().clone();
-                    let event = Event::default().event("snapshot").data(stamped(&snap));
+                    let event = Event::default().event("snapshot").data(stamped(&f.web.gw, &snap));
                     return Some((Ok(event), f));
                 }
                 _ = f.check.tick() => {
@@ -800,7 +795,10 @@ async fn sign_in(
 ) -> Result<(Session, HeaderValue), SignInRefused> {
     const ACTION: &str = "approval/web.login";
     let max = web.gw.config().approvals.web.session_max.as_secs();
-    let expires = u64::try_from(now_ms() / 1000)
+    let expires = web
+        .gw
+        .clock()
+        .now_unsigned_secs()
         .unwrap_or(0)
         .saturating_add(max);
     let detail = json!({"via": "web", "method": person.method.as_str(), "iss": person.iss});

@@ -16,6 +16,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use dashmap::DashMap;
 use http::{HeaderMap, HeaderValue, header};
+use mandate_core::Clock;
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
 
@@ -29,7 +30,9 @@ const MAX_ANONYMOUS: usize = 10_000;
 const MAX_SIGNED_IN: usize = 10_000;
 
 /// How a person signed in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[cfg_attr(test, derive(strum::VariantArray))]
+#[strum(serialize_all = "snake_case")]
 pub(crate) enum Method {
     /// A local account from `[approvals.web]`.
     Local,
@@ -39,10 +42,7 @@ pub(crate) enum Method {
 
 impl Method {
     pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::Local => "local",
-            Self::Oidc => "oidc",
-        }
+        self.into()
     }
 }
 
@@ -97,15 +97,18 @@ pub(crate) struct Sessions {
     idle: Duration,
     max: Duration,
     secure: bool,
+    /// Dates `expires_unix` (idleness and age use the monotonic clock).
+    clock: Clock,
 }
 
 impl Sessions {
-    pub(crate) fn new(idle: Duration, max: Duration, secure: bool) -> Self {
+    pub(crate) fn new(idle: Duration, max: Duration, secure: bool, clock: Clock) -> Self {
         Self {
             map: DashMap::new(),
             idle,
             max,
             secure,
+            clock,
         }
     }
 
@@ -141,8 +144,12 @@ impl Sessions {
             key,
             person: entry.person.clone(),
             csrf: entry.csrf.clone(),
-            expires_unix: unix_now().saturating_add(left.as_secs()),
+            expires_unix: self.unix_now().saturating_add(left.as_secs()),
         })
+    }
+
+    fn unix_now(&self) -> u64 {
+        self.clock.now_unsigned_secs().unwrap_or(0)
     }
 
     /// Starts an anonymous session; returns it and its `Set-Cookie` value.
@@ -218,7 +225,7 @@ impl Sessions {
                 key,
                 person,
                 csrf,
-                expires_unix: unix_now().saturating_add(max.as_secs()),
+                expires_unix: self.unix_now().saturating_add(max.as_secs()),
             },
             cookie,
         ))
@@ -336,12 +343,6 @@ pub(crate) fn check_csrf(
     } else {
         Err(CsrfRefusal::WrongToken)
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -2,6 +2,17 @@ use super::*;
 
 const ORIGIN: &str = "https://mandate.example";
 
+/// Recorded with every sign-in (`method` in the audit detail).
+#[test]
+fn method_spellings_are_unchanged() {
+    use strum::VariantArray as _;
+    let table = [(Method::Local, "local"), (Method::Oidc, "oidc")];
+    assert_eq!(table.len(), Method::VARIANTS.len());
+    for (method, spelled) in table {
+        assert_eq!(method.as_str(), spelled);
+    }
+}
+
 fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
     let mut h = HeaderMap::new();
     for (k, v) in pairs {
@@ -23,19 +34,23 @@ fn cookie_value(set_cookie: &HeaderValue) -> String {
 }
 
 #[test]
-fn sign_in_rotates_the_id_and_the_token() {
-    let sessions = Sessions::new(Duration::from_secs(60), Duration::from_secs(600), true);
-    let Ok((anon, set)) = sessions.start_anonymous() else {
-        unreachable!()
-    };
+fn sign_in_rotates_the_id_and_the_token() -> Result<(), Box<dyn std::error::Error>> {
+    let clock = mandate_core::ManualClock::at_secs(1_800_000_000);
+    let sessions = Sessions::new(
+        Duration::from_secs(60),
+        Duration::from_secs(600),
+        true,
+        clock.clock(),
+    );
+    let (anon, set) = sessions.start_anonymous()?;
     let text = set.to_str().unwrap_or_default();
     for attr in ["HttpOnly", "SameSite=Strict", "Path=/approvals", "Secure"] {
         assert!(text.contains(attr), "{text} lacks {attr}");
     }
     let req = headers(&[("cookie", &cookie_value(&set))]);
-    let Some(found) = sessions.current(&req) else {
-        unreachable!("the anonymous session was not found")
-    };
+    let found = sessions
+        .current(&req)
+        .ok_or("the anonymous session was not found")?;
     assert_eq!(found.csrf, anon.csrf);
     assert!(found.person.is_none());
 
@@ -44,29 +59,32 @@ fn sign_in_rotates_the_id_and_the_token() {
         iss: "local".into(),
         method: Method::Local,
     };
-    let Ok((signed, set2)) = sessions.sign_in(Some(anon.key), person.clone()) else {
-        unreachable!()
-    };
+    let (signed, set2) = sessions.sign_in(Some(anon.key), person.clone())?;
     assert_ne!(signed.csrf, anon.csrf);
+    assert_eq!(signed.expires_unix, 1_800_000_600);
     // The old id no longer works; the new one does.
     assert!(sessions.current(&req).is_none());
     let req2 = headers(&[("cookie", &cookie_value(&set2))]);
     assert_eq!(sessions.current(&req2).and_then(|s| s.person), Some(person));
     let _ = sessions.end(signed.key);
     assert!(sessions.current(&req2).is_none());
+    Ok(())
 }
 
 #[test]
-fn idle_sessions_end() {
-    let sessions = Sessions::new(Duration::from_millis(1), Duration::from_secs(600), false);
+fn idle_sessions_end() -> Result<(), SessionError> {
+    let sessions = Sessions::new(
+        Duration::from_millis(1),
+        Duration::from_secs(600),
+        false,
+        Clock::system(),
+    );
     let person = Person {
         sub: "carol".into(),
         iss: "local".into(),
         method: Method::Local,
     };
-    let Ok((s, set)) = sessions.sign_in(None, person) else {
-        unreachable!()
-    };
+    let (s, set) = sessions.sign_in(None, person)?;
     assert!(!set.to_str().unwrap_or_default().contains("Secure"));
     std::thread::sleep(Duration::from_millis(20));
     assert!(!sessions.is_live(s.key));
@@ -75,6 +93,7 @@ fn idle_sessions_end() {
             .current(&headers(&[("cookie", &cookie_value(&set))]))
             .is_none()
     );
+    Ok(())
 }
 
 #[test]
