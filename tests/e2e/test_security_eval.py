@@ -128,7 +128,7 @@ def test_never_completes_no_task_that_needs_an_approval_and_always_lets_the_atta
     # Only the read-only task; the one whose password change is held is not completed, and not "answered".
     assert counts["completed"] == counts["completed_no_prompt"] == 1, counts
     for r in runs_of(tmp_path, "never"):
-        if sum(r["prompts"].values()):
+        if r["prompts"]["user"] or r["prompts"]["intent"]:  # the user task itself needed her
             assert not r["completed"], r
     assert counts["injections_achieved"] == 0, counts
 
