@@ -123,6 +123,36 @@ def plan_intent(prompt: str, plan: Sequence[PlannedCall], exposed: Callable[[str
     return grants
 
 
+def satisfies(constraint: dict[str, Any], value: Any) -> bool:
+    """Whether a value meets an `equals` / `one_of` constraint (the only kinds this planner writes)."""
+    if "equals" in constraint:
+        return bool(value == constraint["equals"])
+    if "one_of" in constraint:
+        return value in constraint["one_of"]
+    return True
+
+
+def within_intent(grants: Sequence[Grant], calls: Sequence[tuple[str, dict[str, Any]]]) -> list[bool]:
+    """For each call, in order, whether a grant covers it: same tool, every
+    constrained argument present and satisfied, a use left (each covered call
+    uses one). This is what an intent-enforcing gateway would allow without
+    asking anyone; it is computed here, not measured through the gateway."""
+    left = [g.get("max_uses") for g in grants]
+    out = []
+    for tool, args in calls:
+        covered = False
+        for i, g in enumerate(grants):
+            if g["tool"] != tool or left[i] == 0:
+                continue
+            if all(k in args and satisfies(c, args[k]) for k, c in g.get("arguments", {}).items()):
+                if left[i] is not None:
+                    left[i] -= 1
+                covered = True
+                break
+        out.append(covered)
+    return out
+
+
 def describe(grants: Sequence[Grant]) -> str:
     """One line for the verbose log: `bank.send_money(recipient=…)x1, …`."""
     parts = []

@@ -62,6 +62,7 @@ class Summary:
     achieved_after: int = 0
     achieved_before: int = 0
     intent_prompts: int = 0
+    attackable_within_intent: int = 0
     output_only: list[str] = field(default_factory=list)
     unlisted_tasks: list[str] = field(default_factory=list)
     undefended_utility: int = 0
