@@ -486,24 +486,37 @@ class ApprovalDesk:
             self.current.approval = "approved" if approved else "refused"
         return approved
 
+    @property
+    def waiting(self) -> bool:
+        """Whether the agent is waiting on something a prompt could hold: a call or the token."""
+        return self.current is not None or self.phase == "intent"
+
+    async def answer_pending(self, http: Any) -> None:
+        base = self.dep.gateway.public_url
+        r = await http.get(base + "/api/approvals?status=pending")
+        r.raise_for_status()
+        for a in r.json()["approvals"]:
+            if not self.mine(a):
+                continue
+            self.seen.add(a["id"])
+            ok = self.verdict(a)
+            comment = "what I asked for" if ok else "I did not ask for this"
+            d = await http.post(f"{base}/api/approvals/{a['id']}/{'approve' if ok else 'deny'}",
+                                json={"args_hash": a.get("args_hash"), "comment": comment})
+            d.raise_for_status()
+
     async def serve(self) -> None:
         import httpx
 
-        base = self.dep.gateway.public_url
         async with httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {self.token}"}) as http:
             while True:
-                r = await http.get(base + "/api/approvals?status=pending")
-                r.raise_for_status()
-                for a in r.json()["approvals"]:
-                    if not self.mine(a):
-                        continue
-                    self.seen.add(a["id"])
-                    ok = self.verdict(a)
-                    comment = "what I asked for" if ok else "I did not ask for this"
-                    d = await http.post(f"{base}/api/approvals/{a['id']}/{'approve' if ok else 'deny'}",
-                                        json={"args_hash": a.get("args_hash"), "comment": comment})
-                    d.raise_for_status()
-                await asyncio.sleep(0.05)
+                # She looks at the page only while her agent is waiting (a
+                # prompt can only be pending then), and then often.
+                if self.waiting:
+                    await self.answer_pending(http)
+                    await asyncio.sleep(0.02)
+                else:
+                    await asyncio.sleep(0.005)
 
 
 class Agent:
