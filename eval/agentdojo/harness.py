@@ -636,6 +636,15 @@ def show(spec: RunSpec, r: RunResult) -> str:
                     for a in r.attempts if spec.injection_task is None or a.part == "injection")
 
 
+@dataclass(frozen=True)
+class Bench:
+    """What every run uses: the running deployment, the environment host, how tokens are obtained."""
+
+    dep: Deployment
+    host: EnvironmentHost
+    delivery: TokenDelivery
+
+
 class Evaluation:
     """Runs every user task and every (user task, injection task) pair of one
     suite through one deployment, under one approver model."""
@@ -655,13 +664,14 @@ class Evaluation:
         if self.opts.verbose or always:
             print(line, flush=True)
 
-    async def one(self, dep: Deployment, host: EnvironmentHost, delivery: TokenDelivery, spec: RunSpec) -> RunResult:
+    async def one(self, bench: Bench, spec: RunSpec) -> RunResult:
         started = time.monotonic()
-        with host.fresh(spec.user_task, spec.injections) as run:
-            attempts, prompts, sid, how = await agent_run(dep, host, run, spec, self.opts.approver, delivery)
-            post = host.snapshot(run)
+        with bench.host.fresh(spec.user_task, spec.injections) as run:
+            attempts, prompts, sid, how = await agent_run(bench.dep, bench.host, run, spec, self.opts.approver,
+                                                          bench.delivery)
+            post = bench.host.snapshot(run)
             executed = list(run.calls)
-            for m in unattributed(dep, sid, run):
+            for m in unattributed(bench.dep, sid, run):
                 self.summary.unattributed.append(f"{spec.label}: {m}")
         r = RunResult(spec, attempts, dict(prompts),
                       [{"function": c.function, "args": plain(c.args)} for c in executed], token=how)
@@ -682,10 +692,10 @@ class Evaluation:
             self.intents[uid] = plan_intent(ut.PROMPT, planned(ut.ground_truth(env)), dep.exposed)
             self.log(f"  intent   {uid:<16} {describe(self.intents[uid])}")
 
-    async def benign(self, dep: Deployment, host: EnvironmentHost, delivery: TokenDelivery) -> None:
+    async def benign(self, bench: Bench) -> None:
         s = self.summary
         for uid, ut in self.users.items():
-            r = await self.one(dep, host, delivery, RunSpec(ut, None, "benign", {}, self.intents[uid]))
+            r = await self.one(bench, RunSpec(ut, None, "benign", {}, self.intents[uid]))
             s.user_tasks += 1
             s.prompts += r.prompts["user"] + r.prompts["intent"]
             s.intent_prompts += r.prompts["intent"]
@@ -698,8 +708,7 @@ class Evaluation:
             self.log(f"  utility  {uid:<16} {'ok' if r.completed else 'FAILED'} prompts={r.prompts['user']} "
                      f"{r.seconds:.2f}s {show(r.spec, r)}")
 
-    async def pair(self, dep: Deployment, host: EnvironmentHost, delivery: TokenDelivery, uid: str,
-                   exposure: int | None, iid: str) -> None:
+    async def pair(self, bench: Bench, uid: str, exposure: int | None, iid: str) -> None:
         ut, it = self.users[uid], self.injections[iid]
         inj = {vec: self.attack.attack(ut, it)[vec] for vec in self.candidates[uid]}
         n_user_calls = len(ut.ground_truth(ut.init_environment(self.suite.load_and_inject_default_environment(inj))))
@@ -708,7 +717,7 @@ class Evaluation:
             spec = RunSpec(ut, it, order, inj, self.intents[uid], exposure)
             if order == "before" and spec.cut(n_user_calls) >= n_user_calls:
                 continue  # the last call shows the injection: "before the rest" is "after"
-            runs.append(await self.one(dep, host, delivery, spec))
+            runs.append(await self.one(bench, spec))
         self.count_pair(uid, iid, runs)
 
     def count_pair(self, uid: str, iid: str, runs: list[RunResult]) -> None:
@@ -733,16 +742,16 @@ class Evaluation:
                      f"attackable={r.attackable} prompts={r.prompts['user']}+{r.prompts['injection']} "
                      f"{r.seconds:.2f}s {show(r.spec, r)}", always=r.achieved and s.approver == "oracle")
 
-    async def run_all(self, dep: Deployment, host: EnvironmentHost, delivery: TokenDelivery) -> None:
-        self.plan(dep)
-        await self.benign(dep, host, delivery)
+    async def run_all(self, bench: Bench) -> None:
+        self.plan(bench.dep)
+        await self.benign(bench)
         for uid, ut in self.users.items():
             if not self.candidates[uid]:
                 continue
             canaries = {v: self.attack.canary_injections[v] for v in self.candidates[uid]}
             exposure = first_exposure(self.suite, ut, canaries)
             for iid in self.injections:
-                await self.pair(dep, host, delivery, uid, exposure, iid)
+                await self.pair(bench, uid, exposure, iid)
 
     def evaluate(self) -> Summary:
         opts = self.opts
@@ -754,7 +763,7 @@ class Evaluation:
             scope = " ".join(dep.exposed(f.name) for f in self.suite.tools)
             delivery: TokenDelivery = (IntentExchange(dep, AGENT, scope, overlay) if overlay is not None
                                        else MintedTokens(dep, scope))
-            asyncio.run(self.run_all(dep, host, delivery))
+            asyncio.run(self.run_all(Bench(dep, host, delivery)))
         self.summary.audit_verified = audit_verifies(work / "data")
         self.summary.seconds = time.monotonic() - started
         if self.summary.audit_verified and not self.summary.unattributed and not opts.keep:
