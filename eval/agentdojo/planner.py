@@ -137,7 +137,8 @@ def within_intent(grants: Sequence[Grant], calls: Sequence[tuple[str, dict[str, 
     constrained argument present and satisfied, a use left (each covered call
     uses one). This is what an intent-enforcing gateway would allow without
     asking anyone; it is computed here, not measured through the gateway."""
-    left = [g.get("max_uses") for g in grants]
+    unlimited = 1 << 62
+    left: list[int] = [int(g.get("max_uses", unlimited)) for g in grants]
     out = []
     for tool, args in calls:
         covered = False
@@ -145,8 +146,7 @@ def within_intent(grants: Sequence[Grant], calls: Sequence[tuple[str, dict[str, 
             if g["tool"] != tool or left[i] == 0:
                 continue
             if all(k in args and satisfies(c, args[k]) for k, c in g.get("arguments", {}).items()):
-                if left[i] is not None:
-                    left[i] -= 1
+                left[i] -= 1
                 covered = True
                 break
         out.append(covered)

@@ -169,7 +169,8 @@ BASELINE_COMMENT = (
 def record_baseline(s: Summary, path: Path, benchmark_version: str) -> None:
     """Writes this run's row as the baseline for its approver, keeping the others."""
     doc: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
-    approvers = doc.get("approvers") if isinstance(doc.get("approvers"), dict) else {}
+    recorded = doc.get("approvers")
+    approvers: dict[str, Any] = dict(recorded) if isinstance(recorded, dict) else {}
     approvers[s.approver] = s.row()
     out = {"comment": BASELINE_COMMENT, "benchmark_version": benchmark_version,
            "approvers": {k: approvers[k] for k in sorted(approvers)}}
