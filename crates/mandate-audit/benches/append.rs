@@ -4,7 +4,7 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mandate_audit::AuditLog;
-use mandate_core::{AuditRecord, CorrelationId, Decision, RecordKind, Subject};
+use mandate_core::{AuditRecord, CorrelationId, DecisionRecord, RecordKind, Subject};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ fn record() -> AuditRecord {
     AuditRecord {
         kind: RecordKind::Decision,
         time_ms: mandate_core::Clock::system().now_ms(),
-        decision: Decision::deny("bench", "policy-hash"),
+        decision: DecisionRecord::deny("bench", "policy-hash"),
         correlation_id: CorrelationId::new(),
         subject: Subject {
             sub: "alice".to_owned(),

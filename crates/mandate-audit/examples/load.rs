@@ -12,7 +12,7 @@
 //! Prints a Markdown table (docs/BENCHMARKS.md).
 
 use mandate_audit::{AuditLog, CheckpointSigner, Options, Store};
-use mandate_core::{AuditRecord, CorrelationId, Decision, RecordKind, Subject};
+use mandate_core::{AuditRecord, CorrelationId, DecisionRecord, RecordKind, Subject};
 use std::time::{Duration, Instant};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -24,7 +24,7 @@ fn record(i: u64) -> AuditRecord {
     AuditRecord {
         kind: RecordKind::Decision,
         time_ms: mandate_core::Clock::system().now_ms(),
-        decision: Decision::deny(format!("bench {i}"), "policy-hash"),
+        decision: DecisionRecord::deny(format!("bench {i}"), "policy-hash"),
         correlation_id: CorrelationId::new(),
         subject: Subject {
             sub: "alice@example.com".to_owned(),

@@ -15,6 +15,11 @@ pub enum AuditError {
     /// The writer thread is gone; nothing can be appended any more.
     #[error("the audit writer has stopped")]
     WriterStopped,
+    /// The record was not durable within the write deadline (a stuck disk
+    /// or database): the caller must treat it as not written. It may still
+    /// be committed later.
+    #[error("the audit record was not durable within {0:?}")]
+    Timeout(std::time::Duration),
     /// A checkpoint was asked of a log opened without a signing key.
     #[error("the audit log has no checkpoint signing key")]
     NoCheckpointKey,

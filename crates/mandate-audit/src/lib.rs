@@ -64,13 +64,45 @@ use writer::{Append, Job, Shared, TreeState};
 /// Appends waiting for the writer before `append` itself waits (backpressure).
 const QUEUE_CAPACITY: usize = 8192;
 
-/// Where an appended record landed in the chain.
+/// The receipt of a durable record: where it landed in the chain, and the
+/// decision it records. Only this crate makes one, once the transaction
+/// holding the record is committed (and fsynced), so holding an `Appended`
+/// proves the record is durable: the gateway forwards a call only with the
+/// receipt of its decision.
+///
+/// ```compile_fail,E0451
+/// let forged = mandate_audit::Appended { seq: 1, hash: String::new(), decision: todo!() };
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Appended {
+    seq: i64,
+    hash: String,
+    decision: mandate_core::DecisionId,
+}
+
+impl Appended {
     /// Its sequence number.
-    pub seq: i64,
+    pub fn seq(&self) -> i64 {
+        self.seq
+    }
+
     /// Its chain hash.
-    pub hash: String,
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// The decision the record documents.
+    pub fn decision_id(&self) -> &mandate_core::DecisionId {
+        &self.decision
+    }
+}
+
+/// Where the writer put a record (its receipt lacks the decision id until
+/// [`AuditLog::append`] adds it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Landed {
+    pub(crate) seq: i64,
+    pub(crate) hash: String,
 }
 
 /// Tuning for [`AuditLog::open`].
@@ -81,6 +113,7 @@ pub struct Options {
     signer: Option<CheckpointSigner>,
     checkpoint_interval: Option<Duration>,
     clock: Clock,
+    write_deadline: Duration,
 }
 
 /// The former name of [`Options`].
@@ -94,6 +127,7 @@ impl Default for Options {
             signer: None,
             checkpoint_interval: None,
             clock: Clock::system(),
+            write_deadline: DEFAULT_WRITE_DEADLINE,
         }
     }
 }
@@ -130,7 +164,19 @@ impl Options {
         self.clock = clock;
         self
     }
+
+    /// How long an append may take to become durable before it fails with
+    /// [`AuditError::Timeout`] (default 5 s): a stuck disk must not hold
+    /// callers forever, and "not durable in time" counts as not written.
+    #[must_use]
+    pub fn write_deadline(mut self, deadline: Duration) -> Self {
+        self.write_deadline = deadline;
+        self
+    }
 }
+
+/// The default of [`Options::write_deadline`].
+pub const DEFAULT_WRITE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// A handle to the audit log. Cheap to clone; all clones feed one writer
 /// thread, which stops (after draining the queue and signing a last
@@ -142,6 +188,7 @@ pub struct AuditLog {
     tx: mpsc::Sender<Job>,
     shared: Arc<Shared>,
     store: Arc<Store>,
+    write_deadline: Duration,
     #[expect(dead_code, reason = "held for its Drop, which joins the writer thread")]
     writer: Arc<WriterThread>,
 }
@@ -213,6 +260,7 @@ impl AuditLog {
             tx,
             shared,
             store: Arc::new(store.clone()),
+            write_deadline: options.write_deadline,
             writer: Arc::new(WriterThread(Mutex::new(Some(handle)))),
         })
     }
@@ -239,16 +287,29 @@ impl AuditLog {
         // Serialising (and hashing the Merkle leaf) here keeps that work
         // off the single writer thread.
         let row = PreparedRow::new(&record)?;
+        let decision = record.decision.id;
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Job::Append(Append {
-                row,
-                reply,
-                deferrable,
-            }))
+        let written = async {
+            self.tx
+                .send(Job::Append(Append {
+                    row,
+                    reply,
+                    deferrable,
+                }))
+                .await
+                .map_err(|_| AuditError::WriterStopped)?;
+            answer.await.map_err(|_| AuditError::WriterStopped)?
+        };
+        // The deadline is part of the append, for every caller: a record
+        // not durable in time counts as not written.
+        let landed = tokio::time::timeout(self.write_deadline, written)
             .await
-            .map_err(|_| AuditError::WriterStopped)?;
-        answer.await.map_err(|_| AuditError::WriterStopped)?
+            .map_err(|_| AuditError::Timeout(self.write_deadline))??;
+        Ok(Appended {
+            seq: landed.seq,
+            hash: landed.hash,
+            decision,
+        })
     }
 
     /// Signs (and stores) a checkpoint of every committed record now, or

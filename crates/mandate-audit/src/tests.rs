@@ -1,13 +1,13 @@
 //! Unit tests that need the handle's internals: a writer that is gone.
 
 use super::*;
-use mandate_core::{CorrelationId, Decision, RecordKind, Subject};
+use mandate_core::{CorrelationId, DecisionRecord, RecordKind, Subject};
 
 fn record() -> AuditRecord {
     AuditRecord {
         kind: RecordKind::Decision,
         time_ms: 1,
-        decision: Decision::deny("test", "ph"),
+        decision: DecisionRecord::deny("test", "ph"),
         correlation_id: CorrelationId::new(),
         subject: Subject::default(),
         tool: "docs.search".to_owned(),
@@ -25,6 +25,7 @@ fn handle(tx: mpsc::Sender<Job>, thread: Option<JoinHandle<()>>) -> AuditLog {
         tx,
         shared: Arc::default(),
         store: Arc::new(Store::sqlite("unused")),
+        write_deadline: Duration::from_millis(500),
         writer: Arc::new(WriterThread(Mutex::new(thread))),
     }
 }
@@ -57,4 +58,21 @@ fn trigger_genesis_matches_the_constant() {
 fn error_display_names_the_operation_not_the_record() {
     let e = AuditError::storage(error::Op::Write, "database is locked");
     assert_eq!(e.to_string(), "audit log write failed: database is locked");
+}
+
+#[tokio::test]
+async fn an_append_not_durable_within_the_deadline_fails() {
+    // A writer that takes the job and never answers: a stuck disk.
+    let (tx, mut rx) = mpsc::channel(1);
+    let hold = tokio::spawn(async move {
+        let job = rx.recv().await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        drop(job);
+    });
+    let log = handle(tx, None);
+    assert_eq!(
+        log.append(record()).await,
+        Err(AuditError::Timeout(Duration::from_millis(500)))
+    );
+    hold.abort();
 }

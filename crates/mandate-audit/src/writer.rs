@@ -1,6 +1,6 @@
 //! The single writer (sequencer) thread and its group commit.
 
-use crate::Appended;
+use crate::Landed;
 use crate::backend::{Backend, CheckpointRow, NewRow};
 use crate::chain::record_hash;
 use crate::error::{AuditError, Op};
@@ -36,7 +36,7 @@ pub(crate) enum Job {
 #[derive(Debug)]
 pub(crate) struct Append {
     pub(crate) row: PreparedRow,
-    pub(crate) reply: oneshot::Sender<Result<Appended, AuditError>>,
+    pub(crate) reply: oneshot::Sender<Result<Landed, AuditError>>,
     /// A record that gates nothing (an outcome) may wait briefly for an
     /// urgent one (a decision) to share its commit.
     pub(crate) deferrable: bool,
@@ -328,7 +328,7 @@ fn write_batch(
     batch: &[Append],
     tree: Option<&mut TreeState>,
     checkpoint: bool,
-) -> Result<(Vec<Appended>, Option<SignedCheckpoint>), AuditError> {
+) -> Result<(Vec<Landed>, Option<SignedCheckpoint>), AuditError> {
     // A failed BEGIN may leave a transaction open (PostgreSQL: the LOCK
     // after it timed out), so it is rolled back too.
     let result = backend
@@ -345,7 +345,7 @@ fn write_in_transaction(
     batch: &[Append],
     tree: Option<&mut TreeState>,
     checkpoint: bool,
-) -> Result<(Vec<Appended>, Option<SignedCheckpoint>), AuditError> {
+) -> Result<(Vec<Landed>, Option<SignedCheckpoint>), AuditError> {
     // INVARIANT: the head is read inside the write transaction, so the chain
     // always extends what is committed, including after a failed batch and
     // with other writers on the same store.
@@ -421,7 +421,7 @@ fn write_in_transaction(
     let appended = seqs
         .into_iter()
         .zip(hashes)
-        .map(|(seq, (_, hash))| Appended { seq, hash })
+        .map(|(seq, (_, hash))| Landed { seq, hash })
         .collect();
     Ok((appended, signed))
 }

@@ -6,7 +6,7 @@ use mandate_audit::{
     canonical_body, read_by_correlation, read_records, record_hash, verify,
 };
 use mandate_core::{
-    AuditRecord, CorrelationId, Decision, DecisionId, Effect, Obligation, RecordKind, Subject,
+    AuditRecord, CorrelationId, DecisionId, DecisionRecord, Effect, Obligation, RecordKind, Subject,
 };
 use rusqlite::Connection;
 use sha2::{Digest, Sha256};
@@ -24,7 +24,7 @@ fn record(n: i64, session: &str, correlation: &CorrelationId) -> AuditRecord {
             RecordKind::Outcome
         },
         time_ms: 1_700_000_000_000 + n,
-        decision: Decision {
+        decision: DecisionRecord {
             id: DecisionId::new(),
             effect: Effect::Allow,
             policies: vec!["p1".to_owned(), "p0".to_owned()],
@@ -94,7 +94,7 @@ async fn chain_verifies_and_reads_back() -> TestResult {
         appended.push(log.append(record(i, session, corr)).await?);
     }
     assert_eq!(
-        appended.iter().map(|a| a.seq).collect::<Vec<_>>(),
+        appended.iter().map(|a| a.seq()).collect::<Vec<_>>(),
         vec![1, 2, 3, 4, 5, 6]
     );
     assert_eq!(log.appended_count(), 6);
@@ -103,10 +103,7 @@ async fn chain_verifies_and_reads_back() -> TestResult {
     let report = verify(&path, None)?;
     assert!(report.is_ok(), "{:?}", report.problems);
     assert_eq!(report.records, 6);
-    assert_eq!(
-        report.head.as_deref(),
-        appended.last().map(|a| a.hash.as_str())
-    );
+    assert_eq!(report.head.as_deref(), appended.last().map(|a| a.hash()));
 
     let all = read_records(&path, None)?;
     assert_eq!(all.len(), 6);
@@ -116,8 +113,8 @@ async fn chain_verifies_and_reads_back() -> TestResult {
     for (pair, a) in all.windows(2).zip(appended.iter().skip(1)) {
         if let [prev, this] = pair {
             assert_eq!(this.prev_hash, prev.hash);
-            assert_eq!(this.seq, a.seq);
-            assert_eq!(this.hash, a.hash);
+            assert_eq!(this.seq, a.seq());
+            assert_eq!(this.hash, a.hash());
         }
     }
     assert_eq!(read_records(&path, Some("s2"))?.len(), 2);
@@ -182,7 +179,7 @@ async fn concurrent_appends_are_group_committed() -> TestResult {
     }
     let mut seqs = BTreeSet::new();
     while let Some(done) = tasks.join_next().await {
-        seqs.insert(done??.seq);
+        seqs.insert(done??.seq());
     }
     assert_eq!(seqs, (1..=200).collect::<BTreeSet<i64>>());
     assert_eq!(log.appended_count(), 200);
@@ -203,13 +200,19 @@ async fn reopen_resumes_the_chain() -> TestResult {
     let path = db(&dir);
     let first = write_n(&path, 3).await?;
     let second = write_n(&path, 2).await?;
-    assert_eq!(second.iter().map(|a| a.seq).collect::<Vec<_>>(), vec![4, 5]);
+    assert_eq!(
+        second.iter().map(|a| a.seq()).collect::<Vec<_>>(),
+        vec![4, 5]
+    );
     let stored = read_records(&path, None)?;
     let row4 = stored.iter().find(|r| r.seq == 4).ok_or("no row 4")?;
-    assert_eq!(Some(&row4.prev_hash), first.last().map(|a| &a.hash));
+    assert_eq!(
+        Some(row4.prev_hash.as_str()),
+        first.last().map(|a| a.hash())
+    );
     let report = verify(&path, None)?;
     assert!(report.is_ok(), "{:?}", report.problems);
-    assert_eq!(report.head, second.last().map(|a| a.hash.clone()));
+    assert_eq!(report.head, second.last().map(|a| a.hash().to_owned()));
     Ok(())
 }
 
@@ -303,7 +306,7 @@ async fn inserted_row_is_named_at_the_break() -> TestResult {
     let dir = tempfile::tempdir()?;
     let path = db(&dir);
     let appended = write_n(&path, 5).await?;
-    let h2 = appended.get(1).ok_or("no row 2")?.hash.clone();
+    let h2 = appended.get(1).ok_or("no row 2")?.hash().to_owned();
     let conn = Connection::open(&path)?;
     let body2: String =
         conn.query_row("SELECT body FROM audit_log WHERE seq = 2", [], |r| r.get(0))?;
@@ -372,7 +375,7 @@ async fn failed_write_is_an_error_and_nothing_is_acknowledged() -> TestResult {
 
     // The chain head did not move: the next record is seq 2.
     let ok = log.append(record(3, "s", &corr)).await?;
-    assert_eq!(ok.seq, 2);
+    assert_eq!(ok.seq(), 2);
     assert_eq!(log.health(), Ok(()));
     assert_eq!(log.appended_count(), 2);
     let report = verify(&path, None)?;
@@ -419,7 +422,7 @@ async fn an_outcome_shares_the_next_decisions_commit_and_never_waits_long() -> T
         tokio::time::sleep(Duration::from_millis(1)).await;
         let urgent = log.append(record(n + 2, "s", &c)).await?;
         let outcome = deferred.await??;
-        let mut seqs = [outcome.seq, urgent.seq];
+        let mut seqs = [outcome.seq(), urgent.seq()];
         seqs.sort_unstable();
         assert_eq!(seqs, [n + 1, n + 2]);
         n += 2;
@@ -446,12 +449,12 @@ async fn every_acknowledged_append_is_committed_before_its_answer() -> TestResul
     let reader = Connection::open(&path)?;
     for i in 1..=50 {
         let appended = log.append(record(i, "s", &corr)).await?;
-        assert_eq!(appended.seq, i);
+        assert_eq!(appended.seq(), i);
         let stored: String =
             reader.query_row("SELECT hash FROM audit_log WHERE seq = ?1", [i], |r| {
                 r.get(0)
             })?;
-        assert_eq!(stored, appended.hash);
+        assert_eq!(stored, appended.hash());
     }
     assert_eq!(log.commits_count(), 50);
     drop(log);

@@ -4,9 +4,9 @@
 //! re-checks `exp` against the current time, and an entry made under a key
 //! set that has since changed is ignored.
 
+use crate::Principal;
 use crate::claims::Clock;
 use dashmap::DashMap;
-use mandate_core::Principal;
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -65,7 +65,7 @@ impl PrincipalCache {
             // INVARIANT: an expired token is never answered from the cache;
             // this is the same rule (`exp + leeway >= now`) the uncached
             // path applies, so both paths agree on every token.
-            clock.is_live(e.principal.exp) && generation_of(e.issuer) == Some(e.generation)
+            clock.is_live(e.principal.exp()) && generation_of(e.issuer) == Some(e.generation)
         };
         {
             let entry = self.entries.get(key)?;
@@ -118,7 +118,7 @@ impl PrincipalCache {
     /// Drops expired entries; if that frees too little, drops the oldest
     /// until the cache is at 90 % of capacity, so eviction runs rarely.
     fn evict(&self, clock: Clock) {
-        self.entries.retain(|_, e| clock.is_live(e.principal.exp));
+        self.entries.retain(|_, e| clock.is_live(e.principal.exp()));
         let target = self.capacity.saturating_mul(9) / 10;
         let len = self.entries.len();
         if len <= target {
@@ -143,7 +143,7 @@ mod tests {
     use mandate_core::Scope;
 
     fn principal(sub: &str, exp: u64) -> Principal {
-        Principal {
+        Principal::from_claims(crate::principal::Claims {
             iss: "i".into(),
             sub: sub.into(),
             act: vec![],
@@ -153,7 +153,7 @@ mod tests {
             sid: None,
             jti: None,
             exp,
-        }
+        })
     }
 
     const T0: Clock = Clock {

@@ -1,7 +1,8 @@
 //! Verified claims → [`Principal`] (RFC 9068 access token, RFC 8693 `act`).
 
 use crate::AuthnError;
-use mandate_core::{Principal, Scope};
+use crate::principal::{Claims, Principal};
+use mandate_core::Scope;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -86,7 +87,7 @@ pub(crate) fn principal(
         return Err(AuthnError::ActorRequired);
     }
 
-    Ok(Principal {
+    Ok(Principal::from_claims(Claims {
         iss,
         sub,
         act,
@@ -96,7 +97,7 @@ pub(crate) fn principal(
         sid: identifier(claims.sid, "sid")?,
         jti: identifier(claims.jti, "jti")?,
         exp,
-    })
+    }))
 }
 
 /// The DPoP binding (`cnf.jkt`, RFC 9449 §6.1) of a token, if it has one.

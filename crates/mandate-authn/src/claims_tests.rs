@@ -40,7 +40,7 @@ fn nested_act(depth: usize) -> Value {
 #[test]
 fn act_chain_is_outermost_first() -> Result<(), AuthnError> {
     let p = with(json!({"act": {"sub": "agent", "act": {"sub": "orchestrator"}}}))?;
-    assert_eq!(p.act, vec!["agent".to_owned(), "orchestrator".to_owned()]);
+    assert_eq!(p.act(), vec!["agent".to_owned(), "orchestrator".to_owned()]);
     assert_eq!(p.agent(), Some("agent"));
     Ok(())
 }
@@ -48,7 +48,9 @@ fn act_chain_is_outermost_first() -> Result<(), AuthnError> {
 #[test]
 fn act_chain_depth_is_bounded() -> Result<(), AuthnError> {
     assert_eq!(
-        with(json!({"act": nested_act(MAX_ACTOR_DEPTH)}))?.act.len(),
+        with(json!({"act": nested_act(MAX_ACTOR_DEPTH)}))?
+            .act()
+            .len(),
         8
     );
     assert!(matches!(
@@ -89,26 +91,26 @@ fn actor_required_refuses_a_token_without_act() {
 #[test]
 fn scope_string_or_scp_array() -> Result<(), AuthnError> {
     let p = with(json!({"scope": "docs.search bank.*"}))?;
-    assert!(p.scope.covers("docs.search") && p.scope.covers("bank.pay"));
+    assert!(p.scope().covers("docs.search") && p.scope().covers("bank.pay"));
     let p = with(json!({"scp": ["docs.search", "mail.send"]}))?;
-    assert!(p.scope.covers("mail.send"));
+    assert!(p.scope().covers("mail.send"));
     // `scope` wins: `scp` never widens it.
     let p = with(json!({"scope": "docs.search", "scp": ["bank.*"]}))?;
-    assert!(!p.scope.covers("bank.pay"));
+    assert!(!p.scope().covers("bank.pay"));
     assert!(with(json!({"scp": ["a b"]})).is_err());
     assert!(with(json!({"scope": ["a"]})).is_err());
-    assert_eq!(with(json!({}))?.scope, Scope::default());
+    assert_eq!(with(json!({}))?.scope(), &Scope::default());
     Ok(())
 }
 
 #[test]
 fn optional_claims_are_mapped_and_typed() -> Result<(), AuthnError> {
     let p = with(json!({"task_id": "t1", "build": "b1", "sid": "s1", "jti": "j1", "other": [1]}))?;
-    assert_eq!(p.task_id.as_deref(), Some("t1"));
-    assert_eq!(p.build.as_deref(), Some("b1"));
-    assert_eq!(p.sid.as_deref(), Some("s1"));
-    assert_eq!(p.jti.as_deref(), Some("j1"));
-    assert_eq!(p.exp, NOW + 60);
+    assert_eq!(p.task_id(), Some("t1"));
+    assert_eq!(p.build(), Some("b1"));
+    assert_eq!(p.sid(), Some("s1"));
+    assert_eq!(p.jti(), Some("j1"));
+    assert_eq!(p.exp(), NOW + 60);
     assert!(matches!(
         with(json!({"task_id": 5})),
         Err(AuthnError::InvalidClaim("task_id"))

@@ -108,6 +108,10 @@ pub enum AuthnError {
     #[error("token is DPoP-bound and needs a DPoP proof")]
     SenderConstrained,
 
+    /// The DPoP scheme was used with a token that is not DPoP-bound.
+    #[error("the DPoP scheme needs a DPoP-bound token")]
+    NotSenderConstrained,
+
     /// A development key could not be generated, loaded or used.
     #[error("development key error: {0}")]
     DevKey(String),
@@ -140,6 +144,7 @@ impl AuthnError {
             Self::ActorRequired => "token has no actor",
             Self::ActorChainTooDeep(_) => "actor chain too deep",
             Self::SenderConstrained => "token is DPoP-bound: present it with a DPoP proof",
+            Self::NotSenderConstrained => "the DPoP scheme needs a DPoP-bound token",
         };
         text.to_owned()
     }

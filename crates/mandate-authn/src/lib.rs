@@ -6,19 +6,21 @@ pub mod dev;
 pub mod dpop;
 mod error;
 mod jwks;
+mod principal;
 
 pub use claims::MAX_ACTOR_DEPTH;
 pub use error::AuthnError;
 /// Re-exported so callers can name algorithms without depending on
 /// `jsonwebtoken` themselves.
 pub use jsonwebtoken::Algorithm;
+pub use principal::Principal;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cache::{PrincipalCache, TokenHash};
 use claims::{Clock, RawClaims};
 use jwks::{IssuerKeys, VerifyKey};
-use mandate_core::Principal;
+use mandate_core::ScopeCeilings;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -120,6 +122,9 @@ pub struct Authenticator {
     extra_types: Vec<String>,
     /// What "now" is for `exp`, `nbf` and `iat`.
     clock: mandate_core::Clock,
+    /// Scope ceilings of agents, applied to every principal this verifier
+    /// hands out (so no caller can forget them).
+    ceilings: Option<Arc<dyn ScopeCeilings>>,
 }
 
 const _: () = {
@@ -235,7 +240,32 @@ impl Authenticator {
             cache: PrincipalCache::new(cache::DEFAULT_CAPACITY),
             extra_types: Vec::new(),
             clock: mandate_core::Clock::system(),
+            ceilings: None,
         })
+    }
+
+    /// Narrows every principal this verifier hands out to the scope
+    /// ceilings of the agents in its delegation chain (each agent bounds
+    /// what passes through it). Applied inside verification, on every
+    /// path (bearer, DPoP once proven, uncached), so no caller can forget it.
+    #[must_use]
+    pub fn with_ceilings(mut self, ceilings: Arc<dyn ScopeCeilings>) -> Self {
+        self.ceilings = Some(ceilings);
+        self
+    }
+
+    /// The principal as handed out: narrowed to the ceilings in force now.
+    fn narrowed(&self, mut principal: Principal) -> Principal {
+        if let Some(ceilings) = &self.ceilings
+            && ceilings.any()
+        {
+            for agent in principal.act().to_vec() {
+                if let Some(ceiling) = ceilings.ceiling(&agent) {
+                    principal.narrow(&ceiling);
+                }
+            }
+        }
+        principal
     }
 
     /// Checks token lifetimes against `clock` instead of the system's.
@@ -267,12 +297,12 @@ impl Authenticator {
     /// Verifies a compact JWS bearer token, answering from the cache when
     /// this exact token was verified before and has not expired.
     /// A DPoP-bound token (`cnf.jkt`) is refused here: only
-    /// [`Authenticator::verify_bound`], whose caller checks the proof, may
-    /// accept one.
+    /// [`Authenticator::verify_bound`] accepts one, as a [`Bound`] that
+    /// yields its principal only with a valid proof.
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthnError> {
         let result = match self.verify_cached(token).await {
             Ok((_, Some(_))) => Err(AuthnError::SenderConstrained),
-            Ok((principal, None)) => Ok(principal),
+            Ok((principal, None)) => Ok(self.narrowed(principal)),
             Err(e) => Err(e),
         };
         if let Err(e) = &result {
@@ -281,14 +311,19 @@ impl Authenticator {
         result
     }
 
-    /// Like [`Authenticator::verify`], but a DPoP-bound token is accepted
-    /// and its `cnf.jkt` returned: the caller must then require a DPoP proof
-    /// made with that key (RFC 9449 §7).
-    pub async fn verify_bound(
-        &self,
-        token: &str,
-    ) -> Result<(Principal, Option<String>), AuthnError> {
-        let result = self.verify_cached(token).await;
+    /// Verifies a DPoP-bound token (RFC 9449 §7): the result names its
+    /// subject but authorises nothing until [`Bound::prove`] checks a proof
+    /// made with the bound key. A token without `cnf.jkt` is refused
+    /// (the DPoP scheme is only for bound tokens).
+    pub async fn verify_bound(&self, token: &str) -> Result<Bound, AuthnError> {
+        let result = match self.verify_cached(token).await {
+            Ok((principal, Some(jkt))) => Ok(Bound {
+                principal: self.narrowed(principal),
+                jkt,
+            }),
+            Ok((_, None)) => Err(AuthnError::NotSenderConstrained),
+            Err(e) => Err(e),
+        };
         if let Err(e) = &result {
             tracing::debug!(error = %e, "token refused");
         }
@@ -321,7 +356,7 @@ impl Authenticator {
         let clock = self.now()?;
         match self.verify_token(token, clock).await? {
             Verified { jkt: Some(_), .. } => Err(AuthnError::SenderConstrained),
-            verified => Ok(verified.principal),
+            verified => Ok(self.narrowed(verified.principal)),
         }
     }
 
@@ -455,6 +490,46 @@ fn check_size(token: &str) -> Result<(), AuthnError> {
 /// Attacker-supplied text bound for logs.
 fn truncated(s: &str) -> String {
     s.chars().take(64).collect()
+}
+
+/// A verified, sender-constrained token whose proof of possession has not
+/// been checked yet: it names its subject (for the record of a refused
+/// proof) but yields no [`Principal`] until [`Bound::prove`] succeeds.
+#[derive(Debug)]
+pub struct Bound {
+    principal: Principal,
+    jkt: String,
+}
+
+impl Bound {
+    /// Who the token names, as a record keeps it (a refused proof of a
+    /// valid token is what a stolen token looks like, and is audited).
+    pub fn subject(&self) -> mandate_core::Subject {
+        self.principal.subject()
+    }
+
+    /// The principal, once `proof` (the `DPoP` header) proves possession of
+    /// the bound key for exactly this request (`method`, `url`, this
+    /// `token`), checked by `verifier` (replay, freshness, nonce).
+    pub fn prove(
+        self,
+        verifier: &dpop::DpopVerifier,
+        proof: &str,
+        method: &str,
+        url: &str,
+        token: &str,
+    ) -> Result<Principal, dpop::DpopError> {
+        verifier.verify(
+            proof,
+            dpop::ProofRequest {
+                method,
+                url,
+                access_token: Some(token),
+                jkt: Some(&self.jkt),
+            },
+        )?;
+        Ok(self.principal)
+    }
 }
 
 /// The JOSE header fields this crate reads. Derived, so a header that

@@ -65,7 +65,7 @@ impl Broker {
             .await
             .map_err(|e| Refusal::client(format!("client assertion refused: {e}")))?;
         // RFC 7523 §3: iss and sub are the client id.
-        if principal.sub != iss {
+        if principal.sub() != iss {
             return Err(Refusal::client("client assertion sub is not its iss"));
         }
         if let Some(id) = client_id
@@ -80,16 +80,15 @@ impl Broker {
             ));
         }
         let now = self.now_secs();
-        if principal.exp > now.saturating_add(MAX_ASSERTION_LIFETIME_SECS) {
+        if principal.exp() > now.saturating_add(MAX_ASSERTION_LIFETIME_SECS) {
             return Err(Refusal::client(
                 "client assertion lives longer than the broker accepts",
             ));
         }
         let jti = principal
-            .jti
-            .as_deref()
+            .jti()
             .ok_or_else(|| Refusal::client("client assertion has no jti"))?;
-        let until = principal.exp.saturating_add(self.cfg.leeway_secs);
+        let until = principal.exp().saturating_add(self.cfg.leeway_secs);
         let id = format!("{iss}\n{jti}");
         match self.assertions.first_use(id.as_bytes(), until, now) {
             Ok(true) => Ok(Client { id: iss.to_owned() }),
@@ -168,10 +167,11 @@ impl Broker {
             .verify(token)
             .await
             .map_err(|e| unacceptable(format!("actor token refused: {e}")))?;
-        if principal.sub != client.id {
+        if principal.sub() != client.id {
             return Err(unacceptable(format!(
                 "actor token sub {:.64} is not the authenticated client {}",
-                principal.sub, client.id
+                principal.sub(),
+                client.id
             )));
         }
         Ok(())

@@ -10,9 +10,10 @@ use crate::client::{Client, peek_claims};
 use crate::error::{ErrorCode, Refusal};
 use crate::scope::{Bounds, ScopeProblem, reduce_scope};
 use crate::{Broker, GRANT_TOKEN_EXCHANGE, token_type};
+use mandate_authn::Principal;
 use mandate_authn::dpop::{DpopError, ProofRequest};
 use mandate_control::{ControlError, Task};
-use mandate_core::{AuditRecord, Decision, DecisionId, Effect, Principal, Scope, Subject};
+use mandate_core::{AuditRecord, CallerData, DecisionRecord, Effect, Scope, Subject};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
@@ -221,12 +222,12 @@ impl Broker {
                 trail,
             )
             .await?;
-        trail.sub = Some(subject.principal.sub.clone());
+        trail.sub = Some(subject.principal.sub().to_owned());
         // The chain this token would carry: the agent, then earlier actors
         // (on the audit record of a refusal below too).
-        let mut chain = Vec::with_capacity(subject.principal.act.len().saturating_add(1));
+        let mut chain = Vec::with_capacity(subject.principal.act().len().saturating_add(1));
         chain.push(client.id.clone());
-        chain.extend(subject.principal.act.iter().cloned());
+        chain.extend(subject.principal.act().iter().cloned());
         trail.act = chain.clone();
 
         // 6. The actor: the agent's own workload identity, required.
@@ -269,10 +270,10 @@ impl Broker {
         // 10. Scope: requested ∩ user ∩ agent ceiling ∩ task template.
         let requested = req.get("scope").map(Scope::parse);
         let subject_bound = if subject.composite {
-            subject.principal.scope.clone()
+            subject.principal.scope().clone()
         } else {
             self.cfg.entitlements.of(
-                &subject.principal.sub,
+                subject.principal.sub(),
                 subject.groups.iter().map(String::as_str),
             )
         };
@@ -309,7 +310,7 @@ impl Broker {
         let now = self.now_secs();
         let deadline = u64::try_from(task.deadline_ms / 1000).unwrap_or(0);
         let exp = deadline
-            .min(subject.principal.exp)
+            .min(subject.principal.exp())
             .min(now.saturating_add(self.cfg.max_token_ttl.as_secs()));
         if exp <= now {
             return Err(Refusal::request(
@@ -323,20 +324,20 @@ impl Broker {
         let jti = uuid::Uuid::new_v4().to_string();
         trail.sid = Some(sid.clone());
         trail.jti = Some(jti.clone());
-        let principal = Principal {
+        // The token about to be issued, as the kill switches see it.
+        let issued = CallerData {
             iss: self.cfg.issuer.clone(),
-            sub: subject.principal.sub.clone(),
+            sub: subject.principal.sub().to_owned(),
             act: chain.clone(),
             scope: scope.clone(),
             task_id: Some(task.id.clone()),
             build: Some(build.to_owned()),
             sid: Some(sid.clone()),
             jti: Some(jti.clone()),
-            exp,
         };
         // Kill switches apply here too: no token for a revoked user, agent
         // (anywhere in the chain), build or task.
-        if let Some(r) = self.control.check(&principal) {
+        if let Some(r) = self.control.check(&issued.caller()) {
             return Err(invalid(
                 ErrorCode::InvalidRequest,
                 "delegation is revoked for this user, agent, build or task",
@@ -346,7 +347,7 @@ impl Broker {
         let mut claims = json!({
             "iss": self.cfg.issuer,
             "aud": resource,
-            "sub": principal.sub,
+            "sub": issued.sub,
             "act": act_claim(&chain),
             "scope": scope.to_oauth_string(),
             "task_id": task.id,
@@ -493,7 +494,7 @@ impl Broker {
                 .verify(token)
                 .await
                 .map_err(|e| unacceptable(format!("composite subject token refused: {e}")))?;
-            if let Some(r) = self.control.check(&principal) {
+            if let Some(r) = self.control.check(&principal.caller()) {
                 return Err(unacceptable(format!(
                     "the subject token is revoked ({} {})",
                     r.kind, r.value
@@ -523,7 +524,7 @@ impl Broker {
         }
         // A user's token names no actors: a chain in it was never checked
         // against any agent's delegation rights, so it is not copied on.
-        if !principal.act.is_empty() {
+        if !principal.act().is_empty() {
             return Err(unacceptable(
                 "the subject token already names an actor (act); only the broker's own tokens delegate further".into(),
             ));
@@ -547,7 +548,7 @@ impl Broker {
     }
 
     fn authorise_delegation(&self, client: &Client, subject: &SubjectSide) -> Result<(), Refusal> {
-        let prior = &subject.principal.act;
+        let prior = &subject.principal.act();
         if prior.iter().any(|a| a == &client.id) {
             return Err(invalid(
                 ErrorCode::InvalidRequest,
@@ -603,7 +604,7 @@ impl Broker {
             .agents
             .get(&client.id)
             .ok_or_else(|| Refusal::client("unknown agent"))?;
-        let sub = &subject.principal.sub;
+        let sub = subject.principal.sub();
         let allowed = agent.users.contains("*")
             || agent.users.contains(sub)
             || subject.groups.iter().any(|g| agent.groups.contains(g));
@@ -626,7 +627,7 @@ impl Broker {
     ) -> Result<Task, Refusal> {
         let id = match (
             req.get("task_id"),
-            &subject.principal.task_id,
+            subject.principal.task_id(),
             subject.composite,
         ) {
             (Some(asked), Some(parent), true) if asked != parent => {
@@ -634,7 +635,7 @@ impl Broker {
                     "a delegated token stays on its parent's task",
                 ));
             }
-            (_, Some(parent), true) => parent.clone(),
+            (_, Some(parent), true) => parent.to_owned(),
             (Some(asked), _, _) => asked.to_owned(),
             (None, _, _) => return Err(Refusal::request("task_id is missing")),
         };
@@ -687,7 +688,7 @@ impl Broker {
                 let control = self.control.clone();
                 let (tid, sub, by) = (
                     id.clone(),
-                    subject.principal.sub.clone(),
+                    subject.principal.sub().to_owned(),
                     format!("broker:{}", client.id),
                 );
                 let started = tokio::task::spawn_blocking(move || {
@@ -712,7 +713,7 @@ impl Broker {
                 }
             }
         };
-        if task.sub != subject.principal.sub {
+        if task.sub != subject.principal.sub() {
             return Err(invalid(
                 ErrorCode::InvalidRequest,
                 "the task belongs to another user",
@@ -747,14 +748,7 @@ impl Broker {
             None => (Effect::Allow, "token issued".to_owned()),
             Some(r) => (Effect::Deny, format!("{}: {}", r.code.as_str(), r.reason)),
         };
-        let decision = Decision {
-            id: DecisionId::new(),
-            effect,
-            policies: vec!["broker".into()],
-            reasons: vec![reason],
-            obligations: Vec::new(),
-            policy_hash: String::new(),
-        };
+        let decision = DecisionRecord::control(effect, "broker", reason);
         let subject = Subject {
             iss: trail.subject_issuer.clone().unwrap_or_default(),
             sub: trail.sub.clone().unwrap_or_default(),

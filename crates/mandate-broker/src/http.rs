@@ -19,7 +19,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use mandate_control::RevocationKind;
-use mandate_core::{AuditRecord, Decision, DecisionId, Effect, Subject};
+use mandate_core::{AuditRecord, DecisionRecord, Effect};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -158,7 +158,7 @@ async fn introspect(State(b): State<Arc<Broker>>, headers: HeaderMap, body: Byte
         if claims.get("client_id").and_then(Value::as_str) != Some(client.id.as_str()) {
             return inactive();
         }
-        if b.control.check(&principal).is_some() {
+        if b.control.check(&principal.caller()).is_some() {
             return inactive();
         }
         let mut out = json!({
@@ -210,19 +210,15 @@ async fn revoke(State(b): State<Arc<Broker>>, headers: HeaderMap, body: Bytes) -
         if claims.get("client_id").and_then(Value::as_str) != Some(client.id.as_str()) {
             return ok();
         }
-        let Some(jti) = principal.jti.clone() else {
+        let Some(jti) = principal.jti().map(str::to_owned) else {
             return ok();
         };
-        let decision = Decision {
-            id: DecisionId::new(),
-            effect: Effect::Allow,
-            policies: vec!["broker".into()],
-            reasons: vec![format!("token revoked by its client {}", client.id)],
-            obligations: Vec::new(),
-            policy_hash: String::new(),
-        };
-        let mut subject = Subject::from(&principal);
-        subject.scope = principal.scope.to_oauth_string();
+        let decision = DecisionRecord::control(
+            Effect::Allow,
+            "broker",
+            format!("token revoked by its client {}", client.id),
+        );
+        let subject = principal.subject();
         let record = AuditRecord::control(
             b.clock.now_ms(),
             decision,

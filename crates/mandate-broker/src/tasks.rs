@@ -17,8 +17,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::{HeaderMap, StatusCode, header};
+use mandate_authn::Principal;
 use mandate_control::{ControlError, TaskStatus};
-use mandate_core::{AuditRecord, Decision, DecisionId, Effect, Principal, Subject};
+use mandate_core::{AuditRecord, DecisionRecord, Effect, Subject};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -98,9 +99,9 @@ impl From<ControlError> for ApiError {
 
 fn operator_subject(p: &Principal) -> Subject {
     Subject {
-        iss: p.iss.clone(),
-        sub: p.sub.clone(),
-        session: format!("operator:{}", p.sub),
+        iss: p.iss().to_owned(),
+        sub: p.sub().to_owned(),
+        session: format!("operator:{}", p.sub()),
         ..Subject::default()
     }
 }
@@ -122,13 +123,13 @@ async fn operator(b: &Broker, headers: &HeaderMap, action: &str) -> Result<Princ
         .verify(token)
         .await
         .map_err(|e| unauthorized(&format!("invalid token: {}", e.description())))?;
-    let allowed = p.act.is_empty()
+    let allowed = p.act().is_empty()
         && b.cfg
             .task_operators
             .iter()
-            .any(|(sub, iss)| *sub == p.sub && iss.as_ref().is_none_or(|i| *i == p.iss));
+            .any(|(sub, iss)| *sub == p.sub() && iss.as_ref().is_none_or(|i| *i == p.iss()));
     if !allowed {
-        let why = format!("{} may not manage tasks", p.sub);
+        let why = format!("{} may not manage tasks", p.sub());
         record(b, &p, action, false, &why, &json!({})).await?;
         return Err(ApiError(StatusCode::FORBIDDEN, "forbidden", why));
     }
@@ -143,17 +144,10 @@ async fn record(
     reason: &str,
     detail: &Value,
 ) -> Result<(), ApiError> {
-    let decision = Decision {
-        id: DecisionId::new(),
-        effect: if allowed { Effect::Allow } else { Effect::Deny },
-        policies: if allowed {
-            vec!["operator-role:admin".into()]
-        } else {
-            Vec::new()
-        },
-        reasons: vec![reason.to_owned()],
-        obligations: Vec::new(),
-        policy_hash: String::new(),
+    let decision = if allowed {
+        DecisionRecord::control(Effect::Allow, "operator-role:admin", reason)
+    } else {
+        DecisionRecord::deny(reason, String::new())
     };
     let rec = AuditRecord::control(
         b.clock.now_ms(),
@@ -227,7 +221,7 @@ async fn start(
         json!({"id": id, "template": body.template, "sub": body.sub, "deadline_ms": deadline});
     record(&b, &op, ACTION, true, &format!("start task {id}"), &detail).await?;
     let control = b.control.clone();
-    let by = op.sub.clone();
+    let by = op.sub().to_owned();
     let task =
         blocking(move || control.start_task(&id, &body.template, &body.sub, deadline, &by)).await?;
     Ok((StatusCode::CREATED, Json(json!(task))).into_response())
@@ -261,7 +255,7 @@ async fn end(
     )
     .await?;
     let control = b.control.clone();
-    let by = op.sub.clone();
+    let by = op.sub().to_owned();
     let task = blocking(move || control.end_task(&id, status, &by)).await?;
     tracing::warn!(task = %task.id, status = task.status.as_str(), "task ended; its tokens are revoked");
     Ok(Json(json!(task)))

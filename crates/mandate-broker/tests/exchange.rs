@@ -97,8 +97,8 @@ async fn an_exchange_issues_a_narrowed_composite_token() -> Result<(), Error> {
         .await?
         .verify(token)
         .await?;
-    assert_eq!(p.sub, "alice");
-    assert_eq!(p.act, vec!["assistant".to_owned()]);
+    assert_eq!(p.sub(), "alice");
+    assert_eq!(p.act(), vec!["assistant".to_owned()]);
 
     // Every exchange is audited.
     let records = mandate_audit::read_records(&f.audit_path, None)?;

@@ -1,6 +1,6 @@
 //! Kill switches: what can be revoked and how a principal is checked.
 
-use mandate_core::Principal;
+use mandate_core::Caller;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
@@ -121,14 +121,14 @@ impl Index {
     }
 
     /// The first revocation that covers `p`, checking the narrowest first.
-    pub(crate) fn check(&self, p: &Principal) -> Option<&Revocation> {
+    pub(crate) fn check(&self, p: &Caller<'_>) -> Option<&Revocation> {
         if self.by_key.is_empty() {
             return None;
         }
-        let jti = p.jti.as_deref();
-        let sid = p.sid.as_deref();
-        let task = p.task_id.as_deref();
-        let build = p.build.as_deref();
+        let jti = p.jti;
+        let sid = p.sid;
+        let task = p.task_id;
+        let build = p.build;
         jti.and_then(|v| self.get(RevocationKind::Token, v))
             .or_else(|| sid.and_then(|v| self.get(RevocationKind::Session, v)))
             .or_else(|| self.get(RevocationKind::Session, &p.session_key()))
@@ -139,17 +139,18 @@ impl Index {
                     .iter()
                     .find_map(|a| self.get(RevocationKind::Agent, a))
             })
-            .or_else(|| self.get(RevocationKind::User, &p.sub))
+            .or_else(|| self.get(RevocationKind::User, p.sub))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mandate_core::CallerData;
     use mandate_core::Scope;
 
-    fn principal() -> Principal {
-        Principal {
+    fn principal() -> CallerData {
+        CallerData {
             iss: "i".into(),
             sub: "alice".into(),
             act: vec!["assistant".into(), "planner".into()],
@@ -158,7 +159,6 @@ mod tests {
             build: Some("b1".into()),
             sid: Some("s1".into()),
             jti: Some("j1".into()),
-            exp: 0,
         }
     }
 
@@ -189,7 +189,7 @@ mod tests {
             (RevocationKind::Token, "j1"),
         ] {
             let index = Index::build([revoked(kind, value)]);
-            assert!(index.check(&p).is_some(), "{kind} {value}");
+            assert!(index.check(&p.caller()).is_some(), "{kind} {value}");
         }
     }
 
@@ -204,6 +204,6 @@ mod tests {
             revoked(RevocationKind::Task, "t2"),
             lifted,
         ]);
-        assert!(index.check(&p).is_none());
+        assert!(index.check(&p.caller()).is_none());
     }
 }

@@ -5,7 +5,7 @@ use crate::changes::{Change, ChangeKind, ChangeStatus};
 use crate::error::ControlError;
 use crate::revocations::{Index, Revocation, RevocationKind};
 use arc_swap::ArcSwap;
-use mandate_core::{Clock, Principal, Scope};
+use mandate_core::{Caller, Clock, Scope};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -162,7 +162,7 @@ impl ControlStore {
     // ----- kill switches -------------------------------------------------
 
     /// The active revocation covering `p`, if any. In memory: no I/O.
-    pub fn check(&self, p: &Principal) -> Option<Revocation> {
+    pub fn check(&self, p: &Caller<'_>) -> Option<Revocation> {
         self.revoked.load().check(p).cloned()
     }
 
@@ -748,9 +748,22 @@ fn change_row(row: &Row<'_>) -> rusqlite::Result<Result<Change, ControlError>> {
     }))
 }
 
+/// The token verifier narrows every principal to these (activated through
+/// the change gate; swapped atomically, read without I/O).
+impl mandate_core::ScopeCeilings for ControlStore {
+    fn any(&self) -> bool {
+        self.has_ceilings()
+    }
+
+    fn ceiling(&self, agent: &str) -> Option<Scope> {
+        ControlStore::ceiling(self, agent)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mandate_core::CallerData;
     use mandate_core::ManualClock;
 
     type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
@@ -761,8 +774,8 @@ mod tests {
         Ok((dir, store))
     }
 
-    fn alice() -> Principal {
-        Principal {
+    fn alice() -> CallerData {
+        CallerData {
             iss: "i".into(),
             sub: "alice".into(),
             act: vec!["assistant".into()],
@@ -771,7 +784,6 @@ mod tests {
             build: None,
             sid: Some("s1".into()),
             jti: None,
-            exp: 0,
         }
     }
 
@@ -779,18 +791,18 @@ mod tests {
     fn revocation_is_durable_and_liftable() -> TestResult {
         let (dir, store) = open()?;
         let r = store.revoke(RevocationKind::Agent, "assistant", "leaked prompt", "ops")?;
-        assert!(store.check(&alice()).is_some());
+        assert!(store.check(&alice().caller()).is_some());
         // Idempotent.
         let again = store.revoke(RevocationKind::Agent, "assistant", "other", "ops2")?;
         assert_eq!(again.id, r.id);
         drop(store);
         let store = ControlStore::open(&dir.path().join("control.sqlite"))?;
         assert_eq!(
-            store.check(&alice()).map(|r| r.reason),
+            store.check(&alice().caller()).map(|r| r.reason),
             Some("leaked prompt".into())
         );
         store.lift(r.id, "ops")?;
-        assert!(store.check(&alice()).is_none());
+        assert!(store.check(&alice().caller()).is_none());
         assert!(matches!(
             store.lift(r.id, "ops"),
             Err(ControlError::Conflict(_))

@@ -216,10 +216,10 @@ fn get_task(conn: &rusqlite::Connection, id: &str) -> Result<Task, ControlError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mandate_core::{Principal, Scope};
+    use mandate_core::{CallerData, Scope};
 
-    fn token(task: &str) -> Principal {
-        Principal {
+    fn token(task: &str) -> CallerData {
+        CallerData {
             iss: "i".into(),
             sub: "alice".into(),
             act: vec!["assistant".into()],
@@ -228,7 +228,6 @@ mod tests {
             build: None,
             sid: Some("s".into()),
             jti: Some("j".into()),
-            exp: 0,
         }
     }
 
@@ -238,7 +237,7 @@ mod tests {
         let store = ControlStore::open(&dir.path().join("c.sqlite"))?;
         let t = store.start_task("t-1", "research", "alice", i64::MAX, "ops")?;
         assert!(t.is_live(store.clock().now_ms()));
-        assert!(store.check(&token("t-1")).is_none());
+        assert!(store.check(&token("t-1").caller()).is_none());
         assert!(matches!(
             store.start_task("t-1", "research", "bob", i64::MAX, "ops"),
             Err(ControlError::Conflict(_))
@@ -246,8 +245,8 @@ mod tests {
         let ended = store.end_task("t-1", TaskStatus::Completed, "ops")?;
         assert_eq!(ended.status, TaskStatus::Completed);
         assert!(!ended.is_live(store.clock().now_ms()));
-        assert!(store.check(&token("t-1")).is_some());
-        assert!(store.check(&token("t-2")).is_none());
+        assert!(store.check(&token("t-1").caller()).is_some());
+        assert!(store.check(&token("t-2").caller()).is_none());
         assert!(matches!(
             store.end_task("t-1", TaskStatus::Cancelled, "ops"),
             Err(ControlError::Conflict(_))
@@ -259,7 +258,7 @@ mod tests {
         // Durable: a reopened store still refuses the task's tokens.
         drop(store);
         let store = ControlStore::open(&dir.path().join("c.sqlite"))?;
-        assert!(store.check(&token("t-1")).is_some());
+        assert!(store.check(&token("t-1").caller()).is_some());
         assert_eq!(store.tasks(true)?.len(), 1);
         assert!(store.tasks(false)?.is_empty());
         Ok(())

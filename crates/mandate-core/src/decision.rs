@@ -1,4 +1,11 @@
-//! The one decision type: made by the PDP, enforced by the PEP, stored by audit.
+//! A decision as the audit log stores it.
+//!
+//! The decision that authorises a call is `mandate_policy::Decision`, which
+//! only the policy decision point can make with an `Allow` effect; the PEP
+//! enforces it and the audit record stores its content unchanged as a
+//! [`DecisionRecord`]. A record is data: reading one back, or writing one
+//! (operator actions and broker exchanges record their own), authorises
+//! nothing.
 
 use crate::DecisionId;
 use serde::{Deserialize, Serialize};
@@ -35,9 +42,9 @@ pub enum Obligation {
     },
 }
 
-/// A policy decision with everything needed to enforce and explain it.
+/// A decision's content as stored: everything needed to explain it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Decision {
+pub struct DecisionRecord {
     /// Unique id, shown to the agent on a denial and stored in audit.
     pub id: DecisionId,
     /// The effect.
@@ -53,7 +60,7 @@ pub struct Decision {
     pub policy_hash: String,
 }
 
-impl Decision {
+impl DecisionRecord {
     /// A deny produced outside policy evaluation (an error, an unknown tool,
     /// a failed check). Fail-closed paths use this.
     pub fn deny(reason: impl Into<String>, policy_hash: impl Into<String>) -> Self {
@@ -67,7 +74,22 @@ impl Decision {
         }
     }
 
-    /// Whether the call may proceed (possibly after obligations).
+    /// The record of a decision about an operator action or a token
+    /// exchange, made by the control plane's role rules or the broker (not
+    /// by the policy engine, which decides tool calls): `policy` names the
+    /// rule that decided it.
+    pub fn control(effect: Effect, policy: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            id: DecisionId::new(),
+            effect,
+            policies: vec![policy.into()],
+            reasons: vec![reason.into()],
+            obligations: Vec::new(),
+            policy_hash: String::new(),
+        }
+    }
+
+    /// Whether the decided action was allowed (possibly after obligations).
     pub fn is_allow(&self) -> bool {
         self.effect == Effect::Allow
     }

@@ -2,15 +2,16 @@
 //! wall clock, [`Clock`], reads the system time).
 //!
 //! A tool call travels one road, and each step's output type is the only
-//! valid input to the next:
+//! valid input to the next (docs/ARCHITECTURE.md, "The chain of types"):
 //!
 //! ```text
-//! bearer token ─► authn ─► Principal ─► policy::decide ─► Decision ─► audit ─► forward
+//! bearer token ─► mandate_authn::Principal ─► mandate_policy::Decision
+//!   ─► mandate_audit::Appended ─► Permitted<ToolCall> (the gateway) ─► forward
 //! ```
 //!
-//! [`Decision`] is the single type that flows unchanged from the policy
-//! decision point to the gateway (which enforces it) and to the audit
-//! record (which stores it).
+//! This crate holds the data those steps share: the [`Caller`] view of a
+//! principal, [`ToolCall`], ids, and the [`AuditRecord`] with the
+//! [`DecisionRecord`] in which a decision is stored unchanged.
 
 pub mod build;
 pub mod clock;
@@ -25,9 +26,9 @@ mod tool;
 mod spelling_tests;
 
 pub use clock::{Clock, ManualClock};
-pub use decision::{Decision, Effect, Obligation};
+pub use decision::{DecisionRecord, Effect, Obligation};
 pub use ids::{CorrelationId, DecisionId};
-pub use principal::{Principal, Scope, state_key};
+pub use principal::{Caller, CallerData, Scope, ScopeCeilings, state_key};
 pub use record::{
     AuditRecord, RecordKind, Subject, canonical_args_hash, canonical_hash, write_canonical,
 };

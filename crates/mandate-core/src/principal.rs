@@ -1,48 +1,47 @@
-//! The authenticated composite subject of a call.
+//! Who is calling (a view of a verified token) and the delegated scope.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
-/// The composite subject proven by a verified token: the user (`sub`) and
-/// the agent acting for them (`act`), with the delegated scope, the task,
-/// the agent build and the Mandate session.
+/// Who is calling, as the planes that judge a call see it: the user (`sub`)
+/// and the agent chain acting for them (`act`), the delegated scope, the
+/// task, the agent build and the Mandate session.
 ///
-/// Only `mandate-authn` builds one from a verified token, so holding a
-/// `Principal` means a token was checked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Principal {
+/// A view, not a proof: `mandate_authn::Principal` (made only from a
+/// verified token) lends one with `caller()`, and policy test cases write
+/// one by hand. What authorises a call is the chain of types the gateway
+/// builds from a `Principal`, not a `Caller`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller<'a> {
     /// Token issuer.
-    pub iss: String,
+    pub iss: &'a str,
     /// The delegating user.
-    pub sub: String,
-    /// The actor chain, outermost (the calling agent) first. Empty when the
-    /// token has no `act` claim.
-    pub act: Vec<String>,
+    pub sub: &'a str,
+    /// The actor chain, outermost (the calling agent) first.
+    pub act: &'a [String],
     /// Delegated scope.
-    pub scope: Scope,
+    pub scope: &'a Scope,
     /// The task the token was minted for.
-    pub task_id: Option<String>,
+    pub task_id: Option<&'a str>,
     /// Hash of the agent build (model + system prompt + tool manifest).
-    pub build: Option<String>,
+    pub build: Option<&'a str>,
     /// Mandate session (token `sid`).
-    pub sid: Option<String>,
+    pub sid: Option<&'a str>,
     /// Token id.
-    pub jti: Option<String>,
-    /// Expiry, seconds since the Unix epoch.
-    pub exp: u64,
+    pub jti: Option<&'a str>,
 }
 
-impl Principal {
+impl Caller<'_> {
     /// The agent making the call, if the token names one.
     pub fn agent(&self) -> Option<&str> {
         self.act.first().map(String::as_str)
     }
 
-    /// The Mandate session key: the token's `sid`, or, when absent, a key
-    /// derived from the subject pair and task so that two subjects can
-    /// never share session state (F-04).
+    /// The Mandate session key as records show it: the token's `sid`, or,
+    /// when absent, a key derived from the subject pair and task so that
+    /// two subjects can never share session state (F-04).
     pub fn session_key(&self) -> String {
-        match &self.sid {
+        match self.sid {
             Some(sid) => format!("sid:{sid}"),
             // JSON encoding keeps the parts unambiguous (a `sub` may contain
             // any separator character).
@@ -58,13 +57,7 @@ impl Principal {
     /// `sid`, the task). Two issuers, users or agents never share one even
     /// when their tokens carry the same `sid` (F-04).
     pub fn state_key(&self) -> String {
-        state_key(
-            &self.iss,
-            &self.sub,
-            &self.act,
-            self.sid.as_deref(),
-            self.task_id.as_deref(),
-        )
+        state_key(self.iss, self.sub, self.act, self.sid, self.task_id)
     }
 
     /// The subject whose resources are bounded together (sessions,
@@ -73,19 +66,72 @@ impl Principal {
         serde_json::json!([self.iss, self.sub]).to_string()
     }
 
-    /// The identity a transport session is bound to: issuer, subject pair
-    /// and `sid`.
+    /// The identity a transport session or an MCP task is bound to:
+    /// issuer, subject pair and `sid`.
     pub fn binding(&self) -> (String, String, Vec<String>, Option<String>) {
         (
-            self.iss.clone(),
-            self.sub.clone(),
-            self.act.clone(),
-            self.sid.clone(),
+            self.iss.to_owned(),
+            self.sub.to_owned(),
+            self.act.to_vec(),
+            self.sid.map(str::to_owned),
         )
+    }
+
+    /// The subject as an audit record keeps it (all five token fields and
+    /// the session).
+    pub fn subject(&self) -> crate::Subject {
+        crate::Subject {
+            iss: self.iss.to_owned(),
+            sub: self.sub.to_owned(),
+            act: self.act.to_vec(),
+            scope: self.scope.to_oauth_string(),
+            task_id: self.task_id.map(str::to_owned),
+            build: self.build.map(str::to_owned),
+            session: self.session_key(),
+        }
     }
 }
 
-/// The per-session state key of [`Principal::state_key`], from its parts
+/// An owned [`Caller`], for callers that are not verified principals: policy
+/// test cases, the contract check's sample, tests. Lending a `Caller`
+/// grants nothing (see [`Caller`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallerData {
+    /// Token issuer.
+    pub iss: String,
+    /// The delegating user.
+    pub sub: String,
+    /// The actor chain, outermost first.
+    pub act: Vec<String>,
+    /// Delegated scope.
+    pub scope: Scope,
+    /// The task.
+    pub task_id: Option<String>,
+    /// The agent build.
+    pub build: Option<String>,
+    /// The Mandate session.
+    pub sid: Option<String>,
+    /// Token id.
+    pub jti: Option<String>,
+}
+
+impl CallerData {
+    /// The borrowed view.
+    pub fn caller(&self) -> Caller<'_> {
+        Caller {
+            iss: &self.iss,
+            sub: &self.sub,
+            act: &self.act,
+            scope: &self.scope,
+            task_id: self.task_id.as_deref(),
+            build: self.build.as_deref(),
+            sid: self.sid.as_deref(),
+            jti: self.jti.as_deref(),
+        }
+    }
+}
+
+/// The per-session state key of [`Caller::state_key`], from its parts
 /// (as an audit record keeps them), so state can be rebuilt from the log.
 pub fn state_key(
     iss: &str,
@@ -99,6 +145,16 @@ pub fn state_key(
         Some(sid) => serde_json::json!([iss, sub, act, sid]).to_string(),
         None => serde_json::json!([iss, sub, act, null, task_id]).to_string(),
     }
+}
+
+/// Agents' scope ceilings (approved through the change gate): the token
+/// verifier narrows every principal's scope to the ceiling of each agent
+/// in its chain.
+pub trait ScopeCeilings: Send + Sync {
+    /// Whether any ceiling is in force (checked before per-agent lookups).
+    fn any(&self) -> bool;
+    /// The ceiling of `agent`, if one is in force.
+    fn ceiling(&self, agent: &str) -> Option<Scope>;
 }
 
 /// A delegated scope: a set of tool patterns.
@@ -175,17 +231,50 @@ impl Scope {
 mod tests {
     use super::*;
 
-    fn principal(sub: &str, act: &[&str], task: Option<&str>) -> Principal {
-        Principal {
+    struct Owned {
+        iss: String,
+        sub: String,
+        act: Vec<String>,
+        scope: Scope,
+        task_id: Option<String>,
+        sid: Option<String>,
+    }
+
+    impl Owned {
+        fn caller(&self) -> Caller<'_> {
+            Caller {
+                iss: &self.iss,
+                sub: &self.sub,
+                act: &self.act,
+                scope: &self.scope,
+                task_id: self.task_id.as_deref(),
+                build: None,
+                sid: self.sid.as_deref(),
+                jti: None,
+            }
+        }
+        fn session_key(&self) -> String {
+            self.caller().session_key()
+        }
+        fn state_key(&self) -> String {
+            self.caller().state_key()
+        }
+        fn subject_key(&self) -> String {
+            self.caller().subject_key()
+        }
+        fn binding(&self) -> (String, String, Vec<String>, Option<String>) {
+            self.caller().binding()
+        }
+    }
+
+    fn principal(sub: &str, act: &[&str], task: Option<&str>) -> Owned {
+        Owned {
             iss: "i".into(),
             sub: sub.into(),
             act: act.iter().map(|a| (*a).to_owned()).collect(),
             scope: Scope::default(),
             task_id: task.map(str::to_owned),
-            build: None,
             sid: None,
-            jti: None,
-            exp: 0,
         }
     }
 
@@ -203,10 +292,11 @@ mod tests {
     fn state_keys_differ_by_issuer_and_user_for_the_same_sid() {
         let mut a = principal("u", &["agent"], None);
         a.sid = Some("s1".into());
-        let mut b = a.clone();
+        let mut b = principal("u", &["agent"], None);
+        b.sid = Some("s1".into());
         b.iss = "other-issuer".into();
-        let mut c = a.clone();
-        c.sub = "v".into();
+        let mut c = principal("v", &["agent"], None);
+        c.sid = Some("s1".into());
         assert_ne!(a.state_key(), b.state_key());
         assert_ne!(a.state_key(), c.state_key());
         assert_ne!(a.binding(), b.binding());

@@ -1,6 +1,6 @@
 //! Audit records: one per decision and one per outcome of a call.
 
-use crate::{CorrelationId, Decision, Principal};
+use crate::{CorrelationId, DecisionRecord};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -46,20 +46,6 @@ pub struct Subject {
     pub session: String,
 }
 
-impl From<&Principal> for Subject {
-    fn from(p: &Principal) -> Self {
-        Self {
-            iss: p.iss.clone(),
-            sub: p.sub.clone(),
-            act: p.act.clone(),
-            scope: p.scope.to_oauth_string(),
-            task_id: p.task_id.clone(),
-            build: p.build.clone(),
-            session: p.session_key(),
-        }
-    }
-}
-
 /// One audit record, before it is sequenced and chained by the store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
@@ -68,7 +54,7 @@ pub struct AuditRecord {
     /// Unix time in milliseconds.
     pub time_ms: i64,
     /// The decision this record belongs to.
-    pub decision: Decision,
+    pub decision: DecisionRecord,
     /// End-to-end correlation id.
     pub correlation_id: CorrelationId,
     /// Who.
@@ -102,7 +88,7 @@ impl AuditRecord {
     /// caller's [`Clock`](crate::Clock)).
     pub fn decision(
         time_ms: i64,
-        decision: Decision,
+        decision: DecisionRecord,
         correlation_id: CorrelationId,
         subject: Subject,
         tool: impl Into<String>,
@@ -129,7 +115,7 @@ impl AuditRecord {
     /// as JSON, and its canonical hash as the argument hash.
     pub fn control(
         time_ms: i64,
-        decision: Decision,
+        decision: DecisionRecord,
         operator: Subject,
         action: impl Into<String>,
         detail: &serde_json::Value,

@@ -32,11 +32,37 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+/// A person's approval, consumed by this call: the control store released
+/// it once, for exactly these arguments. Only [`Gateway::hold`] makes one
+/// (the field is private to this module), and the permit to forward a call
+/// whose decision asks for a person requires it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Approved(ApprovalRequest);
+
+impl Approved {
+    pub(crate) fn id(&self) -> &str {
+        &self.0.id
+    }
+
+    /// The argument hash the approver was shown and approved.
+    pub(crate) fn args_hash(&self) -> &str {
+        &self.0.request.args_hash
+    }
+
+    pub(crate) fn decided_by(&self) -> &str {
+        self.0.decided_by.as_deref().unwrap_or_default()
+    }
+
+    pub(crate) fn comment(&self) -> Option<&str> {
+        self.0.comment.as_deref()
+    }
+}
+
 /// How a hold ended.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum HoldOutcome {
     /// Approved, and this call used the approval.
-    Approved(ApprovalRequest),
+    Approved(Approved),
     /// A person denied it.
     Denied(ApprovalRequest),
     /// Nobody decided in time.
@@ -235,7 +261,7 @@ impl Gateway {
                 // Use it now: single use, bound to this call's arguments.
                 ApprovalStatus::Approved => control
                     .release_approval(&id, &hash)
-                    .map(HoldOutcome::Approved),
+                    .map(|released| HoldOutcome::Approved(Approved(released))),
                 ApprovalStatus::Denied => Ok(HoldOutcome::Denied(current)),
                 ApprovalStatus::Expired => Ok(HoldOutcome::Expired),
                 ApprovalStatus::Withdrawn => Ok(HoldOutcome::Withdrawn),

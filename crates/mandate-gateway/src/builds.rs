@@ -10,7 +10,8 @@
 //! the verdict is cached against the identity of the catalogues it read.
 
 use crate::Gateway;
-use mandate_core::{Principal, ToolName};
+use mandate_authn::Principal;
+use mandate_core::ToolName;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -58,10 +59,10 @@ impl Gateway {
         let Some(policy) = policy.as_ref() else {
             return Ok(());
         };
-        if principal.iss != policy.issuer {
+        if principal.iss() != policy.issuer {
             return Ok(());
         }
-        let Some(build) = principal.build.as_deref() else {
+        let Some(build) = principal.build() else {
             return Err("the token names no build".into());
         };
         let Some(reg) = policy.builds.get(build) else {

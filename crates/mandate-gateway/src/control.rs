@@ -27,7 +27,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::{HeaderMap, StatusCode, header};
 use mandate_control::{Change, ChangeKind, ChangeStatus, ControlError, RevocationKind};
-use mandate_core::{AuditRecord, Decision, DecisionId, Effect, Principal, Subject};
+use mandate_core::{AuditRecord, DecisionRecord, Effect, Subject};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -149,9 +149,17 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A person, as an operator token (verified, with no `act`) or a sign-in
+/// of the approval page identifies them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Identity {
+    pub(crate) iss: String,
+    pub(crate) sub: String,
+}
+
 /// An authenticated operator.
 pub(crate) struct Operator {
-    pub(crate) principal: Principal,
+    pub(crate) principal: Identity,
     pub(crate) roles: BTreeSet<Role>,
 }
 
@@ -165,11 +173,11 @@ impl Operator {
     }
 }
 
-pub(crate) fn operator_subject(p: &Principal) -> Subject {
+pub(crate) fn operator_subject(p: &Identity) -> Subject {
     Subject {
         iss: p.iss.clone(),
         sub: p.sub.clone(),
-        act: p.act.clone(),
+        act: Vec::new(),
         scope: String::new(),
         task_id: None,
         build: None,
@@ -190,10 +198,14 @@ pub(crate) async fn authenticate_operator(
         .and_then(|v| v.to_str().ok())
         .and_then(|h| mandate_authn::token_of(h, "Bearer"))
         .ok_or_else(|| ApiError::unauthorized(gw, "an operator bearer token is required"))?;
-    let principal =
+    let verified =
         gw.operator_authn().verify(token).await.map_err(|e| {
             ApiError::unauthorized(gw, format!("invalid token: {}", e.description()))
         })?;
+    let principal = Identity {
+        iss: verified.iss().to_owned(),
+        sub: verified.sub().to_owned(),
+    };
     let refuse = |why: String| async {
         record(
             gw,
@@ -206,7 +218,7 @@ pub(crate) async fn authenticate_operator(
         .await?;
         Err::<Operator, ApiError>(ApiError::new(StatusCode::FORBIDDEN, "forbidden", why))
     };
-    if !principal.act.is_empty() {
+    if !verified.act().is_empty() {
         return refuse("agent tokens (with an `act` claim) cannot use the control API".into())
             .await;
     }
@@ -219,7 +231,7 @@ pub(crate) async fn authenticate_operator(
 
 /// The roles `[[operators]]` gives this person (`sub`, and `iss` where an
 /// entry names one).
-pub(crate) fn operator_roles(gw: &Gateway, principal: &Principal) -> BTreeSet<Role> {
+pub(crate) fn operator_roles(gw: &Gateway, principal: &Identity) -> BTreeSet<Role> {
     operator_entries(gw, principal)
         .flat_map(|o| o.roles.iter().copied())
         .collect()
@@ -229,7 +241,7 @@ pub(crate) fn operator_roles(gw: &Gateway, principal: &Principal) -> BTreeSet<Ro
 /// `iss` where the entry names one).
 pub(crate) fn operator_entries<'a>(
     gw: &'a Gateway,
-    principal: &'a Principal,
+    principal: &'a Identity,
 ) -> impl Iterator<Item = &'a crate::config::OperatorConfig> {
     gw.config()
         .operators
@@ -264,20 +276,15 @@ pub(crate) async fn record(
     reason: &str,
     detail: &Value,
 ) -> Result<AuditRecord, ApiError> {
-    let decision = Decision {
-        id: DecisionId::new(),
-        effect: if allowed_by.is_some() {
-            Effect::Allow
-        } else {
-            Effect::Deny
-        },
-        policies: allowed_by
-            .map(|r| vec![format!("operator-role:{}", r.as_str())])
-            .unwrap_or_default(),
-        reasons: vec![reason.to_owned()],
-        obligations: Vec::new(),
-        policy_hash: gw.policy().policy_hash(),
+    let mut decision = match allowed_by {
+        Some(role) => DecisionRecord::control(
+            Effect::Allow,
+            format!("operator-role:{}", role.as_str()),
+            reason,
+        ),
+        None => DecisionRecord::deny(reason, String::new()),
     };
+    decision.policy_hash = gw.policy().policy_hash();
     let rec = AuditRecord::control(
         gw.clock().now_ms(),
         decision,
@@ -285,19 +292,10 @@ pub(crate) async fn record(
         action,
         detail,
     );
-    match tokio::time::timeout(
-        crate::pipeline::AUDIT_WRITE_TIMEOUT,
-        gw.audit().append(rec.clone()),
-    )
-    .await
-    {
-        Ok(Ok(_)) => Ok(rec),
-        Ok(Err(e)) => {
+    match gw.audit().append(rec.clone()).await {
+        Ok(_) => Ok(rec),
+        Err(e) => {
             tracing::error!(error = %e, action, "audit store unavailable; control action refused");
-            gw.metrics().audit_failures.inc();
-            Err(audit_unavailable())
-        }
-        Err(_) => {
             gw.metrics().audit_failures.inc();
             Err(audit_unavailable())
         }

@@ -9,8 +9,8 @@ use crate::Gateway;
 use crate::http::{challenge, rpc_error};
 use axum::response::Response;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use mandate_authn::dpop::{DpopError, DpopVerifier, ProofRequest};
-use mandate_core::Principal;
+use mandate_authn::Principal;
+use mandate_authn::dpop::{DpopError, DpopVerifier};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -58,25 +58,18 @@ fn refuse(gw: &Gateway, code: &str, desc: &str, nonce: Option<String>) -> Respon
     resp
 }
 
-/// Authenticates `Authorization: DPoP <token>` with its `DPoP` proof.
+/// Authenticates `Authorization: DPoP <token>` with its `DPoP` proof: the
+/// verified token is only a `Bound` until the proof checks out, so there
+/// is no principal to use before it does.
 pub(crate) async fn authenticate(
     gw: &Gateway,
     headers: &HeaderMap,
     method: &Method,
     token: &str,
 ) -> Result<Arc<Principal>, Response> {
-    let (mut principal, jkt) = match gw.authn().verify_bound(token).await {
-        Ok(v) => v,
+    let bound = match gw.authn().verify_bound(token).await {
+        Ok(b) => b,
         Err(e) => return Err(refuse(gw, "invalid_token", &e.description(), None)),
-    };
-    // The DPoP scheme is only for bound tokens (RFC 9449 §7.1).
-    let Some(jkt) = jkt else {
-        return Err(refuse(
-            gw,
-            "invalid_token",
-            "the DPoP scheme needs a DPoP-bound token",
-            None,
-        ));
     };
     // Exactly one proof (counted before decoding, so a second header that
     // is not text cannot hide).
@@ -96,42 +89,28 @@ pub(crate) async fn authenticate(
     };
     // `htu`: the URL the client used, as the gateway publishes it.
     let url = format!("{}/mcp", gw.config().public_url.trim_end_matches('/'));
-    let checked = proof.and_then(|proof| {
-        verifier.verify(
-            proof,
-            ProofRequest {
-                method: method.as_str(),
-                url: &url,
-                access_token: Some(token),
-                jkt: Some(&jkt),
-            },
-        )
-    });
-    match checked {
-        Ok(_) => {}
-        Err(DpopError::UseNonce) => {
-            return Err(refuse(
-                gw,
-                "use_dpop_nonce",
-                "a current DPoP nonce is required",
-                Some(verifier.nonce()),
-            ));
-        }
+    let subject = bound.subject();
+    let proven = proof.and_then(|proof| bound.prove(verifier, proof, method.as_str(), &url, token));
+    match proven {
+        Ok(principal) => Ok(Arc::new(principal)),
+        Err(DpopError::UseNonce) => Err(refuse(
+            gw,
+            "use_dpop_nonce",
+            "a current DPoP nonce is required",
+            Some(verifier.nonce()),
+        )),
         // A valid bound token without a valid proof is what a stolen token
         // looks like: the subject is known, so the refusal is audited.
         Err(e) => {
-            crate::http::audit_refusal(
+            crate::http::audit_refusal_of(
                 gw,
-                &principal,
+                subject,
                 "mcp/dpop",
                 None,
                 format!("DPoP proof refused: {e}"),
             )
             .await;
-            return Err(refuse(gw, "invalid_dpop_proof", &e.to_string(), None));
+            Err(refuse(gw, "invalid_dpop_proof", &e.to_string(), None))
         }
     }
-    // The same narrowing as for bearer tokens (change-gate ceilings).
-    gw.apply_ceiling(&mut principal);
-    Ok(Arc::new(principal))
 }

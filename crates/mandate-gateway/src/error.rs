@@ -3,7 +3,8 @@
 //! upstream details stay in the audit record and the logs.
 
 use crate::upstream::UpstreamError;
-use mandate_core::{CorrelationId, Decision};
+use mandate_core::CorrelationId;
+use mandate_policy::Decision;
 use rmcp::ErrorData;
 use rmcp::model::ErrorCode;
 use serde_json::json;
@@ -98,13 +99,13 @@ pub fn denial_error(
         format!(
             "call to {tool} denied: {} (decision {})",
             category.sentence(),
-            decision.id
+            decision.id()
         ),
         Some(json!({
             "denied": true,
             "tool": tool,
             "reason": category.code(),
-            "decision_id": decision.id.as_str(),
+            "decision_id": decision.id().as_str(),
             "correlation_id": correlation.as_str(),
         })),
     )

@@ -7,7 +7,7 @@
 
 use crate::Gateway;
 use crate::pipeline::Incoming;
-use mandate_core::Principal;
+use mandate_authn::Principal;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CancelTaskParams, GetTaskParams, GetTaskResult,
     Implementation, ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig,

@@ -18,7 +18,9 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use http::{HeaderValue, Method, StatusCode, header};
-use mandate_core::{AuditRecord, CorrelationId, Decision, Principal, Subject};
+use mandate_authn::Principal;
+use mandate_core::{AuditRecord, CorrelationId, Subject};
+use mandate_policy::Decision;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::{Value, json};
@@ -365,15 +367,27 @@ pub(crate) async fn audit_refusal(
     args: Option<&serde_json::Map<String, Value>>,
     reason: String,
 ) -> Decision {
+    audit_refusal_of(gw, principal.subject(), tool, args, reason).await
+}
+
+/// [`audit_refusal`] for a subject known only as recorded (a DPoP-bound
+/// token whose proof failed).
+pub(crate) async fn audit_refusal_of(
+    gw: &Gateway,
+    subject: Subject,
+    tool: &str,
+    args: Option<&serde_json::Map<String, Value>>,
+    reason: String,
+) -> Decision {
     let decision = Decision::deny(reason, gw.policy().policy_hash());
     let args_hash = args
         .map(mandate_core::canonical_args_hash)
         .unwrap_or_default();
     let mut record = AuditRecord::decision(
         gw.clock().now_ms(),
-        decision.clone(),
+        decision.record().clone(),
         CorrelationId::new(),
-        Subject::from(principal),
+        subject,
         tool,
         &args_hash,
     );
@@ -460,7 +474,7 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
                     -32003,
                     &format!(
                         "this MCP session belongs to another subject; start a new session (decision {})",
-                        d.id
+                        d.id()
                     ),
                     None,
                 ));
@@ -527,7 +541,7 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
                 return rpc_error(status, id, code, &msg, None);
             }
             for (id, tool, args) in called_tools(&message) {
-                if !principal.scope.covers(&tool) {
+                if !principal.scope().covers(&tool) {
                     return scope_refusal(gw, &principal, id, tool, args).await;
                 }
             }
@@ -603,13 +617,13 @@ async fn scope_refusal(
         crate::error::CODE_DENIED,
         &format!(
             "call to {tool} denied: outside the token's scope (decision {})",
-            d.id
+            d.id()
         ),
         Some(json!({
             "denied": true,
             "tool": tool,
             "reason": "insufficient_scope",
-            "decision_id": d.id.as_str(),
+            "decision_id": d.id().as_str(),
         })),
         Some(challenge(
             gw,

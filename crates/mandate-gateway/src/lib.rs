@@ -8,8 +8,28 @@
 //!
 //! Reading order: [`http`] (authentication and session binding per HTTP
 //! request), [`handler`] (the MCP server surface), `pipeline` (the
-//! per-call enforcement steps), [`upstream`] (the MCP client side),
+//! per-call enforcement steps), `upstream` (the MCP client side),
 //! [`web`] (the approval page people decide held calls on).
+//!
+//! # The chain of types
+//!
+//! Nothing reaches an upstream except through the forwarder, which takes
+//! only a `Permitted<ToolCall>`; the pipeline makes one only from a
+//! `mandate_authn::Principal` (made only by mandate-authn from a verified
+//! token), an `Allow` `mandate_policy::Decision` for that caller and call
+//! (made only by the policy engine) and the `mandate_audit::Appended`
+//! receipt of its durable record (made only by the audit log). Code outside
+//! this crate can reach neither the forwarder nor the permit:
+//!
+//! ```compile_fail,E0603
+//! // The MCP client side is private: no path to an upstream from outside.
+//! use mandate_gateway::upstream::Upstream;
+//! ```
+//!
+//! ```compile_fail,E0603
+//! // Nor can a permit be named, let alone built.
+//! use mandate_gateway::pipeline::Permitted;
+//! ```
 
 mod approvals;
 mod audit_api;
@@ -28,7 +48,7 @@ pub mod redaction;
 pub mod server;
 mod sessions;
 mod tasks;
-pub mod upstream;
+mod upstream;
 pub mod web;
 
 pub use config::{
@@ -39,12 +59,13 @@ pub use metrics::Metrics;
 pub use pipeline::{Incoming, META_CORRELATION, META_DECISION};
 pub use server::{ConnectionLimits, ConnectionStats};
 pub use sessions::SessionStats;
+pub use upstream::{TraceHttpClient, UpstreamError};
 
 use dashmap::DashMap;
 use mandate_audit::AuditLog;
-use mandate_authn::{Authenticator, AuthnError};
+use mandate_authn::{Authenticator, AuthnError, Principal};
 use mandate_control::ControlStore;
-use mandate_core::{Clock, Principal, ToolName};
+use mandate_core::{Clock, ToolName};
 use mandate_policy::{DecisionRequest, PolicyEngine, SessionFacts};
 use pipeline::Resolved;
 use rmcp::model::Tool;
@@ -280,29 +301,10 @@ impl Gateway {
         &self.clock
     }
 
-    /// Verifies an agent's bearer token and narrows its scope to the
-    /// agent's scope ceiling, if one is in force (a token can never carry
-    /// more than the ceiling the change gate approved).
+    /// Verifies an agent's bearer token. The verifier itself narrows the
+    /// scope to the ceilings in force (`Authenticator::with_ceilings`).
     pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthnError> {
-        let mut principal = self.authn.verify(token).await?;
-        self.apply_ceiling(&mut principal);
-        Ok(principal)
-    }
-
-    /// Narrows a verified principal's scope to the activated scope ceiling
-    /// of every agent in its delegation chain (every authentication path
-    /// ends here).
-    pub(crate) fn apply_ceiling(&self, principal: &mut Principal) {
-        if !self.control.has_ceilings() {
-            return;
-        }
-        // Every agent in the delegation chain bounds what passes through
-        // it, not only the one acting now.
-        for agent in &principal.act {
-            if let Some(ceiling) = self.control.ceiling(agent) {
-                principal.scope = principal.scope.intersect(&ceiling);
-            }
-        }
+        self.authn.verify(token).await
     }
 
     /// The policy engine.
@@ -322,7 +324,7 @@ impl Gateway {
 
     /// Connects to every upstream and lists its tools; for `serve --check`.
     /// Returns one line per upstream, or the first failure.
-    pub async fn probe_upstreams(&self) -> Result<Vec<String>, upstream::UpstreamError> {
+    pub async fn probe_upstreams(&self) -> Result<Vec<String>, UpstreamError> {
         let mut lines = Vec::new();
         for (name, u) in &self.upstreams {
             let n = u.probe().await?;
@@ -338,7 +340,7 @@ impl Gateway {
     /// unclassified, denied), for tooling such as `mandate policy args`.
     pub async fn catalogue(
         &self,
-    ) -> Result<Vec<(String, Option<mandate_core::ToolClass>, Tool)>, upstream::UpstreamError> {
+    ) -> Result<Vec<(String, Option<mandate_core::ToolClass>, Tool)>, UpstreamError> {
         let mut out = Vec::new();
         for (name, u) in &self.upstreams {
             for tool in u.tools().await?.iter() {
@@ -442,7 +444,7 @@ impl Gateway {
     /// refused by policy for this subject (evaluated without arguments;
     /// argument-dependent rules apply at call time).
     pub async fn list_tools(&self, principal: &Principal) -> Vec<Tool> {
-        if self.control.check(principal).is_some() {
+        if self.control.check(&principal.caller()).is_some() {
             return Vec::new();
         }
         let facts = SessionFacts::default();
@@ -461,7 +463,7 @@ impl Gateway {
                 let Some(class) = upstream.config().class_of(&tool.name) else {
                     continue;
                 };
-                if !principal.scope.covers(&exposed) || self.vet(&exposed, tool).await.is_err() {
+                if !principal.scope().covers(&exposed) || self.vet(&exposed, tool).await.is_err() {
                     continue;
                 }
                 let tool_name = ToolName {
@@ -470,7 +472,7 @@ impl Gateway {
                 };
                 let call = mandate_core::ToolCall::new(tool_name, class, Default::default());
                 let decision = self.policy.decide(&DecisionRequest {
-                    principal,
+                    caller: principal.caller(),
                     call: &call,
                     session: &facts,
                     now_unix: now,

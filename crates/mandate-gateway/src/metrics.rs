@@ -2,7 +2,7 @@
 
 use crate::server::ConnectionStats;
 use crate::sessions::SessionStats;
-use mandate_core::Decision;
+use mandate_policy::Decision;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

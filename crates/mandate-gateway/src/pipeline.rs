@@ -6,18 +6,23 @@
 //!   ─► forward ─► redact ─► record outcome
 //! ```
 //!
-//! The order matters: nothing reaches an upstream before its decision record
-//! is durable (write-ahead), and only a [`Permitted`] call — which only this
-//! module can build, after all checks and the durable record — can be
-//! forwarded.
+//! The order is kept by types, not only by the order of statements: the
+//! forwarder (`upstream.rs`, private to this crate) takes only a
+//! [`Permitted<ToolCall>`], which only this module builds, from the three
+//! proofs of the steps before it: the verified `mandate_authn::Principal`,
+//! an `Allow` `mandate_policy::Decision` made for exactly this caller and
+//! call, and the `mandate_audit::Appended` receipt of its durable record
+//! (plus, when the decision asks for a person, the consumed approval).
+//! What is forwarded is the permitted call's own arguments: the ones that
+//! were hashed, shown to the approver and recorded.
 
-use crate::approvals::HoldOutcome;
+use crate::approvals::{Approved, HoldOutcome};
 use crate::error::{DenyCategory, denial_error, unknown_tool_error, upstream_error};
-use crate::upstream::{Upstream, UpstreamError};
-use mandate_core::{
-    AuditRecord, CorrelationId, Decision, Obligation, Principal, Subject, ToolCall, ToolName,
-};
-use mandate_policy::{DecisionRequest, SessionFacts};
+use crate::upstream::Upstream;
+use mandate_audit::Appended;
+use mandate_authn::Principal;
+use mandate_core::{AuditRecord, CorrelationId, Obligation, ToolCall, ToolName};
+use mandate_policy::{Decision, DecisionRequest, SessionFacts};
 use rmcp::model::{CallToolRequestParams, CallToolResponse, ProgressToken};
 use rmcp::{ErrorData, Peer, RoleServer};
 use std::sync::Arc;
@@ -30,13 +35,100 @@ pub const META_DECISION: &str = "io.mandate/decision_id";
 /// Result `_meta` key carrying the provenance labels of the result.
 pub const META_LABELS: &str = "io.mandate/labels";
 
-/// A call that passed every check and whose decision record is durable.
-/// The private field means only the pipeline can build one.
-pub struct Permitted {
-    call: ToolCall,
+/// A call that may be forwarded: made only by [`Permitted::new`] (private
+/// to this module) from the proofs of every step before forwarding. The
+/// forwarder takes nothing else.
+pub(crate) struct Permitted<T> {
+    call: T,
+    principal: Arc<Principal>,
     decision: Decision,
+    receipt: Appended,
     correlation: CorrelationId,
-    _proof: (),
+    /// MRTR state the client returns to the upstream's own questions
+    /// (relayed untouched; it is not the call's arguments).
+    relay: Relay,
+}
+
+/// The parts of a `tools/call` that answer the upstream (MRTR retries).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Relay {
+    pub(crate) input_responses: Option<rmcp::model::InputResponses>,
+    pub(crate) request_state: Option<String>,
+}
+
+impl Permitted<ToolCall> {
+    /// The permit, if the proofs fit together: `decision` is an `Allow`
+    /// decided for this principal and exactly this call, `receipt` is the
+    /// durable record of that very decision, and every obligation the
+    /// decision carries is one the PEP fulfils (an approval obligation
+    /// only with the consumed approval of this call's exact arguments).
+    fn new(
+        principal: Arc<Principal>,
+        call: ToolCall,
+        decision: Decision,
+        receipt: Appended,
+        approval: Option<&Approved>,
+        correlation: CorrelationId,
+        relay: Relay,
+    ) -> Result<Self, String> {
+        if !decision.allows(
+            &principal.state_key(),
+            &call.name.to_string(),
+            &call.args_hash,
+        ) {
+            return Err("the decision is not an allow for this caller and call".into());
+        }
+        if receipt.decision_id() != decision.id() {
+            return Err("the durable record is not this decision's".into());
+        }
+        // Every obligation is matched: a new kind must be handled here
+        // before it can compile, and one the PEP cannot fulfil denies.
+        for obligation in decision.obligations() {
+            match obligation {
+                Obligation::Approval => {
+                    let fulfilled = decision.decided_as_approved()
+                        && approval.is_some_and(|a| a.args_hash() == call.args_hash);
+                    if !fulfilled {
+                        return Err("the approval obligation is not fulfilled".into());
+                    }
+                }
+                // Applied to the result before it leaves the gateway
+                // (`finish`), which withholds what it cannot redact.
+                Obligation::Redact { .. } => {}
+            }
+        }
+        Ok(Self {
+            call,
+            principal,
+            decision,
+            receipt,
+            correlation,
+            relay,
+        })
+    }
+}
+
+impl<T> Permitted<T> {
+    pub(crate) fn call(&self) -> &T {
+        &self.call
+    }
+
+    pub(crate) fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// The receipt of the durable decision record.
+    pub(crate) fn receipt(&self) -> &Appended {
+        &self.receipt
+    }
+
+    pub(crate) fn correlation(&self) -> &CorrelationId {
+        &self.correlation
+    }
+
+    pub(crate) fn relay(&self) -> &Relay {
+        &self.relay
+    }
 }
 
 /// Everything the pipeline needs to know about one incoming call.
@@ -71,14 +163,18 @@ impl crate::Gateway {
         } = incoming;
         let correlation = CorrelationId::new();
         let exposed = params.name.to_string();
-        let args = params.arguments.clone().unwrap_or_default();
-        let subject = Subject::from(principal.as_ref());
+        let relay = Relay {
+            input_responses: params.input_responses,
+            request_state: params.request_state,
+        };
+        let args = params.arguments.unwrap_or_default();
+        let subject = principal.subject();
         // What the record keeps of the arguments (the hash always stays).
         let kept_args = self.cfg.redaction.apply(&exposed, &args);
         let record = |decision: &Decision, args_hash: &str| {
             let mut r = AuditRecord::decision(
                 self.clock.now_ms(),
-                decision.clone(),
+                decision.record().clone(),
                 correlation.clone(),
                 subject.clone(),
                 exposed.as_str(),
@@ -101,12 +197,7 @@ impl crate::Gateway {
             );
             self.metrics.count_decision(&decision);
             let hash = mandate_core::canonical_args_hash(&args);
-            let appended = tokio::time::timeout(
-                AUDIT_WRITE_TIMEOUT,
-                self.audit.append(record(&decision, &hash)),
-            )
-            .await;
-            if !matches!(appended, Ok(Ok(_))) {
+            if self.audit.append(record(&decision, &hash)).await.is_err() {
                 self.metrics.audit_failures.inc();
                 tracing::error!("audit append failed for a concurrency refusal");
             }
@@ -155,12 +246,12 @@ impl crate::Gateway {
         //    nothing to validate against, so the call fails closed.
         let now = self.now_unix();
         let hash = || self.policy.policy_hash();
-        let precheck = if principal.exp <= now.cast_unsigned() {
+        let precheck = if principal.exp() <= now.cast_unsigned() {
             Some((
                 Decision::deny("token expired", hash()),
                 DenyCategory::TokenExpired,
             ))
-        } else if let Some(r) = self.control.check(&principal) {
+        } else if let Some(r) = self.control.check(&principal.caller()) {
             Some((
                 Decision::deny(
                     format!(
@@ -179,7 +270,7 @@ impl crate::Gateway {
                 ),
                 DenyCategory::NotConfigured,
             ))
-        } else if !principal.scope.covers(&exposed) {
+        } else if !principal.scope().covers(&exposed) {
             Some((
                 Decision::deny(format!("scope does not cover {exposed}"), hash()),
                 DenyCategory::InsufficientScope,
@@ -225,6 +316,7 @@ impl crate::Gateway {
         // 4. Hold for a human: the call waits (durably recorded as held)
         //    until an approver decides, the deadline passes or the client
         //    goes away; only an approval releases it, re-verified now.
+        let mut approval = None;
         if decision.requires_approval() {
             let held = Held {
                 principal: &principal,
@@ -237,7 +329,10 @@ impl crate::Gateway {
                 .hold_for_approval(held, cancel, on_hold, client.clone(), progress.clone())
                 .await
             {
-                Ok(released) => (released, DenyCategory::NotPermitted),
+                Ok((released, approved)) => {
+                    approval = Some(approved);
+                    (released, DenyCategory::NotPermitted)
+                }
                 Err(denied) => *denied,
             };
         }
@@ -247,47 +342,71 @@ impl crate::Gateway {
         self.metrics.count_decision(&decision);
         let mut decision_record = record(&decision, &call.args_hash);
         decision_record.amount = metered_amount(&call);
-        let appended =
-            tokio::time::timeout(AUDIT_WRITE_TIMEOUT, self.audit.append(decision_record))
-                .await
-                .unwrap_or(Err(mandate_audit::AuditError::WriterStopped));
-        if let Err(e) = appended {
-            tracing::error!(error = %e, decision = %decision.id, "audit store unavailable; denying");
-            self.metrics.audit_failures.inc();
-            let denied = Decision::deny("audit store unavailable", self.policy.policy_hash());
-            return Err(denial_error(
-                &exposed,
-                &denied,
-                &correlation,
-                &DenyCategory::AuditUnavailable,
-            ));
-        }
+        let receipt = match self.audit.append(decision_record).await {
+            Ok(receipt) => receipt,
+            Err(e) => {
+                tracing::error!(error = %e, decision = %decision.id(), "audit store unavailable; denying");
+                self.metrics.audit_failures.inc();
+                let denied = Decision::deny("audit store unavailable", self.policy.policy_hash());
+                return Err(denial_error(
+                    &exposed,
+                    &denied,
+                    &correlation,
+                    &DenyCategory::AuditUnavailable,
+                ));
+            }
+        };
         tracing::info!(
             correlation_id = %correlation,
-            decision_id = %decision.id,
+            decision_id = %decision.id(),
             tool = %exposed,
-            effect = decision.effect.as_str(),
+            effect = decision.effect().as_str(),
             reason = if decision.is_allow() { "" } else { category.code() },
-            sub = %principal.sub,
-            act = ?principal.act,
+            sub = %principal.sub(),
+            act = ?principal.act(),
             "tools/call decided"
         );
         if !decision.is_allow() {
             return Err(denial_error(&exposed, &decision, &correlation, &category));
         }
-        let permitted = Permitted {
+
+        // 6. The permit: only from the three proofs (and the approval).
+        let args_hash = call.args_hash.clone();
+        let permitted = match Permitted::new(
+            principal.clone(),
             call,
-            decision,
-            correlation: correlation.clone(),
-            _proof: (),
+            decision.clone(),
+            receipt,
+            approval.as_ref(),
+            correlation.clone(),
+            relay,
+        ) {
+            Ok(p) => p,
+            Err(why) => {
+                // An invariant broke: the allow is on the record but the call
+                // goes nowhere; the outcome record says why.
+                tracing::error!(decision = %decision.id(), reason = %why, "permit refused; denying");
+                let refused = record(&decision, &args_hash).outcome(
+                    self.clock.now_ms(),
+                    "not_forwarded",
+                    Some(why),
+                );
+                if self.audit.append(refused).await.is_err() {
+                    self.metrics.audit_failures.inc();
+                }
+                return Err(denial_error(
+                    &exposed,
+                    &decision,
+                    &correlation,
+                    &DenyCategory::NotPermitted,
+                ));
+            }
         };
 
-        // 6. Forward, then 7. record the outcome (after the fact; the
-        //    response is not held for it).
+        // 7. Forward, then 8. label the result and 9. record the outcome
+        //    (after the fact; the response is not held for it).
+        let mut result = upstream.call(&permitted, client, progress).await;
         let session = principal.state_key();
-        let mut result = self
-            .forward(&upstream, &permitted, params, &session, client, progress)
-            .await;
 
         // What came back is data: label it, clean it, look for injected
         // instructions, and taint the session (later decisions see it).
@@ -295,7 +414,7 @@ impl crate::Gateway {
             Ok(CallToolResponse::Complete(r)) => crate::provenance::sanitise(
                 r,
                 &exposed,
-                upstream.config().provenance_of(&permitted.call.name.tool),
+                upstream.config().provenance_of(&permitted.call().name.tool),
             ),
             _ => crate::provenance::Findings::default(),
         };
@@ -308,7 +427,7 @@ impl crate::Gateway {
                 .any(|l| l == crate::provenance::SUSPICIOUS)
                 && !s.taint.contains(crate::provenance::SUSPICIOUS);
             s.taint.extend(findings.labels.iter().cloned());
-            s.exp = s.exp.max(principal.exp);
+            s.exp = s.exp.max(principal.exp());
             let source = format!("{exposed} ({})", findings.labels.join(", "));
             if s.sources.last() != Some(&source) && s.sources.len() < MAX_SOURCES {
                 s.sources.push(source);
@@ -354,7 +473,7 @@ impl crate::Gateway {
                 .to_string(),
             );
         }
-        let mut outcome_record = record(&permitted.decision, &permitted.call.args_hash).outcome(
+        let mut outcome_record = record(&permitted.decision, &permitted.call().args_hash).outcome(
             self.clock.now_ms(),
             outcome,
             detail,
@@ -373,52 +492,26 @@ impl crate::Gateway {
             Ok(response) => Ok(self.finish(response, &permitted, &findings)),
             Err(e) => {
                 self.metrics.upstream_errors.inc();
-                Err(upstream_error(&e, &permitted.correlation))
+                Err(upstream_error(&e, permitted.correlation()))
             }
         }
-    }
-
-    /// Sends a permitted call upstream, with the correlation id in `_meta`
-    /// and a W3C `traceparent`. The agent's token is never part of it.
-    async fn forward(
-        &self,
-        upstream: &Upstream,
-        permitted: &Permitted,
-        mut params: CallToolRequestParams,
-        session: &str,
-        client: Option<Peer<RoleServer>>,
-        progress: Option<ProgressToken>,
-    ) -> Result<CallToolResponse, UpstreamError> {
-        params.name = permitted.call.name.tool.clone().into();
-        let meta = params.meta.get_or_insert_with(Default::default);
-        meta.0.0.insert(
-            META_CORRELATION.into(),
-            permitted.correlation.as_str().into(),
-        );
-        meta.0.0.insert(
-            "traceparent".into(),
-            permitted.correlation.traceparent().into(),
-        );
-        upstream.call(params, session, client, progress).await
     }
 
     /// Applies result obligations and stamps the correlation id.
     fn finish(
         &self,
         response: CallToolResponse,
-        permitted: &Permitted,
+        permitted: &Permitted<ToolCall>,
         findings: &crate::provenance::Findings,
     ) -> CallToolResponse {
         let CallToolResponse::Complete(mut result) = response else {
             return response;
         };
-        for obligation in &permitted.decision.obligations {
-            if let Obligation::Redact { fields } = obligation
-                && let Some(serde_json::Value::Object(map)) = result.structured_content.as_mut()
-            {
-                for f in fields {
-                    map.remove(f);
-                }
+        for obligation in permitted.decision.obligations() {
+            match obligation {
+                Obligation::Redact { fields } => redact_result(&mut result, fields),
+                // Fulfilled before forwarding (`Permitted::new`).
+                Obligation::Approval => {}
             }
         }
         // Results from an upstream on an older protocol carry no
@@ -430,8 +523,10 @@ impl crate::Gateway {
             META_CORRELATION.into(),
             permitted.correlation.as_str().into(),
         );
-        meta.0
-            .insert(META_DECISION.into(), permitted.decision.id.as_str().into());
+        meta.0.insert(
+            META_DECISION.into(),
+            permitted.decision.id().as_str().into(),
+        );
         if !findings.labels.is_empty() {
             meta.0
                 .insert(META_LABELS.into(), findings.labels.clone().into());
@@ -450,7 +545,7 @@ impl crate::Gateway {
         now: i64,
         approved: bool,
     ) -> Decision {
-        let exp = principal.exp;
+        let exp = principal.exp();
         let mut session = self.sessions.entry(principal.state_key()).or_default();
         let task_key = task_key(principal);
         let mut task = task_key.map(|k| self.tasks.entry(k).or_default());
@@ -474,7 +569,7 @@ impl crate::Gateway {
             approved,
         };
         let decision = self.policy.decide(&DecisionRequest {
-            principal,
+            caller: principal.caller(),
             call,
             session: &facts,
             now_unix: now,
@@ -568,7 +663,7 @@ impl crate::Gateway {
         on_hold: Option<tokio::sync::oneshot::Sender<String>>,
         client: Option<Peer<RoleServer>>,
         progress: Option<ProgressToken>,
-    ) -> Result<Decision, Box<(Decision, DenyCategory)>> {
+    ) -> Result<(Decision, Approved), Box<(Decision, DenyCategory)>> {
         let hash = || self.policy.policy_hash();
         let deny = |reason: String, category: DenyCategory| {
             Err(Box::new((Decision::deny(reason, hash()), category)))
@@ -596,20 +691,20 @@ impl crate::Gateway {
             i64::try_from(self.cfg.approvals.timeout.as_millis()).unwrap_or(i64::MAX),
         );
         let new = mandate_control::NewApproval {
-            sub: principal.sub.clone(),
-            act: principal.act.clone(),
-            build: principal.build.clone(),
-            task_id: principal.task_id.clone(),
+            sub: principal.sub().to_owned(),
+            act: principal.act().to_vec(),
+            build: principal.build().map(str::to_owned),
+            task_id: principal.task_id().map(str::to_owned),
             session: principal.session_key(),
             tool: call.name.to_string(),
             class: class.to_owned(),
             args: serde_json::Value::Object(call.args.clone()),
             args_hash: call.args_hash.clone(),
-            policies: decision.policies.clone(),
-            reasons: decision.reasons.clone(),
+            policies: decision.policies().to_vec(),
+            reasons: decision.reasons().to_vec(),
             taint,
             untrusted_sources,
-            decision_id: decision.id.to_string(),
+            decision_id: decision.id().to_string(),
             correlation_id: correlation.to_string(),
             deadline_ms,
             holder: self.instance.clone(),
@@ -631,9 +726,7 @@ impl crate::Gateway {
             crate::approvals::approval_url(self, &approval.id)
         ));
         self.metrics.count_decision(decision);
-        let appended =
-            tokio::time::timeout(AUDIT_WRITE_TIMEOUT, self.audit.append(held_record)).await;
-        if !matches!(appended, Ok(Ok(_))) {
+        if self.audit.append(held_record).await.is_err() {
             let control = self.control.clone();
             let id = approval.id.clone();
             let _ = tokio::task::spawn_blocking(move || {
@@ -652,18 +745,18 @@ impl crate::Gateway {
         }
 
         match self.hold(&approval, cancel, client, progress).await {
-            HoldOutcome::Approved(a) => {
-                let by = a.decided_by.clone().unwrap_or_default();
+            HoldOutcome::Approved(approved) => {
+                let by = approved.decided_by().to_owned();
                 // Continuous verification at release: the world may have
                 // changed while the call waited.
                 let now = self.now_unix();
-                if principal.exp <= now.cast_unsigned() {
+                if principal.exp() <= now.cast_unsigned() {
                     return deny(
                         format!("approved by {by}, but the token expired while held"),
                         DenyCategory::TokenExpired,
                     );
                 }
-                if let Some(r) = self.control.check(principal) {
+                if let Some(r) = self.control.check(&principal.caller()) {
                     return deny(
                         format!(
                             "approved by {by}, but {} {} was revoked while held: {}",
@@ -695,23 +788,23 @@ impl crate::Gateway {
                         category,
                     );
                 }
-                let mut released = self.decide_and_count(principal, call, now, true);
+                let released = self.decide_and_count(principal, call, now, true);
                 if !released.is_allow() {
-                    released.reasons.push(format!(
+                    let released = released.with_reason(format!(
                         "approved by {by} ({}), but denied at release",
-                        a.id
+                        approved.id()
                     ));
                     return Err(Box::new((released, DenyCategory::NotPermitted)));
                 }
-                released.reasons.push(format!(
+                let released = released.with_reason(format!(
                     "approved by {by} ({}){}",
-                    a.id,
-                    a.comment
-                        .as_deref()
+                    approved.id(),
+                    approved
+                        .comment()
                         .map(|c| format!(": {c}"))
                         .unwrap_or_default()
                 ));
-                Ok(released)
+                Ok((released, approved))
             }
             HoldOutcome::Denied(a) => deny(
                 format!(
@@ -751,7 +844,7 @@ impl crate::Gateway {
 /// The usage key of a principal's task: user and task id (two users'
 /// tasks with the same id never share a budget). `None` without a task.
 fn task_key(p: &Principal) -> Option<String> {
-    p.task_id.as_deref().map(|t| task_key_of(&p.iss, &p.sub, t))
+    p.task_id().map(|t| task_key_of(p.iss(), p.sub(), t))
 }
 
 fn task_key_of(iss: &str, sub: &str, task: &str) -> String {
@@ -763,6 +856,44 @@ fn metered_amount(call: &ToolCall) -> Option<i64> {
     (call.class == mandate_core::ToolClass::Financial)
         .then(|| call.args.get("amount").and_then(serde_json::Value::as_i64))
         .flatten()
+}
+
+/// Removes `fields` from a result (a `redact` obligation): from its
+/// structured content, and from every text item that is the same data as
+/// JSON (MCP servers mirror structured results as text). A text item that
+/// is not JSON but names a redacted field cannot be redacted reliably and
+/// is withheld: an obligation the PEP cannot fulfil must not leak.
+fn redact_result(result: &mut rmcp::model::CallToolResult, fields: &[String]) {
+    fn strip(value: &mut serde_json::Value, fields: &[String]) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for f in fields {
+                    map.remove(f);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| strip(v, fields)),
+            _ => {}
+        }
+    }
+    if let Some(structured) = result.structured_content.as_mut() {
+        strip(structured, fields);
+    }
+    for item in &mut result.content {
+        let rmcp::model::ContentBlock::Text(text) = item else {
+            continue;
+        };
+        match serde_json::from_str::<serde_json::Value>(&text.text) {
+            Ok(mut value @ (serde_json::Value::Object(_) | serde_json::Value::Array(_))) => {
+                strip(&mut value, fields);
+                text.text = value.to_string();
+            }
+            _ => {
+                if fields.iter().any(|f| text.text.contains(f.as_str())) {
+                    text.text = "[withheld: this result carries fields a policy redacts]".into();
+                }
+            }
+        }
+    }
 }
 
 /// Detail of the decision record of a call put on hold (not yet counted).
@@ -858,10 +989,6 @@ pub(crate) enum Resolved {
     /// No such upstream or tool.
     Unknown,
 }
-
-/// A decision record not durable within this time counts as a failed write
-/// (a stuck disk must not hold calls forever; they are denied instead).
-pub(crate) const AUDIT_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long per-session state is kept after the session's last token expired.
 pub(crate) const SESSION_GRACE_SECS: u64 = 120;

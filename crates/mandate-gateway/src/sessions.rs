@@ -9,7 +9,7 @@
 //! refused). rmcp closes sessions idle past the configured timeout; this
 //! registry forgets them on its next sweep.
 
-use mandate_core::Principal;
+use mandate_authn::Principal;
 use rmcp::transport::streamable_http_server::session::SessionManager as _;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use std::collections::HashMap;
@@ -139,7 +139,7 @@ impl Sessions {
         };
         match inner.sessions.get_mut(id) {
             Some(e) if e.binding == principal.binding() => {
-                e.exp = e.exp.max(principal.exp);
+                e.exp = e.exp.max(principal.exp());
                 e.last_used = now;
                 Check::Bound
             }
@@ -211,7 +211,7 @@ impl Sessions {
                 Entry {
                     binding: principal.binding(),
                     subject: reservation.subject,
-                    exp: principal.exp,
+                    exp: principal.exp(),
                     last_used: now,
                 },
             );

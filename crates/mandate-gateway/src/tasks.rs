@@ -10,7 +10,8 @@
 //! in this process only; after a restart `tasks/get` answers "not found" and
 //! the held call has failed closed.
 
-use mandate_core::{Clock, Principal};
+use mandate_authn::Principal;
+use mandate_core::Clock;
 use rmcp::ErrorData;
 use rmcp::model::{CallToolResponse, DetailedTask, JsonObject, Task, TaskPayload, TaskStatus};
 use std::time::{Duration, Instant};

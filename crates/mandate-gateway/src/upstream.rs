@@ -8,8 +8,10 @@
 //! see each other's progress).
 
 use crate::config::{Isolation, Transport, UpstreamConfig};
+use crate::pipeline::Permitted;
 use dashmap::DashMap;
 use http::{HeaderName, HeaderValue};
+use mandate_core::ToolCall;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, ClientCapabilities, ClientConfig,
     ClientJsonRpcMessage, ClientRequest, Implementation, JsonRpcMessage, ProgressNotificationParam,
@@ -411,13 +413,41 @@ impl Upstream {
     /// client: the upstream's progress notifications for this call (if it
     /// asked with `progress`) and, on a session-isolated upstream, its
     /// elicitations are relayed to it and to no one else.
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
-        mut params: CallToolRequestParams,
-        session: &str,
+        permitted: &Permitted<ToolCall>,
         client: Option<Peer<RoleServer>>,
         progress: Option<ProgressToken>,
     ) -> Result<CallToolResponse, UpstreamError> {
+        // Exactly what was permitted: the tool's own name and the arguments
+        // that were hashed, shown to any approver and recorded; the
+        // correlation id in `_meta` and as a W3C `traceparent`. Nothing else
+        // the client sent goes along (no token, no other `_meta`), except
+        // the answers to the upstream's own questions (MRTR).
+        let call = permitted.call();
+        // The connection of the caller's Mandate session (isolation).
+        let session_key = permitted.principal().state_key();
+        let session = session_key.as_str();
+        tracing::debug!(
+            upstream = %self.cfg.name,
+            decision_seq = permitted.receipt().seq(),
+            "forwarding a permitted call"
+        );
+        let mut params =
+            CallToolRequestParams::new(call.name.tool.clone()).with_arguments(call.args.clone());
+        let relay = permitted.relay();
+        params.input_responses.clone_from(&relay.input_responses);
+        params.request_state.clone_from(&relay.request_state);
+        let mut meta = rmcp::model::RequestMetaObject::default();
+        meta.0.0.insert(
+            crate::pipeline::META_CORRELATION.into(),
+            permitted.correlation().as_str().into(),
+        );
+        meta.0.0.insert(
+            "traceparent".into(),
+            permitted.correlation().traceparent().into(),
+        );
+        params.meta = Some(meta);
         // Getting the connection and handing the request to it are bounded
         // too: whatever is stuck, the call fails after the timeout (and the
         // connection is replaced) instead of hanging.
@@ -436,7 +466,6 @@ impl Upstream {
         // rmcp puts its own progress token (a per-connection counter) on
         // every request; route the upstream's progress for that token back
         // to this call's client, with the client's own token.
-        let _ = params.meta.as_mut().map(|m| m.0.0.remove("progressToken"));
         let request = ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(params));
         tracing::debug!(upstream = %self.cfg.name, "connection ready; sending the call");
         let sent = match tokio::time::timeout(

@@ -28,7 +28,7 @@ use cedar_policy::{
     RestrictedExpression, Schema,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
-use mandate_core::{Principal, Scope, ToolCall, ToolClass, ToolName};
+use mandate_core::{CallerData as Principal, Scope, ToolCall, ToolClass, ToolName};
 use mandate_policy::{BuildInfo, DecisionRequest, Directory, PolicyEngine, SessionFacts};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::error::Error;
@@ -93,7 +93,6 @@ fn principal() -> Principal {
         build: Some(BUILD.into()),
         sid: Some("s1".into()),
         jti: None,
-        exp: 0,
     }
 }
 
@@ -273,7 +272,7 @@ fn raw_request(
     dir: &Directory,
 ) -> Result<(Request, Entities), Box<dyn Error>> {
     let tool_name = call.name.to_string();
-    let agent = uid("Agent", p.agent().ok_or("no agent")?)?;
+    let agent = uid("Agent", p.caller().agent().ok_or("no agent")?)?;
     let user = uid("User", &p.sub)?;
     let upstream = uid("Upstream", &call.name.upstream)?;
     let tool = uid("Tool", &tool_name)?;
@@ -314,7 +313,7 @@ fn raw_request(
         ),
         (
             "session".into(),
-            RestrictedExpression::new_string(p.session_key()),
+            RestrictedExpression::new_string(p.caller().session_key()),
         ),
         (
             "tool".into(),
@@ -429,7 +428,7 @@ fn bench(c: &mut Criterion) {
         for sc in &scenarios() {
             let call = tool_call(sc).expect("scenario call");
             let req = DecisionRequest {
-                principal: &principal,
+                caller: principal.caller(),
                 call: &call,
                 session: &session,
                 now_unix: NOW,
@@ -448,7 +447,7 @@ fn bench(c: &mut Criterion) {
             );
             assert!(theirs.diagnostics().errors().next().is_none());
             assert_eq!(
-                ours.policies.len(),
+                ours.policies().len(),
                 theirs.diagnostics().reason().count(),
                 "{}",
                 sc.name
@@ -500,7 +499,7 @@ fn percentiles(
     for sc in &scenarios() {
         let call = tool_call(sc).expect("scenario call");
         let req = DecisionRequest {
-            principal,
+            caller: principal.caller(),
             call: &call,
             session,
             now_unix: NOW,

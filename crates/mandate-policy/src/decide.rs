@@ -10,11 +10,12 @@
 //! combines policies within one set: any satisfied `forbid` denies, else
 //! any satisfied `permit` allows, else the call is denied by default.
 
+use crate::Decision;
 use crate::load::Snapshot;
 use crate::request;
 use crate::{DecisionRequest, Versioned, obligation};
 use cedar_policy::{AuthorizationError, Decision as CedarDecision, PolicyId};
-use mandate_core::{Decision, DecisionId, Effect};
+use mandate_core::{DecisionId, DecisionRecord, Effect};
 use std::collections::BTreeSet;
 
 /// The reason recorded when no policy permits a call.
@@ -59,10 +60,15 @@ pub(crate) fn decide(
             }
         }));
     }
-    fold(snap, outcome)
+    Decision::decided(
+        fold(snap, outcome),
+        &req.caller,
+        req.call,
+        req.session.approved,
+    )
 }
 
-fn fold(snap: &Snapshot, outcome: Outcome) -> Decision {
+fn fold(snap: &Snapshot, outcome: Outcome) -> DecisionRecord {
     let Outcome {
         forbids,
         permits,
@@ -82,7 +88,7 @@ fn fold(snap: &Snapshot, outcome: Outcome) -> Decision {
             .map(|(id, _)| id.to_string())
             .chain(forbids.iter().map(ToString::to_string))
             .collect();
-        return Decision {
+        return DecisionRecord {
             id: DecisionId::new(),
             effect: Effect::Deny,
             policies: policies.into_iter().collect(),
@@ -92,7 +98,7 @@ fn fold(snap: &Snapshot, outcome: Outcome) -> Decision {
         };
     }
     if !forbids.is_empty() {
-        return Decision {
+        return DecisionRecord {
             id: DecisionId::new(),
             effect: Effect::Deny,
             policies: forbids.iter().map(ToString::to_string).collect(),
@@ -105,9 +111,9 @@ fn fold(snap: &Snapshot, outcome: Outcome) -> Decision {
         };
     }
     if permits.is_empty() {
-        return Decision::deny(DEFAULT_DENY_REASON, snap.hash.clone());
+        return DecisionRecord::deny(DEFAULT_DENY_REASON, snap.hash.clone());
     }
-    Decision {
+    DecisionRecord {
         id: DecisionId::new(),
         effect: Effect::Allow,
         policies: permits.iter().map(ToString::to_string).collect(),

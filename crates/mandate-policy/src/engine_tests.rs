@@ -1,7 +1,7 @@
 //! Engine tests against the shipped quickstart policies and small custom sets.
 
 use super::*;
-use mandate_core::{Effect, Obligation, Scope, ToolClass, ToolName};
+use mandate_core::{CallerData, Effect, Obligation, Scope, ToolClass, ToolName};
 use serde_json::json;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -14,8 +14,8 @@ fn shipped() -> Result<PolicyEngine, PolicyError> {
     PolicyEngine::load_dir(&shipped_dir())
 }
 
-fn principal(scope: &str) -> Principal {
-    Principal {
+fn principal(scope: &str) -> CallerData {
+    CallerData {
         iss: "https://broker.test".into(),
         sub: "alice".into(),
         act: vec!["assistant".into()],
@@ -24,7 +24,6 @@ fn principal(scope: &str) -> Principal {
         build: Some("b".repeat(64)),
         sid: Some("s1".into()),
         jti: None,
-        exp: 0,
     }
 }
 
@@ -39,12 +38,12 @@ fn call(tool: &str, class: ToolClass, args: serde_json::Value) -> Result<ToolCal
 
 fn decide_with(
     engine: &PolicyEngine,
-    p: &Principal,
+    p: &CallerData,
     c: &ToolCall,
     session: &SessionFacts,
 ) -> Decision {
     engine.decide(&DecisionRequest {
-        principal: p,
+        caller: p.caller(),
         call: c,
         session,
         now_unix: 1_767_225_600,
@@ -81,14 +80,14 @@ fn read_in_scope_is_allowed_without_obligations() -> TestResult {
         "docs.*",
         &call("docs.search", ToolClass::Read, json!({"query": "refunds"}))?,
     );
-    assert_eq!(d.effect, Effect::Allow, "{d:?}");
-    assert!(d.obligations.is_empty());
-    assert_eq!(d.policies, vec!["read-in-scope".to_owned()]);
+    assert_eq!(d.effect(), Effect::Allow, "{d:?}");
+    assert!(d.obligations().is_empty());
+    assert_eq!(d.policies(), vec!["read-in-scope".to_owned()]);
     assert_eq!(
-        d.reasons,
+        d.reasons(),
         vec!["read-only tool within the delegated scope".to_owned()]
     );
-    assert_eq!(d.policy_hash, engine.policy_hash());
+    assert_eq!(d.policy_hash(), engine.policy_hash());
     Ok(())
 }
 
@@ -100,9 +99,9 @@ fn read_out_of_scope_is_denied_by_default() -> TestResult {
         "docs.search",
         &call("bank.get_balance", ToolClass::Read, json!({}))?,
     );
-    assert_eq!(d.effect, Effect::Deny);
-    assert!(d.policies.is_empty());
-    assert_eq!(d.reasons, vec![DEFAULT_DENY_REASON.to_owned()]);
+    assert_eq!(d.effect(), Effect::Deny);
+    assert!(d.policies().is_empty());
+    assert_eq!(d.reasons(), vec![DEFAULT_DENY_REASON.to_owned()]);
     Ok(())
 }
 
@@ -118,10 +117,10 @@ fn transfer_in_scope_needs_approval() -> TestResult {
             json!({"amount": 50, "to": "acc-9"}),
         )?,
     );
-    assert_eq!(d.effect, Effect::Allow, "{d:?}");
-    assert_eq!(d.obligations, vec![Obligation::Approval]);
+    assert_eq!(d.effect(), Effect::Allow, "{d:?}");
+    assert_eq!(d.obligations(), vec![Obligation::Approval]);
     assert!(d.requires_approval());
-    assert_eq!(d.policies, vec!["high-impact-needs-approval".to_owned()]);
+    assert_eq!(d.policies(), vec!["high-impact-needs-approval".to_owned()]);
     Ok(())
 }
 
@@ -137,13 +136,13 @@ fn transfer_over_the_limit_is_forbidden_with_reason() -> TestResult {
             json!({"amount": 20000, "to": "acc-9"}),
         )?,
     );
-    assert_eq!(d.effect, Effect::Deny);
-    assert_eq!(d.policies, vec!["financial-amount-limit".to_owned()]);
+    assert_eq!(d.effect(), Effect::Deny);
+    assert_eq!(d.policies(), vec!["financial-amount-limit".to_owned()]);
     assert_eq!(
-        d.reasons,
+        d.reasons(),
         vec!["amount exceeds the per-call limit of 10000 for agents".to_owned()]
     );
-    assert!(d.obligations.is_empty());
+    assert!(d.obligations().is_empty());
     Ok(())
 }
 
@@ -165,17 +164,17 @@ fn amount_of_the_wrong_type_fails_closed() -> TestResult {
                 json!({"amount": amount, "to": "acc-9"}),
             )?,
         );
-        assert_eq!(d.effect, Effect::Deny, "amount {amount}: {d:?}");
+        assert_eq!(d.effect(), Effect::Deny, "amount {amount}: {d:?}");
         assert!(
-            d.reasons.iter().any(|r| r.contains("`amount`")),
+            d.reasons().iter().any(|r| r.contains("`amount`")),
             "amount {amount}: {:?}",
-            d.reasons
+            d.reasons()
         );
         // The value itself is not echoed into the (audited) reason.
         assert!(
-            !d.reasons.iter().any(|r| r.contains("20000")),
+            !d.reasons().iter().any(|r| r.contains("20000")),
             "{:?}",
-            d.reasons
+            d.reasons()
         );
     }
     Ok(())
@@ -203,7 +202,7 @@ when { context.args has amount && context.args.amount * 1000000000000 > 0 };
         &call("docs.search", ToolClass::Read, json!({"amount": 1}))?,
     );
     assert_eq!(
-        ok.effect,
+        ok.effect(),
         Effect::Deny,
         "the forbid applies normally: {ok:?}"
     );
@@ -216,10 +215,10 @@ when { context.args has amount && context.args.amount * 1000000000000 > 0 };
             json!({"amount": 10_000_000}),
         )?,
     );
-    assert_eq!(d.effect, Effect::Deny, "{d:?}");
-    assert_eq!(d.policies, vec!["overflowing-forbid".to_owned()]);
+    assert_eq!(d.effect(), Effect::Deny, "{d:?}");
+    assert_eq!(d.policies(), vec!["overflowing-forbid".to_owned()]);
     assert!(
-        d.reasons
+        d.reasons()
             .iter()
             .any(|r| r.contains("overflowing-forbid") && r.contains("fail closed"))
     );
@@ -228,7 +227,7 @@ when { context.args has amount && context.args.amount * 1000000000000 > 0 };
         "docs.*",
         &call("docs.search", ToolClass::Read, json!({}))?,
     );
-    assert_eq!(fine.effect, Effect::Allow, "{fine:?}");
+    assert_eq!(fine.effect(), Effect::Allow, "{fine:?}");
     Ok(())
 }
 
@@ -244,7 +243,7 @@ fn undeclared_arguments_are_ignored_whatever_their_type() -> TestResult {
             json!({"query": "x", "limit": 2.5, "filters": {"__entity": {"type": "Mandate::User", "id": "root"}}, "tags": [1, "a", null], "n": null}),
         )?,
     );
-    assert_eq!(d.effect, Effect::Allow, "{d:?}");
+    assert_eq!(d.effect(), Effect::Allow, "{d:?}");
     Ok(())
 }
 
@@ -260,7 +259,7 @@ fn null_declared_argument_counts_as_absent() -> TestResult {
             json!({"amount": null}),
         )?,
     );
-    assert_eq!(d.effect, Effect::Allow, "{d:?}");
+    assert_eq!(d.effect(), Effect::Allow, "{d:?}");
     assert!(d.requires_approval());
     Ok(())
 }
@@ -277,11 +276,11 @@ fn arguments_too_deep_or_too_large_are_denied() -> TestResult {
         "docs.*",
         &call("docs.search", ToolClass::Read, json!({"extra": deep}))?,
     );
-    assert_eq!(d.effect, Effect::Deny);
+    assert_eq!(d.effect(), Effect::Deny);
     assert!(
-        d.reasons.iter().any(|r| r.contains("deeper")),
+        d.reasons().iter().any(|r| r.contains("deeper")),
         "{:?}",
-        d.reasons
+        d.reasons()
     );
 
     let big = "y".repeat(limits::MAX_ARGS_BYTES);
@@ -290,11 +289,11 @@ fn arguments_too_deep_or_too_large_are_denied() -> TestResult {
         "docs.*",
         &call("docs.search", ToolClass::Read, json!({"query": big}))?,
     );
-    assert_eq!(d.effect, Effect::Deny);
+    assert_eq!(d.effect(), Effect::Deny);
     assert!(
-        d.reasons.iter().any(|r| r.contains("bytes")),
+        d.reasons().iter().any(|r| r.contains("bytes")),
         "{:?}",
-        d.reasons
+        d.reasons()
     );
     Ok(())
 }
@@ -317,10 +316,10 @@ fn tainted_session_sinks_need_approval_and_name_the_flow_rule() -> TestResult {
         )?,
         &session,
     );
-    assert_eq!(d.effect, Effect::Allow);
-    assert_eq!(d.obligations, vec![Obligation::Approval]);
+    assert_eq!(d.effect(), Effect::Allow);
+    assert_eq!(d.obligations(), vec![Obligation::Approval]);
     assert_eq!(
-        d.policies,
+        d.policies(),
         vec![
             "high-impact-needs-approval".to_owned(),
             "tainted-session-sinks-need-approval".to_owned()
@@ -333,8 +332,8 @@ fn tainted_session_sinks_need_approval_and_name_the_flow_rule() -> TestResult {
         &call("docs.search", ToolClass::Read, json!({}))?,
         &session,
     );
-    assert_eq!(d.effect, Effect::Allow);
-    assert!(d.obligations.is_empty());
+    assert_eq!(d.effect(), Effect::Allow);
+    assert!(d.obligations().is_empty());
     Ok(())
 }
 
@@ -351,8 +350,8 @@ fn session_call_budget_is_enforced() -> TestResult {
         &call("docs.search", ToolClass::Read, json!({}))?,
         &session,
     );
-    assert_eq!(d.effect, Effect::Deny);
-    assert_eq!(d.policies, vec!["session-call-budget".to_owned()]);
+    assert_eq!(d.effect(), Effect::Deny);
+    assert_eq!(d.policies(), vec!["session-call-budget".to_owned()]);
     Ok(())
 }
 
@@ -367,8 +366,8 @@ fn a_token_without_an_agent_is_denied() -> TestResult {
         &call("docs.search", ToolClass::Read, json!({}))?,
         &SessionFacts::default(),
     );
-    assert_eq!(d.effect, Effect::Deny);
-    assert!(d.reasons.iter().any(|r| r.contains("no agent")));
+    assert_eq!(d.effect(), Effect::Deny);
+    assert!(d.reasons().iter().any(|r| r.contains("no agent")));
     Ok(())
 }
 
@@ -393,9 +392,9 @@ when { resource.class == "read" && context.task_id == "" };
     let engine = PolicyEngine::load_dir(dir.path())?;
     let c = call("docs.list_customers", ToolClass::Read, json!({}))?;
     let d = decide(&engine, "docs.*", &c);
-    assert_eq!(d.effect, Effect::Allow);
+    assert_eq!(d.effect(), Effect::Allow);
     assert_eq!(
-        d.obligations,
+        d.obligations(),
         vec![Obligation::Redact {
             fields: vec!["email".into(), "phone".into()]
         }]
@@ -404,7 +403,7 @@ when { resource.class == "read" && context.task_id == "" };
     p.task_id = None;
     let d = decide_with(&engine, &p, &c, &SessionFacts::default());
     assert_eq!(
-        d.obligations,
+        d.obligations(),
         vec![
             Obligation::Approval,
             Obligation::Redact {
@@ -412,7 +411,7 @@ when { resource.class == "read" && context.task_id == "" };
             }
         ]
     );
-    assert_eq!(d.policies.len(), 3);
+    assert_eq!(d.policies().len(), 3);
     // Ids default to `<file>#policy<N>` when there is no `@id`.
     Ok(())
 }
@@ -426,9 +425,9 @@ fn default_ids_name_file_and_position() -> TestResult {
     )])?;
     let engine = PolicyEngine::load_dir(dir.path())?;
     let d = decide(&engine, "", &call("x.y", ToolClass::Write, json!({}))?);
-    assert_eq!(d.policies, vec!["a.cedar#policy1".to_owned()]);
+    assert_eq!(d.policies(), vec!["a.cedar#policy1".to_owned()]);
     assert_eq!(
-        d.reasons,
+        d.reasons(),
         vec!["permitted by policy `a.cedar#policy1`".to_owned()]
     );
     Ok(())
@@ -591,8 +590,8 @@ fn reload_with_a_broken_file_keeps_the_last_good_set() -> TestResult {
     assert_eq!(engine.reload_failures(), 1);
     assert_eq!(engine.policy_hash(), good_hash);
     let d = decide(&engine, "docs.*", &c);
-    assert_eq!(d.effect, Effect::Allow);
-    assert_eq!(d.policy_hash, good_hash);
+    assert_eq!(d.effect(), Effect::Allow);
+    assert_eq!(d.policy_hash(), good_hash);
 
     // Fixing the file makes the next reload take effect.
     std::fs::write(
@@ -603,8 +602,8 @@ fn reload_with_a_broken_file_keeps_the_last_good_set() -> TestResult {
     assert_eq!(engine.reload_failures(), 1);
     assert_ne!(engine.policy_hash(), good_hash);
     let d = decide(&engine, "docs.*", &c);
-    assert_eq!(d.effect, Effect::Deny);
-    assert_eq!(d.policies, vec!["no-docs".to_owned()]);
+    assert_eq!(d.effect(), Effect::Deny);
+    assert_eq!(d.policies(), vec!["no-docs".to_owned()]);
     Ok(())
 }
 
@@ -713,8 +712,8 @@ when { context.now > 100 };
         "",
         &call("docs.search", ToolClass::Read, json!({}))?,
     );
-    assert_eq!(d.effect, Effect::Deny, "{d:?}");
-    assert_eq!(d.policies, vec!["nothing-after-hours".to_owned()]);
+    assert_eq!(d.effect(), Effect::Deny, "{d:?}");
+    assert_eq!(d.policies(), vec!["nothing-after-hours".to_owned()]);
     Ok(())
 }
 
@@ -762,7 +761,7 @@ when { context.user in Mandate::Group::"editors" };
     // No directory: nobody is in a group.
     assert!(engine.directory().groups.is_empty());
     let d = decide_with(&engine, &alice, &c, &SessionFacts::default());
-    assert_eq!(d.effect, Effect::Deny, "{d:?}");
+    assert_eq!(d.effect(), Effect::Deny, "{d:?}");
 
     engine.set_directory(directory(
         &[("alice", &["staff", "editors"]), ("bob", &["staff"])],
@@ -770,10 +769,10 @@ when { context.user in Mandate::Group::"editors" };
     ));
     assert_eq!(engine.directory().groups.len(), 2);
     let d = decide_with(&engine, &alice, &c, &SessionFacts::default());
-    assert_eq!(d.effect, Effect::Allow, "{d:?}");
-    assert_eq!(d.policies, vec!["editors-write".to_owned()]);
+    assert_eq!(d.effect(), Effect::Allow, "{d:?}");
+    assert_eq!(d.policies(), vec!["editors-write".to_owned()]);
     let d = decide_with(&engine, &bob, &c, &SessionFacts::default());
-    assert_eq!(d.effect, Effect::Deny, "{d:?}");
+    assert_eq!(d.effect(), Effect::Deny, "{d:?}");
 
     // A reload that changes the policies keeps the directory.
     std::fs::write(
@@ -783,12 +782,12 @@ when { context.user in Mandate::Group::"editors" };
     engine.reload()?;
     assert_eq!(engine.policy_count(), 2);
     let d = decide_with(&engine, &alice, &c, &SessionFacts::default());
-    assert_eq!(d.effect, Effect::Allow, "{d:?}");
+    assert_eq!(d.effect(), Effect::Allow, "{d:?}");
 
     // Replacing the directory takes effect on the next decision.
     engine.set_directory(Directory::default());
     let d = decide_with(&engine, &alice, &c, &SessionFacts::default());
-    assert_eq!(d.effect, Effect::Deny, "{d:?}");
+    assert_eq!(d.effect(), Effect::Deny, "{d:?}");
     Ok(())
 }
 
@@ -812,20 +811,20 @@ unless { context.build == Mandate::Build::"cafe01" && context.build.name == "pay
     let read = call("docs.search", ToolClass::Read, json!({}))?;
     let pay = call("bank.transfer", ToolClass::Financial, json!({"amount": 1}))?;
     let mut p = principal("");
-    let run = |p: &Principal, c: &ToolCall| decide_with(&engine, p, c, &SessionFacts::default());
+    let run = |p: &CallerData, c: &ToolCall| decide_with(&engine, p, c, &SessionFacts::default());
 
     p.build = Some("cafe01".into());
     let d = run(&p, &read);
-    assert_eq!(d.effect, Effect::Deny, "unregistered: {d:?}");
-    assert_eq!(d.policies, vec!["unregistered-build".to_owned()]);
+    assert_eq!(d.effect(), Effect::Deny, "unregistered: {d:?}");
+    assert_eq!(d.policies(), vec!["unregistered-build".to_owned()]);
     assert_eq!(
-        d.reasons,
+        d.reasons(),
         vec!["this agent build is not registered".to_owned()]
     );
 
     engine.set_directory(directory(&[], &[("cafe01", "payer v2"), ("", "empty")]));
-    assert_eq!(run(&p, &read).effect, Effect::Allow);
-    assert_eq!(run(&p, &pay).effect, Effect::Allow);
+    assert_eq!(run(&p, &read).effect(), Effect::Allow);
+    assert_eq!(run(&p, &pay).effect(), Effect::Allow);
 
     // Another registered build may read but is not the pinned payer.
     engine.set_directory(directory(
@@ -833,18 +832,22 @@ unless { context.build == Mandate::Build::"cafe01" && context.build.name == "pay
         &[("cafe01", "payer v1"), ("beef02", "reader"), ("", "empty")],
     ));
     let d = run(&p, &pay);
-    assert_eq!(d.policies, vec!["not-the-pinned-build".to_owned()], "{d:?}");
+    assert_eq!(
+        d.policies(),
+        vec!["not-the-pinned-build".to_owned()],
+        "{d:?}"
+    );
     p.build = Some("beef02".into());
-    assert_eq!(run(&p, &read).effect, Effect::Allow);
-    assert_eq!(run(&p, &pay).effect, Effect::Deny);
+    assert_eq!(run(&p, &read).effect(), Effect::Allow);
+    assert_eq!(run(&p, &pay).effect(), Effect::Deny);
 
     // A token without a build is the build "", which is never registered,
     // even when the configuration lists "".
     p.build = None;
     let d = run(&p, &read);
-    assert_eq!(d.policies, vec!["unregistered-build".to_owned()], "{d:?}");
+    assert_eq!(d.policies(), vec!["unregistered-build".to_owned()], "{d:?}");
     p.build = Some(String::new());
-    assert_eq!(run(&p, &read).effect, Effect::Deny);
+    assert_eq!(run(&p, &read).effect(), Effect::Deny);
     Ok(())
 }
 
@@ -860,12 +863,12 @@ fn task_is_an_entity_and_a_string() -> TestResult {
     let engine = PolicyEngine::load_dir(dir.path())?;
     let c = call("docs.search", ToolClass::Read, json!({}))?;
     let mut p = principal("");
-    let run = |p: &Principal| decide_with(&engine, p, &c, &SessionFacts::default());
-    assert_eq!(run(&p).policies, vec!["task-1".to_owned()]);
+    let run = |p: &CallerData| decide_with(&engine, p, &c, &SessionFacts::default());
+    assert_eq!(run(&p).policies(), vec!["task-1".to_owned()]);
     p.task_id = Some("invoice-7".into());
-    assert_eq!(run(&p).policies, vec!["invoices".to_owned()]);
+    assert_eq!(run(&p).policies(), vec!["invoices".to_owned()]);
     p.task_id = None;
-    assert_eq!(run(&p).effect, Effect::Deny);
+    assert_eq!(run(&p).effect(), Effect::Deny);
     Ok(())
 }
 
@@ -888,7 +891,7 @@ fn each_session_counter_reaches_the_policies() -> TestResult {
     let p = principal("");
     let run = |s: SessionFacts| decide_with(&engine, &p, &c, &s);
     let d = run(SessionFacts::default());
-    assert_eq!(d.policies, vec!["all".to_owned()], "{d:?}");
+    assert_eq!(d.policies(), vec!["all".to_owned()], "{d:?}");
 
     let cases: [(&str, SessionFacts, SessionFacts); 6] = [
         (
@@ -960,10 +963,10 @@ fn each_session_counter_reaches_the_policies() -> TestResult {
     ];
     for (id, below, at) in cases {
         let d = run(below);
-        assert_eq!(d.effect, Effect::Allow, "{id} below the limit: {d:?}");
+        assert_eq!(d.effect(), Effect::Allow, "{id} below the limit: {d:?}");
         let d = run(at);
-        assert_eq!(d.effect, Effect::Deny, "{id} at the limit: {d:?}");
-        assert_eq!(d.policies, vec![id.to_owned()], "{d:?}");
+        assert_eq!(d.effect(), Effect::Deny, "{id} at the limit: {d:?}");
+        assert_eq!(d.policies(), vec![id.to_owned()], "{d:?}");
     }
 
     // Counters beyond Cedar's `Long` reach policies as i64::MAX, not as a
@@ -972,7 +975,7 @@ fn each_session_counter_reaches_the_policies() -> TestResult {
         calls_in_task: u64::MAX,
         ..SessionFacts::default()
     });
-    assert_eq!(d.policies, vec!["task-calls".to_owned()], "{d:?}");
+    assert_eq!(d.policies(), vec!["task-calls".to_owned()], "{d:?}");
     Ok(())
 }
 
@@ -998,8 +1001,8 @@ fn assert_refused_reload_keeps_serving(
     assert_eq!(engine.reload_failures(), 1);
     assert_eq!(engine.policy_hash(), good);
     let d = decide(&engine, "docs.*", &c);
-    assert_eq!(d.effect, Effect::Allow, "{d:?}");
-    assert_eq!(d.policy_hash, good);
+    assert_eq!(d.effect(), Effect::Allow, "{d:?}");
+    assert_eq!(d.policy_hash(), good);
     Ok(())
 }
 
@@ -1170,7 +1173,7 @@ when { context.args has amount && context.args.amount * 1000000000000 > 0 };
                     for p in &principals {
                         let c = call(tool, class, a.clone())?;
                         let req = DecisionRequest {
-                            principal: p,
+                            caller: p.caller(),
                             call: &c,
                             session: s,
                             now_unix: 0,
@@ -1209,8 +1212,9 @@ when { context.args has amount && context.args.amount * 1000000000000 > 0 };
                             (Effect::Allow, determining)
                         };
                         let context = format!("{tool} {class} {a} {:?} {}", s.taint, p.sub);
-                        assert_eq!(got.effect, effect, "{context}: {got:?}");
-                        let got_policies: BTreeSet<String> = got.policies.iter().cloned().collect();
+                        assert_eq!(got.effect(), effect, "{context}: {got:?}");
+                        let got_policies: BTreeSet<String> =
+                            got.policies().iter().cloned().collect();
                         assert_eq!(got_policies, policies, "{context}: {got:?}");
                         compared += 1;
                     }
@@ -1308,16 +1312,16 @@ when { context.in_scope && context.args has price && context.args.price.lessThan
         (json!(-0.5), Effect::Allow),
     ] {
         let d = pay(price.clone())?;
-        assert_eq!(d.effect, effect, "price {price}: {d:?}");
+        assert_eq!(d.effect(), effect, "price {price}: {d:?}");
     }
     // More precision than a Cedar decimal holds is refused, never rounded
     // down to fit under the limit.
     let d = pay(json!(99.99999))?;
-    assert_eq!(d.effect, Effect::Deny, "{d:?}");
+    assert_eq!(d.effect(), Effect::Deny, "{d:?}");
     assert!(
-        d.reasons.iter().any(|r| r.contains("`price`")),
+        d.reasons().iter().any(|r| r.contains("`price`")),
         "{:?}",
-        d.reasons
+        d.reasons()
     );
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod args;
 mod decide;
+mod decision;
 mod error;
 mod load;
 mod model;
@@ -12,6 +13,7 @@ mod testing;
 
 pub use args::check_bounds as check_args_bounds;
 pub use decide::DEFAULT_DENY_REASON;
+pub use decision::Decision;
 pub use error::{
     ContractError, Diagnostics, IoError, LayoutError, LimitError, PolicyError, SourceDiagnostic,
 };
@@ -21,7 +23,7 @@ pub use testing::{CaseResult, TEST_EXTENSION, TestReport, run_tests};
 
 use arc_swap::ArcSwap;
 use load::Snapshot;
-use mandate_core::{Decision, Principal, ToolCall};
+use mandate_core::{Caller, ToolCall};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -104,8 +106,8 @@ pub struct BuildInfo {
 /// Everything one decision depends on.
 #[derive(Debug, Clone, Copy)]
 pub struct DecisionRequest<'a> {
-    /// The verified composite subject.
-    pub principal: &'a Principal,
+    /// Who is calling (a verified principal's view, or a policy test's).
+    pub caller: Caller<'a>,
     /// The call, with its configured tool class.
     pub call: &'a ToolCall,
     /// Session facts (taint, counters).

@@ -24,7 +24,7 @@ use cedar_policy::{
     Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression,
     Schema, SchemaFragment,
 };
-use mandate_core::{Principal, Scope, ToolClass};
+use mandate_core::{CallerData, Scope, ToolClass};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
 
@@ -143,7 +143,7 @@ pub(crate) fn check_contract(
             .map_err(|e| contract(format!("cannot build a sample tool entity: {e}")))?,
     ];
     entities.extend(
-        request::principal_entities(names, &sample.principal, &sample.directory)
+        request::principal_entities(names, &sample.principal.caller(), &sample.directory)
             .map_err(|e| contract(format!("cannot build sample entities: {e}")))?,
     );
     Entities::from_entities(entities, Some(schema)).map_err(|e| {
@@ -195,14 +195,14 @@ pub(crate) fn check_contract(
 /// Sample facts for the contract check. Sets are not empty, so that their
 /// element types are checked too.
 pub(crate) struct Sample {
-    pub(crate) principal: Principal,
+    pub(crate) principal: CallerData,
     pub(crate) session: SessionFacts,
     pub(crate) directory: Directory,
 }
 
 impl Sample {
     pub(crate) fn new() -> Self {
-        let principal = Principal {
+        let principal = CallerData {
             iss: "sample-issuer".into(),
             sub: "sample-user".into(),
             act: vec!["sample-agent".into()],
@@ -211,7 +211,6 @@ impl Sample {
             build: Some("sample-build".into()),
             sid: Some("sample-session".into()),
             jti: None,
-            exp: 0,
         };
         let directory = Directory {
             groups: BTreeMap::from([(
@@ -259,7 +258,7 @@ impl Sample {
         request::context_pairs(
             names,
             &request::ContextInput {
-                principal: &self.principal,
+                principal: &self.principal.caller(),
                 tool: "sample.tool",
                 session: &self.session,
                 now: 0,

@@ -1,6 +1,7 @@
 //! Builds the Cedar request and entities for one call.
 //!
-//! Entities and context come only from the verified [`Principal`], the
+//! Entities and context come only from the [`Caller`] (a verified
+//! principal's view), the
 //! gateway's [`ToolCall`] (name and configured class), its
 //! [`SessionFacts`] and the [`Directory`] from configuration, never from the
 //! arguments. The arguments become `context.args` as described in
@@ -14,7 +15,7 @@ use crate::{DecisionRequest, Directory, SessionFacts, Versioned, args};
 use cedar_policy::{
     Context, Entities, Entity, EntityUid, PolicySet, Request, RestrictedExpression,
 };
-use mandate_core::{Principal, ToolClass};
+use mandate_core::{Caller, ToolClass};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
@@ -34,7 +35,7 @@ pub(crate) fn prepare(
     req: &DecisionRequest<'_>,
 ) -> Result<Prepared, String> {
     let names = &snap.names;
-    let principal = req.principal;
+    let principal = &req.caller;
     let call = req.call;
 
     let agent_id = principal.agent().ok_or_else(|| {
@@ -84,12 +85,12 @@ pub(crate) fn prepare(
     let entry = snap.caches.tool(&tool_name, call.class, || {
         build_tool_entry(snap, tool, call)
     })?;
-    let build = principal.build.as_deref().unwrap_or_default();
+    let build = principal.build.unwrap_or_default();
     let key = store_key(
         directory.generation,
         call.class,
         &tool_name,
-        &principal.sub,
+        principal.sub,
         build,
     );
     let entities = snap.caches.store(key, || {
@@ -111,7 +112,7 @@ pub(crate) fn prepare(
 
 /// What the context is built from, besides the arguments.
 pub(crate) struct ContextInput<'a> {
-    pub(crate) principal: &'a Principal,
+    pub(crate) principal: &'a Caller<'a>,
     pub(crate) tool: &'a str,
     pub(crate) session: &'a SessionFacts,
     pub(crate) now: i64,
@@ -127,11 +128,11 @@ pub(crate) fn context_pairs(
     let p = input.principal;
     let s = input.session;
     let long = |n: u64| RestrictedExpression::new_long(i64::try_from(n).unwrap_or(i64::MAX));
-    let task_id = p.task_id.as_deref().unwrap_or_default();
+    let task_id = p.task_id.unwrap_or_default();
     vec![
         (
             "user".into(),
-            RestrictedExpression::new_entity_uid(Names::uid(&names.user, &p.sub)),
+            RestrictedExpression::new_entity_uid(Names::uid(&names.user, p.sub)),
         ),
         ("scope".into(), string_set(p.scope.iter())),
         (
@@ -150,7 +151,7 @@ pub(crate) fn context_pairs(
             "build".into(),
             RestrictedExpression::new_entity_uid(Names::uid(
                 &names.build,
-                p.build.as_deref().unwrap_or_default(),
+                p.build.unwrap_or_default(),
             )),
         ),
         (
@@ -199,21 +200,21 @@ fn string_set<'a>(items: impl Iterator<Item = &'a str>) -> RestrictedExpression 
 /// ancestors; the Tool's parent link to its Upstream is kept).
 pub(crate) fn principal_entities(
     names: &Names,
-    principal: &Principal,
+    principal: &Caller<'_>,
     directory: &Directory,
 ) -> Result<[Entity; 2], String> {
     let groups = directory
         .groups
-        .get(&principal.sub)
+        .get(principal.sub)
         .map(|g| {
             g.iter()
                 .map(|name| Names::uid(&names.group, name))
                 .collect::<HashSet<_>>()
         })
         .unwrap_or_default();
-    let user = Entity::new_no_attrs(Names::uid(&names.user, &principal.sub), groups);
+    let user = Entity::new_no_attrs(Names::uid(&names.user, principal.sub), groups);
 
-    let hash = principal.build.as_deref().unwrap_or_default();
+    let hash = principal.build.unwrap_or_default();
     // The empty id stands for "no build" and is never registered, even if
     // a configuration lists it.
     let info = directory.builds.get(hash).filter(|_| !hash.is_empty());

@@ -42,9 +42,10 @@
 //!   policy ids, any order) and `expect.reason_contains` (a substring of one
 //!   of the reasons) are compared only when present.
 
+use crate::Decision;
 use crate::error::{Diagnostics, PolicyError, SourceDiagnostic};
 use crate::{BuildInfo, DecisionRequest, Directory, PolicyEngine, SessionFacts, obligation};
-use mandate_core::{Decision, Effect, Obligation, Principal, Scope, ToolCall, ToolClass, ToolName};
+use mandate_core::{CallerData, Effect, Obligation, Scope, ToolCall, ToolClass, ToolName};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -183,7 +184,7 @@ pub fn run_tests(engine: &PolicyEngine, dir: &Path) -> Result<TestReport, Policy
             let decision = engine.decide_in(
                 &directory,
                 &DecisionRequest {
-                    principal: &principal,
+                    caller: principal.caller(),
                     call: &call,
                     session: &session,
                     now_unix: case.now,
@@ -214,38 +215,42 @@ fn malformed(file: &str, case: &TestCase, message: &str) -> PolicyError {
 
 fn compare(expect: &Expect, obligations: &[Obligation], got: &Decision) -> Option<String> {
     let mut diffs = Vec::new();
-    if got.effect != expect.effect {
+    if got.effect() != expect.effect {
         diffs.push(format!(
             "expected {}, got {}",
             expect.effect.as_str(),
-            got.effect.as_str()
+            got.effect().as_str()
         ));
     }
-    if got.obligations != obligations {
+    if got.obligations() != obligations {
         diffs.push(format!(
             "expected obligations {obligations:?}, got {:?}",
-            got.obligations
+            got.obligations()
         ));
     }
     if let Some(policies) = &expect.policies {
         let want: BTreeSet<&String> = policies.iter().collect();
-        let have: BTreeSet<&String> = got.policies.iter().collect();
+        let have: BTreeSet<&String> = got.policies().iter().collect();
         if want != have {
             diffs.push(format!("expected policies {want:?}, got {have:?}"));
         }
     }
     if let Some(needle) = &expect.reason_contains
-        && !got.reasons.iter().any(|r| r.contains(needle.as_str()))
+        && !got.reasons().iter().any(|r| r.contains(needle.as_str()))
     {
         diffs.push(format!(
             "expected a reason containing {needle:?}, got {:?}",
-            got.reasons
+            got.reasons()
         ));
     }
     if diffs.is_empty() {
         None
     } else {
-        Some(format!("{} (reasons: {:?})", diffs.join("; "), got.reasons))
+        Some(format!(
+            "{} (reasons: {:?})",
+            diffs.join("; "),
+            got.reasons()
+        ))
     }
 }
 
@@ -316,8 +321,8 @@ struct TestPrincipal {
 }
 
 impl TestPrincipal {
-    fn to_principal(&self) -> Principal {
-        Principal {
+    fn to_principal(&self) -> CallerData {
+        CallerData {
             iss: self
                 .iss
                 .clone()
@@ -329,7 +334,6 @@ impl TestPrincipal {
             build: self.build.clone(),
             sid: self.sid.clone(),
             jti: None,
-            exp: u64::MAX,
         }
     }
 }

@@ -204,7 +204,7 @@ async fn connect(t: &Target) -> Result<Client> {
         cfg = cfg.auth_header(mint()?);
     }
     let transport = StreamableHttpClientTransport::with_client(
-        mandate_gateway::upstream::TraceHttpClient(reqwest::Client::new()),
+        mandate_gateway::TraceHttpClient(reqwest::Client::new()),
         cfg,
     );
     let lifecycle = if t.stateless {

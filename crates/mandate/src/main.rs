@@ -437,15 +437,19 @@ async fn build_gateway(cfg: &Config) -> Result<Arc<Gateway>> {
             );
         }
     }
+    let audit = cfg.audit.open_log()?;
+    let control = Arc::new(
+        mandate_control::ControlStore::open(&cfg.control_path())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.control_path().display()))?,
+    );
+    // Agents' scope ceilings narrow every principal inside verification.
     let authn = Authenticator::new(cfg.authn.clone())
         .await
-        .map_err(|e| anyhow::anyhow!("token issuers: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("token issuers: {e}"))?
+        .with_ceilings(control.clone());
     let operator_authn = Authenticator::new(cfg.operator_authn())
         .await
         .map_err(|e| anyhow::anyhow!("token issuers (operators): {e}"))?;
-    let audit = cfg.audit.open_log()?;
-    let control = mandate_control::ControlStore::open(&cfg.control_path())
-        .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.control_path().display()))?;
     let policy_dir = if cfg.gateway.change_gate {
         gated_policy_dir(cfg, &control, &audit).await?
     } else {
@@ -461,7 +465,7 @@ async fn build_gateway(cfg: &Config) -> Result<Arc<Gateway>> {
             operator_authn: Arc::new(operator_authn),
             policy: Arc::new(policy),
             audit,
-            control: Arc::new(control),
+            control,
             clock: mandate_core::Clock::system(),
         },
     );
@@ -527,14 +531,12 @@ async fn gated_policy_dir(
             let summary = format!("initial policy set from {}", cfg.policy_dir.display());
             let detail =
                 serde_json::json!({"kind": "policy_set", "policy_hash": hash, "summary": summary});
-            let decision = mandate_core::Decision {
-                id: mandate_core::DecisionId::new(),
-                effect: mandate_core::Effect::Allow,
-                policies: vec!["bootstrap".into()],
-                reasons: vec![summary.clone()],
-                obligations: Vec::new(),
-                policy_hash: hash.clone(),
-            };
+            let mut decision = mandate_core::DecisionRecord::control(
+                mandate_core::Effect::Allow,
+                "bootstrap",
+                summary.clone(),
+            );
+            decision.policy_hash.clone_from(&hash);
             let operator = mandate_core::Subject {
                 sub: "mandate".into(),
                 session: "operator:mandate".into(),

@@ -9,7 +9,9 @@ use mandate_audit::{
     AuditLog, CheckpointSigner, LogTree, Options, Problem, ProblemKind, Store, VerifyReport,
     canonical_body, read_checkpoints, read_records, record_hash, verify,
 };
-use mandate_core::{AuditRecord, CorrelationId, Decision, DecisionId, Effect, RecordKind, Subject};
+use mandate_core::{
+    AuditRecord, CorrelationId, DecisionId, DecisionRecord, Effect, RecordKind, Subject,
+};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -51,7 +53,7 @@ pub fn record(n: i64, session: &str) -> AuditRecord {
             RecordKind::Decision
         },
         time_ms: 1_700_000_000_000 + n,
-        decision: Decision {
+        decision: DecisionRecord {
             id: DecisionId::new(),
             effect: if n % 3 == 0 {
                 Effect::Deny
@@ -228,7 +230,7 @@ pub async fn concurrent_appends_share_commits(fx: &dyn Fixture) -> TestResult {
     }
     let mut seqs = BTreeSet::new();
     while let Some(done) = tasks.join_next().await {
-        seqs.insert(done??.seq);
+        seqs.insert(done??.seq());
     }
     assert_eq!(seqs, (1..=200).collect::<BTreeSet<i64>>());
     assert!(log.commits_count() < 200, "no batching");

@@ -34,7 +34,7 @@ pub use password::{DEFAULT_ITERATIONS, MIN_ITERATIONS, PasswordError, PasswordHa
 use crate::Gateway;
 use crate::approvals::{DecideBody, decide, view};
 use crate::config::Role;
-use crate::control::{Operator, operator_roles, operator_subject, record};
+use crate::control::{Identity, Operator, operator_roles, operator_subject, record};
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -44,7 +44,6 @@ use axum::{Json, Router};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use mandate_control::ApprovalStatus;
 use mandate_core::html::escape;
-use mandate_core::{Principal, Scope};
 use oidc::{Callback, Oidc, OidcError};
 use password::LoginLimiter;
 use serde::Deserialize;
@@ -331,27 +330,20 @@ fn clean_fragment(f: Option<&str>) -> String {
 
 // ----- who is signed in -----------------------------------------------------------
 
-/// A signed-in person as the principal of their decisions (authenticated
-/// by the sign-in, valid until their session's absolute expiry).
-fn person_principal(person: &Person, expires_unix: u64) -> Principal {
-    Principal {
+/// A signed-in person as the author of their decisions (authenticated by
+/// the sign-in; the session bounds how long).
+fn person_principal(person: &Person) -> Identity {
+    Identity {
         iss: person.iss.clone(),
         sub: person.sub.clone(),
-        act: Vec::new(),
-        scope: Scope::default(),
-        task_id: None,
-        build: None,
-        sid: None,
-        jti: None,
-        exp: expires_unix,
     }
 }
 
 impl Web {
     /// The operator a signed-in person is, if an `[[operators]]` entry
     /// makes them an approver.
-    fn approver(&self, person: &Person, expires_unix: u64) -> Option<Operator> {
-        let principal = person_principal(person, expires_unix);
+    fn approver(&self, person: &Person) -> Option<Operator> {
+        let principal = person_principal(person);
         let roles = operator_roles(&self.gw, &principal);
         roles
             .contains(&Role::Approver)
@@ -361,7 +353,7 @@ impl Web {
     /// The request's session, if it belongs to a signed-in approver.
     fn signed_in(&self, headers: &HeaderMap) -> Option<(Session, Operator)> {
         let session = self.sessions.current(headers)?;
-        let op = self.approver(session.person.as_ref()?, session.expires_unix)?;
+        let op = self.approver(session.person.as_ref()?)?;
         Some((session, op))
     }
 
@@ -390,7 +382,7 @@ async fn session_info(State(web): State<Web>, headers: HeaderMap) -> Response {
     let person = session
         .person
         .as_ref()
-        .filter(|p| web.approver(p, session.expires_unix).is_some());
+        .filter(|p| web.approver(p).is_some());
     let body = json!({
         "signed_in": person.is_some(),
         "sub": person.map(|p| &p.sub),
@@ -601,11 +593,7 @@ async fn decide_route(
     ) {
         return csrf_refused(&web, &session, action_name, &id, why).await;
     }
-    let Some(op) = session
-        .person
-        .as_ref()
-        .and_then(|p| web.approver(p, session.expires_unix))
-    else {
+    let Some(op) = session.person.as_ref().and_then(|p| web.approver(p)) else {
         return signed_out();
     };
     let Some(form) = form else {
@@ -665,7 +653,7 @@ async fn csrf_refused(
         "approval page: request refused (CSRF)"
     );
     if let Some(person) = &session.person {
-        let subject = operator_subject(&person_principal(person, session.expires_unix));
+        let subject = operator_subject(&person_principal(person));
         let detail = json!({"approval": target, "via": "web", "csrf": why.describe()});
         let reason = format!("refused: {}", why.describe());
         if let Err(e) = record(&web.gw, &subject, action, None, &reason, &detail).await {
@@ -794,20 +782,13 @@ async fn sign_in(
     person: Person,
 ) -> Result<(Session, HeaderValue), SignInRefused> {
     const ACTION: &str = "approval/web.login";
-    let max = web.gw.config().approvals.web.session_max.as_secs();
-    let expires = web
-        .gw
-        .clock()
-        .now_unsigned_secs()
-        .unwrap_or(0)
-        .saturating_add(max);
     let detail = json!({"via": "web", "method": person.method.as_str(), "iss": person.iss});
-    let Some(op) = web.approver(&person, expires) else {
+    let Some(op) = web.approver(&person) else {
         let why = format!(
             "{} (issuer {}) is not an approver of this Mandate: no [[operators]] entry with the approver role matches",
             person.sub, person.iss
         );
-        let subject = operator_subject(&person_principal(&person, expires));
+        let subject = operator_subject(&person_principal(&person));
         return match record(&web.gw, &subject, ACTION, None, &why, &detail).await {
             Ok(_) => Err(SignInRefused::NotApprover(why)),
             Err(e) => Err(SignInRefused::Other(e.into_response())),
@@ -931,8 +912,8 @@ async fn oidc_callback(
         Err(e) => return oidc_failed(&e),
     };
     let person = Person {
-        sub: principal.sub,
-        iss: principal.iss,
+        sub: principal.sub().to_owned(),
+        iss: principal.iss().to_owned(),
         method: Method::Oidc,
     };
     // The session cookie is SameSite=Strict: it was not sent with this

@@ -24,8 +24,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use dashmap::DashMap;
 use http::HeaderValue;
+use mandate_authn::Principal;
 use mandate_authn::{Authenticator, AuthnConfig, IssuerConfig, JwksSource};
-use mandate_core::Principal;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -371,7 +371,7 @@ impl Oidc {
             }
             _ => {}
         }
-        if !principal.act.is_empty() {
+        if !principal.act().is_empty() {
             return Err(OidcError::IdToken(
                 "it names an actor (act): agents never sign in".into(),
             ));
