@@ -89,20 +89,9 @@ impl Family {
     }
 }
 
-/// Top-level domains accepted for a bare name (`evil.com`), besides every
-/// two-letter one (country codes). A name in a URL or an e-mail address
-/// needs no list: the scheme or the `@` says it is a host. Sorted.
-const GENERIC_TLDS: &[&str] = &[
-    "aero", "app", "art", "asia", "bank", "biz", "blog", "cat", "click", "cloud", "club", "com",
-    "coop", "dev", "edu", "email", "example", "finance", "gov", "info", "int", "internal",
-    "invalid", "jobs", "link", "live", "mil", "mobi", "museum", "name", "net", "news", "online",
-    "org", "page", "pro", "shop", "site", "store", "tech", "tel", "test", "top", "travel",
-    "website", "wiki", "xyz",
-];
-
-/// File extensions that make a dotted token a file name. Sorted. A few are
-/// also top-level domains (`md`, `py`, `rs`, `sh`, `zip`, `mov`): such a
-/// token is remembered as both a file and a domain.
+/// File extensions that make a dotted token a file name. Sorted. Those that
+/// are also top-level domains (every two-letter one, `zip`, `mov`) make the
+/// token both a file and a domain.
 const FILE_EXTENSIONS: &[&str] = &[
     "7z", "apk", "avi", "bak", "bat", "bin", "bmp", "bz2", "c", "cer", "cpp", "crt", "css", "csv",
     "dat", "db", "dll", "dmg", "doc", "docx", "eml", "epub", "exe", "flac", "gif", "go", "gz", "h",
@@ -212,10 +201,16 @@ const IBAN_LENGTHS: &[(&str, usize)] = &[
 pub(crate) const IBAN_MIN: usize = 15;
 pub(crate) const IBAN_MAX: usize = 34;
 
-/// Whether `tld` (lower case) may end a bare domain name.
-pub(crate) fn known_tld(tld: &str) -> bool {
-    (tld.len() == 2 && tld.bytes().all(|b| b.is_ascii_lowercase()))
-        || GENERIC_TLDS.binary_search(&tld).is_ok()
+/// Whether `tld` (lower case) may end a bare domain name: 2 to 24 ASCII
+/// letters. Not a list of delegated domains: whoever plants a value chooses
+/// its top-level domain, so a closed list would be a way around the index.
+pub(crate) fn tld_shape(tld: &str) -> bool {
+    (2..=24).contains(&tld.len()) && tld.bytes().all(|b| b.is_ascii_lowercase())
+}
+
+/// Whether a token ending in file extension `ext` is a domain name too.
+pub(crate) fn extension_is_tld(ext: &str) -> bool {
+    ext.len() == 2 || matches!(ext, "zip" | "mov")
 }
 
 /// Whether `ext` (lower case) is a file extension.
@@ -257,7 +252,6 @@ mod tests {
 
     #[test]
     fn tables_are_sorted_for_binary_search() {
-        assert!(GENERIC_TLDS.is_sorted());
         assert!(FILE_EXTENSIONS.is_sorted());
         assert!(CURRENCY_CODES.is_sorted());
         assert!(IBAN_LENGTHS.is_sorted_by(|a, b| a.0 < b.0));
@@ -297,7 +291,9 @@ mod tests {
     fn lookups() {
         assert_eq!(iban_length("DE"), Some(22));
         assert_eq!(iban_length("US"), None);
-        assert!(known_tld("com") && known_tld("ch") && !known_tld("g") && !known_tld("foo"));
+        assert!(tld_shape("com") && tld_shape("ch") && tld_shape("support"));
+        assert!(!tld_shape("g") && !tld_shape("c0m") && !tld_shape("Com"));
+        assert!(extension_is_tld("md") && extension_is_tld("zip") && !extension_is_tld("pdf"));
         assert!(file_extension("pdf") && !file_extension("com"));
         assert!(currency_mark("EUR") && currency_mark("€") && !currency_mark("eur"));
         assert_eq!(glued_code_prefix("EUR100"), Some("100"));

@@ -192,7 +192,7 @@ struct Context {
 
 /// A parsed number, its normal form written to the scanner's buffer.
 struct NumberShape {
-    /// Written with a currency symbol or glued code (`$12`, `EUR100`).
+    /// Written with a currency symbol or glued code (`$120`, `EUR100`).
     marked: bool,
     /// Written with a decimal or thousands separator.
     formatted: bool,
@@ -577,7 +577,7 @@ impl<F: FnMut(Family, &str)> Scanner<F> {
                 return;
             }
         }
-        if c.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("www.")) {
+        if c.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("www.")) || schemeless_url(c) {
             self.url(None, c);
             return;
         }
@@ -633,7 +633,7 @@ impl<F: FnMut(Family, &str)> Scanner<F> {
         }
         let percent = p.ends_with('%');
         if !percent && let Some(shape) = self.parse_number(p) {
-            if shape.marked || context.currency || (shape.formatted && !shape.small_integer) {
+            if (shape.marked || context.currency || shape.formatted) && !shape.small_integer {
                 self.put(Family::Amount);
             }
             if shape.plain_digits && p.len() >= 6 {
@@ -673,7 +673,8 @@ impl<F: FnMut(Family, &str)> Scanner<F> {
             return;
         }
         let file = family::file_extension(ext);
-        let domain = (family::known_tld(ext) && bare_domain(&self.norm)) || ipv4(&self.norm);
+        let domain = (bare_domain(&self.norm) && (!file || family::extension_is_tld(ext)))
+            || ipv4(&self.norm);
         if file {
             // The name without any folder part is all that is left here.
             self.put(Family::File);
@@ -821,27 +822,36 @@ impl<F: FnMut(Family, &str)> Scanner<F> {
             .unwrap_or((before_fragment, ""));
         let path = path.trim_end_matches('/');
 
-        self.norm.clear();
-        if let (Some(scheme), false) = (scheme.as_deref(), web) {
-            self.norm.push_str(scheme);
-            self.norm.push_str("://");
+        // A web URL that is only its host is its domain: no URL value of
+        // its own (so `https://evil.com` and `evil.com` are one value).
+        let root =
+            web && port.is_none() && path.is_empty() && query.is_empty() && fragment.is_empty();
+        if !root {
+            self.norm.clear();
+            if let (Some(scheme), false) = (scheme.as_deref(), web) {
+                self.norm.push_str(scheme);
+                self.norm.push_str("://");
+            }
+            self.norm.push_str(&host);
+            if let Some(port) = port {
+                self.norm.push(':');
+                self.norm.push_str(port);
+            }
+            if path.is_empty() && !(query.is_empty() && fragment.is_empty()) {
+                self.norm.push('/');
+            }
+            push_percent_normalised(&mut self.norm, path);
+            if !query.is_empty() {
+                self.norm.push('?');
+                push_percent_normalised(&mut self.norm, query);
+            }
+            if !fragment.is_empty() {
+                self.norm.push('#');
+                push_percent_normalised(&mut self.norm, fragment);
+            }
+            self.put(Family::Url);
         }
-        self.norm.push_str(&host);
-        if let Some(port) = port {
-            self.norm.push(':');
-            self.norm.push_str(port);
-        }
-        push_percent_normalised(&mut self.norm, path);
-        if !query.is_empty() {
-            self.norm.push('?');
-            push_percent_normalised(&mut self.norm, query);
-        }
-        if !fragment.is_empty() {
-            self.norm.push('#');
-            push_percent_normalised(&mut self.norm, fragment);
-        }
-        self.put(Family::Url);
-        if host.contains('.') {
+        if bare_domain(&host) || ipv4(&host) {
             self.norm.clear();
             self.norm.push_str(&host);
             self.put(Family::Domain);
@@ -974,6 +984,25 @@ fn ungroup_any(s: &str, separators: &[char]) -> Option<String> {
     }
 }
 
+/// A URL written without scheme: a domain name or IPv4 address followed by
+/// a path, a query, a fragment or a port (`evil.com/login`,
+/// `evil.com:8080`, `evil.com?ref=1`).
+fn schemeless_url(c: &str) -> bool {
+    let Some(at) = c.find(['/', ':', '?', '#']) else {
+        return false;
+    };
+    let host = c.get(..at).unwrap_or_default().to_lowercase();
+    let rest = c.get(at..).unwrap_or_default();
+    let follows = match rest.strip_prefix(':') {
+        Some(port) => port
+            .split(['/', '?', '#'])
+            .next()
+            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())),
+        None => true,
+    };
+    follows && (bare_domain(&host) || ipv4(&host))
+}
+
 /// Splits `host:port` (IPv6 literals in brackets).
 fn split_port(host_port: &str) -> (&str, Option<&str>) {
     if host_port.starts_with('[') {
@@ -1021,13 +1050,11 @@ fn valid_label(label: &str) -> bool {
         && label.chars().all(|c| c.is_alphanumeric() || c == '-')
 }
 
-/// A domain name of two labels or more whose last label is alphabetic.
+/// A domain name (lower case) of two labels or more whose last label is
+/// 2 to 24 ASCII letters.
 fn bare_domain(s: &str) -> bool {
     let tld = s.rsplit('.').next().unwrap_or_default();
-    s.contains('.')
-        && valid_host(s)
-        && tld.len() >= 2
-        && tld.bytes().all(|b| b.is_ascii_alphabetic())
+    s.contains('.') && valid_host(s) && family::tld_shape(tld)
 }
 
 fn ipv4(s: &str) -> bool {

@@ -171,13 +171,26 @@ fn urls_match_across_trivial_forms() {
             "href=https://evil.com/collect?",
         ],
     );
+    // A URL that is only its host is its domain.
+    for root in [
+        "https://evil.com",
+        "https://evil.com/",
+        "http://www.evil.com:80",
+    ] {
+        assert_eq!(found(root), ["d:evil.com"], "{root}");
+    }
     same(
         Family::Url,
-        "evil.com",
+        "evil.com:8080",
+        &["https://evil.com:8080/", "evil.com:8080"],
+    );
+    same(
+        Family::Url,
+        "evil.com/?ref=1",
         &[
-            "https://evil.com",
-            "https://evil.com/",
-            "http://www.evil.com",
+            "https://evil.com?ref=1",
+            "evil.com/?ref=1",
+            "evil.com?ref=1",
         ],
     );
     // The path's case, the query and a non-default port are kept.
@@ -238,11 +251,24 @@ fn bare_domains_need_a_known_top_level_domain() {
         ["true-informations.com"]
     );
     assert_eq!(of(Family::Domain, "bit.ly"), ["bit.ly"]);
+    // Any top-level domain of letters: the attacker chooses it.
+    assert_eq!(
+        of(Family::Domain, "log in at evil.support/login"),
+        ["evil.support"]
+    );
     assert_eq!(
         of(Family::Domain, "server 10.0.0.12 is down"),
         ["10.0.0.12"]
     );
-    for not_domain in ["e.g. this", "i.e.", "Mr.Smith", "v1.2.3", "a.b", "foo.bar"] {
+    for not_domain in [
+        "e.g. this",
+        "i.e.",
+        "Ph.D",
+        "v1.2.3",
+        "a.b",
+        "x.c0m",
+        "report.pdf",
+    ] {
         assert!(of(Family::Domain, not_domain).is_empty(), "{not_domain}");
     }
 }
@@ -288,10 +314,15 @@ fn amounts_are_decimal_or_currency_marked() {
         "98.7",
         &["98.70", "98,70", "$98.7", "amount: 98.70;"],
     );
-    // Currency-marked small amounts count; unmarked small integers do not.
-    same(Family::Amount, "50", &["$50", "50 USD", "€ 50"]);
+    same(
+        Family::Amount,
+        "120",
+        &["$120", "120 USD", "€ 120", "120.00"],
+    );
+    // Integers below 100 are never amounts, marked or not; unmarked integers
+    // are not amounts in text.
     for not_amount in [
-        "2.0", "50.00", "10", "100", "2024", "12.5%", "1.2.3", "1,2345",
+        "2.0", "50.00", "$50", "10 EUR", "100", "2024", "12.5%", "1.2.3", "1,2345",
     ] {
         assert!(of(Family::Amount, not_amount).is_empty(), "{not_amount}");
     }

@@ -725,3 +725,7 @@ pub enum RestoreError {
 #[cfg(test)]
 #[path = "session_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "properties_tests.rs"]
+mod properties;
