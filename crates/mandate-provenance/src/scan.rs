@@ -714,9 +714,10 @@ impl<F: FnMut(Family, &str)> Scanner<F> {
     /// a run of six digits or more (`INV-2024-000123`), or nine digits or
     /// more and no letters (`4111-1111-1111-1111`, kept as digits only, so
     /// that it matches its spaced and contiguous forms), or at least two
-    /// letters and one digit, eight or more in all (`a1b2c3d4e5`). Kept as
+    /// letters and two digits, eight or more in all (`a1b2c3d4`). Kept as
     /// written otherwise: identifiers can be case-sensitive. Dates
-    /// (`2024-05-12`) are none of these.
+    /// (`2024-05-12`) and slugs with one digit (`4-day-week`) are none of
+    /// these.
     fn identifier(&mut self, p: &str) {
         let mut digits = 0usize;
         let mut letters = 0usize;
@@ -741,7 +742,7 @@ impl<F: FnMut(Family, &str)> Scanner<F> {
         if letters == 0 && (digits >= 9 || longest >= 6) {
             self.norm.extend(p.chars().filter(char::is_ascii_digit));
         } else if longest >= 6
-            || (letters >= 2 && digits >= 1 && letters.saturating_add(digits) >= 8)
+            || (letters >= 2 && digits >= 2 && letters.saturating_add(digits) >= 8)
         {
             self.norm.push_str(p);
         } else {
