@@ -220,12 +220,22 @@ pub(crate) fn file_extension(ext: &str) -> bool {
 
 /// Whether `s` is an ISO currency code or a currency symbol on its own.
 pub(crate) fn currency_mark(s: &str) -> bool {
-    CURRENCY_CODES.binary_search(&s).is_ok() || CURRENCY_SYMBOLS.contains(&s)
+    match s.len() {
+        1 => s == "$",
+        2..=3 if s.bytes().all(|b| b.is_ascii_uppercase()) => {
+            CURRENCY_CODES.binary_search(&s).is_ok()
+        }
+        2..=3 => CURRENCY_SYMBOLS.contains(&s),
+        _ => false,
+    }
 }
 
 /// The currency code `s` starts with, if a digit follows it (`EUR100`).
 pub(crate) fn glued_code_prefix(s: &str) -> Option<&str> {
     let (code, rest) = s.split_at_checked(3)?;
+    if !code.bytes().all(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
     (CURRENCY_CODES.binary_search(&code).is_ok() && rest.starts_with(|c: char| c.is_ascii_digit()))
         .then_some(rest)
 }
@@ -233,6 +243,9 @@ pub(crate) fn glued_code_prefix(s: &str) -> Option<&str> {
 /// `s` without a currency code it ends with, if a digit precedes it (`100EUR`).
 pub(crate) fn glued_code_suffix(s: &str) -> Option<&str> {
     let (rest, code) = s.split_at_checked(s.len().checked_sub(3)?)?;
+    if !code.bytes().all(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
     (CURRENCY_CODES.binary_search(&code).is_ok() && rest.ends_with(|c: char| c.is_ascii_digit()))
         .then_some(rest)
 }

@@ -3,16 +3,17 @@
 use crate::Label;
 use crate::family::Family;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// A result that carried a value: the tool, its label, the call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Origin {
     /// The exposed tool name (`bank.get_transactions`).
-    pub tool: String,
+    pub tool: Arc<str>,
     /// The tool's provenance label.
     pub label: Label,
     /// The call's correlation id.
-    pub call: String,
+    pub call: Arc<str>,
 }
 
 /// Where one value came from. Every flag is exact for what the index holds;
@@ -48,7 +49,7 @@ impl Sources {
         self.origins
             .iter()
             .filter(|o| o.label == Label::Untrusted)
-            .map(|o| o.tool.as_str())
+            .map(|o| &*o.tool)
     }
 }
 

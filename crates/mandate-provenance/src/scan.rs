@@ -92,14 +92,35 @@ fn strip_invisible(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// ASCII characters that end a chunk: white space and controls (NUL to
+/// space, DEL), quotes, brackets, `|`, `` ` ``, `\\`, `^`.
+#[expect(
+    clippy::indexing_slicing,
+    reason = "evaluated at compile time: an index out of range fails the build, it cannot panic"
+)]
+const ASCII_DELIMITERS: [bool; 128] = {
+    let mut table = [false; 128];
+    let mut i = 0;
+    while i <= 32 {
+        table[i] = true;
+        i += 1;
+    }
+    table[127] = true;
+    let others = b"\"<>()[]{}|`\\^";
+    let mut j = 0;
+    while j < others.len() {
+        table[others[j] as usize] = true;
+        j += 1;
+    }
+    table
+};
+
 /// Characters that end a chunk.
 fn is_delimiter(c: char) -> bool {
-    c.is_whitespace()
-        || c.is_control()
-        || matches!(
-            c,
-            '"' | '<' | '>' | '(' | ')' | '[' | ']' | '{' | '}' | '|' | '`' | '\\' | '^'
-        )
+    if c.is_ascii() {
+        return ASCII_DELIMITERS.get(c as usize).copied().unwrap_or(true);
+    }
+    c.is_whitespace() || c.is_control()
 }
 
 /// Space inside one line: what separates the groups of a printed IBAN.
@@ -147,21 +168,36 @@ fn sub(s: &str, start: usize, end: usize) -> &str {
     s.get(start..end).unwrap_or_default()
 }
 
-/// The next chunk at or after byte `pos`, as byte offsets.
-fn next_chunk(t: &str, pos: usize) -> Option<(usize, usize)> {
-    let rest = t.get(pos..)?;
-    let (offset, _) = rest.char_indices().find(|(_, c)| !is_delimiter(*c))?;
-    let start = pos.checked_add(offset)?;
-    Some((start, chunk_end(t, start)))
+/// Whether the character at byte `i` of `t` is a delimiter, and its length.
+/// ASCII is decided from the byte alone.
+fn delimiter_at(t: &str, i: usize) -> Option<(bool, usize)> {
+    let b = *t.as_bytes().get(i)?;
+    if b.is_ascii() {
+        return Some((is_delimiter(char::from(b)), 1));
+    }
+    let c = t.get(i..)?.chars().next()?;
+    Some((is_delimiter(c), c.len_utf8()))
 }
 
-fn chunk_end(t: &str, start: usize) -> usize {
-    let after = t.get(start..).unwrap_or_default();
-    let len = after
-        .char_indices()
-        .find(|(_, c)| is_delimiter(*c))
-        .map_or(after.len(), |(i, _)| i);
-    start.saturating_add(len)
+/// The next chunk at or after byte `pos`, as byte offsets.
+fn next_chunk(t: &str, mut pos: usize) -> Option<(usize, usize)> {
+    loop {
+        let (delimiter, len) = delimiter_at(t, pos)?;
+        if !delimiter {
+            return Some((pos, chunk_end(t, pos)));
+        }
+        pos = pos.saturating_add(len);
+    }
+}
+
+fn chunk_end(t: &str, mut pos: usize) -> usize {
+    while let Some((delimiter, len)) = delimiter_at(t, pos) {
+        if delimiter {
+            break;
+        }
+        pos = pos.saturating_add(len);
+    }
+    pos.min(t.len())
 }
 
 /// The chunk that follows byte `pos` on the same line, separated only by
@@ -387,6 +423,10 @@ impl<F: FnMut(Family, &str)> Scanner<F> {
     }
 
     fn whole_text(&mut self, t: &str, produced: bool) {
+        // More than 4 bytes per allowed character cannot fit.
+        if t.len() > TEXT_MAX_CHARS.saturating_mul(4) {
+            return;
+        }
         if produced && !t.chars().any(char::is_whitespace) {
             // A lone token that is already a value (an address, an IBAN).
             return;
@@ -461,15 +501,18 @@ impl<F: FnMut(Family, &str)> Scanner<F> {
                 previous_currency = None;
                 continue;
             }
-            let before = previous_currency
-                .is_some_and(|prev| sub(t, prev, start).chars().all(is_inline_space));
-            let after = next_inline_chunk(t, end)
-                .is_some_and(|(s, e)| family::currency_mark(trim_edges(sub(t, s, e))));
+            // Only a number needs to know whether a currency stands next to it.
+            let number = trim_edges(raw).starts_with(|c: char| c.is_ascii_digit());
             let context = Context {
-                currency: before || after,
+                currency: number
+                    && (previous_currency
+                        .is_some_and(|prev| sub(t, prev, start).chars().all(is_inline_space))
+                        || next_inline_chunk(t, end)
+                            .is_some_and(|(s, e)| family::currency_mark(trim_edges(sub(t, s, e))))),
             };
             self.chunk(raw, context);
-            previous_currency = family::currency_mark(trim_edges(raw)).then_some(end);
+            previous_currency =
+                (raw.len() <= 8 && family::currency_mark(trim_edges(raw))).then_some(end);
         }
     }
 
@@ -559,7 +602,7 @@ impl<F: FnMut(Family, &str)> Scanner<F> {
         if c.is_empty() {
             return;
         }
-        if let Some(at) = c.find("://") {
+        if let Some(at) = find_scheme_separator(c) {
             let before = c.get(..at).unwrap_or_default();
             let scheme_start = before
                 .char_indices()
@@ -604,7 +647,11 @@ impl<F: FnMut(Family, &str)> Scanner<F> {
 
     fn piece(&mut self, p: &str, context: Context) {
         let p = trim_edges(p);
-        if p.is_empty() {
+        // Most pieces are words: no digit, dot, `@` or `/` means no value.
+        if !p
+            .bytes()
+            .any(|b| b.is_ascii_digit() || matches!(b, b'.' | b'@' | b'/'))
+        {
             return;
         }
         if p.contains('@') {
@@ -919,6 +966,10 @@ fn between_digits(bytes: &[u8], i: usize) -> bool {
 
 /// `s` without a currency symbol or glued code at either end.
 fn strip_currency(s: &str) -> Option<&str> {
+    let digit = |c: Option<char>| c.is_some_and(|c| c.is_ascii_digit());
+    if digit(s.chars().next()) && digit(s.chars().next_back()) {
+        return None;
+    }
     for symbol in family::CURRENCY_SYMBOLS {
         if let Some(rest) = s.strip_prefix(symbol) {
             return Some(rest);
@@ -985,10 +1036,24 @@ fn ungroup_any(s: &str, separators: &[char]) -> Option<String> {
     }
 }
 
+/// Where `://` is in `c` (a byte search for `:`, then a look at what follows).
+fn find_scheme_separator(c: &str) -> Option<usize> {
+    let bytes = c.as_bytes();
+    bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b':')
+        .map(|(i, _)| i)
+        .find(|i| bytes.get(i.saturating_add(1)..i.saturating_add(3)) == Some(b"//"))
+}
+
 /// A URL written without scheme: a domain name or IPv4 address followed by
 /// a path, a query, a fragment or a port (`evil.com/login`,
 /// `evil.com:8080`, `evil.com?ref=1`).
 fn schemeless_url(c: &str) -> bool {
+    if !c.contains('.') {
+        return false;
+    }
     let Some(at) = c.find(['/', ':', '?', '#']) else {
         return false;
     };

@@ -101,9 +101,9 @@ impl Entry {
 #[derive(Debug, Clone)]
 struct Call {
     seq: u64,
-    tool: String,
+    tool: Arc<str>,
     label: Label,
-    call: String,
+    call: Arc<str>,
     /// The values this result carried, each once, in first-seen order.
     keys: Vec<Arc<str>>,
 }
@@ -231,37 +231,32 @@ impl SessionValues {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let mut found = Vec::new();
+        let mut key = String::with_capacity(64);
         let mut scanner = Scanner::new(self.limits.max_args_scan_bytes, |f: Family, v: &str| {
-            found.push(tagged(f, v));
+            tag(&mut key, f, v);
+            self.add_intent_key(&key);
         });
         for value in values {
             scanner.leaf(value.as_ref());
         }
-        let truncated = scanner.truncated();
-        drop(scanner);
-        self.add_intent(found, truncated);
+        if scanner.truncated() {
+            drop(scanner);
+            self.overflowed = true;
+        }
     }
 
     /// Like [`observe_intent`](SessionValues::observe_intent), for intent
     /// given as JSON (every string and number in it).
     pub fn observe_intent_json(&mut self, intent: &Value) {
-        let mut found = Vec::new();
+        let mut key = String::with_capacity(64);
         let mut scanner = Scanner::new(self.limits.max_args_scan_bytes, |f: Family, v: &str| {
-            found.push(tagged(f, v));
+            tag(&mut key, f, v);
+            self.add_intent_key(&key);
         });
         scanner.json(intent, 0);
-        let truncated = scanner.truncated();
-        drop(scanner);
-        self.add_intent(found, truncated);
-    }
-
-    fn add_intent(&mut self, keys: Vec<String>, truncated: bool) {
-        if truncated {
+        if scanner.truncated() {
+            drop(scanner);
             self.overflowed = true;
-        }
-        for key in keys {
-            self.add_intent_key(&key);
         }
     }
 
@@ -306,44 +301,52 @@ impl SessionValues {
     ) -> Observed {
         let seq = self.next_seq;
         self.next_seq = self.next_seq.saturating_add(1);
-        let record = Call {
-            seq,
-            tool: tool.to_owned(),
-            label,
-            call: call.to_owned(),
-            keys: Vec::new(),
-        };
-        let cost = call_cost(&record);
-        if !self.make_room(cost, seq) {
-            self.overflowed = true;
+        if !self.push_call(seq, Arc::from(tool), label, Arc::from(call)) {
             return Observed {
                 values: 0,
                 truncated: true,
             };
         }
-        self.bytes = self.bytes.saturating_add(cost);
-        self.calls.push_back(record);
-        while self.calls.len() > self.limits.max_calls.max(1) && self.evict_oldest(seq) {}
-
-        let mut found = Vec::new();
-        let mut scanner = Scanner::new(self.limits.max_result_scan_bytes, |f: Family, v: &str| {
-            found.push(tagged(f, v))
-        });
-        scanner.result(result);
-        let mut truncated = scanner.truncated();
-        drop(scanner);
+        let mut key = String::with_capacity(64);
         let mut values = 0;
-        for key in found {
+        let mut dropped = false;
+        let mut scanner = Scanner::new(self.limits.max_result_scan_bytes, |f: Family, v: &str| {
+            tag(&mut key, f, v);
             match self.add_result_key(seq, label, &key) {
                 Added::New => values += 1,
                 Added::Repeat => {}
-                Added::Dropped => truncated = true,
+                Added::Dropped => dropped = true,
             }
-        }
+        });
+        scanner.result(result);
+        let unread = scanner.truncated();
+        drop(scanner);
+        let truncated = unread || dropped;
         if truncated {
             self.overflowed = true;
         }
         Observed { values, truncated }
+    }
+
+    /// Appends call `seq`, evicting older calls for room and count. Returns
+    /// false (and marks the session overflowed) if even alone it does not fit.
+    fn push_call(&mut self, seq: u64, tool: Arc<str>, label: Label, call: Arc<str>) -> bool {
+        let record = Call {
+            seq,
+            tool,
+            label,
+            call,
+            keys: Vec::new(),
+        };
+        let cost = call_cost(&record);
+        if !self.make_room(cost, seq) {
+            self.overflowed = true;
+            return false;
+        }
+        self.bytes = self.bytes.saturating_add(cost);
+        self.calls.push_back(record);
+        while self.calls.len() > self.limits.max_calls.max(1) && self.evict_oldest(seq) {}
+        true
     }
 
     fn add_result_key(&mut self, seq: u64, label: Label, key: &str) -> Added {
@@ -446,10 +449,7 @@ impl SessionValues {
         for (name, value) in arguments {
             let mut values: Vec<ValueSources> = Vec::new();
             let mut scanner = Scanner::new(budget, |family: Family, v: &str| {
-                key.clear();
-                key.push(family.tag());
-                key.push(':');
-                key.push_str(v);
+                tag(&mut key, family, v);
                 let sources = self.sources_of(&key);
                 if sources.is_unseen() && !family.reported_when_unseen() {
                     return;
@@ -484,9 +484,9 @@ impl SessionValues {
             .iter()
             .filter_map(|seq| find_call(&self.calls, *seq))
             .map(|call| Origin {
-                tool: call.tool.clone(),
+                tool: Arc::clone(&call.tool),
                 label: call.label,
-                call: call.call.clone(),
+                call: Arc::clone(&call.call),
             })
             .collect();
         Sources {
@@ -518,9 +518,9 @@ impl SessionValues {
                 .calls
                 .iter()
                 .map(|c| SnapshotCall {
-                    tool: c.tool.clone(),
+                    tool: c.tool.to_string(),
                     label: c.label,
-                    call: c.call.clone(),
+                    call: c.call.to_string(),
                     values: c.keys.iter().map(ToString::to_string).collect(),
                 })
                 .collect(),
@@ -550,22 +550,8 @@ impl SessionValues {
         for call in snapshot.calls {
             let seq = session.next_seq;
             session.next_seq = session.next_seq.saturating_add(1);
-            let record = Call {
-                seq,
-                tool: call.tool,
-                label: call.label,
-                call: call.call,
-                keys: Vec::new(),
-            };
-            let cost = call_cost(&record);
-            if !session.make_room(cost, seq) {
-                session.overflowed = true;
+            if !session.push_call(seq, Arc::from(call.tool), call.label, Arc::from(call.call)) {
                 continue;
-            }
-            session.bytes = session.bytes.saturating_add(cost);
-            session.calls.push_back(record);
-            while session.calls.len() > session.limits.max_calls.max(1) && session.evict_oldest(seq)
-            {
             }
             for key in &call.values {
                 if session.add_result_key(seq, call.label, key) == Added::Dropped {
@@ -631,12 +617,12 @@ enum Added {
     Dropped,
 }
 
-fn tagged(family: Family, value: &str) -> String {
-    let mut key = String::with_capacity(value.len().saturating_add(2));
+/// Writes the index key of `value`: its family's tag, `:`, the normal form.
+fn tag(key: &mut String, family: Family, value: &str) {
+    key.clear();
     key.push(family.tag());
     key.push(':');
     key.push_str(value);
-    key
 }
 
 fn valid_key(key: &str) -> bool {

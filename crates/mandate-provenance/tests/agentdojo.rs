@@ -87,7 +87,7 @@ fn banking_an_iban_injected_in_a_subject_line_is_untrusted_only() {
         ["bank.get_most_recent_transactions"]
     );
     assert_eq!(
-        recipient.sources.origins.first().map(|o| o.call.as_str()),
+        recipient.sources.origins.first().map(|o| &*o.call),
         Some("corr-2")
     );
     assert!(!attack.is_partial());
