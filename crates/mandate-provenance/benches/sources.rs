@@ -383,15 +383,29 @@ fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
     (at(50), at(99))
 }
 
+/// Resident set size from `/proc/self/statm` (Linux; 0 elsewhere).
+fn resident_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<usize>().ok())
+        })
+        .map_or(0, |pages| pages * 4096)
+}
+
 fn report() {
     if std::env::var_os("MANDATE_BENCH_NO_PERCENTILES").is_some() {
         return;
     }
     let results = megabyte();
     let bytes: usize = results.iter().map(|(_, _, r)| r.to_string().len()).sum();
+    let resident_before = resident_bytes();
     let start = Instant::now();
     let s = session(&results);
     let observe = start.elapsed();
+    let resident_growth = resident_bytes().saturating_sub(resident_before);
     let stats = s.stats();
     println!(
         "\nobserved {} results, {:.2} MB, in {:.1} ms ({:.2} µs/KB); index: {} values, {} calls, {:.2} MB accounted, overflowed: {}",
@@ -403,6 +417,10 @@ fn report() {
         stats.calls,
         stats.index_bytes as f64 / 1e6,
         s.overflowed()
+    );
+    println!(
+        "resident memory grew by {:.2} MB while observing (the accounted figure is meant to be of that order)",
+        resident_growth as f64 / 1e6
     );
     for (name, args) in sinks() {
         let report = s.sources(&args);

@@ -496,6 +496,17 @@ impl<F: FnMut(Family, &str)> Scanner<F> {
         while let Some((start, end)) = next_chunk(t, pos) {
             pos = end;
             let raw = sub(t, start, end);
+            // Most chunks are words. A value needs a digit (IBAN, identifier,
+            // amount), a dot (domain, file, URL), `@` (address) or `/` (URL):
+            // without any, only note whether the word is a currency.
+            if !raw
+                .bytes()
+                .any(|b| b.is_ascii_digit() || matches!(b, b'.' | b'@' | b'/'))
+            {
+                previous_currency =
+                    (raw.len() <= 8 && family::currency_mark(trim_edges(raw))).then_some(end);
+                continue;
+            }
             if let Some(group_end) = self.group(t, raw, end) {
                 pos = group_end;
                 previous_currency = None;
@@ -918,7 +929,7 @@ impl<F: FnMut(Family, &str)> Scanner<F> {
     /// writing its normal form: no sign, grouping or leading zeros, the
     /// fraction without trailing zeros, `.` as the decimal point.
     fn parse_number(&mut self, p: &str) -> Option<NumberShape> {
-        let signs: &[char] = &['+', '-', '\u{2212}'];
+        let signs = |c: char| matches!(c, '+' | '-' | '\u{2212}');
         let mut s = p.trim_start_matches(signs);
         let mut marked = false;
         if let Some(rest) = strip_currency(s) {
@@ -935,7 +946,7 @@ impl<F: FnMut(Family, &str)> Scanner<F> {
         {
             return None;
         }
-        let formatted = s.contains([',', '.', '\'']);
+        let formatted = s.bytes().any(|b| matches!(b, b',' | b'.' | b'\''));
         let (int, fraction) = split_decimal(s)?;
         let int = int.trim_start_matches('0');
         let fraction = fraction.trim_end_matches('0');
