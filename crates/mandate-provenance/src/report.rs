@@ -104,7 +104,7 @@ impl ArgSources {
         }
     }
 
-    /// Every top-level argument, in the map's order.
+    /// Every top-level argument, sorted by name.
     pub fn arguments(&self) -> &[ArgumentSources] {
         &self.args
     }

@@ -443,6 +443,7 @@ impl SessionValues {
     /// Where the values in each top-level argument came from: every value
     /// found in the argument (whole strings and numbers, and values inside
     /// free text, through nested arrays and objects), with its sources.
+    /// Arguments are reported sorted by name.
     pub fn sources(&self, arguments: &Map<String, Value>) -> ArgSources {
         let mut args = Vec::with_capacity(arguments.len());
         let mut key = String::with_capacity(64);
@@ -473,6 +474,9 @@ impl SessionValues {
                 values,
             });
         }
+        // By name, whatever order the map keeps (serde_json's depends on a
+        // cargo feature), so that reports and records are deterministic.
+        args.sort_by(|a, b| a.name.cmp(&b.name));
         ArgSources::new(args, self.is_partial() || truncated, truncated)
     }
 
