@@ -138,6 +138,16 @@ impl ArgSources {
         self.truncated
     }
 
+    /// The same report with every value's normal form blanked (family,
+    /// sources and verdicts kept): for records whose arguments are redacted.
+    #[must_use]
+    pub fn without_values(mut self) -> Self {
+        for value in self.args.iter_mut().flat_map(|a| a.values.iter_mut()) {
+            value.value.clear();
+        }
+        self
+    }
+
     fn names(&self, pick: impl Fn(&ArgumentSources) -> bool) -> Vec<&str> {
         self.args
             .iter()

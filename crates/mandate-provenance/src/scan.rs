@@ -31,6 +31,9 @@ pub const MAX_VALUE_BYTES: usize = 512;
 const TEXT_MIN_CHARS: usize = 8;
 /// Whole string values longer than this are messages, not values.
 const TEXT_MAX_CHARS: usize = 200;
+/// A JSON text block this long is parsed (to compare it with the structured
+/// content) even when the scan budget is spent.
+const MAX_DUPLICATE_CHECK: usize = 4 << 20;
 /// Longest digit run joined from spaced groups (`1234 5678 …`).
 const GROUPED_DIGITS_MAX: usize = 24;
 
@@ -284,20 +287,24 @@ impl<F: FnMut(Family, &str)> Scanner<F> {
             Value::Object(map)
                 if map.contains_key("content") || map.contains_key("structuredContent") =>
             {
+                let structured = map.get("structuredContent");
+                if let Some(structured) = structured {
+                    self.json(structured, 1);
+                }
                 if let Some(Value::Array(blocks)) = map.get("content") {
                     for block in blocks {
-                        self.content_block(block);
+                        self.content_block(block, structured);
                     }
-                }
-                if let Some(structured) = map.get("structuredContent") {
-                    self.json(structured, 1);
                 }
             }
             other => self.json(other, 0),
         }
     }
 
-    fn content_block(&mut self, block: &Value) {
+    /// One content block. A text block that is the structured content
+    /// serialised (as servers are asked to send it for older clients) is
+    /// not read twice.
+    fn content_block(&mut self, block: &Value, structured: Option<&Value>) {
         let Value::Object(block) = block else {
             return;
         };
@@ -305,7 +312,7 @@ impl<F: FnMut(Family, &str)> Scanner<F> {
         match kind {
             "text" => {
                 if let Some(Value::String(text)) = block.get("text") {
-                    self.text_block(text);
+                    self.text_block(text, structured);
                 }
             }
             "resource" => {
@@ -314,7 +321,7 @@ impl<F: FnMut(Family, &str)> Scanner<F> {
                         self.leaf(uri);
                     }
                     if let Some(Value::String(text)) = resource.get("text") {
-                        self.text_block(text);
+                        self.text_block(text, structured);
                     }
                 }
             }
@@ -332,13 +339,15 @@ impl<F: FnMut(Family, &str)> Scanner<F> {
 
     /// A text block: JSON is walked as JSON (many servers return their
     /// structured result as text), anything else is a string value.
-    fn text_block(&mut self, text: &str) {
+    fn text_block(&mut self, text: &str, structured: Option<&Value>) {
         let trimmed = text.trim_start();
         if (trimmed.starts_with('{') || trimmed.starts_with('['))
-            && text.len() <= self.budget
+            && text.len() <= self.budget.max(MAX_DUPLICATE_CHECK)
             && let Ok(parsed) = serde_json::from_str::<Value>(text)
         {
-            self.json(&parsed, 1);
+            if structured != Some(&parsed) {
+                self.json(&parsed, 1);
+            }
             return;
         }
         self.leaf(text);

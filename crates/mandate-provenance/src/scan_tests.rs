@@ -471,3 +471,33 @@ fn commas_between_digits_are_kept_only_in_numbers() {
     assert_eq!(found("1200.50,99.99"), ["a:1200.5", "a:99.99"]);
     assert_eq!(found("1.250,00"), ["a:1250"]);
 }
+
+#[test]
+fn structured_content_sent_twice_is_read_once() {
+    let structured = json!({"to": "alice@example.com", "note": "x".repeat(600)});
+    let result = json!({
+        "content": [{"type": "text", "text": structured.to_string()}],
+        "structuredContent": structured,
+    });
+    let mut out = Vec::new();
+    // Enough budget for one copy, not two.
+    let mut scanner = Scanner::new(700, |f: Family, v: &str| {
+        out.push(format!("{}:{v}", f.tag()))
+    });
+    scanner.result(&result);
+    assert!(!scanner.truncated());
+    drop(scanner);
+    assert!(out.contains(&"e:alice@example.com".to_owned()));
+    // A text block that differs is read.
+    let other = json!({
+        "content": [{"type": "text", "text": "{\"to\": \"bob@example.org\"}"}],
+        "structuredContent": structured,
+    });
+    let mut out = Vec::new();
+    let mut scanner = Scanner::new(usize::MAX, |f: Family, v: &str| {
+        out.push(format!("{}:{v}", f.tag()))
+    });
+    scanner.result(&other);
+    drop(scanner);
+    assert!(out.contains(&"e:bob@example.org".to_owned()));
+}

@@ -374,3 +374,28 @@ fn argument_reports_serialise() {
         Some(&json!("domain"))
     );
 }
+
+#[test]
+fn sessions_can_be_shared_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<SessionValues>();
+    send_sync::<ArgSources>();
+    send_sync::<Snapshot>();
+}
+
+#[test]
+fn a_report_can_drop_its_values_for_redacted_records() {
+    let mut s = SessionValues::default();
+    s.observe_result(
+        "web",
+        Label::Untrusted,
+        "c-1",
+        &text_result("pay DE89370400440532013000"),
+    );
+    let report = s
+        .sources(&args(json!({"iban": "DE89370400440532013000"})))
+        .without_values();
+    assert_eq!(report.untrusted_only(), ["iban"]);
+    let v = report.get("iban").unwrap().values.first().unwrap();
+    assert_eq!((v.family, v.value.as_str()), (Family::Iban, ""));
+}
