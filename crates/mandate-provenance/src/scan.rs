@@ -402,7 +402,7 @@ impl<F: FnMut(Family, &str)> Scanner<F> {
             self.integer(&i.unsigned_abs().to_string(), true);
         } else if let Some(f) = n.as_f64().filter(|f| f.is_finite()) {
             let written = format!("{}", f.abs());
-            if let Some(shape) = self.parse_number(&written) {
+            if let Some(shape) = self.parse_number(&written, false) {
                 if !shape.small_integer {
                     self.put(Family::Amount);
                 }
@@ -699,7 +699,7 @@ impl<F: FnMut(Family, &str)> Scanner<F> {
             return;
         }
         let percent = p.ends_with('%');
-        if !percent && let Some(shape) = self.parse_number(p) {
+        if !percent && let Some(shape) = self.parse_number(p, context.currency) {
             if (shape.marked || context.currency || shape.formatted) && !shape.small_integer {
                 self.put(Family::Amount);
             }
@@ -937,7 +937,10 @@ impl<F: FnMut(Family, &str)> Scanner<F> {
     /// Parses a number (`1,250.00`, `12,50`, `$1'000`, `EUR100`, `-98.70`),
     /// writing its normal form: no sign, grouping or leading zeros, the
     /// fraction without trailing zeros, `.` as the decimal point.
-    fn parse_number(&mut self, p: &str) -> Option<NumberShape> {
+    /// With a currency next to it (`currency`, or a symbol or code glued
+    /// to it), a single `.` before exactly three digits groups thousands
+    /// (`1.000 EUR` is a thousand; `1.000` alone is one).
+    fn parse_number(&mut self, p: &str, currency: bool) -> Option<NumberShape> {
         let signs = |c: char| matches!(c, '+' | '-' | '\u{2212}');
         let mut s = p.trim_start_matches(signs);
         let mut marked = false;
@@ -956,7 +959,7 @@ impl<F: FnMut(Family, &str)> Scanner<F> {
             return None;
         }
         let formatted = s.bytes().any(|b| matches!(b, b',' | b'.' | b'\''));
-        let (int, fraction) = split_decimal(s)?;
+        let (int, fraction) = split_decimal(s, marked || currency)?;
         let int = int.trim_start_matches('0');
         let fraction = fraction.trim_end_matches('0');
         if int.len() > 15 || fraction.len() > 8 {
@@ -1003,7 +1006,7 @@ fn strip_currency(s: &str) -> Option<&str> {
 
 /// Splits a number of digits and separators into integer digits (grouping
 /// removed) and fraction. `None` when the separators make no number.
-fn split_decimal(s: &str) -> Option<(String, &str)> {
+fn split_decimal(s: &str, dot_groups_thousands: bool) -> Option<(String, &str)> {
     let Some(last) = s.rfind([',', '.', '\'']) else {
         return Some((s.to_owned(), ""));
     };
@@ -1013,6 +1016,9 @@ fn split_decimal(s: &str) -> Option<(String, &str)> {
     let count = s.matches(separator).count();
     match separator {
         "'" => Some((ungroup(s, '\'')?, "")),
+        "." if count == 1 && dot_groups_thousands && tail.len() == 3 && !head.contains(',') => {
+            Some((ungroup(s, '.')?, ""))
+        }
         "." if count == 1 => Some((ungroup_any(head, &[',', '\''])?, tail)),
         "." => Some((ungroup(s, '.')?, "")),
         "," if count == 1 && tail.len() == 3 && !head.contains('.') => Some((ungroup(s, ',')?, "")),

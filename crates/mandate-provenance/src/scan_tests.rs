@@ -322,6 +322,13 @@ fn amounts_are_decimal_or_currency_marked() {
         "98.7",
         &["98.70", "98,70", "$98.7", "amount: 98.70;"],
     );
+    // A dot before three digits next to a currency groups thousands.
+    same(
+        Family::Amount,
+        "1000",
+        &["1.000 EUR", "€1.000", "EUR 1.000,00", "USD 1,000"],
+    );
+    same(Family::Amount, "1000.5", &["1000.500", "1,000.50 USD"]);
     same(
         Family::Amount,
         "120",
