@@ -3,19 +3,24 @@
 //!
 //! The text is cut into *chunks* at white space and at characters no value
 //! contains (quotes, brackets, `|`, `<`, `>`, backslash, controls). A chunk
-//! is a URL if it has `scheme://` or starts with `www.`; otherwise it is cut
-//! again into *pieces* at `,` (not between thousands), `;`, `:`, `=`, `&`,
-//! `?`, `!`, and each piece is tried, in order, as an e-mail address, a
-//! domain with a path, a number, a dotted name (file or domain), an IBAN and
-//! an identifier. Two spaced forms are joined across chunks: an IBAN printed
-//! in groups of four, and a number printed in groups of three or four digits.
+//! is a URL if it has `scheme://`, starts with `www.`, or is a domain name
+//! followed by a path, port or query; otherwise it is cut again into
+//! *pieces* at `,` (unless between digits), `;`, `:`, `=`, `&`, `?`, `!`,
+//! and each piece is tried, in order, as an e-mail address, a domain with a
+//! path, a number, a dotted name (file or domain), an IBAN and an
+//! identifier. Chunks without a digit, `.`, `@` or `/` (most words) can hold
+//! no value and are passed over. Two spaced forms are joined across chunks:
+//! an IBAN printed in groups of four, and a number printed in groups of
+//! three or four digits.
 //!
 //! Hand-written rather than regular expressions: the families need context
 //! (IBAN groups, currency words before or after a number, a URL's parts each
 //! normalised differently) that would take several passes and captures with
-//! the `regex` crate; this scanner reads each character a bounded number of
-//! times (a failed group look-ahead rereads at most 40 bytes per chunk), so
-//! its work is linear in the input, and it allocates only the normal forms.
+//! the `regex` crate. This scanner reads each character a bounded number of
+//! times: a group look-ahead reads at most the next eight chunks (an IBAN
+//! is at most 34 characters, a joined number 24 digits), a number looks at
+//! one chunk on either side. Its work is linear in the input, with no
+//! backtracking, and it allocates only the normal forms.
 
 use crate::family::{self, Family};
 use serde_json::{Number, Value};

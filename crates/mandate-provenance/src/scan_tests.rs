@@ -508,3 +508,38 @@ fn structured_content_sent_twice_is_read_once() {
     drop(scanner);
     assert!(out.contains(&"e:bob@example.org".to_owned()));
 }
+
+/// Inputs built to make a scanner rescan: repeated group heads, a single
+/// huge token, long space runs between number groups, many schemes in one
+/// chunk. Linear work finishes these in milliseconds; quadratic work would
+/// take minutes at this size.
+#[test]
+fn pathological_inputs_scan_in_linear_time() {
+    let n = 256 * 1024;
+    let inputs = [
+        "DE89 ".repeat(n / 5),
+        "1234 ".repeat(n / 5),
+        "a.".repeat(n / 2),
+        "x1".repeat(n / 2),
+        format!("DE89{}1234", " ".repeat(n)),
+        format!("100{}EUR", "\u{A0}".repeat(n / 2)),
+        "https://".repeat(n / 8),
+        "a@".repeat(n / 2),
+        "/a.com".repeat(n / 6),
+        "1,000".repeat(n / 5),
+        "\u{1B}[".repeat(n / 2),
+        "\u{200B}".repeat(n / 3),
+    ];
+    let start = std::time::Instant::now();
+    for input in &inputs {
+        let mut count = 0usize;
+        let mut scanner = Scanner::new(usize::MAX, |_: Family, _: &str| count += 1);
+        scanner.leaf(input);
+        drop(scanner);
+    }
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+}

@@ -659,7 +659,7 @@ fn cite(entry: &mut Entry, seq: u64, label: Label, label_of: impl Fn(u64) -> Opt
         *slot = seq;
         return;
     }
-    let labels: Vec<Option<Label>> = entry.origins.iter().map(|s| label_of(*s)).collect();
+    let labels: [Option<Label>; ORIGINS] = entry.origins.map(&label_of);
     if labels.contains(&Some(label)) {
         return;
     }
