@@ -253,7 +253,7 @@ fn values_inside_urls_are_values() {
 }
 
 #[test]
-fn bare_domains_need_a_known_top_level_domain() {
+fn bare_domains_need_a_top_level_domain_of_letters() {
     assert_eq!(
         of(Family::Domain, "visit true-informations.com today"),
         ["true-informations.com"]
