@@ -18,12 +18,18 @@
 //!   (complete or cancel) pulls a task kill switch in the same
 //!   transaction, so every token minted for it is refused on its next call.
 //!
+//! * **Task intents** ([`TaskIntent`]): the grants a task requested
+//!   (`authorization_details`), each granted by policy, pending the user's
+//!   one approval of the intent, or refused; their uses are consumed with
+//!   one conditional `UPDATE` each, keyed by issuer, user and task.
+//!
 //! The store knows nothing about HTTP or audit: the gateway's control API
 //! authenticates operators, writes the audit record, then calls the store.
 
 mod approvals;
 mod changes;
 mod error;
+mod intents;
 mod revocations;
 mod store;
 mod tasks;
@@ -34,6 +40,7 @@ mod spelling_tests;
 pub use approvals::{ApprovalRequest, ApprovalStatus, NewApproval};
 pub use changes::{Change, ChangeKind, ChangeStatus};
 pub use error::ControlError;
+pub use intents::{Consumed, GrantState, GrantStatus, IntentKey, TaskIntent};
 pub use revocations::{Revocation, RevocationKind};
 pub use store::{ControlStore, ToolPin};
 pub use tasks::{Task, TaskStatus};

@@ -2,7 +2,7 @@
 //! API and the CLI. They are derived (strum, serde) now; these tables
 //! freeze them: a change here is a change of the stored format.
 
-use crate::{ApprovalStatus, ChangeKind, ChangeStatus, RevocationKind, TaskStatus};
+use crate::{ApprovalStatus, ChangeKind, ChangeStatus, GrantStatus, RevocationKind, TaskStatus};
 use serde_json::json;
 use std::fmt::Debug;
 use std::str::FromStr;
@@ -117,5 +117,17 @@ fn task_status_spellings_are_unchanged() {
             (TaskStatus::Cancelled, "cancelled"),
         ],
         TaskStatus::as_str,
+    );
+}
+
+#[test]
+fn grant_status_spellings_are_unchanged() {
+    frozen(
+        &[
+            (GrantStatus::Granted, "granted"),
+            (GrantStatus::Pending, "pending"),
+            (GrantStatus::Refused, "refused"),
+        ],
+        GrantStatus::as_str,
     );
 }

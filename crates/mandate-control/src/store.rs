@@ -111,6 +111,7 @@ impl ControlStore {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(DDL)?;
+        conn.execute_batch(crate::intents::DDL)?;
         let store = Self {
             conn: Mutex::new(conn),
             revoked: ArcSwap::from_pointee(Index::default()),
