@@ -245,6 +245,9 @@ fn decimals_are_exact_or_refused() {
     assert_eq!(d(json!(i64::MAX)), None);
 }
 
+#[path = "args_props.rs"]
+mod props;
+
 /// Found by the property `a_number_is_a_decimal_exactly_when_it_is_one`:
 /// past about 9·10^11 the double nearest to a four-digit decimal has other
 /// digits, and the decimal was taken from the double (`…570.25`) while the
