@@ -92,6 +92,8 @@ enum Outcome {
     Conflict,
     Invalid,
     NotFound,
+    /// Anything else (a storage failure): never expected.
+    Other(String),
 }
 
 fn outcome<T>(r: &Result<T, ControlError>) -> Outcome {
@@ -100,7 +102,7 @@ fn outcome<T>(r: &Result<T, ControlError>) -> Outcome {
         Err(ControlError::Conflict(_)) => Outcome::Conflict,
         Err(ControlError::Invalid(_)) => Outcome::Invalid,
         Err(ControlError::NotFound { .. }) => Outcome::NotFound,
-        Err(e) => panic!("unexpected store error: {e}"),
+        Err(e) => Outcome::Other(e.to_string()),
     }
 }
 
@@ -134,9 +136,9 @@ fn open_store() -> (tempfile::TempDir, ControlStore) {
         .prefix("approvals-model")
         .tempdir_in("/dev/shm")
         .or_else(|_| tempfile::tempdir())
-        .unwrap_or_else(|e| panic!("temp dir: {e}"));
+        .unwrap_or_else(|e| unreachable!("temp dir: {e}"));
     let store = ControlStore::open(&dir.path().join("control.sqlite"))
-        .unwrap_or_else(|e| panic!("open: {e}"));
+        .unwrap_or_else(|e| unreachable!("open: {e}"));
     (dir, store)
 }
 
