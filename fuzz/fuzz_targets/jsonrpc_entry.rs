@@ -30,6 +30,9 @@ use tower::ServiceExt as _;
 
 static HARNESS: LazyLock<Harness> = LazyLock::new(|| runtime().block_on(Harness::new()));
 
+/// `MANDATE_FUZZ_DEBUG=1` prints each response (to see what inputs reach).
+static DEBUG: LazyLock<bool> = LazyLock::new(|| std::env::var_os("MANDATE_FUZZ_DEBUG").is_some());
+
 fn pick<'a>(b: u8, options: &[&'a str]) -> &'a str {
     options
         .get(usize::from(b) % options.len().max(1))
@@ -178,7 +181,25 @@ fuzz_target!(|data: &[u8]| {
             mandate_fuzz::PUBLIC_URL,
         ],
     );
-    let mcp_method = pick(s(7), &["", "", "", "", "", "", "tools/call", "initialize"]);
+    // Mcp-Method / Mcp-Name (the stateless revision requires them to match
+    // the body): none, taken from the body, or fixed.
+    let sent_json: Option<Value> = serde_json::from_slice(body).ok();
+    let from_body = |key: &str| -> String {
+        let m = sent_json.as_ref();
+        let v = match key {
+            "method" => m.and_then(|m| m.get("method")),
+            _ => m
+                .and_then(|m| m.get("params"))
+                .and_then(|p| p.get("name").or_else(|| p.get("uri"))),
+        };
+        v.and_then(Value::as_str).unwrap_or_default().to_owned()
+    };
+    let (mcp_method, mcp_name) = match s(7) % 8 {
+        0..=4 => (String::new(), String::new()),
+        5 => (from_body("method"), from_body("name")),
+        6 => ("tools/call".to_owned(), String::new()),
+        _ => ("initialize".to_owned(), "x".to_owned()),
+    };
 
     let mut req = Request::builder()
         .method(method.clone())
@@ -192,7 +213,8 @@ fuzz_target!(|data: &[u8]| {
         (header::ACCEPT.as_str(), accept),
         ("mcp-protocol-version", version),
         (header::ORIGIN.as_str(), origin),
-        ("mcp-method", mcp_method),
+        ("mcp-method", mcp_method.as_str()),
+        ("mcp-name", mcp_name.as_str()),
     ] {
         if !value.is_empty() {
             req = req.header(name, value);
@@ -201,6 +223,7 @@ fuzz_target!(|data: &[u8]| {
     if let Some(id) = &session {
         req = req.header("mcp-session-id", id);
     }
+    // A header value the fuzzer made invalid is not a request anyone can send.
     let Ok(req) = req.body(Body::from(body.to_vec())) else {
         return;
     };
@@ -261,6 +284,12 @@ fuzz_target!(|data: &[u8]| {
                 Ok(Err(e)) => finding(format!("response body: {e}")),
                 Ok(Ok(b)) => b,
             };
+            if *DEBUG {
+                eprintln!(
+                    "{method} -> {status} {challenge} {}",
+                    String::from_utf8_lossy(&bytes)
+                );
+            }
             let sent: Option<Value> = serde_json::from_slice(body).ok();
             let calls = sent.as_ref().map(tool_calls).unwrap_or_default();
             // Ids also used by other requests of a batch may have results.

@@ -46,17 +46,20 @@ POST, SESSION = bytes(8), bytes([0, 0, 0, 0, 4, 0, 0, 0])
 init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
         "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "c", "version": "1"}}}
 rpc = lambda i, m, p=None: {"jsonrpc": "2.0", "id": i, "method": m, **({"params": p} if p is not None else {})}
+META_2026 = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
 call = lambda name, args: rpc(7, "tools/call", {"name": name, "arguments": args})
 seeds = {
     "initialize": POST + j(init),
-    "initialize_2026": bytes([0, 0, 0, 0, 0, 6, 0, 0]) + j(rpc(1, "server/discover", {})),
+    "initialize_2026": bytes([0, 0, 0, 0, 0, 6, 0, 5]) + j(rpc(1, "server/discover", {"_meta": META_2026})),
     "tools_list": SESSION + j(rpc(2, "tools/list", {})),
     "call_in_scope": SESSION + j(call("docs.search", {"query": "q"})),
     "call_high_impact": SESSION + j(call("docs.send_mail", {"to": "a@b.example", "body": "x"})),
     "call_out_of_scope": SESSION + j(call("bank.transfer", {"amount": 10, "to": "x"})),
     "call_unknown_upstream": SESSION + j(call("nosuch.tool", {})),
     "call_bad_params": SESSION + j(rpc(3, "tools/call", {"name": 7, "arguments": []})),
-    "call_stateless": bytes([0, 0, 0, 0, 0, 6, 0, 6]) + j(call("docs.search", {"query": "q"})),
+    "call_stateless": bytes([0, 0, 0, 0, 0, 6, 0, 5]) + j(rpc(7, "tools/call", {"name": "docs.search", "arguments": {"query": "q"}, "_meta": META_2026})),
+    "list_stateless": bytes([0, 0, 0, 0, 0, 6, 0, 5]) + j(rpc(2, "tools/list", {"_meta": META_2026})),
+    "call_stateless_out_of_scope": bytes([0, 0, 0, 0, 0, 6, 0, 5]) + j(rpc(7, "tools/call", {"name": "bank.transfer", "arguments": {}, "_meta": META_2026})),
     "batch": SESSION + j([rpc(4, "ping"), call("bank.transfer", {"amount": 1})]),
     "notification": SESSION + j({"jsonrpc": "2.0", "method": "notifications/initialized"}),
     "response": SESSION + j({"jsonrpc": "2.0", "id": 9, "result": {}}),
