@@ -147,6 +147,7 @@ fuzz_target!(|data: &[u8]| {
     // to a session opened for it instead.
     let owners_delete =
         (token_is_alice && matches!(s(4) % 8, 4 | 5)) || (s(1) % 8 == 4 && s(4) % 8 == 7);
+    let mut throwaway = None;
     if method == Method::DELETE && owners_delete {
         let token = if token_is_alice {
             &h.token
@@ -154,6 +155,7 @@ fuzz_target!(|data: &[u8]| {
             &h.other_token
         };
         session = runtime().block_on(h.initialize(token));
+        throwaway.clone_from(&session);
     }
     let version = pick(
         s(5),
@@ -331,8 +333,9 @@ fuzz_target!(|data: &[u8]| {
             }
         }
 
-        // Close a session this input opened, so sessions do not pile up.
-        if let Some(id) = new_session {
+        // Close a session this input opened (or the harness opened for its
+        // DELETE, which may have been refused), so sessions do not pile up.
+        if let Some(id) = new_session.or(throwaway) {
             let token = if token_is_alice {
                 &h.token
             } else {
