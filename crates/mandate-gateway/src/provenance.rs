@@ -106,6 +106,7 @@ fn invisible(c: char) -> bool {
     matches!(c,
         '\u{E0000}'..='\u{E007F}'        // tag characters
         | '\u{200B}'..='\u{200F}'        // zero-width space/joiners, LRM/RLM
+        | '\u{061C}'                     // Arabic letter mark (a bidi mark like LRM/RLM)
         | '\u{202A}'..='\u{202E}'        // bidi embeddings and overrides
         | '\u{2060}'..='\u{2064}'        // word joiner, invisible operators
         | '\u{2066}'..='\u{2069}'        // bidi isolates
@@ -304,6 +305,15 @@ mod tests {
         assert!(removed >= 8 + 4, "{removed}");
         let (same, none) = clean("plain\ttext\nwith lines");
         assert_eq!((same.as_str(), none), ("plain\ttext\nwith lines", 0));
+    }
+
+    /// Found by the `sanitise` fuzz target's oracle (Unicode's
+    /// Bidi_Control list): U+061C, the Arabic letter mark, reorders text
+    /// like LRM/RLM but survived cleaning.
+    #[test]
+    fn arabic_letter_mark_is_removed_like_the_other_bidi_marks() {
+        let (out, removed) = clean("abc\u{202E}dcb\u{061C}x\u{200F}");
+        assert_eq!((out.as_str(), removed), ("abcdcbx", 3));
     }
 
     #[test]

@@ -427,12 +427,18 @@ pub(crate) fn cedar_decimal(n: &serde_json::Number) -> Option<String> {
     if !f.is_finite() || f.abs() > DECIMAL_MAX {
         return None;
     }
-    let text = format!("{f:.4}");
-    // Exact: the four-digit text reads back as the very same double (the
-    // nearest double to the value the client wrote), so nothing was cut.
-    #[expect(clippy::float_cmp, reason = "an exact round trip is the test")]
-    let exact = text.parse::<f64>().ok()? == f;
-    exact.then_some(text)
+    // The number's own text, exactly as the call forwards it (the shortest
+    // text that reads back as the same double), not the double's binary
+    // value: past about 9·10^11 a double cannot hold every four-digit
+    // fraction, and `905095858349570.2` is the double …570.25, which
+    // policies must not see while the upstream receives …570.2. Plain
+    // notation only: a number this small or large written with an exponent
+    // has more than four fractional digits (or is refused above).
+    let text = n.to_string();
+    let (int, frac) = text.split_once('.')?;
+    let frac = frac.trim_end_matches('0');
+    (frac.len() <= 4 && frac.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| format!("{int}.{frac:0<4}"))
 }
 
 #[cfg(test)]

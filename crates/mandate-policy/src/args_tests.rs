@@ -244,3 +244,29 @@ fn decimals_are_exact_or_refused() {
     assert_eq!(d(json!(1e300)), None);
     assert_eq!(d(json!(i64::MAX)), None);
 }
+
+#[path = "args_props.rs"]
+mod props;
+
+/// Found by the property `a_number_is_a_decimal_exactly_when_it_is_one`:
+/// past about 9·10^11 the double nearest to a four-digit decimal has other
+/// digits, and the decimal was taken from the double (`…570.25`) while the
+/// call forwards the number's own text (`…570.2`).
+#[test]
+fn decimal_is_the_forwarded_number_not_the_nearest_double() {
+    let n = |text: &str| serde_json::from_str::<serde_json::Number>(text).ok();
+    let d = |text: &str| n(text).and_then(|n| cedar_decimal(&n));
+    assert_eq!(
+        d("905095858349570.2").as_deref(),
+        Some("905095858349570.2000")
+    );
+    assert_eq!(
+        n("905095858349570.2").map(|n| n.to_string()).as_deref(),
+        Some("905095858349570.2"),
+        "forwarded as written"
+    );
+    assert_eq!(d("0.0001").as_deref(), Some("0.0001"));
+    assert_eq!(d("-0.5").as_deref(), Some("-0.5000"));
+    assert_eq!(d("0.00001"), None);
+    assert_eq!(d("12345.67891"), None);
+}
