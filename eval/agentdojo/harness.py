@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Mandate's security evaluation on the AgentDojo benchmark, with no language model.
 
-    python harness.py SUITE [--approver oracle|hurried|always|never] [--intent] [--out DIR]
+    python harness.py SUITE [--approver oracle|hurried|always|never] [--no-intent] [--out DIR]
                             [--user-tasks a,b] [--injection-tasks c,d] [-v]
 
 Usually run through `scripts/security-eval SUITE`. For one suite of AgentDojo
@@ -15,8 +15,10 @@ The agent is scripted and obeys, like a model that says yes to everything,
 within what a model can do:
 
 - before its first call, a planner (`planner.py`) declares the task's intent
-  from the user's prompt alone (written to the output; sent to the broker's
-  token exchange with `--intent`);
+  from the user's prompt alone and sends it to Mandate's broker as RFC 9396
+  `authorization_details` in the token exchange (`--no-intent` mints tokens
+  with the suite's whole scope instead, to show what the approver alone
+  stops);
 - it lists the tools first and calls only tools `tools/list` showed it;
 - it makes the calls of the task's reference plan (`ground_truth()`), and
   under attack also the injection task's, either after the user task's calls
@@ -804,7 +806,7 @@ def audit_verifies(data: Path) -> bool:
     return verify.returncode == 0
 
 
-def print_summary(s: Summary, partial: bool) -> None:
+def print_summary(s: Summary, partial: bool, intent_sent: bool) -> None:
     print(f"\nAgentDojo {BENCHMARK_VERSION} suite {s.suite} through Mandate, approver {s.approver} "
           f"({s.seconds:.0f} s){' (partial run)' if partial else ''}")
     print(f"  utility: {s.user_tasks} user tasks: {s.completed} completed, {s.completed_no_prompt} of them with no "
@@ -816,9 +818,11 @@ def print_summary(s: Summary, partial: bool) -> None:
           f"before the rest of them: {s.achieved_before}); prompts under attack: {s.prompts_user_under_attack} "
           f"for the user's calls, {s.prompts_attacker} for the attacker's; user task completed under attack "
           f"{s.completed_under_attack}/{s.injection_pairs}")
-    print(f"  intent (not yet sent by default): in {s.attackable_within_intent} of the {s.attackable} attackable pairs "
+    sent = "declared through the broker" if intent_sent else "NOT sent (--no-intent)"
+    print(f"  intent ({sent}): in {s.attackable_within_intent} of the {s.attackable} attackable pairs "
           f"every call of the attacker's falls within the task's declared intent in at least one order; in the "
-          f"others a gateway enforcing the intent could refuse a call of the attacker's without asking anyone")
+          f"others the gateway can refuse a call of the attacker's without asking anyone; "
+          f"{s.intent_prompts} of the benign prompts were intent approvals")
     if s.output_only:
         print(f"  goals no tool boundary can stop (the model only has to say something): {', '.join(s.output_only)}"
               f" ({s.output_only_achieved} pairs achieved)")
@@ -833,9 +837,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("suite")
     p.add_argument("--approver", choices=APPROVERS, default="oracle",
                    help="the model of the person answering approval prompts (default oracle)")
-    p.add_argument("--intent", action="store_true",
-                   help="send the planner's intent as authorization_details in a token exchange at the "
-                        "deployment's broker instead of minting tokens (needs a broker that takes them)")
+    p.add_argument("--no-intent", dest="intent", action="store_false",
+                   help="mint tokens with every tool of the suite in scope instead of declaring the planner's "
+                        "intent as authorization_details in a token exchange at the deployment's broker "
+                        "(the default); shows what the approver alone stops")
     p.add_argument("--config-dir", type=Path,
                    help="the deployment configuration (mandate.toml, policies/; default eval/agentdojo/SUITE)")
     p.add_argument("--baseline", type=Path,
@@ -868,7 +873,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = Options(args.suite, config_dir, args.out, args.approver, args.intent, ids(args.user_tasks),
                    ids(args.injection_tasks), args.verbose, args.keep)
     s = Evaluation(opts).evaluate()
-    print_summary(s, partial)
+    print_summary(s, partial, args.intent)
     baseline = args.baseline or (None if partial else config_dir / "baseline.json")
     if args.record_baseline and baseline is not None:
         record_baseline(s, baseline, BENCHMARK_VERSION)

@@ -32,6 +32,8 @@ fn record() -> AuditRecord {
         amount: None,
         taint: Vec::new(),
         args: None,
+        grant: None,
+        sources: None,
     }
 }
 

@@ -42,6 +42,8 @@ fn record(i: u64) -> AuditRecord {
         amount: None,
         taint: Vec::new(),
         args: None,
+        grant: None,
+        sources: None,
     }
 }
 

@@ -33,6 +33,7 @@ fn record(n: i64, session: &str, correlation: &CorrelationId) -> AuditRecord {
                 fields: vec!["ssn".to_owned()],
             }],
             policy_hash: "ph".to_owned(),
+            code: None,
         },
         correlation_id: correlation.clone(),
         subject: Subject {
@@ -51,6 +52,8 @@ fn record(n: i64, session: &str, correlation: &CorrelationId) -> AuditRecord {
         amount: None,
         taint: Vec::new(),
         args: None,
+        grant: None,
+        sources: None,
     }
 }
 

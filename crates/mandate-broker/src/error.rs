@@ -58,6 +58,8 @@ pub enum ErrorCode {
     ServerError,
     /// The audit store cannot write: nothing is issued.
     TemporarilyUnavailable,
+    /// Malformed or unacceptable `authorization_details` (RFC 9396 §5).
+    InvalidAuthorizationDetails,
 }
 
 impl ErrorCode {
@@ -110,6 +112,15 @@ impl Refusal {
         Self::new(
             ErrorCode::InvalidClient,
             "client authentication failed",
+            reason,
+        )
+    }
+
+    /// `server_error`: a failure of ours; the details stay internal.
+    pub fn server(reason: impl Into<String>) -> Self {
+        Self::new(
+            ErrorCode::ServerError,
+            "the broker could not complete the exchange",
             reason,
         )
     }
@@ -174,6 +185,10 @@ mod tests {
             (ErrorCode::UseDpopNonce, "use_dpop_nonce"),
             (ErrorCode::ServerError, "server_error"),
             (ErrorCode::TemporarilyUnavailable, "temporarily_unavailable"),
+            (
+                ErrorCode::InvalidAuthorizationDetails,
+                "invalid_authorization_details",
+            ),
         ];
         assert_eq!(table.len(), ErrorCode::VARIANTS.len());
         for (code, spelled) in table {

@@ -14,6 +14,9 @@ use mandate_authn::Principal;
 use mandate_authn::dpop::{DpopError, ProofRequest};
 use mandate_control::{ControlError, Task};
 use mandate_core::{AuditRecord, CallerData, DecisionRecord, Effect, Scope, Subject};
+
+/// How long an exchange waits for the user's approval of a task's intent.
+const INTENT_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
@@ -74,18 +77,25 @@ pub struct Issued {
     pub expires_in: u64,
     /// The scope it carries.
     pub scope: String,
+    /// The task intent's grants in force (RFC 9396 §7), when the request
+    /// declared one.
+    pub authorization_details: Option<Value>,
 }
 
 impl Issued {
     /// The response body.
     pub fn to_json(&self) -> Value {
-        json!({
+        let mut out = json!({
             "access_token": self.access_token,
             "issued_token_type": token_type::ACCESS_TOKEN,
             "token_type": self.token_type,
             "expires_in": self.expires_in,
             "scope": self.scope,
-        })
+        });
+        if let (Some(details), Some(obj)) = (&self.authorization_details, out.as_object_mut()) {
+            obj.insert("authorization_details".into(), details.clone());
+        }
+        out
     }
 }
 
@@ -106,6 +116,8 @@ pub(crate) struct Trail {
     exp: Option<u64>,
     dpop: bool,
     subject_issuer: Option<String>,
+    /// The hash of the task's declared intent, if the request declared one.
+    intent: Option<String>,
 }
 
 /// The verified user side of the exchange.
@@ -344,6 +356,17 @@ impl Broker {
                 format!("revoked: {} {}", r.kind, r.value),
             ));
         }
+        // 13. The task's intent (RFC 9396 `authorization_details`),
+        //     declared before the agent has read anything: judged grant by
+        //     grant, what is not granted outright put to the user as one
+        //     approval, which this request waits for.
+        let intent = match req.get("authorization_details") {
+            Some(text) => Some(
+                self.declare_intent(text, &issued, &client.id, trail)
+                    .await?,
+            ),
+            None => None,
+        };
         let mut claims = json!({
             "iss": self.cfg.issuer,
             "aud": resource,
@@ -374,7 +397,113 @@ impl Broker {
             token_type: if jkt.is_some() { "DPoP" } else { "Bearer" },
             expires_in: exp.saturating_sub(now),
             scope: scope.to_oauth_string(),
+            authorization_details: intent.map(|i| i.granted().to_json()),
         })
+    }
+
+    /// Judges each grant of `intent` for `token`'s task (the policies'
+    /// answer while declaring: granted, pending the user, refused) and
+    /// records the intent with one intent approval for whatever is
+    /// pending, decidable until `deadline_ms`. Recording the same intent
+    /// again returns the record unchanged.
+    pub(crate) async fn record_intent(
+        &self,
+        intent: &mandate_intent::Intent,
+        token: &CallerData,
+        by: &str,
+        deadline_ms: i64,
+    ) -> Result<mandate_control::TaskIntent, ControlError> {
+        use mandate_control::{GrantStatus, IntentKey};
+        let statuses: Vec<GrantStatus> = intent
+            .grants()
+            .iter()
+            .map(|g| match self.judge.get() {
+                Some(judge) => judge.judge(g, &token.caller()),
+                None => GrantStatus::Pending,
+            })
+            .collect();
+        let key = IntentKey::new(
+            &self.cfg.issuer,
+            &token.sub,
+            token.task_id.clone().unwrap_or_default(),
+        );
+        let control = self.control.clone();
+        let (i, by) = (intent.clone(), by.to_owned());
+        tokio::task::spawn_blocking(move || {
+            control.record_intent(&key, &i, &statuses, &by, deadline_ms)
+        })
+        .await
+        .map_err(|_| ControlError::Invalid("internal error".into()))?
+    }
+
+    /// Records the task's intent: each grant judged (granted outright,
+    /// pending the user's approval, refused); if any is pending, one intent
+    /// approval, which this exchange waits for (until it is decided or its
+    /// deadline passes: undecided grants are then refused). A task's intent
+    /// is declared once; a later exchange for the task must send the same.
+    async fn declare_intent(
+        &self,
+        text: &str,
+        token: &CallerData,
+        client: &str,
+        trail: &mut Trail,
+    ) -> Result<mandate_control::TaskIntent, Refusal> {
+        let bad = |reason: String| {
+            invalid(
+                ErrorCode::InvalidAuthorizationDetails,
+                "authorization_details are not a valid intent (docs/INTENT.md)",
+                reason,
+            )
+        };
+        let intent = mandate_intent::Intent::parse_str(text).map_err(|e| bad(e.to_string()))?;
+        let key = mandate_control::IntentKey::new(
+            &self.cfg.issuer,
+            &token.sub,
+            token.task_id.clone().unwrap_or_default(),
+        );
+        // The exchange waits this long for the user; an intent recorded
+        // earlier (`mandate task start --intent`) keeps its own deadline.
+        let wait_until = self
+            .clock
+            .now_ms()
+            .saturating_add(i64::try_from(INTENT_WAIT.as_millis()).unwrap_or(i64::MAX));
+        let mut current = match self.record_intent(&intent, token, client, wait_until).await {
+            Ok(t) => t,
+            Err(ControlError::Conflict(m)) => {
+                return Err(bad(format!("the task's intent is already declared: {m}")));
+            }
+            Err(e) => return Err(Refusal::server(e.to_string())),
+        };
+        trail.intent = Some(current.intent_hash.clone());
+        // Wait for the user's one decision on what was not granted outright.
+        while current.approval == Some(mandate_control::ApprovalStatus::Pending) {
+            let now = self.clock.now_ms();
+            if now >= wait_until && now < current.deadline_ms {
+                return Err(invalid(
+                    ErrorCode::InvalidAuthorizationDetails,
+                    "the task's intent is waiting for the user's approval: retry once it is decided",
+                    "intent approval still pending",
+                ));
+            }
+            if now >= current.deadline_ms {
+                if let Some(id) = current.approval_id.clone() {
+                    let control = self.control.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        control.close_intent_approval(&id, mandate_control::ApprovalStatus::Expired)
+                    })
+                    .await;
+                }
+            } else {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            let control = self.control.clone();
+            let k = key.clone();
+            current = match tokio::task::spawn_blocking(move || control.intent(&k)).await {
+                Ok(Ok(Some(t))) => t,
+                _ => return Err(Refusal::server("the task's intent could not be read back")),
+            };
+        }
+        Ok(current)
     }
 
     /// RFC 8707 `resource` / RFC 8693 `audience` → the one resource the
@@ -771,6 +900,7 @@ impl Broker {
             "jti": trail.jti,
             "exp": trail.exp,
             "dpop": trail.dpop,
+            "intent": trail.intent,
             "error": refusal.map(|r| r.code.as_str()),
         });
         let record = AuditRecord::control(

@@ -73,6 +73,24 @@ pub struct Broker {
     operator_authn: Option<Arc<Authenticator>>,
     /// The one wall clock of this broker.
     clock: Clock,
+    /// Decides which requested grants of a task's intent are granted
+    /// outright (the policy engine, wired by the binary). Without one,
+    /// every grant waits for the user's approval.
+    judge: std::sync::OnceLock<Arc<dyn GrantJudge>>,
+}
+
+/// Judges the grants of a declared intent (docs/INTENT.md): the policy
+/// engine's answer for a call of the grant's tool with exactly the values
+/// the grant pins, made while declaring (`context.intent.declaring`).
+pub trait GrantJudge: Send + Sync {
+    /// `Granted` (the policies allow it with no person), `Pending` (they
+    /// ask for a person: the user approves the whole intent once) or
+    /// `Refused`.
+    fn judge(
+        &self,
+        grant: &mandate_intent::Grant,
+        token: &mandate_core::Caller<'_>,
+    ) -> mandate_control::GrantStatus;
 }
 
 impl std::fmt::Debug for Broker {
@@ -209,7 +227,13 @@ impl Broker {
             control,
             operator_authn,
             clock,
+            judge: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets who judges the grants of declared intents (once).
+    pub fn use_grant_judge(&self, judge: Arc<dyn GrantJudge>) {
+        let _ = self.judge.set(judge);
     }
 
     /// Unix seconds by the broker's clock (0 before 1970).

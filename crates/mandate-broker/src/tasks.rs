@@ -3,7 +3,7 @@
 //! | method | path | body |
 //! |---|---|---|
 //! | GET | `/api/tasks[?all=true]` | — |
-//! | POST | `/api/tasks` | `{template, sub, id?}` |
+//! | POST | `/api/tasks` | `{template, sub, id?, authorization_details?}` (the task's intent, docs/INTENT.md) |
 //! | POST | `/api/tasks/{id}/complete`, `/cancel` | — |
 //!
 //! Callers are operators (`[[operators]]` with the `admin` role): a bearer
@@ -190,6 +190,10 @@ struct StartBody {
     sub: String,
     #[serde(default)]
     id: Option<String>,
+    /// The task's intent (RFC 9396 `authorization_details`, docs/INTENT.md),
+    /// declared now, before any agent of the task has read anything.
+    #[serde(default)]
+    authorization_details: Option<serde_json::Value>,
 }
 
 async fn start(
@@ -209,6 +213,16 @@ async fn start(
             "sub must name the user the task is for",
         ));
     }
+    let intent = body
+        .authorization_details
+        .as_ref()
+        .map(mandate_intent::Intent::parse)
+        .transpose()
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "authorization_details are not a valid intent (docs/INTENT.md): {e}"
+            ))
+        })?;
     let id = body
         .id
         .clone()
@@ -217,14 +231,39 @@ async fn start(
         .clock
         .now_ms()
         .saturating_add(i64::try_from(template.max_duration.as_millis()).unwrap_or(i64::MAX));
-    let detail =
-        json!({"id": id, "template": body.template, "sub": body.sub, "deadline_ms": deadline});
+    let detail = json!({
+        "id": id, "template": body.template, "sub": body.sub, "deadline_ms": deadline,
+        "intent_hash": intent.as_ref().map(mandate_intent::Intent::hash),
+    });
     record(&b, &op, ACTION, true, &format!("start task {id}"), &detail).await?;
     let control = b.control.clone();
     let by = op.sub().to_owned();
-    let task =
-        blocking(move || control.start_task(&id, &body.template, &body.sub, deadline, &by)).await?;
-    Ok((StatusCode::CREATED, Json(json!(task))).into_response())
+    let (task_id, sub, template_name) = (id.clone(), body.sub.clone(), body.template.clone());
+    let task = blocking(move || control.start_task(&task_id, &template_name, &sub, deadline, &by))
+        .await?;
+    let mut out = json!(task);
+    if let Some(intent) = intent {
+        // Judged as the user's own declaration for the task (no agent
+        // yet): what policy does not grant outright waits for the user's
+        // one approval until the task's deadline.
+        let caller = mandate_core::CallerData {
+            iss: b.cfg.issuer.clone(),
+            sub: body.sub.clone(),
+            act: Vec::new(),
+            scope: template.scope.clone(),
+            task_id: Some(id.clone()),
+            build: None,
+            sid: None,
+            jti: None,
+        };
+        let recorded = b
+            .record_intent(&intent, &caller, op.sub(), deadline)
+            .await?;
+        if let Some(obj) = out.as_object_mut() {
+            obj.insert("intent".into(), json!(recorded));
+        }
+    }
+    Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
 async fn end(

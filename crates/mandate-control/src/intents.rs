@@ -449,6 +449,23 @@ impl ControlStore {
     }
 }
 
+impl ControlStore {
+    /// Gives back one use of grant `identifier` taken for a call that was
+    /// then not let through (denied by another rule, or never released):
+    /// a use counts calls the grant permitted. Never above `max_uses`;
+    /// whether a use was given back.
+    pub fn refund_grant(&self, key: &IntentKey, identifier: &str) -> Result<bool, ControlError> {
+        let changed = self.conn().execute(
+            "UPDATE intent_grants
+                SET uses_left = uses_left + 1, used = used - 1
+              WHERE iss = ?1 AND sub = ?2 AND task_id = ?3 AND identifier = ?4
+                AND uses_left IS NOT NULL AND uses_left < max_uses AND used > 0",
+            params![key.iss, key.sub, key.task_id, identifier],
+        )?;
+        Ok(changed == 1)
+    }
+}
+
 // INVARIANT: a use is taken only by this statement. Its WHERE clause is
 // the whole check (granted, a use left); SQLite runs it under the write
 // lock and PostgreSQL under the row lock, so the count never goes below

@@ -58,6 +58,10 @@ pub struct DecisionRecord {
     pub obligations: Vec<Obligation>,
     /// SHA-256 of the policy set that made the decision.
     pub policy_hash: String,
+    /// For a deny by a `forbid` with a `@code` annotation: the reason code
+    /// the agent is told (e.g. `untrusted_argument`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 impl DecisionRecord {
@@ -71,6 +75,7 @@ impl DecisionRecord {
             reasons: vec![reason.into()],
             obligations: Vec::new(),
             policy_hash: policy_hash.into(),
+            code: None,
         }
     }
 
@@ -86,6 +91,7 @@ impl DecisionRecord {
             reasons: vec![reason.into()],
             obligations: Vec::new(),
             policy_hash: String::new(),
+            code: None,
         }
     }
 

@@ -81,6 +81,15 @@ pub struct AuditRecord {
     /// `args_hash` always covers the complete arguments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args: Option<serde_json::Value>,
+    /// The grant of the task's intent that covered the call, if any
+    /// (docs/INTENT.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
+    /// Where each argument's values came from (docs/PROVENANCE.md): the
+    /// sources per argument, with the values only where the redaction rules
+    /// keep the arguments in full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<serde_json::Value>,
 }
 
 impl AuditRecord {
@@ -107,6 +116,8 @@ impl AuditRecord {
             amount: None,
             taint: Vec::new(),
             args: None,
+            grant: None,
+            sources: None,
         }
     }
 
@@ -141,6 +152,8 @@ impl AuditRecord {
             amount: None,
             taint: Vec::new(),
             args: None,
+            grant: None,
+            sources: None,
         }
     }
 
@@ -158,6 +171,7 @@ impl AuditRecord {
             detail,
             // The decision record holds them; the outcome refers to it.
             args: None,
+            sources: None,
             ..self.clone()
         }
     }

@@ -15,6 +15,13 @@
 //! | GET  | `/api/approvals[?status=pending&limit=N]` | any operator |
 //! | GET  | `/api/approvals/{id}` | any operator |
 //! | POST | `/api/approvals/{id}/approve` or `/deny` `{args_hash, comment}` | an approver for the call's class |
+//!
+//! A task's **intent approval** (the grants of its declared intent that
+//! policy did not grant outright, docs/INTENT.md) is listed and decided on
+//! the same routes: `kind` is `"intent"`, `authorization_details` holds the
+//! grants asked for, and `args_hash` is the intent's hash, to which the
+//! decision binds. Only the task's own user (or an approver for the class
+//! `intent`) may decide it; approving grants every pending grant at once.
 
 use crate::Gateway;
 use crate::config::Role;
@@ -24,7 +31,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::{HeaderMap, StatusCode};
-use mandate_control::{ApprovalRequest, ApprovalStatus, ControlError, NewApproval};
+use mandate_control::{ApprovalRequest, ApprovalStatus, ControlError, NewApproval, TaskIntent};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -365,8 +372,77 @@ async fn list(
     let list = tokio::task::spawn_blocking(move || control.approvals(status, limit))
         .await
         .map_err(|_| ApiError::internal())??;
-    let list: Vec<Value> = list.iter().map(|a| view(&s.gw, a)).collect();
+    let control = s.gw.control().clone();
+    let intents = tokio::task::spawn_blocking(move || control.intent_approvals(status, limit))
+        .await
+        .map_err(|_| ApiError::internal())??;
+    let mut all: Vec<(i64, Value)> = list
+        .iter()
+        .map(|a| (a.created_ms, view(&s.gw, a)))
+        .chain(intents.iter().map(|t| (t.created_ms, intent_view(&s.gw, t))))
+        .collect();
+    all.sort_by_key(|(created, _)| std::cmp::Reverse(*created));
+    all.truncate(limit);
+    let list: Vec<Value> = all.into_iter().map(|(_, v)| v).collect();
     Ok(Json(json!({ "approvals": list })))
+}
+
+/// A task's intent approval as the API and the page show it: shaped like a
+/// held call's request (`tool`, `class`, `args`, `args_hash`), with
+/// `kind: "intent"` and the grants asked for as `authorization_details`.
+pub(crate) fn intent_view(gw: &Gateway, t: &TaskIntent) -> Value {
+    let id = t.approval_id.clone().unwrap_or_default();
+    let pending = t.approval == Some(ApprovalStatus::Pending);
+    let asked = if pending {
+        t.pending()
+    } else {
+        t.intent.retain(|g| {
+            t.state(g.identifier())
+                .is_some_and(|s| s.status != mandate_control::GrantStatus::Granted || s.used > 0)
+        })
+    };
+    let args: serde_json::Map<String, Value> = t
+        .intent
+        .grants()
+        .iter()
+        .map(|g| {
+            let status = t
+                .state(g.identifier())
+                .map_or("unknown", |s| s.status.as_str());
+            (
+                g.identifier().to_owned(),
+                Value::String(format!("{} [{status}]", g.describe())),
+            )
+        })
+        .collect();
+    json!({
+        "kind": "intent",
+        "id": id,
+        "created_ms": t.created_ms,
+        "status": t.approval.map(ApprovalStatus::as_str),
+        "tool": "task intent",
+        "class": "intent",
+        "iss": t.key.iss,
+        "sub": t.key.sub,
+        "act": [t.requested_by],
+        "task_id": t.key.task_id,
+        "session": Value::Null,
+        "policies": [],
+        "reasons": [
+            "the task declared what it will do before the agent read anything; these grants were not granted by policy outright",
+            "approving grants all of them for this task (each with its uses); denying refuses all of them",
+        ],
+        "args": args,
+        "authorization_details": asked.to_json(),
+        "args_hash": t.intent_hash,
+        "deadline_ms": t.deadline_ms,
+        "decided_by": t.decided_by,
+        "decided_ms": t.decided_ms,
+        "comment": t.comment,
+        "correlation_id": Value::Null,
+        "waiting": pending && gw.clock().now_ms() <= t.deadline_ms,
+        "url": approval_url(gw, &id),
+    })
 }
 
 async fn show(
@@ -376,10 +452,17 @@ async fn show(
 ) -> Result<Json<Value>, ApiError> {
     authenticate_operator(&s.gw, &headers, "approval/show").await?;
     let control = s.gw.control().clone();
-    let a = tokio::task::spawn_blocking(move || control.approval(&id))
-        .await
-        .map_err(|_| ApiError::internal())??;
-    Ok(Json(view(&s.gw, &a)))
+    let found = tokio::task::spawn_blocking(move || match control.approval(&id) {
+        Ok(a) => Ok(Err(a)),
+        Err(ControlError::NotFound { .. }) => control.intent_approval(&id).map(Ok),
+        Err(e) => Err(e),
+    })
+    .await
+    .map_err(|_| ApiError::internal())??;
+    Ok(Json(match found {
+        Err(call) => view(&s.gw, &call),
+        Ok(intent) => intent_view(&s.gw, &intent),
+    }))
 }
 
 /// A person's decision on a held call.
@@ -447,9 +530,17 @@ pub(crate) async fn decide(
     };
     let control = gw.control().clone();
     let lookup = id.to_owned();
-    let current = tokio::task::spawn_blocking(move || control.approval(&lookup))
-        .await
-        .map_err(|_| ApiError::internal())??;
+    let found = tokio::task::spawn_blocking(move || match control.approval(&lookup) {
+        Ok(a) => Ok(Ok(a)),
+        Err(ControlError::NotFound { .. }) => control.intent_approval(&lookup).map(Err),
+        Err(e) => Err(e),
+    })
+    .await
+    .map_err(|_| ApiError::internal())??;
+    let current = match found {
+        Ok(call) => call,
+        Err(intent) => return decide_intent(gw, op, id, approve, body, &intent).await,
+    };
     let detail = json!({
         "approval": id,
         "tool": current.request.tool,
@@ -544,5 +635,111 @@ pub(crate) async fn decide(
     let v = result?;
     gw.waiters.wake(id);
     tracing::info!(approval = %id, approver = %op.name(), approve, "approval decided");
+    Ok(v)
+}
+
+/// Decides the intent approval `id` (of `intent`) for `op`: only the
+/// task's own user, or an approver for the class `intent`; recorded durably
+/// before it takes effect; binds to the intent hash the person was shown.
+/// The token exchange waiting for it sees the decision on its next read.
+async fn decide_intent(
+    gw: &Arc<Gateway>,
+    op: &Operator,
+    id: &str,
+    approve: bool,
+    body: DecideBody,
+    intent: &TaskIntent,
+) -> Result<Value, ApiError> {
+    let action_name = if approve {
+        "intent/approve"
+    } else {
+        "intent/deny"
+    };
+    let detail = json!({
+        "approval": id,
+        "task_id": intent.key.task_id,
+        "for_iss": intent.key.iss,
+        "for_sub": intent.key.sub,
+        "intent_hash": body.args_hash,
+        "grants": intent.pending().grants().iter().map(|g| g.identifier()).collect::<Vec<_>>(),
+        "comment": body.comment,
+    });
+    let subject = crate::control::operator_subject(&op.principal);
+    let own = op.principal.sub == intent.key.sub;
+    let refusal = if !own
+        && !crate::control::operator_entries(gw, &op.principal).any(|o| o.may_approve("intent"))
+    {
+        Some((
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{} may not decide {}'s task intent (only the task's user, or an approver for the class intent)",
+                op.name(),
+                intent.key.sub
+            ),
+        ))
+    } else if intent.approval != Some(ApprovalStatus::Pending) {
+        Some((
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "intent approval {id} is {}, not pending",
+                intent.approval.map_or("not requested", ApprovalStatus::as_str)
+            ),
+        ))
+    } else if intent.intent_hash != body.args_hash {
+        Some((
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "intent approval {id} is for another intent than the one named (hash {})",
+                intent.intent_hash
+            ),
+        ))
+    } else {
+        None
+    };
+    if let Some((status, code, why)) = refusal {
+        record(gw, &subject, action_name, None, &why, &detail).await?;
+        return Err(ApiError::new(status, code, why));
+    }
+    let reason = format!(
+        "{} {} the intent of task {} ({id}){}",
+        op.name(),
+        if approve { "approved" } else { "refused" },
+        intent.key.task_id,
+        body.comment
+            .as_deref()
+            .map(|c| format!(": {c}"))
+            .unwrap_or_default()
+    );
+    let rec = record(
+        gw,
+        &subject,
+        action_name,
+        Some(Role::Approver),
+        &reason,
+        &detail,
+    )
+    .await?;
+    let control = gw.control().clone();
+    let by = op.name().to_owned();
+    let decided_id = id.to_owned();
+    let result = tokio::task::spawn_blocking(move || {
+        control.decide_intent(
+            &decided_id,
+            approve,
+            &by,
+            body.comment.as_deref(),
+            &body.args_hash,
+        )
+    })
+    .await
+    .map_err(|_| ApiError::internal())
+    .and_then(|r| r.map_err(ApiError::from))
+    .map(|t| intent_view(gw, &t));
+    record_outcome(gw, &rec, result.as_ref()).await;
+    let v = result?;
+    tracing::info!(approval = %id, approver = %op.name(), approve, task = %intent.key.task_id, "intent approval decided");
     Ok(v)
 }

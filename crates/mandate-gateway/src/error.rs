@@ -15,6 +15,10 @@ pub const CODE_DENIED: i32 = -32003;
 /// JSON-RPC error code for an upstream that failed, hung or was unreachable.
 pub const CODE_UPSTREAM: i32 = -32004;
 
+/// The reason code of a sink call denied for carrying a value only
+/// untrusted content introduced (docs/PROVENANCE.md).
+pub const UNTRUSTED_ARGUMENT: &str = "untrusted_argument";
+
 /// Why a call was refused, in terms an agent can act on. Its code (snake
 /// case unless renamed) is part of the error data agents see and of the
 /// audit trail.
@@ -56,12 +60,18 @@ pub enum DenyCategory {
     /// The subject has too many calls in flight; retry when one finishes.
     #[strum(serialize = "too_many_concurrent_calls")]
     TooManyCalls,
+    /// A `forbid` policy with its own reason code (`@code`), e.g.
+    /// `untrusted_argument`: the code is the reason.
+    Coded(String),
 }
 
 impl DenyCategory {
     /// Stable machine-readable code, in the error's `data.reason`.
-    pub fn code(&self) -> &'static str {
-        self.into()
+    pub fn code(&self) -> &str {
+        match self {
+            Self::Coded(code) => code,
+            other => other.into(),
+        }
     }
 
     fn sentence(&self) -> String {
@@ -83,6 +93,10 @@ impl DenyCategory {
             Self::TooManyCalls => {
                 "too many calls of this subject are in flight; retry when one finishes".into()
             }
+            Self::Coded(code) if code == UNTRUSTED_ARGUMENT => {
+                "an argument carries a value that only untrusted content introduced, and the task's intent does not cover it; ask the user to name the value in the task".into()
+            }
+            Self::Coded(code) => format!("forbidden by policy ({code})"),
         }
     }
 }
@@ -168,6 +182,10 @@ mod tests {
             (DenyCategory::ToolQuarantined, "tool_quarantined"),
             (DenyCategory::UnknownBuild, "unknown_build"),
             (DenyCategory::TooManyCalls, "too_many_concurrent_calls"),
+            (
+                DenyCategory::Coded("untrusted_argument".into()),
+                "untrusted_argument",
+            ),
         ];
         for (category, code) in &table {
             // Every variant is in the table: this match has no wildcard.
@@ -186,9 +204,10 @@ mod tests {
                 | DenyCategory::Withdrawn
                 | DenyCategory::ToolQuarantined
                 | DenyCategory::UnknownBuild
-                | DenyCategory::TooManyCalls => assert_eq!(category.code(), *code),
+                | DenyCategory::TooManyCalls
+                | DenyCategory::Coded(_) => assert_eq!(category.code(), *code),
             }
         }
-        assert_eq!(table.len(), 15);
+        assert_eq!(table.len(), 16);
     }
 }

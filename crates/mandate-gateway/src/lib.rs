@@ -40,6 +40,7 @@ mod dpop;
 pub mod error;
 pub mod handler;
 pub mod http;
+mod intent;
 mod metrics;
 mod pinning;
 mod pipeline;
@@ -89,6 +90,11 @@ pub(crate) struct SessionState {
     pub(crate) per_tool: std::collections::HashMap<String, u64>,
     /// Unix seconds of the permitted calls of the last minute (bounded).
     pub(crate) recent: std::collections::VecDeque<i64>,
+    /// The values results introduced, by provenance (`intent.rs`).
+    pub(crate) values: Option<mandate_provenance::SessionValues>,
+    /// The session's history predates this process (restored after a
+    /// restart): what it read cannot be placed any more.
+    pub(crate) values_lost: bool,
 }
 
 /// Per-task usage (keyed by issuer, user and task id), for task budgets.
@@ -153,6 +159,8 @@ pub struct Gateway {
     dpop: std::sync::OnceLock<Arc<mandate_authn::dpop::DpopVerifier>>,
     /// Tool calls in flight per subject (bounded).
     slots: Arc<CallSlots>,
+    /// Task intents by task key, with when they were read (`intent.rs`).
+    intents: DashMap<String, (i64, Option<Arc<mandate_control::TaskIntent>>)>,
     /// The one wall clock (`Planes::clock`).
     clock: Clock,
 }
@@ -242,6 +250,7 @@ impl Gateway {
         let gw = Arc::new(Self {
             cfg,
             slots,
+            intents: DashMap::new(),
             authn,
             operator_authn,
             policy,
@@ -440,9 +449,10 @@ impl Gateway {
         }
     }
 
-    /// The tools this subject may call: configured, in scope, and not
-    /// refused by policy for this subject (evaluated without arguments;
-    /// argument-dependent rules apply at call time).
+    /// The tools this subject may call: configured, in scope, not
+    /// quarantined, and allowed by policy for some arguments (Cedar's
+    /// partial evaluation with the arguments unknown); the call itself is
+    /// decided on its own arguments.
     pub async fn list_tools(&self, principal: &Principal) -> Vec<Tool> {
         if self.control.check(&principal.caller()).is_some() {
             return Vec::new();
@@ -471,13 +481,16 @@ impl Gateway {
                     tool: tool.name.to_string(),
                 };
                 let call = mandate_core::ToolCall::new(tool_name, class, Default::default());
-                let decision = self.policy.decide(&DecisionRequest {
+                // Listed when some arguments could be allowed: a model cannot
+                // call a tool it was never shown, and every call is decided
+                // on its own arguments anyway.
+                let listable = self.policy.may_allow(&DecisionRequest {
                     caller: principal.caller(),
                     call: &call,
                     session: &facts,
                     now_unix: now,
                 });
-                if !decision.is_allow() {
+                if !listable {
                     continue;
                 }
                 let mut shown = tool.clone();

@@ -171,7 +171,7 @@ impl crate::Gateway {
         let subject = principal.subject();
         // What the record keeps of the arguments (the hash always stays).
         let kept_args = self.cfg.redaction.apply(&exposed, &args);
-        let record = |decision: &Decision, args_hash: &str| {
+        let record = |decision: &Decision, args_hash: &str, facts: &crate::intent::CallFacts| {
             let mut r = AuditRecord::decision(
                 self.clock.now_ms(),
                 decision.record().clone(),
@@ -181,8 +181,11 @@ impl crate::Gateway {
                 args_hash,
             );
             r.args.clone_from(&kept_args);
+            r.grant = (!facts.intent.grant.is_empty()).then(|| facts.intent.grant.clone());
+            r.sources.clone_from(&facts.sources);
             r
         };
+        let no_facts = crate::intent::CallFacts::default();
 
         // 0. Bound the calls one subject has in flight (held ones included),
         //    so one token cannot tie up the gateway.
@@ -197,7 +200,12 @@ impl crate::Gateway {
             );
             self.metrics.count_decision(&decision);
             let hash = mandate_core::canonical_args_hash(&args);
-            if self.audit.append(record(&decision, &hash)).await.is_err() {
+            if self
+                .audit
+                .append(record(&decision, &hash, &no_facts))
+                .await
+                .is_err()
+            {
                 self.metrics.audit_failures.inc();
                 tracing::error!("audit append failed for a concurrency refusal");
             }
@@ -227,7 +235,7 @@ impl crate::Gateway {
                 let hash = mandate_core::canonical_args_hash(&args);
                 self.metrics.count_decision(&decision);
                 // Best effort: an unknown tool reaches nothing either way.
-                if let Err(e) = self.audit.append(record(&decision, &hash)).await {
+                if let Err(e) = self.audit.append(record(&decision, &hash, &no_facts)).await {
                     tracing::error!(error = %e, "audit append failed for unknown-tool deny");
                 }
                 return Err(unknown_tool_error(&exposed, &correlation));
@@ -305,12 +313,20 @@ impl crate::Gateway {
         //    Deciding and counting the call against its session's and task's
         //    budgets happen under the session's lock, so concurrent calls of
         //    one session cannot all see the last unit of a budget.
+        //    The intent and provenance facts come first: which grant of the
+        //    task's intent covers the call (taking one of its uses), and
+        //    where each argument's values came from.
+        let mut facts = match precheck {
+            Some(_) => crate::intent::CallFacts::default(),
+            None => self.call_facts(&principal, &call, &exposed).await,
+        };
         let (mut decision, mut category) = match precheck {
             Some(denied) => denied,
-            None => (
-                self.decide_and_count(&principal, &call, now, false),
-                DenyCategory::NotPermitted,
-            ),
+            None => {
+                let d = self.decide_and_count(&principal, &call, now, false, &facts);
+                let category = category_of(&d);
+                (d, category)
+            }
         };
 
         // 4. Hold for a human: the call waits (durably recorded as held)
@@ -323,7 +339,8 @@ impl crate::Gateway {
                 call: &call,
                 decision: &decision,
                 correlation: &correlation,
-                held_record: record(&decision, &call.args_hash),
+                held_record: record(&decision, &call.args_hash, &facts),
+                facts: &facts,
             };
             (decision, category) = match self
                 .hold_for_approval(held, cancel, on_hold, client.clone(), progress.clone())
@@ -340,7 +357,11 @@ impl crate::Gateway {
         // 5. Write ahead: the decision is durable before anything is forwarded.
         //    If the store cannot write, the call is denied.
         self.metrics.count_decision(&decision);
-        let mut decision_record = record(&decision, &call.args_hash);
+        if !decision.is_allow() {
+            // A use taken for a call that is not let through goes back.
+            self.refund(facts.claimed.take()).await;
+        }
+        let mut decision_record = record(&decision, &call.args_hash, &facts);
         decision_record.amount = metered_amount(&call);
         let receipt = match self.audit.append(decision_record).await {
             Ok(receipt) => receipt,
@@ -386,7 +407,7 @@ impl crate::Gateway {
                 // An invariant broke: the allow is on the record but the call
                 // goes nowhere; the outcome record says why.
                 tracing::error!(decision = %decision.id(), reason = %why, "permit refused; denying");
-                let refused = record(&decision, &args_hash).outcome(
+                let refused = record(&decision, &args_hash, &facts).outcome(
                     self.clock.now_ms(),
                     "not_forwarded",
                     Some(why),
@@ -410,6 +431,16 @@ impl crate::Gateway {
 
         // What came back is data: label it, clean it, look for injected
         // instructions, and taint the session (later decisions see it).
+        if let Ok(CallToolResponse::Complete(r)) = &result {
+            // The values it introduced, as received (before the envelope).
+            self.observe_result(
+                &principal,
+                &exposed,
+                upstream.config().provenance_of(&permitted.call().name.tool),
+                correlation.as_str(),
+                r,
+            );
+        }
         let findings = match &mut result {
             Ok(CallToolResponse::Complete(r)) => crate::provenance::sanitise(
                 r,
@@ -473,11 +504,12 @@ impl crate::Gateway {
                 .to_string(),
             );
         }
-        let mut outcome_record = record(&permitted.decision, &permitted.call().args_hash).outcome(
-            self.clock.now_ms(),
-            outcome,
-            detail,
-        );
+        let mut outcome_record = record(
+            &permitted.decision,
+            &permitted.call().args_hash,
+            &no_facts,
+        )
+        .outcome(self.clock.now_ms(), outcome, detail);
         outcome_record.taint = findings.labels.clone();
         let audit = self.audit.clone();
         let metrics = self.metrics.clone();
@@ -544,6 +576,7 @@ impl crate::Gateway {
         call: &ToolCall,
         now: i64,
         approved: bool,
+        facts: &crate::intent::CallFacts,
     ) -> Decision {
         let exp = principal.exp();
         let mut session = self.sessions.entry(principal.state_key()).or_default();
@@ -567,6 +600,8 @@ impl crate::Gateway {
             calls_last_minute: session.recent.len() as u64,
             amount_in_task: task.as_ref().map_or(0, |t| t.amount),
             approved,
+            intent: facts.intent.clone(),
+            provenance: facts.provenance.clone(),
         };
         let decision = self.policy.decide(&DecisionRequest {
             caller: principal.caller(),
@@ -650,6 +685,7 @@ struct Held<'a> {
     decision: &'a Decision,
     correlation: &'a CorrelationId,
     held_record: AuditRecord,
+    facts: &'a crate::intent::CallFacts,
 }
 
 impl crate::Gateway {
@@ -674,6 +710,7 @@ impl crate::Gateway {
             decision,
             correlation,
             mut held_record,
+            facts,
         } = held;
         let class = call.class.as_str();
         if !self.cfg.operators.iter().any(|o| o.may_approve(class)) {
@@ -701,7 +738,12 @@ impl crate::Gateway {
             args: serde_json::Value::Object(call.args.clone()),
             args_hash: call.args_hash.clone(),
             policies: decision.policies().to_vec(),
-            reasons: decision.reasons().to_vec(),
+            reasons: decision
+                .reasons()
+                .iter()
+                .cloned()
+                .chain(provenance_reasons(facts))
+                .collect(),
             taint,
             untrusted_sources,
             decision_id: decision.id().to_string(),
@@ -788,7 +830,7 @@ impl crate::Gateway {
                         category,
                     );
                 }
-                let released = self.decide_and_count(principal, call, now, true);
+                let released = self.decide_and_count(principal, call, now, true, facts);
                 if !released.is_allow() {
                     let released = released.with_reason(format!(
                         "approved by {by} ({}), but denied at release",
@@ -856,6 +898,35 @@ fn metered_amount(call: &ToolCall) -> Option<i64> {
     (call.class == mandate_core::ToolClass::Financial)
         .then(|| call.args.get("amount").and_then(serde_json::Value::as_i64))
         .flatten()
+}
+
+/// How a decision is explained to the agent: a forbid's own reason code
+/// (`@code`), or "not permitted".
+fn category_of(decision: &Decision) -> DenyCategory {
+    match &decision.record().code {
+        Some(code) if !decision.is_allow() => DenyCategory::Coded(code.clone()),
+        _ => DenyCategory::NotPermitted,
+    }
+}
+
+/// What an approver should know about where the arguments came from.
+fn provenance_reasons(facts: &crate::intent::CallFacts) -> Vec<String> {
+    let mut out = Vec::new();
+    for arg in &facts.provenance.untrusted {
+        let covered = !facts.provenance.uncovered.contains(arg);
+        out.push(if covered {
+            format!("argument `{arg}` carries a value only untrusted content introduced; the task's intent pins it")
+        } else {
+            format!("argument `{arg}` carries a value only untrusted content introduced, and the task's intent does not cover it")
+        });
+    }
+    if facts.intent.covered {
+        out.push(format!(
+            "covered by grant `{}` of the task's intent",
+            facts.intent.grant
+        ));
+    }
+    out
 }
 
 /// Removes `fields` from a result (a `redact` obligation): from its
@@ -931,6 +1002,8 @@ impl crate::Gateway {
             // Taint is on outcome records: what the session read stays read.
             if r.kind == mandate_core::RecordKind::Outcome && !r.taint.is_empty() {
                 let mut s = self.sessions.entry(key).or_default();
+                // What it read is known by label only now, not by value.
+                s.values_lost = true;
                 s.taint.extend(r.taint.iter().cloned());
                 s.exp = s.exp.max(exp);
                 let source = format!("{} ({})", r.tool, r.taint.join(", "));
@@ -948,6 +1021,7 @@ impl crate::Gateway {
             }
             {
                 let mut s = self.sessions.entry(key).or_default();
+                s.values_lost = true;
                 s.calls = s.calls.saturating_add(1);
                 s.exp = s.exp.max(exp);
                 *s.per_tool.entry(r.tool.clone()).or_default() += 1;

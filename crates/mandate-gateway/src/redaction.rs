@@ -79,6 +79,13 @@ impl Redaction {
         }
         Some(Value::Object(out))
     }
+
+    /// Whether the record keeps every argument of `tool` in full (then the
+    /// values behind an argument's provenance may be recorded too).
+    pub fn keeps_values(&self, tool: &str) -> bool {
+        let rule = self.tools.get(tool).unwrap_or(&self.default);
+        rule.default == Keep::Full && rule.fields.values().all(|k| *k == Keep::Full)
+    }
 }
 
 #[cfg(test)]

@@ -316,10 +316,14 @@ impl Covered {
 
     /// The call's arguments this grant leaves unconstrained.
     pub fn unconstrained<'c>(&self, args: &'c Map<String, Value>) -> Vec<&'c str> {
-        args.keys()
+        // Sorted: the map's own order depends on serde_json's features.
+        let mut out: Vec<&str> = args
+            .keys()
             .filter(|k| !self.constrained.contains(k.as_str()))
             .map(String::as_str)
-            .collect()
+            .collect();
+        out.sort_unstable();
+        out
     }
 
     /// The grant's count (`None`: no count).

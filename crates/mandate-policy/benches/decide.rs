@@ -105,6 +105,7 @@ fn session() -> SessionFacts {
         calls_last_minute: 5,
         amount_in_task: 1200,
         approved: false,
+        ..SessionFacts::default()
     }
 }
 
@@ -337,6 +338,48 @@ fn raw_request(
         (
             "approved".into(),
             RestrictedExpression::new_bool(s.approved),
+        ),
+        (
+            "intent".into(),
+            RestrictedExpression::new_record([
+                (
+                    "declared".to_owned(),
+                    RestrictedExpression::new_bool(s.intent.declared),
+                ),
+                (
+                    "declaring".to_owned(),
+                    RestrictedExpression::new_bool(s.intent.declaring),
+                ),
+                (
+                    "covered".to_owned(),
+                    RestrictedExpression::new_bool(s.intent.covered),
+                ),
+                (
+                    "grant".to_owned(),
+                    RestrictedExpression::new_string(s.intent.grant.clone()),
+                ),
+            ])?,
+        ),
+        (
+            "provenance".into(),
+            RestrictedExpression::new_record([
+                (
+                    "untrusted".to_owned(),
+                    strings(s.provenance.untrusted.iter().map(String::as_str).collect()),
+                ),
+                (
+                    "uncovered".to_owned(),
+                    strings(s.provenance.uncovered.iter().map(String::as_str).collect()),
+                ),
+                (
+                    "unseen".to_owned(),
+                    strings(s.provenance.unseen.iter().map(String::as_str).collect()),
+                ),
+                (
+                    "partial".to_owned(),
+                    RestrictedExpression::new_bool(s.provenance.partial),
+                ),
+            ])?,
         ),
         ("now".into(), RestrictedExpression::new_long(NOW)),
         ("args".into(), args),

@@ -95,6 +95,7 @@ fn fold(snap: &Snapshot, outcome: Outcome) -> DecisionRecord {
             reasons,
             obligations: Vec::new(),
             policy_hash: snap.hash.clone(),
+            code: None,
         };
     }
     if !forbids.is_empty() {
@@ -108,6 +109,9 @@ fn fold(snap: &Snapshot, outcome: Outcome) -> DecisionRecord {
                 .collect(),
             obligations: Vec::new(),
             policy_hash: snap.hash.clone(),
+            code: forbids
+                .iter()
+                .find_map(|id| snap.meta.get(id).and_then(|m| m.code.clone())),
         };
     }
     if permits.is_empty() {
@@ -128,6 +132,7 @@ fn fold(snap: &Snapshot, outcome: Outcome) -> DecisionRecord {
                 .map(|m| m.obligations.as_slice()),
         ),
         policy_hash: snap.hash.clone(),
+        code: None,
     }
 }
 

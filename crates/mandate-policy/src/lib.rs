@@ -4,6 +4,7 @@ mod args;
 mod decide;
 mod decision;
 mod error;
+mod listing;
 mod load;
 mod model;
 mod obligation;
@@ -80,6 +81,42 @@ pub struct SessionFacts {
     pub amount_in_task: i64,
     /// True only when the gateway re-decides a call a human approved.
     pub approved: bool,
+    /// The task's declared intent and whether it covers this call
+    /// (`context.intent`).
+    pub intent: IntentFacts,
+    /// Where the call's argument values came from (`context.provenance`).
+    pub provenance: ArgumentFacts,
+}
+
+/// What the policies see of the task's intent (`context.intent`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IntentFacts {
+    /// The task declared an intent (whatever its grants' status).
+    pub declared: bool,
+    /// The engine is judging a requested grant, not a call: the arguments
+    /// are the values the grant pins (docs/INTENT.md).
+    pub declaring: bool,
+    /// A granted grant with uses left covers this call: its tool or class,
+    /// and every constraint it places on the arguments.
+    pub covered: bool,
+    /// That grant's identifier ("" when none).
+    pub grant: String,
+}
+
+/// Where the values of a call's top-level arguments came from
+/// (`context.provenance`, docs/PROVENANCE.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArgumentFacts {
+    /// Arguments carrying a value that only untrusted results introduced
+    /// (not the intent, not a trusted result).
+    pub untrusted: BTreeSet<String>,
+    /// Those of them no constraint of the covering grant covers.
+    pub uncovered: BTreeSet<String>,
+    /// Arguments carrying a value no result and no intent introduced.
+    pub unseen: BTreeSet<String>,
+    /// The session's memory of values is incomplete (it overflowed, or was
+    /// lost in a restart): unseen values may have come from anywhere.
+    pub partial: bool,
 }
 
 /// Facts about users and agent builds, from configuration.
@@ -216,6 +253,20 @@ impl PolicyEngine {
     /// yields [`mandate_core::Effect::Deny`] with the error in the reasons.
     pub fn decide(&self, req: &DecisionRequest<'_>) -> Decision {
         self.decide_in(&self.directory.load(), req)
+    }
+
+    /// Whether some arguments could make a call of `req`'s tool allowed for
+    /// this caller (for `tools/list`): `req.call`'s arguments, and the
+    /// intent and provenance facts, are treated as unknown. A tool no
+    /// arguments could make allowed is hidden; every call is decided on its
+    /// own arguments by [`PolicyEngine::decide`] regardless.
+    pub fn may_allow(&self, req: &DecisionRequest<'_>) -> bool {
+        let snapshot = self.current.load();
+        let directory = self.directory.load();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            listing::may_allow(&snapshot, &directory, req)
+        }))
+        .unwrap_or(false)
     }
 
     /// [`PolicyEngine::decide`] against the given directory instead of the

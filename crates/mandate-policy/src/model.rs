@@ -32,7 +32,7 @@ use std::str::FromStr;
 pub const NAMESPACE: &str = "Mandate";
 
 /// The context attributes Mandate supplies on every call, in order.
-pub const CONTEXT_FIELDS: [&str; 17] = [
+pub const CONTEXT_FIELDS: [&str; 19] = [
     "user",
     "scope",
     "in_scope",
@@ -48,6 +48,8 @@ pub const CONTEXT_FIELDS: [&str; 17] = [
     "calls_last_minute",
     "amount_in_task",
     "approved",
+    "intent",
+    "provenance",
     "now",
     "args",
 ];
@@ -226,6 +228,16 @@ impl Sample {
         };
         let session = SessionFacts {
             taint: BTreeSet::from(["untrusted".to_owned()]),
+            intent: crate::IntentFacts {
+                grant: "sample-grant".into(),
+                ..crate::IntentFacts::default()
+            },
+            provenance: crate::ArgumentFacts {
+                untrusted: BTreeSet::from(["to".to_owned()]),
+                uncovered: BTreeSet::from(["to".to_owned()]),
+                unseen: BTreeSet::from(["amount".to_owned()]),
+                partial: false,
+            },
             ..SessionFacts::default()
         };
         Self {

@@ -6,6 +6,7 @@
 //! | `@reason("text")`              | any policy    | recorded when the policy determines a decision |
 //! | `@obligation("approval")`      | permit only   | hold the call until a human approves it  |
 //! | `@obligation("redact:a,b")`    | permit only   | remove fields `a`, `b` from the result   |
+//! | `@code("snake_case")`          | forbid only   | the reason code an agent sees when this forbid denies (e.g. `untrusted_argument`) |
 //! | `@x_anything("...")`           | any policy    | free for your own tooling; ignored       |
 //!
 //! Several obligations go in one annotation, separated by `;`
@@ -22,9 +23,20 @@ use std::collections::BTreeSet;
 pub(crate) struct PolicyMeta {
     pub(crate) reason: Option<String>,
     pub(crate) obligations: Vec<Obligation>,
+    /// The reason code a denying forbid gives the agent.
+    pub(crate) code: Option<String>,
 }
 
-const KNOWN: [&str; 3] = ["id", "reason", "obligation"];
+const KNOWN: [&str; 4] = ["id", "reason", "obligation", "code"];
+
+/// Whether `code` is a reason code: snake case, 1 to 48 characters.
+fn is_code(code: &str) -> bool {
+    (1..=48).contains(&code.len())
+        && code.starts_with(|c: char| c.is_ascii_lowercase())
+        && code
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
 
 /// Reads and checks one policy's annotations.
 pub(crate) fn read_meta(policy: &Policy) -> Result<PolicyMeta, Vec<String>> {
@@ -32,7 +44,7 @@ pub(crate) fn read_meta(policy: &Policy) -> Result<PolicyMeta, Vec<String>> {
     for (key, _) in policy.annotations() {
         if !KNOWN.contains(&key) && !key.starts_with("x_") {
             problems.push(format!(
-                "unknown annotation `@{key}` (expected @id, @reason, @obligation, or @x_... for your own use)"
+                "unknown annotation `@{key}` (expected @id, @reason, @obligation, @code, or @x_... for your own use)"
             ));
         }
     }
@@ -52,10 +64,28 @@ pub(crate) fn read_meta(policy: &Policy) -> Result<PolicyMeta, Vec<String>> {
         }),
     };
     let reason = policy.annotation("reason").map(str::to_owned);
+    let code = match policy.annotation("code") {
+        None => None,
+        Some(_) if effect == CedarEffect::Permit => {
+            problems.push(
+                "`@code` only applies to `forbid` policies (it names why a call was denied)"
+                    .to_owned(),
+            );
+            None
+        }
+        Some(c) if is_code(c) => Some(c.to_owned()),
+        Some(c) => {
+            problems.push(format!(
+                "`@code({c:?})` must be snake case (a-z, 0-9, _), at most 48 characters"
+            ));
+            None
+        }
+    };
     if problems.is_empty() {
         Ok(PolicyMeta {
             reason,
             obligations,
+            code,
         })
     } else {
         Err(problems)

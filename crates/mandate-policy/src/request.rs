@@ -34,6 +34,41 @@ pub(crate) fn prepare(
     directory: &Versioned,
     req: &DecisionRequest<'_>,
 ) -> Result<Prepared, String> {
+    let call = req.call;
+    args::check_bounds(&call.args)?;
+    let declared = snap
+        .declared_args
+        .fields(call.class)
+        .ok_or_else(|| format!("the schema declares no args for class {}", call.class))?;
+    let args = args::convert_declared(&call.args, declared)?;
+    prepare_with(snap, directory, req, Unknowns::None(args))
+}
+
+/// Builds the request for a listing: the arguments, and what depends on
+/// them (the intent's coverage, the arguments' provenance), are unknown,
+/// for partial evaluation (see [`crate::listing`]).
+pub(crate) fn prepare_listing(
+    snap: &Snapshot,
+    directory: &Versioned,
+    req: &DecisionRequest<'_>,
+) -> Result<Prepared, String> {
+    prepare_with(snap, directory, req, Unknowns::CallDependent)
+}
+
+/// Which parts of the context are known.
+pub(crate) enum Unknowns {
+    /// Everything, with these converted arguments.
+    None(RestrictedExpression),
+    /// `args`, `intent` and `provenance` are unknown.
+    CallDependent,
+}
+
+fn prepare_with(
+    snap: &Snapshot,
+    directory: &Versioned,
+    req: &DecisionRequest<'_>,
+    unknowns: Unknowns,
+) -> Result<Prepared, String> {
     let names = &snap.names;
     let principal = &req.caller;
     let call = req.call;
@@ -47,24 +82,30 @@ pub(crate) fn prepare(
         .ok_or_else(|| format!("no action for tool class {}", call.class))?
         .clone();
 
-    args::check_bounds(&call.args)?;
-    let declared = snap
-        .declared_args
-        .fields(call.class)
-        .ok_or_else(|| format!("the schema declares no args for class {}", call.class))?;
-    let args = args::convert_declared(&call.args, declared)?;
-
     let tool_name = call.name.to_string();
-    let context = context_pairs(
-        names,
-        &ContextInput {
-            principal,
-            tool: &tool_name,
-            session: req.session,
-            now: req.now_unix,
-        },
-        args,
-    );
+    let input = ContextInput {
+        principal,
+        tool: &tool_name,
+        session: req.session,
+        now: req.now_unix,
+    };
+    let context = match unknowns {
+        Unknowns::None(args) => context_pairs(names, &input, args),
+        Unknowns::CallDependent => {
+            let unknown = ["args", "intent", "provenance"];
+            context_pairs(names, &input, RestrictedExpression::new_unknown("args"))
+                .into_iter()
+                .map(|(k, v)| {
+                    if unknown.contains(&k.as_str()) {
+                        let v = RestrictedExpression::new_unknown(&k);
+                        (k, v)
+                    } else {
+                        (k, v)
+                    }
+                })
+                .collect()
+        }
+    };
     let context =
         Context::from_pairs(context).map_err(|e| format!("cannot build the context: {e}"))?;
     let tool = Names::uid(&names.tool, &tool_name);
@@ -181,9 +222,45 @@ pub(crate) fn context_pairs(
             "approved".into(),
             RestrictedExpression::new_bool(s.approved),
         ),
+        ("intent".into(), intent_record(&s.intent)),
+        ("provenance".into(), provenance_record(&s.provenance)),
         ("now".into(), RestrictedExpression::new_long(input.now)),
         ("args".into(), args),
     ]
+}
+
+/// `context.intent` (a record: Cedar checks its shape against the schema's
+/// `Intent` type at load, see [`crate::model`]).
+fn intent_record(i: &crate::IntentFacts) -> RestrictedExpression {
+    record([
+        ("declared", RestrictedExpression::new_bool(i.declared)),
+        ("declaring", RestrictedExpression::new_bool(i.declaring)),
+        ("covered", RestrictedExpression::new_bool(i.covered)),
+        ("grant", RestrictedExpression::new_string(i.grant.clone())),
+    ])
+}
+
+/// `context.provenance`.
+fn provenance_record(p: &crate::ArgumentFacts) -> RestrictedExpression {
+    record([
+        (
+            "untrusted",
+            string_set(p.untrusted.iter().map(String::as_str)),
+        ),
+        (
+            "uncovered",
+            string_set(p.uncovered.iter().map(String::as_str)),
+        ),
+        ("unseen", string_set(p.unseen.iter().map(String::as_str))),
+        ("partial", RestrictedExpression::new_bool(p.partial)),
+    ])
+}
+
+/// A record of fixed, distinct field names (so it cannot fail; should it,
+/// the empty record makes the request fail validation at load, never here).
+fn record<const N: usize>(fields: [(&str, RestrictedExpression); N]) -> RestrictedExpression {
+    RestrictedExpression::new_record(fields.map(|(k, v)| (k.to_owned(), v)))
+        .unwrap_or_else(|_| RestrictedExpression::new_bool(false))
 }
 
 fn string_set<'a>(items: impl Iterator<Item = &'a str>) -> RestrictedExpression {

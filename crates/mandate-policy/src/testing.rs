@@ -372,6 +372,38 @@ struct TestSession {
     amount_in_task: i64,
     #[serde(default)]
     approved: bool,
+    #[serde(default)]
+    intent: TestIntent,
+    #[serde(default)]
+    provenance: TestProvenance,
+}
+
+/// `context.intent` in a test case.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TestIntent {
+    #[serde(default)]
+    declared: bool,
+    #[serde(default)]
+    declaring: bool,
+    #[serde(default)]
+    covered: bool,
+    #[serde(default)]
+    grant: String,
+}
+
+/// `context.provenance` in a test case (argument names).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TestProvenance {
+    #[serde(default)]
+    untrusted: BTreeSet<String>,
+    #[serde(default)]
+    uncovered: BTreeSet<String>,
+    #[serde(default)]
+    unseen: BTreeSet<String>,
+    #[serde(default)]
+    partial: bool,
 }
 
 impl TestSession {
@@ -384,6 +416,18 @@ impl TestSession {
             calls_last_minute: self.calls_last_minute,
             amount_in_task: self.amount_in_task,
             approved: self.approved,
+            intent: crate::IntentFacts {
+                declared: self.intent.declared,
+                declaring: self.intent.declaring,
+                covered: self.intent.covered,
+                grant: self.intent.grant.clone(),
+            },
+            provenance: crate::ArgumentFacts {
+                untrusted: self.provenance.untrusted.clone(),
+                uncovered: self.provenance.uncovered.clone(),
+                unseen: self.provenance.unseen.clone(),
+                partial: self.provenance.partial,
+            },
         }
     }
 }

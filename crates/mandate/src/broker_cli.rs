@@ -3,7 +3,7 @@
 //! commands.
 
 use crate::config::Config;
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use mandate_gateway::Gateway;
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -58,8 +58,23 @@ pub(crate) async fn attach(cfg: &Config, gw: &Arc<Gateway>) -> Result<Option<axu
         builds,
     });
     gw.use_dpop(broker.dpop());
+    // The policy engine judges the grants of declared intents.
+    broker.use_grant_judge(Arc::new(PolicyJudge(gw.clone())));
     tracing::info!(issuer = %b.issuer, agents = b.agents.len(), "delegation broker serving /oauth2/token");
     Ok(Some(mandate_broker::router(Arc::new(broker))))
+}
+
+/// The gateway's policy engine as the broker's judge of intent grants.
+struct PolicyJudge(Arc<Gateway>);
+
+impl mandate_broker::GrantJudge for PolicyJudge {
+    fn judge(
+        &self,
+        grant: &mandate_intent::Grant,
+        token: &mandate_core::Caller<'_>,
+    ) -> mandate_control::GrantStatus {
+        self.0.judge_grant(grant, token)
+    }
 }
 
 /// `mandate build-hash`.

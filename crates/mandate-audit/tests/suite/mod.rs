@@ -64,6 +64,7 @@ pub fn record(n: i64, session: &str) -> AuditRecord {
             reasons: vec![format!("reason {n}")],
             obligations: Vec::new(),
             policy_hash: "ph".to_owned(),
+            code: None,
         },
         correlation_id: CorrelationId::new(),
         subject: Subject {
@@ -82,6 +83,8 @@ pub fn record(n: i64, session: &str) -> AuditRecord {
         amount: None,
         taint: Vec::new(),
         args: None,
+        grant: None,
+        sources: None,
     }
 }
 

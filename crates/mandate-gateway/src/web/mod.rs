@@ -32,7 +32,7 @@ mod session;
 pub use password::{DEFAULT_ITERATIONS, MIN_ITERATIONS, PasswordError, PasswordHash};
 
 use crate::Gateway;
-use crate::approvals::{DecideBody, decide, view};
+use crate::approvals::{DecideBody, decide, intent_view, view};
 use crate::config::Role;
 use crate::control::{Identity, Operator, operator_roles, operator_subject, record};
 use axum::extract::rejection::FormRejection;
@@ -47,7 +47,7 @@ use mandate_core::html::escape;
 use oidc::{Callback, Oidc, OidcError};
 use password::LoginLimiter;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use session::{CsrfRefusal, Method, Person, Session, Sessions};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -410,22 +410,43 @@ async fn snapshot(gw: &Arc<Gateway>) -> Arc<str> {
     let read = tokio::task::spawn_blocking(move || {
         let pending = control.approvals(Some(ApprovalStatus::Pending), MAX_PENDING + 1)?;
         let recent = control.approvals(None, HISTORY_SCAN)?;
-        Ok::<_, mandate_control::ControlError>((pending, recent))
+        let intents_pending =
+            control.intent_approvals(Some(ApprovalStatus::Pending), MAX_PENDING + 1)?;
+        let intents_recent = control.intent_approvals(None, HISTORY_SCAN)?;
+        Ok::<_, mandate_control::ControlError>((pending, recent, intents_pending, intents_recent))
     })
     .await;
     let v = match read {
-        Ok(Ok((mut pending, recent))) => {
+        Ok(Ok((pending, recent, intents_pending, intents_recent))) => {
+            // Calls and task intents together: (deadline or creation, view).
+            let mut pending: Vec<(i64, Value)> = pending
+                .iter()
+                .map(|a| (a.request.deadline_ms, view(gw, a)))
+                .chain(
+                    intents_pending
+                        .iter()
+                        .map(|t| (t.deadline_ms, intent_view(gw, t))),
+                )
+                .collect();
             let truncated = pending.len() > MAX_PENDING;
+            pending.sort_by_key(|(deadline, _)| *deadline);
             pending.truncate(MAX_PENDING);
-            pending.sort_by_key(|a| a.request.deadline_ms);
+            let mut history: Vec<(i64, Value)> = recent
+                .iter()
+                .filter(|a| a.status != ApprovalStatus::Pending)
+                .map(|a| (a.created_ms, view(gw, a)))
+                .chain(
+                    intents_recent
+                        .iter()
+                        .filter(|t| t.approval != Some(ApprovalStatus::Pending))
+                        .map(|t| (t.created_ms, intent_view(gw, t))),
+                )
+                .collect();
+            history.sort_by_key(|(created, _)| std::cmp::Reverse(*created));
+            history.truncate(MAX_HISTORY);
             json!({
-                "pending": pending.iter().map(|a| view(gw, a)).collect::<Vec<_>>(),
-                "history": recent
-                    .iter()
-                    .filter(|a| a.status != ApprovalStatus::Pending)
-                    .take(MAX_HISTORY)
-                    .map(|a| view(gw, a))
-                    .collect::<Vec<_>>(),
+                "pending": pending.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+                "history": history.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
                 "truncated": truncated,
                 "unavailable": false,
             })

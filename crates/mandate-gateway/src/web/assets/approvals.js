@@ -353,9 +353,9 @@
       el(
         "section",
         { class: "what" },
-        el("h4", { text: "What it will do" }),
+        el("h4", { text: r.kind === "intent" ? "What the task may do (the grants it asks for)" : "What it will do" }),
         argsTable(r.args),
-        dl([["Argument hash", el("code", { class: "hash", text: r.args_hash })]]),
+        dl([[r.kind === "intent" ? "Intent hash" : "Argument hash", el("code", { class: "hash", text: r.args_hash })]]),
       ),
       el(
         "form",
@@ -368,7 +368,7 @@
         "footer",
         {},
         waiting,
-        el("p", { class: "muted" }, `Requested ${when(r.created_ms)} · id `, el("code", { text: r.id }), " · correlation ", el("code", { text: r.correlation_id })),
+        el("p", { class: "muted" }, `Requested ${when(r.created_ms)} · id `, el("code", { text: r.id }), r.correlation_id ? " · correlation " : "", r.correlation_id ? el("code", { text: r.correlation_id }) : ""),
       ),
     );
     const decide = async (action) => {
@@ -401,6 +401,12 @@
 
   function updateWaiting(entry) {
     const w = entry.node._refs.waiting;
+    if (entry.data.kind === "intent") {
+      w.textContent = entry.data.waiting
+        ? "The task waits for this decision before its agent gets a token."
+        : "Past its deadline: the task's ungranted grants are refused.";
+      return;
+    }
     w.textContent = entry.data.waiting
       ? "The agent's call is waiting for this decision."
       : "No call is waiting on this server (held by another replica, or its client went away).";
