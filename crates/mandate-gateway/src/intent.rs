@@ -32,6 +32,11 @@ use std::sync::Arc;
 /// (an approval of pending grants takes effect within this).
 const INTENT_CACHE_MS: i64 = 1000;
 
+/// At most this many tasks' intents are cached; past it, stale entries are
+/// dropped first, then all (the store is the truth; the cache only saves
+/// reads).
+const INTENT_CACHE_MAX: usize = 10_000;
+
 /// The facts of one call, and the use it holds.
 #[derive(Debug, Default)]
 pub(crate) struct CallFacts {
@@ -73,6 +78,13 @@ impl Gateway {
             }
             Err(_) => None,
         };
+        if self.intents.len() >= INTENT_CACHE_MAX {
+            self.intents
+                .retain(|_, v| now.saturating_sub(v.0) < INTENT_CACHE_MS);
+            if self.intents.len() >= INTENT_CACHE_MAX {
+                self.intents.clear();
+            }
+        }
         self.intents.insert(cache_key, (now, intent.clone()));
         intent
     }
