@@ -14,9 +14,11 @@
 //!   untrusted results introduced; *uncovered* when, moreover, no
 //!   constraint of the covering grant covers it.
 //!
-//! Fail closed: a session whose memory of values is incomplete (it
+//! Fail closed: in a session whose memory of values is incomplete (it
 //! overflowed, or was lost in a restart) and that has read untrusted
-//! content counts every unseen value as untrusted.
+//! content, a value it cannot place keeps a grant from covering the call
+//! unless a constraint covers that argument (a tainted sink then asks a
+//! person); `provenance.partial` tells the policies.
 
 use crate::Gateway;
 use mandate_authn::Principal;
@@ -121,7 +123,7 @@ impl Gateway {
                 ),
             }
         };
-        let mut untrusted: BTreeSet<String> = sources
+        let untrusted: BTreeSet<String> = sources
             .as_ref()
             .map(|s| s.untrusted_only().into_iter().map(str::to_owned).collect())
             .unwrap_or_default();
@@ -129,11 +131,16 @@ impl Gateway {
             .as_ref()
             .map(|s| s.unseen().into_iter().map(str::to_owned).collect())
             .unwrap_or_else(|| call.args.keys().cloned().collect());
-        if partial && tainted {
-            // The session read untrusted content and forgot some of what:
-            // a value it cannot place may have come from there.
-            untrusted.extend(unseen.iter().cloned());
-        }
+        // The session read untrusted content and forgot some of what (its
+        // memory overflowed, or a restart lost it): a value it cannot
+        // place may have come from there. Such a value is not known to be
+        // untrusted (no outright refusal), but no grant covers the call
+        // unless a constraint covers it: a tainted sink then asks a person.
+        let unplaced: BTreeSet<String> = if partial && tainted {
+            unseen.clone()
+        } else {
+            BTreeSet::new()
+        };
 
         // What the task's intent covers.
         let key = Self::intent_key(principal);
@@ -168,7 +175,10 @@ impl Gateway {
             };
             let granted = intent.granted();
             let coverage = granted.cover(&Call::of(call, exposed), &origins);
-            if let Some(grant) = coverage.first_available(|id| intent.has_use_left(id)) {
+            if let Some(grant) = coverage
+                .first_available(|id| intent.has_use_left(id))
+                .filter(|g| unplaced.iter().all(|a| g.constrains(a)))
+            {
                 let id = grant.identifier().to_owned();
                 let counted = grant.max_uses().is_some();
                 let taken = if counted {
