@@ -39,6 +39,10 @@ const INTENT_CACHE_MS: i64 = 1000;
 /// reads).
 const INTENT_CACHE_MAX: usize = 10_000;
 
+/// A grant whose `one_of` constraints spell out more calls than this is
+/// put to the user rather than judged call by call.
+const MAX_JUDGED_CALLS: usize = 64;
+
 /// The facts of one call, and the use it holds.
 #[derive(Debug, Default)]
 pub(crate) struct CallFacts {
@@ -282,12 +286,31 @@ impl Gateway {
         else {
             return GrantStatus::Refused;
         };
-        let pinned: serde_json::Map<String, serde_json::Value> = grant
-            .arguments()
-            .iter()
-            .filter_map(|(arg, c)| c.equals().map(|v| (arg.clone(), v.clone())))
-            .collect();
-        let call = ToolCall::new(name, class, pinned);
+        // The calls the grant allows with pinned values: `equals` pins one
+        // value; `one_of` is judged once per value (at most
+        // `MAX_JUDGED_CALLS` calls in all), and the strictest answer wins.
+        let mut calls: Vec<serde_json::Map<String, serde_json::Value>> =
+            vec![serde_json::Map::new()];
+        for (arg, c) in grant.arguments() {
+            let values: Vec<&serde_json::Value> = match (c.equals(), c.one_of()) {
+                (Some(v), _) => vec![v],
+                (None, Some(list)) => list.iter().collect(),
+                (None, None) => continue,
+            };
+            if calls.len().saturating_mul(values.len()) > MAX_JUDGED_CALLS {
+                return GrantStatus::Pending;
+            }
+            calls = calls
+                .iter()
+                .flat_map(|base| {
+                    values.iter().map(move |v| {
+                        let mut next = base.clone();
+                        next.insert(arg.clone(), (*v).clone());
+                        next
+                    })
+                })
+                .collect();
+        }
         let facts = mandate_policy::SessionFacts {
             intent: IntentFacts {
                 declared: true,
@@ -296,19 +319,23 @@ impl Gateway {
             },
             ..mandate_policy::SessionFacts::default()
         };
-        let decision = self.policy.decide(&mandate_policy::DecisionRequest {
-            caller: *caller,
-            call: &call,
-            session: &facts,
-            now_unix: self.now_unix(),
-        });
-        if !decision.is_allow() {
-            GrantStatus::Refused
-        } else if decision.requires_approval() {
-            GrantStatus::Pending
-        } else {
-            GrantStatus::Granted
+        let mut status = GrantStatus::Granted;
+        for args in calls {
+            let call = ToolCall::new(name.clone(), class, args);
+            let decision = self.policy.decide(&mandate_policy::DecisionRequest {
+                caller: *caller,
+                call: &call,
+                session: &facts,
+                now_unix: self.now_unix(),
+            });
+            if !decision.is_allow() {
+                return GrantStatus::Refused;
+            }
+            if decision.requires_approval() {
+                status = GrantStatus::Pending;
+            }
         }
+        status
     }
 }
 

@@ -220,15 +220,22 @@ pub(crate) async fn task(args: &crate::ops::ApiArgs, cmd: TaskCommand) -> Result
         TaskCommand::Start { .. } => {
             println!("started: {}", task_line(&v));
             if let Some(i) = v.get("intent") {
-                let approval = i.get("approval_id").and_then(Value::as_str);
                 println!(
-                    "intent {}: {}",
-                    i.get("intent_hash").and_then(Value::as_str).unwrap_or(""),
-                    approval.map_or_else(
-                        || "every grant decided by policy".to_owned(),
-                        |a| format!("approval {a} waits for the user on the approval page")
-                    )
+                    "intent {}",
+                    i.get("intent_hash").and_then(Value::as_str).unwrap_or("")
                 );
+                for g in i
+                    .get("grants")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let s = |k: &str| g.get(k).and_then(Value::as_str).unwrap_or("");
+                    println!("  grant {:<24} {}", s("identifier"), s("status"));
+                }
+                if let Some(a) = i.get("approval_id").and_then(Value::as_str) {
+                    println!("approval {a} waits for the user on the approval page");
+                }
             }
         }
         TaskCommand::Complete { .. } => {
