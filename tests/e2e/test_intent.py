@@ -29,12 +29,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import os
+import subprocess
+from collections.abc import Iterator
+
 import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from playwright.sync_api import Browser, expect, sync_playwright
 
-from e2e_support import Gateway, Issuer, Launcher, mandate_bin, read_jsonl, run_mandate, toml_value
+from e2e_support import REPO_ROOT, Gateway, Issuer, Launcher, mandate_bin, read_jsonl, run_mandate, toml_value
+
+CHROMIUM = Path(os.environ.get("MANDATE_CHROMIUM", "/usr/bin/chromium"))
+ALICE_PASSWORD = "alice-" + uuid.uuid4().hex[:12]
+SCREENSHOT = REPO_ROOT / "target" / "intent-approval-page.png"
 
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
@@ -124,9 +133,16 @@ def env(launcher: Launcher, issuer: Issuer) -> Env:
     jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
     jwk.update(kid=kid, alg="ES256", use="sig")
     (root / "agent.jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    hashed = subprocess.run([str(mandate_bin()), "approvals", "hash-password", "--iterations", "100000"],
+                            input=ALICE_PASSWORD + "\n", capture_output=True, text=True, timeout=60)
+    assert hashed.returncode == 0, hashed.stderr
     extra = "\n".join([
         "", "[approvals]", "timeout_secs = 20", "",
+        "[approvals.web]", "session_idle_secs = 600", "",
+        "[[approvals.web.local_accounts]]", f"sub = {toml_value(USER)}",
+        f"password_hash = {toml_value(hashed.stdout.strip())}", "",
         "[[operators]]", f"sub = {toml_value(USER)}", 'roles = ["approver"]', "",
+        "[[operators]]", f"sub = {toml_value(USER)}", 'issuer = "local"', 'roles = ["approver"]', "",
         "[[operators]]", 'sub = "bob@example.com"', 'roles = ["approver"]', "",
         "[[operators]]", 'sub = "ops@example.com"', 'roles = ["admin", "approver"]', "",
         "[broker]", "max_token_ttl_secs = 900", "",
@@ -295,3 +311,52 @@ def test_an_operator_declares_the_intent_when_starting_the_task(env: Env, tmp_pa
     out = env.gw.operator_cli(env.op("ops@example.com"), "task", "start", "--template", TEMPLATE,
                               "--user", USER, "--intent", str(bad))
     assert out.returncode != 0 and "not a valid intent" in (out.stdout + out.stderr), out
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (or set MANDATE_CHROMIUM)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def test_the_user_approves_the_intent_on_the_approval_page(env: Env, browser: Browser) -> None:
+    ctx = browser.new_context(viewport={"width": 1280, "height": 1000})
+    ctx.set_default_timeout(15_000)
+    page = ctx.new_page()
+    page.goto(env.gw.public_url + "/approvals")
+    page.fill("#login-account", USER)
+    page.fill("#login-password", ALICE_PASSWORD)
+    page.click("#login-submit")
+    expect(page.locator("#whoami-sub")).to_have_text(USER)
+    expect(page.locator("#live")).to_have_text("live")
+
+    task = "web-" + uuid.uuid4().hex[:6]
+    intent = [{"type": "mandate_tool_call", "identifier": "rent", "tool": "bank.transfer",
+               "arguments": {"to": {"equals": "acc-landlord"}, "amount": {"max": 1500}}, "max_uses": 1}]
+    wait = in_background(lambda: env.exchange(task, intent))
+    a = pending_intent(env, task)
+    card = page.locator(f"article.request#{a['id']}")
+    expect(card).to_be_visible()
+    expect(card.locator("h3")).to_have_text("task intent")
+    expect(card.locator(".badge")).to_have_text("intent")
+    expect(card.locator("table.args tr", has_text="rent")).to_contain_text("acc-landlord")
+    expect(card).to_contain_text(a["args_hash"])
+    expect(card).to_contain_text(task)
+    expect(card).to_contain_text("before its agent gets a token")
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    card.locator("textarea").fill("my rent, as I asked")
+    card.get_by_role("button", name="Approve").click()
+    r = wait()
+    assert r.status_code == 200, r.text
+    assert [g["identifier"] for g in r.json()["authorization_details"]] == ["rent"]
+    expect(page.locator(f"#history tr#{a['id']}")).to_contain_text("approved")
+    rows = env.gw.audit_rows("kind = 'control' AND tool = 'intent/approve' AND detail LIKE ?", [f"%{a['id']}%"])
+    assert rows and rows[-1]["sub"] == USER and "my rent" in rows[-1]["reasons"], rows
+    ctx.close()
