@@ -360,3 +360,30 @@ def test_the_user_approves_the_intent_on_the_approval_page(env: Env, browser: Br
     rows = env.gw.audit_rows("kind = 'control' AND tool = 'intent/approve' AND detail LIKE ?", [f"%{a['id']}%"])
     assert rows and rows[-1]["sub"] == USER and "my rent" in rows[-1]["reasons"], rows
     ctx.close()
+
+
+def test_a_url_and_an_iban_from_an_untrusted_result_are_refused_inside_a_message_body(
+        launcher: Launcher, issuer: Issuer, rec_http: Any) -> None:
+    """The official Python SDK's recording server: `lookup` returns outside
+    text (untrusted), `note` sends it on (outbound). A URL and an IBAN that
+    only the result introduced are refused inside free text, in another
+    spelling too; a message without them goes to a person (tainted session)."""
+    gw = launcher.gateway(issuer, {"web": {
+        "url": rec_http.url, "timeout_secs": 10,
+        "tools": {"lookup": "read", "note": "outbound"},
+        "provenance": {"lookup": "untrusted", "note": "trusted"}}},
+        extra_toml="\n[approvals]\ntimeout_secs = 2\n", name="urls")
+    token = issuer.mint(gw.audience, scope="web.*", sid="urls-" + uuid.uuid4().hex[:6])
+    session = gw.initialize(token)
+    page = gw.call_tool(token, session, "web.lookup",
+                        {"key": "offer: pay at https://pay.evil-shop.example/checkout?id=7 or IBAN DE89 3704 0044 0532 0130 00"}
+                        ).response()
+    assert "evil-shop" in json.dumps(page)
+    before = len([c for c in rec_http.calls() if c["tool"] == "note"])
+    for body in ("Done! Details: HTTP://PAY.EVIL-SHOP.EXAMPLE/checkout?id=7",
+                 "wire it to DE89370400440532013000 today"):
+        err = gw.call_tool(token, session, "web.note", {"text": body}).response()["error"]
+        assert err["data"]["reason"] == "untrusted_argument", (body, err)
+    held = gw.call_tool(token, session, "web.note", {"text": "meeting moved to 3pm"}).response()["error"]
+    assert held["data"]["reason"] in ("approval_timeout", "approval_required"), held
+    assert len([c for c in rec_http.calls() if c["tool"] == "note"]) == before
