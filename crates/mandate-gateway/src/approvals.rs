@@ -596,10 +596,6 @@ pub(crate) async fn decide(
     } else {
         None
     };
-    if let Some((status, code, why)) = refusal {
-        record(gw, &subject, action_name, None, &why, &detail).await?;
-        return Err(ApiError::new(status, code, why));
-    }
     let reason = format!(
         "{} {} {} call {id}{}",
         op.name(),
@@ -610,33 +606,27 @@ pub(crate) async fn decide(
             .map(|c| format!(": {c}"))
             .unwrap_or_default()
     );
-    let rec = record(
+    let by = op.name().to_owned();
+    let decided_id = id.to_owned();
+    let v = record_and_apply(
         gw,
         &subject,
         action_name,
-        Some(Role::Approver),
+        refusal,
         &reason,
         &detail,
+        move |control| {
+            control.decide_approval(
+                &decided_id,
+                approve,
+                &by,
+                body.comment.as_deref(),
+                &body.args_hash,
+            )
+        },
+        |a| view(gw, a),
     )
     .await?;
-    let control = gw.control().clone();
-    let by = op.name().to_owned();
-    let decided_id = id.to_owned();
-    let result = tokio::task::spawn_blocking(move || {
-        control.decide_approval(
-            &decided_id,
-            approve,
-            &by,
-            body.comment.as_deref(),
-            &body.args_hash,
-        )
-    })
-    .await
-    .map_err(|_| ApiError::internal())
-    .and_then(|r| r.map_err(ApiError::from))
-    .map(|a| view(gw, &a));
-    record_outcome(gw, &rec, result.as_ref()).await;
-    let v = result?;
     gw.waiters.wake(id);
     tracing::info!(approval = %id, approver = %op.name(), approve, "approval decided");
     Ok(v)
@@ -702,10 +692,6 @@ async fn decide_intent(
     } else {
         None
     };
-    if let Some((status, code, why)) = refusal {
-        record(gw, &subject, action_name, None, &why, &detail).await?;
-        return Err(ApiError::new(status, code, why));
-    }
     let reason = format!(
         "{} {} the intent of task {} ({id}){}",
         op.name(),
@@ -716,33 +702,59 @@ async fn decide_intent(
             .map(|c| format!(": {c}"))
             .unwrap_or_default()
     );
-    let rec = record(
+    let by = op.name().to_owned();
+    let decided_id = id.to_owned();
+    let v = record_and_apply(
         gw,
         &subject,
         action_name,
-        Some(Role::Approver),
+        refusal,
         &reason,
         &detail,
+        move |control| {
+            control.decide_intent(
+                &decided_id,
+                approve,
+                &by,
+                body.comment.as_deref(),
+                &body.args_hash,
+            )
+        },
+        |t| intent_view(gw, t),
     )
     .await?;
-    let control = gw.control().clone();
-    let by = op.name().to_owned();
-    let decided_id = id.to_owned();
-    let result = tokio::task::spawn_blocking(move || {
-        control.decide_intent(
-            &decided_id,
-            approve,
-            &by,
-            body.comment.as_deref(),
-            &body.args_hash,
-        )
-    })
-    .await
-    .map_err(|_| ApiError::internal())
-    .and_then(|r| r.map_err(ApiError::from))
-    .map(|t| intent_view(gw, &t));
-    record_outcome(gw, &rec, result.as_ref()).await;
-    let v = result?;
     tracing::info!(approval = %id, approver = %op.name(), approve, task = %intent.key.task_id, "intent approval decided");
     Ok(v)
+}
+
+/// A person's decision, on the record before it takes effect: a `refusal`
+/// is recorded as a denial and returned; otherwise the decision is recorded
+/// as allowed, `apply`ed to the control store, and its outcome recorded.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site per kind of approval; the parts are all distinct"
+)]
+async fn record_and_apply<T: Send + 'static>(
+    gw: &Arc<Gateway>,
+    subject: &mandate_core::Subject,
+    action: &str,
+    refusal: Option<(StatusCode, &'static str, String)>,
+    reason: &str,
+    detail: &Value,
+    apply: impl FnOnce(Arc<mandate_control::ControlStore>) -> Result<T, ControlError> + Send + 'static,
+    show: impl FnOnce(&T) -> Value,
+) -> Result<Value, ApiError> {
+    if let Some((status, code, why)) = refusal {
+        record(gw, subject, action, None, &why, detail).await?;
+        return Err(ApiError::new(status, code, why));
+    }
+    let rec = record(gw, subject, action, Some(Role::Approver), reason, detail).await?;
+    let control = gw.control().clone();
+    let result = tokio::task::spawn_blocking(move || apply(control))
+        .await
+        .map_err(|_| ApiError::internal())
+        .and_then(|r| r.map_err(ApiError::from))
+        .map(|t| show(&t));
+    record_outcome(gw, &rec, result.as_ref()).await;
+    result
 }
