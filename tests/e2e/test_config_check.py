@@ -159,3 +159,15 @@ def test_missing_jwks_file_fails_check(tmp_path: Path, issuer: Issuer) -> None:
     config.write_text(config.read_text().replace(str(issuer.jwks_path), str(tmp_path / "nope.json")))
     r = check(config)
     assert r.returncode != 0 and "nope.json" in output(r), output(r)
+
+
+def test_the_log_names_the_version_and_carries_no_colour_codes_when_not_a_terminal(fresh_launcher, issuer: Issuer) -> None:
+    gw = fresh_launcher.gateway(issuer, {"docs": {
+        "command": str(mandate_bin()), "args": ["demo-server", "--profile", "workspace"],
+        "tools": {"search": "read"}}})
+    gw.proc.stop()
+    log = gw.proc.stderr()
+    assert "mandate serving MCP at /mcp" in log, log[-2000:]
+    serving = next(line for line in log.splitlines() if "mandate serving MCP" in line)
+    assert "version=" in serving, serving
+    assert "\x1b[" not in log, "ANSI colour codes in a log written to a file"
