@@ -193,7 +193,7 @@ struct StartBody {
     /// The task's intent (RFC 9396 `authorization_details`, docs/INTENT.md),
     /// declared now, before any agent of the task has read anything.
     #[serde(default)]
-    authorization_details: Option<serde_json::Value>,
+    authorization_details: Option<Value>,
 }
 
 async fn start(
@@ -239,8 +239,8 @@ async fn start(
     let control = b.control.clone();
     let by = op.sub().to_owned();
     let (task_id, sub, template_name) = (id.clone(), body.sub.clone(), body.template.clone());
-    let task = blocking(move || control.start_task(&task_id, &template_name, &sub, deadline, &by))
-        .await?;
+    let task =
+        blocking(move || control.start_task(&task_id, &template_name, &sub, deadline, &by)).await?;
     let mut out = json!(task);
     if let Some(intent) = intent {
         // Judged as the user's own declaration for the task (no agent

@@ -379,7 +379,11 @@ async fn list(
     let mut all: Vec<(i64, Value)> = list
         .iter()
         .map(|a| (a.created_ms, view(&s.gw, a)))
-        .chain(intents.iter().map(|t| (t.created_ms, intent_view(&s.gw, t))))
+        .chain(
+            intents
+                .iter()
+                .map(|t| (t.created_ms, intent_view(&s.gw, t))),
+        )
         .collect();
     all.sort_by_key(|(created, _)| std::cmp::Reverse(*created));
     all.truncate(limit);
@@ -684,7 +688,9 @@ async fn decide_intent(
             "conflict",
             format!(
                 "intent approval {id} is {}, not pending",
-                intent.approval.map_or("not requested", ApprovalStatus::as_str)
+                intent
+                    .approval
+                    .map_or("not requested", ApprovalStatus::as_str)
             ),
         ))
     } else if intent.intent_hash != body.args_hash {

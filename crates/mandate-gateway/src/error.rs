@@ -158,7 +158,9 @@ pub fn upstream_error(e: &UpstreamError, correlation: &CorrelationId) -> ErrorDa
         // record, not to the agent.
         UpstreamError::Unavailable { upstream, .. } => ErrorData::new(
             ErrorCode(CODE_UPSTREAM),
-            format!("upstream {upstream:?} is unavailable or answered with something that is not MCP"),
+            format!(
+                "upstream {upstream:?} is unavailable or answered with something that is not MCP"
+            ),
             Some(json!({ "outcome": e.outcome(), "correlation_id": correlation.as_str() })),
         ),
         _ => ErrorData::new(
@@ -192,7 +194,10 @@ mod tests {
             (DenyCategory::ApprovalDenied, "approval_denied"),
             (DenyCategory::ApprovalExpired, "approval_timeout"),
             (DenyCategory::Withdrawn, "withdrawn"),
-            (DenyCategory::ControlUnavailable, "control_store_unavailable"),
+            (
+                DenyCategory::ControlUnavailable,
+                "control_store_unavailable",
+            ),
             (DenyCategory::ToolQuarantined, "tool_quarantined"),
             (DenyCategory::UnknownBuild, "unknown_build"),
             (DenyCategory::TooManyCalls, "too_many_concurrent_calls"),
