@@ -824,6 +824,24 @@ mod tests {
     }
 
     #[test]
+    fn a_moved_away_file_is_gone_until_it_is_back() -> TestResult {
+        let (dir, store) = open()?;
+        let path = dir.path().join("control.sqlite");
+        let away = dir.path().join("away.sqlite");
+        std::fs::rename(&path, &away)?;
+        // A revocation written now would be lost at the next start.
+        assert!(matches!(
+            store.revoke(RevocationKind::Agent, "assistant", "r", "ops"),
+            Err(ControlError::Gone)
+        ));
+        assert!(matches!(store.tool_pin("u.t"), Err(ControlError::Gone)));
+        std::fs::rename(&away, &path)?;
+        store.revoke(RevocationKind::Agent, "assistant", "r", "ops")?;
+        assert_eq!(ControlStore::open(&path)?.revocations(false)?.len(), 1);
+        Ok(())
+    }
+
+    #[test]
     fn revocation_is_durable_and_liftable() -> TestResult {
         let (dir, store) = open()?;
         let r = store.revoke(RevocationKind::Agent, "assistant", "leaked prompt", "ops")?;
