@@ -243,21 +243,29 @@ async fn start(
         blocking(move || control.start_task(&task_id, &template_name, &sub, deadline, &by)).await?;
     let mut out = json!(task);
     if let Some(intent) = intent {
-        // Judged as the user's own declaration for the task (no agent
-        // yet): what policy does not grant outright waits for the user's
-        // one approval until the task's deadline.
-        let caller = mandate_core::CallerData {
+        // Judged for every agent the template lets work on the task (the
+        // strictest answer per grant): what policy does not grant outright
+        // waits for the user's one approval until the task's deadline.
+        let caller = |act: Vec<String>| mandate_core::CallerData {
             iss: b.cfg.issuer.clone(),
             sub: body.sub.clone(),
-            act: Vec::new(),
+            act,
             scope: template.scope.clone(),
             task_id: Some(id.clone()),
             build: None,
             sid: None,
             jti: None,
         };
+        let mut callers: Vec<_> = template
+            .agents
+            .iter()
+            .map(|a| caller(vec![a.clone()]))
+            .collect();
+        if callers.is_empty() {
+            callers.push(caller(Vec::new()));
+        }
         let recorded = b
-            .record_intent(&intent, &caller, op.sub(), deadline)
+            .record_intent(&intent, &callers, op.sub(), deadline)
             .await?;
         if let Some(obj) = out.as_object_mut() {
             obj.insert("intent".into(), json!(recorded));
