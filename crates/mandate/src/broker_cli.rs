@@ -3,7 +3,7 @@
 //! commands.
 
 use crate::config::Config;
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use mandate_gateway::Gateway;
 use serde_json::{Value, json};
 use std::path::PathBuf;
