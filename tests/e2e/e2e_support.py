@@ -36,6 +36,7 @@ E2E_DIR = Path(__file__).resolve().parent
 REPO_ROOT = E2E_DIR.parent.parent
 SERVERS_DIR = E2E_DIR / "servers"
 RECORDING_SERVER = SERVERS_DIR / "recording_server.py"
+FAULTY_SERVER = SERVERS_DIR / "faulty_server.py"
 POLICY_DIR = REPO_ROOT / "examples" / "quickstart" / "policies"
 EVERYTHING_PKG = E2E_DIR / "node_modules" / "@modelcontextprotocol" / "server-everything"
 
@@ -293,9 +294,22 @@ class Launcher:
         port = int(port_file.read_text())
         return RecordingServer(url=f"http://127.0.0.1:{port}/mcp", record=record, proc=proc)
 
+    def faulty_http_server(self, record: Path, port: int = 0, name: str = "faulty") -> str:
+        """servers/faulty_server.py on `port` (0: any free one); returns its MCP URL."""
+        port_file = self.root / f"{name}-{uuid.uuid4().hex[:6]}.port"
+        proc = self.spawn([sys.executable, str(FAULTY_SERVER), "--record", str(record), "--port", str(port),
+                           "--port-file", str(port_file)], name)
+        deadline = time.monotonic() + 30
+        while not port_file.exists():
+            if not proc.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"faulty server did not start:\n{proc.stderr()}")
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{int(port_file.read_text())}/mcp"
+
     def gateway(self, issuer: Issuer, upstreams: dict[str, dict[str, Any]], *, max_body_bytes: int = 1048576,
                 data_dir: Path | None = None, extra_toml: str = "", name: str = "gateway",
-                policy_dir: Path = POLICY_DIR, policy_toml: str = "") -> Gateway:
+                policy_dir: Path = POLICY_DIR, policy_toml: str = "",
+                env: dict[str, str] | None = None, jwks_url: str | None = None) -> Gateway:
         port = free_port()
         d = self.root / f"{name}-{uuid.uuid4().hex[:6]}"
         d.mkdir(parents=True)
@@ -305,10 +319,10 @@ class Launcher:
         config.write_text(
             gateway_toml(port=port, data_dir=data, jwks=issuer.jwks_path, issuer=issuer.issuer,
                          upstreams=upstreams, max_body_bytes=max_body_bytes, policy_dir=policy_dir,
-                         policy_toml=policy_toml) + extra_toml
+                         policy_toml=policy_toml, jwks_url=jwks_url) + extra_toml
         )
         proc = self.spawn([str(mandate_bin()), "serve", "--config", str(config)], name,
-                          env={"MANDATE_LOG": "info,mandate=debug,mandate_gateway=debug"})
+                          env={"MANDATE_LOG": "info,mandate=debug,mandate_gateway=debug", **(env or {})})
         gw = Gateway(public_url=public_url, config=config, data_dir=data, proc=proc)
         gw.wait_ready()
         return gw
@@ -354,7 +368,8 @@ def toml_value(v: Any) -> str:
 
 
 def gateway_toml(*, port: int, data_dir: Path, jwks: Path, issuer: str, upstreams: dict[str, dict[str, Any]],
-                 max_body_bytes: int = 1048576, policy_dir: Path = POLICY_DIR, policy_toml: str = "") -> str:
+                 max_body_bytes: int = 1048576, policy_dir: Path = POLICY_DIR, policy_toml: str = "",
+                 jwks_url: str | None = None) -> str:
     lines = [
         "[server]",
         f"listen = {toml_value(f'127.0.0.1:{port}')}",
@@ -369,7 +384,7 @@ def gateway_toml(*, port: int, data_dir: Path, jwks: Path, issuer: str, upstream
         "",
         "[[auth.issuers]]",
         f"issuer = {toml_value(issuer)}",
-        f"jwks_file = {toml_value(jwks)}",
+        f"jwks_url = {toml_value(jwks_url)}" if jwks_url else f"jwks_file = {toml_value(jwks)}",
         "",
         "[policy]",
         f"dir = {toml_value(policy_dir)}",

@@ -302,9 +302,16 @@ impl AuditLog {
         };
         // The deadline is part of the append, for every caller: a record
         // not durable in time counts as not written.
-        let landed = tokio::time::timeout(self.write_deadline, written)
-            .await
-            .map_err(|_| AuditError::Timeout(self.write_deadline))??;
+        let landed = match tokio::time::timeout(self.write_deadline, written).await {
+            Ok(landed) => landed?,
+            Err(_) => {
+                // A stuck store is as unhealthy as a failing one; the next
+                // commit that lands clears this.
+                let e = AuditError::Timeout(self.write_deadline);
+                self.shared.set_failure(Some(e.to_string()));
+                return Err(e);
+            }
+        };
         Ok(Appended {
             seq: landed.seq,
             hash: landed.hash,
@@ -325,8 +332,8 @@ impl AuditLog {
     }
 
     /// Health: `Ok` if the last write succeeded (or nothing was written yet);
-    /// `Err(message)` after a failed write until a later write succeeds, or
-    /// once the writer thread has stopped.
+    /// `Err(message)` after a failed or timed-out write until a later write
+    /// succeeds, or once the writer thread has stopped.
     pub fn health(&self) -> Result<(), String> {
         if self.tx.is_closed() {
             return Err(AuditError::WriterStopped.to_string());

@@ -11,7 +11,7 @@ use crate::schema::{
 };
 use rusqlite::types::ToSql;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 fn werr(e: rusqlite::Error) -> AuditError {
@@ -22,16 +22,57 @@ fn rerr(e: rusqlite::Error) -> AuditError {
     AuditError::storage(Op::Read, e)
 }
 
-/// The writer's connection.
+/// The writer's connection, and which file it was opened on.
 pub(crate) struct SqliteBackend {
     conn: Connection,
+    path: PathBuf,
+    file: FileId,
+}
+
+/// The device and inode a path names. SQLite keeps writing through its
+/// open descriptors after its file is deleted or its folder moved away:
+/// into a file nobody will find again, so such writes must not count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId(u64, u64);
+
+impl FileId {
+    fn of(path: &Path) -> std::io::Result<Self> {
+        let meta = std::fs::metadata(path)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt as _;
+            Ok(Self(meta.dev(), meta.ino()))
+        }
+        #[cfg(not(unix))]
+        {
+            drop(meta);
+            Ok(Self(0, 0))
+        }
+    }
 }
 
 impl SqliteBackend {
     pub(crate) fn open(path: &Path, busy_timeout: Duration) -> Result<Self, AuditError> {
+        let conn = open_for_write(path, busy_timeout)?;
+        let file = FileId::of(path).map_err(|e| AuditError::storage(Op::Open, e))?;
         Ok(Self {
-            conn: open_for_write(path, busy_timeout)?,
+            conn,
+            path: path.to_owned(),
+            file,
         })
+    }
+
+    /// Fails unless the path still names the file the connection writes:
+    /// a removed or replaced store is unavailable, not silently orphaned,
+    /// and becomes available again when the same file is put back.
+    fn still_in_place(&self) -> Result<(), AuditError> {
+        match FileId::of(&self.path) {
+            Ok(id) if id == self.file => Ok(()),
+            _ => Err(AuditError::storage(
+                Op::Write,
+                "the database file was removed or replaced since it was opened",
+            )),
+        }
     }
 
     fn execute_cached(&self, sql: &str) -> Result<(), AuditError> {
@@ -57,6 +98,7 @@ impl Backend for SqliteBackend {
     // again on every commit cost about a tenth of the writer's time per
     // batch outside the fsync.
     fn begin(&mut self) -> Result<(), AuditError> {
+        self.still_in_place()?;
         self.execute_cached("BEGIN IMMEDIATE")
     }
 
@@ -127,7 +169,10 @@ impl Backend for SqliteBackend {
     }
 
     fn commit(&mut self) -> Result<(), AuditError> {
-        self.execute_cached("COMMIT")
+        self.execute_cached("COMMIT")?;
+        // The file may have gone between BEGIN and COMMIT: then the batch
+        // is not known to be where readers will look, and does not count.
+        self.still_in_place()
     }
 
     fn rollback(&mut self) {

@@ -76,5 +76,6 @@ async fn an_append_not_durable_within_the_deadline_fails() {
         log.append(record()).await,
         Err(AuditError::Timeout(Duration::from_millis(500)))
     );
+    assert!(log.health().is_err(), "a stuck store reported healthy");
     hold.abort();
 }

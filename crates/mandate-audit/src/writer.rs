@@ -61,7 +61,7 @@ impl Shared {
             .clone()
     }
 
-    fn set_failure(&self, failure: Option<String>) {
+    pub(crate) fn set_failure(&self, failure: Option<String>) {
         *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = failure;
     }
 }

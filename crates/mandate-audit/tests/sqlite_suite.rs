@@ -46,3 +46,25 @@ macro_rules! cases {
 }
 
 every_case!(cases);
+
+/// A store whose folder is moved away takes no appends (SQLite would write
+/// them into the unreachable file), and takes them again, on the same
+/// chain, once the folder is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_away_store_refuses_appends_until_it_is_back() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data)?;
+    let log = mandate_audit::AuditLog::open_sqlite(&data.join("audit.sqlite"))?;
+    assert_eq!(log.append(suite::record(1, "s")).await?.seq(), 1);
+
+    let away = dir.path().join("away");
+    std::fs::rename(&data, &away)?;
+    assert!(log.append(suite::record(2, "s")).await.is_err());
+    assert!(log.health().is_err());
+
+    std::fs::rename(&away, &data)?;
+    assert_eq!(log.append(suite::record(3, "s")).await?.seq(), 2);
+    assert!(log.health().is_ok());
+    Ok(())
+}

@@ -85,7 +85,7 @@ impl From<ControlError> for ApiError {
             }
             ControlError::Conflict(_) => Self(StatusCode::CONFLICT, "conflict", e.to_string()),
             ControlError::Invalid(_) => Self::bad_request(e.to_string()),
-            ControlError::Storage(_) | ControlError::Corrupt { .. } => {
+            ControlError::Storage(_) | ControlError::Gone | ControlError::Corrupt { .. } => {
                 tracing::error!(error = %e, "control store failure");
                 Self(
                     StatusCode::SERVICE_UNAVAILABLE,

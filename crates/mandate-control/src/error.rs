@@ -6,6 +6,9 @@ pub enum ControlError {
     /// The database could not be opened, read or written.
     #[error("control store: {0}")]
     Storage(#[from] rusqlite::Error),
+    /// The database file was removed or replaced since the store was opened.
+    #[error("control store: the database file was removed or replaced since it was opened")]
+    Gone,
     /// A stored row could not be decoded.
     #[error("control store row {id}: {reason}")]
     Corrupt {

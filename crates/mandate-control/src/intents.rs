@@ -251,7 +251,7 @@ impl ControlStore {
             )));
         }
         let hash = intent.hash();
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         if let Some(existing) = load(&tx, key)? {
             if existing.intent_hash == hash {
@@ -307,7 +307,7 @@ impl ControlStore {
 
     /// The intent of `key`'s task, if one was recorded.
     pub fn intent(&self, key: &IntentKey) -> Result<Option<TaskIntent>, ControlError> {
-        load(&self.conn(), key)
+        load(&*self.conn()?, key)
     }
 
     /// The grants in force for `key`'s task (`None`: no intent recorded).
@@ -317,7 +317,7 @@ impl ControlStore {
 
     /// The intent whose approval request is `approval_id`.
     pub fn intent_approval(&self, approval_id: &str) -> Result<TaskIntent, ControlError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let key = key_of_approval(&conn, approval_id)?;
         load(&conn, &key)?.ok_or_else(|| not_found(approval_id))
     }
@@ -329,7 +329,7 @@ impl ControlStore {
         status: Option<ApprovalStatus>,
         limit: usize,
     ) -> Result<Vec<TaskIntent>, ControlError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut stmt = conn.prepare(
             "SELECT iss, sub, task_id FROM intents
@@ -358,7 +358,7 @@ impl ControlStore {
         comment: Option<&str>,
         seen_hash: &str,
     ) -> Result<TaskIntent, ControlError> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let key = key_of_approval(&tx, approval_id)?;
         let current = load(&tx, &key)?.ok_or_else(|| not_found(approval_id))?;
@@ -409,7 +409,7 @@ impl ControlStore {
                 status.as_str()
             )));
         }
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let key = key_of_approval(&tx, approval_id)?;
         let closed = close(&tx, &key, status, None, None, self.clock().now_ms())?;
@@ -427,7 +427,7 @@ impl ControlStore {
         key: &IntentKey,
         identifier: &str,
     ) -> Result<Option<Consumed>, ControlError> {
-        consume(&self.conn(), key, identifier, self.clock().now_ms())
+        consume(&*self.conn()?, key, identifier, self.clock().now_ms())
     }
 
     /// Takes one use of the first of `identifiers` (in order: a call's
@@ -438,7 +438,7 @@ impl ControlStore {
         key: &IntentKey,
         identifiers: &[&str],
     ) -> Result<Option<Consumed>, ControlError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let now = self.clock().now_ms();
         for id in identifiers {
             if let Some(used) = consume(&conn, key, id, now)? {
@@ -455,7 +455,7 @@ impl ControlStore {
     /// a use counts calls the grant permitted. Never above `max_uses`;
     /// whether a use was given back.
     pub fn refund_grant(&self, key: &IntentKey, identifier: &str) -> Result<bool, ControlError> {
-        let changed = self.conn().execute(
+        let changed = self.conn()?.execute(
             "UPDATE intent_grants
                 SET uses_left = uses_left + 1, used = used - 1
               WHERE iss = ?1 AND sub = ?2 AND task_id = ?3 AND identifier = ?4

@@ -383,7 +383,7 @@ fn a_tampered_row_is_reported_not_trusted() -> TestResult {
         "assistant",
         T0,
     )?;
-    store.conn().execute(
+    store.conn()?.execute(
         "UPDATE intents SET intent = replace(intent, '2200', '999999')",
         [],
     )?;

@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use mandate_core::{Caller, Clock, Scope};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 const DDL: &str = "
@@ -86,10 +86,33 @@ CREATE TABLE IF NOT EXISTS active (
 /// for the per-call checks.
 pub struct ControlStore {
     conn: Mutex<Connection>,
+    /// Where the store was opened, and the file it was then.
+    path: PathBuf,
+    file: FileId,
     revoked: ArcSwap<Index>,
     ceilings: ArcSwap<BTreeMap<String, Scope>>,
     /// Dates every row this store writes.
     clock: Clock,
+}
+
+/// The device and inode a path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId(u64, u64);
+
+impl FileId {
+    fn of(path: &Path) -> std::io::Result<Self> {
+        let meta = std::fs::metadata(path)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt as _;
+            Ok(Self(meta.dev(), meta.ino()))
+        }
+        #[cfg(not(unix))]
+        {
+            drop(meta);
+            Ok(Self(0, 0))
+        }
+    }
 }
 
 impl std::fmt::Debug for ControlStore {
@@ -112,8 +135,11 @@ impl ControlStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(DDL)?;
         conn.execute_batch(crate::intents::DDL)?;
+        let file = FileId::of(path).map_err(|_| ControlError::Gone)?;
         let store = Self {
             conn: Mutex::new(conn),
+            path: path.to_owned(),
+            file,
             revoked: ArcSwap::from_pointee(Index::default()),
             ceilings: ArcSwap::from_pointee(BTreeMap::new()),
             clock: Clock::system(),
@@ -135,12 +161,21 @@ impl ControlStore {
         &self.clock
     }
 
-    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
+    /// The connection, once the path still names the file it was opened
+    /// on: SQLite keeps using a deleted or moved-away file through its open
+    /// descriptors, and what it wrote there would be lost at the next start
+    /// (a revocation among it). Such a store is unavailable until the same
+    /// file is back.
+    pub(crate) fn conn(&self) -> Result<MutexGuard<'_, Connection>, ControlError> {
+        if FileId::of(&self.path).ok() != Some(self.file) {
+            return Err(ControlError::Gone);
+        }
         // A panic while holding the lock leaves SQLite consistent (every
         // write is one statement or one transaction).
-        self.conn
+        Ok(self
+            .conn
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// Re-reads the in-memory indexes from the database.
@@ -182,7 +217,7 @@ impl ControlStore {
                 "revoke {kind}: the value must not be empty"
             )));
         }
-        let conn = self.conn();
+        let conn = self.conn()?;
         if let Some(existing) = conn
             .query_row(
                 "SELECT * FROM revocations WHERE kind = ?1 AND value = ?2 AND lifted_ms IS NULL",
@@ -206,7 +241,7 @@ impl ControlStore {
 
     /// Lifts revocation `id`.
     pub fn lift(&self, id: i64, by: &str) -> Result<Revocation, ControlError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let current = get_revocation(&conn, id)?;
         if !current.is_active() {
             return Err(ControlError::Conflict(format!(
@@ -225,12 +260,12 @@ impl ControlStore {
 
     /// One revocation.
     pub fn revocation(&self, id: i64) -> Result<Revocation, ControlError> {
-        get_revocation(&self.conn(), id)
+        get_revocation(&*self.conn()?, id)
     }
 
     /// Revocations, newest first; lifted ones only if `include_lifted`.
     pub fn revocations(&self, include_lifted: bool) -> Result<Vec<Revocation>, ControlError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let sql = if include_lifted {
             "SELECT * FROM revocations ORDER BY id DESC"
         } else {
@@ -265,7 +300,7 @@ impl ControlStore {
         by: &str,
     ) -> Result<Change, ControlError> {
         let id = format!("chg-{}", uuid::Uuid::now_v7());
-        let conn = self.conn();
+        let conn = self.conn()?;
         conn.execute(
             "INSERT INTO changes (id, kind, target, payload, payload_hash, summary, status, proposed_by, proposed_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'proposed', ?7, ?8)",
@@ -292,7 +327,7 @@ impl ControlStore {
         by: &str,
         comment: Option<&str>,
     ) -> Result<Change, ControlError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let change = get_change(&conn, id)?;
         if change.status != ChangeStatus::Proposed {
             return Err(ControlError::Conflict(format!(
@@ -322,7 +357,7 @@ impl ControlStore {
     /// must have installed and loaded the files first (and checked their
     /// hash equals [`Change::payload_hash`]); this records it as active.
     pub fn activate(&self, id: &str, by: &str) -> Result<Change, ControlError> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let change = get_change(&tx, id)?;
         if change.status != ChangeStatus::Approved {
@@ -360,7 +395,7 @@ impl ControlStore {
         summary: &str,
         by: &str,
     ) -> Result<Option<Change>, ControlError> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let exists: Option<String> = tx
             .query_row(
@@ -392,12 +427,12 @@ impl ControlStore {
 
     /// One change.
     pub fn change(&self, id: &str) -> Result<Change, ControlError> {
-        get_change(&self.conn(), id)
+        get_change(&*self.conn()?, id)
     }
 
     /// Every change, newest first.
     pub fn changes(&self) -> Result<Vec<Change>, ControlError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare("SELECT * FROM changes ORDER BY proposed_ms DESC, id DESC")?;
         let rows = stmt.query_map([], change_row)?;
         rows.map(|r| r.map_err(ControlError::from)?).collect()
@@ -405,7 +440,7 @@ impl ControlStore {
 
     /// The changes of `kind` currently in force (one per target).
     pub fn active_changes(&self, kind: ChangeKind) -> Result<Vec<Change>, ControlError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare(
             "SELECT c.* FROM active a JOIN changes c ON c.id = a.change_id WHERE a.kind = ?1 ORDER BY a.target",
         )?;
@@ -419,7 +454,7 @@ impl ControlStore {
     pub fn create_approval(&self, new: NewApproval) -> Result<ApprovalRequest, ControlError> {
         let id = format!("apr-{}", uuid::Uuid::now_v7());
         let body = serde_json::to_string(&new).map_err(|e| ControlError::Invalid(e.to_string()))?;
-        let conn = self.conn();
+        let conn = self.conn()?;
         conn.execute(
             "INSERT INTO approvals (id, created_ms, status, request, args_hash, sub, deadline_ms)
              VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6)",
@@ -437,7 +472,7 @@ impl ControlStore {
 
     /// One approval request.
     pub fn approval(&self, id: &str) -> Result<ApprovalRequest, ControlError> {
-        get_approval(&self.conn(), id)
+        get_approval(&*self.conn()?, id)
     }
 
     /// Approval requests, newest first, optionally of one status.
@@ -446,7 +481,7 @@ impl ControlStore {
         status: Option<ApprovalStatus>,
         limit: usize,
     ) -> Result<Vec<ApprovalRequest>, ControlError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut stmt = conn.prepare(
             "SELECT * FROM approvals WHERE (?1 IS NULL OR status = ?1) ORDER BY created_ms DESC, id DESC LIMIT ?2",
@@ -469,7 +504,7 @@ impl ControlStore {
         comment: Option<&str>,
         seen_args_hash: &str,
     ) -> Result<ApprovalRequest, ControlError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let current = get_approval(&conn, id)?;
         if current.status != ApprovalStatus::Pending {
             return Err(ControlError::Conflict(format!(
@@ -520,7 +555,7 @@ impl ControlStore {
                 status.as_str()
             )));
         }
-        let changed = self.conn().execute(
+        let changed = self.conn()?.execute(
             "UPDATE approvals SET status = ?1, decided_ms = ?2 WHERE id = ?3 AND status = 'pending'",
             params![status.as_str(), self.clock.now_ms(), id],
         )?;
@@ -534,7 +569,7 @@ impl ControlStore {
         id: &str,
         args_hash: &str,
     ) -> Result<ApprovalRequest, ControlError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let changed = conn.execute(
             "UPDATE approvals SET released_ms = ?1
              WHERE id = ?2 AND status = 'approved' AND released_ms IS NULL AND args_hash = ?3",
@@ -578,14 +613,14 @@ impl ControlStore {
     /// The pin of `tool`, if any.
     pub fn tool_pin(&self, tool: &str) -> Result<Option<ToolPin>, ControlError> {
         Ok(self
-            .conn()
+            .conn()?
             .query_row("SELECT * FROM tool_pins WHERE tool = ?1", [tool], pin_row)
             .optional()?)
     }
 
     /// Every pin, by name.
     pub fn tool_pins(&self) -> Result<Vec<ToolPin>, ControlError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare("SELECT * FROM tool_pins ORDER BY tool")?;
         let rows = stmt.query_map([], pin_row)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -602,7 +637,7 @@ impl ControlStore {
         by: &str,
     ) -> Result<ToolPin, ControlError> {
         let status = if approved { "approved" } else { "quarantined" };
-        let conn = self.conn();
+        let conn = self.conn()?;
         conn.execute(
             "INSERT INTO tool_pins (tool, fingerprint, description, status, reason, decided_by, decided_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -786,6 +821,24 @@ mod tests {
             sid: Some("s1".into()),
             jti: None,
         }
+    }
+
+    #[test]
+    fn a_moved_away_file_is_gone_until_it_is_back() -> TestResult {
+        let (dir, store) = open()?;
+        let path = dir.path().join("control.sqlite");
+        let away = dir.path().join("away.sqlite");
+        std::fs::rename(&path, &away)?;
+        // A revocation written now would be lost at the next start.
+        assert!(matches!(
+            store.revoke(RevocationKind::Agent, "assistant", "r", "ops"),
+            Err(ControlError::Gone)
+        ));
+        assert!(matches!(store.tool_pin("u.t"), Err(ControlError::Gone)));
+        std::fs::rename(&away, &path)?;
+        store.revoke(RevocationKind::Agent, "assistant", "r", "ops")?;
+        assert_eq!(ControlStore::open(&path)?.revocations(false)?.len(), 1);
+        Ok(())
     }
 
     #[test]

@@ -128,7 +128,7 @@ impl ControlStore {
                 "a task needs a user and a template".into(),
             ));
         }
-        let conn = self.conn();
+        let conn = self.conn()?;
         let inserted = conn.execute(
             "INSERT INTO tasks (id, template, sub, status, started_by, started_ms, deadline_ms)
              VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
@@ -142,7 +142,7 @@ impl ControlStore {
 
     /// Task `id`, if it exists.
     pub fn task(&self, id: &str) -> Result<Option<Task>, ControlError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         conn.query_row("SELECT * FROM tasks WHERE id = ?1", [id], task_row)
             .optional()?
             .transpose()
@@ -150,7 +150,7 @@ impl ControlStore {
 
     /// Tasks, newest first; ended ones only if `include_ended`.
     pub fn tasks(&self, include_ended: bool) -> Result<Vec<Task>, ControlError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let sql = if include_ended {
             "SELECT * FROM tasks ORDER BY started_ms DESC"
         } else {
@@ -170,7 +170,7 @@ impl ControlStore {
                 "a task ends as completed or cancelled".into(),
             ));
         }
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let task = get_task(&tx, id)?;
         if task.status != TaskStatus::Active {

@@ -117,7 +117,7 @@ impl From<ControlError> for ApiError {
             }
             ControlError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             ControlError::Invalid(_) => Self::bad_request(e.to_string()),
-            ControlError::Storage(_) | ControlError::Corrupt { .. } => {
+            ControlError::Storage(_) | ControlError::Gone | ControlError::Corrupt { .. } => {
                 tracing::error!(error = %e, "control store failure");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -51,6 +51,10 @@ pub enum DenyCategory {
     ApprovalExpired,
     /// The client went away while the call was held.
     Withdrawn,
+    /// The control store (tool pins, approvals) could not be read or
+    /// written; retry once it is back.
+    #[strum(serialize = "control_store_unavailable")]
+    ControlUnavailable,
     /// The tool changed since it was pinned, or its description carries
     /// instructions: an operator must approve it again.
     ToolQuarantined,
@@ -88,6 +92,7 @@ impl DenyCategory {
             Self::ApprovalDenied => "a person denied this call".into(),
             Self::ApprovalExpired => "no person approved this call in time".into(),
             Self::Withdrawn => "withdrawn while waiting for approval".into(),
+            Self::ControlUnavailable => "the control store is unavailable".into(),
             Self::ToolQuarantined => "the tool is quarantined until an operator approves it".into(),
             Self::UnknownBuild => "the agent's build is not registered for these tools".into(),
             Self::TooManyCalls => {
@@ -148,6 +153,16 @@ pub fn upstream_error(e: &UpstreamError, correlation: &CorrelationId) -> ErrorDa
             }));
             err
         }
+        // What failed underneath (a transport error may quote whatever the
+        // upstream sent, garbage included) goes to the log and the outcome
+        // record, not to the agent.
+        UpstreamError::Unavailable { upstream, .. } => ErrorData::new(
+            ErrorCode(CODE_UPSTREAM),
+            format!(
+                "upstream {upstream:?} is unavailable or answered with something that is not MCP"
+            ),
+            Some(json!({ "outcome": e.outcome(), "correlation_id": correlation.as_str() })),
+        ),
         _ => ErrorData::new(
             ErrorCode(CODE_UPSTREAM),
             e.to_string(),
@@ -179,6 +194,10 @@ mod tests {
             (DenyCategory::ApprovalDenied, "approval_denied"),
             (DenyCategory::ApprovalExpired, "approval_timeout"),
             (DenyCategory::Withdrawn, "withdrawn"),
+            (
+                DenyCategory::ControlUnavailable,
+                "control_store_unavailable",
+            ),
             (DenyCategory::ToolQuarantined, "tool_quarantined"),
             (DenyCategory::UnknownBuild, "unknown_build"),
             (DenyCategory::TooManyCalls, "too_many_concurrent_calls"),
@@ -202,12 +221,13 @@ mod tests {
                 | DenyCategory::ApprovalDenied
                 | DenyCategory::ApprovalExpired
                 | DenyCategory::Withdrawn
+                | DenyCategory::ControlUnavailable
                 | DenyCategory::ToolQuarantined
                 | DenyCategory::UnknownBuild
                 | DenyCategory::TooManyCalls
                 | DenyCategory::Coded(_) => assert_eq!(category.code(), *code),
             }
         }
-        assert_eq!(table.len(), 16);
+        assert_eq!(table.len(), 17);
     }
 }

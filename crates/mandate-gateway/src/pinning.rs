@@ -94,11 +94,30 @@ pub(crate) fn judge(
     }
 }
 
+/// Why a tool may not be listed or called.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Unvetted {
+    /// Quarantined (the reason): an operator must approve it.
+    Quarantined(String),
+    /// Its pin could not be read or written: denied until the store is
+    /// back, nothing for an operator to approve.
+    StoreUnavailable(String),
+}
+
 impl Gateway {
-    /// Whether `tool` (exposed as `exposed`) may be listed and called:
-    /// `Err(reason)` when quarantined. Fails closed: a store that cannot be
-    /// read or written quarantines.
-    pub(crate) async fn vet(&self, exposed: &str, tool: &Tool) -> Result<(), String> {
+    /// Whether `tool` (exposed as `exposed`) may be listed and called.
+    /// Fails closed: a store that cannot be read or written denies (not
+    /// remembered, so the tool comes back with the store).
+    pub(crate) async fn vet(&self, exposed: &str, tool: &Tool) -> Result<(), Unvetted> {
+        self.judged(exposed, tool).await.map_err(|e| match e {
+            Unvetted::Quarantined(reason) => {
+                Unvetted::Quarantined(format!("tool {exposed} is quarantined: {reason}"))
+            }
+            unavailable @ Unvetted::StoreUnavailable(_) => unavailable,
+        })
+    }
+
+    async fn judged(&self, exposed: &str, tool: &Tool) -> Result<(), Unvetted> {
         // The same catalogue entry (same schema `Arc`) was judged already:
         // no need to hash it again on every call.
         let cached = self
@@ -107,7 +126,7 @@ impl Gateway {
             .filter(|hit| std::sync::Arc::ptr_eq(&hit.0, &tool.input_schema))
             .map(|hit| hit.2.clone());
         if let Some(verdict) = cached {
-            return verdict;
+            return verdict.map_err(Unvetted::Quarantined);
         }
         let fp = fingerprint(tool);
         let same_content = self
@@ -120,14 +139,16 @@ impl Gateway {
                 exposed.to_owned(),
                 (tool.input_schema.clone(), fp, verdict.clone()),
             );
-            return verdict;
+            return verdict.map_err(Unvetted::Quarantined);
         }
         let control = self.control().clone();
         let name = exposed.to_owned();
         let pin = tokio::task::spawn_blocking(move || control.tool_pin(&name))
             .await
-            .map_err(|_| "internal error".to_owned())?
-            .map_err(|e| format!("the tool pin store is unavailable: {e}"))?;
+            .map_err(|_| Unvetted::StoreUnavailable("internal error".to_owned()))?
+            .map_err(|e| {
+                Unvetted::StoreUnavailable(format!("the tool pin store is unavailable: {e}"))
+            })?;
         let description = tool.description.as_deref().unwrap_or_default().to_owned();
         let approve_new = self
             .config()
@@ -139,16 +160,16 @@ impl Gateway {
             Judgement::Quarantined(reason) => Err(reason),
             Judgement::Pin { approved, reason } => {
                 self.record_pin(exposed, &fp, &description, approved, &reason, "mandate")
-                    .await?;
+                    .await
+                    .map_err(Unvetted::StoreUnavailable)?;
                 if approved { Ok(()) } else { Err(reason) }
             }
         };
-        let verdict = verdict.map_err(|reason| format!("tool {exposed} is quarantined: {reason}"));
         self.pin_verdicts.insert(
             exposed.to_owned(),
             (tool.input_schema.clone(), fp, verdict.clone()),
         );
-        verdict
+        verdict.map_err(Unvetted::Quarantined)
     }
 
     /// Records a pin decision: audit first, then the store.

@@ -368,6 +368,20 @@ impl crate::Gateway {
             Err(e) => {
                 tracing::error!(error = %e, decision = %decision.id(), "audit store unavailable; denying");
                 self.metrics.audit_failures.inc();
+                if matches!(e, mandate_audit::AuditError::Timeout(_)) {
+                    // The record that missed its deadline may still land
+                    // (a slow store catching up); an outcome behind it in
+                    // the queue says the call never went through.
+                    let late = record(&decision, &call.args_hash, &facts).outcome(
+                        self.clock.now_ms(),
+                        "not_forwarded",
+                        Some("the decision record was not durable in time".into()),
+                    );
+                    let audit = self.audit.clone();
+                    tokio::spawn(async move {
+                        let _ = audit.append_deferrable(late).await;
+                    });
+                }
                 let denied = Decision::deny("audit store unavailable", self.policy.policy_hash());
                 return Err(denial_error(
                     &exposed,
@@ -524,6 +538,7 @@ impl crate::Gateway {
             Ok(response) => Ok(self.finish(response, &permitted, &findings)),
             Err(e) => {
                 self.metrics.upstream_errors.inc();
+                tracing::warn!(error = %e, correlation_id = %permitted.correlation(), "upstream call failed");
                 Err(upstream_error(&e, permitted.correlation()))
             }
         }
@@ -669,9 +684,10 @@ impl crate::Gateway {
         exposed: &str,
         tool: &rmcp::model::Tool,
     ) -> Result<(), (String, DenyCategory)> {
-        self.vet(exposed, tool)
-            .await
-            .map_err(|r| (r, DenyCategory::ToolQuarantined))?;
+        self.vet(exposed, tool).await.map_err(|u| match u {
+            crate::pinning::Unvetted::Quarantined(r) => (r, DenyCategory::ToolQuarantined),
+            crate::pinning::Unvetted::StoreUnavailable(r) => (r, DenyCategory::ControlUnavailable),
+        })?;
         self.check_build(principal, exposed)
             .await
             .map_err(|r| (r, DenyCategory::UnknownBuild))
