@@ -30,9 +30,10 @@ use serde_json::{Value, json};
 /// The JSON-RPC error codes the gateway answers with, one per meaning
 /// (docs/ERRORS.md). -32700..-32603 are JSON-RPC 2.0's own; -32000..-32099
 /// is the range JSON-RPC leaves to the implementation. An upstream's own
-/// error is relayed with its code unless that code is one of these (then
-/// it is [`RpcCode::UpstreamFailed`], its code in `data.upstream_code`),
-/// so a code below always means what this table says.
+/// error is relayed with its code unless that code is one of the gateway's
+/// in that range (then it is [`RpcCode::UpstreamFailed`], its code in
+/// `data.upstream_code`), so a code below always means what this table
+/// says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
 #[strum(serialize_all = "snake_case")]
 pub enum RpcCode {
@@ -83,6 +84,13 @@ impl RpcCode {
     pub fn of(value: i32) -> Option<Self> {
         use strum::VariantArray as _;
         Self::VARIANTS.iter().copied().find(|c| c.value() == value)
+    }
+
+    /// Whether the code is one the gateway defined in the server range
+    /// (-32000..-32099), as opposed to JSON-RPC's own, which mean the same
+    /// from an upstream as from the gateway.
+    pub fn is_the_gateways(self) -> bool {
+        (-32099..=-32000).contains(&self.value())
     }
 
     /// A name for logs and docs (`denied`, `upstream_failed`, ...).
@@ -567,7 +575,7 @@ fn upstream_error_data(e: &UpstreamError, correlation: &CorrelationId) -> ErrorD
                 "upstream_data": err.data.take(),
                 "correlation_id": correlation.as_str(),
             });
-            if RpcCode::of(err.code.0).is_some()
+            if RpcCode::of(err.code.0).is_some_and(RpcCode::is_the_gateways)
                 && let Some(obj) = data.as_object_mut()
             {
                 obj.insert("upstream_code".into(), err.code.0.into());
