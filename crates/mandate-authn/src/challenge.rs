@@ -119,11 +119,10 @@ impl Challenge {
     /// is cut to [`MAX_DESCRIPTION_CHARS`].
     pub fn error(self, code: &str, description: &str) -> Self {
         let description: String = description.chars().take(MAX_DESCRIPTION_CHARS).collect();
-        self.with("error", quoted(code, Charset::Restricted))
-            .with(
-                "error_description",
-                quoted(&description, Charset::Restricted),
-            )
+        self.with("error", quoted(code, Charset::Restricted)).with(
+            "error_description",
+            quoted(&description, Charset::Restricted),
+        )
     }
 
     /// `error` alone, without a description.
@@ -214,7 +213,10 @@ mod tests {
         let c = Challenge::bearer()
             .realm("mandate")
             .resource_metadata("https://gw.example/.well-known/oauth-protected-resource/mcp")
-            .error("insufficient_scope", "the token's scope does not cover this tool")
+            .error(
+                "insufficient_scope",
+                "the token's scope does not cover this tool",
+            )
             .scope("bank.transfer");
         assert_eq!(
             c.to_string(),
@@ -237,7 +239,9 @@ mod tests {
     #[test]
     fn restricted_values_lose_quotes_backslashes_and_line_breaks() {
         let hostile = "a \"quoted\" \\ path\r\nSet-Cookie: x=1\t\u{7f}é";
-        let c = Challenge::bearer().error("invalid_token", hostile).scope("a\"b");
+        let c = Challenge::bearer()
+            .error("invalid_token", hostile)
+            .scope("a\"b");
         let text = c.to_string();
         assert!(!text.contains(['\r', '\n', '\t', '\u{7f}', '\\']), "{text}");
         assert!(text.is_ascii(), "{text}");

@@ -352,7 +352,8 @@ mod tests {
 
     #[test]
     fn the_task_api_challenge_is_rfc_6750() {
-        let r = ApiError::new(ErrorCode::InvalidToken, "invalid token: token expired").into_response();
+        let r =
+            ApiError::new(ErrorCode::InvalidToken, "invalid token: token expired").into_response();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(
             r.headers()

@@ -113,10 +113,11 @@ pub(crate) async fn authenticate_operator(
         .and_then(|v| v.to_str().ok())
         .and_then(|h| mandate_authn::token_of(h, "Bearer"))
         .ok_or_else(|| ApiError::unauthorized("an operator bearer token is required"))?;
-    let verified =
-        gw.operator_authn().verify(token).await.map_err(|e| {
-            ApiError::unauthorized(format!("invalid token: {}", e.description()))
-        })?;
+    let verified = gw
+        .operator_authn()
+        .verify(token)
+        .await
+        .map_err(|e| ApiError::unauthorized(format!("invalid token: {}", e.description())))?;
     let principal = Identity {
         iss: verified.iss().to_owned(),
         sub: verified.sub().to_owned(),
@@ -566,11 +567,8 @@ async fn activate(s: &ApiState, change: &Change, by: &str) -> Result<Change, Api
 
 /// The files of a policy-set change.
 pub fn policy_files_of(change: &Change) -> Result<BTreeMap<String, String>, ApiError> {
-    serde_json::from_value(change.payload.get("files").cloned().unwrap_or(Value::Null)).map_err(
-        |e| {
-            ApiError::server(format!("change {} has no readable files: {e}", change.id))
-        },
-    )
+    serde_json::from_value(change.payload.get("files").cloned().unwrap_or(Value::Null))
+        .map_err(|e| ApiError::server(format!("change {} has no readable files: {e}", change.id)))
 }
 
 /// Whether `name` may be a file of a policy set: a plain file name ending
@@ -599,12 +597,10 @@ fn validate_policy_files(files: &BTreeMap<String, String>) -> Result<String, Api
     if files.values().map(String::len).sum::<usize>() > MAX_POLICY_BYTES {
         return Err(ApiError::bad_request("the policy set exceeds 1 MiB"));
     }
-    let tmp = private_tempdir().map_err(|e| {
-        ApiError::server(format!("temporary directory: {e}"))
-    })?;
-    write_files(tmp.path(), files).map_err(|e| {
-        ApiError::server(format!("temporary files: {e}"))
-    })?;
+    let tmp =
+        private_tempdir().map_err(|e| ApiError::server(format!("temporary directory: {e}")))?;
+    write_files(tmp.path(), files)
+        .map_err(|e| ApiError::server(format!("temporary files: {e}")))?;
     let engine = mandate_policy::PolicyEngine::load_dir(tmp.path())
         .map_err(|e| ApiError::bad_request(format!("the proposed policy set is invalid: {e}")))?;
     Ok(engine.policy_hash())
@@ -636,9 +632,8 @@ fn install_policy_set(
     files: &BTreeMap<String, String>,
     expected: &str,
 ) -> Result<(), ApiError> {
-    let previous = read_policy_files(dir).map_err(|e| {
-        ApiError::server(format!("reading {}: {e}", dir.display()))
-    })?;
+    let previous = read_policy_files(dir)
+        .map_err(|e| ApiError::server(format!("reading {}: {e}", dir.display())))?;
     let fail = ApiError::server;
     replace_policy_files(dir, files)
         .map_err(|e| fail(format!("writing {}: {e}", dir.display())))?;

@@ -194,7 +194,6 @@ impl DenyCategory {
     }
 }
 
-
 /// What the agent endpoint refuses or fails, before or inside `rmcp`: the
 /// gateway's one client-facing error. Made by the constructors below,
 /// rendered only here ([`GatewayError::to_error_data`],
@@ -476,11 +475,9 @@ impl GatewayError {
         let code = self.code().error_code();
         match self {
             Self::Unauthenticated(u) => ErrorData::new(code, u.message.clone(), None),
-            Self::SessionNotFound => ErrorData::new(
-                code,
-                "session not found: initialize a new session",
-                None,
-            ),
+            Self::SessionNotFound => {
+                ErrorData::new(code, "session not found: initialize a new session", None)
+            }
             Self::Malformed(m) => ErrorData::new(code, m.message.clone(), None),
             Self::Overloaded => ErrorData::new(
                 code,
@@ -529,8 +526,9 @@ impl GatewayError {
     /// the status, a JSON-RPC error answering `id` (null when the request
     /// could not be read), its challenges and a DPoP nonce if any.
     pub fn into_http(self, id: Value) -> Response {
-        let error = serde_json::to_value(self.to_error_data())
-            .unwrap_or_else(|_| json!({"code": RpcCode::InternalError.value(), "message": "internal error"}));
+        let error = serde_json::to_value(self.to_error_data()).unwrap_or_else(
+            |_| json!({"code": RpcCode::InternalError.value(), "message": "internal error"}),
+        );
         let mut resp = (
             self.status(),
             Json(json!({"jsonrpc": "2.0", "id": id, "error": error})),
@@ -596,10 +594,9 @@ fn upstream_error_data(e: &UpstreamError, correlation: &CorrelationId) -> ErrorD
             upstream,
             format!("upstream timed out: the tool's server did not answer within {secs} s"),
         ),
-        UpstreamError::InvalidResponse { upstream, .. } => (
-            upstream,
-            "upstream returned an invalid response".to_owned(),
-        ),
+        UpstreamError::InvalidResponse { upstream, .. } => {
+            (upstream, "upstream returned an invalid response".to_owned())
+        }
     };
     ErrorData::new(
         RpcCode::UpstreamFailed.error_code(),
@@ -787,10 +784,8 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, header_value(c));
         }
-        resp.headers_mut().insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-store"),
-        );
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         resp
     }
 }
@@ -925,20 +920,37 @@ mod tests {
             // The detail is in the error's text, which is what is logged
             // and recorded.
             assert!(
-                failure.to_string().contains("os error") || matches!(failure, UpstreamError::Timeout { .. }),
+                failure.to_string().contains("os error")
+                    || matches!(failure, UpstreamError::Timeout { .. }),
                 "{failure}"
             );
             let err = upstream_error(&failure, &correlation);
             let sent = serde_json::to_string(&err)?;
-            for secret in ["os error", "Connection refused", "10.9.8.7", "http://", "tcp connect"] {
-                assert!(!sent.contains(secret), "{secret:?} reached the agent: {sent}");
+            for secret in [
+                "os error",
+                "Connection refused",
+                "10.9.8.7",
+                "http://",
+                "tcp connect",
+            ] {
+                assert!(
+                    !sent.contains(secret),
+                    "{secret:?} reached the agent: {sent}"
+                );
             }
             assert_eq!(err.code.0, RpcCode::UpstreamFailed.value());
             assert!(err.message.starts_with(category), "{}", err.message);
-            assert!(err.message.contains(correlation.as_str()), "{}", err.message);
+            assert!(
+                err.message.contains(correlation.as_str()),
+                "{}",
+                err.message
+            );
             let data = err.data.unwrap_or_default();
             assert_eq!(data.get("outcome"), Some(&json!(outcome)), "{data}");
-            assert_eq!(data.get("correlation_id"), Some(&json!(correlation.as_str())));
+            assert_eq!(
+                data.get("correlation_id"),
+                Some(&json!(correlation.as_str()))
+            );
             assert_eq!(data.get("upstream"), Some(&json!("bank")));
         }
         Ok(())
@@ -976,7 +988,10 @@ mod tests {
         assert_eq!(own.message, "the tool says no");
         let data = own.data.unwrap_or_default();
         assert_eq!(data.get("upstream_code"), None);
-        assert_eq!(data.get("correlation_id"), Some(&json!(correlation.as_str())));
+        assert_eq!(
+            data.get("correlation_id"),
+            Some(&json!(correlation.as_str()))
+        );
     }
 
     /// A 5xx of the operator API tells the caller nothing of the cause;
@@ -984,13 +999,17 @@ mod tests {
     #[tokio::test]
     async fn operator_api_server_errors_keep_the_detail_internal()
     -> Result<(), Box<dyn std::error::Error>> {
-        let e = ApiError::server("writing /var/lib/mandate/policies: Permission denied (os error 13)");
+        let e =
+            ApiError::server("writing /var/lib/mandate/policies: Permission denied (os error 13)");
         assert!(e.message.contains("os error 13"));
         let resp = e.into_response();
         assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let body = axum::body::to_bytes(resp.into_body(), 4096).await?;
         let text = String::from_utf8(body.to_vec())?;
-        assert!(!text.contains("os error") && !text.contains("/var/lib"), "{text}");
+        assert!(
+            !text.contains("os error") && !text.contains("/var/lib"),
+            "{text}"
+        );
         assert!(text.contains("server_error"), "{text}");
         Ok(())
     }
@@ -999,7 +1018,8 @@ mod tests {
     /// cannot break out of their quotes.
     #[test]
     fn operator_api_challenges_are_escaped() {
-        let resp = ApiError::unauthorized("invalid token: \"x\", error=\"y\r\nX: z").into_response();
+        let resp =
+            ApiError::unauthorized("invalid token: \"x\", error=\"y\r\nX: z").into_response();
         let challenge = resp
             .headers()
             .get(header::WWW_AUTHENTICATE)

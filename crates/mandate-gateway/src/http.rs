@@ -140,14 +140,14 @@ async fn healthz(State(app): State<AppState>) -> Response {
             // messages) goes to the log only.
             tracing::warn!(error = %e, "health check: the audit store cannot write");
             (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({
-                "status": "degraded",
-                "audit": "unavailable",
-                "effect": "tool calls are denied until the audit store can write",
-            })),
-        )
-            .into_response()
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({
+                    "status": "degraded",
+                    "audit": "unavailable",
+                    "effect": "tool calls are denied until the audit store can write",
+                })),
+            )
+                .into_response()
         }
     }
 }

@@ -752,7 +752,9 @@ async fn an_unreachable_upstream_leaks_no_internals_to_the_agent() -> TestResult
     let token = env.token_with("alice@example.com", json!({"scope": "flaky.*"}))?;
     let session = env.initialize(&token).await?;
     // The catalogue is read (and cached) while the upstream is up.
-    let listed = env.post(Some(&token), Some(&session), tools_list(1)).await?;
+    let listed = env
+        .post(Some(&token), Some(&session), tools_list(1))
+        .await?;
     assert!(listed.text.contains("flaky.lookup"), "{}", listed.text);
 
     // The upstream goes away: nothing listens on its port any more.
@@ -775,7 +777,9 @@ async fn an_unreachable_upstream_leaks_no_internals_to_the_agent() -> TestResult
             tools_call(2, "flaky.lookup", json!({"key": "k"})),
         )
         .await?;
-    let error = reply.error(&json!(2)).ok_or(format!("no error: {}", reply.text))?;
+    let error = reply
+        .error(&json!(2))
+        .ok_or(format!("no error: {}", reply.text))?;
     assert_eq!(error.get("code"), Some(&json!(-32004)), "{error}");
     let message = error
         .get("message")
@@ -787,7 +791,10 @@ async fn an_unreachable_upstream_leaks_no_internals_to_the_agent() -> TestResult
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
-    assert!(!correlation.is_empty() && message.contains(&correlation), "{error}");
+    assert!(
+        !correlation.is_empty() && message.contains(&correlation),
+        "{error}"
+    );
     for internal in [
         "os error",
         "Connection refused",
@@ -812,9 +819,7 @@ async fn an_unreachable_upstream_leaks_no_internals_to_the_agent() -> TestResult
         detail = records
             .iter()
             .map(|r| &r.record)
-            .find(|r| {
-                r.correlation_id.as_str() == correlation && r.outcome.is_some()
-            })
+            .find(|r| r.correlation_id.as_str() == correlation && r.outcome.is_some())
             .map(|r| (r.outcome.clone(), r.detail.clone()));
         if detail.is_some() {
             break;
