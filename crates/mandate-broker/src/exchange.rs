@@ -406,19 +406,35 @@ impl Broker {
     /// records the intent with one intent approval for whatever is
     /// pending, decidable until `deadline_ms`. Recording the same intent
     /// again returns the record unchanged.
+    /// With several `tokens` (a task started for any of its template's
+    /// agents), each grant gets the strictest of their answers.
     pub(crate) async fn record_intent(
         &self,
         intent: &mandate_intent::Intent,
-        token: &CallerData,
+        tokens: &[CallerData],
         by: &str,
         deadline_ms: i64,
     ) -> Result<mandate_control::TaskIntent, ControlError> {
         use mandate_control::{GrantStatus, IntentKey};
+        let Some(token) = tokens.first() else {
+            return Err(ControlError::Invalid(
+                "no caller to judge the intent for".into(),
+            ));
+        };
+        let strictness = |s: GrantStatus| match s {
+            GrantStatus::Granted => 0,
+            GrantStatus::Pending => 1,
+            GrantStatus::Refused => 2,
+        };
         let statuses: Vec<GrantStatus> = intent
             .grants()
             .iter()
             .map(|g| match self.judge.get() {
-                Some(judge) => judge.judge(g, &token.caller()),
+                Some(judge) => tokens
+                    .iter()
+                    .map(|t| judge.judge(g, &t.caller()))
+                    .max_by_key(|s| strictness(*s))
+                    .unwrap_or(GrantStatus::Refused),
                 None => GrantStatus::Pending,
             })
             .collect();
@@ -467,7 +483,10 @@ impl Broker {
             .clock
             .now_ms()
             .saturating_add(i64::try_from(INTENT_WAIT.as_millis()).unwrap_or(i64::MAX));
-        let mut current = match self.record_intent(&intent, token, client, wait_until).await {
+        let mut current = match self
+            .record_intent(&intent, std::slice::from_ref(token), client, wait_until)
+            .await
+        {
             Ok(t) => t,
             Err(ControlError::Conflict(m)) => {
                 return Err(bad(format!("the task's intent is already declared: {m}")));

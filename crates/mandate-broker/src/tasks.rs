@@ -136,7 +136,7 @@ struct StartBody {
     /// The task's intent (RFC 9396 `authorization_details`, docs/INTENT.md),
     /// declared now, before any agent of the task has read anything.
     #[serde(default)]
-    authorization_details: Option<serde_json::Value>,
+    authorization_details: Option<Value>,
 }
 
 async fn start(
@@ -182,25 +182,33 @@ async fn start(
     let control = b.control.clone();
     let by = op.sub().to_owned();
     let (task_id, sub, template_name) = (id.clone(), body.sub.clone(), body.template.clone());
-    let task = blocking(move || control.start_task(&task_id, &template_name, &sub, deadline, &by))
-        .await?;
+    let task =
+        blocking(move || control.start_task(&task_id, &template_name, &sub, deadline, &by)).await?;
     let mut out = json!(task);
     if let Some(intent) = intent {
-        // Judged as the user's own declaration for the task (no agent
-        // yet): what policy does not grant outright waits for the user's
-        // one approval until the task's deadline.
-        let caller = mandate_core::CallerData {
+        // Judged for every agent the template lets work on the task (the
+        // strictest answer per grant): what policy does not grant outright
+        // waits for the user's one approval until the task's deadline.
+        let caller = |act: Vec<String>| mandate_core::CallerData {
             iss: b.cfg.issuer.clone(),
             sub: body.sub.clone(),
-            act: Vec::new(),
+            act,
             scope: template.scope.clone(),
             task_id: Some(id.clone()),
             build: None,
             sid: None,
             jti: None,
         };
+        let mut callers: Vec<_> = template
+            .agents
+            .iter()
+            .map(|a| caller(vec![a.clone()]))
+            .collect();
+        if callers.is_empty() {
+            callers.push(caller(Vec::new()));
+        }
         let recorded = b
-            .record_intent(&intent, &caller, op.sub(), deadline)
+            .record_intent(&intent, &callers, op.sub(), deadline)
             .await?;
         if let Some(obj) = out.as_object_mut() {
             obj.insert("intent".into(), json!(recorded));

@@ -20,8 +20,8 @@
 //! policy did not grant outright, docs/INTENT.md) is listed and decided on
 //! the same routes: `kind` is `"intent"`, `authorization_details` holds the
 //! grants asked for, and `args_hash` is the intent's hash, to which the
-//! decision binds. Only the task's own user (or an approver for the class
-//! `intent`) may decide it; approving grants every pending grant at once.
+//! decision binds. Only the task's own user may decide it (signed in as an
+//! operator); approving grants every pending grant at once.
 
 use crate::Gateway;
 use crate::config::Role;
@@ -379,7 +379,11 @@ async fn list(
     let mut all: Vec<(i64, Value)> = list
         .iter()
         .map(|a| (a.created_ms, view(&s.gw, a)))
-        .chain(intents.iter().map(|t| (t.created_ms, intent_view(&s.gw, t))))
+        .chain(
+            intents
+                .iter()
+                .map(|t| (t.created_ms, intent_view(&s.gw, t))),
+        )
         .collect();
     all.sort_by_key(|(created, _)| std::cmp::Reverse(*created));
     all.truncate(limit);
@@ -639,7 +643,7 @@ pub(crate) async fn decide(
 }
 
 /// Decides the intent approval `id` (of `intent`) for `op`: only the
-/// task's own user, or an approver for the class `intent`; recorded durably
+/// task's own user; recorded durably
 /// before it takes effect; binds to the intent hash the person was shown.
 /// The token exchange waiting for it sees the decision on its next read.
 async fn decide_intent(
@@ -665,15 +669,12 @@ async fn decide_intent(
         "comment": body.comment,
     });
     let subject = crate::control::operator_subject(&op.principal);
-    let own = op.principal.sub == intent.key.sub;
-    let refusal = if !own
-        && !crate::control::operator_entries(gw, &op.principal).any(|o| o.may_approve("intent"))
-    {
+    let refusal = if op.principal.sub != intent.key.sub {
         Some((
             StatusCode::FORBIDDEN,
             "forbidden",
             format!(
-                "{} may not decide {}'s task intent (only the task's user, or an approver for the class intent)",
+                "{} may not decide {}'s task intent: only the task's own user declares what it may do",
                 op.name(),
                 intent.key.sub
             ),
@@ -684,7 +685,9 @@ async fn decide_intent(
             "conflict",
             format!(
                 "intent approval {id} is {}, not pending",
-                intent.approval.map_or("not requested", ApprovalStatus::as_str)
+                intent
+                    .approval
+                    .map_or("not requested", ApprovalStatus::as_str)
             ),
         ))
     } else if intent.intent_hash != body.args_hash {

@@ -597,30 +597,8 @@ fn validate_policy_files(files: &BTreeMap<String, String>) -> Result<String, Api
     if files.values().map(String::len).sum::<usize>() > MAX_POLICY_BYTES {
         return Err(ApiError::bad_request("the policy set exceeds 1 MiB"));
     }
-    let tmp =
-        private_tempdir().map_err(|e| ApiError::server(format!("temporary directory: {e}")))?;
-    write_files(tmp.path(), files)
-        .map_err(|e| ApiError::server(format!("temporary files: {e}")))?;
-    let engine = mandate_policy::PolicyEngine::load_dir(tmp.path())
-        .map_err(|e| ApiError::bad_request(format!("the proposed policy set is invalid: {e}")))?;
-    Ok(engine.policy_hash())
-}
-
-/// A new directory under the system's temporary directory that only this
-/// user can enter (0700, whatever the umask), removed when dropped.
-fn private_tempdir() -> std::io::Result<tempfile::TempDir> {
-    use std::os::unix::fs::PermissionsExt as _;
-    tempfile::Builder::new()
-        .prefix("mandate-policy-")
-        .permissions(std::fs::Permissions::from_mode(0o700))
-        .tempdir()
-}
-
-fn write_files(dir: &std::path::Path, files: &BTreeMap<String, String>) -> std::io::Result<()> {
-    for (name, text) in files {
-        std::fs::write(dir.join(name), text)?;
-    }
-    Ok(())
+    mandate_policy::PolicyEngine::check_sources(files)
+        .map_err(|e| ApiError::bad_request(format!("the proposed policy set is invalid: {e}")))
 }
 
 /// Replaces the policy files in `dir` with `files` and reloads the engine;
@@ -743,21 +721,4 @@ async fn approve_tool(
             .await
             .map_err(|e| ApiError::unavailable("the tool pin store is unavailable", e))?;
     Ok(Json(to_value(&pin)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn proposed_policies_are_checked_in_a_private_directory() -> std::io::Result<()> {
-        use std::os::unix::fs::PermissionsExt as _;
-        let dir = private_tempdir()?;
-        let path = dir.path().to_path_buf();
-        let mode = std::fs::metadata(&path)?.permissions().mode();
-        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
-        drop(dir);
-        assert!(!path.exists());
-        Ok(())
-    }
 }

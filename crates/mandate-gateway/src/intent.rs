@@ -14,9 +14,11 @@
 //!   untrusted results introduced; *uncovered* when, moreover, no
 //!   constraint of the covering grant covers it.
 //!
-//! Fail closed: a session whose memory of values is incomplete (it
+//! Fail closed: in a session whose memory of values is incomplete (it
 //! overflowed, or was lost in a restart) and that has read untrusted
-//! content counts every unseen value as untrusted.
+//! content, a value it cannot place keeps a grant from covering the call
+//! unless a constraint covers that argument (a tainted sink then asks a
+//! person); `provenance.partial` tells the policies.
 
 use crate::Gateway;
 use mandate_authn::Principal;
@@ -31,6 +33,15 @@ use std::sync::Arc;
 /// How long a task's intent is served from memory before it is read again
 /// (an approval of pending grants takes effect within this).
 const INTENT_CACHE_MS: i64 = 1000;
+
+/// At most this many tasks' intents are cached; past it, stale entries are
+/// dropped first, then all (the store is the truth; the cache only saves
+/// reads).
+const INTENT_CACHE_MAX: usize = 10_000;
+
+/// A grant whose `one_of` constraints spell out more calls than this is
+/// put to the user rather than judged call by call.
+const MAX_JUDGED_CALLS: usize = 64;
 
 /// The facts of one call, and the use it holds.
 #[derive(Debug, Default)]
@@ -73,6 +84,13 @@ impl Gateway {
             }
             Err(_) => None,
         };
+        if self.intents.len() >= INTENT_CACHE_MAX {
+            self.intents
+                .retain(|_, v| now.saturating_sub(v.0) < INTENT_CACHE_MS);
+            if self.intents.len() >= INTENT_CACHE_MAX {
+                self.intents.clear();
+            }
+        }
         self.intents.insert(cache_key, (now, intent.clone()));
         intent
     }
@@ -109,7 +127,7 @@ impl Gateway {
                 ),
             }
         };
-        let mut untrusted: BTreeSet<String> = sources
+        let untrusted: BTreeSet<String> = sources
             .as_ref()
             .map(|s| s.untrusted_only().into_iter().map(str::to_owned).collect())
             .unwrap_or_default();
@@ -117,11 +135,16 @@ impl Gateway {
             .as_ref()
             .map(|s| s.unseen().into_iter().map(str::to_owned).collect())
             .unwrap_or_else(|| call.args.keys().cloned().collect());
-        if partial && tainted {
-            // The session read untrusted content and forgot some of what:
-            // a value it cannot place may have come from there.
-            untrusted.extend(unseen.iter().cloned());
-        }
+        // The session read untrusted content and forgot some of what (its
+        // memory overflowed, or a restart lost it): a value it cannot
+        // place may have come from there. Such a value is not known to be
+        // untrusted (no outright refusal), but no grant covers the call
+        // unless a constraint covers it: a tainted sink then asks a person.
+        let unplaced: BTreeSet<String> = if partial && tainted {
+            unseen.clone()
+        } else {
+            BTreeSet::new()
+        };
 
         // What the task's intent covers.
         let key = Self::intent_key(principal);
@@ -156,7 +179,10 @@ impl Gateway {
             };
             let granted = intent.granted();
             let coverage = granted.cover(&Call::of(call, exposed), &origins);
-            if let Some(grant) = coverage.first_available(|id| intent.has_use_left(id)) {
+            if let Some(grant) = coverage
+                .first_available(|id| intent.has_use_left(id))
+                .filter(|g| unplaced.iter().all(|a| g.constrains(a)))
+            {
                 let id = grant.identifier().to_owned();
                 let counted = grant.max_uses().is_some();
                 let taken = if counted {
@@ -260,12 +286,31 @@ impl Gateway {
         else {
             return GrantStatus::Refused;
         };
-        let pinned: serde_json::Map<String, serde_json::Value> = grant
-            .arguments()
-            .iter()
-            .filter_map(|(arg, c)| c.equals().map(|v| (arg.clone(), v.clone())))
-            .collect();
-        let call = ToolCall::new(name, class, pinned);
+        // The calls the grant allows with pinned values: `equals` pins one
+        // value; `one_of` is judged once per value (at most
+        // `MAX_JUDGED_CALLS` calls in all), and the strictest answer wins.
+        let mut calls: Vec<serde_json::Map<String, serde_json::Value>> =
+            vec![serde_json::Map::new()];
+        for (arg, c) in grant.arguments() {
+            let values: Vec<&serde_json::Value> = match (c.equals(), c.one_of()) {
+                (Some(v), _) => vec![v],
+                (None, Some(list)) => list.iter().collect(),
+                (None, None) => continue,
+            };
+            if calls.len().saturating_mul(values.len()) > MAX_JUDGED_CALLS {
+                return GrantStatus::Pending;
+            }
+            calls = calls
+                .iter()
+                .flat_map(|base| {
+                    values.iter().map(move |v| {
+                        let mut next = base.clone();
+                        next.insert(arg.clone(), (*v).clone());
+                        next
+                    })
+                })
+                .collect();
+        }
         let facts = mandate_policy::SessionFacts {
             intent: IntentFacts {
                 declared: true,
@@ -274,19 +319,23 @@ impl Gateway {
             },
             ..mandate_policy::SessionFacts::default()
         };
-        let decision = self.policy.decide(&mandate_policy::DecisionRequest {
-            caller: *caller,
-            call: &call,
-            session: &facts,
-            now_unix: self.now_unix(),
-        });
-        if !decision.is_allow() {
-            GrantStatus::Refused
-        } else if decision.requires_approval() {
-            GrantStatus::Pending
-        } else {
-            GrantStatus::Granted
+        let mut status = GrantStatus::Granted;
+        for args in calls {
+            let call = ToolCall::new(name.clone(), class, args);
+            let decision = self.policy.decide(&mandate_policy::DecisionRequest {
+                caller: *caller,
+                call: &call,
+                session: &facts,
+                now_unix: self.now_unix(),
+            });
+            if !decision.is_allow() {
+                return GrantStatus::Refused;
+            }
+            if decision.requires_approval() {
+                status = GrantStatus::Pending;
+            }
         }
+        status
     }
 }
 

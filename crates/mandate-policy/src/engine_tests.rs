@@ -72,6 +72,8 @@ const READ_PERMIT: &str = r#"
 permit (principal, action == Mandate::Action::"read", resource) when { context.in_scope };
 "#;
 
+use std::collections::BTreeMap;
+
 #[test]
 fn read_in_scope_is_allowed_without_obligations() -> TestResult {
     let engine = shipped()?;
@@ -625,7 +627,7 @@ fn policy_hash_covers_names_and_contents() -> TestResult {
 fn check_dir_accepts_the_shipped_set() -> TestResult {
     let summary = PolicyEngine::check_dir(&shipped_dir())?;
     assert!(
-        summary.starts_with("11 policies in 4 files valid against schema mandate.cedarschema"),
+        summary.starts_with("13 policies in 4 files valid against schema mandate.cedarschema"),
         "{summary}"
     );
     Ok(())
@@ -1323,5 +1325,38 @@ when { context.in_scope && context.args has price && context.args.price.lessThan
         "{:?}",
         d.reasons()
     );
+    Ok(())
+}
+
+#[test]
+fn a_set_in_memory_checks_and_hashes_as_its_directory_does() -> TestResult {
+    let dir = shipped_dir();
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        if path.is_file() {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or("file name")?
+                .to_owned();
+            files.insert(name, std::fs::read_to_string(&path)?);
+        }
+    }
+    let from_disk = PolicyEngine::load_dir(&dir)?.policy_hash();
+    assert_eq!(PolicyEngine::check_sources(&files)?, from_disk);
+    // A broken policy is refused with the file named, and nothing is written anywhere.
+    files.insert(
+        "99-broken.cedar".into(),
+        "permit (principal, action, resource) when { context.nope };".into(),
+    );
+    let err = PolicyEngine::check_sources(&files)
+        .err()
+        .ok_or("a broken set was accepted")?
+        .to_string();
+    assert!(err.contains("99-broken.cedar"), "{err}");
+    files.remove("99-broken.cedar");
+    files.insert("../escape.cedar".into(), READ_PERMIT.into());
+    assert!(PolicyEngine::check_sources(&files).is_err());
     Ok(())
 }

@@ -248,6 +248,16 @@ impl PolicyEngine {
         Ok(summary)
     }
 
+    /// Validates a policy set held in memory (file name → text, as the
+    /// files of a directory would be; other names are ignored) without
+    /// touching the file system, and returns its policy hash: the hash
+    /// [`PolicyEngine::load_dir`] gives the same files. For the change
+    /// gate, which checks a proposed set before anything is written.
+    pub fn check_sources(files: &BTreeMap<String, String>) -> Result<String, PolicyError> {
+        let s = Snapshot::from_memory(Path::new("<proposed policy set>"), files)?;
+        Ok(s.hash)
+    }
+
     /// Decides one call. TOTAL: never returns an error and never panics.
     /// Any error (building the request, evaluating ANY policy, a limit)
     /// yields [`mandate_core::Effect::Deny`] with the error in the reasons.

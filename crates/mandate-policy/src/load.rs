@@ -53,7 +53,53 @@ pub(crate) struct Snapshot {
 impl Snapshot {
     /// Reads, parses and validates `dir`.
     pub(crate) fn load(dir: &Path) -> Result<Self, PolicyError> {
-        let files = read_sources(dir)?;
+        Self::from_sources(dir, read_sources(dir)?)
+    }
+
+    /// Parses and validates in-memory files (name → text), exactly as if
+    /// they were the files of a directory: the same filter on names, the
+    /// same size budget, the same hash. `label` names the set in errors.
+    pub(crate) fn from_memory(
+        label: &Path,
+        files: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Self, PolicyError> {
+        let mut budget = limits::MAX_SOURCE_BYTES;
+        let mut sources = Vec::new();
+        for (name, text) in files {
+            if name.contains(['/', '\\']) {
+                return Err(PolicyError::layout(
+                    label,
+                    format!("{name:?} is not a plain file name"),
+                ));
+            }
+            let kind = match Path::new(name).extension().and_then(|e| e.to_str()) {
+                Some(POLICY_EXTENSION) => Kind::Policy,
+                Some(SCHEMA_EXTENSION) => Kind::Schema,
+                _ => continue,
+            };
+            if name.starts_with('.') {
+                continue;
+            }
+            let len = u64::try_from(text.len()).unwrap_or(u64::MAX);
+            if len > budget {
+                return Err(PolicyError::limit(format!(
+                    "the *.{POLICY_EXTENSION} and *.{SCHEMA_EXTENSION} files of {} exceed {} bytes in total (reached at {name})",
+                    label.display(),
+                    limits::MAX_SOURCE_BYTES
+                )));
+            }
+            budget = budget.saturating_sub(len);
+            sources.push(Source {
+                name: name.clone(),
+                text: text.clone(),
+                kind,
+            });
+        }
+        Self::from_sources(label, sources)
+    }
+
+    /// Parses and validates `files` (sorted by name), read from `dir`.
+    fn from_sources(dir: &Path, files: Vec<Source>) -> Result<Self, PolicyError> {
         let hash = hash_sources(&files);
 
         let mut schemas = files.iter().filter(|f| f.kind == Kind::Schema);

@@ -124,6 +124,12 @@ pub enum TaskCommand {
         /// Task id (default: a fresh one).
         #[arg(long)]
         id: Option<String>,
+        /// The task's intent: a JSON file of RFC 9396 `authorization_details`
+        /// (docs/INTENT.md), declared before any agent of the task reads
+        /// anything. What policy does not grant outright waits for the
+        /// user's one approval on the approval page.
+        #[arg(long, value_name = "FILE")]
+        intent: Option<PathBuf>,
     },
     /// Complete a task: every token minted for it is refused from the next call.
     Complete {
@@ -162,13 +168,26 @@ pub(crate) async fn task(args: &crate::ops::ApiArgs, cmd: TaskCommand) -> Result
     use reqwest::Method;
     let api = crate::ops::Api::new(args)?;
     let v = match &cmd {
-        TaskCommand::Start { template, user, id } => {
-            api.send(
-                Method::POST,
-                "/api/tasks",
-                Some(json!({"template": template, "sub": user, "id": id})),
-            )
-            .await?
+        TaskCommand::Start {
+            template,
+            user,
+            id,
+            intent,
+        } => {
+            let details = match intent {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading the intent {}", path.display()))?;
+                    Some(
+                        serde_json::from_str::<Value>(&text)
+                            .with_context(|| format!("{} is not JSON", path.display()))?,
+                    )
+                }
+                None => None,
+            };
+            let body = json!({"template": template, "sub": user, "id": id,
+                              "authorization_details": details});
+            api.send(Method::POST, "/api/tasks", Some(body)).await?
         }
         TaskCommand::Complete { id } => {
             api.send(Method::POST, &format!("/api/tasks/{id}/complete"), None)
@@ -198,7 +217,27 @@ pub(crate) async fn task(args: &crate::ops::ApiArgs, cmd: TaskCommand) -> Result
                 println!("{}", task_line(t));
             }
         }
-        TaskCommand::Start { .. } => println!("started: {}", task_line(&v)),
+        TaskCommand::Start { .. } => {
+            println!("started: {}", task_line(&v));
+            if let Some(i) = v.get("intent") {
+                println!(
+                    "intent {}",
+                    i.get("intent_hash").and_then(Value::as_str).unwrap_or("")
+                );
+                for g in i
+                    .get("grants")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let s = |k: &str| g.get(k).and_then(Value::as_str).unwrap_or("");
+                    println!("  grant {:<24} {}", s("identifier"), s("status"));
+                }
+                if let Some(a) = i.get("approval_id").and_then(Value::as_str) {
+                    println!("approval {a} waits for the user on the approval page");
+                }
+            }
+        }
         TaskCommand::Complete { .. } => {
             println!("completed (its tokens are revoked): {}", task_line(&v));
         }
