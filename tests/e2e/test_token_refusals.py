@@ -9,6 +9,7 @@ public key) are built by hand.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 
@@ -46,14 +47,47 @@ def metadata_url(gw: Gateway) -> str:
     return f"{gw.public_url}/.well-known/oauth-protected-resource/mcp"
 
 
+# RFC 6750 §3: `Bearer` then `name="value"` parameters, comma-separated; a
+# value is a quoted-string (RFC 9110 §5.6.4, `\\`-escapes allowed).
+CHALLENGE_PARAM = re.compile(r'\s*([A-Za-z_]+)="((?:[^"\\]|\\.)*)"\s*(?:,|$)')
+# The characters RFC 6750 §3 allows in error, error_description and scope.
+RFC6750_VALUE = re.compile(r"^[\x20\x21\x23-\x5b\x5d-\x7e]*$")
+
+
+def challenge_params(challenge: str) -> dict[str, str]:
+    """A Bearer challenge's parameters, refusing anything that does not
+    parse as RFC 6750 §3 writes it (so an unescaped quote fails)."""
+    assert challenge.startswith("Bearer "), challenge
+    rest = challenge[len("Bearer "):]
+    params: dict[str, str] = {}
+    pos = 0
+    while pos < len(rest):
+        m = CHALLENGE_PARAM.match(rest, pos)
+        assert m, f"unparsable challenge at {rest[pos:]!r}: {challenge!r}"
+        assert m.group(1) not in params, f"parameter {m.group(1)} twice: {challenge!r}"
+        params[m.group(1)] = m.group(2)
+        pos = m.end()
+    for name in ("error", "error_description", "scope"):
+        if name in params:
+            assert RFC6750_VALUE.match(params[name]), f"{name} outside RFC 6750's characters: {challenge!r}"
+    return params
+
+
 def assert_refused(gw: Gateway, token: str | None, *, sent: bool = True, label: str = "") -> None:
     reply = gw.post(initialize_request(), token)
     assert reply.status == 401, f"{label}: expected 401, got HTTP {reply.status}: {reply.text[:500]}"
     challenge = reply.headers.get("www-authenticate", "")
     assert challenge.startswith("Bearer "), f"{label}: WWW-Authenticate {challenge!r}"
     assert f'resource_metadata="{metadata_url(gw)}"' in challenge, f"{label}: {challenge!r}"
+    params = challenge_params(challenge)
+    assert params.get("resource_metadata") == metadata_url(gw), f"{label}: {challenge!r}"
+    # JSON-RPC -32001 means "unauthenticated", and only that (docs/ERRORS.md).
+    assert reply.error()["code"] == -32001, f"{label}: {reply.text[:500]}"
     if sent:
         assert 'error="invalid_token"' in challenge, f"{label}: {challenge!r}"
+        assert params.get("error") == "invalid_token" and params.get("error_description"), f"{label}: {challenge!r}"
+    else:
+        assert "error" not in params, f"{label}: RFC 6750 §3.1: no error code without a credential: {challenge!r}"
     assert "mcp-session-id" not in reply.headers, f"{label}: a session was opened"
     # Never the token, or a stack trace, in the answer.
     if token:

@@ -3,6 +3,7 @@ audit record saying what happened, and does not take the others down."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -121,4 +122,48 @@ def test_crashed_stdio_upstream_errors_cleanly_and_reconnects(env) -> None:
 
     rows = gw.wait_audit("tool = 'crashy.crash' AND kind = 'outcome'")
     assert rows and rows[-1]["outcome"] in ("upstream_error", "upstream_unavailable"), rows
+    assert gw.proc.alive()
+
+
+def test_unreachable_upstream_tells_the_agent_a_category_not_its_internals(launcher: Launcher, issuer: Issuer) -> None:
+    """An HTTP upstream that went away after its catalogue was read: the
+    agent gets "upstream unavailable" with the correlation id; the
+    transport's error ("Connection refused", "os error 111"), the
+    upstream's URL and address are in the gateway's log and the call's
+    outcome record, never in what the agent receives (docs/ERRORS.md)."""
+    gone = launcher.recording_http_server("gone")
+    gw = launcher.gateway(issuer, {
+        "gone": {"url": gone.url, "timeout_secs": 5, "tools": {"lookup": "read"}},
+    }, name="gone-gateway")
+    tok = issuer.mint(gw.audience, scope="gone.*")
+    address = gone.url.removeprefix("http://").removesuffix("/mcp")
+    port = address.rsplit(":", 1)[-1]
+
+    async def go():
+        async with sdk_client(gw.mcp_url, tok) as c:
+            listed = await c.list_tools()  # the catalogue is read while the upstream is up
+            assert any(t.name == "gone.lookup" for t in listed.tools), listed
+            gone.proc.stop()
+            try:
+                return await c.call_tool("gone.lookup", {"key": "k"})
+            except MCPError as e:
+                return e
+
+    err = anyio.run(go)
+    assert isinstance(err, MCPError), f"a call to a stopped upstream returned {err}"
+    assert err.code == UPSTREAM_FAILED, (err.code, err.message)
+    assert err.message.startswith("upstream unavailable"), err.message
+    correlation = (err.data or {}).get("correlation_id")
+    assert correlation and correlation in err.message, (err.message, err.data)
+    assert (err.data or {}).get("outcome") == "upstream_unavailable", err.data
+    seen = json.dumps({"message": err.message, "data": err.data})
+    for internal in ("os error", "Connection refused", "connection refused", "error sending request",
+                     "tcp connect", gone.url, address, f":{port}"):
+        assert internal not in seen, f"{internal!r} reached the agent: {seen}"
+
+    # The detail is kept where operators look: the call's outcome record.
+    rows = gw.wait_audit("tool = 'gone.lookup' AND kind = 'outcome'")
+    assert rows and rows[-1]["outcome"] == "upstream_unavailable", rows
+    assert rows[-1]["correlation_id"] == correlation, rows
+    assert rows[-1]["detail"] and "gone" in rows[-1]["detail"], rows
     assert gw.proc.alive()

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod cache;
+pub mod challenge;
 mod claims;
 pub mod dev;
 pub mod dpop;
@@ -8,6 +9,7 @@ mod error;
 mod jwks;
 mod principal;
 
+pub use challenge::Challenge;
 pub use claims::MAX_ACTOR_DEPTH;
 pub use error::AuthnError;
 /// Re-exported so callers can name algorithms without depending on

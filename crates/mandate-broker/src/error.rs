@@ -1,13 +1,20 @@
-//! Errors: [`BrokerError`] for setup, [`Refusal`] for requests.
+//! Errors: [`BrokerError`] for setup, [`Refusal`] for the token,
+//! introspection and revocation endpoints, [`ApiError`] for the task API.
 //!
-//! A refusal carries an RFC 6749 §5.2 / RFC 8693 §2.2.2 error code, a fixed
-//! description safe for clients, and an internal reason that goes to the
-//! log and the audit record only (it may name a claim or a key id, never a
-//! token or key material).
+//! Every response the broker refuses with is made here, from its one
+//! [`ErrorCode`] type: an RFC 6749 §5.2 / RFC 8693 §2.2.2 body
+//! (`{"error", "error_description"}`, `Cache-Control: no-store`), the
+//! status that code takes, and a `WWW-Authenticate` challenge (built with
+//! [`mandate_authn::Challenge`]) on every 401 and 403. A refusal carries a
+//! fixed description safe for clients and an internal reason that goes to
+//! the log and the audit record only (it may name a claim or a key id,
+//! never a token or key material). The table is docs/ERRORS.md.
 
 use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
+use mandate_authn::Challenge;
+use mandate_control::ControlError;
 
 /// Why the broker could not be built or could not run.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +67,14 @@ pub enum ErrorCode {
     TemporarilyUnavailable,
     /// Malformed or unacceptable `authorization_details` (RFC 9396 §5).
     InvalidAuthorizationDetails,
+    /// Task API: no operator token, or a refused one (RFC 6750 §3.1).
+    InvalidToken,
+    /// Task API: a verified subject that may not manage tasks.
+    Forbidden,
+    /// Task API: no such task or action.
+    NotFound,
+    /// Task API: the task is not in a state that allows this.
+    Conflict,
 }
 
 impl ErrorCode {
@@ -68,14 +83,74 @@ impl ErrorCode {
         self.into()
     }
 
-    fn status(self) -> StatusCode {
+    /// The HTTP status this code is sent with.
+    pub fn status(self) -> StatusCode {
         match self {
-            Self::InvalidClient => StatusCode::UNAUTHORIZED,
+            Self::InvalidClient | Self::InvalidToken => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Conflict => StatusCode::CONFLICT,
             Self::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
             Self::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::BAD_REQUEST,
+            Self::InvalidRequest
+            | Self::UnauthorizedClient
+            | Self::UnsupportedGrantType
+            | Self::InvalidScope
+            | Self::InvalidTarget
+            | Self::InvalidDpopProof
+            | Self::UseDpopNonce
+            | Self::InvalidAuthorizationDetails => StatusCode::BAD_REQUEST,
         }
     }
+
+    /// The challenge sent with this code, on every 401 and 403: the token
+    /// endpoint's client authentication (RFC 6749 §5.2) in the broker's
+    /// realm, the task API's operator token in the API's (RFC 6750 §3.1).
+    fn challenge(self, description: &str) -> Option<Challenge> {
+        match self {
+            Self::InvalidClient => Some(Challenge::bearer().realm(TOKEN_REALM)),
+            Self::InvalidToken => Some(
+                Challenge::bearer()
+                    .realm(API_REALM)
+                    .error("invalid_token", description),
+            ),
+            Self::Forbidden => Some(
+                Challenge::bearer()
+                    .realm(API_REALM)
+                    .error("insufficient_scope", description),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// The realm of the token, introspection and revocation endpoints.
+const TOKEN_REALM: &str = "mandate-broker";
+/// The realm of the operator APIs (the gateway's `/api` uses it too).
+const API_REALM: &str = "mandate-api";
+
+/// The one rendering of a broker error: status, body, no-store, challenge,
+/// DPoP nonce.
+fn respond(code: ErrorCode, description: &str, dpop_nonce: Option<&str>) -> Response {
+    let body = serde_json::json!({
+        "error": code.as_str(),
+        "error_description": description,
+    });
+    let mut resp = (code.status(), Json(body)).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    if let Some(c) = code.challenge(description)
+        && let Ok(v) = HeaderValue::from_str(&c.to_string())
+    {
+        h.insert(header::WWW_AUTHENTICATE, v);
+    }
+    if let Some(nonce) = dpop_nonce
+        && let Ok(v) = HeaderValue::from_str(nonce)
+    {
+        h.insert("dpop-nonce", v);
+    }
+    resp
 }
 
 /// A refused request.
@@ -143,26 +218,59 @@ impl std::fmt::Display for Refusal {
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "error": self.code.as_str(),
-            "error_description": self.description,
-        });
-        let mut resp = (self.code.status(), Json(body)).into_response();
-        let h = resp.headers_mut();
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-        if self.code == ErrorCode::InvalidClient {
-            h.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"mandate-broker\""),
-            );
+        respond(self.code, self.description, self.dpop_nonce.as_deref())
+    }
+}
+
+/// A refusal of the task API (`/api/tasks`), whose descriptions name the
+/// operator's own request (a task id, a template) and so are not fixed.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    code: ErrorCode,
+    description: String,
+}
+
+impl ApiError {
+    /// A refusal whose description is fit for the caller.
+    pub(crate) fn new(code: ErrorCode, description: impl Into<String>) -> Self {
+        Self {
+            code,
+            description: description.into(),
         }
-        if let Some(nonce) = self.dpop_nonce
-            && let Ok(v) = HeaderValue::from_str(&nonce)
-        {
-            h.insert("dpop-nonce", v);
+    }
+
+    /// `invalid_request`.
+    pub(crate) fn bad_request(description: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, description)
+    }
+
+    /// `server_error`: `detail` goes to the log only.
+    pub(crate) fn server(detail: &str) -> Self {
+        tracing::error!(error = %detail, "task API failure");
+        Self::new(ErrorCode::ServerError, "internal error")
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::NotFound { .. } => Self::new(ErrorCode::NotFound, e.to_string()),
+            ControlError::Conflict(_) => Self::new(ErrorCode::Conflict, e.to_string()),
+            ControlError::Invalid(_) => Self::bad_request(e.to_string()),
+            ControlError::Storage(_) | ControlError::Gone | ControlError::Corrupt { .. } => {
+                tracing::error!(error = %e, "control store failure");
+                Self::new(
+                    ErrorCode::TemporarilyUnavailable,
+                    "the control store is unavailable",
+                )
+            }
         }
-        resp
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        respond(self.code, &self.description, None)
     }
 }
 
@@ -189,6 +297,10 @@ mod tests {
                 ErrorCode::InvalidAuthorizationDetails,
                 "invalid_authorization_details",
             ),
+            (ErrorCode::InvalidToken, "invalid_token"),
+            (ErrorCode::Forbidden, "forbidden"),
+            (ErrorCode::NotFound, "not_found"),
+            (ErrorCode::Conflict, "conflict"),
         ];
         assert_eq!(table.len(), ErrorCode::VARIANTS.len());
         for (code, spelled) in table {
@@ -213,5 +325,44 @@ mod tests {
         assert!(text.contains("invalid_client"));
         assert!(!text.contains("1234") && !text.contains("kid-secret"));
         Ok(())
+    }
+
+    /// Every 401 and 403 the broker sends carries a challenge, and only
+    /// those do.
+    #[test]
+    fn every_401_and_403_has_a_challenge() {
+        use strum::VariantArray as _;
+        for code in ErrorCode::VARIANTS {
+            let resp = Refusal::new(*code, "why \"quoted\"", "internal").into_response();
+            let challenge = resp
+                .headers()
+                .get(header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok());
+            let needs = matches!(
+                resp.status(),
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+            );
+            assert_eq!(challenge.is_some(), needs, "{code:?}: {challenge:?}");
+            if let Some(c) = challenge {
+                assert!(c.starts_with("Bearer realm=\"mandate-"), "{c}");
+                assert!(!c.contains("\\") && !c.contains("\"quoted\""), "{c}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_task_api_challenge_is_rfc_6750() {
+        let r =
+            ApiError::new(ErrorCode::InvalidToken, "invalid token: token expired").into_response();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            r.headers()
+                .get(header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok()),
+            Some(
+                "Bearer realm=\"mandate-api\", error=\"invalid_token\", \
+                 error_description=\"invalid token: token expired\""
+            )
+        );
     }
 }

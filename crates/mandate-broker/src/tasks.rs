@@ -12,6 +12,7 @@
 //! changes. Ending a task revokes every token minted for it.
 
 use crate::Broker;
+use crate::error::{ApiError, ErrorCode};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -30,71 +31,14 @@ pub(crate) fn routes() -> Router<Arc<Broker>> {
         .route("/api/tasks/{id}/{action}", post(end))
 }
 
-struct ApiError(StatusCode, &'static str, String);
-
-impl ApiError {
-    fn bad_request(description: impl Into<String>) -> Self {
-        Self(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            description.into(),
-        )
-    }
-}
-
 /// Runs a control-store operation off the async threads.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ControlError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|_| {
-            ApiError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "internal error".into(),
-            )
-        })?
+        .map_err(|_| ApiError::server("a worker task failed"))?
         .map_err(ApiError::from)
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut r = (
-            self.0,
-            Json(json!({"error": self.1, "error_description": self.2})),
-        )
-            .into_response();
-        if self.0 == StatusCode::UNAUTHORIZED {
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                http::HeaderValue::from_static(
-                    "Bearer realm=\"mandate-api\", error=\"invalid_token\"",
-                ),
-            );
-        }
-        r
-    }
-}
-
-impl From<ControlError> for ApiError {
-    fn from(e: ControlError) -> Self {
-        match e {
-            ControlError::NotFound { .. } => {
-                Self(StatusCode::NOT_FOUND, "not_found", e.to_string())
-            }
-            ControlError::Conflict(_) => Self(StatusCode::CONFLICT, "conflict", e.to_string()),
-            ControlError::Invalid(_) => Self::bad_request(e.to_string()),
-            ControlError::Storage(_) | ControlError::Gone | ControlError::Corrupt { .. } => {
-                tracing::error!(error = %e, "control store failure");
-                Self(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    "the control store is unavailable".into(),
-                )
-            }
-        }
-    }
 }
 
 fn operator_subject(p: &Principal) -> Subject {
@@ -109,7 +53,7 @@ fn operator_subject(p: &Principal) -> Subject {
 /// Authenticates an operator with task rights; refusals of verified
 /// subjects are recorded.
 async fn operator(b: &Broker, headers: &HeaderMap, action: &str) -> Result<Principal, ApiError> {
-    let unauthorized = |m: &str| ApiError(StatusCode::UNAUTHORIZED, "invalid_token", m.to_owned());
+    let unauthorized = |m: &str| ApiError::new(ErrorCode::InvalidToken, m);
     let authn = b
         .operator_authn
         .as_ref()
@@ -131,7 +75,7 @@ async fn operator(b: &Broker, headers: &HeaderMap, action: &str) -> Result<Princ
     if !allowed {
         let why = format!("{} may not manage tasks", p.sub());
         record(b, &p, action, false, &why, &json!({})).await?;
-        return Err(ApiError(StatusCode::FORBIDDEN, "forbidden", why));
+        return Err(ApiError::new(ErrorCode::Forbidden, why));
     }
     Ok(p)
 }
@@ -158,10 +102,9 @@ async fn record(
     );
     b.audit.append(rec).await.map(|_| ()).map_err(|e| {
         tracing::error!(error = %e, "audit store unavailable; task change refused");
-        ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "the audit store is unavailable; nothing was changed".into(),
+        ApiError::new(
+            ErrorCode::TemporarilyUnavailable,
+            "the audit store is unavailable; nothing was changed",
         )
     })
 }
@@ -283,10 +226,9 @@ async fn end(
         "complete" => TaskStatus::Completed,
         "cancel" => TaskStatus::Cancelled,
         _ => {
-            return Err(ApiError(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "unknown task action (complete or cancel)".into(),
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                "unknown task action (complete or cancel)",
             ));
         }
     };

@@ -62,92 +62,7 @@ pub(crate) fn routes(gw: Arc<Gateway>) -> Router {
         .merge(audit)
 }
 
-/// An API failure, rendered as `{"error", "error_description"}`.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    challenge: Option<String>,
-}
-
-impl ApiError {
-    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            challenge: None,
-        }
-    }
-
-    fn unauthorized(gw: &Gateway, message: impl Into<String>) -> Self {
-        let message = message.into();
-        Self {
-            status: StatusCode::UNAUTHORIZED,
-            code: "invalid_token",
-            challenge: Some(format!(
-                "Bearer realm=\"mandate-api\", error=\"invalid_token\", error_description=\"{}\", resource=\"{}\"",
-                message.replace(['"', '\\'], "'"),
-                gw.config().operator_audience()
-            )),
-            message,
-        }
-    }
-
-    /// A failure that is ours, not the caller's (a worker task died).
-    pub(crate) fn internal() -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            "internal error",
-        )
-    }
-
-    fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
-    }
-}
-
-impl From<ControlError> for ApiError {
-    fn from(e: ControlError) -> Self {
-        match e {
-            ControlError::NotFound { .. } => {
-                Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
-            }
-            ControlError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
-            ControlError::Invalid(_) => Self::bad_request(e.to_string()),
-            ControlError::Storage(_) | ControlError::Gone | ControlError::Corrupt { .. } => {
-                tracing::error!(error = %e, "control store failure");
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    "the control store is unavailable",
-                )
-            }
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut resp = (
-            self.status,
-            Json(json!({"error": self.code, "error_description": self.message})),
-        )
-            .into_response();
-        if let Some(c) = self.challenge
-            && let Ok(v) = http::HeaderValue::from_str(&c)
-        {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-        }
-        resp.headers_mut().insert(
-            header::CACHE_CONTROL,
-            http::HeaderValue::from_static("no-store"),
-        );
-        resp
-    }
-}
+pub use crate::error::ApiError;
 
 /// A person, as an operator token (verified, with no `act`) or a sign-in
 /// of the approval page identifies them.
@@ -197,11 +112,12 @@ pub(crate) async fn authenticate_operator(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|h| mandate_authn::token_of(h, "Bearer"))
-        .ok_or_else(|| ApiError::unauthorized(gw, "an operator bearer token is required"))?;
-    let verified =
-        gw.operator_authn().verify(token).await.map_err(|e| {
-            ApiError::unauthorized(gw, format!("invalid token: {}", e.description()))
-        })?;
+        .ok_or_else(|| ApiError::unauthorized("an operator bearer token is required"))?;
+    let verified = gw
+        .operator_authn()
+        .verify(token)
+        .await
+        .map_err(|e| ApiError::unauthorized(format!("invalid token: {}", e.description())))?;
     let principal = Identity {
         iss: verified.iss().to_owned(),
         sub: verified.sub().to_owned(),
@@ -216,7 +132,7 @@ pub(crate) async fn authenticate_operator(
             &json!({}),
         )
         .await?;
-        Err::<Operator, ApiError>(ApiError::new(StatusCode::FORBIDDEN, "forbidden", why))
+        Err::<Operator, ApiError>(ApiError::forbidden(why))
     };
     if !verified.act().is_empty() {
         return refuse("agent tokens (with an `act` claim) cannot use the control API".into())
@@ -260,7 +176,7 @@ pub(crate) async fn require(
     if !op.roles.contains(&role) {
         let why = format!("{} lacks the {} role", op.name(), role.as_str());
         record(gw, &op.subject(), action, None, &why, &json!({})).await?;
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", why));
+        return Err(ApiError::forbidden(why));
     }
     Ok(op)
 }
@@ -651,15 +567,8 @@ async fn activate(s: &ApiState, change: &Change, by: &str) -> Result<Change, Api
 
 /// The files of a policy-set change.
 pub fn policy_files_of(change: &Change) -> Result<BTreeMap<String, String>, ApiError> {
-    serde_json::from_value(change.payload.get("files").cloned().unwrap_or(Value::Null)).map_err(
-        |e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                format!("change {} has no readable files: {e}", change.id),
-            )
-        },
-    )
+    serde_json::from_value(change.payload.get("files").cloned().unwrap_or(Value::Null))
+        .map_err(|e| ApiError::server(format!("change {} has no readable files: {e}", change.id)))
 }
 
 /// Whether `name` may be a file of a policy set: a plain file name ending
@@ -701,14 +610,9 @@ fn install_policy_set(
     files: &BTreeMap<String, String>,
     expected: &str,
 ) -> Result<(), ApiError> {
-    let previous = read_policy_files(dir).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            format!("reading {}: {e}", dir.display()),
-        )
-    })?;
-    let fail = |msg: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", msg);
+    let previous = read_policy_files(dir)
+        .map_err(|e| ApiError::server(format!("reading {}: {e}", dir.display())))?;
+    let fail = ApiError::server;
     replace_policy_files(dir, files)
         .map_err(|e| fail(format!("writing {}: {e}", dir.display())))?;
     let loaded = gw.policy().reload().map_err(|e| e.to_string());
@@ -719,17 +623,22 @@ fn install_policy_set(
     }
     // Put the previous set back.
     let restored = replace_policy_files(dir, &previous).is_ok() && gw.policy().reload().is_ok();
-    Err(fail(format!(
-        "the approved policy set did not load as approved ({}); previous set {}",
-        loaded
-            .err()
-            .unwrap_or_else(|| format!("hash {hash} != {expected}")),
-        if restored {
-            "restored"
-        } else {
-            "could NOT be restored"
-        }
-    )))
+    let previous = if restored {
+        "restored"
+    } else {
+        "could NOT be restored"
+    };
+    Err(ApiError::server_saying(
+        format!(
+            "the approved policy set did not load as approved; previous set {previous} (the audit record and the log say why)"
+        ),
+        format!(
+            "the approved policy set did not load as approved ({}); previous set {previous}",
+            loaded
+                .err()
+                .unwrap_or_else(|| format!("hash {hash} != {expected}")),
+        ),
+    ))
 }
 
 /// The `*.cedar` and `*.cedarschema` files of `dir`.
@@ -810,12 +719,6 @@ async fn approve_tool(
     let pin =
         s.gw.record_pin(&name, &fp, description, true, &reason, op.name())
             .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    e,
-                )
-            })?;
+            .map_err(|e| ApiError::unavailable("the tool pin store is unavailable", e))?;
     Ok(Json(to_value(&pin)))
 }

@@ -6,9 +6,9 @@
 //! `mandate-authn` itself, so no path can forget the check.
 
 use crate::Gateway;
-use crate::http::{challenge, rpc_error};
+use crate::error::GatewayError;
 use axum::response::Response;
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderValue, Method};
 use mandate_authn::Principal;
 use mandate_authn::dpop::{DpopError, DpopVerifier};
 use serde_json::Value;
@@ -34,28 +34,7 @@ impl Gateway {
 fn refuse(gw: &Gateway, code: &str, desc: &str, nonce: Option<String>) -> Response {
     gw.metrics().auth_failures.inc();
     tracing::info!(reason = %desc, "DPoP request refused");
-    let bearer = challenge(gw, Some((code, desc)), None);
-    // The DPoP challenge (RFC 9449 §7.1) alongside the Bearer one.
-    let dpop = format!(
-        "DPoP algs=\"EdDSA ES256 ES384 RS256 PS256\", error=\"{code}\", error_description=\"{}\"",
-        desc.replace(['"', '\\'], "'")
-    );
-    let mut resp = rpc_error(
-        StatusCode::UNAUTHORIZED,
-        Value::Null,
-        -32001,
-        &format!("invalid token: {desc}"),
-        Some(bearer),
-    );
-    if let Ok(v) = HeaderValue::from_str(&dpop) {
-        resp.headers_mut().append(http::header::WWW_AUTHENTICATE, v);
-    }
-    if let Some(n) = nonce
-        && let Ok(v) = HeaderValue::from_str(&n)
-    {
-        resp.headers_mut().insert("dpop-nonce", v);
-    }
-    resp
+    GatewayError::dpop_refused(gw, code, desc, nonce).into_http(Value::Null)
 }
 
 /// Authenticates `Authorization: DPoP <token>` with its `DPoP` proof: the

@@ -1,19 +1,107 @@
-//! Every error a client can see, mapped in one place. Clients get a safe
-//! message, the decision id and the correlation id; policy internals and
-//! upstream details stay in the audit record and the logs.
+//! Every error a client can see, mapped in one place (the table of codes
+//! and statuses is docs/ERRORS.md):
+//!
+//! - [`RpcCode`]: the JSON-RPC error codes, one per meaning;
+//! - [`GatewayError`]: what the agent endpoint (`/mcp`) refuses or fails,
+//!   rendered as a JSON-RPC error object (`ErrorData`, what `rmcp` sends)
+//!   or as an HTTP response carrying one ([`GatewayError::into_http`], for
+//!   refusals made before `rmcp` sees the request), with its
+//!   `WWW-Authenticate` challenges;
+//! - [`ApiError`]: the operator API's `{"error", "error_description"}`
+//!   (the RFC 6749 §5.2 shape), with its challenges.
+//!
+//! Clients get a safe message, the decision id and the correlation id;
+//! policy internals and upstream details (transport errors, addresses,
+//! OS error texts) stay in the audit record and the logs.
 
+use crate::Gateway;
 use crate::upstream::UpstreamError;
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use mandate_authn::Challenge;
+use mandate_control::ControlError;
 use mandate_core::CorrelationId;
 use mandate_policy::Decision;
 use rmcp::ErrorData;
 use rmcp::model::ErrorCode;
-use serde_json::json;
+use serde_json::{Value, json};
 
-/// JSON-RPC error code for a call the gateway refused (implementation-defined
-/// server error range, -32000..-32099).
-pub const CODE_DENIED: i32 = -32003;
-/// JSON-RPC error code for an upstream that failed, hung or was unreachable.
-pub const CODE_UPSTREAM: i32 = -32004;
+/// The JSON-RPC error codes the gateway answers with, one per meaning
+/// (docs/ERRORS.md). -32700..-32603 are JSON-RPC 2.0's own; -32000..-32099
+/// is the range JSON-RPC leaves to the implementation. An upstream's own
+/// error is relayed with its code unless that code is one of the gateway's
+/// in that range (then it is [`RpcCode::UpstreamFailed`], its code in
+/// `data.upstream_code`), so a code below always means what this table
+/// says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
+pub enum RpcCode {
+    /// -32700: the body is not JSON.
+    ParseError,
+    /// -32600: not a JSON-RPC 2.0 message, more than one `Authorization`
+    /// header, or a body over the limit.
+    InvalidRequest,
+    /// -32602: `tools/call` params of the wrong shape, an unknown tool, an
+    /// unknown task.
+    InvalidParams,
+    /// -32603: a failure of the gateway's own.
+    InternalError,
+    /// -32000: the gateway is at a capacity limit; retry later.
+    Overloaded,
+    /// -32001: no credential, or one the gateway does not accept (HTTP 401
+    /// with a challenge).
+    Unauthenticated,
+    /// -32003: refused by the gateway (policy, scope, approval,
+    /// revocation, limits, session binding); `data.reason` says why.
+    Denied,
+    /// -32004: a permitted call's upstream could not be reached, timed out
+    /// or answered with something that is not a valid response.
+    UpstreamFailed,
+    /// -32005: the `Mcp-Session-Id` names no live transport session (HTTP
+    /// 404): initialize a new one. It was -32001 before, which also meant
+    /// "unauthenticated".
+    SessionNotFound,
+}
+
+impl RpcCode {
+    /// The number on the wire.
+    pub const fn value(self) -> i32 {
+        match self {
+            Self::ParseError => -32700,
+            Self::InvalidRequest => -32600,
+            Self::InvalidParams => -32602,
+            Self::InternalError => -32603,
+            Self::Overloaded => -32000,
+            Self::Unauthenticated => -32001,
+            Self::Denied => -32003,
+            Self::UpstreamFailed => -32004,
+            Self::SessionNotFound => -32005,
+        }
+    }
+
+    /// The code a number stands for, if it is one of the gateway's.
+    pub fn of(value: i32) -> Option<Self> {
+        use strum::VariantArray as _;
+        Self::VARIANTS.iter().copied().find(|c| c.value() == value)
+    }
+
+    /// Whether the code is one the gateway defined in the server range
+    /// (-32000..-32099), as opposed to JSON-RPC's own, which mean the same
+    /// from an upstream as from the gateway.
+    pub fn is_the_gateways(self) -> bool {
+        (-32099..=-32000).contains(&self.value())
+    }
+
+    /// A name for logs and docs (`denied`, `upstream_failed`, ...).
+    pub fn name(self) -> &'static str {
+        self.into()
+    }
+
+    fn error_code(self) -> ErrorCode {
+        ErrorCode(self.value())
+    }
+}
 
 /// The reason code of a sink call denied for carrying a value only
 /// untrusted content introduced (docs/PROVENANCE.md).
@@ -67,6 +155,8 @@ pub enum DenyCategory {
     /// A `forbid` policy with its own reason code (`@code`), e.g.
     /// `untrusted_argument`: the code is the reason.
     Coded(String),
+    /// The transport session belongs to another subject (F-04).
+    ForeignSession,
 }
 
 impl DenyCategory {
@@ -102,8 +192,426 @@ impl DenyCategory {
                 "an argument carries a value that only untrusted content introduced, and the task's intent does not cover it; ask the user to name the value in the task".into()
             }
             Self::Coded(code) => format!("forbidden by policy ({code})"),
+            Self::ForeignSession => {
+                "this MCP session belongs to another subject; start a new session".into()
+            }
         }
     }
+}
+
+/// What the agent endpoint refuses or fails, before or inside `rmcp`: the
+/// gateway's one client-facing error. Made by the constructors below,
+/// rendered only here ([`GatewayError::to_error_data`],
+/// [`GatewayError::into_http`]).
+#[derive(Debug)]
+pub enum GatewayError {
+    /// No credential, or one the gateway does not accept.
+    Unauthenticated(Unauthenticated),
+    /// The `Mcp-Session-Id` names no live transport session.
+    SessionNotFound,
+    /// The request is not well-formed (JSON, JSON-RPC or MCP params).
+    Malformed(Malformed),
+    /// A capacity limit: too many transport sessions.
+    Overloaded,
+    /// Refused by the gateway, with a recorded decision.
+    Denied(Denied),
+    /// A tool no upstream serves.
+    UnknownTool(UnknownTool),
+    /// A permitted call whose upstream failed.
+    Upstream(Upstream),
+    /// A failure of the gateway's own (a worker died).
+    Internal,
+}
+
+/// A refused credential: what the client is told and the challenges it
+/// gets.
+#[derive(Debug)]
+pub struct Unauthenticated {
+    message: String,
+    challenges: Vec<Challenge>,
+    dpop_nonce: Option<String>,
+}
+
+/// A malformed request.
+#[derive(Debug)]
+pub struct Malformed {
+    code: RpcCode,
+    status: StatusCode,
+    message: String,
+}
+
+/// A refusal with its decision.
+#[derive(Debug)]
+pub struct Denied {
+    tool: Option<String>,
+    decision: String,
+    correlation: Option<CorrelationId>,
+    category: DenyCategory,
+    status: StatusCode,
+    challenge: Option<Challenge>,
+}
+
+/// A tool name no upstream serves.
+#[derive(Debug)]
+pub struct UnknownTool {
+    tool: String,
+    correlation: CorrelationId,
+}
+
+/// A permitted call whose upstream failed; the error itself is logged and
+/// recorded, never sent.
+#[derive(Debug)]
+pub struct Upstream {
+    error: UpstreamError,
+    correlation: CorrelationId,
+}
+
+/// The algorithms named in DPoP challenges (RFC 9449 §7.1).
+const DPOP_ALGS: &str = "EdDSA ES256 ES384 RS256 PS256";
+
+impl GatewayError {
+    /// No `Authorization` header (or another scheme): a bare challenge
+    /// (RFC 6750 §3.1: no error code when no credential was sent).
+    pub(crate) fn credential_required(gw: &Gateway) -> Self {
+        Self::Unauthenticated(Unauthenticated {
+            message: "authentication required: send an OAuth bearer token".into(),
+            challenges: vec![agent_challenge(gw)],
+            dpop_nonce: None,
+        })
+    }
+
+    /// A bearer token refused; `description` is a fixed, safe text
+    /// (`AuthnError::description`).
+    pub(crate) fn invalid_token(gw: &Gateway, description: &str) -> Self {
+        Self::Unauthenticated(Unauthenticated {
+            message: format!("invalid token: {description}"),
+            challenges: vec![agent_challenge(gw).error("invalid_token", description)],
+            dpop_nonce: None,
+        })
+    }
+
+    /// A DPoP-scheme request refused: the Bearer and the DPoP challenge
+    /// (RFC 9449 §7.1), and a fresh nonce when one is required.
+    pub(crate) fn dpop_refused(
+        gw: &Gateway,
+        code: &str,
+        description: &str,
+        dpop_nonce: Option<String>,
+    ) -> Self {
+        Self::Unauthenticated(Unauthenticated {
+            message: format!("invalid token: {description}"),
+            challenges: vec![
+                agent_challenge(gw).error(code, description),
+                Challenge::dpop().algs(DPOP_ALGS).error(code, description),
+            ],
+            dpop_nonce,
+        })
+    }
+
+    /// A refused credential where there is no HTTP response to carry a
+    /// challenge (stdio: the launch token, re-verified on every call).
+    pub(crate) fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::Unauthenticated(Unauthenticated {
+            message: message.into(),
+            challenges: Vec::new(),
+            dpop_nonce: None,
+        })
+    }
+
+    /// More than one `Authorization` header.
+    pub(crate) fn two_credentials() -> Self {
+        Self::malformed(
+            RpcCode::InvalidRequest,
+            StatusCode::BAD_REQUEST,
+            "invalid request: more than one Authorization header",
+        )
+    }
+
+    /// A body that does not parse as JSON.
+    pub(crate) fn parse_error(e: &serde_json::Error) -> Self {
+        Self::malformed(
+            RpcCode::ParseError,
+            StatusCode::BAD_REQUEST,
+            format!("parse error: {e}"),
+        )
+    }
+
+    /// Not a JSON-RPC 2.0 message.
+    pub(crate) fn invalid_message(why: &str) -> Self {
+        Self::malformed(
+            RpcCode::InvalidRequest,
+            StatusCode::BAD_REQUEST,
+            format!("invalid JSON-RPC message: {why}"),
+        )
+    }
+
+    /// `tools/call` params that are not what MCP requires (answered with
+    /// HTTP 200, as the JSON-RPC error of that request).
+    pub(crate) fn invalid_params(why: &str) -> Self {
+        Self::malformed(
+            RpcCode::InvalidParams,
+            StatusCode::OK,
+            format!("invalid params: {why}"),
+        )
+    }
+
+    /// A body over `limit` bytes, or one that did not arrive in time.
+    pub(crate) fn too_large(limit: usize) -> Self {
+        Self::malformed(
+            RpcCode::InvalidRequest,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body exceeds {limit} bytes or did not arrive in time"),
+        )
+    }
+
+    fn malformed(code: RpcCode, status: StatusCode, message: impl Into<String>) -> Self {
+        Self::Malformed(Malformed {
+            code,
+            status,
+            message: message.into(),
+        })
+    }
+
+    /// A refused call (HTTP 200 inside `rmcp`: the JSON-RPC error of the
+    /// call).
+    pub(crate) fn denied(
+        tool: &str,
+        decision: &Decision,
+        correlation: &CorrelationId,
+        category: DenyCategory,
+    ) -> Self {
+        Self::Denied(Denied {
+            tool: Some(tool.to_owned()),
+            decision: decision.id().as_str().to_owned(),
+            correlation: Some(correlation.clone()),
+            category,
+            status: StatusCode::OK,
+            challenge: None,
+        })
+    }
+
+    /// A `tools/call` outside the token's scope, refused at the HTTP layer
+    /// with 403 and the challenge a client needs to step up (RFC 6750
+    /// §3.1).
+    pub(crate) fn out_of_scope(gw: &Gateway, tool: &str, decision: &Decision) -> Self {
+        Self::Denied(Denied {
+            tool: Some(tool.to_owned()),
+            decision: decision.id().as_str().to_owned(),
+            correlation: None,
+            category: DenyCategory::InsufficientScope,
+            status: StatusCode::FORBIDDEN,
+            challenge: Some(
+                agent_challenge(gw)
+                    .error(
+                        "insufficient_scope",
+                        "the token's scope does not cover this tool",
+                    )
+                    .scope(tool),
+            ),
+        })
+    }
+
+    /// A transport session used by a subject other than its own (F-04).
+    pub(crate) fn foreign_session(decision: &Decision) -> Self {
+        Self::Denied(Denied {
+            tool: None,
+            decision: decision.id().as_str().to_owned(),
+            correlation: None,
+            category: DenyCategory::ForeignSession,
+            status: StatusCode::FORBIDDEN,
+            challenge: None,
+        })
+    }
+
+    /// A tool name no upstream serves.
+    pub(crate) fn unknown_tool(tool: &str, correlation: &CorrelationId) -> Self {
+        Self::UnknownTool(UnknownTool {
+            tool: tool.to_owned(),
+            correlation: correlation.clone(),
+        })
+    }
+
+    /// A permitted call whose upstream failed. The failure itself is logged
+    /// here, with the correlation id; the pipeline records it in the
+    /// call's outcome record.
+    pub(crate) fn upstream(error: UpstreamError, correlation: &CorrelationId) -> Self {
+        tracing::warn!(
+            correlation_id = %correlation,
+            outcome = error.outcome(),
+            error = %error,
+            "upstream call failed"
+        );
+        Self::Upstream(Upstream {
+            error,
+            correlation: correlation.clone(),
+        })
+    }
+
+    /// The JSON-RPC code.
+    pub fn code(&self) -> RpcCode {
+        match self {
+            Self::Unauthenticated(_) => RpcCode::Unauthenticated,
+            Self::SessionNotFound => RpcCode::SessionNotFound,
+            Self::Malformed(m) => m.code,
+            Self::Overloaded => RpcCode::Overloaded,
+            Self::Denied(_) => RpcCode::Denied,
+            Self::UnknownTool(_) => RpcCode::InvalidParams,
+            Self::Upstream(_) => RpcCode::UpstreamFailed,
+            Self::Internal => RpcCode::InternalError,
+        }
+    }
+
+    /// The HTTP status when the gateway answers before `rmcp` does (inside
+    /// `rmcp`, a JSON-RPC error travels in a 200 response or an SSE event).
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::SessionNotFound => StatusCode::NOT_FOUND,
+            Self::Malformed(m) => m.status,
+            Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Denied(d) => d.status,
+            Self::UnknownTool(_) | Self::Upstream(_) => StatusCode::OK,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The JSON-RPC error object: code, safe message, `data`.
+    pub fn to_error_data(&self) -> ErrorData {
+        let code = self.code().error_code();
+        match self {
+            Self::Unauthenticated(u) => ErrorData::new(code, u.message.clone(), None),
+            Self::SessionNotFound => {
+                ErrorData::new(code, "session not found: initialize a new session", None)
+            }
+            Self::Malformed(m) => ErrorData::new(code, m.message.clone(), None),
+            Self::Overloaded => ErrorData::new(
+                code,
+                "too many MCP sessions are open on this gateway; retry later",
+                None,
+            ),
+            Self::Denied(d) => {
+                let what = d
+                    .tool
+                    .as_deref()
+                    .map_or_else(|| "request".to_owned(), |t| format!("call to {t}"));
+                let mut data = json!({
+                    "denied": true,
+                    "reason": d.category.code(),
+                    "decision_id": d.decision,
+                });
+                if let Some(obj) = data.as_object_mut() {
+                    if let Some(tool) = &d.tool {
+                        obj.insert("tool".into(), tool.as_str().into());
+                    }
+                    if let Some(c) = &d.correlation {
+                        obj.insert("correlation_id".into(), c.as_str().into());
+                    }
+                }
+                ErrorData::new(
+                    code,
+                    format!(
+                        "{what} denied: {} (decision {})",
+                        d.category.sentence(),
+                        d.decision
+                    ),
+                    Some(data),
+                )
+            }
+            Self::UnknownTool(u) => ErrorData::new(
+                code,
+                format!("unknown tool: {}", u.tool),
+                Some(json!({ "unknown_tool": u.tool, "correlation_id": u.correlation.as_str() })),
+            ),
+            Self::Upstream(u) => upstream_error_data(&u.error, &u.correlation),
+            Self::Internal => ErrorData::new(code, "internal error", None),
+        }
+    }
+
+    /// The HTTP response for a refusal made before `rmcp` sees the request:
+    /// the status, a JSON-RPC error answering `id` (null when the request
+    /// could not be read), its challenges and a DPoP nonce if any.
+    pub fn into_http(self, id: Value) -> Response {
+        let error = serde_json::to_value(self.to_error_data()).unwrap_or_else(
+            |_| json!({"code": RpcCode::InternalError.value(), "message": "internal error"}),
+        );
+        let mut resp = (
+            self.status(),
+            Json(json!({"jsonrpc": "2.0", "id": id, "error": error})),
+        )
+            .into_response();
+        let headers = resp.headers_mut();
+        let (challenges, nonce) = match self {
+            Self::Unauthenticated(u) => (u.challenges, u.dpop_nonce),
+            Self::Denied(d) => (d.challenge.into_iter().collect(), None),
+            _ => (Vec::new(), None),
+        };
+        for c in &challenges {
+            headers.append(header::WWW_AUTHENTICATE, header_value(c));
+        }
+        if let Some(n) = nonce
+            && let Ok(v) = HeaderValue::from_str(&n)
+        {
+            headers.insert("dpop-nonce", v);
+        }
+        resp
+    }
+}
+
+impl From<GatewayError> for ErrorData {
+    fn from(e: GatewayError) -> Self {
+        e.to_error_data()
+    }
+}
+
+/// What an agent learns of a failed upstream: a category, the upstream's
+/// name (part of every tool name it sees) and the correlation id; never the
+/// transport's error text, an address or a URL. The upstream's own JSON-RPC
+/// error is the tool server's answer and is relayed, with its code unless
+/// that collides with one of the gateway's [`RpcCode`]s.
+fn upstream_error_data(e: &UpstreamError, correlation: &CorrelationId) -> ErrorData {
+    let (upstream, sentence) = match e {
+        UpstreamError::Protocol {
+            error: Some(err), ..
+        } => {
+            let mut err = err.clone();
+            let mut data = json!({
+                "upstream_data": err.data.take(),
+                "correlation_id": correlation.as_str(),
+            });
+            if RpcCode::of(err.code.0).is_some_and(RpcCode::is_the_gateways)
+                && let Some(obj) = data.as_object_mut()
+            {
+                obj.insert("upstream_code".into(), err.code.0.into());
+                obj.insert("outcome".into(), e.outcome().into());
+                err.code = RpcCode::UpstreamFailed.error_code();
+            }
+            err.data = Some(data);
+            return err;
+        }
+        UpstreamError::Protocol { upstream, .. } => {
+            (upstream, "upstream returned an error".to_owned())
+        }
+        UpstreamError::Unavailable { upstream, .. } => (
+            upstream,
+            "upstream unavailable: the tool's server could not be reached; retry later".to_owned(),
+        ),
+        UpstreamError::Timeout { upstream, secs } => (
+            upstream,
+            format!("upstream timed out: the tool's server did not answer within {secs} s"),
+        ),
+        UpstreamError::InvalidResponse { upstream, .. } => {
+            (upstream, "upstream returned an invalid response".to_owned())
+        }
+    };
+    ErrorData::new(
+        RpcCode::UpstreamFailed.error_code(),
+        format!("{sentence} ({upstream}; correlation {correlation})"),
+        Some(json!({
+            "outcome": e.outcome(),
+            "upstream": upstream,
+            "correlation_id": correlation.as_str(),
+        })),
+    )
 }
 
 /// The error returned for a refused call.
@@ -113,61 +621,177 @@ pub fn denial_error(
     correlation: &CorrelationId,
     category: &DenyCategory,
 ) -> ErrorData {
-    ErrorData::new(
-        ErrorCode(CODE_DENIED),
-        format!(
-            "call to {tool} denied: {} (decision {})",
-            category.sentence(),
-            decision.id()
-        ),
-        Some(json!({
-            "denied": true,
-            "tool": tool,
-            "reason": category.code(),
-            "decision_id": decision.id().as_str(),
-            "correlation_id": correlation.as_str(),
-        })),
-    )
+    GatewayError::denied(tool, decision, correlation, category.clone()).into()
 }
 
 /// The error for a tool name no upstream serves (JSON-RPC invalid params, as
 /// MCP specifies for unknown tools).
 pub fn unknown_tool_error(tool: &str, correlation: &CorrelationId) -> ErrorData {
-    ErrorData::invalid_params(
-        format!("unknown tool: {tool}"),
-        Some(json!({ "unknown_tool": tool, "correlation_id": correlation.as_str() })),
+    GatewayError::unknown_tool(tool, correlation).into()
+}
+
+/// The error for a permitted call whose upstream failed (logged here).
+pub fn upstream_error(e: &UpstreamError, correlation: &CorrelationId) -> ErrorData {
+    GatewayError::upstream(e.clone(), correlation).into()
+}
+
+/// `tasks/get` or `tasks/cancel` of a task the caller does not own or that
+/// does not exist (JSON-RPC invalid params).
+pub(crate) fn unknown_task(id: &str) -> ErrorData {
+    GatewayError::malformed(
+        RpcCode::InvalidParams,
+        StatusCode::OK,
+        format!("no task {id}"),
+    )
+    .into()
+}
+
+/// A released call whose upstream answered with a task or an input
+/// request, which a held task cannot relay.
+pub(crate) fn unrelayable_in_task() -> ErrorData {
+    ErrorData::new(
+        RpcCode::InternalError.error_code(),
+        "the tool answered with a multi-step response, which a held task cannot relay",
+        None,
     )
 }
 
-/// The error for a permitted call whose upstream failed.
-pub fn upstream_error(e: &UpstreamError, correlation: &CorrelationId) -> ErrorData {
-    match e {
-        // The upstream's own JSON-RPC error is relayed with its code.
-        UpstreamError::Protocol {
-            error: Some(err), ..
-        } => {
-            let mut err = err.clone();
-            err.data = Some(json!({
-                "upstream_data": err.data.take(),
-                "correlation_id": correlation.as_str(),
-            }));
-            err
+/// The challenge of the agent endpoint: Bearer with the RFC 9728
+/// `resource_metadata` URL, so standard MCP clients find the authorization
+/// server.
+pub(crate) fn agent_challenge(gw: &Gateway) -> Challenge {
+    Challenge::bearer().resource_metadata(&crate::http::metadata_url(gw))
+}
+
+/// The realm of the operator API's challenges.
+const API_REALM: &str = "mandate-api";
+
+/// A challenge as a header value.
+fn header_value(c: &Challenge) -> HeaderValue {
+    // INVARIANT: the builder writes only visible ASCII and spaces, which
+    // every header value may hold; the fallback is never taken.
+    HeaderValue::from_str(&c.to_string()).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
+}
+
+/// An operator API failure, rendered as `{"error", "error_description"}`
+/// (the RFC 6749 §5.2 shape) with `Cache-Control: no-store`, and a
+/// challenge on 401 and on the 403 of an authenticated non-operator.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    /// What the caller is told.
+    public: String,
+    /// What the audit record and the log keep: the same as `public`
+    /// unless the failure is the gateway's own.
+    pub(crate) message: String,
+    challenge: Option<Challenge>,
+}
+
+impl ApiError {
+    /// A failure whose message is fit for the caller. A 401
+    /// `invalid_token` and a 403 `forbidden` (a refused token, a verified
+    /// subject without the right) carry their RFC 6750 §3.1 challenge.
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        let challenge = match (status, code) {
+            (StatusCode::UNAUTHORIZED, "invalid_token") => Some("invalid_token"),
+            (StatusCode::FORBIDDEN, "forbidden") => Some("insufficient_scope"),
+            _ => None,
         }
-        // What failed underneath (a transport error may quote whatever the
-        // upstream sent, garbage included) goes to the log and the outcome
-        // record, not to the agent.
-        UpstreamError::Unavailable { upstream, .. } => ErrorData::new(
-            ErrorCode(CODE_UPSTREAM),
-            format!(
-                "upstream {upstream:?} is unavailable or answered with something that is not MCP"
-            ),
-            Some(json!({ "outcome": e.outcome(), "correlation_id": correlation.as_str() })),
-        ),
-        _ => ErrorData::new(
-            ErrorCode(CODE_UPSTREAM),
-            e.to_string(),
-            Some(json!({ "outcome": e.outcome(), "correlation_id": correlation.as_str() })),
-        ),
+        .map(|error| Challenge::bearer().realm(API_REALM).error(error, &message));
+        Self {
+            status,
+            code,
+            public: message.clone(),
+            message,
+            challenge,
+        }
+    }
+
+    /// 401 `invalid_token`: no operator token, or a refused one
+    /// (`message` is a fixed, safe text).
+    pub(crate) fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_token", message)
+    }
+
+    /// 403 `forbidden`: a verified token whose subject may not do this.
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// A failure that is ours, not the caller's (a worker task died).
+    pub(crate) fn internal() -> Self {
+        Self::server("a worker task failed")
+    }
+
+    /// 500 `server_error`: `detail` goes to the log and the audit record,
+    /// the caller is told only that it failed.
+    pub(crate) fn server(detail: impl Into<String>) -> Self {
+        Self::server_saying("internal error".into(), detail)
+    }
+
+    /// 500 `server_error` with a `public` sentence of its own (which must
+    /// name no path, address or store message).
+    pub(crate) fn server_saying(public: String, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        tracing::error!(error = %detail, "control API failure");
+        Self {
+            public,
+            ..Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", detail)
+        }
+    }
+
+    /// 503 `temporarily_unavailable`: `public` for the caller, `detail`
+    /// for the log and the audit record.
+    pub(crate) fn unavailable(public: &str, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        tracing::error!(error = %detail, "{public}");
+        Self {
+            public: public.to_owned(),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                detail,
+            )
+        }
+    }
+
+    /// 400 `invalid_request`.
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::NotFound { .. } => {
+                Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            ControlError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            ControlError::Invalid(_) => Self::bad_request(e.to_string()),
+            ControlError::Storage(_) | ControlError::Gone | ControlError::Corrupt { .. } => {
+                Self::unavailable("the control store is unavailable", e.to_string())
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (
+            self.status,
+            Json(json!({"error": self.code, "error_description": self.public})),
+        )
+            .into_response();
+        if let Some(c) = &self.challenge {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header_value(c));
+        }
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
     }
 }
 
@@ -205,6 +829,7 @@ mod tests {
                 DenyCategory::Coded("untrusted_argument".into()),
                 "untrusted_argument",
             ),
+            (DenyCategory::ForeignSession, "foreign_session"),
         ];
         for (category, code) in &table {
             // Every variant is in the table: this match has no wildcard.
@@ -225,9 +850,203 @@ mod tests {
                 | DenyCategory::ToolQuarantined
                 | DenyCategory::UnknownBuild
                 | DenyCategory::TooManyCalls
-                | DenyCategory::Coded(_) => assert_eq!(category.code(), *code),
+                | DenyCategory::Coded(_)
+                | DenyCategory::ForeignSession => assert_eq!(category.code(), *code),
             }
         }
         assert_eq!(table.len(), 17);
+    }
+
+    /// Each code means one thing: the values are frozen (clients match
+    /// on them) and no two meanings share one.
+    #[test]
+    fn rpc_codes_are_unique_and_unchanged() {
+        use strum::VariantArray as _;
+        let table = [
+            (RpcCode::ParseError, -32700),
+            (RpcCode::InvalidRequest, -32600),
+            (RpcCode::InvalidParams, -32602),
+            (RpcCode::InternalError, -32603),
+            (RpcCode::Overloaded, -32000),
+            (RpcCode::Unauthenticated, -32001),
+            (RpcCode::Denied, -32003),
+            (RpcCode::UpstreamFailed, -32004),
+            (RpcCode::SessionNotFound, -32005),
+        ];
+        assert_eq!(table.len(), RpcCode::VARIANTS.len());
+        for (code, value) in table {
+            assert_eq!(code.value(), value, "{}", code.name());
+            assert_eq!(RpcCode::of(value), Some(code));
+        }
+        let mut values: Vec<i32> = RpcCode::VARIANTS.iter().map(|c| c.value()).collect();
+        values.sort_unstable();
+        values.dedup();
+        assert_eq!(values.len(), RpcCode::VARIANTS.len());
+    }
+
+    /// What a failed upstream's transport said (an address, a URL, the OS
+    /// error) reaches the log and the audit record, never the agent.
+    #[test]
+    fn upstream_failures_reach_the_agent_as_a_category_only() -> Result<(), serde_json::Error> {
+        let internal = "error sending request for url (http://10.9.8.7:4444/mcp): \
+                        client error (Connect): tcp connect error: Connection refused (os error 111)";
+        let correlation = CorrelationId::new();
+        let failures = [
+            (
+                UpstreamError::Unavailable {
+                    upstream: "bank".into(),
+                    detail: internal.into(),
+                },
+                "upstream unavailable",
+                "upstream_unavailable",
+            ),
+            (
+                UpstreamError::InvalidResponse {
+                    upstream: "bank".into(),
+                    detail: internal.into(),
+                },
+                "upstream returned an invalid response",
+                "upstream_invalid_response",
+            ),
+            (
+                UpstreamError::Timeout {
+                    upstream: "bank".into(),
+                    secs: 7,
+                },
+                "upstream timed out",
+                "timeout",
+            ),
+            (
+                UpstreamError::Protocol {
+                    upstream: "bank".into(),
+                    message: internal.into(),
+                    error: None,
+                },
+                "upstream returned an error",
+                "upstream_error",
+            ),
+        ];
+        for (failure, category, outcome) in failures {
+            // The detail is in the error's text, which is what is logged
+            // and recorded.
+            assert!(
+                failure.to_string().contains("os error")
+                    || matches!(failure, UpstreamError::Timeout { .. }),
+                "{failure}"
+            );
+            let err = upstream_error(&failure, &correlation);
+            let sent = serde_json::to_string(&err)?;
+            for secret in [
+                "os error",
+                "Connection refused",
+                "10.9.8.7",
+                "http://",
+                "tcp connect",
+            ] {
+                assert!(
+                    !sent.contains(secret),
+                    "{secret:?} reached the agent: {sent}"
+                );
+            }
+            assert_eq!(err.code.0, RpcCode::UpstreamFailed.value());
+            assert!(err.message.starts_with(category), "{}", err.message);
+            assert!(
+                err.message.contains(correlation.as_str()),
+                "{}",
+                err.message
+            );
+            let data = err.data.unwrap_or_default();
+            assert_eq!(data.get("outcome"), Some(&json!(outcome)), "{data}");
+            assert_eq!(
+                data.get("correlation_id"),
+                Some(&json!(correlation.as_str()))
+            );
+            assert_eq!(data.get("upstream"), Some(&json!("bank")));
+        }
+        Ok(())
+    }
+
+    /// An upstream's own JSON-RPC error is relayed, but it cannot speak
+    /// with one of the gateway's codes (an upstream's -32003 is not a
+    /// denial by the gateway).
+    #[test]
+    fn relayed_upstream_errors_cannot_borrow_the_gateways_codes() {
+        let correlation = CorrelationId::new();
+        let relay = |code: i32| {
+            upstream_error(
+                &UpstreamError::Protocol {
+                    upstream: "bank".into(),
+                    message: "no".into(),
+                    error: Some(ErrorData::new(
+                        ErrorCode(code),
+                        "the tool says no",
+                        Some(json!({"denied": true})),
+                    )),
+                },
+                &correlation,
+            )
+        };
+        let spoofed = relay(RpcCode::Denied.value());
+        assert_eq!(spoofed.code.0, RpcCode::UpstreamFailed.value());
+        let data = spoofed.data.unwrap_or_default();
+        assert_eq!(data.get("upstream_code"), Some(&json!(-32003)));
+        assert_eq!(data.get("denied"), None, "{data}");
+        assert_eq!(data.pointer("/upstream_data/denied"), Some(&json!(true)));
+
+        let own = relay(-32602);
+        assert_eq!(own.code.0, -32602);
+        assert_eq!(own.message, "the tool says no");
+        let data = own.data.unwrap_or_default();
+        assert_eq!(data.get("upstream_code"), None);
+        assert_eq!(
+            data.get("correlation_id"),
+            Some(&json!(correlation.as_str()))
+        );
+    }
+
+    /// A 5xx of the operator API tells the caller nothing of the cause;
+    /// the audit record keeps it.
+    #[tokio::test]
+    async fn operator_api_server_errors_keep_the_detail_internal()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let e =
+            ApiError::server("writing /var/lib/mandate/policies: Permission denied (os error 13)");
+        assert!(e.message.contains("os error 13"));
+        let resp = e.into_response();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(resp.into_body(), 4096).await?;
+        let text = String::from_utf8(body.to_vec())?;
+        assert!(
+            !text.contains("os error") && !text.contains("/var/lib"),
+            "{text}"
+        );
+        assert!(text.contains("server_error"), "{text}");
+        Ok(())
+    }
+
+    /// Operator API refusals carry an RFC 6750 challenge whose values
+    /// cannot break out of their quotes.
+    #[test]
+    fn operator_api_challenges_are_escaped() {
+        let resp =
+            ApiError::unauthorized("invalid token: \"x\", error=\"y\r\nX: z").into_response();
+        let challenge = resp
+            .headers()
+            .get(header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        assert_eq!(
+            challenge,
+            "Bearer realm=\"mandate-api\", error=\"invalid_token\", \
+             error_description=\"invalid token: 'x', error='y??X: z\""
+        );
+        let resp = ApiError::forbidden("alice lacks the admin role").into_response();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        assert!(
+            resp.headers()
+                .get(header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|c| c.contains("error=\"insufficient_scope\"")),
+        );
     }
 }

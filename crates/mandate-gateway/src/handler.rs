@@ -6,6 +6,7 @@
 //! (so expiry and, later, revocation are seen mid-session).
 
 use crate::Gateway;
+use crate::error::GatewayError;
 use crate::pipeline::Incoming;
 use mandate_authn::Principal;
 use rmcp::model::{
@@ -52,7 +53,7 @@ impl GatewayHandler {
                 // INVARIANT: the HTTP layer refuses unauthenticated requests
                 // before they reach rmcp, so this is unreachable in practice;
                 // if it ever happens, refuse.
-                .ok_or_else(|| ErrorData::invalid_request("unauthenticated request", None)),
+                .ok_or_else(|| GatewayError::unauthenticated("unauthenticated request").into()),
             PrincipalSource::Token(token) => self
                 .gw
                 .authenticate(token)
@@ -60,7 +61,8 @@ impl GatewayHandler {
                 .map(Arc::new)
                 .map_err(|e| {
                     self.gw.metrics().auth_failures.inc();
-                    ErrorData::invalid_request(format!("invalid token: {}", e.description()), None)
+                    GatewayError::unauthenticated(format!("invalid token: {}", e.description()))
+                        .into()
                 }),
         }
     }
@@ -131,7 +133,7 @@ impl ServerHandler for GatewayHandler {
         };
         let mut run = tokio::spawn(async move { gw.call_tool(incoming).await });
         let joined = |r: Result<Result<CallToolResponse, ErrorData>, tokio::task::JoinError>| {
-            r.unwrap_or_else(|_| Err(ErrorData::internal_error("internal error", None)))
+            r.unwrap_or_else(|_| Err(GatewayError::Internal.into()))
         };
         tokio::select! {
             r = &mut run => joined(r),

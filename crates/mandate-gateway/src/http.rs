@@ -10,6 +10,7 @@
 //! 5. bind a newly created transport session to the subject.
 
 use crate::Gateway;
+use crate::error::GatewayError;
 use crate::handler::{GatewayHandler, PrincipalSource};
 use crate::sessions::{Admission, Check, Sessions};
 use axum::Router;
@@ -110,7 +111,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .merge(crate::control::routes(api_gw))
 }
 
-fn metadata_url(gw: &Gateway) -> String {
+pub(crate) fn metadata_url(gw: &Gateway) -> String {
     format!(
         "{}/.well-known/oauth-protected-resource/mcp",
         gw.config().public_url.trim_end_matches('/')
@@ -134,15 +135,20 @@ async fn protected_resource_metadata(State(app): State<AppState>) -> Response {
 async fn healthz(State(app): State<AppState>) -> Response {
     match app.gw.audit().health() {
         Ok(()) => (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({
-                "status": "degraded",
-                "audit": format!("unavailable: {e}"),
-                "effect": "tool calls are denied until the audit store can write",
-            })),
-        )
-            .into_response(),
+        Err(e) => {
+            // Unauthenticated: the store's error (paths, database
+            // messages) goes to the log only.
+            tracing::warn!(error = %e, "health check: the audit store cannot write");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({
+                    "status": "degraded",
+                    "audit": "unavailable",
+                    "effect": "tool calls are denied until the audit store can write",
+                })),
+            )
+                .into_response()
+        }
     }
 }
 
@@ -180,42 +186,6 @@ async fn metrics(State(app): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
-/// A JSON-RPC error response with HTTP status and optional challenge.
-pub(crate) fn rpc_error(
-    status: StatusCode,
-    id: Value,
-    code: i32,
-    message: &str,
-    challenge: Option<String>,
-) -> Response {
-    rpc_error_with(status, id, code, message, None, challenge)
-}
-
-fn rpc_error_with(
-    status: StatusCode,
-    id: Value,
-    code: i32,
-    message: &str,
-    data: Option<Value>,
-    challenge: Option<String>,
-) -> Response {
-    let mut error = json!({"code": code, "message": message});
-    if let (Some(d), Some(obj)) = (data, error.as_object_mut()) {
-        obj.insert("data".into(), d);
-    }
-    let mut resp = (
-        status,
-        axum::Json(json!({"jsonrpc": "2.0", "id": id, "error": error})),
-    )
-        .into_response();
-    if let Some(c) = challenge
-        && let Ok(v) = HeaderValue::from_str(&c)
-    {
-        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-    }
-    resp
-}
-
 /// Marks a response sent before the request body was read: the connection
 /// cannot be reused (the unread body would be taken for the next request).
 fn closing(mut resp: Response) -> Response {
@@ -227,16 +197,9 @@ fn closing(mut resp: Response) -> Response {
 /// Checks a parsed body is a JSON-RPC 2.0 message (or a non-empty batch of
 /// them), and that `tools/call` params have the shape MCP requires, so
 /// malformed input gets the JSON-RPC error it deserves, not a transport one.
-fn envelope_problem(body: &Value) -> Option<(StatusCode, Value, i32, String)> {
-    fn one(m: &Value) -> Option<(StatusCode, Value, i32, String)> {
-        let invalid = |msg: &str| {
-            Some((
-                StatusCode::BAD_REQUEST,
-                Value::Null,
-                -32600,
-                format!("invalid JSON-RPC message: {msg}"),
-            ))
-        };
+fn envelope_problem(body: &Value) -> Option<(Value, GatewayError)> {
+    fn one(m: &Value) -> Option<(Value, GatewayError)> {
+        let invalid = |msg: &str| Some((Value::Null, GatewayError::invalid_message(msg)));
         let Some(obj) = m.as_object() else {
             return invalid("expected an object");
         };
@@ -262,12 +225,7 @@ fn envelope_problem(body: &Value) -> Option<(StatusCode, Value, i32, String)> {
                         Some(_) => None,
                     };
                     if let Some(msg) = bad {
-                        return Some((
-                            StatusCode::OK,
-                            id,
-                            -32602,
-                            format!("invalid params: {msg}"),
-                        ));
+                        return Some((id, GatewayError::invalid_params(msg)));
                     }
                 }
                 None
@@ -278,27 +236,12 @@ fn envelope_problem(body: &Value) -> Option<(StatusCode, Value, i32, String)> {
         }
     }
     match body {
-        Value::Array(items) if items.is_empty() => Some((
-            StatusCode::BAD_REQUEST,
-            Value::Null,
-            -32600,
-            "invalid JSON-RPC message: empty batch".into(),
-        )),
+        Value::Array(items) if items.is_empty() => {
+            Some((Value::Null, GatewayError::invalid_message("empty batch")))
+        }
         Value::Array(items) => items.iter().find_map(one),
         other => one(other),
     }
-}
-
-pub(crate) fn challenge(gw: &Gateway, error: Option<(&str, &str)>, scope: Option<&str>) -> String {
-    let mut c = format!("Bearer resource_metadata=\"{}\"", metadata_url(gw));
-    if let Some((code, desc)) = error {
-        let desc = desc.replace(['"', '\\'], "'");
-        c.push_str(&format!(", error=\"{code}\", error_description=\"{desc}\""));
-    }
-    if let Some(s) = scope {
-        c.push_str(&format!(", scope=\"{s}\""));
-    }
-    c
 }
 
 async fn authenticate(
@@ -315,13 +258,7 @@ async fn authenticate(
         .is_some()
     {
         gw.metrics().auth_failures.inc();
-        return Err(rpc_error(
-            StatusCode::BAD_REQUEST,
-            Value::Null,
-            -32600,
-            "invalid request: more than one Authorization header",
-            None,
-        ));
+        return Err(GatewayError::two_credentials().into_http(Value::Null));
     }
     let header = headers
         .get(header::AUTHORIZATION)
@@ -332,13 +269,7 @@ async fn authenticate(
     }
     let Some(token) = header.and_then(|h| mandate_authn::token_of(h, "Bearer")) else {
         gw.metrics().auth_failures.inc();
-        return Err(rpc_error(
-            StatusCode::UNAUTHORIZED,
-            Value::Null,
-            -32001,
-            "authentication required: send an OAuth bearer token",
-            Some(challenge(gw, None, None)),
-        ));
+        return Err(GatewayError::credential_required(gw).into_http(Value::Null));
     };
     match gw.authenticate(token).await {
         Ok(p) => Ok(Arc::new(p)),
@@ -346,13 +277,7 @@ async fn authenticate(
             gw.metrics().auth_failures.inc();
             let desc = e.description();
             tracing::info!(reason = %desc, "bearer token refused");
-            Err(rpc_error(
-                StatusCode::UNAUTHORIZED,
-                Value::Null,
-                -32001,
-                &format!("invalid token: {desc}"),
-                Some(challenge(gw, Some(("invalid_token", &desc)), None)),
-            ))
+            Err(GatewayError::invalid_token(gw, &desc).into_http(Value::Null))
         }
     }
 }
@@ -468,25 +393,10 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
                     "transport session is bound to another subject".into(),
                 )
                 .await;
-                return closing(rpc_error(
-                    StatusCode::FORBIDDEN,
-                    Value::Null,
-                    -32003,
-                    &format!(
-                        "this MCP session belongs to another subject; start a new session (decision {})",
-                        d.id()
-                    ),
-                    None,
-                ));
+                return closing(GatewayError::foreign_session(&d).into_http(Value::Null));
             }
             Check::Unknown => {
-                return closing(rpc_error(
-                    StatusCode::NOT_FOUND,
-                    Value::Null,
-                    -32001,
-                    "session not found: initialize a new session",
-                    None,
-                ));
+                return closing(GatewayError::SessionNotFound.into_http(Value::Null));
             }
         }
     }
@@ -500,16 +410,9 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
         match axum::body::to_bytes(body, gw.config().max_body_bytes).await {
             Ok(b) => b,
             Err(_) => {
-                return closing(rpc_error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    Value::Null,
-                    -32600,
-                    &format!(
-                        "request body exceeds {} bytes or did not arrive in time",
-                        gw.config().max_body_bytes
-                    ),
-                    None,
-                ));
+                return closing(
+                    GatewayError::too_large(gw.config().max_body_bytes).into_http(Value::Null),
+                );
             }
         }
     } else {
@@ -525,20 +428,14 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
         let message = match serde_json::from_slice::<Value>(&bytes) {
             Ok(m) => Some(m),
             Err(e) if declared_json => {
-                return rpc_error(
-                    StatusCode::BAD_REQUEST,
-                    Value::Null,
-                    -32700,
-                    &format!("parse error: {e}"),
-                    None,
-                );
+                return GatewayError::parse_error(&e).into_http(Value::Null);
             }
             // Not JSON and not declared as JSON: rmcp answers 415.
             Err(_) => None,
         };
         if let Some(message) = message {
-            if let Some((status, id, code, msg)) = envelope_problem(&message) {
-                return rpc_error(status, id, code, &msg, None);
+            if let Some((id, error)) = envelope_problem(&message) {
+                return error.into_http(id);
             }
             for (id, tool, args) in called_tools(&message) {
                 if !principal.scope().covers(&tool) {
@@ -551,13 +448,7 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
                 match app.sessions.admit(&principal).await {
                     Admission::Admitted(r) => reservation = Some(r),
                     Admission::Refused => {
-                        return closing(rpc_error(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            Value::Null,
-                            -32000,
-                            "too many MCP sessions are open on this gateway; retry later",
-                            None,
-                        ));
+                        return closing(GatewayError::Overloaded.into_http(Value::Null));
                     }
                 }
             }
@@ -611,27 +502,5 @@ async fn scope_refusal(
         format!("scope does not cover {tool}"),
     )
     .await;
-    rpc_error_with(
-        StatusCode::FORBIDDEN,
-        id,
-        crate::error::CODE_DENIED,
-        &format!(
-            "call to {tool} denied: outside the token's scope (decision {})",
-            d.id()
-        ),
-        Some(json!({
-            "denied": true,
-            "tool": tool,
-            "reason": "insufficient_scope",
-            "decision_id": d.id().as_str(),
-        })),
-        Some(challenge(
-            gw,
-            Some((
-                "insufficient_scope",
-                "the token's scope does not cover this tool",
-            )),
-            Some(&tool),
-        )),
-    )
+    GatewayError::out_of_scope(gw, &tool, &d).into_http(id)
 }

@@ -118,10 +118,7 @@ impl Tasks {
                 // An upstream that answers a released call with its own task or
                 // an input request cannot be relayed through a held task.
                 Ok(_) => TaskPayload::Failed {
-                    error: to_object(&ErrorData::internal_error(
-                        "the tool answered with a multi-step response, which a held task cannot relay",
-                        None,
-                    )),
+                    error: to_object(&crate::error::unrelayable_in_task()),
                 },
                 Err(_) if e.cancel.is_cancelled() => TaskPayload::Cancelled,
                 Err(err) => TaskPayload::Failed {
@@ -160,5 +157,5 @@ impl Tasks {
 }
 
 fn not_found(id: &str) -> ErrorData {
-    ErrorData::invalid_params(format!("no task {id}"), None)
+    crate::error::unknown_task(id)
 }

@@ -28,8 +28,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{Mutex, RwLock};
 
-/// Why an upstream call did not produce a result.
-#[derive(Debug, thiserror::Error)]
+/// Why an upstream call did not produce a result. Its text (addresses,
+/// transport and OS errors) is for the log and the audit record only: an
+/// agent sees the category `crate::error` maps it to.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
     /// Could not connect or initialise.
     #[error("upstream {upstream:?} is unavailable: {detail}")]
@@ -46,6 +48,15 @@ pub enum UpstreamError {
         upstream: String,
         /// The timeout.
         secs: u64,
+    },
+    /// The upstream answered with something that is not a valid response
+    /// to the request.
+    #[error("upstream {upstream:?} returned an invalid response: {detail}")]
+    InvalidResponse {
+        /// Upstream name.
+        upstream: String,
+        /// What was wrong.
+        detail: String,
     },
     /// The upstream answered with a JSON-RPC error.
     #[error("upstream {upstream:?} returned an error: {message}")]
@@ -65,6 +76,7 @@ impl UpstreamError {
         match self {
             Self::Unavailable { .. } => "upstream_unavailable",
             Self::Timeout { .. } => "timeout",
+            Self::InvalidResponse { .. } => "upstream_invalid_response",
             Self::Protocol { .. } => "upstream_error",
         }
     }
@@ -529,6 +541,16 @@ impl Upstream {
                 message: e.message.to_string(),
                 error: Some(e),
             }),
+            Ok(Err(
+                e @ (rmcp::ServiceError::UnexpectedResponse
+                | rmcp::ServiceError::InputRequiredRoundsExceeded { .. }),
+            )) => {
+                self.discard(Some(session));
+                Err(UpstreamError::InvalidResponse {
+                    upstream: self.cfg.name.clone(),
+                    detail: e.to_string(),
+                })
+            }
             Ok(Err(e)) => {
                 self.discard(Some(session));
                 Err(self.unavailable(e))

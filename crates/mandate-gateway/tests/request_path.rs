@@ -97,6 +97,28 @@ fn upstream(name: &str, tools: &[(&str, ToolClass)]) -> UpstreamConfig {
 
 impl Env {
     async fn new() -> Result<Self, Box<dyn std::error::Error>> {
+        Self::with_upstreams(vec![
+            upstream(
+                "docs",
+                &[
+                    ("search", ToolClass::Read),
+                    ("send_mail", ToolClass::Outbound),
+                ],
+            ),
+            upstream(
+                "bank",
+                &[
+                    ("get_balance", ToolClass::Read),
+                    ("transfer", ToolClass::Financial),
+                ],
+            ),
+        ])
+        .await
+    }
+
+    async fn with_upstreams(
+        upstreams: Vec<UpstreamConfig>,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let issuer = mandate_authn::dev::generate_ed25519()?;
         let jwks = dir.path().join("jwks.json");
@@ -124,22 +146,7 @@ impl Env {
             public_url: PUBLIC_URL.to_owned(),
             resource: AUDIENCE.to_owned(),
             authorization_servers: vec![ISSUER.to_owned()],
-            upstreams: vec![
-                upstream(
-                    "docs",
-                    &[
-                        ("search", ToolClass::Read),
-                        ("send_mail", ToolClass::Outbound),
-                    ],
-                ),
-                upstream(
-                    "bank",
-                    &[
-                        ("get_balance", ToolClass::Read),
-                        ("transfer", ToolClass::Financial),
-                    ],
-                ),
-            ],
+            upstreams,
             max_body_bytes: MAX_BODY,
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
@@ -627,9 +634,10 @@ async fn unknown_session_is_404() -> TestResult {
         .post(Some(&token), Some("no-such-session"), tools_list(1))
         .await?;
     assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text);
+    // Its own code: -32001 is "unauthenticated" and nothing else.
     assert_eq!(
         reply.error_code(&Value::Null),
-        Some(-32001),
+        Some(-32005),
         "{}",
         reply.text
     );
@@ -661,5 +669,166 @@ async fn unknown_tool_is_invalid_params_not_a_denial() -> TestResult {
     // The agent can tell it apart from a denial, and it is still recorded.
     assert_ne!(error.get("code"), Some(&json!(-32003)));
     assert_eq!(env.audited(), before + 1);
+    Ok(())
+}
+
+/// A real MCP server (rmcp) with one read tool, `lookup`, served over
+/// Streamable HTTP until `stop` fires.
+#[derive(Clone)]
+struct Lookup;
+
+impl rmcp::ServerHandler for Lookup {
+    fn get_info(&self) -> rmcp::model::ServerConfig {
+        rmcp::model::ServerConfig::new(
+            rmcp::model::ServerCapabilities::builder()
+                .enable_tools()
+                .build(),
+        )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<rmcp::model::PaginatedRequestParams>,
+        _ctx: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::ListToolsResult, rmcp::ErrorData> {
+        let schema = json!({"type": "object", "properties": {"key": {"type": "string"}}});
+        let schema = schema.as_object().cloned().unwrap_or_default();
+        Ok(rmcp::model::ListToolsResult::with_all_items(vec![
+            rmcp::model::Tool::new("lookup", "Looks a key up.", schema),
+        ]))
+    }
+
+    async fn call_tool(
+        &self,
+        _params: rmcp::model::CallToolRequestParams,
+        _ctx: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, rmcp::ErrorData> {
+        Ok(rmcp::model::CallToolResponse::Complete(
+            rmcp::model::CallToolResult::success(vec![rmcp::model::ContentBlock::text("found")]),
+        ))
+    }
+}
+
+/// Serves [`Lookup`] on a loopback port; the sender stops accepting
+/// connections (and closes idle ones).
+async fn lookup_server()
+-> Result<(String, tokio::sync::oneshot::Sender<()>), Box<dyn std::error::Error>> {
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let service = StreamableHttpService::new(
+        || Ok(Lookup),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default(),
+    );
+    let app = Router::new().nest_service("/mcp", service);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    Ok((format!("http://{addr}/mcp"), stop))
+}
+
+/// An upstream that went away after its catalogue was read: the agent
+/// gets "upstream unavailable" with the correlation id, never the
+/// transport's words, the OS error or the upstream's address; those are
+/// in the call's outcome record.
+#[tokio::test]
+async fn an_unreachable_upstream_leaks_no_internals_to_the_agent() -> TestResult {
+    let (url, stop) = lookup_server().await?;
+    let mut flaky = upstream("flaky", &[("lookup", ToolClass::Read)]);
+    flaky.transport = Transport::Http {
+        url: url.clone(),
+        headers: BTreeMap::new(),
+    };
+    let env = Env::with_upstreams(vec![flaky]).await?;
+    let token = env.token_with("alice@example.com", json!({"scope": "flaky.*"}))?;
+    let session = env.initialize(&token).await?;
+    // The catalogue is read (and cached) while the upstream is up.
+    let listed = env
+        .post(Some(&token), Some(&session), tools_list(1))
+        .await?;
+    assert!(listed.text.contains("flaky.lookup"), "{}", listed.text);
+
+    // The upstream goes away: nothing listens on its port any more.
+    let _ = stop.send(());
+    let authority = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .to_owned();
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(&authority).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let reply = env
+        .post(
+            Some(&token),
+            Some(&session),
+            tools_call(2, "flaky.lookup", json!({"key": "k"})),
+        )
+        .await?;
+    let error = reply
+        .error(&json!(2))
+        .ok_or(format!("no error: {}", reply.text))?;
+    assert_eq!(error.get("code"), Some(&json!(-32004)), "{error}");
+    let message = error
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    assert!(message.starts_with("upstream unavailable"), "{message}");
+    let correlation = error
+        .pointer("/data/correlation_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        !correlation.is_empty() && message.contains(&correlation),
+        "{error}"
+    );
+    for internal in [
+        "os error",
+        "Connection refused",
+        "connection refused",
+        "error sending request",
+        "tcp connect",
+        url.as_str(),
+        authority.as_str(),
+    ] {
+        assert!(
+            !reply.text.contains(internal),
+            "{internal:?} reached the agent: {}",
+            reply.text
+        );
+    }
+
+    // The detail is kept: the outcome record of that call says what failed.
+    let store = env.gateway.audit().store().clone();
+    let mut detail = None;
+    for _ in 0..100 {
+        let records = mandate_audit::read_records(store.clone(), None)?;
+        detail = records
+            .iter()
+            .map(|r| &r.record)
+            .find(|r| r.correlation_id.as_str() == correlation && r.outcome.is_some())
+            .map(|r| (r.outcome.clone(), r.detail.clone()));
+        if detail.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (outcome, detail) = detail.ok_or("no outcome record for the call")?;
+    assert_eq!(outcome.as_deref(), Some("upstream_unavailable"));
+    let detail = detail.unwrap_or_default();
+    assert!(detail.contains(&authority), "outcome detail: {detail}");
     Ok(())
 }

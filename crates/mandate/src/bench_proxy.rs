@@ -69,8 +69,15 @@ impl BareProxy {
     }
 }
 
+/// The upstream's error goes to the log; the client learns only that the
+/// upstream failed (the gateway's `upstream_failed` code).
 fn upstream_error(e: &impl std::fmt::Display) -> ErrorData {
-    ErrorData::internal_error(format!("upstream: {e}"), None)
+    tracing::warn!(error = %e, "bare proxy: upstream failed");
+    ErrorData::new(
+        rmcp::model::ErrorCode(mandate_gateway::error::RpcCode::UpstreamFailed.value()),
+        "upstream unavailable",
+        None,
+    )
 }
 
 impl ServerHandler for BareProxy {

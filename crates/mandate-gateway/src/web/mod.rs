@@ -200,11 +200,7 @@ async fn security_headers(mut resp: Response) -> Response {
 
 /// A refusal of a JSON endpoint: `{"error", "error_description"}`.
 fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
-    (
-        status,
-        Json(json!({"error": code, "error_description": message.into()})),
-    )
-        .into_response()
+    crate::error::ApiError::new(status, code, message).into_response()
 }
 
 fn signed_out() -> Response {
