@@ -166,7 +166,7 @@ def test_the_log_names_the_version_and_carries_no_colour_codes_when_not_a_termin
         "command": str(mandate_bin()), "args": ["demo-server", "--profile", "workspace"],
         "tools": {"search": "read"}}})
     gw.proc.stop()
-    log = gw.proc.stderr()
+    log = gw.proc.stderr_path.read_text(errors="replace")
     assert "mandate serving MCP at /mcp" in log, log[-2000:]
     serving = next(line for line in log.splitlines() if "mandate serving MCP" in line)
     assert "version=" in serving, serving
