@@ -29,6 +29,7 @@
 //! does not rely on them.
 
 mod backend;
+pub mod bundle;
 mod chain;
 mod error;
 pub mod merkle;

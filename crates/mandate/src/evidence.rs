@@ -5,20 +5,20 @@
 use crate::audit_cli::{AuditSettings, StoreArgs, public_key};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
-use mandate_audit::merkle::{Hash, leaf_hash, verify_consistency, verify_inclusion};
+use mandate_audit::bundle::{
+    BundleRecord, BundleReport, ConsistencyProof, InclusionProof, Manifest, Proofs, Selection,
+    sha256_hex,
+};
 use mandate_audit::replay::{TimelineEntry, format_ms, timeline};
-use mandate_audit::{LogTree, NoteVerifier, StoredRecord, record_hash};
+use mandate_audit::{LogTree, NoteVerifier, StoredRecord};
+use mandate_core::Clock;
 use mandate_core::html::escape;
-use mandate_core::{AuditRecord, Clock};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
-/// The bundle format's name and version (in `manifest.json`).
-pub const BUNDLE_FORMAT: &str = "mandate-evidence-bundle/1";
+pub use mandate_audit::bundle::BUNDLE_FORMAT;
 
 /// `mandate audit export`.
 #[derive(Debug, Args)]
@@ -40,61 +40,6 @@ pub struct ExportArgs {
     out: std::path::PathBuf,
 }
 
-/// One line of `records.jsonl`.
-#[derive(Debug, Serialize, Deserialize)]
-struct BundleRecord {
-    seq: i64,
-    prev_hash: String,
-    hash: String,
-    /// The stored canonical JSON, exactly: what both hashes cover.
-    body: String,
-}
-
-/// `proofs.json`.
-#[derive(Debug, Serialize, Deserialize)]
-struct Proofs {
-    /// The checkpoint every inclusion proof is against.
-    tree_size: u64,
-    inclusion: Vec<InclusionProof>,
-    /// Between consecutive checkpoints in `checkpoints/`, oldest first.
-    consistency: Vec<ConsistencyProof>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct InclusionProof {
-    seq: i64,
-    leaf_index: u64,
-    proof: Vec<Hash>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct ConsistencyProof {
-    from_size: u64,
-    to_size: u64,
-    proof: Vec<Hash>,
-}
-
-/// `manifest.json`.
-#[derive(Debug, Serialize, Deserialize)]
-struct Manifest {
-    format: String,
-    created_ms: i64,
-    log_origin: String,
-    log_key: String,
-    selection: Selection,
-    records: usize,
-    tree_size: u64,
-    /// SHA-256 (hex) of every other file, by name.
-    files: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Selection {
-    from_ms: i64,
-    to_ms: i64,
-    session: Option<String>,
-}
-
 /// Parses `--from`/`--to`: Unix ms, `YYYY-MM-DD` (midnight UTC) or an
 /// RFC 3339 time (`2026-11-30T08:00:00Z`, `…08:00:00.5+01:00`).
 fn parse_instant(s: &str) -> Result<i64> {
@@ -111,10 +56,6 @@ fn parse_instant(s: &str) -> Result<i64> {
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|t| t.timestamp_millis())
         .map_err(|_| bad())
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 /// Writes the bundle.
@@ -281,16 +222,6 @@ pub async fn export(settings: &AuditSettings, args: &ExportArgs) -> Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-/// What a bundle verification found.
-#[derive(Debug, Default, Serialize)]
-struct BundleReport {
-    records: usize,
-    tree_size: u64,
-    checkpoints: usize,
-    key: String,
-    problems: Vec<String>,
-}
-
 /// Verifies a bundle with nothing but its files and the log's public key.
 pub fn verify_bundle(dir: &Path, key: Option<&Path>, json: bool) -> Result<ExitCode> {
     let report = check_bundle(dir, key)?;
@@ -318,158 +249,16 @@ pub fn verify_bundle(dir: &Path, key: Option<&Path>, json: bool) -> Result<ExitC
     })
 }
 
-fn read(dir: &Path, name: &str) -> Result<Vec<u8>> {
-    std::fs::read(dir.join(name)).with_context(|| format!("reading {name}"))
-}
-
 fn check_bundle(dir: &Path, key_file: Option<&Path>) -> Result<BundleReport> {
-    let manifest: Manifest = serde_json::from_slice(&read(dir, "manifest.json")?)
-        .context("manifest.json is not a bundle manifest")?;
-    if manifest.format != BUNDLE_FORMAT {
-        bail!("unknown bundle format {:?}", manifest.format);
-    }
-    let mut problems = Vec::new();
     // The key given by the caller is the trust anchor (a bundle cannot
-    // vouch for itself); the bundle's own copy must be the same key.
+    // vouch for itself).
     let Some(key_file) = key_file else {
         bail!(
             "verifying a bundle needs --key: the log's public key, from a source you trust (the bundle's own log.pub proves nothing)"
         );
     };
-    let bundled: NoteVerifier = String::from_utf8(read(dir, "log.pub")?)?
-        .parse()
-        .map_err(|e| anyhow!("log.pub: {e}"))?;
     let key = NoteVerifier::read(key_file).map_err(|e| anyhow!("{e}"))?;
-    if key != bundled {
-        problems.push("log.pub is not the key given with --key".to_owned());
-    }
-    for (name, want) in &manifest.files {
-        match read(dir, name) {
-            Ok(bytes) if &sha256_hex(&bytes) == want => {}
-            Ok(_) => problems.push(format!("{name}: content differs from the manifest")),
-            Err(_) => problems.push(format!("{name}: missing")),
-        }
-    }
-    // Checkpoints, by size.
-    let mut checkpoints = BTreeMap::new();
-    for entry in std::fs::read_dir(dir.join("checkpoints"))? {
-        let entry = entry?;
-        let note = std::fs::read_to_string(entry.path())?;
-        match key.open_checkpoint(&note) {
-            Ok(cp) => {
-                // Two signed roots for one size are a fork of the log.
-                if let Some(other) = checkpoints.insert(cp.size, cp.root)
-                    && other != cp.root
-                {
-                    problems.push(format!(
-                        "two signed checkpoints of size {} with different roots: the log forked",
-                        cp.size
-                    ));
-                }
-            }
-            Err(e) => problems.push(format!("{}: {e}", entry.file_name().to_string_lossy())),
-        }
-    }
-    let proofs: Proofs =
-        serde_json::from_slice(&read(dir, "proofs.json")?).context("proofs.json")?;
-    let Some(root) = checkpoints.get(&proofs.tree_size).copied() else {
-        problems.push(format!(
-            "no valid signed checkpoint of size {} (the proofs' tree)",
-            proofs.tree_size
-        ));
-        return Ok(BundleReport {
-            key: key.to_string(),
-            problems,
-            ..Default::default()
-        });
-    };
-    for c in &proofs.consistency {
-        match (checkpoints.get(&c.from_size), checkpoints.get(&c.to_size)) {
-            (Some(a), Some(b)) => {
-                if verify_consistency(c.from_size, c.to_size, a, b, &c.proof).is_err() {
-                    problems.push(format!(
-                        "checkpoints {} and {}: the log was not append-only between them",
-                        c.from_size, c.to_size
-                    ));
-                }
-            }
-            _ => problems.push(format!(
-                "consistency proof {}→{} refers to a missing checkpoint",
-                c.from_size, c.to_size
-            )),
-        }
-    }
-    let proof_of: BTreeMap<i64, &InclusionProof> =
-        proofs.inclusion.iter().map(|p| (p.seq, p)).collect();
-    let text = String::from_utf8(read(dir, "records.jsonl")?).context("records.jsonl")?;
-    let mut count = 0usize;
-    let mut previous: Option<BundleRecord> = None;
-    for line in text.lines().filter(|l| !l.is_empty()) {
-        count += 1;
-        let r: BundleRecord = match serde_json::from_str(line) {
-            Ok(r) => r,
-            Err(_) => {
-                problems.push(format!("records.jsonl line {count}: not a record"));
-                continue;
-            }
-        };
-        let seq = r.seq;
-        if record_hash(&r.prev_hash, &r.body) != r.hash {
-            problems.push(format!(
-                "record {seq}: edited (its content does not match its hash)"
-            ));
-        }
-        if let Some(p) = &previous
-            && p.seq.checked_add(1) == Some(seq)
-            && p.hash != r.prev_hash
-        {
-            problems.push(format!("record {seq}: does not chain to record {}", p.seq));
-        }
-        match serde_json::from_str::<AuditRecord>(&r.body) {
-            Ok(rec) => {
-                let in_range = rec.time_ms >= manifest.selection.from_ms
-                    && rec.time_ms < manifest.selection.to_ms;
-                let in_session = manifest
-                    .selection
-                    .session
-                    .as_ref()
-                    .is_none_or(|s| &rec.subject.session == s);
-                if !in_range || !in_session {
-                    problems.push(format!("record {seq}: outside the bundle's selection"));
-                }
-            }
-            Err(_) => problems.push(format!("record {seq}: body is not an audit record")),
-        }
-        let leaf = leaf_hash(r.body.as_bytes());
-        match proof_of.get(&seq) {
-            Some(p)
-                if seq
-                    .checked_sub(1)
-                    .and_then(|s| u64::try_from(s).ok())
-                    == Some(p.leaf_index)
-                    && verify_inclusion(p.leaf_index, proofs.tree_size, &leaf, &p.proof, &root)
-                        .is_ok() => {}
-            Some(_) => problems.push(format!(
-                "record {seq}: not included in the signed tree of {} records (edited, inserted or moved)",
-                proofs.tree_size
-            )),
-            None => problems.push(format!("record {seq}: no inclusion proof")),
-        }
-        previous = Some(r);
-    }
-    if count != manifest.records {
-        problems.push(format!(
-            "records.jsonl holds {count} records, the manifest says {}",
-            manifest.records
-        ));
-    }
-    Ok(BundleReport {
-        records: count,
-        tree_size: proofs.tree_size,
-        checkpoints: checkpoints.len(),
-        key: key.to_string(),
-        problems,
-    })
+    Ok(mandate_audit::bundle::verify_bundle(dir, &key)?)
 }
 
 /// The human-readable report: what the bundle holds, how to check it, and
