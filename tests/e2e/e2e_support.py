@@ -295,7 +295,8 @@ class Launcher:
 
     def gateway(self, issuer: Issuer, upstreams: dict[str, dict[str, Any]], *, max_body_bytes: int = 1048576,
                 data_dir: Path | None = None, extra_toml: str = "", name: str = "gateway",
-                policy_dir: Path = POLICY_DIR, policy_toml: str = "") -> Gateway:
+                policy_dir: Path = POLICY_DIR, policy_toml: str = "",
+                log: str = "info,mandate=debug,mandate_gateway=debug") -> Gateway:
         port = free_port()
         d = self.root / f"{name}-{uuid.uuid4().hex[:6]}"
         d.mkdir(parents=True)
@@ -308,7 +309,7 @@ class Launcher:
                          policy_toml=policy_toml) + extra_toml
         )
         proc = self.spawn([str(mandate_bin()), "serve", "--config", str(config)], name,
-                          env={"MANDATE_LOG": "info,mandate=debug,mandate_gateway=debug"})
+                          env={"MANDATE_LOG": log})
         gw = Gateway(public_url=public_url, config=config, data_dir=data, proc=proc)
         gw.wait_ready()
         return gw
