@@ -27,10 +27,12 @@ call's outcome record took to become visible after the agent had its
 result. It writes OUT/soak.csv, OUT/summary.json and a plot (OUT/soak.png,
 or `--plot PATH`).
 
+Before the load, one session lists the tools, so the gateway pins each on
+first use (one `control/tool.pin` record per tool) before any agent runs.
 At the end it checks that the store holds exactly the records the calls
 imply (docs/AUDIT-FORMAT.md section 1):
 
-    records = 1                            the policy-set bootstrap record
+    records = the records at the start     (the tool pins above)
             + 1 per call                   its decision record
             + 1 per held call              the "held for human approval" record
             + 1 per forwarded call         its outcome record
@@ -48,6 +50,7 @@ import asyncio
 import contextlib
 import csv
 import json
+import logging
 import os
 import random
 import resource
@@ -161,6 +164,7 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.local = threading.local()
 
     def _conn(self) -> sqlite3.Connection:
         return sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10)
@@ -192,12 +196,12 @@ class Store:
         return out
 
     def outcome_visible(self, correlation_id: str) -> bool:
-        conn = self._conn()
-        try:
-            return conn.execute("SELECT 1 FROM audit_log WHERE correlation_id = ? AND kind = 'outcome'",
-                                (correlation_id,)).fetchone() is not None
-        finally:
-            conn.close()
+        # One connection per probing thread: polled every 2 ms.
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = self.local.conn = self._conn()
+        return conn.execute("SELECT 1 FROM audit_log WHERE correlation_id = ? AND kind = 'outcome'",
+                            (correlation_id,)).fetchone() is not None
 
 
 def raise_fd_limit(want: int) -> None:
@@ -549,6 +553,9 @@ def fmt(v: float | None, scale: float = 1000.0) -> str:
 
 
 async def run_soak(args: argparse.Namespace) -> int:
+    # The Python SDK warns on every session it closes: rmcp answers DELETE
+    # with 202, the SDK expects 200 or 204 (the session is closed either way).
+    logging.getLogger("mcp.client.streamable_http").setLevel(logging.ERROR)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     raise_fd_limit(args.idle + args.slow + 4 * args.sessions + 1024)
@@ -561,6 +568,11 @@ async def run_soak(args: argparse.Namespace) -> int:
         gw = start_gateway(launcher, issuer)
         pid = gw.proc.pid
         store = Store(gw.audit_db)
+        # Pin every tool before the load: concurrent first uses of one tool
+        # each record a pin (seen in the first runs), which would blur the
+        # relation between calls and records checked at the end.
+        async with sdk_client(gw.mcp_url, issuer.mint(gw.audience, scope=SCOPE, sub="pinning@example.com")) as c:
+            await c.list_tools()
         bootstrap, _ = store.counts()
         op_token = issuer.operator_token(gw.api_audience, APPROVER)
         port = int(gw.public_url.rsplit(":", 1)[1])
