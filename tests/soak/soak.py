@@ -387,6 +387,8 @@ class Tally:
     lag_probes: list[float] = field(default_factory=list)
     all_lat: list[float] = field(default_factory=list)
     all_held_lat: list[float] = field(default_factory=list)
+    loop_lag: list[float] = field(default_factory=list)  # this interval's event-loop delays (seconds)
+    all_loop_lag: list[float] = field(default_factory=list)
     pending_probe: bool = False
     held_calls: list[tuple[str, bool]] = field(default_factory=list)  # (correlation id, forwarded)
 
@@ -539,13 +541,22 @@ async def approver(gw: Gateway, token: str, tally: Tally, stop: asyncio.Event, s
                 await asyncio.wait_for(stop.wait(), 0.1)
 
 
+async def loop_lag(tally: Tally, stop: asyncio.Event) -> None:
+    """How late the agents' own event loop wakes up (10 ms sleeps): the part
+    of a measured latency that is the client's, not the gateway's."""
+    while not stop.is_set():
+        t = time.perf_counter()
+        await asyncio.sleep(0.01)
+        tally.loop_lag.append(time.perf_counter() - t - 0.01)
+
+
 # --------------------------------------------------------------------------
 # The soak
 
 
 COLUMNS = ["t_s", "phase", "rss_mib", "fds", "threads", "sessions_open", "connections_open", "calls",
            "calls_per_s", "allowed", "denied", "held", "errors", "p50_ms", "p99_ms", "held_p50_ms",
-           "forwarded_acked", "outcomes_visible", "audit_lag_records", "audit_lag_p50_ms", "audit_lag_max_ms",
+           "client_loop_lag_p99_ms", "forwarded_acked", "outcomes_visible", "audit_lag_records", "audit_lag_p50_ms", "audit_lag_max_ms",
            "audit_records", "siege_idle_open", "siege_slow_open"]
 
 
@@ -585,6 +596,7 @@ async def run_soak(args: argparse.Namespace) -> int:
         warmup = min(args.warmup, args.duration / 3)
         stop = asyncio.Event()
         appr = asyncio.create_task(approver(gw, op_token, tally, stop, args.seed))
+        lagger = asyncio.create_task(loop_lag(tally, stop))
         agents = [asyncio.create_task(agent(i, gw, issuer, tally, deadline, args.think_ms / 1000, store, args.seed))
                   for i in range(args.sessions)]
         print(f"soak: gateway pid {pid} at {gw.public_url}; {args.sessions} sessions for {args.duration:.0f} s, "
@@ -609,6 +621,8 @@ async def run_soak(args: argparse.Namespace) -> int:
                 lat, tally.lat = tally.lat, []
                 held_lat, tally.held_lat = tally.held_lat, []
                 lags, tally.lag_probes = tally.lag_probes, []
+                loop, tally.loop_lag = tally.loop_lag, []
+                tally.all_loop_lag += loop
                 tally.all_lat += lat
                 tally.all_held_lat += held_lat
                 st = siege.status() if siege else {}
@@ -626,6 +640,7 @@ async def run_soak(args: argparse.Namespace) -> int:
                     "held": len(tally.held_calls), "errors": tally.errors,
                     "p50_ms": fmt(pct(lat, 50)), "p99_ms": fmt(pct(lat, 99)),
                     "held_p50_ms": fmt(pct(held_lat, 50)),
+                    "client_loop_lag_p99_ms": fmt(pct(loop, 99)),
                     "forwarded_acked": tally.forwarded,
                     "outcomes_visible": outcomes,
                     "audit_lag_records": tally.forwarded - outcomes,
@@ -638,12 +653,13 @@ async def run_soak(args: argparse.Namespace) -> int:
                 f.flush()
                 samples.append(row)
                 print("soak: " + " ".join(f"{k}={row[k]}" for k in (
-                    "t_s", "rss_mib", "fds", "calls_per_s", "p50_ms", "p99_ms", "held_p50_ms",
+                    "t_s", "rss_mib", "fds", "calls_per_s", "p50_ms", "p99_ms", "held_p50_ms", "client_loop_lag_p99_ms",
                     "audit_lag_records", "audit_lag_max_ms", "errors")), flush=True)
 
         await asyncio.gather(*agents)
         stop.set()
         await appr
+        await lagger
         if siege:
             siege_final = siege.status()
             siege.stop()
@@ -725,6 +741,8 @@ def summarise(args: argparse.Namespace, samples: list[dict[str, Any]], tally: Ta
                      "refused": tally.approver_refused, "other": tally.approver_other},
         "latency_ms": {"p50": fmt(pct(tally.all_lat, 50)), "p99": fmt(pct(tally.all_lat, 99)),
                        "held_p50": fmt(pct(tally.all_held_lat, 50)), "held_p99": fmt(pct(tally.all_held_lat, 99)),
+                       "client_loop_lag_p50": fmt(pct(tally.all_loop_lag, 50)),
+                       "client_loop_lag_p99": fmt(pct(tally.all_loop_lag, 99)),
                        "interval_p99_first_third_median": statistics.median(p99s[:third]) if p99s else None,
                        "interval_p99_last_third_median": statistics.median(p99s[-third:]) if p99s else None,
                        "interval_p50_first_third_median": statistics.median(p50s[:third]) if p50s else None,
@@ -761,7 +779,8 @@ def print_report(s: dict[str, Any]) -> None:
               + (f"{r['slope_mib_per_hour']:+.1f} MiB/h" if r["slope_mib_per_hour"] is not None else "n/a"))
     print(f"Descriptors: {s['fds']}")
     print(f"Latency (unheld calls): p50 {lat['p50']} ms, p99 {lat['p99']} ms; held calls p50 {lat['held_p50']} ms "
-          f"(includes the approver's polling)")
+          f"(includes the approver's polling); the client's own event loop was late by p50 "
+          f"{lat['client_loop_lag_p50']} ms, p99 {lat['client_loop_lag_p99']} ms")
     print(f"Audit: {a['records']} records, {a['expected']} expected; {a['call_outcomes']} call outcomes for "
           f"{a['forwarded_acknowledged']} forwarded calls; upstreams received {a['upstream_received']}; "
           f"lag max {a['lag_records_max']} records / {a['lag_probe_max_ms']} ms; verify exit {a['verify_exit']}")
@@ -802,6 +821,8 @@ def plot(csv_path: Path, png: Path, summary: dict[str, Any]) -> None:
     ax = axes[2]
     ax.plot(t, col("p50_ms"), label="p50, unheld calls", color="tab:blue")
     ax.plot(t, col("p99_ms"), label="p99, unheld calls", color="tab:red")
+    ax.plot(t, col("client_loop_lag_p99_ms"), label="p99 delay of the client's own event loop (not the gateway's)",
+            color="tab:grey", lw=1, ls="--")
     ax.set_ylabel("latency per interval (ms)")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8, loc="upper left")
@@ -1104,7 +1125,7 @@ def main() -> int:
     p.add_argument("--interval", type=float, default=5, help="seconds between samples (default 5)")
     p.add_argument("--warmup", type=float, default=60, help="seconds of warm-up before RSS growth is measured "
                    "(default 60; at most a third of the duration)")
-    p.add_argument("--think-ms", type=float, default=400, help="mean pause of an agent between calls (default 400)")
+    p.add_argument("--think-ms", type=float, default=1000, help="mean pause of an agent between calls (default 1000)")
     p.add_argument("--idle", type=int, default=300, help="idle connections in the background (default 300)")
     p.add_argument("--slow", type=int, default=50, help="slow-header connections in the background (default 50)")
     p.add_argument("--seed", type=int, default=19)
