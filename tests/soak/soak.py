@@ -418,22 +418,23 @@ def pick_call(rng: random.Random, n: int) -> tuple[str, dict[str, Any]]:
 
 
 async def agent(i: int, gw: Gateway, issuer: Issuer, tally: Tally, deadline: float, think: float,
-                store: Store, seed: int) -> None:
+                store: Store, seed: int, token_ttl: int) -> None:
     from mcp import MCPError
 
     rng = random.Random(seed * 1000 + i)
     user = f"user-{i}@example.com"
     n = 0
     while time.monotonic() < deadline:
+        exp = int(time.time()) + token_ttl
         token = issuer.mint(gw.audience, scope=SCOPE, sub=user, act={"sub": f"agent-soak-{i}"},
                             sid=f"soak-{i}-{uuid.uuid4().hex[:8]}", task_id=f"task-{i}-{uuid.uuid4().hex[:8]}",
-                            exp=int(time.time()) + 900)
+                            exp=exp)
         try:
             async with sdk_client(gw.mcp_url, token, timeout=90) as client:
                 tally.sessions += 1
                 for _ in range(rng.randint(20, 50)):
-                    if time.monotonic() >= deadline:
-                        break
+                    if time.monotonic() >= deadline or time.time() > exp - 20:
+                        break  # (a session ends before its token does)
                     n += 1
                     name, args = pick_call(rng, n)
                     t0 = time.perf_counter()
@@ -593,11 +594,15 @@ async def run_soak(args: argparse.Namespace) -> int:
             siege.wait_ready()
         started = time.monotonic()
         deadline = started + args.duration
-        warmup = min(args.warmup, args.duration / 3)
+        # Per-session state (usage, taint, provenance) is kept until the
+        # session's token has expired plus a 120 s grace, and swept once a
+        # minute: only after that does the state of ended sessions turn over.
+        warmup = args.warmup if args.warmup is not None else min(args.token_ttl + 180, args.duration / 2)
         stop = asyncio.Event()
         appr = asyncio.create_task(approver(gw, op_token, tally, stop, args.seed))
         lagger = asyncio.create_task(loop_lag(tally, stop))
-        agents = [asyncio.create_task(agent(i, gw, issuer, tally, deadline, args.think_ms / 1000, store, args.seed))
+        agents = [asyncio.create_task(agent(i, gw, issuer, tally, deadline, args.think_ms / 1000, store, args.seed,
+                                        args.token_ttl))
                   for i in range(args.sessions)]
         print(f"soak: gateway pid {pid} at {gw.public_url}; {args.sessions} sessions for {args.duration:.0f} s, "
               f"{args.idle} idle + {args.slow} slow-header connections; out {out}", flush=True)
@@ -731,6 +736,7 @@ def summarise(args: argparse.Namespace, samples: list[dict[str, Any]], tally: Ta
         "command": " ".join(sys.argv),
         "binary": str(mandate_bin()),
         "duration_s": duration, "sessions": args.sessions, "think_ms": args.think_ms, "warmup_s": warmup,
+        "token_ttl_s": args.token_ttl,
         "idle_connections": args.idle, "slow_header_connections": args.slow,
         "samples": len(samples), "samples_after_warmup": len(run),
         "calls": tally.calls, "calls_per_s": tally.calls / duration if duration else None,
@@ -1123,8 +1129,9 @@ def main() -> int:
     p.add_argument("--sessions", type=int, default=50, help="concurrent agent sessions (default 50)")
     p.add_argument("--out", default=str(REPO / "target" / "soak"), help="output directory (default target/soak)")
     p.add_argument("--interval", type=float, default=5, help="seconds between samples (default 5)")
-    p.add_argument("--warmup", type=float, default=60, help="seconds of warm-up before RSS growth is measured "
-                   "(default 60; at most a third of the duration)")
+    p.add_argument("--warmup", type=float, help="seconds of warm-up before RSS growth is measured (default: "
+                   "token lifetime + 180 s, when ended sessions' state starts being swept; at most half the duration)")
+    p.add_argument("--token-ttl", type=int, default=120, help="lifetime of each agent session's token (default 120 s)")
     p.add_argument("--think-ms", type=float, default=1000, help="mean pause of an agent between calls (default 1000)")
     p.add_argument("--idle", type=int, default=300, help="idle connections in the background (default 300)")
     p.add_argument("--slow", type=int, default=50, help="slow-header connections in the background (default 50)")
