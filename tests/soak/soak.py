@@ -1011,6 +1011,42 @@ def many_subjects(launcher: Launcher, issuer: Issuer, total: int, clients: int) 
             "reopened": len(again), "rss_after_reopen_mib": after_reopen / 1024}
 
 
+def session_churn(launcher: Launcher, issuer: Issuer, per_cycle: int, cycles: int, clients: int) -> dict[str, Any]:
+    """Opens and closes `per_cycle` sessions (distinct subjects, fresh
+    tokens) `cycles` times: if closed sessions leaked, RSS would rise by
+    about the same amount every cycle; if their memory is reused, it levels
+    off after the first."""
+    gw = start_gateway(launcher, issuer)
+    pid = gw.proc.pid
+    base = rss_kib(pid)
+    after: list[float] = []
+    for cycle in range(cycles):
+        tokens = [issuer.mint(gw.audience, scope=SCOPE, sub=f"c{cycle}-{k}@example.com") for k in range(per_cycle)]
+        opened: list[tuple[str, str]] = []
+        lock = threading.Lock()
+
+        def open_close(k: int, tokens: list[str] = tokens, opened: list[tuple[str, str]] = opened) -> None:
+            with httpx.Client(timeout=30) as c:
+                mine = []
+                for tok in tokens[k::clients]:
+                    sid = raw_initialize(c, gw, tok)
+                    if sid:
+                        mine.append((sid, tok))
+                for sid, tok in mine:
+                    c.delete(gw.mcp_url, headers={"Mcp-Session-Id": sid, "Authorization": f"Bearer {tok}",
+                                                  "MCP-Protocol-Version": PROTOCOL_VERSION})
+                with lock:
+                    opened.extend(mine)
+
+        run_threads(clients, open_close)
+        time.sleep(1)
+        after.append(rss_kib(pid) / 1024)
+    m = metrics(gw)
+    gw.proc.stop()
+    return {"per_cycle": per_cycle, "cycles": cycles, "rss_base_mib": base / 1024, "rss_after_each_cycle_mib": after,
+            "sessions_open_at_end": m.get("mandate_sessions_open")}
+
+
 def fresh_request(port: int, method: str, path: str, headers: dict[str, str], body: bytes | None = None) -> bool:
     """One request on a new connection (http.client: no client-side set-up
     cost to speak of, unlike an httpx client per request)."""
@@ -1094,6 +1130,7 @@ def run_limits(args: argparse.Namespace) -> int:
     for name, fn in (
         ("flood_one_token", lambda lr: flood_one_token(lr, issuer, args.flood_seconds, args.flood_clients)),
         ("many_subjects", lambda lr: many_subjects(lr, issuer, args.subjects, 8)),
+        ("session_churn", lambda lr: session_churn(lr, issuer, args.churn_sessions, args.churn_cycles, 8)),
         ("siege_held", lambda lr: under_siege(lr, issuer, args.siege_idle, args.siege_slow, args.siege_requests, -1)),
         ("siege_reopening", lambda lr: under_siege(lr, issuer, args.siege_idle, args.siege_slow,
                                                    args.siege_requests, 5.0)),
@@ -1151,6 +1188,8 @@ def main() -> int:
     p.add_argument("--flood-seconds", type=float, default=20)
     p.add_argument("--flood-clients", type=int, default=8)
     p.add_argument("--subjects", type=int, default=10000, help="limits probe: sessions of distinct subjects")
+    p.add_argument("--churn-sessions", type=int, default=2000, help="limits probe: sessions per open/close cycle")
+    p.add_argument("--churn-cycles", type=int, default=5)
     p.add_argument("--siege-idle", type=int, default=5000)
     p.add_argument("--siege-slow", type=int, default=1000)
     p.add_argument("--siege-requests", type=int, default=200)
