@@ -139,6 +139,16 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def rss_parts_kib(pid: int) -> dict[str, int]:
+    """RssAnon (heap, stacks), RssFile (mapped files: the binary's pages,
+    SQLite's shared-memory index) and RssShmem, in KiB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("RssAnon:", "RssFile:", "RssShmem:")):
+            out[line.split(":")[0]] = int(line.split()[1])
+    return out
+
+
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -555,7 +565,7 @@ async def loop_lag(tally: Tally, stop: asyncio.Event) -> None:
 # The soak
 
 
-COLUMNS = ["t_s", "phase", "rss_mib", "fds", "threads", "sessions_open", "connections_open", "calls",
+COLUMNS = ["t_s", "phase", "rss_mib", "rss_anon_mib", "rss_file_mib", "fds", "threads", "sessions_open", "connections_open", "calls",
            "calls_per_s", "allowed", "denied", "held", "errors", "p50_ms", "p99_ms", "held_p50_ms",
            "client_loop_lag_p99_ms", "forwarded_acked", "outcomes_visible", "audit_lag_records", "audit_lag_p50_ms", "audit_lag_max_ms",
            "audit_records", "siege_idle_open", "siege_slow_open"]
@@ -631,10 +641,13 @@ async def run_soak(args: argparse.Namespace) -> int:
                 tally.all_lat += lat
                 tally.all_held_lat += held_lat
                 st = siege.status() if siege else {}
+                parts = rss_parts_kib(pid)
                 row = {
                     "t_s": f"{now - started:.1f}",
                     "phase": "warmup" if now - started < warmup else ("run" if now < deadline else "drain"),
                     "rss_mib": f"{rss_kib(pid) / 1024:.1f}",
+                    "rss_anon_mib": f"{parts.get('RssAnon', 0) / 1024:.1f}",
+                    "rss_file_mib": f"{(parts.get('RssFile', 0) + parts.get('RssShmem', 0)) / 1024:.1f}",
                     "fds": fd_count(pid),
                     "threads": thread_count(pid),
                     "sessions_open": int(m.get("mandate_sessions_open", -1)),
@@ -726,6 +739,8 @@ def summarise(args: argparse.Namespace, samples: list[dict[str, Any]], tally: Ta
         mt, mr = statistics.fmean(ts), statistics.fmean(rss)
         den = sum((t - mt) ** 2 for t in ts)
         slope = sum((t - mt) * (r - mr) for t, r in zip(ts, rss)) / den * 3600 if den else None
+    anon = [float(s["rss_anon_mib"]) for s in run]
+    filebacked = [float(s["rss_file_mib"]) for s in run]
     fds = [int(s["fds"]) for s in run]
     p99s = [float(s["p99_ms"]) for s in run if s["p99_ms"]]
     p50s = [float(s["p50_ms"]) for s in run if s["p50_ms"]]
@@ -756,7 +771,11 @@ def summarise(args: argparse.Namespace, samples: list[dict[str, Any]], tally: Ta
         "rss_mib": {"after_warmup_median_first3": rss_after_warmup, "end_median_last3": rss_last,
                     "max": max(rss) if rss else None, "min": min(rss) if rss else None,
                     "growth_after_warmup_pct": (rss_last / rss_after_warmup - 1) * 100 if rss else None,
-                    "slope_mib_per_hour": slope, "at_stop": rss_end_kib / 1024},
+                    "slope_mib_per_hour": slope, "at_stop": rss_end_kib / 1024,
+                    "anon_after_warmup_median_first3": statistics.median(anon[:3]) if anon else None,
+                    "anon_end_median_last3": statistics.median(anon[-3:]) if anon else None,
+                    "file_after_warmup_median_first3": statistics.median(filebacked[:3]) if filebacked else None,
+                    "file_end_median_last3": statistics.median(filebacked[-3:]) if filebacked else None},
         "fds": {"after_warmup": fds[0] if fds else None, "end": fds[-1] if fds else None,
                 "max": max(fds) if fds else None, "min": min(fds) if fds else None},
         "audit": {"bootstrap_records": bootstrap, "records": total, "expected": expected,
@@ -809,7 +828,10 @@ def plot(csv_path: Path, png: Path, summary: dict[str, Any]) -> None:
     t = col("t_s")
     fig, axes = plt.subplots(4, 1, figsize=(10, 11), sharex=True)
     ax = axes[0]
-    ax.plot(t, col("rss_mib"), color="tab:blue")
+    ax.plot(t, col("rss_mib"), color="tab:blue", label="RSS")
+    ax.plot(t, col("rss_anon_mib"), color="tab:cyan", lw=1, label="of which anonymous (heap)")
+    ax.plot(t, col("rss_file_mib"), color="tab:olive", lw=1, label="of which file-backed (binary, SQLite -shm)")
+    ax.legend(fontsize=8, loc="lower right")
     ax.set_ylabel("gateway RSS (MiB)")
     ax.set_ylim(bottom=0)
     ax.axvline(summary["warmup_s"], color="grey", ls=":", lw=1)
