@@ -428,7 +428,7 @@ def pick_call(rng: random.Random, n: int) -> tuple[str, dict[str, Any]]:
 
 
 async def agent(i: int, gw: Gateway, issuer: Issuer, tally: Tally, deadline: float, think: float,
-                store: Store, seed: int, token_ttl: int) -> None:
+                store: Store, seed: int, token_ttl: int, per_session: tuple[int, int]) -> None:
     from mcp import MCPError
 
     rng = random.Random(seed * 1000 + i)
@@ -442,7 +442,7 @@ async def agent(i: int, gw: Gateway, issuer: Issuer, tally: Tally, deadline: flo
         try:
             async with sdk_client(gw.mcp_url, token, timeout=90) as client:
                 tally.sessions += 1
-                for _ in range(rng.randint(20, 50)):
+                for _ in range(rng.randint(*per_session)):
                     if time.monotonic() >= deadline or time.time() > exp - 20:
                         break  # (a session ends before its token does)
                     n += 1
@@ -608,11 +608,13 @@ async def run_soak(args: argparse.Namespace) -> int:
         # session's token has expired plus a 120 s grace, and swept once a
         # minute: only after that does the state of ended sessions turn over.
         warmup = args.warmup if args.warmup is not None else min(args.token_ttl + 180, args.duration / 2)
+        lo, _, hi = args.calls_per_session.partition("-")
+        per_session = (int(lo), int(hi or lo))
         stop = asyncio.Event()
         appr = asyncio.create_task(approver(gw, op_token, tally, stop, args.seed))
         lagger = asyncio.create_task(loop_lag(tally, stop))
         agents = [asyncio.create_task(agent(i, gw, issuer, tally, deadline, args.think_ms / 1000, store, args.seed,
-                                        args.token_ttl))
+                                        args.token_ttl, per_session))
                   for i in range(args.sessions)]
         print(f"soak: gateway pid {pid} at {gw.public_url}; {args.sessions} sessions for {args.duration:.0f} s, "
               f"{args.idle} idle + {args.slow} slow-header connections; out {out}", flush=True)
@@ -751,7 +753,7 @@ def summarise(args: argparse.Namespace, samples: list[dict[str, Any]], tally: Ta
         "command": " ".join(sys.argv),
         "binary": str(mandate_bin()),
         "duration_s": duration, "sessions": args.sessions, "think_ms": args.think_ms, "warmup_s": warmup,
-        "token_ttl_s": args.token_ttl,
+        "token_ttl_s": args.token_ttl, "calls_per_session": args.calls_per_session,
         "idle_connections": args.idle, "slow_header_connections": args.slow,
         "samples": len(samples), "samples_after_warmup": len(run),
         "calls": tally.calls, "calls_per_s": tally.calls / duration if duration else None,
@@ -1198,6 +1200,8 @@ def main() -> int:
     p.add_argument("--interval", type=float, default=5, help="seconds between samples (default 5)")
     p.add_argument("--warmup", type=float, help="seconds of warm-up before RSS growth is measured (default: "
                    "token lifetime + 180 s, when ended sessions' state starts being swept; at most half the duration)")
+    p.add_argument("--calls-per-session", default="20-50", help="calls an agent makes before it closes its "
+                   "session and opens a new one, MIN-MAX (default 20-50)")
     p.add_argument("--token-ttl", type=int, default=120, help="lifetime of each agent session's token (default 120 s)")
     p.add_argument("--think-ms", type=float, default=1000, help="mean pause of an agent between calls (default 1000)")
     p.add_argument("--idle", type=int, default=300, help="idle connections in the background (default 300)")
