@@ -512,19 +512,27 @@ def probe_lag(store: Store, cid: str, acked: float, tally: Tally) -> None:
         tally.pending_probe = False
 
 
-async def approver(gw: Gateway, token: str, tally: Tally, stop: asyncio.Event, seed: int) -> None:
-    """Decides every pending held call: approves two of three, denies one."""
+async def approver(gw: Gateway, issuer: Issuer, tally: Tally, stop: asyncio.Event, seed: int) -> None:
+    """Decides every pending held call: approves two of three, denies one.
+    Its operator token (10 minutes) is renewed every 5 minutes, as a
+    person's tool would."""
     import httpx2
 
     rng = random.Random(seed)
-    headers = {"Authorization": f"Bearer {token}"}
-    async with httpx2.AsyncClient(timeout=30, headers=headers) as http:
+    minted = 0.0
+    async with httpx2.AsyncClient(timeout=30) as http:
         while not stop.is_set():
+            if time.monotonic() - minted > 300:
+                http.headers["Authorization"] = f"Bearer {issuer.operator_token(gw.api_audience, APPROVER)}"
+                minted = time.monotonic()
             try:
                 r = await http.get(gw.public_url + "/api/approvals", params={"status": "pending", "limit": 1000})
                 pending = r.json().get("approvals", []) if r.status_code == 200 else []
+                if r.status_code != 200:
+                    tally.approver_other += 1
             except (httpx2.HTTPError, ValueError):
                 pending = []
+                tally.approver_other += 1
             for a in pending:
                 if a.get("kind") == "intent" or not a.get("waiting"):
                     continue
@@ -597,7 +605,6 @@ async def run_soak(args: argparse.Namespace) -> int:
         async with sdk_client(gw.mcp_url, issuer.mint(gw.audience, scope=SCOPE, sub="pinning@example.com")) as c:
             await c.list_tools()
         bootstrap, _ = store.counts()
-        op_token = issuer.operator_token(gw.api_audience, APPROVER)
         port = int(gw.public_url.rsplit(":", 1)[1])
         siege = Siege(launcher, port, args.idle, args.slow, reopen_secs=1.0) if (args.idle or args.slow) else None
         if siege:
@@ -611,7 +618,7 @@ async def run_soak(args: argparse.Namespace) -> int:
         lo, _, hi = args.calls_per_session.partition("-")
         per_session = (int(lo), int(hi or lo))
         stop = asyncio.Event()
-        appr = asyncio.create_task(approver(gw, op_token, tally, stop, args.seed))
+        appr = asyncio.create_task(approver(gw, issuer, tally, stop, args.seed))
         lagger = asyncio.create_task(loop_lag(tally, stop))
         agents = [asyncio.create_task(agent(i, gw, issuer, tally, deadline, args.think_ms / 1000, store, args.seed,
                                         args.token_ttl, per_session))
@@ -710,6 +717,8 @@ async def run_soak(args: argparse.Namespace) -> int:
         received = len(read_jsonl(out / "run" / "docs-calls.jsonl")) + len(read_jsonl(out / "run" / "bank-calls.jsonl"))
         if received != tally.forwarded:
             problems.append(f"the upstreams received {received} calls, the agents had {tally.forwarded} results")
+        if tally.approver_other:
+            problems.append(f"the approver failed {tally.approver_other} times (listing or deciding)")
         if tally.errors:
             problems.append(f"{tally.errors} calls or sessions failed outside the policy: {tally.error_samples[:5]}")
         verify = run_mandate("audit", "verify", "--data-dir", str(gw.data_dir), "--json", timeout=600)
