@@ -309,7 +309,8 @@ class Launcher:
     def gateway(self, issuer: Issuer, upstreams: dict[str, dict[str, Any]], *, max_body_bytes: int = 1048576,
                 data_dir: Path | None = None, extra_toml: str = "", name: str = "gateway",
                 policy_dir: Path = POLICY_DIR, policy_toml: str = "",
-                env: dict[str, str] | None = None, jwks_url: str | None = None) -> Gateway:
+                env: dict[str, str] | None = None, jwks_url: str | None = None,
+                log: str = "info,mandate=debug,mandate_gateway=debug") -> Gateway:
         port = free_port()
         d = self.root / f"{name}-{uuid.uuid4().hex[:6]}"
         d.mkdir(parents=True)
@@ -322,7 +323,7 @@ class Launcher:
                          policy_toml=policy_toml, jwks_url=jwks_url) + extra_toml
         )
         proc = self.spawn([str(mandate_bin()), "serve", "--config", str(config)], name,
-                          env={"MANDATE_LOG": "info,mandate=debug,mandate_gateway=debug", **(env or {})})
+                          env={"MANDATE_LOG": log, **(env or {})})
         gw = Gateway(public_url=public_url, config=config, data_dir=data, proc=proc)
         gw.wait_ready()
         return gw
