@@ -854,7 +854,7 @@ mod tests {
                 | DenyCategory::ForeignSession => assert_eq!(category.code(), *code),
             }
         }
-        assert_eq!(table.len(), 17);
+        assert_eq!(table.len(), 18);
     }
 
     /// Each code means one thing: the values are frozen (clients match
