@@ -5,6 +5,7 @@ what is wrong, instead of at the first tool call."""
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -165,6 +166,10 @@ def test_the_log_names_the_version_and_carries_no_colour_codes_when_not_a_termin
     gw = fresh_launcher.gateway(issuer, {"docs": {
         "command": str(mandate_bin()), "args": ["demo-server", "--profile", "workspace"],
         "tools": {"search": "read"}}})
+    # /healthz can answer a moment before the startup line is written.
+    deadline = time.monotonic() + 20
+    while "mandate serving MCP at /mcp" not in gw.proc.stderr() and time.monotonic() < deadline:
+        time.sleep(0.05)
     gw.proc.stop()
     log = gw.proc.stderr_path.read_text(errors="replace")
     assert "mandate serving MCP at /mcp" in log, log[-2000:]
