@@ -147,3 +147,30 @@ def test_with_pinning_approve_new_tools_wait_for_an_operator(fresh_launcher: Lau
     assert listed(gw, token, session) == ["web.fetch"]
     assert "result" in gw.call_tool(token, session, "web.fetch", {"url": "https://a.example"}).response()
     assert [c["arguments"]["url"] for c in read_jsonl(rec)] == ["https://a.example"]
+
+
+def test_concurrent_first_uses_pin_a_tool_once(env, issuer: Issuer) -> None:
+    """Found by the soak: callers racing on a tool's first use each wrote a
+    "pinned on first use" record. The pin is judged once."""
+    import threading
+
+    gw, rec = env
+    calls = []
+    for _ in range(8):
+        token = issuer.mint(gw.audience, scope="web.*")
+        calls.append((token, gw.initialize(token)))
+    start = threading.Barrier(len(calls))
+    replies: list[dict] = []
+
+    def first_use(token: str, session: str) -> None:
+        start.wait()
+        replies.append(gw.call_tool(token, session, "web.fetch", {"url": "https://c.example"}).response())
+
+    threads = [threading.Thread(target=first_use, args=c) for c in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(replies) == len(calls) and all("result" in r for r in replies), replies
+    pins = gw.audit_rows("kind = 'control' AND tool = 'control/tool.pin' AND detail LIKE '%web.fetch%'")
+    assert len(pins) == 1, [p["detail"] for p in pins]

@@ -147,6 +147,9 @@ pub struct Gateway {
     /// Tool pin verdicts by exposed name, with the catalogue entry's schema
     /// (identity) and the fingerprint they judged.
     pin_verdicts: DashMap<String, pinning::Verdict>,
+    /// Held while a tool is judged against the pin store, so that callers
+    /// racing on a tool's first use record one pin, not one each.
+    pin_judging: tokio::sync::Mutex<()>,
     /// For approval webhooks.
     webhook_client: reqwest::Client,
     /// This process's id, recorded as the holder of its held calls.
@@ -266,6 +269,7 @@ impl Gateway {
             waiters: approvals::Waiters::default(),
             mcp_tasks: tasks::Tasks::new(clock.clone()),
             pin_verdicts: DashMap::new(),
+            pin_judging: tokio::sync::Mutex::new(()),
             webhook_client: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(10))
                 .build()

@@ -129,6 +129,9 @@ impl Gateway {
             return verdict.map_err(Unvetted::Quarantined);
         }
         let fp = fingerprint(tool);
+        // One judgement at a time: a caller that waited here finds the
+        // verdict of the one before it below, instead of pinning again.
+        let _judging = self.pin_judging.lock().await;
         let same_content = self
             .pin_verdicts
             .get(exposed)
