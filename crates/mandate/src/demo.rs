@@ -443,7 +443,7 @@ async fn scripted_approver(
             let comment = if approve {
                 "invoice matches the purchase order"
             } else {
-                "customer data to an unknown outside address: no"
+                "I did not ask the assistant to send mail"
             };
             let action = if approve { "approve" } else { "deny" };
             let done = http
