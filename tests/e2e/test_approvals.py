@@ -456,3 +456,21 @@ def test_cancelling_the_task_withdraws_the_held_call(env, issuer: Issuer) -> Non
                  if x["session"] == f"sid:{sid_claim}"]
     assert withdrawn, "the approval request was not withdrawn"
     assert not transfers(rec, memo)
+
+
+def test_the_cli_shows_hidden_characters_as_the_page_does(env, issuer: Issuer) -> None:
+    """A memo that reverses text (U+202E) and carries a terminal escape
+    sequence is shown marked in `mandate approvals list` and `show`, not
+    passed raw to the approver's terminal."""
+    gw, rec = env
+    memo = "rent \u202emoc.live\u202c " + uuid.uuid4().hex[:6] + " \u200b"
+    held = HeldCall(gw, issuer, {"amount": 120, "to": "acc-bob", "memo": memo})
+    op = op_token(gw, issuer)
+    a = pending_for(gw, op, held.sid)
+    for args in (("approvals", "list"), ("approvals", "show", a["id"])):
+        r = gw.operator_cli(op, *args)
+        assert r.returncode == 0, r.stderr
+        assert "⟨U+202E⟩" in r.stdout and "⟨U+200B⟩" in r.stdout, r.stdout
+        assert "\u202e" not in r.stdout and "\u200b" not in r.stdout and "\x1b" not in r.stdout, r.stdout
+    gw.operator_cli(op, "approvals", "deny", a["id"], "--comment", "hidden text")
+    assert held.result()["error"]["data"]["reason"] == "approval_denied"

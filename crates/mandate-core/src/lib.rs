@@ -20,6 +20,7 @@ pub mod html;
 mod ids;
 mod principal;
 mod record;
+pub mod text;
 mod tool;
 
 #[cfg(test)]

@@ -100,21 +100,7 @@ const PATTERNS: &[(&str, &str)] = &[
 static DETECTOR: LazyLock<Option<RegexSet>> =
     LazyLock::new(|| RegexSet::new(PATTERNS.iter().map(|(_, p)| format!("(?i){p}"))).ok());
 
-/// Whether `c` is invisible or reorders text: Unicode tags, zero-width
-/// characters, bidi controls, other format characters commonly abused.
-fn invisible(c: char) -> bool {
-    matches!(c,
-        '\u{E0000}'..='\u{E007F}'        // tag characters
-        | '\u{200B}'..='\u{200F}'        // zero-width space/joiners, LRM/RLM
-        | '\u{061C}'                     // Arabic letter mark (a bidi mark like LRM/RLM)
-        | '\u{202A}'..='\u{202E}'        // bidi embeddings and overrides
-        | '\u{2060}'..='\u{2064}'        // word joiner, invisible operators
-        | '\u{2066}'..='\u{2069}'        // bidi isolates
-        | '\u{FEFF}'                     // zero-width no-break space
-        | '\u{180E}'                     // Mongolian vowel separator
-        | '\u{00AD}'                     // soft hyphen
-    )
-}
+use mandate_core::text::is_invisible as invisible;
 
 /// Removes invisible characters, terminal escape sequences and other C0/C1
 /// controls (keeping tab, newline, carriage return). Returns the count removed.

@@ -42,21 +42,10 @@ const MAX_DUPLICATE_CHECK: usize = 4 << 20;
 /// Longest digit run joined from spaced groups (`1234 5678 …`).
 const GROUPED_DIGITS_MAX: usize = 24;
 
-/// Invisible characters the gateway's sanitiser also removes: tags,
-/// zero-width characters, bidi controls, soft hyphen. They are skipped so
-/// that `evil\u{200B}.com` is `evil.com`, in results and arguments alike.
-pub(crate) fn is_invisible(c: char) -> bool {
-    matches!(c,
-        '\u{E0000}'..='\u{E007F}'
-        | '\u{200B}'..='\u{200F}'
-        | '\u{202A}'..='\u{202E}'
-        | '\u{2060}'..='\u{2064}'
-        | '\u{2066}'..='\u{2069}'
-        | '\u{FEFF}'
-        | '\u{180E}'
-        | '\u{00AD}'
-    )
-}
+/// Invisible characters (the one list in `mandate_core::text`, which the
+/// gateway's sanitiser also removes) are skipped, so that `evil\u{200B}.com`
+/// is `evil.com`, in results and arguments alike.
+pub(crate) use mandate_core::text::is_invisible;
 
 /// `s` without invisible characters and terminal escape sequences (CSI
 /// `ESC [ … final`, OSC `ESC ] … BEL` or `ESC \\`, and `ESC x`), which would

@@ -382,8 +382,11 @@ pub async fn change(args: &ApiArgs, cmd: ChangeCommand) -> Result<()> {
     Ok(())
 }
 
+/// One approval request on one line, with every invisible or control
+/// character shown as `⟨U+XXXX⟩` (as the approval page marks them): an
+/// approver at a terminal sees what the agent really sent.
 fn approval_line(a: &Value) -> String {
-    format!(
+    let line = format!(
         "{}  {:<9} {:<22} {:<11} for {} via {}  args {}",
         s(a, "id"),
         s(a, "status"),
@@ -399,7 +402,8 @@ fn approval_line(a: &Value) -> String {
                 .join(" > "))
             .unwrap_or_default(),
         a.get("args").map(Value::to_string).unwrap_or_default(),
-    )
+    );
+    mandate_core::text::marked_line(&line).into_owned()
 }
 
 /// `mandate approvals …`.
@@ -439,7 +443,8 @@ pub async fn approvals(args: &ApiArgs, cmd: ApprovalsCommand) -> Result<()> {
             let v = api
                 .send(Method::GET, &format!("/api/approvals/{id}"), None)
                 .await?;
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            let text = serde_json::to_string_pretty(&v).unwrap_or_default();
+            println!("{}", mandate_core::text::marked_text(&text));
         }
         ApprovalsCommand::Approve {
             id,

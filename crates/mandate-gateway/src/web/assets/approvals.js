@@ -39,6 +39,7 @@
 
   // Characters a person cannot see but an agent can hide instructions in:
   // controls, zero-width and bidi controls, tag characters, BOM.
+  // Control characters and mandate_core::text::is_invisible, one list.
   const INVISIBLE =
     /[\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F\u00AD\u061C\u180E\u200B-\u200F\u202A-\u202E\u2060-\u2064\u2066-\u206F\uFEFF\uFFF9-\uFFFB]|[\u{E0000}-\u{E007F}]/gu;
 
