@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,3 +58,21 @@ def fresh_launcher(tmp_path: Path) -> Iterator[Launcher]:
 def rec_http(launcher: Launcher) -> RecordingServer:
     """The recording server (official Python SDK) over Streamable HTTP."""
     return launcher.recording_http_server()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium, headless, driven by Playwright (never a download)."""
+    import os
+
+    from playwright.sync_api import sync_playwright
+
+    chromium = Path(os.environ.get("MANDATE_CHROMIUM", "/usr/bin/chromium"))
+    if not chromium.exists():
+        pytest.fail(f"{chromium} is missing: apt-get install chromium (or set MANDATE_CHROMIUM)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(chromium), headless=True, args=["--no-sandbox"])
+        try:
+            yield b
+        finally:
+            b.close()

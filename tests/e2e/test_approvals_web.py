@@ -23,11 +23,10 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from e2e_support import REPO_ROOT, SERVERS_DIR, Gateway, Issuer, Launcher, RpcReply, free_port, mandate_bin, read_jsonl
 
-CHROMIUM = Path(os.environ.get("MANDATE_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOT = REPO_ROOT / "target" / "approvals-page.png"
 
 CAROL_PASSWORD = "carol-" + uuid.uuid4().hex[:12]
@@ -123,18 +122,6 @@ client_secret_env = "{SECRET_ENV}"
         assert time.monotonic() < deadline, f"oidc-provider did not start:\n{proc.stderr()}"
         time.sleep(0.1)
     return Env(gw, rec, idp)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (or set MANDATE_CHROMIUM)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture

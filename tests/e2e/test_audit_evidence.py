@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
 from e2e_support import Gateway, Issuer, Launcher, mandate_bin, run_mandate
 
-CHROMIUM = Path(os.environ.get("MANDATE_CHROMIUM", "/usr/bin/chromium"))
 PASSWORD = "erin-" + uuid.uuid4().hex[:12]
 
 
@@ -219,18 +216,6 @@ def test_tampered_bundle_is_refused(env: Env, issuer: Issuer, bundle: Path, tmp_
     r = run_mandate("audit", "verify", "--bundle", str(copy), "--key", str(key))
     assert r.returncode != 0, f"{label} went undetected: {r.stdout}"
     assert expect_text in r.stdout, r.stdout
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (or set MANDATE_CHROMIUM)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def test_replay_page_shows_the_session_to_a_signed_in_operator(env: Env, browser: Browser) -> None:

@@ -29,19 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import os
 import subprocess
-from collections.abc import Iterator
 
 import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
 from e2e_support import REPO_ROOT, Gateway, Issuer, Launcher, mandate_bin, read_jsonl, run_mandate, toml_value
 
-CHROMIUM = Path(os.environ.get("MANDATE_CHROMIUM", "/usr/bin/chromium"))
 ALICE_PASSWORD = "alice-" + uuid.uuid4().hex[:12]
 SCREENSHOT = REPO_ROOT / "target" / "intent-approval-page.png"
 
@@ -311,18 +308,6 @@ def test_an_operator_declares_the_intent_when_starting_the_task(env: Env, tmp_pa
     out = env.gw.operator_cli(env.op("ops@example.com"), "task", "start", "--template", TEMPLATE,
                               "--user", USER, "--intent", str(bad))
     assert out.returncode != 0 and "not a valid intent" in (out.stdout + out.stderr), out
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (or set MANDATE_CHROMIUM)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def test_the_user_approves_the_intent_on_the_approval_page(env: Env, browser: Browser) -> None:
