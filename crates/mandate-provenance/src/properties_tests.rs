@@ -101,7 +101,13 @@ fn identifier() -> impl Strategy<Value = Planted> {
 }
 
 fn host() -> impl Strategy<Value = String> {
-    ("[a-z][a-z0-9-]{1,8}[a-z0-9]", "[a-z]{2,6}").prop_map(|(name, tld)| format!("{name}.{tld}"))
+    // A "top-level domain" that is a file extension and no real TLD
+    // (`a0.cpp`) reads as a file name: the scanner's documented choice.
+    ("[a-z][a-z0-9-]{1,8}[a-z0-9]", "[a-z]{2,6}")
+        .prop_filter("a file extension that is no TLD", |(_, tld)| {
+            !crate::family::file_extension(tld) || crate::family::extension_is_tld(tld)
+        })
+        .prop_map(|(name, tld)| format!("{name}.{tld}"))
 }
 
 fn url() -> impl Strategy<Value = Planted> {
