@@ -368,6 +368,7 @@ impl crate::Gateway {
             Err(e) => {
                 tracing::error!(error = %e, decision = %decision.id(), "audit store unavailable; denying");
                 self.metrics.audit_failures.inc();
+                self.refund(facts.claimed.take()).await;
                 if matches!(e, mandate_audit::AuditError::Timeout(_)) {
                     // The record that missed its deadline may still land
                     // (a slow store catching up); an outcome behind it in
@@ -421,6 +422,7 @@ impl crate::Gateway {
                 // An invariant broke: the allow is on the record but the call
                 // goes nowhere; the outcome record says why.
                 tracing::error!(decision = %decision.id(), reason = %why, "permit refused; denying");
+                self.refund(facts.claimed.take()).await;
                 let refused = record(&decision, &args_hash, &facts).outcome(
                     self.clock.now_ms(),
                     "not_forwarded",
