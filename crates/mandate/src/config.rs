@@ -250,7 +250,10 @@ fn default_data_dir() -> String {
 /// directory), so the same file finds the same state wherever `mandate` is
 /// started. `--data-dir` and `MANDATE_DATA_DIR` are taken as given.
 fn file_data_dir(written: &str, config_dir: &Path) -> PathBuf {
-    let path = PathBuf::from(written.replace("{config_dir}", &config_dir.display().to_string()));
+    if written.contains("{config_dir}") {
+        return PathBuf::from(written.replace("{config_dir}", &config_dir.display().to_string()));
+    }
+    let path = PathBuf::from(written);
     if path.is_relative() {
         config_dir.join(path)
     } else {
