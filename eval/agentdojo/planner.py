@@ -92,30 +92,67 @@ def _distinct(values: Sequence[Any]) -> list[Any]:
     return out
 
 
-def argument_constraints(prompt: str, calls: Sequence[PlannedCall]) -> dict[str, dict[str, Any]]:
-    """The constraints on one tool's arguments that the prompt supports."""
+_TRACEABLE = re.compile(
+    r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}"          # an e-mail address
+    r"|(?:https?://|www\.)\S+"                   # a URL
+    r"|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?:/\S*)?"  # a domain, perhaps with a path
+    r"|[A-Z]{2}\d{2}[A-Z0-9]{11,30}")            # an IBAN
+
+
+def traceable(value: str) -> bool:
+    """Whether a value is one whose provenance the gateway tracks and a
+    planner would expect to copy from data: an e-mail address, a URL or
+    domain, an IBAN. Names, dates and words are not (a `returned_by` on
+    them could never be met)."""
+    return _TRACEABLE.fullmatch(value.strip()) is not None
+
+
+def argument_constraints(prompt: str, calls: Sequence[PlannedCall],
+                         earlier: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """The constraints on one tool's arguments that the prompt supports.
+    With `earlier` (the exposed names of the tools the plan calls before
+    this one: the `returned-by` planner), an argument the prompt does not
+    name, whose planned values are all `traceable` (an address, a URL, an
+    IBAN: values copied from data, whose origin the gateway tracks), is
+    constrained to a value one of those tools returned."""
     names = [n for n in calls[0].args if all(n in c.args for c in calls)]
     out: dict[str, dict[str, Any]] = {}
     for name in names:
         values = [c.args[name] for c in calls]
         if not all(appears_literally(prompt, v) for v in values):
+            if earlier and all(isinstance(v, str) and traceable(v) for v in values):
+                out[name] = {"returned_by": sorted(set(earlier))[:16]}
             continue
         distinct = _distinct(values)
         out[name] = {"equals": distinct[0]} if len(distinct) == 1 else {"one_of": distinct}
     return out
 
 
-def plan_intent(prompt: str, plan: Sequence[PlannedCall], exposed: Callable[[str], str]) -> list[Grant]:
+PLANNERS = ("literal", "returned-by")
+"""`literal`: constraints only from values written in the prompt (the
+default, what CI holds). `returned-by`: also "a value one of the earlier
+tools returned" for the arguments the prompt does not name (the bill's
+IBAN, Dora's address on her page): what a planner that understood "pay the
+bill in this file" would write, at the price of trusting what those tools
+return."""
+
+
+def plan_intent(prompt: str, plan: Sequence[PlannedCall], exposed: Callable[[str], str],
+                planner: str = "literal") -> list[Grant]:
     """The task's intent: one grant per tool of `plan`, constrained only by
-    what `prompt` says literally. `exposed` maps a suite tool name to the
-    gateway's `upstream.tool` name."""
+    what `prompt` says literally (and, for the `returned-by` planner, by
+    which earlier tools may supply the other arguments). `exposed` maps a
+    suite tool name to the gateway's `upstream.tool` name."""
     by_tool: dict[str, list[PlannedCall]] = {}
     for c in plan:
         by_tool.setdefault(c.function, []).append(c)
+    first_use = {f: min(i for i, c in enumerate(plan) if c.function == f) for f in by_tool}
     grants = []
     for function, calls in by_tool.items():
         grant: Grant = {"type": GRANT_TYPE, "tool": exposed(function)}
-        constraints = argument_constraints(prompt, calls)
+        earlier = [exposed(f) for f, i in first_use.items() if i < first_use[function]] \
+            if planner == "returned-by" else []
+        constraints = argument_constraints(prompt, calls, earlier)
         if constraints:
             grant["arguments"] = constraints
         grant["max_uses"] = len(calls)
@@ -124,7 +161,10 @@ def plan_intent(prompt: str, plan: Sequence[PlannedCall], exposed: Callable[[str
 
 
 def satisfies(constraint: dict[str, Any], value: Any) -> bool:
-    """Whether a value meets an `equals` / `one_of` constraint (the only kinds this planner writes)."""
+    """Whether a value meets an `equals` / `one_of` constraint (the kinds the
+    literal planner writes). A `returned_by` constraint depends on the
+    session, which this offline estimate does not see: counted as met (an
+    upper bound on what the intent lets through)."""
     if "equals" in constraint:
         return bool(value == constraint["equals"])
     if "one_of" in constraint:
@@ -157,7 +197,8 @@ def describe(grants: Sequence[Grant]) -> str:
     """One line for the verbose log: `bank.send_money(recipient=…)x1, …`."""
     parts = []
     for g in grants:
-        args = ", ".join(f"{k}{'=' if 'equals' in c else ' in '}{json.dumps(c.get('equals', c.get('one_of')))}"
+        args = ", ".join(f"{k} from {'|'.join(c['returned_by'])}" if "returned_by" in c else
+                         f"{k}{'=' if 'equals' in c else ' in '}{json.dumps(c.get('equals', c.get('one_of')))}"
                          for k, c in g.get("arguments", {}).items())
         parts.append(f"{g['tool']}({args})x{g.get('max_uses', '*')}")
     return "; ".join(parts)
