@@ -150,8 +150,6 @@ pub struct ApprovalConfig {
     pub webhook_url: Option<String>,
     /// Whether the delegating user may approve their own agent's calls.
     pub allow_self_approval: bool,
-    /// How people sign in to the approval page (`/approvals`).
-    pub web: WebConfig,
 }
 
 impl Default for ApprovalConfig {
@@ -160,79 +158,7 @@ impl Default for ApprovalConfig {
             timeout: Duration::from_secs(300),
             webhook_url: None,
             allow_self_approval: false,
-            web: WebConfig::default(),
         }
-    }
-}
-
-/// Sign-in to the approval page. Whoever signs in must also match an
-/// `[[operators]]` entry with the `approver` role.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WebConfig {
-    /// Local accounts (demos, small installs).
-    pub local_accounts: Vec<LocalAccount>,
-    /// Sign-in through an OpenID Connect provider.
-    pub oidc: Option<OidcConfig>,
-    /// A session unused this long ends.
-    pub session_idle: Duration,
-    /// A session ends this long after sign-in, used or not.
-    pub session_max: Duration,
-}
-
-impl Default for WebConfig {
-    fn default() -> Self {
-        Self {
-            local_accounts: Vec::new(),
-            oidc: None,
-            session_idle: Duration::from_secs(30 * 60),
-            session_max: Duration::from_secs(12 * 60 * 60),
-        }
-    }
-}
-
-/// A local approver account: a `sub` and a PBKDF2 password hash.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalAccount {
-    /// The signed-in person's `sub` (matched against `[[operators]]`;
-    /// their `iss` is [`crate::web::LOCAL_ISSUER`]).
-    pub sub: String,
-    /// The password's hash.
-    pub password_hash: crate::web::PasswordHash,
-}
-
-/// The OpenID Connect provider people sign in with (authorization code
-/// flow with PKCE; discovery at `{issuer}/.well-known/openid-configuration`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OidcConfig {
-    /// The provider's exact issuer identifier (`https`, or `http` to a
-    /// loopback host).
-    pub issuer: String,
-    /// Mandate's client id at the provider (the ID token's `aud`).
-    pub client_id: String,
-    /// The client secret, if the client is confidential (otherwise a
-    /// public client protected by PKCE).
-    pub client_secret: Option<ClientSecret>,
-}
-
-/// A secret that never appears in `Debug` output or logs.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ClientSecret(String);
-
-impl ClientSecret {
-    /// Wraps a secret.
-    pub fn new(secret: impl Into<String>) -> Self {
-        Self(secret.into())
-    }
-
-    /// The secret itself (for the token request only).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for ClientSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ClientSecret(<redacted>)")
     }
 }
 
@@ -270,6 +196,15 @@ impl GatewayConfig {
     /// The audience operator tokens must carry: `<public_url>/api`.
     pub fn operator_audience(&self) -> String {
         format!("{}/api", self.public_url)
+    }
+
+    /// Where the agent endpoint's RFC 9728 protected resource metadata is
+    /// published (named in its `WWW-Authenticate` challenges).
+    pub fn metadata_url(&self) -> String {
+        format!(
+            "{}/.well-known/oauth-protected-resource/mcp",
+            self.public_url.trim_end_matches('/')
+        )
     }
 }
 

@@ -9,12 +9,18 @@
 //! Reading order: [`http`] (authentication and session binding per HTTP
 //! request), [`handler`] (the MCP server surface), `pipeline` (the
 //! per-call enforcement steps), `upstream` (the MCP client side),
-//! [`web`] (the approval page people decide held calls on).
+//! `approvals` (the hold: a call waiting for a person).
+//!
+//! The operator plane (the approval page, the `/api` control, approvals
+//! and audit APIs) is the `mandate-operator` crate; it reads and changes
+//! the gateway only through the public methods here (the control store,
+//! [`Gateway::record_control`], [`Gateway::wake_held`],
+//! [`Gateway::approve_tool`], ...).
 //!
 //! # The chain of types
 //!
 //! Nothing reaches an upstream except through the forwarder, which takes
-//! only a `Permitted<ToolCall>`; the pipeline makes one only from a
+//! only a `Permitted<ToolCall>`; the pipeline makes one (`permit.rs`) only from a
 //! `mandate_authn::Principal` (made only by mandate-authn from a verified
 //! token), an `Allow` `mandate_policy::Decision` for that caller and call
 //! (made only by the policy engine) and the `mandate_audit::Appended`
@@ -28,39 +34,40 @@
 //!
 //! ```compile_fail,E0603
 //! // Nor can a permit be named, let alone built.
-//! use mandate_gateway::pipeline::Permitted;
+//! use mandate_gateway::permit::Permitted;
 //! ```
 
 mod approvals;
-mod audit_api;
 pub mod builds;
 pub mod config;
-pub mod control;
 mod dpop;
 pub mod error;
 pub mod handler;
 pub mod http;
 mod intent;
 mod metrics;
+mod permit;
 mod pinning;
 mod pipeline;
 pub mod provenance;
+mod records;
 pub mod redaction;
 pub mod server;
 mod sessions;
 mod tasks;
 mod upstream;
-pub mod web;
 
 pub use config::{
-    ApprovalConfig, ClientSecret, GatewayConfig, Isolation, Limits, LocalAccount, OidcConfig,
-    OperatorConfig, Role, Transport, UpstreamConfig, WebConfig,
+    ApprovalConfig, GatewayConfig, Isolation, Limits, OperatorConfig, Role, Transport,
+    UpstreamConfig,
 };
+pub use error::UpstreamError;
 pub use metrics::Metrics;
-pub use pipeline::{Incoming, META_CORRELATION, META_DECISION};
+pub use pipeline::{Incoming, META_DECISION};
+pub use records::AuditUnavailable;
 pub use server::{ConnectionLimits, ConnectionStats};
 pub use sessions::SessionStats;
-pub use upstream::{TraceHttpClient, UpstreamError};
+pub use upstream::{META_CORRELATION, TraceHttpClient};
 
 use dashmap::DashMap;
 use mandate_audit::AuditLog;
@@ -365,6 +372,34 @@ impl Gateway {
             }
         }
         Ok(out)
+    }
+
+    /// An operator (`by`) approves the current form of the tool exposed as
+    /// `exposed` (`POST /api/tools/{name}/approve`): recorded, then pinned
+    /// as approved. `Ok(None)`: no such tool in the upstreams' current
+    /// catalogues. `Err`: the audit or the pin store is unavailable (why,
+    /// for the log and the audit record).
+    pub async fn approve_tool(
+        &self,
+        exposed: &str,
+        by: &str,
+        comment: Option<&str>,
+    ) -> Result<Option<mandate_control::ToolPin>, String> {
+        let Resolved::Known {
+            tool: Some(tool), ..
+        } = self.resolve(exposed).await
+        else {
+            return Ok(None);
+        };
+        let fp = pinning::fingerprint(&tool);
+        let description = tool.description.as_deref().unwrap_or_default();
+        let reason = format!(
+            "approved by {by}{}",
+            comment.map(|c| format!(": {c}")).unwrap_or_default()
+        );
+        self.record_pin(exposed, &fp, description, true, &reason, by)
+            .await
+            .map(Some)
     }
 
     /// Looks up an exposed `upstream.tool` name.

@@ -196,8 +196,7 @@ impl Gateway {
             session: format!("operator:{by}"),
             ..Default::default()
         };
-        crate::control::record(
-            self,
+        self.record_control(
             &operator,
             action,
             Some(crate::config::Role::Admin),
@@ -205,7 +204,7 @@ impl Gateway {
             &detail,
         )
         .await
-        .map_err(|_| "the audit store is unavailable".to_owned())?;
+        .map_err(|e| e.to_string())?;
         if !approved {
             tracing::warn!(tool = %exposed, reason, "tool quarantined");
         }

@@ -8,18 +8,19 @@
 //!
 //! The order is kept by types, not only by the order of statements: the
 //! forwarder (`upstream.rs`, private to this crate) takes only a
-//! [`Permitted<ToolCall>`], which only this module builds, from the three
-//! proofs of the steps before it: the verified `mandate_authn::Principal`,
-//! an `Allow` `mandate_policy::Decision` made for exactly this caller and
-//! call, and the `mandate_audit::Appended` receipt of its durable record
-//! (plus, when the decision asks for a person, the consumed approval).
-//! What is forwarded is the permitted call's own arguments: the ones that
-//! were hashed, shown to the approver and recorded.
+//! [`Permitted<ToolCall>`] (`permit.rs`), which this module builds from
+//! the three proofs of the steps before it: the verified
+//! `mandate_authn::Principal`, an `Allow` `mandate_policy::Decision` made
+//! for exactly this caller and call, and the `mandate_audit::Appended`
+//! receipt of its durable record (plus, when the decision asks for a
+//! person, the consumed approval). What is forwarded is the permitted
+//! call's own arguments: the ones that were hashed, shown to the approver
+//! and recorded.
 
 use crate::approvals::{Approved, HoldOutcome};
 use crate::error::{DenyCategory, denial_error, unknown_tool_error, upstream_error};
-use crate::upstream::Upstream;
-use mandate_audit::Appended;
+use crate::permit::{Permitted, Relay};
+use crate::upstream::{META_CORRELATION, Upstream};
 use mandate_authn::Principal;
 use mandate_core::{AuditRecord, CorrelationId, Obligation, ToolCall, ToolName};
 use mandate_policy::{Decision, DecisionRequest, SessionFacts};
@@ -27,109 +28,10 @@ use rmcp::model::{CallToolRequestParams, CallToolResponse, ProgressToken};
 use rmcp::{ErrorData, Peer, RoleServer};
 use std::sync::Arc;
 
-/// Audit metadata key carrying the correlation id in `params._meta` (to the
-/// upstream) and in the result's `_meta` (to the client).
-pub const META_CORRELATION: &str = "io.mandate/correlation_id";
 /// Result `_meta` key carrying the decision id.
 pub const META_DECISION: &str = "io.mandate/decision_id";
 /// Result `_meta` key carrying the provenance labels of the result.
 pub const META_LABELS: &str = "io.mandate/labels";
-
-/// A call that may be forwarded: made only by [`Permitted::new`] (private
-/// to this module) from the proofs of every step before forwarding. The
-/// forwarder takes nothing else.
-pub(crate) struct Permitted<T> {
-    call: T,
-    principal: Arc<Principal>,
-    decision: Decision,
-    receipt: Appended,
-    correlation: CorrelationId,
-    /// MRTR state the client returns to the upstream's own questions
-    /// (relayed untouched; it is not the call's arguments).
-    relay: Relay,
-}
-
-/// The parts of a `tools/call` that answer the upstream (MRTR retries).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Relay {
-    pub(crate) input_responses: Option<rmcp::model::InputResponses>,
-    pub(crate) request_state: Option<String>,
-}
-
-impl Permitted<ToolCall> {
-    /// The permit, if the proofs fit together: `decision` is an `Allow`
-    /// decided for this principal and exactly this call, `receipt` is the
-    /// durable record of that very decision, and every obligation the
-    /// decision carries is one the PEP fulfils (an approval obligation
-    /// only with the consumed approval of this call's exact arguments).
-    fn new(
-        principal: Arc<Principal>,
-        call: ToolCall,
-        decision: Decision,
-        receipt: Appended,
-        approval: Option<&Approved>,
-        correlation: CorrelationId,
-        relay: Relay,
-    ) -> Result<Self, String> {
-        if !decision.allows(
-            &principal.state_key(),
-            &call.name.to_string(),
-            &call.args_hash,
-        ) {
-            return Err("the decision is not an allow for this caller and call".into());
-        }
-        if receipt.decision_id() != decision.id() {
-            return Err("the durable record is not this decision's".into());
-        }
-        // Every obligation is matched: a new kind must be handled here
-        // before it can compile, and one the PEP cannot fulfil denies.
-        for obligation in decision.obligations() {
-            match obligation {
-                Obligation::Approval => {
-                    let fulfilled = decision.decided_as_approved()
-                        && approval.is_some_and(|a| a.args_hash() == call.args_hash);
-                    if !fulfilled {
-                        return Err("the approval obligation is not fulfilled".into());
-                    }
-                }
-                // Applied to the result before it leaves the gateway
-                // (`finish`), which withholds what it cannot redact.
-                Obligation::Redact { .. } => {}
-            }
-        }
-        Ok(Self {
-            call,
-            principal,
-            decision,
-            receipt,
-            correlation,
-            relay,
-        })
-    }
-}
-
-impl<T> Permitted<T> {
-    pub(crate) fn call(&self) -> &T {
-        &self.call
-    }
-
-    pub(crate) fn principal(&self) -> &Principal {
-        &self.principal
-    }
-
-    /// The receipt of the durable decision record.
-    pub(crate) fn receipt(&self) -> &Appended {
-        &self.receipt
-    }
-
-    pub(crate) fn correlation(&self) -> &CorrelationId {
-        &self.correlation
-    }
-
-    pub(crate) fn relay(&self) -> &Relay {
-        &self.relay
-    }
-}
 
 /// Everything the pipeline needs to know about one incoming call.
 pub struct Incoming {
@@ -521,7 +423,7 @@ impl crate::Gateway {
             );
         }
         let mut outcome_record = record(
-            &permitted.decision,
+            permitted.decision(),
             &permitted.call().args_hash,
             &no_facts,
         )
@@ -556,7 +458,7 @@ impl crate::Gateway {
         let CallToolResponse::Complete(mut result) = response else {
             return response;
         };
-        for obligation in permitted.decision.obligations() {
+        for obligation in permitted.decision().obligations() {
             match obligation {
                 Obligation::Redact { fields } => redact_result(&mut result, fields),
                 // Fulfilled before forwarding (`Permitted::new`).
@@ -570,11 +472,11 @@ impl crate::Gateway {
         let meta = result.meta.get_or_insert_with(Default::default);
         meta.0.insert(
             META_CORRELATION.into(),
-            permitted.correlation.as_str().into(),
+            permitted.correlation().as_str().into(),
         );
         meta.0.insert(
             META_DECISION.into(),
-            permitted.decision.id().as_str().into(),
+            permitted.decision().id().as_str().into(),
         );
         if !findings.labels.is_empty() {
             meta.0
@@ -783,7 +685,7 @@ impl crate::Gateway {
         held_record.detail = Some(format!(
             "{HELD_DETAIL} {} ({})",
             approval.id,
-            crate::approvals::approval_url(self, &approval.id)
+            self.approval_url(&approval.id)
         ));
         self.metrics.count_decision(decision);
         if self.audit.append(held_record).await.is_err() {
