@@ -65,9 +65,36 @@ pub(crate) enum HoldOutcome {
 /// Interval of progress notifications to a client that asked for them.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
+/// The hold's state, owned by this module: the calls held in this
+/// process, the client that notifies the approval webhook, and this
+/// process's id (recorded as the holder of its held calls).
+pub(crate) struct Holds {
+    waiters: Waiters,
+    webhook: reqwest::Client,
+    instance: String,
+}
+
+impl Holds {
+    pub(crate) fn new() -> Self {
+        Self {
+            waiters: Waiters::default(),
+            webhook: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+            instance: format!("gw-{}", uuid::Uuid::now_v7()),
+        }
+    }
+
+    /// This process's id, recorded as the holder of its held calls.
+    pub(crate) fn instance(&self) -> &str {
+        &self.instance
+    }
+}
+
 /// Held calls waiting in this process: approval id → wake-up.
 #[derive(Default)]
-pub(crate) struct Waiters {
+struct Waiters {
     map: dashmap::DashMap<String, watch::Sender<bool>>,
 }
 
@@ -127,7 +154,7 @@ impl Gateway {
     /// Whether a call held in this process is waiting for the approval
     /// request `id` (the operator plane shows it as `waiting`).
     pub fn is_held_here(&self, id: &str) -> bool {
-        self.waiters.is_waiting(id)
+        self.holds.waiters.is_waiting(id)
     }
 
     /// Wakes the call held for `id`, if it waits in this process, after a
@@ -135,7 +162,7 @@ impl Gateway {
     /// store and releases itself only if that says approved, for its own
     /// arguments. Waking it without a decision changes nothing.
     pub fn wake_held(&self, id: &str) {
-        self.waiters.wake(id);
+        self.holds.waiters.wake(id);
     }
 
     /// Creates the durable approval request for a held call.
@@ -163,12 +190,12 @@ impl Gateway {
         progress: Option<rmcp::model::ProgressToken>,
     ) -> HoldOutcome {
         let id = approval.id.clone();
-        let mut rx = self.waiters.register(&id);
+        let mut rx = self.holds.waiters.register(&id);
         // The request was visible to approvers before this waiter existed: a
         // decision made in between woke nobody. Look at the store once first.
         rx.mark_changed();
         let mut guard = HoldGuard {
-            waiters: &self.waiters,
+            waiters: &self.holds.waiters,
             control: self.control().clone(),
             id: id.clone(),
             armed: true,
@@ -300,7 +327,7 @@ impl Gateway {
             "taint": a.request.taint,
             "deadline_ms": a.request.deadline_ms,
         });
-        let http = self.webhook_client.clone();
+        let http = self.holds.webhook.clone();
         tokio::spawn(async move {
             for attempt in 0..3u32 {
                 match http.post(&url).json(&body).send().await {

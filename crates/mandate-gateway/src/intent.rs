@@ -280,8 +280,8 @@ impl Gateway {
             return GrantStatus::Refused;
         };
         let Some(class) = self
-            .upstreams
-            .get(&name.upstream)
+            .catalogue
+            .upstream(&name.upstream)
             .and_then(|u| u.config().class_of(&name.tool))
         else {
             return GrantStatus::Refused;

@@ -18,11 +18,12 @@
 //! and recorded.
 
 use crate::approvals::{Approved, HoldOutcome};
+use crate::catalogue::Resolved;
 use crate::error::{DenyCategory, denial_error, unknown_tool_error, upstream_error};
 use crate::permit::{Permitted, Relay};
-use crate::upstream::{META_CORRELATION, Upstream};
+use crate::upstream::META_CORRELATION;
 use mandate_authn::Principal;
-use mandate_core::{AuditRecord, CorrelationId, Obligation, ToolCall, ToolName};
+use mandate_core::{AuditRecord, CorrelationId, Obligation, ToolCall};
 use mandate_policy::{Decision, DecisionRequest, SessionFacts};
 use rmcp::model::{CallToolRequestParams, CallToolResponse, ProgressToken};
 use rmcp::{ErrorData, Peer, RoleServer};
@@ -669,7 +670,7 @@ impl crate::Gateway {
             decision_id: decision.id().to_string(),
             correlation_id: correlation.to_string(),
             deadline_ms,
-            holder: self.instance.clone(),
+            holder: self.holds.instance().to_owned(),
         };
         let approval = match self.create_approval(new).await {
             Ok(a) => a,
@@ -969,20 +970,6 @@ const MAX_SOURCES: usize = 32;
 
 /// Most call times kept per session for `calls_last_minute`.
 const RECENT_CAP: usize = 10_000;
-
-/// The result of looking up an exposed tool name.
-pub(crate) enum Resolved {
-    /// The upstream serves it. `class` is `None` when config does not
-    /// classify it (deny). `tool` is its catalogue entry.
-    Known {
-        name: ToolName,
-        upstream: Arc<Upstream>,
-        class: Option<mandate_core::ToolClass>,
-        tool: Option<Box<rmcp::model::Tool>>,
-    },
-    /// No such upstream or tool.
-    Unknown,
-}
 
 /// How long per-session state is kept after the session's last token expired.
 pub(crate) const SESSION_GRACE_SECS: u64 = 120;
