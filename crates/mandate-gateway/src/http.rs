@@ -86,9 +86,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
                 return;
             };
             let now = clock.now_secs().cast_unsigned();
-            sessions
-                .sweep(now, crate::pipeline::SESSION_GRACE_SECS)
-                .await;
+            sessions.sweep(now, crate::usage::SESSION_GRACE_SECS).await;
         }
     });
     let state = AppState { gw, mcp, sessions };

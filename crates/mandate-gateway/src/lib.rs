@@ -57,6 +57,7 @@ pub mod server;
 mod sessions;
 mod tasks;
 mod upstream;
+mod usage;
 
 pub use config::{
     ApprovalConfig, GatewayConfig, Isolation, Limits, OperatorConfig, Role, Transport,
@@ -76,41 +77,8 @@ use mandate_authn::{Authenticator, AuthnError, Principal};
 use mandate_control::ControlStore;
 use mandate_core::Clock;
 use mandate_policy::PolicyEngine;
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use upstream::Events;
-
-/// Per-Mandate-session state (keyed by the token's `sid`), never shared
-/// across sessions (F-04).
-#[derive(Debug, Default)]
-pub(crate) struct SessionState {
-    pub(crate) calls: u64,
-    /// Latest expiry of any token seen for the session.
-    pub(crate) exp: u64,
-    pub(crate) taint: BTreeSet<String>,
-    /// The tools whose untrusted, sensitive or suspicious results entered the
-    /// session, in order (bounded), for the people asked to approve.
-    pub(crate) sources: Vec<String>,
-    /// Permitted calls per exposed tool name.
-    pub(crate) per_tool: std::collections::HashMap<String, u64>,
-    /// Unix seconds of the permitted calls of the last minute (bounded).
-    pub(crate) recent: std::collections::VecDeque<i64>,
-    /// The values results introduced, by provenance (`intent.rs`).
-    pub(crate) values: Option<mandate_provenance::SessionValues>,
-    /// The session's history predates this process (restored after a
-    /// restart): what it read cannot be placed any more.
-    pub(crate) values_lost: bool,
-}
-
-/// Per-task usage (keyed by issuer, user and task id), for task budgets.
-#[derive(Debug, Default)]
-pub(crate) struct TaskState {
-    pub(crate) calls: u64,
-    /// Sum of the `amount` argument of permitted `financial` calls.
-    pub(crate) amount: i64,
-    /// Latest expiry of any token seen for the task.
-    pub(crate) exp: u64,
-}
 
 /// The planes a gateway enforces with.
 pub struct Planes {
@@ -139,11 +107,9 @@ pub struct Gateway {
     /// The upstreams, their tool catalogues and the clients told when one
     /// changes (`catalogue.rs`).
     catalogue: catalogue::Catalogue,
-    sessions: DashMap<String, SessionState>,
-    tasks: DashMap<String, TaskState>,
-    /// Unix seconds after which usage of expired sessions and tasks is
-    /// next pruned (`pipeline.rs`).
-    next_usage_prune: std::sync::atomic::AtomicI64,
+    /// Per-session and per-task usage, and the per-subject call slots
+    /// (`usage.rs`).
+    usage: usage::Usage,
     metrics: Arc<Metrics>,
     /// Held calls, their wake-ups and the approval webhook (`approvals.rs`).
     holds: approvals::Holds,
@@ -155,66 +121,10 @@ pub struct Gateway {
     builds: builds::Builds,
     /// DPoP proof verification for sender-constrained tokens (`http.rs`).
     dpop: std::sync::OnceLock<Arc<mandate_authn::dpop::DpopVerifier>>,
-    /// Tool calls in flight per subject (bounded).
-    slots: Arc<CallSlots>,
     /// Task intents by task key, with when they were read (`intent.rs`).
     intents: DashMap<String, (i64, Option<Arc<mandate_control::TaskIntent>>)>,
     /// The one wall clock (`Planes::clock`).
     clock: Clock,
-}
-
-/// Tool calls in flight per subject (issuer and `sub`), each bounded, so
-/// one token cannot tie up the gateway with held or slow calls.
-pub(crate) struct CallSlots {
-    inflight: DashMap<String, usize>,
-    max: usize,
-    metrics: Arc<Metrics>,
-}
-
-/// One call's slot, given back when dropped.
-pub(crate) struct CallSlot {
-    slots: Arc<CallSlots>,
-    key: String,
-}
-
-impl CallSlots {
-    /// A slot for one more call of `subject`, unless it is at its cap.
-    pub(crate) fn try_acquire(self: &Arc<Self>, subject: String) -> Option<CallSlot> {
-        let mut entry = self.inflight.entry(subject.clone()).or_insert(0);
-        if *entry >= self.max {
-            return None;
-        }
-        if *entry == 0 {
-            self.metrics
-                .busy_subjects
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        *entry += 1;
-        drop(entry);
-        Some(CallSlot {
-            slots: self.clone(),
-            key: subject,
-        })
-    }
-}
-
-impl Drop for CallSlot {
-    fn drop(&mut self) {
-        let emptied = self
-            .slots
-            .inflight
-            .remove_if_mut(&self.key, |_, n| {
-                *n = n.saturating_sub(1);
-                *n == 0
-            })
-            .is_some();
-        if emptied {
-            self.slots
-                .metrics
-                .busy_subjects
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
 }
 
 impl Gateway {
@@ -231,14 +141,10 @@ impl Gateway {
         let events = Arc::new(Events::default());
         let catalogue = catalogue::Catalogue::new(&cfg.upstreams, &events);
         let metrics = Arc::new(Metrics::default());
-        let slots = Arc::new(CallSlots {
-            inflight: DashMap::new(),
-            max: cfg.limits.max_concurrent_calls_per_subject.max(1),
-            metrics: metrics.clone(),
-        });
+        let usage = usage::Usage::new(cfg.limits.max_concurrent_calls_per_subject, metrics.clone());
         let gw = Arc::new(Self {
             cfg,
-            slots,
+            usage,
             intents: DashMap::new(),
             authn,
             operator_authn,
@@ -246,9 +152,6 @@ impl Gateway {
             audit,
             control,
             catalogue,
-            sessions: DashMap::new(),
-            tasks: DashMap::new(),
-            next_usage_prune: std::sync::atomic::AtomicI64::new(0),
             metrics,
             holds: approvals::Holds::new(),
             mcp_tasks: tasks::Tasks::new(clock.clone()),

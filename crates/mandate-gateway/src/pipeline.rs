@@ -92,7 +92,7 @@ impl crate::Gateway {
 
         // 0. Bound the calls one subject has in flight (held ones included),
         //    so one token cannot tie up the gateway.
-        let Some(_slot) = self.slots.try_acquire(principal.subject_key()) else {
+        let Some(_slot) = self.usage.try_acquire(principal.subject_key()) else {
             self.metrics.concurrency_refusals.inc();
             let decision = Decision::deny(
                 format!(
@@ -370,7 +370,7 @@ impl crate::Gateway {
         };
         let mut newly_suspicious = false;
         if !findings.labels.is_empty() {
-            let mut s = self.sessions.entry(session.clone()).or_default();
+            let mut s = self.usage.session(session.clone());
             newly_suspicious = findings
                 .labels
                 .iter()
@@ -499,9 +499,9 @@ impl crate::Gateway {
         facts: &crate::intent::CallFacts,
     ) -> Decision {
         let exp = principal.exp();
-        let mut session = self.sessions.entry(principal.state_key()).or_default();
+        let mut session = self.usage.session(principal.state_key());
         let task_key = task_key(principal);
-        let mut task = task_key.map(|k| self.tasks.entry(k).or_default());
+        let mut task = task_key.map(|k| self.usage.task(k));
         let exposed = call.name.to_string();
         session.exp = session.exp.max(exp);
         if let Some(task) = task.as_mut() {
@@ -548,33 +548,8 @@ impl crate::Gateway {
         }
         drop(task);
         drop(session);
-        self.prune_usage();
+        self.usage.prune(self.now_unix());
         decision
-    }
-
-    /// Usage outlives its session or task only until every token of it
-    /// has expired; pruned at most once a minute (a sweep visits every
-    /// session, so it must not run on every call).
-    fn prune_usage(&self) {
-        use std::sync::atomic::Ordering;
-        let now = self.now_unix();
-        let due = self.next_usage_prune.load(Ordering::Relaxed);
-        if now < due
-            || self
-                .next_usage_prune
-                .compare_exchange(
-                    due,
-                    now + USAGE_PRUNE_SECS,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_err()
-        {
-            return;
-        }
-        let cutoff = now.cast_unsigned().saturating_sub(SESSION_GRACE_SECS);
-        self.sessions.retain(|_, s| s.exp > cutoff);
-        self.tasks.retain(|_, t| t.exp > cutoff);
     }
 }
 
@@ -641,8 +616,8 @@ impl crate::Gateway {
             );
         }
         let (taint, untrusted_sources): (Vec<String>, Vec<String>) = self
-            .sessions
-            .get(&principal.state_key())
+            .usage
+            .session_view(&principal.state_key())
             .map(|s| (s.taint.iter().cloned().collect(), s.sources.clone()))
             .unwrap_or_default();
         let deadline_ms = self.clock.now_ms().saturating_add(
@@ -922,7 +897,7 @@ impl crate::Gateway {
             let exp = at.saturating_add(3600).max(now).cast_unsigned();
             // Taint is on outcome records: what the session read stays read.
             if r.kind == mandate_core::RecordKind::Outcome && !r.taint.is_empty() {
-                let mut s = self.sessions.entry(key).or_default();
+                let mut s = self.usage.session(key);
                 // What it read is known by label only now, not by value.
                 s.values_lost = true;
                 s.taint.extend(r.taint.iter().cloned());
@@ -941,7 +916,7 @@ impl crate::Gateway {
                 continue;
             }
             {
-                let mut s = self.sessions.entry(key).or_default();
+                let mut s = self.usage.session(key);
                 s.values_lost = true;
                 s.calls = s.calls.saturating_add(1);
                 s.exp = s.exp.max(exp);
@@ -951,10 +926,7 @@ impl crate::Gateway {
                 }
             }
             if let Some(task) = &r.subject.task_id {
-                let mut t = self
-                    .tasks
-                    .entry(task_key_of(iss, &r.subject.sub, task))
-                    .or_default();
+                let mut t = self.usage.task(task_key_of(iss, &r.subject.sub, task));
                 t.calls = t.calls.saturating_add(1);
                 t.amount = t.amount.saturating_add(r.amount.unwrap_or(0).max(0));
                 t.exp = t.exp.max(exp);
@@ -970,12 +942,6 @@ const MAX_SOURCES: usize = 32;
 
 /// Most call times kept per session for `calls_last_minute`.
 const RECENT_CAP: usize = 10_000;
-
-/// How long per-session state is kept after the session's last token expired.
-pub(crate) const SESSION_GRACE_SECS: u64 = 120;
-
-/// How often usage of expired sessions and tasks is swept.
-const USAGE_PRUNE_SECS: i64 = 60;
 
 impl crate::Gateway {
     /// Current Unix time in seconds, by the gateway's clock.
