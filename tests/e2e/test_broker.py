@@ -702,3 +702,17 @@ def test_key_rotation_keeps_tokens_of_the_old_key_valid(env: Env) -> None:
         session = env.gw.initialize(token)
         reply = env.gw.call_tool(token, session, "bank.get_balance", {"account": "rotation"})
         assert "12500" in json.dumps(reply.response()), reply.text
+
+
+def test_check_loads_the_brokers_keys_and_writes_none(env: Env) -> None:
+    """`serve --check` on a running broker's config loads its identity
+    providers, agents and signing keys, and changes none of its files."""
+    keys = env.gw.data_dir / "broker-keys"
+    files = lambda: {p.name: p.read_bytes() for p in sorted(keys.iterdir())}  # noqa: E731
+    before = files()
+    assert "keys.json" in before and "jwks.json" in before, sorted(before)
+    r = run_mandate("serve", "--config", str(env.gw.config), "--check", timeout=90)
+    said = r.stdout + r.stderr
+    assert r.returncode == 0, said
+    assert "signing keys loaded" in r.stdout and "configuration OK" in r.stdout, said
+    assert files() == before, "the check changed the broker's keys"

@@ -47,6 +47,36 @@ def test_good_config_passes_check(tmp_path: Path, issuer: Issuer) -> None:
     assert "configuration OK" in r.stdout, output(r)
 
 
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `root`: size and modification time."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_check_writes_nothing(tmp_path: Path, issuer: Issuer, fresh_launcher) -> None:
+    """`--check` builds what `serve` builds on scratch stores: a data
+    directory that does not exist is not created, and the state of a
+    gateway that has served (its audit log, control store, keys) is left
+    exactly as it was, while the check still reads the real audit log."""
+    config = write_config(tmp_path, issuer)
+    r = check(config)
+    assert r.returncode == 0, output(r)
+    assert "(created at first start)" in r.stdout, output(r)
+    assert not (tmp_path / "data").exists(), "the check created the data directory"
+
+    # A gateway serves once (writing its audit log and keys), then stops.
+    gw = fresh_launcher.gateway(issuer, {
+        "docs": {"command": str(mandate_bin()), "args": ["demo-server", "--profile", "workspace"],
+                 "timeout_secs": 10, "tools": {"search": "read"}}}, name="served")
+    gw.proc.stop()
+    before = snapshot(gw.data_dir)
+    assert "audit.sqlite" in before, before
+    r = check(gw.config)
+    assert r.returncode == 0, output(r)
+    assert "(readable)" in r.stdout, output(r)
+    assert snapshot(gw.data_dir) == before, "the check changed the served gateway's state"
+
+
 def test_shipped_quickstart_config_passes_check(tmp_path: Path) -> None:
     """The config the README points people at must itself be valid."""
     r = run_mandate("keys", "generate", "--out", str(tmp_path / "data" / "dev-issuer"))
@@ -57,6 +87,7 @@ def test_shipped_quickstart_config_passes_check(tmp_path: Path) -> None:
                     "--check", timeout=90)
     assert r.returncode == 0, output(r)
     assert "configuration OK" in r.stdout
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["dev-issuer"], "the check wrote state"
 
 
 @pytest.mark.parametrize("section,key", [("server", "listne"), ("auth", "leway_secs"), ("policy", "directory")])

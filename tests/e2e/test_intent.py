@@ -9,7 +9,8 @@ then:
 
 - the payment the user named goes through in a tainted session without a
   second prompt, and the audit record names the grant it used;
-- its one use is consumed: a second payment is held for a person again;
+- its one use is consumed: a second payment, outside the declared intent
+  in a tainted session, is refused outright (`outside_intent`);
 - a value that only untrusted content introduced (the injected mail address)
   is refused as a recipient without asking anyone; the same address named
   in the task's intent goes through;
@@ -235,14 +236,15 @@ def test_the_declared_payment_is_approved_once_covers_its_call_and_is_used_up(en
     rows = env.gw.wait_audit("kind = 'decision' AND tool = 'bank.transfer' AND session = ?", [f"sid:{sid}"])
     assert rows and json.loads(rows[-1]["body"]).get("grant") == "pay-supplier", rows
 
-    # Its one use is gone: the same payment again is held for a person, who refuses.
-    again = in_background(lambda: env.gw.call_tool(token, session, "bank.transfer",
-                                                   {"to": "SUPPLIER-7", "amount": 1200, "memo": "twice"}).response())
-    held = pending_call(env, sid)
-    assert held is not None and held["tool"] == "bank.transfer", "the second payment was not held"
-    # (A held call is decided by another approver: no self-approval by default.)
-    assert decide(env, "ops@example.com", held, "deny").status_code == 200
-    assert again()["error"]["data"]["reason"] == "approval_denied"
+    # Its one use is gone: the same payment again is outside the declared
+    # intent in a session that read untrusted text, so it is refused
+    # outright; nobody is asked to rubber-stamp it.
+    again = env.gw.call_tool(token, session, "bank.transfer",
+                             {"to": "SUPPLIER-7", "amount": 1200, "memo": "twice"}).response()
+    assert again["error"]["data"]["reason"] == "outside_intent", again
+    assert pending_call(env, sid, timeout=0.5) is None, "the payment past its uses was put to a person"
+    rows = env.gw.wait_audit("kind = 'decision' AND tool = 'bank.transfer' AND session = ?", [f"sid:{sid}"])
+    assert rows[-1]["effect"] == "deny", rows[-1]
     assert [c["arguments"]["memo"] for c in env.received("bank", "transfer")
             if c["arguments"]["memo"] in ("invoice 2026-117", "twice")] == ["invoice 2026-117"]
 

@@ -627,7 +627,7 @@ fn policy_hash_covers_names_and_contents() -> TestResult {
 fn check_dir_accepts_the_shipped_set() -> TestResult {
     let summary = PolicyEngine::check_dir(&shipped_dir())?;
     assert!(
-        summary.starts_with("13 policies in 4 files valid against schema mandate.cedarschema"),
+        summary.starts_with("14 policies in 4 files valid against schema mandate.cedarschema"),
         "{summary}"
     );
     Ok(())

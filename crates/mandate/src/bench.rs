@@ -61,6 +61,11 @@ pub struct BenchArgs {
     /// over N held transfers, against the same transfer without approval.
     #[arg(long, value_name = "N")]
     pub approvals: Option<usize>,
+    /// Instead: measure what argument provenance adds to a call in a
+    /// session that has read BYTES of results (e.g. 1048576), against a
+    /// fresh session, over `--sequential-calls` alternating rounds.
+    #[arg(long, value_name = "BYTES")]
+    pub provenance_history: Option<usize>,
 }
 
 fn parse_arguments(s: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
@@ -181,24 +186,24 @@ async fn start_bare_proxy(
 
 /// Mints a token with a fresh `sid` for each client, so every benchmark
 /// client is its own Mandate session (and its own call budget).
-type TokenSource = std::sync::Arc<dyn Fn() -> Result<String> + Send + Sync>;
+pub(crate) type TokenSource = std::sync::Arc<dyn Fn() -> Result<String> + Send + Sync>;
 
-struct Target {
-    url: String,
-    token: Option<TokenSource>,
+pub(crate) struct Target {
+    pub(crate) url: String,
+    pub(crate) token: Option<TokenSource>,
     /// The call every client makes (the same on both paths but the name).
-    call: CallToolRequestParams,
+    pub(crate) call: CallToolRequestParams,
     /// Speak the stateless 2026-07-28 revision instead of 2025-11-25.
-    stateless: bool,
+    pub(crate) stateless: bool,
 }
 
-type Client = rmcp::service::RunningService<rmcp::RoleClient, ()>;
+pub(crate) type Client = rmcp::service::RunningService<rmcp::RoleClient, ()>;
 
 /// One benchmark client: the official SDK's client over its own HTTP
 /// connection pool. Its HTTP client reads every SSE reply to the end (as
 /// Mandate's upstream connections do), so the connection is kept alive
 /// between calls, as a browser's or the Python SDK's would be.
-async fn connect(t: &Target) -> Result<Client> {
+pub(crate) async fn connect(t: &Target) -> Result<Client> {
     let mut cfg = StreamableHttpClientTransportConfig::with_uri(t.url.as_str());
     if let Some(mint) = &t.token {
         cfg = cfg.auth_header(mint()?);
@@ -217,7 +222,7 @@ async fn connect(t: &Target) -> Result<Client> {
     Ok(().serve_with_lifecycle(transport, lifecycle).await?)
 }
 
-async fn one_call(c: &Client, call: &CallToolRequestParams) -> Result<Duration> {
+pub(crate) async fn one_call(c: &Client, call: &CallToolRequestParams) -> Result<Duration> {
     let start = Instant::now();
     let r = c.call_tool(call.clone()).await?;
     let took = start.elapsed();
@@ -306,7 +311,7 @@ async fn throughput(t: &Target, clients: usize, secs: u64) -> Result<(f64, Vec<D
     Ok((rate, all))
 }
 
-fn pct(v: &mut [Duration], p: f64) -> Duration {
+pub(crate) fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
     if v.is_empty() {
         return Duration::ZERO;
@@ -423,6 +428,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             "url": upstream_url,
             "timeout_secs": 30,
             "tools": { args.tool.as_str(): "read" },
+            // The default, spelled out: the provenance benchmark's
+            // history is remembered as untrusted.
+            "provenance": { args.tool.as_str(): "untrusted" },
         } },
     }))?;
     let cfg_path = data_dir.join("bench.toml");
@@ -469,6 +477,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         call: call(format!("docs.{}", args.tool)),
         stateless,
     };
+    if let Some(bytes) = args.provenance_history {
+        return crate::bench_provenance::run(&via, bytes, args.sequential_calls).await;
+    }
     let (proxy_process, proxy_url) = start_bare_proxy(&upstream_url, args.split_cpus).await?;
     let proxy = Target {
         url: proxy_url,

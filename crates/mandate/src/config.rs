@@ -221,6 +221,22 @@ fn default_listen() -> String {
 fn default_data_dir() -> String {
     "mandate-data".into()
 }
+
+/// `server.data_dir` as the file gives it: `{config_dir}` substituted, and
+/// a relative path taken from the config file's folder (not the working
+/// directory), so the same file finds the same state wherever `mandate` is
+/// started. `--data-dir` and `MANDATE_DATA_DIR` are taken as given.
+fn file_data_dir(written: &str, config_dir: &Path) -> PathBuf {
+    if written.contains("{config_dir}") {
+        return PathBuf::from(written.replace("{config_dir}", &config_dir.display().to_string()));
+    }
+    let path = PathBuf::from(written);
+    if path.is_relative() {
+        config_dir.join(path)
+    } else {
+        path
+    }
+}
 fn default_max_body() -> usize {
     1024 * 1024
 }
@@ -389,7 +405,7 @@ impl Config {
             .data_dir
             .clone()
             .or_else(|| std::env::var(env::DATA_DIR).ok().map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from(&file.server.data_dir));
+            .unwrap_or_else(|| file_data_dir(&file.server.data_dir, &config_dir));
         let public_url = overrides
             .public_url
             .clone()
@@ -686,6 +702,40 @@ impl Config {
         })
     }
 
+    /// The same configuration with every store `serve` writes (data
+    /// directory, audit log and its checkpoint key, control store, broker
+    /// keys) moved into `scratch`, for `serve --check`: it builds everything
+    /// `serve` builds without touching the real state. The broker's keys
+    /// are copied when they exist (so the check loads the real ones); files
+    /// read only (JWKS, policies) stay where they are.
+    pub fn scratch(&self, scratch: &Path) -> Result<Self> {
+        let mut c = self.clone();
+        c.data_dir = scratch.join("data");
+        c.audit.store = mandate_audit::Store::Sqlite(scratch.join("audit.sqlite"));
+        c.audit.checkpoint_key = scratch.join("audit-checkpoint.key");
+        if let Some(b) = c.broker.as_mut() {
+            let copy = scratch.join("broker-keys");
+            std::fs::create_dir_all(&copy)?;
+            if let Ok(entries) = std::fs::read_dir(&b.key_dir) {
+                for entry in entries.flatten() {
+                    if entry.file_type().is_ok_and(|t| t.is_file()) {
+                        std::fs::copy(entry.path(), copy.join(entry.file_name()))?;
+                    }
+                }
+            }
+            // The gateway trusts the broker's tokens through the JWKS in
+            // that directory: read it from the copy too.
+            let published = b.key_dir.join("jwks.json");
+            for issuer in &mut c.authn.issuers {
+                if matches!(&issuer.jwks, JwksSource::File(p) if *p == published) {
+                    issuer.jwks = JwksSource::File(copy.join("jwks.json"));
+                }
+            }
+            b.key_dir = copy;
+        }
+        Ok(c)
+    }
+
     /// Path of the control store (kill switches, change gate).
     pub fn control_path(&self) -> PathBuf {
         self.data_dir.join("control.sqlite")
@@ -846,6 +896,45 @@ mod tests {
         let ok = "[approvals.web.oidc]\nissuer=\"https://idp.example\"\nclient_id=\"m\"\n\
                   [[operators]]\nsub=\"dana\"\nissuer=\"https://idp.example\"\nroles=[\"approver\"]\n";
         assert!(parse(ok).is_ok_and(|c| c.web.oidc.is_some()));
+    }
+
+    #[test]
+    fn a_relative_data_dir_is_taken_from_the_config_files_folder() {
+        if std::env::var_os(env::DATA_DIR).is_some() {
+            // The environment overrides the file; nothing to check here.
+            return;
+        }
+        let base = "[auth]\nissuers=[{issuer=\"x\", jwks_file=\"j\"}]\n";
+        let load = |server: &str, path: &str, overrides: &Overrides| {
+            Config::parse(&format!("{base}{server}"), Path::new(path), overrides)
+                .map(|c| c.data_dir)
+                .ok()
+        };
+        let none = Overrides::default();
+        assert_eq!(
+            load("", "/etc/mandate/mandate.toml", &none),
+            Some(PathBuf::from("/etc/mandate/mandate-data"))
+        );
+        assert_eq!(
+            load("[server]\ndata_dir=\"state\"\n", "conf/m.toml", &none),
+            Some(PathBuf::from("conf/state"))
+        );
+        assert_eq!(
+            load("[server]\ndata_dir=\"{config_dir}/s\"\n", "conf/m.toml", &none),
+            Some(PathBuf::from("conf/s"))
+        );
+        assert_eq!(
+            load("[server]\ndata_dir=\"/var/lib/mandate\"\n", "conf/m.toml", &none),
+            Some(PathBuf::from("/var/lib/mandate"))
+        );
+        // A file in the working directory: as before.
+        assert_eq!(load("", "m.toml", &none), Some(PathBuf::from("./mandate-data")));
+        // The command line is taken as given (relative to where it is run).
+        let cli = Overrides {
+            data_dir: Some(PathBuf::from("here")),
+            ..Overrides::default()
+        };
+        assert_eq!(load("", "conf/m.toml", &cli), Some(PathBuf::from("here")));
     }
 
     #[test]

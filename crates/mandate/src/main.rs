@@ -7,6 +7,8 @@ mod bench;
 #[cfg(feature = "dev")]
 mod bench_approvals;
 #[cfg(feature = "dev")]
+mod bench_provenance;
+#[cfg(feature = "dev")]
 mod bench_proxy;
 mod broker_cli;
 mod broker_config;
@@ -590,11 +592,32 @@ async fn gated_policy_dir(
     Ok(dir)
 }
 
+/// `serve --check`: builds everything `serve` would, on scratch stores in
+/// a private temporary directory (removed on return), so the check writes
+/// nothing to the data directory, the audit store or the broker's keys;
+/// the real audit store is only read.
 async fn check_config(cfg: &Config) -> Result<()> {
-    let gw = build_gateway(cfg).await?;
-    if broker_cli::attach(cfg, &gw).await?.is_some() {
-        println!("broker: identity providers and agent keys loaded");
+    let dir = tempfile::Builder::new()
+        .prefix("mandate-check-")
+        .tempdir()
+        .context("cannot create a scratch directory for the check")?;
+    let scratch = cfg.scratch(dir.path())?;
+    let gw = build_gateway(&scratch).await?;
+    if broker_cli::attach(&scratch, &gw).await?.is_some() {
+        let keys = cfg
+            .broker
+            .as_ref()
+            .is_some_and(|b| b.key_dir.join("keys.json").exists());
+        println!(
+            "broker: identity providers and agent keys loaded; signing keys {}",
+            if keys {
+                "loaded"
+            } else {
+                "not there yet (generated at first start)"
+            }
+        );
     }
+    println!("audit store: {}", probe_audit_store(cfg)?);
     println!(
         "policies: {}",
         PolicyEngine::check_dir(&cfg.policy_dir).map_err(|e| anyhow::anyhow!("{e}"))?
@@ -607,6 +630,34 @@ async fn check_config(cfg: &Config) -> Result<()> {
         println!("{line}");
     }
     Ok(())
+}
+
+/// Whether the configured audit store can be read, without creating or
+/// changing anything (a SQLite file that does not exist yet is created at
+/// the first start). A store that exists but cannot be read fails the
+/// check, as it would fail `serve`.
+fn probe_audit_store(cfg: &Config) -> Result<String> {
+    let store = cfg.audit_store();
+    if let mandate_audit::Store::Sqlite(path) = &store {
+        if !path.exists() {
+            return Ok(format!("{store} (created at first start)"));
+        }
+        // Opening a SQLite log in WAL mode, even to read, creates its
+        // `-shm` and `-wal` files: read the header instead.
+        let mut head = [0u8; 16];
+        std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+            .with_context(|| format!("audit store {store} cannot be read"))?;
+        anyhow::ensure!(
+            &head == b"SQLite format 3\0",
+            "audit store {store} is not a SQLite database"
+        );
+        return Ok(format!("{store} (readable)"));
+    }
+    let now = mandate_core::Clock::system().now_ms();
+    mandate_audit::read_calls_since(store.clone(), now)
+        .map_err(|e| anyhow::anyhow!("audit store {store} cannot be read: {e}"))?;
+    Ok(format!("{store} (readable)"))
 }
 
 /// Serves the gateway on `listener` (within the connection limits) and
