@@ -920,15 +920,26 @@ mod tests {
             Some(PathBuf::from("conf/state"))
         );
         assert_eq!(
-            load("[server]\ndata_dir=\"{config_dir}/s\"\n", "conf/m.toml", &none),
+            load(
+                "[server]\ndata_dir=\"{config_dir}/s\"\n",
+                "conf/m.toml",
+                &none
+            ),
             Some(PathBuf::from("conf/s"))
         );
         assert_eq!(
-            load("[server]\ndata_dir=\"/var/lib/mandate\"\n", "conf/m.toml", &none),
+            load(
+                "[server]\ndata_dir=\"/var/lib/mandate\"\n",
+                "conf/m.toml",
+                &none
+            ),
             Some(PathBuf::from("/var/lib/mandate"))
         );
         // A file in the working directory: as before.
-        assert_eq!(load("", "m.toml", &none), Some(PathBuf::from("./mandate-data")));
+        assert_eq!(
+            load("", "m.toml", &none),
+            Some(PathBuf::from("./mandate-data"))
+        );
         // The command line is taken as given (relative to where it is run).
         let cli = Overrides {
             data_dir: Some(PathBuf::from("here")),

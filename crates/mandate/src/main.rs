@@ -7,8 +7,6 @@ mod bench;
 #[cfg(feature = "dev")]
 mod bench_approvals;
 #[cfg(feature = "dev")]
-mod bench_provenance;
-#[cfg(feature = "dev")]
 mod bench_proxy;
 mod broker_cli;
 mod broker_config;
