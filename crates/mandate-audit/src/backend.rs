@@ -215,32 +215,6 @@ pub(crate) trait Reader {
     fn checkpoints(&mut self) -> Result<Vec<CheckpointRow>, AuditError>;
 }
 
-/// Opens `store` for reading.
-pub(crate) fn open_reader(store: &Store) -> Result<Box<dyn Reader>, AuditError> {
-    match store {
-        Store::Sqlite(path) => Ok(Box::new(crate::sqlite::SqliteReader::open(path)?)),
-        Store::Postgres { url, schema } => {
-            Ok(Box::new(crate::postgres::PgReader::open(url, schema)?))
-        }
-    }
-}
-
-/// Opens `store` for writing (creating its tables if needed).
-pub(crate) fn open_backend(
-    store: &Store,
-    options: &crate::SqliteOptions,
-) -> Result<Box<dyn Backend>, AuditError> {
-    match store {
-        Store::Sqlite(path) => Ok(Box::new(crate::sqlite::SqliteBackend::open(
-            path,
-            options.busy_timeout,
-        )?)),
-        Store::Postgres { url, schema } => {
-            Ok(Box::new(crate::postgres::PgBackend::open(url, schema)?))
-        }
-    }
-}
-
 /// Runs `f` on a thread of its own: the blocking PostgreSQL client must not
 /// run on an async runtime's thread, and callers may be on one.
 pub(crate) fn blocking<T: Send>(

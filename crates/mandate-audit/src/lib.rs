@@ -34,6 +34,7 @@ mod chain;
 mod error;
 pub mod merkle;
 pub mod note;
+mod open;
 mod postgres;
 mod read;
 pub mod replay;
@@ -222,7 +223,7 @@ impl AuditLog {
             .name("mandate-audit-writer".to_owned())
             .spawn(move || {
                 let opened =
-                    backend::open_backend(&thread_store, &thread_options).and_then(|mut b| {
+                    open::open_backend(&thread_store, &thread_options).and_then(|mut b| {
                         let tree = match thread_options.signer.clone() {
                             Some(signer) => Some(TreeState::load(
                                 b.as_mut(),

@@ -1,11 +1,12 @@
 //! Read-only access: queries, proofs and verification. Each call opens its
 //! own read-only connection, so the CLI can use these while `serve` writes.
 
-use crate::backend::{CheckpointRow, Filter, RawRow, Store, blocking, open_reader};
+use crate::backend::{CheckpointRow, Filter, RawRow, Store, blocking};
 use crate::chain::{GENESIS_HASH, record_hash};
 use crate::error::AuditError;
 use crate::merkle::{Frontier, Hash, Tree, leaf_hash};
 use crate::note::{Checkpoint, NoteVerifier};
+use crate::open::open_reader;
 use crate::schema::{COLUMNS, column_values};
 use mandate_core::AuditRecord;
 use serde::Serialize;

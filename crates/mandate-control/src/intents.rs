@@ -21,45 +21,6 @@ use mandate_intent::Intent;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
-/// The tables (created with the rest of the control store's schema).
-pub(crate) const DDL: &str = "
-CREATE TABLE IF NOT EXISTS intents (
-    iss          TEXT NOT NULL,
-    sub          TEXT NOT NULL,
-    task_id      TEXT NOT NULL,
-    intent_hash  TEXT NOT NULL,
-    intent       TEXT NOT NULL,
-    requested_by TEXT NOT NULL,
-    created_ms   INTEGER NOT NULL,
-    deadline_ms  INTEGER NOT NULL,
-    approval_id  TEXT UNIQUE,
-    approval     TEXT,
-    decided_by   TEXT,
-    decided_ms   INTEGER,
-    comment      TEXT,
-    PRIMARY KEY (iss, sub, task_id),
-    CHECK ((approval_id IS NULL) = (approval IS NULL))
-) STRICT;
-CREATE INDEX IF NOT EXISTS intents_approval ON intents (approval, created_ms);
-CREATE TABLE IF NOT EXISTS intent_grants (
-    iss          TEXT NOT NULL,
-    sub          TEXT NOT NULL,
-    task_id      TEXT NOT NULL,
-    identifier   TEXT NOT NULL,
-    position     INTEGER NOT NULL,
-    body         TEXT NOT NULL,
-    status       TEXT NOT NULL,
-    max_uses     INTEGER,
-    uses_left    INTEGER,
-    used         INTEGER NOT NULL DEFAULT 0,
-    last_used_ms INTEGER,
-    PRIMARY KEY (iss, sub, task_id, identifier),
-    FOREIGN KEY (iss, sub, task_id) REFERENCES intents (iss, sub, task_id),
-    CHECK (uses_left >= 0 AND uses_left <= max_uses),
-    CHECK ((max_uses IS NULL) = (uses_left IS NULL))
-) STRICT;
-";
-
 /// Whose task: the token's issuer, user (`sub`) and task id. Every
 /// operation names all three.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

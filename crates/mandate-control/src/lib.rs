@@ -31,6 +31,7 @@ mod changes;
 mod error;
 mod intents;
 mod revocations;
+mod schema;
 mod store;
 mod tasks;
 

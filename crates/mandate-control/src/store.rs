@@ -11,77 +11,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-const DDL: &str = "
-CREATE TABLE IF NOT EXISTS revocations (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind        TEXT NOT NULL,
-    value       TEXT NOT NULL,
-    reason      TEXT NOT NULL,
-    revoked_by  TEXT NOT NULL,
-    revoked_ms  INTEGER NOT NULL,
-    lifted_by   TEXT,
-    lifted_ms   INTEGER
-) STRICT;
-CREATE UNIQUE INDEX IF NOT EXISTS revocations_active
-    ON revocations (kind, value) WHERE lifted_ms IS NULL;
-CREATE TABLE IF NOT EXISTS changes (
-    id             TEXT PRIMARY KEY NOT NULL,
-    kind           TEXT NOT NULL,
-    target         TEXT NOT NULL,
-    payload        TEXT NOT NULL,
-    payload_hash   TEXT NOT NULL,
-    summary        TEXT NOT NULL,
-    status         TEXT NOT NULL,
-    proposed_by    TEXT NOT NULL,
-    proposed_ms    INTEGER NOT NULL,
-    reviewed_by    TEXT,
-    reviewed_ms    INTEGER,
-    review_comment TEXT,
-    activated_by   TEXT,
-    activated_ms   INTEGER
-) STRICT;
-CREATE TABLE IF NOT EXISTS approvals (
-    id          TEXT PRIMARY KEY NOT NULL,
-    created_ms  INTEGER NOT NULL,
-    status      TEXT NOT NULL,
-    request     TEXT NOT NULL,
-    args_hash   TEXT NOT NULL,
-    sub         TEXT NOT NULL,
-    deadline_ms INTEGER NOT NULL,
-    decided_by  TEXT,
-    decided_ms  INTEGER,
-    comment     TEXT,
-    released_ms INTEGER
-) STRICT;
-CREATE INDEX IF NOT EXISTS approvals_status ON approvals (status, created_ms);
-CREATE TABLE IF NOT EXISTS tool_pins (
-    tool        TEXT PRIMARY KEY NOT NULL,
-    fingerprint TEXT NOT NULL,
-    description TEXT NOT NULL,
-    status      TEXT NOT NULL,
-    reason      TEXT NOT NULL,
-    decided_by  TEXT NOT NULL,
-    decided_ms  INTEGER NOT NULL
-) STRICT;
-CREATE TABLE IF NOT EXISTS tasks (
-    id          TEXT PRIMARY KEY NOT NULL,
-    template    TEXT NOT NULL,
-    sub         TEXT NOT NULL,
-    status      TEXT NOT NULL,
-    started_by  TEXT NOT NULL,
-    started_ms  INTEGER NOT NULL,
-    deadline_ms INTEGER NOT NULL,
-    ended_by    TEXT,
-    ended_ms    INTEGER
-) STRICT;
-CREATE TABLE IF NOT EXISTS active (
-    kind      TEXT NOT NULL,
-    target    TEXT NOT NULL,
-    change_id TEXT NOT NULL REFERENCES changes (id),
-    PRIMARY KEY (kind, target)
-) STRICT;
-";
-
 /// Durable kill switches and change-gate state, with in-memory indexes
 /// for the per-call checks.
 pub struct ControlStore {
@@ -133,8 +62,8 @@ impl ControlStore {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(DDL)?;
-        conn.execute_batch(crate::intents::DDL)?;
+        conn.execute_batch(crate::schema::CONTROL)?;
+        conn.execute_batch(crate::schema::INTENTS)?;
         let file = FileId::of(path).map_err(|_| ControlError::Gone)?;
         let store = Self {
             conn: Mutex::new(conn),

@@ -39,14 +39,23 @@ pub struct BuildPolicy {
 /// hashed to the registered manifest. The catalogues are held (not just
 /// their addresses), so a new catalogue can never reuse a freed one's
 /// address and inherit its verdict.
-pub(crate) type ManifestVerdict = (Vec<Arc<[rmcp::model::Tool]>>, bool);
+type ManifestVerdict = (Vec<Arc<[rmcp::model::Tool]>>, bool);
+
+/// The builds enforced and the manifest verdicts, owned by this module.
+#[derive(Default)]
+pub(crate) struct Builds {
+    /// Registered builds of the broker's tokens.
+    policy: arc_swap::ArcSwap<Option<BuildPolicy>>,
+    /// Manifest verdicts by build hash.
+    verdicts: dashmap::DashMap<String, ManifestVerdict>,
+}
 
 impl Gateway {
     /// Enforces registered builds for the broker's tokens (called once at
     /// start when the broker is enabled).
     pub fn enforce_builds(&self, policy: BuildPolicy) {
-        self.build_policy.store(Arc::new(Some(policy)));
-        self.manifest_verdicts.clear();
+        self.builds.policy.store(Arc::new(Some(policy)));
+        self.builds.verdicts.clear();
     }
 
     /// `Err(reason)` when the principal's build may not call `exposed`.
@@ -55,7 +64,7 @@ impl Gateway {
         principal: &Principal,
         exposed: &str,
     ) -> Result<(), String> {
-        let policy = self.build_policy.load();
+        let policy = self.builds.policy.load();
         let Some(policy) = policy.as_ref() else {
             return Ok(());
         };
@@ -101,7 +110,7 @@ impl Gateway {
             let parsed = ToolName::parse(name)
                 .ok_or_else(|| format!("manifest tool {name} is not upstream.tool"))?;
             if !catalogues.contains_key(&parsed.upstream) {
-                let upstream = self.upstreams.get(&parsed.upstream).ok_or_else(|| {
+                let upstream = self.catalogue.upstream(&parsed.upstream).ok_or_else(|| {
                     format!("manifest tool {name}: no upstream {}", parsed.upstream)
                 })?;
                 let tools = upstream
@@ -113,7 +122,7 @@ impl Gateway {
             wanted.push((name, parsed));
         }
         let idents: Vec<Arc<[rmcp::model::Tool]>> = catalogues.values().cloned().collect();
-        if let Some(v) = self.manifest_verdicts.get(build)
+        if let Some(v) = self.builds.verdicts.get(build)
             && v.0.len() == idents.len()
             && v.0.iter().zip(&idents).all(|(a, b)| Arc::ptr_eq(a, b))
         {
@@ -126,7 +135,8 @@ impl Gateway {
                 .and_then(|tools| tools.iter().find(|t| t.name == parsed.tool));
             let Some(tool) = tool else {
                 // A tool of the manifest is gone: the build is not what was registered.
-                self.manifest_verdicts
+                self.builds
+                    .verdicts
                     .insert(build.to_owned(), (idents, false));
                 return Ok(false);
             };
@@ -144,8 +154,7 @@ impl Gateway {
                 "served tools no longer match the build's registered manifest"
             );
         }
-        self.manifest_verdicts
-            .insert(build.to_owned(), (idents, ok));
+        self.builds.verdicts.insert(build.to_owned(), (idents, ok));
         Ok(ok)
     }
 }

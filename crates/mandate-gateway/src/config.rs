@@ -1,5 +1,8 @@
 //! The gateway's part of the one configuration model (parsed, not validated
-//! later: every value here is already checked).
+//! later: every value here is already checked). A leaf: it names no other
+//! module of the crate; the value types it needs of the modules that act
+//! on them (a tool's provenance, redaction rules, connection bounds) are
+//! defined here and re-exported there.
 
 use mandate_core::ToolClass;
 use std::collections::BTreeMap;
@@ -56,9 +59,9 @@ pub struct UpstreamConfig {
     /// Connection sharing across Mandate sessions.
     pub isolation: Isolation,
     /// What each tool's results are (unlisted: `default_provenance`).
-    pub provenance: BTreeMap<String, crate::provenance::Provenance>,
+    pub provenance: BTreeMap<String, Provenance>,
     /// Provenance of tools not listed in `provenance` (default `untrusted`).
-    pub default_provenance: crate::provenance::Provenance,
+    pub default_provenance: Provenance,
     /// Whether a tool seen for the first time needs an operator's approval
     /// (`true`) or is pinned on first use unless its description is suspect.
     pub approve_new_tools: bool,
@@ -71,7 +74,7 @@ impl UpstreamConfig {
     }
 
     /// What a tool's results are.
-    pub fn provenance_of(&self, tool: &str) -> crate::provenance::Provenance {
+    pub fn provenance_of(&self, tool: &str) -> Provenance {
         self.provenance
             .get(tool)
             .copied()
@@ -150,8 +153,6 @@ pub struct ApprovalConfig {
     pub webhook_url: Option<String>,
     /// Whether the delegating user may approve their own agent's calls.
     pub allow_self_approval: bool,
-    /// How people sign in to the approval page (`/approvals`).
-    pub web: WebConfig,
 }
 
 impl Default for ApprovalConfig {
@@ -160,79 +161,7 @@ impl Default for ApprovalConfig {
             timeout: Duration::from_secs(300),
             webhook_url: None,
             allow_self_approval: false,
-            web: WebConfig::default(),
         }
-    }
-}
-
-/// Sign-in to the approval page. Whoever signs in must also match an
-/// `[[operators]]` entry with the `approver` role.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WebConfig {
-    /// Local accounts (demos, small installs).
-    pub local_accounts: Vec<LocalAccount>,
-    /// Sign-in through an OpenID Connect provider.
-    pub oidc: Option<OidcConfig>,
-    /// A session unused this long ends.
-    pub session_idle: Duration,
-    /// A session ends this long after sign-in, used or not.
-    pub session_max: Duration,
-}
-
-impl Default for WebConfig {
-    fn default() -> Self {
-        Self {
-            local_accounts: Vec::new(),
-            oidc: None,
-            session_idle: Duration::from_secs(30 * 60),
-            session_max: Duration::from_secs(12 * 60 * 60),
-        }
-    }
-}
-
-/// A local approver account: a `sub` and a PBKDF2 password hash.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalAccount {
-    /// The signed-in person's `sub` (matched against `[[operators]]`;
-    /// their `iss` is [`crate::web::LOCAL_ISSUER`]).
-    pub sub: String,
-    /// The password's hash.
-    pub password_hash: crate::web::PasswordHash,
-}
-
-/// The OpenID Connect provider people sign in with (authorization code
-/// flow with PKCE; discovery at `{issuer}/.well-known/openid-configuration`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OidcConfig {
-    /// The provider's exact issuer identifier (`https`, or `http` to a
-    /// loopback host).
-    pub issuer: String,
-    /// Mandate's client id at the provider (the ID token's `aud`).
-    pub client_id: String,
-    /// The client secret, if the client is confidential (otherwise a
-    /// public client protected by PKCE).
-    pub client_secret: Option<ClientSecret>,
-}
-
-/// A secret that never appears in `Debug` output or logs.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ClientSecret(String);
-
-impl ClientSecret {
-    /// Wraps a secret.
-    pub fn new(secret: impl Into<String>) -> Self {
-        Self(secret.into())
-    }
-
-    /// The secret itself (for the token request only).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for ClientSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ClientSecret(<redacted>)")
     }
 }
 
@@ -263,13 +192,22 @@ pub struct GatewayConfig {
     /// Bounds on connections, sessions and concurrent calls.
     pub limits: Limits,
     /// What audit records keep of call arguments (`[audit.redaction]`).
-    pub redaction: crate::redaction::Redaction,
+    pub redaction: Redaction,
 }
 
 impl GatewayConfig {
     /// The audience operator tokens must carry: `<public_url>/api`.
     pub fn operator_audience(&self) -> String {
         format!("{}/api", self.public_url)
+    }
+
+    /// Where the agent endpoint's RFC 9728 protected resource metadata is
+    /// published (named in its `WWW-Authenticate` challenges).
+    pub fn metadata_url(&self) -> String {
+        format!(
+            "{}/.well-known/oauth-protected-resource/mcp",
+            self.public_url.trim_end_matches('/')
+        )
     }
 }
 
@@ -279,7 +217,7 @@ impl GatewayConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// HTTP connections: cap, header-read, idle and body timeouts.
-    pub connections: crate::server::ConnectionLimits,
+    pub connections: ConnectionLimits,
     /// Most MCP transport sessions in total; past it new ones are refused.
     pub max_sessions: usize,
     /// Most MCP transport sessions per subject (issuer and `sub`); past it
@@ -295,11 +233,113 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            connections: crate::server::ConnectionLimits::default(),
+            connections: ConnectionLimits::default(),
             max_sessions: 10_000,
             max_sessions_per_subject: 32,
             session_idle_timeout: Duration::from_secs(300),
             max_concurrent_calls_per_subject: 64,
+        }
+    }
+}
+
+// ----- value types acted on elsewhere ------------------------------------------
+
+/// What a tool's results are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, strum::IntoStaticStr, strum::EnumString)]
+#[cfg_attr(test, derive(strum::VariantArray))]
+#[strum(
+    serialize_all = "snake_case",
+    parse_err_ty = String,
+    parse_err_fn = unknown_provenance
+)]
+pub enum Provenance {
+    /// Produced by a system the operator trusts; passed through unchanged.
+    Trusted,
+    /// Outside content that may carry instructions (the default).
+    #[default]
+    Untrusted,
+    /// Customer data or secrets: sanitised, taints the session for flow rules.
+    Sensitive,
+}
+
+impl Provenance {
+    /// Configured name, and the taint label it adds.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+fn unknown_provenance(s: &str) -> String {
+    format!("unknown provenance {s:?} (trusted, untrusted, sensitive)")
+}
+
+/// How one value is kept (configured as `full`, `hash` or `redact`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, strum::EnumString)]
+#[cfg_attr(test, derive(strum::VariantArray, strum::IntoStaticStr))]
+#[strum(
+    serialize_all = "snake_case",
+    parse_err_ty = String,
+    parse_err_fn = unknown_keep
+)]
+pub enum Keep {
+    /// As sent.
+    Full,
+    /// As the SHA-256 of its canonical JSON.
+    Hash,
+    /// Not at all.
+    #[default]
+    Redact,
+}
+
+fn unknown_keep(s: &str) -> String {
+    format!("{s:?} is not full, hash or redact")
+}
+
+/// The rule for one tool: a default and per-field exceptions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolRule {
+    /// For fields without a rule of their own.
+    pub default: Keep,
+    /// Top-level argument name → how its value is kept.
+    pub fields: BTreeMap<String, Keep>,
+}
+
+/// The redaction rules: per exposed tool name (`upstream.tool`), with a
+/// default for tools not listed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Redaction {
+    /// For tools without a rule.
+    pub default: ToolRule,
+    /// Exposed tool name → rule.
+    pub tools: BTreeMap<String, ToolRule>,
+}
+
+/// Bounds on HTTP connections (`[limits]` in the config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Most open connections; at the cap the oldest idle one is closed.
+    pub max_connections: usize,
+    /// Time for a complete request head once its first byte arrived.
+    pub header_read_timeout: Duration,
+    /// A connection with nothing in flight is closed after this long.
+    pub idle_timeout: Duration,
+    /// Time for a complete request body, from the end of its head.
+    pub body_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: usize,
+    /// How long a drain waits for in-flight requests at shutdown.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+            drain_timeout: Duration::from_secs(20),
         }
     }
 }

@@ -81,8 +81,7 @@ pub(crate) async fn authenticate(
         // A valid bound token without a valid proof is what a stolen token
         // looks like: the subject is known, so the refusal is audited.
         Err(e) => {
-            crate::http::audit_refusal_of(
-                gw,
+            gw.record_refusal(
                 subject,
                 "mcp/dpop",
                 None,

@@ -141,7 +141,7 @@ impl ServerHandler for GatewayHandler {
                 Ok(id) => {
                     let message = format!(
                         "held until a person approves it: {}",
-                        crate::approvals::approval_url(&self.gw, &id)
+                        self.gw.approval_url(&id)
                     );
                     let task = self.gw.mcp_tasks.start(&id, &principal, message, task_cancel);
                     let gw = self.gw.clone();

@@ -20,7 +20,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use http::{HeaderValue, Method, StatusCode, header};
 use mandate_authn::Principal;
-use mandate_core::{AuditRecord, CorrelationId, Subject};
 use mandate_policy::Decision;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
@@ -38,7 +37,8 @@ struct AppState {
     sessions: Arc<Sessions>,
 }
 
-/// The gateway's HTTP routes.
+/// The gateway's HTTP routes (the agents' side; the operator plane's
+/// routes are `mandate_operator::router`, merged by the binary).
 pub fn router(gw: Arc<Gateway>) -> Router {
     let cfg = gw.config();
     let mut mcp_cfg = StreamableHttpServerConfig::default()
@@ -86,12 +86,9 @@ pub fn router(gw: Arc<Gateway>) -> Router {
                 return;
             };
             let now = clock.now_secs().cast_unsigned();
-            sessions
-                .sweep(now, crate::pipeline::SESSION_GRACE_SECS)
-                .await;
+            sessions.sweep(now, crate::usage::SESSION_GRACE_SECS).await;
         }
     });
-    let api_gw = gw.clone();
     let state = AppState { gw, mcp, sessions };
     Router::new()
         .route("/mcp", any(mcp_entry))
@@ -106,16 +103,6 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(state)
-        .merge(crate::approvals::routes(api_gw.clone()))
-        .merge(crate::web::routes(api_gw.clone()))
-        .merge(crate::control::routes(api_gw))
-}
-
-pub(crate) fn metadata_url(gw: &Gateway) -> String {
-    format!(
-        "{}/.well-known/oauth-protected-resource/mcp",
-        gw.config().public_url.trim_end_matches('/')
-    )
 }
 
 /// RFC 9728 protected resource metadata, so standard MCP clients can find
@@ -292,36 +279,8 @@ pub(crate) async fn audit_refusal(
     args: Option<&serde_json::Map<String, Value>>,
     reason: String,
 ) -> Decision {
-    audit_refusal_of(gw, principal.subject(), tool, args, reason).await
-}
-
-/// [`audit_refusal`] for a subject known only as recorded (a DPoP-bound
-/// token whose proof failed).
-pub(crate) async fn audit_refusal_of(
-    gw: &Gateway,
-    subject: Subject,
-    tool: &str,
-    args: Option<&serde_json::Map<String, Value>>,
-    reason: String,
-) -> Decision {
-    let decision = Decision::deny(reason, gw.policy().policy_hash());
-    let args_hash = args
-        .map(mandate_core::canonical_args_hash)
-        .unwrap_or_default();
-    let mut record = AuditRecord::decision(
-        gw.clock().now_ms(),
-        decision.record().clone(),
-        CorrelationId::new(),
-        subject,
-        tool,
-        &args_hash,
-    );
-    record.args = args.and_then(|a| gw.config().redaction.apply(tool, a));
-    if let Err(e) = gw.audit().append(record).await {
-        gw.metrics().audit_failures.inc();
-        tracing::error!(error = %e, "could not record refusal");
-    }
-    decision
+    gw.record_refusal(principal.subject(), tool, args, reason)
+        .await
 }
 
 /// A `tools/call` request found in a body: its id, tool name and arguments.

@@ -110,7 +110,7 @@ impl Gateway {
     ) -> CallFacts {
         // Where the arguments' values came from.
         let (sources, partial, tainted) = {
-            let session = self.sessions.get(&principal.state_key());
+            let session = self.usage.session_view(&principal.state_key());
             match session
                 .as_ref()
                 .and_then(|s| s.values.as_ref().map(|v| (s, v)))
@@ -250,7 +250,7 @@ impl Gateway {
             crate::provenance::Provenance::Untrusted => Label::Untrusted,
             crate::provenance::Provenance::Sensitive => Label::Sensitive,
         };
-        let mut s = self.sessions.entry(principal.state_key()).or_default();
+        let mut s = self.usage.session(principal.state_key());
         s.exp = s.exp.max(principal.exp());
         let lost = s.values_lost;
         let values = s.values.get_or_insert_with(|| new_values(lost));
@@ -280,8 +280,8 @@ impl Gateway {
             return GrantStatus::Refused;
         };
         let Some(class) = self
-            .upstreams
-            .get(&name.upstream)
+            .catalogue
+            .upstream(&name.upstream)
             .and_then(|u| u.config().class_of(&name.tool))
         else {
             return GrantStatus::Refused;

@@ -18,9 +18,20 @@ use rmcp::model::Tool;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+/// What the gateway remembers of tool pins, owned by this module.
+#[derive(Default)]
+pub(crate) struct Pins {
+    /// Verdicts by exposed name, with the catalogue entry's schema
+    /// (identity) and the fingerprint they judged.
+    verdicts: dashmap::DashMap<String, Verdict>,
+    /// Held while a tool is judged against the pin store, so that callers
+    /// racing on a tool's first use record one pin, not one each.
+    judging: tokio::sync::Mutex<()>,
+}
+
 /// A remembered judgement: the catalogue entry's schema (its identity), the
 /// fingerprint judged, and the verdict (`Err`: quarantined, with why).
-pub(crate) type Verdict = (
+type Verdict = (
     std::sync::Arc<rmcp::model::JsonObject>,
     String,
     Result<(), String>,
@@ -121,7 +132,8 @@ impl Gateway {
         // The same catalogue entry (same schema `Arc`) was judged already:
         // no need to hash it again on every call.
         let cached = self
-            .pin_verdicts
+            .pins
+            .verdicts
             .get(exposed)
             .filter(|hit| std::sync::Arc::ptr_eq(&hit.0, &tool.input_schema))
             .map(|hit| hit.2.clone());
@@ -131,14 +143,15 @@ impl Gateway {
         let fp = fingerprint(tool);
         // One judgement at a time: a caller that waited here finds the
         // verdict of the one before it below, instead of pinning again.
-        let _judging = self.pin_judging.lock().await;
+        let _judging = self.pins.judging.lock().await;
         let same_content = self
-            .pin_verdicts
+            .pins
+            .verdicts
             .get(exposed)
             .filter(|hit| hit.1 == fp)
             .map(|hit| hit.2.clone());
         if let Some(verdict) = same_content {
-            self.pin_verdicts.insert(
+            self.pins.verdicts.insert(
                 exposed.to_owned(),
                 (tool.input_schema.clone(), fp, verdict.clone()),
             );
@@ -168,7 +181,7 @@ impl Gateway {
                 if approved { Ok(()) } else { Err(reason) }
             }
         };
-        self.pin_verdicts.insert(
+        self.pins.verdicts.insert(
             exposed.to_owned(),
             (tool.input_schema.clone(), fp, verdict.clone()),
         );
@@ -196,8 +209,7 @@ impl Gateway {
             session: format!("operator:{by}"),
             ..Default::default()
         };
-        crate::control::record(
-            self,
+        self.record_control(
             &operator,
             action,
             Some(crate::config::Role::Admin),
@@ -205,7 +217,7 @@ impl Gateway {
             &detail,
         )
         .await
-        .map_err(|_| "the audit store is unavailable".to_owned())?;
+        .map_err(|e| e.to_string())?;
         if !approved {
             tracing::warn!(tool = %exposed, reason, "tool quarantined");
         }
@@ -223,7 +235,7 @@ impl Gateway {
         .await
         .map_err(|_| "internal error".to_owned())?
         .map_err(|e| format!("the tool pin store is unavailable: {e}"))?;
-        self.pin_verdicts.remove(&pin.tool);
+        self.pins.verdicts.remove(&pin.tool);
         Ok(pin)
     }
 }

@@ -8,128 +8,31 @@
 //!
 //! The order is kept by types, not only by the order of statements: the
 //! forwarder (`upstream.rs`, private to this crate) takes only a
-//! [`Permitted<ToolCall>`], which only this module builds, from the three
-//! proofs of the steps before it: the verified `mandate_authn::Principal`,
-//! an `Allow` `mandate_policy::Decision` made for exactly this caller and
-//! call, and the `mandate_audit::Appended` receipt of its durable record
-//! (plus, when the decision asks for a person, the consumed approval).
-//! What is forwarded is the permitted call's own arguments: the ones that
-//! were hashed, shown to the approver and recorded.
+//! [`Permitted<ToolCall>`] (`permit.rs`), which this module builds from
+//! the three proofs of the steps before it: the verified
+//! `mandate_authn::Principal`, an `Allow` `mandate_policy::Decision` made
+//! for exactly this caller and call, and the `mandate_audit::Appended`
+//! receipt of its durable record (plus, when the decision asks for a
+//! person, the consumed approval). What is forwarded is the permitted
+//! call's own arguments: the ones that were hashed, shown to the approver
+//! and recorded.
 
 use crate::approvals::{Approved, HoldOutcome};
+use crate::catalogue::Resolved;
 use crate::error::{DenyCategory, denial_error, unknown_tool_error, upstream_error};
-use crate::upstream::Upstream;
-use mandate_audit::Appended;
+use crate::permit::{Permitted, Relay};
+use crate::upstream::META_CORRELATION;
 use mandate_authn::Principal;
-use mandate_core::{AuditRecord, CorrelationId, Obligation, ToolCall, ToolName};
+use mandate_core::{AuditRecord, CorrelationId, Obligation, ToolCall};
 use mandate_policy::{Decision, DecisionRequest, SessionFacts};
 use rmcp::model::{CallToolRequestParams, CallToolResponse, ProgressToken};
 use rmcp::{ErrorData, Peer, RoleServer};
 use std::sync::Arc;
 
-/// Audit metadata key carrying the correlation id in `params._meta` (to the
-/// upstream) and in the result's `_meta` (to the client).
-pub const META_CORRELATION: &str = "io.mandate/correlation_id";
 /// Result `_meta` key carrying the decision id.
 pub const META_DECISION: &str = "io.mandate/decision_id";
 /// Result `_meta` key carrying the provenance labels of the result.
 pub const META_LABELS: &str = "io.mandate/labels";
-
-/// A call that may be forwarded: made only by [`Permitted::new`] (private
-/// to this module) from the proofs of every step before forwarding. The
-/// forwarder takes nothing else.
-pub(crate) struct Permitted<T> {
-    call: T,
-    principal: Arc<Principal>,
-    decision: Decision,
-    receipt: Appended,
-    correlation: CorrelationId,
-    /// MRTR state the client returns to the upstream's own questions
-    /// (relayed untouched; it is not the call's arguments).
-    relay: Relay,
-}
-
-/// The parts of a `tools/call` that answer the upstream (MRTR retries).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Relay {
-    pub(crate) input_responses: Option<rmcp::model::InputResponses>,
-    pub(crate) request_state: Option<String>,
-}
-
-impl Permitted<ToolCall> {
-    /// The permit, if the proofs fit together: `decision` is an `Allow`
-    /// decided for this principal and exactly this call, `receipt` is the
-    /// durable record of that very decision, and every obligation the
-    /// decision carries is one the PEP fulfils (an approval obligation
-    /// only with the consumed approval of this call's exact arguments).
-    fn new(
-        principal: Arc<Principal>,
-        call: ToolCall,
-        decision: Decision,
-        receipt: Appended,
-        approval: Option<&Approved>,
-        correlation: CorrelationId,
-        relay: Relay,
-    ) -> Result<Self, String> {
-        if !decision.allows(
-            &principal.state_key(),
-            &call.name.to_string(),
-            &call.args_hash,
-        ) {
-            return Err("the decision is not an allow for this caller and call".into());
-        }
-        if receipt.decision_id() != decision.id() {
-            return Err("the durable record is not this decision's".into());
-        }
-        // Every obligation is matched: a new kind must be handled here
-        // before it can compile, and one the PEP cannot fulfil denies.
-        for obligation in decision.obligations() {
-            match obligation {
-                Obligation::Approval => {
-                    let fulfilled = decision.decided_as_approved()
-                        && approval.is_some_and(|a| a.args_hash() == call.args_hash);
-                    if !fulfilled {
-                        return Err("the approval obligation is not fulfilled".into());
-                    }
-                }
-                // Applied to the result before it leaves the gateway
-                // (`finish`), which withholds what it cannot redact.
-                Obligation::Redact { .. } => {}
-            }
-        }
-        Ok(Self {
-            call,
-            principal,
-            decision,
-            receipt,
-            correlation,
-            relay,
-        })
-    }
-}
-
-impl<T> Permitted<T> {
-    pub(crate) fn call(&self) -> &T {
-        &self.call
-    }
-
-    pub(crate) fn principal(&self) -> &Principal {
-        &self.principal
-    }
-
-    /// The receipt of the durable decision record.
-    pub(crate) fn receipt(&self) -> &Appended {
-        &self.receipt
-    }
-
-    pub(crate) fn correlation(&self) -> &CorrelationId {
-        &self.correlation
-    }
-
-    pub(crate) fn relay(&self) -> &Relay {
-        &self.relay
-    }
-}
 
 /// Everything the pipeline needs to know about one incoming call.
 pub struct Incoming {
@@ -189,7 +92,7 @@ impl crate::Gateway {
 
         // 0. Bound the calls one subject has in flight (held ones included),
         //    so one token cannot tie up the gateway.
-        let Some(_slot) = self.slots.try_acquire(principal.subject_key()) else {
+        let Some(_slot) = self.usage.try_acquire(principal.subject_key()) else {
             self.metrics.concurrency_refusals.inc();
             let decision = Decision::deny(
                 format!(
@@ -467,7 +370,7 @@ impl crate::Gateway {
         };
         let mut newly_suspicious = false;
         if !findings.labels.is_empty() {
-            let mut s = self.sessions.entry(session.clone()).or_default();
+            let mut s = self.usage.session(session.clone());
             newly_suspicious = findings
                 .labels
                 .iter()
@@ -521,7 +424,7 @@ impl crate::Gateway {
             );
         }
         let mut outcome_record = record(
-            &permitted.decision,
+            permitted.decision(),
             &permitted.call().args_hash,
             &no_facts,
         )
@@ -556,7 +459,7 @@ impl crate::Gateway {
         let CallToolResponse::Complete(mut result) = response else {
             return response;
         };
-        for obligation in permitted.decision.obligations() {
+        for obligation in permitted.decision().obligations() {
             match obligation {
                 Obligation::Redact { fields } => redact_result(&mut result, fields),
                 // Fulfilled before forwarding (`Permitted::new`).
@@ -570,11 +473,11 @@ impl crate::Gateway {
         let meta = result.meta.get_or_insert_with(Default::default);
         meta.0.insert(
             META_CORRELATION.into(),
-            permitted.correlation.as_str().into(),
+            permitted.correlation().as_str().into(),
         );
         meta.0.insert(
             META_DECISION.into(),
-            permitted.decision.id().as_str().into(),
+            permitted.decision().id().as_str().into(),
         );
         if !findings.labels.is_empty() {
             meta.0
@@ -596,9 +499,9 @@ impl crate::Gateway {
         facts: &crate::intent::CallFacts,
     ) -> Decision {
         let exp = principal.exp();
-        let mut session = self.sessions.entry(principal.state_key()).or_default();
+        let mut session = self.usage.session(principal.state_key());
         let task_key = task_key(principal);
-        let mut task = task_key.map(|k| self.tasks.entry(k).or_default());
+        let mut task = task_key.map(|k| self.usage.task(k));
         let exposed = call.name.to_string();
         session.exp = session.exp.max(exp);
         if let Some(task) = task.as_mut() {
@@ -645,33 +548,8 @@ impl crate::Gateway {
         }
         drop(task);
         drop(session);
-        self.prune_usage();
+        self.usage.prune(self.now_unix());
         decision
-    }
-
-    /// Usage outlives its session or task only until every token of it
-    /// has expired; pruned at most once a minute (a sweep visits every
-    /// session, so it must not run on every call).
-    fn prune_usage(&self) {
-        use std::sync::atomic::Ordering;
-        let now = self.now_unix();
-        let due = self.next_usage_prune.load(Ordering::Relaxed);
-        if now < due
-            || self
-                .next_usage_prune
-                .compare_exchange(
-                    due,
-                    now + USAGE_PRUNE_SECS,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_err()
-        {
-            return;
-        }
-        let cutoff = now.cast_unsigned().saturating_sub(SESSION_GRACE_SECS);
-        self.sessions.retain(|_, s| s.exp > cutoff);
-        self.tasks.retain(|_, t| t.exp > cutoff);
     }
 }
 
@@ -738,8 +616,8 @@ impl crate::Gateway {
             );
         }
         let (taint, untrusted_sources): (Vec<String>, Vec<String>) = self
-            .sessions
-            .get(&principal.state_key())
+            .usage
+            .session_view(&principal.state_key())
             .map(|s| (s.taint.iter().cloned().collect(), s.sources.clone()))
             .unwrap_or_default();
         let deadline_ms = self.clock.now_ms().saturating_add(
@@ -767,7 +645,7 @@ impl crate::Gateway {
             decision_id: decision.id().to_string(),
             correlation_id: correlation.to_string(),
             deadline_ms,
-            holder: self.instance.clone(),
+            holder: self.holds.instance().to_owned(),
         };
         let approval = match self.create_approval(new).await {
             Ok(a) => a,
@@ -783,7 +661,7 @@ impl crate::Gateway {
         held_record.detail = Some(format!(
             "{HELD_DETAIL} {} ({})",
             approval.id,
-            crate::approvals::approval_url(self, &approval.id)
+            self.approval_url(&approval.id)
         ));
         self.metrics.count_decision(decision);
         if self.audit.append(held_record).await.is_err() {
@@ -1019,7 +897,7 @@ impl crate::Gateway {
             let exp = at.saturating_add(3600).max(now).cast_unsigned();
             // Taint is on outcome records: what the session read stays read.
             if r.kind == mandate_core::RecordKind::Outcome && !r.taint.is_empty() {
-                let mut s = self.sessions.entry(key).or_default();
+                let mut s = self.usage.session(key);
                 // What it read is known by label only now, not by value.
                 s.values_lost = true;
                 s.taint.extend(r.taint.iter().cloned());
@@ -1038,7 +916,7 @@ impl crate::Gateway {
                 continue;
             }
             {
-                let mut s = self.sessions.entry(key).or_default();
+                let mut s = self.usage.session(key);
                 s.values_lost = true;
                 s.calls = s.calls.saturating_add(1);
                 s.exp = s.exp.max(exp);
@@ -1048,10 +926,7 @@ impl crate::Gateway {
                 }
             }
             if let Some(task) = &r.subject.task_id {
-                let mut t = self
-                    .tasks
-                    .entry(task_key_of(iss, &r.subject.sub, task))
-                    .or_default();
+                let mut t = self.usage.task(task_key_of(iss, &r.subject.sub, task));
                 t.calls = t.calls.saturating_add(1);
                 t.amount = t.amount.saturating_add(r.amount.unwrap_or(0).max(0));
                 t.exp = t.exp.max(exp);
@@ -1067,26 +942,6 @@ const MAX_SOURCES: usize = 32;
 
 /// Most call times kept per session for `calls_last_minute`.
 const RECENT_CAP: usize = 10_000;
-
-/// The result of looking up an exposed tool name.
-pub(crate) enum Resolved {
-    /// The upstream serves it. `class` is `None` when config does not
-    /// classify it (deny). `tool` is its catalogue entry.
-    Known {
-        name: ToolName,
-        upstream: Arc<Upstream>,
-        class: Option<mandate_core::ToolClass>,
-        tool: Option<Box<rmcp::model::Tool>>,
-    },
-    /// No such upstream or tool.
-    Unknown,
-}
-
-/// How long per-session state is kept after the session's last token expired.
-pub(crate) const SESSION_GRACE_SECS: u64 = 120;
-
-/// How often usage of expired sessions and tasks is swept.
-const USAGE_PRUNE_SECS: i64 = 60;
 
 impl crate::Gateway {
     /// Current Unix time in seconds, by the gateway's clock.

@@ -26,34 +26,7 @@ use rmcp::model::{CallToolResult, ContentBlock, ResourceContents};
 use serde_json::Value;
 use std::sync::LazyLock;
 
-/// What a tool's results are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, strum::IntoStaticStr, strum::EnumString)]
-#[cfg_attr(test, derive(strum::VariantArray))]
-#[strum(
-    serialize_all = "snake_case",
-    parse_err_ty = String,
-    parse_err_fn = unknown_provenance
-)]
-pub enum Provenance {
-    /// Produced by a system the operator trusts; passed through unchanged.
-    Trusted,
-    /// Outside content that may carry instructions (the default).
-    #[default]
-    Untrusted,
-    /// Customer data or secrets: sanitised, taints the session for flow rules.
-    Sensitive,
-}
-
-impl Provenance {
-    /// Configured name, and the taint label it adds.
-    pub fn as_str(self) -> &'static str {
-        self.into()
-    }
-}
-
-fn unknown_provenance(s: &str) -> String {
-    format!("unknown provenance {s:?} (trusted, untrusted, sensitive)")
-}
+pub use crate::config::Provenance;
 
 /// The label added when injection patterns are found.
 pub const SUSPICIOUS: &str = "suspicious";

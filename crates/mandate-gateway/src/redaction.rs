@@ -14,48 +14,8 @@
 //! the log unless configured.
 
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
 
-/// How one value is kept (configured as `full`, `hash` or `redact`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, strum::EnumString)]
-#[cfg_attr(test, derive(strum::VariantArray, strum::IntoStaticStr))]
-#[strum(
-    serialize_all = "snake_case",
-    parse_err_ty = String,
-    parse_err_fn = unknown_keep
-)]
-pub enum Keep {
-    /// As sent.
-    Full,
-    /// As the SHA-256 of its canonical JSON.
-    Hash,
-    /// Not at all.
-    #[default]
-    Redact,
-}
-
-fn unknown_keep(s: &str) -> String {
-    format!("{s:?} is not full, hash or redact")
-}
-
-/// The rule for one tool: a default and per-field exceptions.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ToolRule {
-    /// For fields without a rule of their own.
-    pub default: Keep,
-    /// Top-level argument name → how its value is kept.
-    pub fields: BTreeMap<String, Keep>,
-}
-
-/// The redaction rules: per exposed tool name (`upstream.tool`), with a
-/// default for tools not listed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Redaction {
-    /// For tools without a rule.
-    pub default: ToolRule,
-    /// Exposed tool name → rule.
-    pub tools: BTreeMap<String, ToolRule>,
-}
+pub use crate::config::{Keep, Redaction, ToolRule};
 
 /// Marker stored for a redacted field.
 pub const REDACTED: &str = "[redacted]";

@@ -44,35 +44,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tower::Service;
 
-/// Bounds on HTTP connections (`[limits]` in the config).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConnectionLimits {
-    /// Most open connections; at the cap the oldest idle one is closed.
-    pub max_connections: usize,
-    /// Time for a complete request head once its first byte arrived.
-    pub header_read_timeout: Duration,
-    /// A connection with nothing in flight is closed after this long.
-    pub idle_timeout: Duration,
-    /// Time for a complete request body, from the end of its head.
-    pub body_timeout: Duration,
-    /// Largest request head (request line and headers), in bytes.
-    pub max_header_bytes: usize,
-    /// How long a drain waits for in-flight requests at shutdown.
-    pub drain_timeout: Duration,
-}
-
-impl Default for ConnectionLimits {
-    fn default() -> Self {
-        Self {
-            max_connections: 4096,
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            body_timeout: Duration::from_secs(30),
-            max_header_bytes: 64 * 1024,
-            drain_timeout: Duration::from_secs(20),
-        }
-    }
-}
+pub use crate::config::ConnectionLimits;
 
 /// Counters and the open-connection gauge, for `/metrics`.
 #[derive(Debug, Default)]

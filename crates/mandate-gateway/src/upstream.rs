@@ -8,7 +8,8 @@
 //! see each other's progress).
 
 use crate::config::{Isolation, Transport, UpstreamConfig};
-use crate::pipeline::Permitted;
+use crate::error::UpstreamError;
+use crate::permit::Permitted;
 use dashmap::DashMap;
 use http::{HeaderName, HeaderValue};
 use mandate_core::ToolCall;
@@ -28,59 +29,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{Mutex, RwLock};
 
-/// Why an upstream call did not produce a result. Its text (addresses,
-/// transport and OS errors) is for the log and the audit record only: an
-/// agent sees the category `crate::error` maps it to.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum UpstreamError {
-    /// Could not connect or initialise.
-    #[error("upstream {upstream:?} is unavailable: {detail}")]
-    Unavailable {
-        /// Upstream name.
-        upstream: String,
-        /// What failed.
-        detail: String,
-    },
-    /// No answer within the configured timeout.
-    #[error("upstream {upstream:?} did not answer within {secs} s")]
-    Timeout {
-        /// Upstream name.
-        upstream: String,
-        /// The timeout.
-        secs: u64,
-    },
-    /// The upstream answered with something that is not a valid response
-    /// to the request.
-    #[error("upstream {upstream:?} returned an invalid response: {detail}")]
-    InvalidResponse {
-        /// Upstream name.
-        upstream: String,
-        /// What was wrong.
-        detail: String,
-    },
-    /// The upstream answered with a JSON-RPC error.
-    #[error("upstream {upstream:?} returned an error: {message}")]
-    Protocol {
-        /// Upstream name.
-        upstream: String,
-        /// Its error message.
-        message: String,
-        /// Its JSON-RPC error, relayed to the client.
-        error: Option<ErrorData>,
-    },
-}
-
-impl UpstreamError {
-    /// Audit outcome label.
-    pub fn outcome(&self) -> &'static str {
-        match self {
-            Self::Unavailable { .. } => "upstream_unavailable",
-            Self::Timeout { .. } => "timeout",
-            Self::InvalidResponse { .. } => "upstream_invalid_response",
-            Self::Protocol { .. } => "upstream_error",
-        }
-    }
-}
+/// Audit metadata key carrying the correlation id in `params._meta` (to the
+/// upstream) and in the result's `_meta` (to the client).
+pub const META_CORRELATION: &str = "io.mandate/correlation_id";
 
 /// Where a rewritten progress token leads back to.
 struct ProgressRoute {
@@ -452,7 +403,7 @@ impl Upstream {
         params.request_state.clone_from(&relay.request_state);
         let mut meta = rmcp::model::RequestMetaObject::default();
         meta.0.0.insert(
-            crate::pipeline::META_CORRELATION.into(),
+            META_CORRELATION.into(),
             permitted.correlation().as_str().into(),
         );
         meta.0.0.insert(

@@ -505,8 +505,31 @@ fn tools(v: &Value, at: &At) -> Result<BTreeSet<String>, IntentError> {
         let Value::String(name) = n else {
             return Err(at.invalid("a tool name is a string"));
         };
-        crate::grant::check_tool_name(name, &at)?;
+        check_tool_name(name, &at)?;
         out.insert(name.clone());
     }
     Ok(out)
+}
+
+/// An exposed tool name: `upstream.tool`, both parts non-empty, at most
+/// 256 bytes, no white space, controls, invisible characters or `*` (a
+/// grant names one tool; `class` names a group).
+pub(crate) fn check_tool_name(name: &str, at: &At) -> Result<(), IntentError> {
+    if name.contains('*') {
+        return Err(
+            at.invalid("a tool name names one tool (no wildcards); use class for a group of tools")
+        );
+    }
+    if name.len() > limits::MAX_TOOL_NAME_BYTES
+        || name
+            .chars()
+            .any(|c| c.is_whitespace() || value::is_hidden(c))
+        || mandate_core::ToolName::parse(name).is_none()
+    {
+        return Err(at.invalid(format!(
+            "a tool is named as exposed by the gateway, upstream.tool (at most {} bytes, no spaces)",
+            limits::MAX_TOOL_NAME_BYTES
+        )));
+    }
+    Ok(())
 }

@@ -1,6 +1,6 @@
 //! One grant: a `mandate_tool_call` entry of `authorization_details`.
 
-use crate::constraint::{Constraint, Provenance};
+use crate::constraint::{Constraint, ConstraintKey, Provenance, check_tool_name};
 use crate::error::{At, IntentError, safe};
 use crate::limits;
 use crate::value;
@@ -208,19 +208,19 @@ impl Grant {
         class: ToolClass,
         args: &Map<String, Value>,
         provenance: &Provenance<'_>,
-    ) -> Option<Result<(), crate::Unmet>> {
+    ) -> Option<Result<(), Unmet>> {
         if !self.target.matches(tool, class) {
             return None;
         }
         for (name, c) in &self.arguments {
             let Some(v) = args.get(name) else {
-                return Some(Err(crate::Unmet {
+                return Some(Err(Unmet {
                     argument: name.clone(),
                     key: None,
                 }));
             };
             if let Err(key) = c.check(name, v, provenance) {
-                return Some(Err(crate::Unmet {
+                return Some(Err(Unmet {
                     argument: name.clone(),
                     key: Some(key),
                 }));
@@ -288,25 +288,21 @@ fn valid_identifier(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
-/// An exposed tool name: `upstream.tool`, both parts non-empty, at most
-/// 256 bytes, no white space, controls, invisible characters or `*` (a
-/// grant names one tool; `class` names a group).
-pub(crate) fn check_tool_name(name: &str, at: &At) -> Result<(), IntentError> {
-    if name.contains('*') {
-        return Err(
-            at.invalid("a tool name names one tool (no wildcards); use class for a group of tools")
-        );
+/// The first constraint of a grant that a call does not meet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unmet {
+    pub(crate) argument: String,
+    pub(crate) key: Option<ConstraintKey>,
+}
+
+impl Unmet {
+    /// The argument.
+    pub fn argument(&self) -> &str {
+        &self.argument
     }
-    if name.len() > limits::MAX_TOOL_NAME_BYTES
-        || name
-            .chars()
-            .any(|c| c.is_whitespace() || value::is_hidden(c))
-        || mandate_core::ToolName::parse(name).is_none()
-    {
-        return Err(at.invalid(format!(
-            "a tool is named as exposed by the gateway, upstream.tool (at most {} bytes, no spaces)",
-            limits::MAX_TOOL_NAME_BYTES
-        )));
+
+    /// The key that failed; `None` when the argument is absent.
+    pub fn key(&self) -> Option<ConstraintKey> {
+        self.key
     }
-    Ok(())
 }

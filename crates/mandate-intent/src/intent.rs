@@ -1,8 +1,8 @@
 //! An intent: the grants of a task, and which of them covers a call.
 
-use crate::constraint::{ConstraintKey, Provenance};
+use crate::constraint::Provenance;
 use crate::error::{At, IntentError};
-use crate::grant::{GRANT_TYPE, Grant};
+use crate::grant::{GRANT_TYPE, Grant, Unmet};
 use crate::limits;
 use mandate_core::{ToolCall, ToolClass};
 use serde_json::{Map, Value};
@@ -363,24 +363,5 @@ impl std::fmt::Display for Miss {
                 k.as_str()
             ),
         }
-    }
-}
-
-/// The first constraint of a grant that a call does not meet.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unmet {
-    pub(crate) argument: String,
-    pub(crate) key: Option<ConstraintKey>,
-}
-
-impl Unmet {
-    /// The argument.
-    pub fn argument(&self) -> &str {
-        &self.argument
-    }
-
-    /// The key that failed; `None` when the argument is absent.
-    pub fn key(&self) -> Option<ConstraintKey> {
-        self.key
     }
 }

@@ -47,8 +47,8 @@ mod value;
 
 pub use constraint::{Constraint, ConstraintKey, Pattern, Provenance};
 pub use error::{IntentError, InvalidDetails};
-pub use grant::{GRANT_TYPE, Grant, Target};
-pub use intent::{Call, Coverage, Covered, GrantLine, Intent, Miss, Unmet};
+pub use grant::{GRANT_TYPE, Grant, Target, Unmet};
+pub use intent::{Call, Coverage, Covered, GrantLine, Intent, Miss};
 pub use narrow::ClassOf;
 pub use value::MAX_SAFE_INTEGER;
 

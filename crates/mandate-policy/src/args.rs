@@ -31,7 +31,7 @@
 //! [`MAX_ARGS_BYTES`]: crate::limits::MAX_ARGS_BYTES
 
 use crate::limits;
-use crate::model::NAMESPACE;
+use crate::names::NAMESPACE;
 use cedar_policy::RestrictedExpression;
 use serde_json::Value;
 use std::collections::BTreeMap;

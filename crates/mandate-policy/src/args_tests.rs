@@ -7,7 +7,8 @@
 //! type an `Args` field can have.
 
 use super::*;
-use crate::model::{self, Names, Sample};
+use crate::model::{self, Sample};
+use crate::names::Names;
 use cedar_policy::{Context, Request, Schema};
 use mandate_core::ToolClass;
 use serde_json::{Value, json};

@@ -1,12 +1,15 @@
 #![doc = include_str!("../README.md")]
 
 mod args;
+mod cache;
+mod context;
 mod decide;
 mod decision;
 mod error;
 mod listing;
 mod load;
 mod model;
+mod names;
 mod obligation;
 mod request;
 mod slice;
@@ -19,7 +22,7 @@ pub use error::{
     ContractError, Diagnostics, IoError, LayoutError, LimitError, PolicyError, SourceDiagnostic,
 };
 pub use load::{POLICY_EXTENSION, SCHEMA_EXTENSION};
-pub use model::{CONTEXT_FIELDS, NAMESPACE};
+pub use names::{CONTEXT_FIELDS, NAMESPACE};
 pub use testing::{CaseResult, TEST_EXTENSION, TestReport, run_tests};
 
 use arc_swap::ArcSwap;

@@ -4,11 +4,12 @@
 //! Loading is the only place policy text is parsed: `decide` works on the
 //! snapshot and never re-parses.
 
+use crate::cache::Caches;
 use crate::error::{Diagnostics, PolicyError, SourceDiagnostic, line_col};
 use crate::limits;
-use crate::model::{self, DeclaredArgs, Names};
+use crate::model::{self, DeclaredArgs};
+use crate::names::Names;
 use crate::obligation::{self, PolicyMeta};
-use crate::request::Caches;
 use crate::slice::Slices;
 use cedar_policy::{
     Authorizer, Effect, Entity, Policy, PolicyId, PolicySet, Schema, ValidationMode,

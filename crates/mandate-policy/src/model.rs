@@ -17,90 +17,15 @@
 //! [`Directory`]: crate::Directory
 
 use crate::args::{self, ArgType};
+use crate::context;
 use crate::error::PolicyError;
-use crate::request;
+use crate::names::{CONTEXT_FIELDS, Names, tool_entity};
 use crate::{Directory, SessionFacts};
 use cedar_policy::{
-    Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression,
-    Schema, SchemaFragment,
+    Context, Entities, Entity, EntityUid, Request, RestrictedExpression, Schema, SchemaFragment,
 };
 use mandate_core::{CallerData, Scope, ToolClass};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::str::FromStr;
-
-/// The Cedar namespace of Mandate's types.
-pub const NAMESPACE: &str = "Mandate";
-
-/// The context attributes Mandate supplies on every call, in order.
-pub const CONTEXT_FIELDS: [&str; 19] = [
-    "user",
-    "scope",
-    "in_scope",
-    "task",
-    "task_id",
-    "build",
-    "session",
-    "tool",
-    "taint",
-    "calls_in_session",
-    "calls_in_task",
-    "tool_calls_in_session",
-    "calls_last_minute",
-    "amount_in_task",
-    "approved",
-    "intent",
-    "provenance",
-    "now",
-    "args",
-];
-
-/// Parsed names of the model, built once per snapshot.
-#[derive(Debug, Clone)]
-pub(crate) struct Names {
-    pub(crate) agent: EntityTypeName,
-    pub(crate) user: EntityTypeName,
-    pub(crate) group: EntityTypeName,
-    pub(crate) build: EntityTypeName,
-    pub(crate) task: EntityTypeName,
-    pub(crate) tool: EntityTypeName,
-    pub(crate) upstream: EntityTypeName,
-    /// Action uids, indexed like [`ToolClass::ALL`].
-    actions: Vec<EntityUid>,
-}
-
-impl Names {
-    pub(crate) fn new() -> Result<Self, String> {
-        let ty = |name: &str| {
-            EntityTypeName::from_str(&format!("{NAMESPACE}::{name}"))
-                .map_err(|e| format!("bad entity type name {name}: {e}"))
-        };
-        let action_ty = ty("Action")?;
-        Ok(Self {
-            agent: ty("Agent")?,
-            user: ty("User")?,
-            group: ty("Group")?,
-            build: ty("Build")?,
-            task: ty("Task")?,
-            tool: ty("Tool")?,
-            upstream: ty("Upstream")?,
-            actions: ToolClass::ALL
-                .iter()
-                .map(|c| {
-                    EntityUid::from_type_name_and_id(action_ty.clone(), EntityId::new(c.as_str()))
-                })
-                .collect(),
-        })
-    }
-
-    pub(crate) fn action(&self, class: ToolClass) -> Option<&EntityUid> {
-        let index = ToolClass::ALL.iter().position(|c| *c == class)?;
-        self.actions.get(index)
-    }
-
-    pub(crate) fn uid(ty: &EntityTypeName, id: &str) -> EntityUid {
-        EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
-    }
-}
 
 /// The top-level `args` fields the schema declares, with their types, per
 /// class.
@@ -145,7 +70,7 @@ pub(crate) fn check_contract(
             .map_err(|e| contract(format!("cannot build a sample tool entity: {e}")))?,
     ];
     entities.extend(
-        request::principal_entities(names, &sample.principal.caller(), &sample.directory)
+        context::principal_entities(names, &sample.principal.caller(), &sample.directory)
             .map_err(|e| contract(format!("cannot build sample entities: {e}")))?,
     );
     Entities::from_entities(entities, Some(schema)).map_err(|e| {
@@ -267,9 +192,9 @@ impl Sample {
         names: &Names,
         args: RestrictedExpression,
     ) -> Vec<(String, RestrictedExpression)> {
-        request::context_pairs(
+        context::context_pairs(
             names,
-            &request::ContextInput {
+            &context::ContextInput {
                 principal: &self.principal.caller(),
                 tool: "sample.tool",
                 session: &self.session,
@@ -300,28 +225,4 @@ fn missing_context_field(
             })
             .is_some()
     })
-}
-
-/// Builds a `Tool` entity.
-pub(crate) fn tool_entity(
-    uid: EntityUid,
-    upstream: EntityUid,
-    class: &str,
-    upstream_name: &str,
-) -> Result<Entity, String> {
-    Entity::new(
-        uid,
-        HashMap::from([
-            (
-                "class".to_owned(),
-                RestrictedExpression::new_string(class.to_owned()),
-            ),
-            (
-                "upstream".to_owned(),
-                RestrictedExpression::new_string(upstream_name.to_owned()),
-            ),
-        ]),
-        HashSet::from([upstream]),
-    )
-    .map_err(|e| e.to_string())
 }

@@ -23,7 +23,7 @@
 //! annotations). Cedar then does not rebuild and test, say, a set of four
 //! actions on every call; the outcome is the same.
 
-use crate::model::Names;
+use crate::names::Names;
 use cedar_policy::{
     ActionConstraint, Entity, EntityTypeName, EntityUid, Policy, PolicySet, ResourceConstraint,
 };

@@ -12,6 +12,11 @@
 //! before the call is forwarded). Everything is reported as ratios to the
 //! direct baseline, and to the bare proxy (what Mandate's own work adds).
 
+// `--provenance-history`: a child module, since it drives the same
+// clients as the main benchmark (`Target`, `connect`, `one_call`).
+#[path = "bench_provenance.rs"]
+mod provenance;
+
 use crate::devtoken::{MintArgs, generate_issuer_key, load_issuer_key, sign};
 use anyhow::{Context, Result};
 use rmcp::model::{CallToolRequestParams, ProtocolVersion};
@@ -478,7 +483,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         stateless,
     };
     if let Some(bytes) = args.provenance_history {
-        return crate::bench_provenance::run(&via, bytes, args.sequential_calls).await;
+        return provenance::run(&via, bytes, args.sequential_calls).await;
     }
     let (proxy_process, proxy_url) = start_bare_proxy(&upstream_url, args.split_cpus).await?;
     let proxy = Target {

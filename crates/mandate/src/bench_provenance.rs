@@ -154,6 +154,9 @@ mod tests {
         let stats = session.stats();
         assert!(!session.overflowed(), "the history overflowed: {stats:?}");
         assert_eq!(stats.calls, chunks);
-        assert!(stats.values > 5_000, "too few values to look up among: {stats:?}");
+        assert!(
+            stats.values > 5_000,
+            "too few values to look up among: {stats:?}"
+        );
     }
 }

@@ -4,43 +4,20 @@
 //! [`Config`] at load time; unknown keys are errors. Paths may use
 //! `{config_dir}`, `{data_dir}` and `{mandate}` (this executable).
 
+use crate::env;
 use anyhow::{Context, Result, anyhow, bail};
 use mandate_authn::{AuthnConfig, IssuerConfig, JwksSource};
 use mandate_core::ToolClass;
 use mandate_gateway::provenance::Provenance;
 use mandate_gateway::{
-    ApprovalConfig, ClientSecret, GatewayConfig, Isolation, LocalAccount, OidcConfig,
-    OperatorConfig, Role, Transport, UpstreamConfig, WebConfig,
+    ApprovalConfig, GatewayConfig, Isolation, OperatorConfig, Role, Transport, UpstreamConfig,
 };
+use mandate_operator::{ClientSecret, LocalAccount, OidcConfig, WebConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// Environment variables Mandate reads, all in one place.
-pub mod env {
-    /// Overrides `server.listen`.
-    pub const LISTEN: &str = "MANDATE_LISTEN";
-    /// Overrides `server.public_url`.
-    pub const PUBLIC_URL: &str = "MANDATE_PUBLIC_URL";
-    /// Overrides `server.data_dir`.
-    pub const DATA_DIR: &str = "MANDATE_DATA_DIR";
-    /// Path of the config file when `--config` is not given.
-    pub const CONFIG: &str = "MANDATE_CONFIG";
-    /// The agent's bearer token for `mandate gateway --stdio`.
-    pub const TOKEN: &str = "MANDATE_TOKEN";
-    /// Log filter (tracing `EnvFilter` syntax), default `info`.
-    pub const LOG: &str = "MANDATE_LOG";
-    /// `json` for JSON logs.
-    pub const LOG_FORMAT: &str = "MANDATE_LOG_FORMAT";
-    /// Base URL of a running gateway, for operator commands.
-    pub const SERVER: &str = "MANDATE_SERVER";
-    /// An operator's bearer token, for operator commands.
-    pub const OPERATOR_TOKEN: &str = "MANDATE_OPERATOR_TOKEN";
-    /// Overrides `audit.store` (a `postgres://` URL or a SQLite path).
-    pub const AUDIT_STORE: &str = "MANDATE_AUDIT_STORE";
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,7 +36,7 @@ struct FileConfig {
     /// The delegation broker (`docs/BROKER.md`).
     broker: Option<crate::broker_config::BrokerSection>,
     #[serde(default)]
-    audit: crate::audit_cli::AuditSection,
+    audit: crate::audit_config::AuditSection,
     #[serde(default)]
     limits: LimitsSection,
 }
@@ -368,6 +345,9 @@ pub struct Config {
     pub authn: AuthnConfig,
     /// Gateway.
     pub gateway: GatewayConfig,
+    /// Sign-in to the approval page (`[approvals.web]`), for the operator
+    /// plane.
+    pub web: WebConfig,
     /// Groups of users (group → user `sub`s), for the policy directory.
     pub groups: BTreeMap<String, Vec<String>>,
     /// Registered agent builds (build hash → name).
@@ -375,7 +355,7 @@ pub struct Config {
     /// The delegation broker, when enabled.
     pub broker: Option<mandate_broker::BrokerConfig>,
     /// `[audit]`: store, checkpoints, retention, redaction.
-    pub audit: crate::audit_cli::AuditSettings,
+    pub audit: crate::audit_config::AuditSettings,
 }
 
 /// Command-line overrides, applied after the environment.
@@ -614,11 +594,11 @@ impl Config {
             if let Some(iss) = &o.issuer
                 && !file.auth.issuers.iter().any(|i| &i.issuer == iss)
                 && web.oidc.as_ref().is_none_or(|w| &w.issuer != iss)
-                && iss != mandate_gateway::web::LOCAL_ISSUER
+                && iss != mandate_operator::LOCAL_ISSUER
             {
                 bail!(
                     "operators[{i}].issuer {iss:?} is not one of auth.issuers, approvals.web.oidc.issuer or \"{}\" (local accounts)",
-                    mandate_gateway::web::LOCAL_ISSUER
+                    mandate_operator::LOCAL_ISSUER
                 );
             }
             let roles = o
@@ -686,14 +666,14 @@ impl Config {
                 timeout: Duration::from_secs(file.approvals.timeout_secs),
                 webhook_url: file.approvals.webhook_url.clone(),
                 allow_self_approval: file.approvals.allow_self_approval,
-                web,
             },
             change_gate: file.policy.change_gate,
             redaction: Default::default(),
             limits: file.limits.to_limits()?,
         };
         let policy_dir = PathBuf::from(subst(&file.policy.dir));
-        let audit = crate::audit_cli::AuditSettings::from_section(&file.audit, &data_dir, &subst)?;
+        let audit =
+            crate::audit_config::AuditSettings::from_section(&file.audit, &data_dir, &subst)?;
         let mut gateway = gateway;
         gateway.redaction = audit.redaction.clone();
         Ok(Self {
@@ -703,6 +683,7 @@ impl Config {
             policy_dir,
             authn,
             gateway,
+            web,
             groups: file.policy.groups,
             builds: file
                 .policy
@@ -914,7 +895,7 @@ mod tests {
         assert!(parse(plain_http).is_err_and(|e| e.to_string().contains("https")));
         let ok = "[approvals.web.oidc]\nissuer=\"https://idp.example\"\nclient_id=\"m\"\n\
                   [[operators]]\nsub=\"dana\"\nissuer=\"https://idp.example\"\nroles=[\"approver\"]\n";
-        assert!(parse(ok).is_ok_and(|c| c.gateway.approvals.web.oidc.is_some()));
+        assert!(parse(ok).is_ok_and(|c| c.web.oidc.is_some()));
     }
 
     #[test]
@@ -939,15 +920,26 @@ mod tests {
             Some(PathBuf::from("conf/state"))
         );
         assert_eq!(
-            load("[server]\ndata_dir=\"{config_dir}/s\"\n", "conf/m.toml", &none),
+            load(
+                "[server]\ndata_dir=\"{config_dir}/s\"\n",
+                "conf/m.toml",
+                &none
+            ),
             Some(PathBuf::from("conf/s"))
         );
         assert_eq!(
-            load("[server]\ndata_dir=\"/var/lib/mandate\"\n", "conf/m.toml", &none),
+            load(
+                "[server]\ndata_dir=\"/var/lib/mandate\"\n",
+                "conf/m.toml",
+                &none
+            ),
             Some(PathBuf::from("/var/lib/mandate"))
         );
         // A file in the working directory: as before.
-        assert_eq!(load("", "m.toml", &none), Some(PathBuf::from("./mandate-data")));
+        assert_eq!(
+            load("", "m.toml", &none),
+            Some(PathBuf::from("./mandate-data"))
+        );
         // The command line is taken as given (relative to where it is run).
         let cli = Overrides {
             data_dir: Some(PathBuf::from("here")),

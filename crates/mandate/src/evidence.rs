@@ -1,8 +1,11 @@
-//! Evidence bundles (`mandate audit export`, `mandate audit verify
-//! --bundle`) and session timelines (`mandate audit replay`). The bundle
+//! Where the evidence is (which audit store a command reads, the log's
+//! public key), evidence bundles (`mandate audit export`, `mandate audit
+//! verify --bundle`) and session timelines (`mandate audit replay`). The bundle
 //! format is specified in docs/AUDIT-FORMAT.md.
 
-use crate::audit_cli::{AuditSettings, StoreArgs, public_key};
+use crate::audit_config::AuditSettings;
+use crate::config::{Config, Overrides};
+use crate::env;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use mandate_audit::bundle::{
@@ -10,15 +13,65 @@ use mandate_audit::bundle::{
     sha256_hex,
 };
 use mandate_audit::replay::{TimelineEntry, format_ms, timeline};
-use mandate_audit::{LogTree, NoteVerifier, StoredRecord};
+use mandate_audit::{LogTree, NoteVerifier, Store, StoredRecord};
 use mandate_core::Clock;
 use mandate_core::html::escape;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 pub use mandate_audit::bundle::BUNDLE_FORMAT;
+
+/// Which audit store a command reads: `--store`, else `--data-dir`, else
+/// what `mandate serve` would use with the same config file.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Data directory of `mandate serve` (its `audit.sqlite` and keys).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Audit store: a `postgres://…` URL or a SQLite file path.
+    #[arg(long, env = env::AUDIT_STORE)]
+    store: Option<String>,
+    /// Config file to take the defaults from, when it exists.
+    #[arg(long, env = env::CONFIG, default_value = "mandate.toml")]
+    config: PathBuf,
+}
+
+impl StoreArgs {
+    pub(crate) fn settings(&self) -> Result<AuditSettings> {
+        let mut settings = if self.data_dir.is_none() && self.config.exists() {
+            Config::load(&self.config, &Overrides::default())?.audit
+        } else {
+            let dir = self
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| "mandate-data".into());
+            AuditSettings::defaults(&dir)?
+        };
+        if let Some(store) = &self.store {
+            settings.store = Store::parse(store);
+        }
+        Ok(settings)
+    }
+}
+
+/// The log's public key: `--key`, else the one beside the signing key.
+pub fn public_key(settings: &AuditSettings, key: Option<&Path>) -> Result<Option<NoteVerifier>> {
+    let path = match key {
+        Some(k) => k.to_path_buf(),
+        None => {
+            let p = settings.public_key();
+            if !p.exists() {
+                return Ok(None);
+            }
+            p
+        }
+    };
+    NoteVerifier::read(&path)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
 
 /// `mandate audit export`.
 #[derive(Debug, Args)]
@@ -37,7 +90,7 @@ pub struct ExportArgs {
     session: Option<String>,
     /// Output directory (created; must be empty or absent).
     #[arg(long)]
-    out: std::path::PathBuf,
+    out: PathBuf,
 }
 
 /// Parses `--from`/`--to`: Unix ms, `YYYY-MM-DD` (midnight UTC) or an

@@ -1,12 +1,11 @@
 //! `mandate`: the Zero Trust control plane for AI agents, as one binary.
 
 mod audit_cli;
+mod audit_config;
 #[cfg(feature = "dev")]
 mod bench;
 #[cfg(feature = "dev")]
 mod bench_approvals;
-#[cfg(feature = "dev")]
-mod bench_provenance;
 #[cfg(feature = "dev")]
 mod bench_proxy;
 mod broker_cli;
@@ -15,13 +14,14 @@ mod config;
 mod demo;
 mod demo_server;
 mod devtoken;
+mod env;
 mod evidence;
 mod ops;
 mod policy_args;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use config::{Config, Overrides, env};
+use config::{Config, Overrides};
 use mandate_audit::AuditLog;
 use mandate_authn::Authenticator;
 use mandate_gateway::Gateway;
@@ -529,7 +529,7 @@ async fn gated_policy_dir(
     let change = match active.into_iter().next() {
         Some(c) => c,
         None => {
-            let files = mandate_gateway::control::read_policy_files(&cfg.policy_dir)
+            let files = mandate_operator::control::read_policy_files(&cfg.policy_dir)
                 .with_context(|| format!("reading {}", cfg.policy_dir.display()))?;
             let hash = PolicyEngine::load_dir(&cfg.policy_dir)
                 .map_err(|e| anyhow::anyhow!("policies in {}: {e}", cfg.policy_dir.display()))?
@@ -571,10 +571,10 @@ async fn gated_policy_dir(
                 .context("the control store already holds a policy set")?
         }
     };
-    let files = mandate_gateway::control::policy_files_of(&change)
+    let files = mandate_operator::control::policy_files_of(&change)
         .map_err(|_| anyhow::anyhow!("change {} holds no readable policy files", change.id))?;
     let dir = cfg.gated_policy_dir();
-    mandate_gateway::control::replace_policy_files(&dir, &files)
+    mandate_operator::control::replace_policy_files(&dir, &files)
         .with_context(|| format!("writing {}", dir.display()))?;
     let loaded = PolicyEngine::load_dir(&dir)
         .map_err(|e| anyhow::anyhow!("the active policy set (change {}): {e}", change.id))?;
@@ -668,7 +668,10 @@ pub(crate) async fn start_on(
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<(Arc<Gateway>, tokio::task::JoinHandle<()>)> {
     let gw = build_gateway(cfg).await?;
-    let mut app = mandate_gateway::http::router(gw.clone());
+    // The agents' side (`/mcp`, metadata, health) and the operator plane
+    // (`/api`, `/approvals`) on one listener.
+    let mut app = mandate_gateway::http::router(gw.clone())
+        .merge(mandate_operator::router(gw.clone(), &cfg.web));
     if let Some(broker) = broker_cli::attach(cfg, &gw).await? {
         app = app.merge(broker);
     }

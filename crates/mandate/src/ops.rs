@@ -2,7 +2,7 @@
 //! running `mandate serve`. The operator's bearer token comes from
 //! `MANDATE_OPERATOR_TOKEN` (audience `<public_url>/api`, no `act`).
 
-use crate::config::env;
+use crate::env;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -145,7 +145,7 @@ pub enum ApprovalsCommand {
     /// running server).
     HashPassword {
         /// PBKDF2 iterations (at least 100000).
-        #[arg(long, default_value_t = mandate_gateway::web::DEFAULT_ITERATIONS)]
+        #[arg(long, default_value_t = mandate_operator::DEFAULT_ITERATIONS)]
         iterations: u32,
     },
 }
@@ -332,7 +332,7 @@ pub async fn change(args: &ApiArgs, cmd: ChangeCommand) -> Result<()> {
             return Ok(());
         }
         ChangeCommand::ProposePolicy { dir, summary } => {
-            let files = mandate_gateway::control::read_policy_files(&dir)
+            let files = mandate_operator::control::read_policy_files(&dir)
                 .with_context(|| format!("reading {}", dir.display()))?;
             if files.is_empty() {
                 bail!("{} holds no *.cedar or *.cedarschema files", dir.display());
@@ -473,7 +473,7 @@ fn hash_password(iterations: u32) -> Result<()> {
         .context("reading the password from standard input")?;
     let password = line.strip_suffix('\n').unwrap_or(&line);
     let password = password.strip_suffix('\r').unwrap_or(password);
-    let hash = mandate_gateway::web::PasswordHash::new(password, iterations)
+    let hash = mandate_operator::PasswordHash::new(password, iterations)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("{hash}");
     Ok(())

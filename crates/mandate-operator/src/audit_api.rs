@@ -9,13 +9,13 @@
 //! Reading a session's records is itself recorded (who read which
 //! session), before the records are returned.
 
-use crate::Gateway;
-use crate::config::Role;
-use crate::control::{ApiError, authenticate_operator, operator_subject, record, require};
+use crate::error::ApiError;
+use crate::operator::{Operator, record};
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::{HeaderMap, StatusCode};
+use mandate_gateway::{Gateway, Role};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -73,12 +73,12 @@ async fn session(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     const ACTION: &str = "control/audit.read_session";
-    let op = authenticate_operator(&gw, &headers, ACTION).await?;
+    let op = Operator::authenticate(&gw, &headers, ACTION).await?;
     record(
         &gw,
-        &operator_subject(&op.principal),
+        &op.subject(),
         ACTION,
-        op.roles.iter().next().copied(),
+        op.any_role(),
         &format!("{} read session {id}", op.name()),
         &json!({ "session": id }),
     )
@@ -90,7 +90,7 @@ async fn checkpoints(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    authenticate_operator(&gw, &headers, "control/audit.checkpoints").await?;
+    Operator::authenticate(&gw, &headers, "control/audit.checkpoints").await?;
     let store = gw.audit().store().clone();
     let list = tokio::task::spawn_blocking(move || mandate_audit::read_checkpoints(store))
         .await
@@ -103,7 +103,7 @@ async fn checkpoint(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    require(&gw, &headers, Role::Admin, "control/audit.checkpoint").await?;
+    Operator::require(&gw, &headers, Role::Admin, "control/audit.checkpoint").await?;
     let signed = gw.audit().checkpoint().await.map_err(|e| store_error(&e))?;
     Ok(Json(json!({ "checkpoint": signed })))
 }

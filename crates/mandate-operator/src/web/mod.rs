@@ -26,15 +26,13 @@
 //! DENY`, `Referrer-Policy: no-referrer` and `Cache-Control: no-store`.
 
 mod oidc;
-mod password;
 mod session;
 
-pub use password::{DEFAULT_ITERATIONS, MIN_ITERATIONS, PasswordError, PasswordHash};
-
-use crate::Gateway;
 use crate::approvals::{DecideBody, decide, intent_view, view};
-use crate::config::Role;
-use crate::control::{Identity, Operator, operator_roles, operator_subject, record};
+use crate::config::WebConfig;
+use crate::error::ApiError;
+use crate::operator::{Identity, Operator, record};
+use crate::password::{DEFAULT_ITERATIONS, LoginLimiter, PasswordHash};
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -44,8 +42,8 @@ use axum::{Json, Router};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use mandate_control::ApprovalStatus;
 use mandate_core::html::escape;
+use mandate_gateway::{Gateway, Role};
 use oidc::{Callback, Oidc, OidcError};
-use password::LoginLimiter;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use session::{CsrfRefusal, Method, Person, Session, Sessions};
@@ -113,9 +111,8 @@ struct Inner {
 }
 
 /// The `/approvals` routes.
-pub(crate) fn routes(gw: Arc<Gateway>) -> Router {
+pub(crate) fn routes(gw: Arc<Gateway>, web_cfg: &WebConfig) -> Router {
     let cfg = gw.config();
-    let web_cfg = &cfg.approvals.web;
     let origin = url::Url::parse(&cfg.public_url)
         .map(|u| u.origin().ascii_serialization())
         .unwrap_or_else(|_| cfg.public_url.clone());
@@ -200,7 +197,7 @@ async fn security_headers(mut resp: Response) -> Response {
 
 /// A refusal of a JSON endpoint: `{"error", "error_description"}`.
 fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
-    crate::error::ApiError::new(status, code, message).into_response()
+    ApiError::new(status, code, message).into_response()
 }
 
 fn signed_out() -> Response {
@@ -262,7 +259,7 @@ async fn audit_session(
     };
     if let Err(e) = record(
         &web.gw,
-        &operator_subject(&op.principal),
+        &op.subject(),
         ACTION,
         Some(Role::Approver),
         &format!("{} read session {id}", op.name()),
@@ -339,11 +336,7 @@ impl Web {
     /// The operator a signed-in person is, if an `[[operators]]` entry
     /// makes them an approver.
     fn approver(&self, person: &Person) -> Option<Operator> {
-        let principal = person_principal(person);
-        let roles = operator_roles(&self.gw, &principal);
-        roles
-            .contains(&Role::Approver)
-            .then_some(Operator { principal, roles })
+        Operator::approver(&self.gw, person_principal(person))
     }
 
     /// The request's session, if it belongs to a signed-in approver.
@@ -670,7 +663,7 @@ async fn csrf_refused(
         "approval page: request refused (CSRF)"
     );
     if let Some(person) = &session.person {
-        let subject = operator_subject(&person_principal(person));
+        let subject = person_principal(person).subject();
         let detail = json!({"approval": target, "via": "web", "csrf": why.describe()});
         let reason = format!("refused: {}", why.describe());
         if let Err(e) = record(&web.gw, &subject, action, None, &reason, &detail).await {
@@ -805,7 +798,7 @@ async fn sign_in(
             "{} (issuer {}) is not an approver of this Mandate: no [[operators]] entry with the approver role matches",
             person.sub, person.iss
         );
-        let subject = operator_subject(&person_principal(&person));
+        let subject = person_principal(&person).subject();
         return match record(&web.gw, &subject, ACTION, None, &why, &detail).await {
             Ok(_) => Err(SignInRefused::NotApprover(why)),
             Err(e) => Err(SignInRefused::Other(e.into_response())),
@@ -818,7 +811,7 @@ async fn sign_in(
     );
     if let Err(e) = record(
         &web.gw,
-        &operator_subject(&op.principal),
+        &op.subject(),
         ACTION,
         Some(Role::Approver),
         &reason,

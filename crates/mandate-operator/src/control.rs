@@ -10,6 +10,8 @@
 //! | POST | `/api/changes` `{kind: "policy_set", files, summary}` or `{kind: "scope_ceiling", agent, scope, summary}` | admin |
 //! | POST | `/api/changes/{id}/approve`, `/reject` `{comment}` | admin, not the proposer |
 //! | POST | `/api/changes/{id}/activate` | admin |
+//! | GET  | `/api/tools` | any operator: tool pins |
+//! | POST | `/api/tools/{name}/approve` `{comment}` | admin |
 //!
 //! Operators authenticate with a bearer JWT from a configured issuer whose
 //! `aud` is `<public_url>/api` and which carries no `act` claim: an agent
@@ -19,18 +21,18 @@
 //! and what happened is recorded after. Errors are JSON
 //! `{"error", "error_description"}` (the RFC 6749 §5.2 shape).
 
-use crate::Gateway;
-use crate::config::Role;
+use crate::error::ApiError;
+use crate::operator::{Operator, record, record_outcome};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, StatusCode};
 use mandate_control::{Change, ChangeKind, ChangeStatus, ControlError, RevocationKind};
-use mandate_core::{AuditRecord, DecisionRecord, Effect, Subject};
+use mandate_gateway::{Gateway, Role};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Most bytes of policy text one proposal may carry.
@@ -43,9 +45,8 @@ struct ApiState {
     activation: Arc<tokio::sync::Mutex<()>>,
 }
 
-/// The `/api` routes.
+/// The `/api` control routes.
 pub(crate) fn routes(gw: Arc<Gateway>) -> Router {
-    let audit = crate::audit_api::routes(gw.clone());
     let state = ApiState {
         gw,
         activation: Arc::new(tokio::sync::Mutex::new(())),
@@ -59,191 +60,6 @@ pub(crate) fn routes(gw: Arc<Gateway>) -> Router {
         .route("/api/tools", get(list_tool_pins))
         .route("/api/tools/{name}/approve", post(approve_tool))
         .with_state(state)
-        .merge(audit)
-}
-
-pub use crate::error::ApiError;
-
-/// A person, as an operator token (verified, with no `act`) or a sign-in
-/// of the approval page identifies them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Identity {
-    pub(crate) iss: String,
-    pub(crate) sub: String,
-}
-
-/// An authenticated operator.
-pub(crate) struct Operator {
-    pub(crate) principal: Identity,
-    pub(crate) roles: BTreeSet<Role>,
-}
-
-impl Operator {
-    pub(crate) fn name(&self) -> &str {
-        &self.principal.sub
-    }
-
-    fn subject(&self) -> Subject {
-        operator_subject(&self.principal)
-    }
-}
-
-pub(crate) fn operator_subject(p: &Identity) -> Subject {
-    Subject {
-        iss: p.iss.clone(),
-        sub: p.sub.clone(),
-        act: Vec::new(),
-        scope: String::new(),
-        task_id: None,
-        build: None,
-        session: format!("operator:{}", p.sub),
-    }
-}
-
-/// Authenticates the bearer token of an operator request. A valid token
-/// that is not an operator's (an agent token, an unknown subject) is
-/// refused with 403 and recorded.
-pub(crate) async fn authenticate_operator(
-    gw: &Gateway,
-    headers: &HeaderMap,
-    action: &str,
-) -> Result<Operator, ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|h| mandate_authn::token_of(h, "Bearer"))
-        .ok_or_else(|| ApiError::unauthorized("an operator bearer token is required"))?;
-    let verified = gw
-        .operator_authn()
-        .verify(token)
-        .await
-        .map_err(|e| ApiError::unauthorized(format!("invalid token: {}", e.description())))?;
-    let principal = Identity {
-        iss: verified.iss().to_owned(),
-        sub: verified.sub().to_owned(),
-    };
-    let refuse = |why: String| async {
-        record(
-            gw,
-            &operator_subject(&principal),
-            action,
-            None,
-            &why,
-            &json!({}),
-        )
-        .await?;
-        Err::<Operator, ApiError>(ApiError::forbidden(why))
-    };
-    if !verified.act().is_empty() {
-        return refuse("agent tokens (with an `act` claim) cannot use the control API".into())
-            .await;
-    }
-    let roles = operator_roles(gw, &principal);
-    if roles.is_empty() {
-        return refuse(format!("{} is not a configured operator", principal.sub)).await;
-    }
-    Ok(Operator { principal, roles })
-}
-
-/// The roles `[[operators]]` gives this person (`sub`, and `iss` where an
-/// entry names one).
-pub(crate) fn operator_roles(gw: &Gateway, principal: &Identity) -> BTreeSet<Role> {
-    operator_entries(gw, principal)
-        .flat_map(|o| o.roles.iter().copied())
-        .collect()
-}
-
-/// The `[[operators]]` entries a verified person matches (by `sub`, and
-/// `iss` where the entry names one).
-pub(crate) fn operator_entries<'a>(
-    gw: &'a Gateway,
-    principal: &'a Identity,
-) -> impl Iterator<Item = &'a crate::config::OperatorConfig> {
-    gw.config()
-        .operators
-        .iter()
-        .filter(|o| o.sub == principal.sub && o.issuer.as_ref().is_none_or(|i| *i == principal.iss))
-}
-
-/// Authenticates and requires `role`; a refusal is recorded.
-pub(crate) async fn require(
-    gw: &Gateway,
-    headers: &HeaderMap,
-    role: Role,
-    action: &str,
-) -> Result<Operator, ApiError> {
-    let op = authenticate_operator(gw, headers, action).await?;
-    if !op.roles.contains(&role) {
-        let why = format!("{} lacks the {} role", op.name(), role.as_str());
-        record(gw, &op.subject(), action, None, &why, &json!({})).await?;
-        return Err(ApiError::forbidden(why));
-    }
-    Ok(op)
-}
-
-/// Appends a control record: allowed (with the role that allowed it) or
-/// refused. Durable before it returns; if the log cannot write, the
-/// request fails with 503 and the caller must change nothing.
-pub(crate) async fn record(
-    gw: &Gateway,
-    operator: &Subject,
-    action: &str,
-    allowed_by: Option<Role>,
-    reason: &str,
-    detail: &Value,
-) -> Result<AuditRecord, ApiError> {
-    let mut decision = match allowed_by {
-        Some(role) => DecisionRecord::control(
-            Effect::Allow,
-            format!("operator-role:{}", role.as_str()),
-            reason,
-        ),
-        None => DecisionRecord::deny(reason, String::new()),
-    };
-    decision.policy_hash = gw.policy().policy_hash();
-    let rec = AuditRecord::control(
-        gw.clock().now_ms(),
-        decision,
-        operator.clone(),
-        action,
-        detail,
-    );
-    match gw.audit().append(rec.clone()).await {
-        Ok(_) => Ok(rec),
-        Err(e) => {
-            tracing::error!(error = %e, action, "audit store unavailable; control action refused");
-            gw.metrics().audit_failures.inc();
-            Err(audit_unavailable())
-        }
-    }
-}
-
-fn audit_unavailable() -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "temporarily_unavailable",
-        "the audit store is unavailable; nothing was changed",
-    )
-}
-
-/// Records what an allowed control action produced (after the fact).
-pub(crate) async fn record_outcome(
-    gw: &Gateway,
-    rec: &AuditRecord,
-    result: Result<&Value, &ApiError>,
-) {
-    let (outcome, detail) = match result {
-        Ok(v) => ("ok", v.to_string()),
-        Err(e) => ("error", e.message.clone()),
-    };
-    if let Err(e) = gw
-        .audit()
-        .append(rec.outcome(gw.clock().now_ms(), outcome, Some(detail)))
-        .await
-    {
-        gw.metrics().audit_failures.inc();
-        tracing::error!(error = %e, "could not record control outcome");
-    }
 }
 
 /// Runs blocking store work off the async threads.
@@ -273,7 +89,7 @@ async fn list_revocations(
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    authenticate_operator(&s.gw, &headers, "control/revocations.list").await?;
+    Operator::authenticate(&s.gw, &headers, "control/revocations.list").await?;
     let control = s.gw.control().clone();
     let list = blocking(move || control.revocations(q.all)).await?;
     Ok(Json(json!({ "revocations": list })))
@@ -294,7 +110,7 @@ async fn revoke(
     body: Result<Json<RevokeBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "control/revoke";
-    let op = require(&s.gw, &headers, Role::Admin, ACTION).await?;
+    let op = Operator::require(&s.gw, &headers, Role::Admin, ACTION).await?;
     let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let kind: RevocationKind = body.kind.parse().map_err(ApiError::bad_request)?;
     if body.value.trim().is_empty() {
@@ -330,7 +146,7 @@ async fn lift(
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, ApiError> {
     const ACTION: &str = "control/lift";
-    let op = require(&s.gw, &headers, Role::Admin, ACTION).await?;
+    let op = Operator::require(&s.gw, &headers, Role::Admin, ACTION).await?;
     let control = s.gw.control().clone();
     let current = blocking(move || control.revocation(id)).await?;
     let rec = record(
@@ -357,7 +173,7 @@ async fn list_changes(
     State(s): State<ApiState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    authenticate_operator(&s.gw, &headers, "control/changes.list").await?;
+    Operator::authenticate(&s.gw, &headers, "control/changes.list").await?;
     let control = s.gw.control().clone();
     let list = blocking(move || control.changes()).await?;
     // Listings omit policy file contents (see /api/changes/{id}).
@@ -372,7 +188,7 @@ async fn show_change(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    authenticate_operator(&s.gw, &headers, "control/changes.show").await?;
+    Operator::authenticate(&s.gw, &headers, "control/changes.show").await?;
     let control = s.gw.control().clone();
     let change = blocking(move || control.change(&id)).await?;
     Ok(Json(to_value(&change)))
@@ -418,7 +234,7 @@ async fn propose(
     body: Result<Json<ProposeBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "control/change.propose";
-    let op = require(&s.gw, &headers, Role::Admin, ACTION).await?;
+    let op = Operator::require(&s.gw, &headers, Role::Admin, ACTION).await?;
     let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let kind: ChangeKind = body.kind.parse().map_err(ApiError::bad_request)?;
     let (target, payload, hash, detail) = match kind {
@@ -498,7 +314,7 @@ async fn review_or_activate(
             ));
         }
     };
-    let op = require(&s.gw, &headers, Role::Admin, action_name).await?;
+    let op = Operator::require(&s.gw, &headers, Role::Admin, action_name).await?;
     let comment = body.and_then(|Json(b)| b.comment);
     let control = s.gw.control().clone();
     let lookup = id.clone();
@@ -681,7 +497,7 @@ async fn list_tool_pins(
     State(s): State<ApiState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    authenticate_operator(&s.gw, &headers, "control/tools.list").await?;
+    Operator::authenticate(&s.gw, &headers, "control/tools.list").await?;
     let control = s.gw.control().clone();
     let pins = blocking(move || control.tool_pins()).await?;
     Ok(Json(json!({ "tools": pins })))
@@ -694,31 +510,18 @@ async fn approve_tool(
     body: Option<Json<ReviewBody>>,
 ) -> Result<Json<Value>, ApiError> {
     const ACTION: &str = "control/tool.approve";
-    let op = require(&s.gw, &headers, Role::Admin, ACTION).await?;
+    let op = Operator::require(&s.gw, &headers, Role::Admin, ACTION).await?;
     let comment = body.and_then(|Json(b)| b.comment);
-    let crate::pipeline::Resolved::Known {
-        tool: Some(tool), ..
-    } = s.gw.resolve(&name).await
-    else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no tool {name} in the upstreams' current catalogues"),
-        ));
-    };
-    let fp = crate::pinning::fingerprint(&tool);
-    let description = tool.description.as_deref().unwrap_or_default();
-    let reason = format!(
-        "approved by {}{}",
-        op.name(),
-        comment
-            .as_deref()
-            .map(|c| format!(": {c}"))
-            .unwrap_or_default()
-    );
     let pin =
-        s.gw.record_pin(&name, &fp, description, true, &reason, op.name())
+        s.gw.approve_tool(&name, op.name(), comment.as_deref())
             .await
-            .map_err(|e| ApiError::unavailable("the tool pin store is unavailable", e))?;
+            .map_err(|e| ApiError::unavailable("the tool pin store is unavailable", e))?
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("no tool {name} in the upstreams' current catalogues"),
+                )
+            })?;
     Ok(Json(to_value(&pin)))
 }
