@@ -166,6 +166,9 @@ pub(crate) enum Filter {
     All,
     Session(String),
     Correlation(String),
+    /// The records of one decision (its decision and outcome records, and
+    /// any that name it). Not indexed: an investigator's lookup.
+    Decision(String),
     /// Decision and outcome records at or after a time (ms).
     CallsSince(i64),
     /// Records with `from <= time_ms < to`.
@@ -190,6 +193,7 @@ impl Filter {
             Self::All => ("", vec![]),
             Self::Session(s) => ("WHERE session = $1", vec![Param::Text(s)]),
             Self::Correlation(c) => ("WHERE correlation_id = $1", vec![Param::Text(c)]),
+            Self::Decision(d) => ("WHERE decision_id = $1", vec![Param::Text(d)]),
             Self::CallsSince(ms) => (
                 "WHERE kind IN ('decision', 'outcome') AND time_ms >= $1",
                 vec![Param::Int(*ms)],

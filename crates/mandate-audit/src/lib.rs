@@ -48,7 +48,8 @@ pub use error::{AuditError, CorruptRow, EncodeError, SchemaVersion, StorageError
 pub use note::{CheckpointSigner, NoteVerifier};
 pub use read::{
     LogTree, Problem, ProblemKind, StoredCheckpoint, StoredRecord, VerifyReport,
-    read_by_correlation, read_calls_since, read_checkpoints, read_records, read_time_range, verify,
+    read_by_correlation, read_by_decision, read_calls_since, read_checkpoints, read_records,
+    read_time_range, verify,
 };
 pub use writer::SignedCheckpoint;
 

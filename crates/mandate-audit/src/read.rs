@@ -69,6 +69,17 @@ pub fn read_by_correlation(
     query(store.into(), Filter::Correlation(correlation_id.to_owned()))
 }
 
+/// The records of decision `decision_id` (`dec_…`, as agents are told it):
+/// the decision record and its outcome, in seq order. A scan of the log
+/// (the column is not indexed, to keep appends cheap): meant for an
+/// investigator's lookup, not for a hot path.
+pub fn read_by_decision(
+    store: impl Into<Store>,
+    decision_id: &str,
+) -> Result<Vec<StoredRecord>, AuditError> {
+    query(store.into(), Filter::Decision(decision_id.to_owned()))
+}
+
 /// The decision and outcome records written at or after `since_ms` (Unix
 /// ms), in seq order: what the gateway replays at start to restore session
 /// and task usage counters and session taint.

@@ -301,6 +301,7 @@ impl crate::Gateway {
             tool = %exposed,
             effect = decision.effect().as_str(),
             reason = if decision.is_allow() { "" } else { category.code() },
+            policies = ?decision.policies(),
             sub = %principal.sub(),
             act = ?principal.act(),
             "tools/call decided"

@@ -3,11 +3,12 @@
 //! | method | path | role |
 //! |---|---|---|
 //! | GET  | `/api/audit/sessions/{id}` | any operator: the session's timeline |
+//! | GET  | `/api/decisions/{id}` | any operator: one decision, as recorded (why a call was denied) |
 //! | GET  | `/api/audit/checkpoints` | any operator: the signed checkpoints |
 //! | POST | `/api/audit/checkpoint` | admin: sign a checkpoint now |
 //!
-//! Reading a session's records is itself recorded (who read which
-//! session), before the records are returned.
+//! Reading a session's or a decision's records is itself recorded (who
+//! read which), before the records are returned.
 
 use crate::error::ApiError;
 use crate::operator::{Operator, record};
@@ -27,6 +28,7 @@ pub(crate) fn routes(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/api/audit/sessions/{id}", get(session))
         .route("/api/audit/checkpoints", get(checkpoints))
+        .route("/api/decisions/{id}", get(decision))
         .route("/api/audit/checkpoint", post(checkpoint))
         .with_state(gw)
 }
@@ -84,6 +86,71 @@ async fn session(
     )
     .await?;
     Ok(Json(session_timeline(&gw, &id).await?))
+}
+
+/// Decision `id` as the audit log holds it: the decision record (policies
+/// that decided, their reasons, obligations, the reason code the agent was
+/// given, where each argument's values came from, redacted as recorded),
+/// the records that name it (its outcome), and whether the policy set that
+/// decided is the one in force now.
+async fn decision(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    const ACTION: &str = "control/audit.read_decision";
+    let op = Operator::authenticate(&gw, &headers, ACTION).await?;
+    if id.is_empty()
+        || id.len() > 128
+        || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(ApiError::bad_request("a decision id is like dec_01a2…"));
+    }
+    record(
+        &gw,
+        &op.subject(),
+        ACTION,
+        op.any_role(),
+        &format!("{} read decision {id}", op.name()),
+        &json!({ "decision": id }),
+    )
+    .await?;
+    let store = gw.audit().store().clone();
+    let wanted = id.clone();
+    let records =
+        tokio::task::spawn_blocking(move || mandate_audit::read_by_decision(store, &wanted))
+            .await
+            .map_err(|_| ApiError::internal())?
+            .map_err(|e| store_error(&e))?;
+    let body = |r: &mandate_audit::StoredRecord| -> Value {
+        let mut v: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+        if let Some(o) = v.as_object_mut() {
+            o.insert("seq".into(), json!(r.seq));
+        }
+        v
+    };
+    let Some(made) = records
+        .iter()
+        .find(|r| r.record.kind == mandate_core::RecordKind::Decision)
+        .or_else(|| records.first())
+    else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no decision with this id in the audit log",
+        ));
+    };
+    let recorded_hash = made.record.decision.policy_hash.clone();
+    let active_hash = gw.policy().policy_hash();
+    Ok(Json(json!({
+        "decision": body(made),
+        "records": records.iter().map(body).collect::<Vec<_>>(),
+        "policy_set": {
+            "recorded": recorded_hash,
+            "active": active_hash,
+            "in_force": recorded_hash == active_hash,
+        },
+    })))
 }
 
 async fn checkpoints(

@@ -127,6 +127,14 @@ enum Command {
         #[command(flatten)]
         api: ops::ApiArgs,
     },
+    /// Why a call was decided as it was: `mandate decision show ID` (the id
+    /// an agent is given with a refusal).
+    Decision {
+        #[command(subcommand)]
+        command: ops::DecisionCommand,
+        #[command(flatten)]
+        api: ops::ApiArgs,
+    },
     /// Pinned upstream tools: list, approve (lift a quarantine).
     Tools {
         #[command(subcommand)]
@@ -403,6 +411,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Change { command, api } => ops::change(&api, command).await?,
         Command::Approvals { command, api } => ops::approvals(&api, command).await?,
         Command::Tools { command, api } => ops::tools(&api, command).await?,
+        Command::Decision { command, api } => ops::decision(&api, command).await?,
         #[cfg(feature = "dev")]
         Command::Bench(args) => bench::run(args).await?,
         #[cfg(feature = "dev")]

@@ -103,6 +103,18 @@ pub enum ToolsCommand {
     },
 }
 
+/// `mandate decision …`: why a call was decided as it was.
+#[derive(clap::Subcommand, Debug)]
+pub enum DecisionCommand {
+    /// One decision as the audit log holds it: the policies that decided
+    /// and their reasons, the code the agent was told, obligations, where
+    /// the arguments' values came from, the outcome.
+    Show {
+        /// Decision id (`dec_…`, as the agent was told it).
+        id: String,
+    },
+}
+
 /// `mandate approvals …`: decide held tool calls.
 #[derive(clap::Subcommand, Debug)]
 pub enum ApprovalsCommand {
@@ -558,4 +570,163 @@ pub async fn tools(args: &ApiArgs, cmd: ToolsCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `mandate decision show ID`.
+pub async fn decision(args: &ApiArgs, cmd: DecisionCommand) -> Result<()> {
+    let DecisionCommand::Show { id } = cmd;
+    let api = Api::new(args)?;
+    let v = api
+        .send(reqwest::Method::GET, &format!("/api/decisions/{id}"), None)
+        .await?;
+    print(args, &v, decision_text);
+    Ok(())
+}
+
+/// A decision for a person to read; every string from the record is shown
+/// with hidden and control characters marked.
+fn decision_text(v: &Value) -> String {
+    use mandate_core::text::marked_line;
+    let d = v.get("decision").unwrap_or(&Value::Null);
+    let inner = d.get("decision").unwrap_or(&Value::Null);
+    let subject = d.get("subject").unwrap_or(&Value::Null);
+    let list = |v: &Value, key: &str| -> Vec<String> {
+        v.get(key)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let when = d
+        .get("time_ms")
+        .and_then(Value::as_i64)
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default();
+    let mut out = vec![format!(
+        "decision {} (record {}, {when}): {} {}",
+        marked_line(s(inner, "id")),
+        d.get("seq").and_then(Value::as_i64).unwrap_or_default(),
+        s(inner, "effect").to_uppercase(),
+        marked_line(s(d, "tool")),
+    )];
+    out.push(format!(
+        "  subject: {} via {} (session {}, task {})",
+        marked_line(s(subject, "sub")),
+        marked_line(&list(subject, "act").join(" ← ")),
+        marked_line(s(subject, "session")),
+        marked_line(
+            subject
+                .get("task_id")
+                .and_then(Value::as_str)
+                .unwrap_or("-")
+        ),
+    ));
+    if let Some(code) = inner.get("code").and_then(Value::as_str) {
+        out.push(format!(
+            "  reason code given to the agent: {}",
+            marked_line(code)
+        ));
+    }
+    let policies = list(inner, "policies");
+    let reasons = list(inner, "reasons");
+    if policies.is_empty() {
+        out.push("  decided by no policy (a check before policy evaluation):".into());
+        out.extend(reasons.iter().map(|r| format!("    {}", marked_line(r))));
+    } else {
+        out.push("  policies that decided:".into());
+        for (i, p) in policies.iter().enumerate() {
+            let reason = reasons.get(i).map(String::as_str).unwrap_or("");
+            out.push(format!("    {}: {}", marked_line(p), marked_line(reason)));
+        }
+    }
+    let obligations = inner.get("obligations").and_then(Value::as_array);
+    out.push(format!(
+        "  obligations: {}",
+        match obligations {
+            Some(o) if !o.is_empty() =>
+                marked_line(&Value::Array(o.clone()).to_string()).into_owned(),
+            _ => "none".into(),
+        }
+    ));
+    if let Some(args) = d.pointer("/sources/args").and_then(Value::as_array) {
+        for a in args {
+            let from: Vec<String> = a
+                .get("values")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|val| {
+                    let src = val.get("sources").unwrap_or(&Value::Null);
+                    let mut kinds = Vec::new();
+                    for k in ["intent", "trusted", "sensitive", "untrusted"] {
+                        if src.get(k).and_then(Value::as_bool) == Some(true) {
+                            kinds.push(k.to_owned());
+                        }
+                    }
+                    let tools: Vec<String> = src
+                        .get("origins")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .map(|o| s(o, "tool").to_owned())
+                        .collect();
+                    format!(
+                        "{} from {}{}",
+                        s(val, "family"),
+                        if kinds.is_empty() {
+                            "nowhere seen".into()
+                        } else {
+                            kinds.join("+")
+                        },
+                        if tools.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", tools.join(", "))
+                        }
+                    )
+                })
+                .collect();
+            if !from.is_empty() {
+                out.push(format!(
+                    "  argument {}: {}",
+                    marked_line(s(a, "name")),
+                    marked_line(&from.join("; "))
+                ));
+            }
+        }
+    }
+    for r in v
+        .get("records")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if s(r, "kind") == "outcome" {
+            out.push(format!(
+                "  outcome: {}{}",
+                marked_line(r.get("outcome").and_then(Value::as_str).unwrap_or("-")),
+                r.get("detail")
+                    .and_then(Value::as_str)
+                    .map(|d| format!(" ({})", marked_line(d)))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    let set = v.get("policy_set").unwrap_or(&Value::Null);
+    out.push(
+        if set.get("in_force").and_then(Value::as_bool) == Some(true) {
+            "  policy set: the one in force now".into()
+        } else {
+            format!(
+                "  policy set: {} (changed since; in force now: {})",
+                marked_line(s(set, "recorded")),
+                marked_line(s(set, "active"))
+            )
+        },
+    );
+    out.join("\n")
 }
