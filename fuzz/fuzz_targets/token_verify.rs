@@ -93,21 +93,21 @@ fuzz_target!(|data: &[u8]| {
         if !signed_by_issuer(&token) {
             finding(format!("verified a token the issuer did not sign: {token}"));
         }
-        if p.iss != ISSUER {
-            finding(format!("issuer {:?}", p.iss));
+        if p.iss() != ISSUER {
+            finding(format!("issuer {:?}", p.iss()));
         }
-        if p.exp.saturating_add(authn.leeway_secs()) < before {
-            finding(format!("expired token accepted: exp {}", p.exp));
+        if p.exp().saturating_add(authn.leeway_secs()) < before {
+            finding(format!("expired token accepted: exp {}", p.exp()));
         }
-        if p.act.len() > mandate_authn::MAX_ACTOR_DEPTH {
-            finding(format!("actor chain of {}", p.act.len()));
+        if p.act().len() > mandate_authn::MAX_ACTOR_DEPTH {
+            finding(format!("actor chain of {}", p.act().len()));
         }
-        let ids = std::iter::once(&p.sub)
-            .chain(&p.act)
-            .chain(p.task_id.iter())
-            .chain(p.sid.iter())
-            .chain(p.build.iter())
-            .chain(p.jti.iter());
+        let ids = std::iter::once(p.sub())
+            .chain(p.act().iter().map(String::as_str))
+            .chain(p.task_id())
+            .chain(p.sid())
+            .chain(p.build())
+            .chain(p.jti());
         for id in ids {
             if id.is_empty() || id.chars().any(char::is_control) {
                 finding(format!("identifier {id:?} accepted"));

@@ -106,6 +106,7 @@ fn config() -> GatewayConfig {
             ..ApprovalConfig::default()
         },
         change_gate: false,
+        limits: Default::default(),
         redaction: Default::default(),
     }
 }
@@ -133,6 +134,7 @@ impl Harness {
                 policy: Arc::new(policy),
                 audit,
                 control: Arc::new(control),
+                clock: mandate_core::Clock::system(),
             },
         );
         let router = mandate_gateway::http::router(gateway.clone());
