@@ -474,3 +474,35 @@ def test_the_cli_shows_hidden_characters_as_the_page_does(env, issuer: Issuer) -
         assert "\u202e" not in r.stdout and "\u200b" not in r.stdout and "\x1b" not in r.stdout, r.stdout
     gw.operator_cli(op, "approvals", "deny", a["id"], "--comment", "hidden text")
     assert held.result()["error"]["data"]["reason"] == "approval_denied"
+
+
+def test_held_calls_of_task_clients_can_be_answered_synchronously(launcher: Launcher, issuer: Issuer) -> None:
+    """`[approvals] held_calls_as_tasks = false`: a client that declares the
+    tasks extension but would not poll is held open like any other, and
+    gets the tool's result once a person approves."""
+    rec = launcher.root / "bank-sync-calls.jsonl"
+    gw = launcher.gateway(issuer, {"bank": bank(rec)}, name="sync-holds",
+                          extra_toml=OPERATORS + "\n[approvals]\ntimeout_secs = 60\nheld_calls_as_tasks = false\n")
+    memo = "sync-" + uuid.uuid4().hex[:6]
+    sid_claim = "sync-" + uuid.uuid4().hex[:8]
+    token = issuer.mint(gw.audience, scope="bank.*", sid=sid_claim)
+    session = task_client_session(gw, token)
+    op = op_token(gw, issuer)
+    answer: dict[str, Any] = {}
+
+    def call() -> None:
+        answer.update(rpc(gw, token, session, "tools/call",
+                          {"name": "bank.transfer", "arguments": {"amount": 42, "to": "acc-bob", "memo": memo}}, 5))
+
+    t = threading.Thread(target=call)
+    t.start()
+    a = pending_for(gw, op, sid_claim)
+    time.sleep(0.5)
+    assert t.is_alive() and not answer, f"the held call was answered before the decision: {answer}"
+    r = gw.api("POST", f"/api/approvals/{a['id']}/approve", op, {"args_hash": a["args_hash"]})
+    assert r.status_code == 200, r.text
+    t.join(30)
+    result = answer.get("result", {})
+    assert result.get("resultType") != "task" and "transferred 42" in json.dumps(result), answer
+    assert len(transfers(rec, memo)) == 1
+

@@ -153,6 +153,11 @@ pub struct ApprovalConfig {
     pub webhook_url: Option<String>,
     /// Whether the delegating user may approve their own agent's calls.
     pub allow_self_approval: bool,
+    /// Whether a held call of a client that declares the MCP tasks
+    /// extension is answered at once with a task handle (`true`, the
+    /// default) or held open until decided, as for every other client
+    /// (`false`: for clients that declare the extension but do not poll).
+    pub held_calls_as_tasks: bool,
 }
 
 impl Default for ApprovalConfig {
@@ -161,6 +166,7 @@ impl Default for ApprovalConfig {
             timeout: Duration::from_secs(300),
             webhook_url: None,
             allow_self_approval: false,
+            held_calls_as_tasks: true,
         }
     }
 }

@@ -101,9 +101,10 @@ impl ServerHandler for GatewayHandler {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let principal = self.principal(&ctx).await?;
-        let tasks = ctx
-            .client_capabilities()
-            .is_some_and(|c| c.supports_tasks());
+        let tasks = self.gw.cfg.approvals.held_calls_as_tasks
+            && ctx
+                .client_capabilities()
+                .is_some_and(|c| c.supports_tasks());
         if !tasks {
             return self
                 .gw

@@ -142,6 +142,8 @@ struct ApprovalsSection {
     webhook_url: Option<String>,
     #[serde(default)]
     allow_self_approval: bool,
+    #[serde(default = "yes")]
+    held_calls_as_tasks: bool,
     #[serde(default)]
     web: WebSection,
 }
@@ -152,6 +154,7 @@ impl Default for ApprovalsSection {
             timeout_secs: default_approval_timeout(),
             webhook_url: None,
             allow_self_approval: false,
+            held_calls_as_tasks: true,
             web: WebSection::default(),
         }
     }
@@ -666,6 +669,7 @@ impl Config {
                 timeout: Duration::from_secs(file.approvals.timeout_secs),
                 webhook_url: file.approvals.webhook_url.clone(),
                 allow_self_approval: file.approvals.allow_self_approval,
+                held_calls_as_tasks: file.approvals.held_calls_as_tasks,
             },
             change_gate: file.policy.change_gate,
             redaction: Default::default(),
