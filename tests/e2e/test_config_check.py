@@ -4,6 +4,7 @@ what is wrong, instead of at the first tool call."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -207,3 +208,29 @@ def test_the_log_names_the_version_and_carries_no_colour_codes_when_not_a_termin
     serving = next(line for line in log.splitlines() if "mandate serving MCP" in line)
     assert "version=" in serving, serving
     assert "\x1b[" not in log, "ANSI colour codes in a log written to a file"
+
+
+def test_upstream_tools_lists_every_tool_with_its_class_and_annotations(tmp_path: Path, issuer: Issuer) -> None:
+    """`mandate upstream tools` connects to each upstream (a Mandate demo
+    server and the reference `server-everything`) and lists every tool: its
+    class from the config or `unclassified`, and the server's own
+    annotations. Like `--check`, it writes nothing."""
+    node, script, arg = everything_entry()
+    config = write_config(tmp_path, issuer, upstreams={
+        "docs": {"command": str(mandate_bin()), "args": ["demo-server", "--profile", "workspace"],
+                 "timeout_secs": 10, "tools": {"search": "read"}},
+        "everything": {"command": node, "args": [script, arg], "timeout_secs": 20, "tools": {"echo": "read"}},
+    })
+    r = run_mandate("upstream", "tools", "--config", str(config), "--json", timeout=90)
+    assert r.returncode == 0, output(r)
+    rows = {row["tool"]: row for row in json.loads(r.stdout)}
+    assert rows["docs.search"]["class"] == "read" and rows["docs.send_mail"]["class"] is None, rows
+    assert rows["everything.echo"]["class"] == "read", rows
+    assert any(v is not None for row in rows.values() if row["tool"].startswith("everything.")
+               for v in row["annotations"].values()), "no annotations read from server-everything"
+    table = run_mandate("upstream", "tools", "--config", str(config), timeout=90)
+    assert table.returncode == 0, output(table)
+    assert "docs.send_mail" in table.stdout and "unclassified" in table.stdout, table.stdout
+    assert "denied until classified" in table.stdout, table.stdout
+    assert not (tmp_path / "data").exists(), "listing the tools created the data directory"
+

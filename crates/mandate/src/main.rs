@@ -85,6 +85,12 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// The upstreams in a config: `mandate upstream tools` lists every
+    /// tool with its annotations and class.
+    Upstream {
+        #[command(subcommand)]
+        command: UpstreamCommand,
+    },
     /// Audit log tools: verify, replay, export, checkpoint.
     Audit {
         #[command(subcommand)]
@@ -219,6 +225,21 @@ enum PolicyCommand {
 }
 
 #[derive(Subcommand)]
+enum UpstreamCommand {
+    /// Connect to every upstream in the config and list its tools: exposed
+    /// name, the class the config gives it (or "unclassified": denied), the
+    /// tool's own annotations and its description. Writes nothing.
+    Tools {
+        /// Config file.
+        #[arg(long, env = env::CONFIG, default_value = "mandate.toml")]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum KeysCommand {
     /// Generate an Ed25519 issuer key: DIR/issuer.pem and DIR/jwks.json.
     Generate {
@@ -344,7 +365,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             },
             PolicyCommand::Args { config } => {
                 let cfg = Config::load(&config, &Overrides::default())?;
-                let gw = build_gateway(&cfg).await?;
+                let (_scratch, gw) = scratch_gateway(&cfg).await?;
                 let tools = gw.catalogue().await.map_err(|e| anyhow::anyhow!("{e}"))?;
                 let schemas: Vec<(String, serde_json::Value)> = tools
                     .into_iter()
@@ -412,6 +433,9 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Approvals { command, api } => ops::approvals(&api, command).await?,
         Command::Tools { command, api } => ops::tools(&api, command).await?,
         Command::Decision { command, api } => ops::decision(&api, command).await?,
+        Command::Upstream {
+            command: UpstreamCommand::Tools { config, json },
+        } => upstream_tools(&config, json).await?,
         #[cfg(feature = "dev")]
         Command::Bench(args) => bench::run(args).await?,
         #[cfg(feature = "dev")]
@@ -597,6 +621,107 @@ async fn gated_policy_dir(
     }
     tracing::info!(change = %change.id, policy_hash = %change.payload_hash, "change gate on: serving the activated policy set");
     Ok(dir)
+}
+
+/// The gateway `serve` would build, on scratch stores in a private
+/// temporary directory (removed when the returned guard drops): for
+/// commands that only look (`policy args`, `upstream tools`).
+async fn scratch_gateway(cfg: &Config) -> Result<(tempfile::TempDir, Arc<Gateway>)> {
+    let dir = tempfile::Builder::new()
+        .prefix("mandate-scratch-")
+        .tempdir()
+        .context("cannot create a scratch directory")?;
+    let scratch = cfg.scratch(dir.path())?;
+    let gw = build_gateway(&scratch).await?;
+    Ok((dir, gw))
+}
+
+/// `mandate upstream tools`: every upstream tool, its class and annotations.
+async fn upstream_tools(config: &std::path::Path, json: bool) -> Result<()> {
+    let cfg = Config::load(config, &Overrides::default())?;
+    let (_scratch, gw) = scratch_gateway(&cfg).await?;
+    let tools = gw.catalogue().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rows: Vec<serde_json::Value> = tools
+        .iter()
+        .map(|(name, class, tool)| {
+            let a = tool.annotations.as_ref();
+            serde_json::json!({
+                "tool": name,
+                "class": class.map(mandate_core::ToolClass::as_str),
+                "annotations": {
+                    "title": a.and_then(|a| a.title.clone()),
+                    "readOnlyHint": a.and_then(|a| a.read_only_hint),
+                    "destructiveHint": a.and_then(|a| a.destructive_hint),
+                    "idempotentHint": a.and_then(|a| a.idempotent_hint),
+                    "openWorldHint": a.and_then(|a| a.open_world_hint),
+                },
+                "description": tool.description.as_deref().unwrap_or_default(),
+            })
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let width = tools
+        .iter()
+        .map(|(n, _, _)| n.chars().count())
+        .max()
+        .unwrap_or(4);
+    for (name, class, tool) in &tools {
+        let a = tool.annotations.as_ref();
+        let mut hints = Vec::new();
+        for (flag, on, off) in [
+            (
+                a.and_then(|a| a.read_only_hint),
+                "read-only",
+                "not read-only",
+            ),
+            (
+                a.and_then(|a| a.destructive_hint),
+                "destructive",
+                "not destructive",
+            ),
+            (a.and_then(|a| a.idempotent_hint), "idempotent", ""),
+            (
+                a.and_then(|a| a.open_world_hint),
+                "open-world",
+                "closed-world",
+            ),
+        ] {
+            match flag {
+                Some(true) => hints.push(on),
+                Some(false) if !off.is_empty() => hints.push(off),
+                _ => {}
+            }
+        }
+        let description = tool.description.as_deref().unwrap_or_default();
+        let short: String = description
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .take(72)
+            .collect();
+        println!(
+            "{:<width$}  {:<14}  {:<34}  {}",
+            mandate_core::text::marked_line(name),
+            class.map_or("unclassified", mandate_core::ToolClass::as_str),
+            if hints.is_empty() {
+                "no annotations".into()
+            } else {
+                hints.join(", ")
+            },
+            mandate_core::text::marked_line(&short),
+        );
+    }
+    let unclassified = tools.iter().filter(|(_, c, _)| c.is_none()).count();
+    if unclassified > 0 {
+        println!(
+            "\n{unclassified} tool(s) unclassified: denied until classified under [upstreams.<name>.tools] (docs/CONFIG.md). Annotations are the server's own claims: a hint, not a class."
+        );
+    }
+    Ok(())
 }
 
 /// `serve --check`: builds everything `serve` would, on scratch stores in
