@@ -74,18 +74,24 @@ async fn session(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    const ACTION: &str = "control/audit.read_session";
-    let op = Operator::authenticate(&gw, &headers, ACTION).await?;
-    record(
-        &gw,
-        &op.subject(),
-        ACTION,
-        op.any_role(),
-        &format!("{} read session {id}", op.name()),
-        &json!({ "session": id }),
-    )
-    .await?;
+    let op = Operator::authenticate(&gw, &headers, "control/audit.read_session").await?;
+    record_read(&gw, &op, "session", &id).await?;
     Ok(Json(session_timeline(&gw, &id).await?))
+}
+
+/// Records that `op` read `what` `id` (`control/audit.read_<what>`), before
+/// anything is returned: investigators are on the record too.
+async fn record_read(gw: &Gateway, op: &Operator, what: &str, id: &str) -> Result<(), ApiError> {
+    record(
+        gw,
+        &op.subject(),
+        &format!("control/audit.read_{what}"),
+        op.any_role(),
+        &format!("{} read {what} {id}", op.name()),
+        &json!({ what: id }),
+    )
+    .await
+    .map(|_| ())
 }
 
 /// Decision `id` as the audit log holds it: the decision record (policies
@@ -98,23 +104,14 @@ async fn decision(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    const ACTION: &str = "control/audit.read_decision";
-    let op = Operator::authenticate(&gw, &headers, ACTION).await?;
+    let op = Operator::authenticate(&gw, &headers, "control/audit.read_decision").await?;
     if id.is_empty()
         || id.len() > 128
         || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
     {
         return Err(ApiError::bad_request("a decision id is like dec_01a2…"));
     }
-    record(
-        &gw,
-        &op.subject(),
-        ACTION,
-        op.any_role(),
-        &format!("{} read decision {id}", op.name()),
-        &json!({ "decision": id }),
-    )
-    .await?;
+    record_read(&gw, &op, "decision", &id).await?;
     let store = gw.audit().store().clone();
     let wanted = id.clone();
     let records =

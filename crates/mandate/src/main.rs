@@ -365,7 +365,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             },
             PolicyCommand::Args { config } => {
                 let cfg = Config::load(&config, &Overrides::default())?;
-                let (_scratch, gw) = scratch_gateway(&cfg).await?;
+                let (_dir, _scratch, gw) = scratch_gateway(&cfg).await?;
                 let tools = gw.catalogue().await.map_err(|e| anyhow::anyhow!("{e}"))?;
                 let schemas: Vec<(String, serde_json::Value)> = tools
                     .into_iter()
@@ -626,20 +626,20 @@ async fn gated_policy_dir(
 /// The gateway `serve` would build, on scratch stores in a private
 /// temporary directory (removed when the returned guard drops): for
 /// commands that only look (`policy args`, `upstream tools`).
-async fn scratch_gateway(cfg: &Config) -> Result<(tempfile::TempDir, Arc<Gateway>)> {
+async fn scratch_gateway(cfg: &Config) -> Result<(tempfile::TempDir, Config, Arc<Gateway>)> {
     let dir = tempfile::Builder::new()
         .prefix("mandate-scratch-")
         .tempdir()
         .context("cannot create a scratch directory")?;
     let scratch = cfg.scratch(dir.path())?;
     let gw = build_gateway(&scratch).await?;
-    Ok((dir, gw))
+    Ok((dir, scratch, gw))
 }
 
 /// `mandate upstream tools`: every upstream tool, its class and annotations.
 async fn upstream_tools(config: &std::path::Path, json: bool) -> Result<()> {
     let cfg = Config::load(config, &Overrides::default())?;
-    let (_scratch, gw) = scratch_gateway(&cfg).await?;
+    let (_dir, _scratch, gw) = scratch_gateway(&cfg).await?;
     let tools = gw.catalogue().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let rows: Vec<serde_json::Value> = tools
         .iter()
@@ -729,12 +729,7 @@ async fn upstream_tools(config: &std::path::Path, json: bool) -> Result<()> {
 /// nothing to the data directory, the audit store or the broker's keys;
 /// the real audit store is only read.
 async fn check_config(cfg: &Config) -> Result<()> {
-    let dir = tempfile::Builder::new()
-        .prefix("mandate-check-")
-        .tempdir()
-        .context("cannot create a scratch directory for the check")?;
-    let scratch = cfg.scratch(dir.path())?;
-    let gw = build_gateway(&scratch).await?;
+    let (_dir, scratch, gw) = scratch_gateway(cfg).await?;
     if broker_cli::attach(&scratch, &gw).await?.is_some() {
         let keys = cfg
             .broker
