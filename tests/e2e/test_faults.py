@@ -176,6 +176,8 @@ def test_audit_store_slow_denies_past_the_write_deadline_and_recovers(
         assert 4 <= took < 15, f"denied after {took:.1f} s (write deadline 5 s)"
         assert data.get("decision_id"), data
         assert health(gw) == 503, "/healthz says healthy while appends time out"
+        ready = gw.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["audit"] == "unavailable", ready.text
         assert keys_received(rec) == ["before"], "a call was forwarded before its decision was durable"
 
         holder.stdin.write("COMMIT;\n")
@@ -189,6 +191,7 @@ def test_audit_store_slow_denies_past_the_write_deadline_and_recovers(
     after = succeeded(lookup(gw, tok, session, "after", rid=3), "after")
     assert keys_received(rec) == ["before", "after"]
     assert health(gw) == 200
+    assert gw.get("/readyz").status_code == 200
     decisions = pg_decisions(PG_URL, pg_schema)
     assert decisions.get(before) == "allow" and decisions.get(after) == "allow", decisions
     # The denied call's decision record landed once the lock went; the
@@ -408,10 +411,15 @@ def test_control_store_gone_denies_calls_that_need_it_audited_and_recovers(
 
         # Already vetted, and revocations are checked in memory.
         succeeded(lookup(gw, tok, session, "meanwhile", rid=3), "meanwhile")
+        # Alive, but not ready: a load balancer should send calls elsewhere.
+        ready = gw.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["control"] == "unavailable", ready.text
+        assert health(gw) == 200
     finally:
         for f, away in moved:
             away.rename(f)
 
+    assert gw.get("/readyz").status_code == 200
     reply = gw.call_tool(tok, session, "up.note", {"text": "after"}, rid=4)
     msg = reply.response(4)
     assert "result" in msg and msg["result"]["content"][0]["text"] == "noted: after", msg

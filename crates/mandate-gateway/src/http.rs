@@ -1,5 +1,5 @@
 //! HTTP surface: `/mcp` (Streamable HTTP, via `rmcp`), protected resource
-//! metadata (RFC 9728), `/healthz` and `/metrics`.
+//! metadata (RFC 9728), `/healthz`, `/readyz` and `/metrics`.
 //!
 //! Every `/mcp` request passes [`mcp_entry`] first, in this order:
 //! 1. authenticate the bearer token (401 + `WWW-Authenticate` on failure);
@@ -101,6 +101,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
             get(protected_resource_metadata),
         )
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
@@ -137,6 +138,51 @@ async fn healthz(State(app): State<AppState>) -> Response {
                 .into_response()
         }
     }
+}
+
+/// Ready to take calls: not stopping, the audit store's last write
+/// succeeded and the control store answers a read. `/healthz` says the
+/// process is alive; this says a load balancer may send it calls. What
+/// failed is named; why goes to the log only (unauthenticated).
+async fn readyz(State(app): State<AppState>) -> Response {
+    let draining = app.gw.is_draining();
+    let audit = app.gw.audit().health();
+    if let Err(e) = &audit {
+        tracing::warn!(error = %e, "readiness: the audit store cannot write");
+    }
+    let control = app.gw.control().clone();
+    let control_ok = match tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        tokio::task::spawn_blocking(move || control.tool_pins().map(|_| ())),
+    )
+    .await
+    {
+        Ok(Ok(Ok(()))) => true,
+        Ok(Ok(Err(e))) => {
+            tracing::warn!(error = %e, "readiness: the control store cannot be read");
+            false
+        }
+        _ => false,
+    };
+    let ready = !draining && audit.is_ok() && control_ok;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(json!({
+            "status": if ready { "ready" } else { "not_ready" },
+            "draining": draining,
+            "audit": if audit.is_ok() { "ok" } else { "unavailable" },
+            "control": if control_ok { "ok" } else { "unavailable" },
+            // A policy set is loaded before the listener opens, and a
+            // broken set never replaces it.
+            "policies": "loaded",
+        })),
+    )
+        .into_response()
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {

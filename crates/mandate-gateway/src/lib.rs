@@ -125,6 +125,22 @@ pub struct Gateway {
     intents: DashMap<String, (i64, Option<Arc<mandate_control::TaskIntent>>)>,
     /// The one wall clock (`Planes::clock`).
     clock: Clock,
+    /// Set when the process is stopping (`/readyz` answers 503 from then).
+    draining: std::sync::atomic::AtomicBool,
+}
+
+impl Gateway {
+    /// Marks the gateway as stopping: `/readyz` answers 503 from now on, so
+    /// a load balancer sends no new calls while those in flight finish.
+    pub fn begin_drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether [`begin_drain`](Gateway::begin_drain) was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl Gateway {
@@ -159,6 +175,7 @@ impl Gateway {
             builds: builds::Builds::default(),
             dpop: std::sync::OnceLock::new(),
             clock,
+            draining: std::sync::atomic::AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&gw);
         events.on_list_changed(Arc::new(move |upstream: String| {

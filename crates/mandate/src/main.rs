@@ -883,7 +883,7 @@ async fn serve(cfg: Config) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let (_gw, mut handle) = start_on(&cfg, listener, shutdown.clone()).await?;
+    let (gw, mut handle) = start_on(&cfg, listener, shutdown.clone()).await?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         listen = %addr,
@@ -899,6 +899,7 @@ async fn serve(cfg: Config) -> Result<()> {
         drain_secs = cfg.gateway.limits.connections.drain_timeout.as_secs(),
         "stopping: no new connections; finishing calls in flight"
     );
+    gw.begin_drain();
     shutdown.cancel();
     let _ = handle.await;
     tracing::info!("stopped");
