@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import signal
 import threading
 import time
 import uuid
@@ -289,12 +291,16 @@ def test_client_cancel_withdraws_the_request(env, issuer: Issuer) -> None:
 
 
 def test_restart_while_pending_fails_closed(launcher: Launcher, issuer: Issuer, tmp_path: Path) -> None:
+    """The gateway dies (SIGKILL) while a call is held: after the restart
+    its request is still pending but held by nobody, and approving it
+    releases nothing."""
     rec = tmp_path / "bank.jsonl"
     data = tmp_path / "data"
     gw = launcher.gateway(issuer, {"bank": bank(rec)}, extra_toml=OPERATORS, data_dir=data, name="before-restart")
     memo = "restart-" + uuid.uuid4().hex[:6]
     held = HeldCall(gw, issuer, {"amount": 75, "to": "acc-bob", "memo": memo})
     a = pending_for(gw, op_token(gw, issuer), held.sid)
+    os.kill(gw.proc.pid, signal.SIGKILL)
     gw.proc.stop()
     held.thread.join(30)
     # The agent's call failed (the connection closed); nothing was forwarded.
@@ -505,4 +511,42 @@ def test_held_calls_of_task_clients_can_be_answered_synchronously(launcher: Laun
     result = answer.get("result", {})
     assert result.get("resultType") != "task" and "transferred 42" in json.dumps(result), answer
     assert len(transfers(rec, memo)) == 1
+
+
+def test_sigterm_answers_a_held_call_and_withdraws_its_request(launcher: Launcher, issuer: Issuer,
+                                                               tmp_path: Path) -> None:
+    """A process manager stops the gateway (SIGTERM) while a call is held:
+    the agent is told `shutting_down` at once (retry the call), the request
+    is closed as withdrawn so that nobody approves a call no process holds,
+    nothing is forwarded, and the log still verifies."""
+    rec = tmp_path / "bank.jsonl"
+    data = tmp_path / "data"
+    gw = launcher.gateway(issuer, {"bank": bank(rec)}, extra_toml=OPERATORS, data_dir=data, name="sigterm")
+    memo = "sigterm-" + uuid.uuid4().hex[:6]
+    held = HeldCall(gw, issuer, {"amount": 76, "to": "acc-bob", "memo": memo})
+    a = pending_for(gw, op_token(gw, issuer), held.sid)
+    started = time.monotonic()
+    os.kill(gw.proc.pid, signal.SIGTERM)
+    held.thread.join(20)
+    assert held.reply is not None, f"the held call got no answer: {held.failure}"
+    err = held.reply.error()
+    assert err["data"]["reason"] == "shutting_down", err
+    assert time.monotonic() - started < 10, "the held call was not answered promptly"
+    gw.proc.popen.wait(timeout=30)
+    assert not transfers(rec, memo)
+    # The stop signed a final checkpoint over every record, the held call's included.
+    import sqlite3
+    with sqlite3.connect(data / "audit.sqlite") as db:
+        last = db.execute("SELECT max(seq) FROM audit_log").fetchone()[0]
+        signed = db.execute("SELECT max(size) FROM audit_checkpoints").fetchone()[0]
+    assert signed == last, f"the last checkpoint covers {signed} of {last} records"
+
+    gw2 = launcher.gateway(issuer, {"bank": bank(rec)}, extra_toml=OPERATORS, data_dir=data, name="after-sigterm")
+    op = op_token(gw2, issuer)
+    closed = gw2.api("GET", f"/api/approvals/{a['id']}", op).json()
+    assert closed["status"] == "withdrawn", closed
+    late = gw2.api("POST", f"/api/approvals/{a['id']}/approve", op, {"args_hash": a["args_hash"]})
+    assert late.status_code >= 400, late.text
+    verify = gw2.cli("audit", "verify", "--data-dir", str(data))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
 

@@ -58,6 +58,8 @@ pub(crate) enum HoldOutcome {
     Expired,
     /// The client went away.
     Withdrawn,
+    /// The gateway is stopping (the request was closed as withdrawn).
+    Stopping,
     /// The control store failed (fail closed).
     Unavailable(String),
 }
@@ -253,6 +255,9 @@ impl Gateway {
                 () = cancel.cancelled() => {
                     break HoldOutcome::Withdrawn;
                 }
+                () = self.draining.cancelled() => {
+                    break HoldOutcome::Stopping;
+                }
                 _ = ticker.tick() => {
                     if let Some(peer) = &client {
                         if peer.is_transport_closed() {
@@ -268,7 +273,7 @@ impl Gateway {
                 }
             }
         };
-        if outcome == HoldOutcome::Withdrawn {
+        if matches!(outcome, HoldOutcome::Withdrawn | HoldOutcome::Stopping) {
             let control = self.control().clone();
             let closed = id.clone();
             let _ = tokio::task::spawn_blocking(move || {

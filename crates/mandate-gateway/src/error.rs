@@ -139,6 +139,9 @@ pub enum DenyCategory {
     ApprovalExpired,
     /// The client went away while the call was held.
     Withdrawn,
+    /// The gateway stopped while the call was held: retry it (on another
+    /// replica, or once this one is back).
+    ShuttingDown,
     /// The control store (tool pins, approvals) could not be read or
     /// written; retry once it is back.
     #[strum(serialize = "control_store_unavailable")]
@@ -182,6 +185,9 @@ impl DenyCategory {
             Self::ApprovalDenied => "a person denied this call".into(),
             Self::ApprovalExpired => "no person approved this call in time".into(),
             Self::Withdrawn => "withdrawn while waiting for approval".into(),
+            Self::ShuttingDown => {
+                "the gateway stopped while this call waited for approval; retry it".into()
+            }
             Self::ControlUnavailable => "the control store is unavailable".into(),
             Self::ToolQuarantined => "the tool is quarantined until an operator approves it".into(),
             Self::UnknownBuild => "the agent's build is not registered for these tools".into(),
@@ -747,6 +753,7 @@ mod tests {
             (DenyCategory::ApprovalDenied, "approval_denied"),
             (DenyCategory::ApprovalExpired, "approval_timeout"),
             (DenyCategory::Withdrawn, "withdrawn"),
+            (DenyCategory::ShuttingDown, "shutting_down"),
             (
                 DenyCategory::ControlUnavailable,
                 "control_store_unavailable",
@@ -775,6 +782,7 @@ mod tests {
                 | DenyCategory::ApprovalDenied
                 | DenyCategory::ApprovalExpired
                 | DenyCategory::Withdrawn
+                | DenyCategory::ShuttingDown
                 | DenyCategory::ControlUnavailable
                 | DenyCategory::ToolQuarantined
                 | DenyCategory::UnknownBuild
@@ -783,7 +791,7 @@ mod tests {
                 | DenyCategory::ForeignSession => assert_eq!(category.code(), *code),
             }
         }
-        assert_eq!(table.len(), 18);
+        assert_eq!(table.len(), 19);
     }
 
     /// Each code means one thing: the values are frozen (clients match

@@ -125,21 +125,24 @@ pub struct Gateway {
     intents: DashMap<String, (i64, Option<Arc<mandate_control::TaskIntent>>)>,
     /// The one wall clock (`Planes::clock`).
     clock: Clock,
-    /// Set when the process is stopping (`/readyz` answers 503 from then).
-    draining: std::sync::atomic::AtomicBool,
+    /// Cancelled when the process is stopping: `/readyz` answers 503 and
+    /// held calls are answered `shutting_down` from then.
+    draining: tokio_util::sync::CancellationToken,
 }
 
 impl Gateway {
     /// Marks the gateway as stopping: `/readyz` answers 503 from now on, so
-    /// a load balancer sends no new calls while those in flight finish.
+    /// a load balancer sends no new calls while those in flight finish, and
+    /// every held call is answered `shutting_down` at once, its approval
+    /// request closed (withdrawn) so that nobody approves a call no process
+    /// holds any more.
     pub fn begin_drain(&self) {
-        self.draining
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.draining.cancel();
     }
 
     /// Whether [`begin_drain`](Gateway::begin_drain) was called.
     pub fn is_draining(&self) -> bool {
-        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+        self.draining.is_cancelled()
     }
 }
 
@@ -175,7 +178,7 @@ impl Gateway {
             builds: builds::Builds::default(),
             dpop: std::sync::OnceLock::new(),
             clock,
-            draining: std::sync::atomic::AtomicBool::new(false),
+            draining: tokio_util::sync::CancellationToken::new(),
         });
         let weak = Arc::downgrade(&gw);
         events.on_list_changed(Arc::new(move |upstream: String| {

@@ -769,6 +769,13 @@ impl crate::Gateway {
                 ),
                 DenyCategory::Withdrawn,
             ),
+            HoldOutcome::Stopping => deny(
+                format!(
+                    "the gateway stopped while the call was held ({}): its approval request was withdrawn",
+                    approval.id
+                ),
+                DenyCategory::ShuttingDown,
+            ),
             HoldOutcome::Unavailable(e) => {
                 tracing::error!(error = %e, approval = %approval.id, "approval store failed while holding; denying");
                 deny(
