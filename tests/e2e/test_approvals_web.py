@@ -445,3 +445,39 @@ def test_security_headers(env: Env, issuer: Issuer) -> None:
         for token in [ops_token(env, issuer), issuer.mint(env.gw.audience)]:
             r = http.get(env.gw.public_url + "/approvals/requests", headers={"Authorization": f"Bearer {token}"})
             assert r.status_code == 401, r.text
+
+
+PHONE_SCREENSHOT = REPO_ROOT / "target" / "approval-page-phone.png"
+
+
+def test_the_approval_page_works_on_a_phone(env: Env, issuer: Issuer, browser: Browser) -> None:
+    """At 390 px wide (a phone, touch): no sideways scrolling, and the
+    request's Approve and Deny buttons are on screen once the request's
+    heading is, without scrolling past its details; approving from there
+    completes the agent's call."""
+    ctx = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
+                              device_scale_factor=2)
+    ctx.set_default_timeout(15_000)
+    try:
+        page = ctx.new_page()
+        sign_in_local(page, env)
+        memo = "phone-" + uuid.uuid4().hex[:6] + "-" + "x" * 80  # a long memo must wrap, not widen the page
+        held = HeldCall(env.gw, issuer, {"amount": 310, "to": "acc-bob", "memo": memo})
+        card = card_for(page, memo[:20])
+        card.locator("h3").scroll_into_view_if_needed()
+        page.evaluate("window.scrollTo(0, document.querySelector('article.request h3').getBoundingClientRect().top"
+                      " + window.scrollY - 8)")
+        width = page.evaluate("Math.max(document.documentElement.scrollWidth, document.body.scrollWidth)")
+        assert width <= 390, f"the page is {width} px wide on a 390 px screen"
+        for name in ("Approve", "Deny"):
+            box = card.get_by_role("button", name=name).bounding_box()
+            assert box is not None, name
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 390, (name, box)
+            assert box["y"] + box["height"] <= 844, f"{name} is below the fold with the request's heading at the top: {box}"
+        PHONE_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(PHONE_SCREENSHOT))
+        card.get_by_role("button", name="Approve").tap()
+        body = held.result()
+        assert "result" in body, body
+    finally:
+        ctx.close()
