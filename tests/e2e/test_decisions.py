@@ -41,6 +41,10 @@ def test_an_operator_reads_why_a_call_was_refused(gw: Gateway, issuer: Issuer) -
                            {"to": "ACME-666", "amount": 5000, "memo": "as instructed"}).response()["error"]
     decision_id = refused["data"]["decision_id"]
     assert refused["data"]["reason"] == "untrusted_argument", refused
+    # The operator's sentence for agents (`@agent_reason` on the payee
+    # allow-list) is said too; the policies' `@reason`s are not.
+    assert "ask the user to have it added" in refused["message"], refused
+    assert "transfers go only to known payees" not in refused["message"], refused
 
     op = issuer.operator_token(gw.api_audience, "secops@example.com")
     r = gw.api("GET", f"/api/decisions/{decision_id}", op)

@@ -34,6 +34,7 @@ fn record(n: i64, session: &str, correlation: &CorrelationId) -> AuditRecord {
             }],
             policy_hash: "ph".to_owned(),
             code: None,
+            agent_reason: None,
         },
         correlation_id: correlation.clone(),
         subject: Subject {

@@ -62,6 +62,11 @@ pub struct DecisionRecord {
     /// the agent is told (e.g. `untrusted_argument`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
+    /// For a deny by a `forbid` with an `@agent_reason` annotation: the
+    /// sentence the operator wrote for the agent (to tell its user what to
+    /// do), sent with the refusal. Nothing else of a policy reaches agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_reason: Option<String>,
 }
 
 impl DecisionRecord {
@@ -76,6 +81,7 @@ impl DecisionRecord {
             obligations: Vec::new(),
             policy_hash: policy_hash.into(),
             code: None,
+            agent_reason: None,
         }
     }
 
@@ -92,6 +98,7 @@ impl DecisionRecord {
             obligations: Vec::new(),
             policy_hash: String::new(),
             code: None,
+            agent_reason: None,
         }
     }
 

@@ -255,6 +255,9 @@ pub struct Denied {
     category: DenyCategory,
     status: StatusCode,
     challenge: Option<Challenge>,
+    /// The deciding forbid's `@agent_reason`, said instead of the
+    /// category's sentence.
+    agent_reason: Option<String>,
 }
 
 /// A tool name no upstream serves.
@@ -444,6 +447,13 @@ impl GatewayError {
             tool: Some(tool.to_owned()),
             decision: decision.id().as_str().to_owned(),
             correlation: Some(correlation.clone()),
+            // Only a policy's own refusal speaks for the policy.
+            agent_reason: matches!(
+                category,
+                DenyCategory::Coded(_) | DenyCategory::NotPermitted
+            )
+            .then(|| decision.record().agent_reason.clone())
+            .flatten(),
             category,
             status: StatusCode::OK,
             challenge: None,
@@ -468,6 +478,7 @@ impl GatewayError {
                     )
                     .scope(tool),
             ),
+            agent_reason: None,
         })
     }
 
@@ -480,6 +491,7 @@ impl GatewayError {
             category: DenyCategory::ForeignSession,
             status: StatusCode::FORBIDDEN,
             challenge: None,
+            agent_reason: None,
         })
     }
 
@@ -567,13 +579,13 @@ impl GatewayError {
                         obj.insert("correlation_id".into(), c.as_str().into());
                     }
                 }
+                let sentence = match &d.agent_reason {
+                    Some(said) => format!("{}; {said}", d.category.sentence()),
+                    None => d.category.sentence(),
+                };
                 ErrorData::new(
                     code,
-                    format!(
-                        "{what} denied: {} (decision {})",
-                        d.category.sentence(),
-                        d.decision
-                    ),
+                    format!("{what} denied: {sentence} (decision {})", d.decision),
                     Some(data),
                 )
             }

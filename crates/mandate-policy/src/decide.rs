@@ -96,6 +96,7 @@ fn fold(snap: &Snapshot, outcome: Outcome) -> DecisionRecord {
             obligations: Vec::new(),
             policy_hash: snap.hash.clone(),
             code: None,
+            agent_reason: None,
         };
     }
     if !forbids.is_empty() {
@@ -112,6 +113,9 @@ fn fold(snap: &Snapshot, outcome: Outcome) -> DecisionRecord {
             code: forbids
                 .iter()
                 .find_map(|id| snap.meta.get(id).and_then(|m| m.code.clone())),
+            agent_reason: forbids
+                .iter()
+                .find_map(|id| snap.meta.get(id).and_then(|m| m.agent_reason.clone())),
         };
     }
     if permits.is_empty() {
@@ -133,6 +137,7 @@ fn fold(snap: &Snapshot, outcome: Outcome) -> DecisionRecord {
         ),
         policy_hash: snap.hash.clone(),
         code: None,
+        agent_reason: None,
     }
 }
 

@@ -1360,3 +1360,61 @@ fn a_set_in_memory_checks_and_hashes_as_its_directory_does() -> TestResult {
     assert!(PolicyEngine::check_sources(&files).is_err());
     Ok(())
 }
+
+#[test]
+fn agent_reason_is_said_by_the_denying_forbid_and_checked() -> TestResult {
+    let set = r#"
+@id("no-transfers")
+@reason("operators: transfers are closed this week")
+@agent_reason("payments are paused this week; ask the user to pay by hand")
+forbid (principal, action, resource) when { resource == Mandate::Tool::"bank.transfer" };
+@id("all") permit (principal, action, resource);
+"#;
+    let dir = temp_set(&[("p.cedar", set)])?;
+    let engine = PolicyEngine::load_dir(dir.path())?;
+    let denied = decide(
+        &engine,
+        "bank.*",
+        &call("bank.transfer", ToolClass::Financial, serde_json::json!({}))?,
+    );
+    assert!(!denied.is_allow());
+    assert_eq!(
+        denied.record().agent_reason.as_deref(),
+        Some("payments are paused this week; ask the user to pay by hand")
+    );
+    // The operators' reason is recorded, not said.
+    assert_eq!(
+        denied.reasons(),
+        ["operators: transfers are closed this week"]
+    );
+    let allowed = decide(
+        &engine,
+        "bank.*",
+        &call("bank.get_balance", ToolClass::Read, serde_json::json!({}))?,
+    );
+    assert!(allowed.is_allow() && allowed.record().agent_reason.is_none());
+    for (text, problem) in [
+        (
+            "@agent_reason(\"hi\") permit (principal, action, resource);",
+            "only applies to `forbid`",
+        ),
+        (
+            "@agent_reason(\" \") forbid (principal, action, resource);",
+            "visible text",
+        ),
+        (
+            "@agent_reason(\"two\nlines\") forbid (principal, action, resource);",
+            "visible text",
+        ),
+    ] {
+        let bad = temp_set(&[("p.cedar", text)])?;
+        let err = PolicyEngine::load_dir(bad.path())
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.as_deref().is_some_and(|e| e.contains(problem)),
+            "{text}: {err:?}"
+        );
+    }
+    Ok(())
+}

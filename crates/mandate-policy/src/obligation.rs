@@ -7,6 +7,7 @@
 //! | `@obligation("approval")`      | permit only   | hold the call until a human approves it  |
 //! | `@obligation("redact:a,b")`    | permit only   | remove fields `a`, `b` from the result   |
 //! | `@code("snake_case")`          | forbid only   | the reason code an agent sees when this forbid denies (e.g. `untrusted_argument`) |
+//! | `@agent_reason("text")`        | forbid only   | a sentence the agent is told when this forbid denies, for its user (what to do); `@reason` stays for operators and approvers |
 //! | `@x_anything("...")`           | any policy    | free for your own tooling; ignored       |
 //!
 //! Several obligations go in one annotation, separated by `;`
@@ -25,9 +26,14 @@ pub(crate) struct PolicyMeta {
     pub(crate) obligations: Vec<Obligation>,
     /// The reason code a denying forbid gives the agent.
     pub(crate) code: Option<String>,
+    /// The sentence a denying forbid gives the agent.
+    pub(crate) agent_reason: Option<String>,
 }
 
-const KNOWN: [&str; 4] = ["id", "reason", "obligation", "code"];
+const KNOWN: [&str; 5] = ["id", "reason", "obligation", "code", "agent_reason"];
+
+/// Longest `@agent_reason` (characters): one or two sentences.
+const MAX_AGENT_REASON: usize = 300;
 
 /// Whether `code` is a reason code: snake case, 1 to 48 characters.
 fn is_code(code: &str) -> bool {
@@ -44,7 +50,7 @@ pub(crate) fn read_meta(policy: &Policy) -> Result<PolicyMeta, Vec<String>> {
     for (key, _) in policy.annotations() {
         if !KNOWN.contains(&key) && !key.starts_with("x_") {
             problems.push(format!(
-                "unknown annotation `@{key}` (expected @id, @reason, @obligation, @code, or @x_... for your own use)"
+                "unknown annotation `@{key}` (expected @id, @reason, @obligation, @code, @agent_reason, or @x_... for your own use)"
             ));
         }
     }
@@ -81,11 +87,35 @@ pub(crate) fn read_meta(policy: &Policy) -> Result<PolicyMeta, Vec<String>> {
             None
         }
     };
+    let agent_reason = match policy.annotation("agent_reason") {
+        None => None,
+        Some(_) if effect == CedarEffect::Permit => {
+            problems.push(
+                "`@agent_reason` only applies to `forbid` policies (it tells the agent why it was refused)"
+                    .to_owned(),
+            );
+            None
+        }
+        Some(text)
+            if text.trim().is_empty()
+                || text.chars().count() > MAX_AGENT_REASON
+                || text
+                    .chars()
+                    .any(|c| c.is_control() || mandate_core::text::is_invisible(c)) =>
+        {
+            problems.push(format!(
+                "`@agent_reason` must be 1 to {MAX_AGENT_REASON} characters of visible text on one line"
+            ));
+            None
+        }
+        Some(text) => Some(text.trim().to_owned()),
+    };
     if problems.is_empty() {
         Ok(PolicyMeta {
             reason,
             obligations,
             code,
+            agent_reason,
         })
     } else {
         Err(problems)

@@ -65,6 +65,7 @@ pub fn record(n: i64, session: &str) -> AuditRecord {
             obligations: Vec::new(),
             policy_hash: "ph".to_owned(),
             code: None,
+            agent_reason: None,
         },
         correlation_id: CorrelationId::new(),
         subject: Subject {
