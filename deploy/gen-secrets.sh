@@ -7,7 +7,7 @@
 #                             here: only `mandate token mint` uses it)
 #   issuer-jwks.json          that issuer's public keys, which Mandate trusts
 #   postgres-password         the database password
-#   mandate.env               MANDATE_AUDIT_STORE=postgres://… for the replicas
+#   mandate.env               MANDATE_AUDIT_STORE and MANDATE_CONTROL_STORE=postgres://… for the replicas
 #
 # Usage: deploy/gen-secrets.sh [DIR]          (default: deploy/secrets)
 # Env:   MANDATE=PATH        a mandate binary to run (default: `mandate` on
@@ -69,8 +69,8 @@ if [[ ! -e "$dir/postgres-password" ]]; then
   echo "wrote $dir/postgres-password"
 fi
 if [[ ! -e "$dir/mandate.env" ]]; then
-  (umask 077; printf 'MANDATE_AUDIT_STORE=postgres://mandate:%s@%s/mandate\n' \
-    "$(cat "$dir/postgres-password")" "$db_host" > "$dir/mandate.env")
+  (umask 077; url="postgres://mandate:$(cat "$dir/postgres-password")@$db_host/mandate"
+   printf 'MANDATE_AUDIT_STORE=%s\nMANDATE_CONTROL_STORE=%s\n' "$url" "$url" > "$dir/mandate.env")
   echo "wrote $dir/mandate.env"
 fi
 

@@ -243,12 +243,6 @@ impl ApiError {
     pub(crate) fn bad_request(description: impl Into<String>) -> Self {
         Self::new(ErrorCode::InvalidRequest, description)
     }
-
-    /// `server_error`: `detail` goes to the log only.
-    pub(crate) fn server(detail: &str) -> Self {
-        tracing::error!(error = %detail, "task API failure");
-        Self::new(ErrorCode::ServerError, "internal error")
-    }
 }
 
 impl From<ControlError> for ApiError {

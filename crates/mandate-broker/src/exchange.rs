@@ -356,6 +356,14 @@ impl Broker {
                 format!("revoked: {} {}", r.kind, r.value),
             ));
         }
+        // A shared control store not re-read lately could miss a
+        // revocation made on another replica: mint nothing.
+        if let Some(age) = self.control.stale() {
+            return Err(Refusal::server(format!(
+                "the shared control store was last read {} s ago",
+                age.as_secs()
+            )));
+        }
         // 13. The task's intent (RFC 9396 `authorization_details`),
         //     declared before the agent has read anything: judged grant by
         //     grant, what is not granted outright put to the user as one
@@ -443,13 +451,9 @@ impl Broker {
             &token.sub,
             token.task_id.clone().unwrap_or_default(),
         );
-        let control = self.control.clone();
-        let (i, by) = (intent.clone(), by.to_owned());
-        tokio::task::spawn_blocking(move || {
-            control.record_intent(&key, &i, &statuses, &by, deadline_ms)
-        })
-        .await
-        .map_err(|_| ControlError::Invalid("internal error".into()))?
+        self.control
+            .record_intent(&key, intent, &statuses, by, deadline_ms)
+            .await
     }
 
     /// Records the task's intent: each grant judged (granted outright,
@@ -505,20 +509,17 @@ impl Broker {
                 ));
             }
             if now >= current.deadline_ms {
-                if let Some(id) = current.approval_id.clone() {
-                    let control = self.control.clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        control.close_intent_approval(&id, mandate_control::ApprovalStatus::Expired)
-                    })
-                    .await;
+                if let Some(id) = &current.approval_id {
+                    let _ = self
+                        .control
+                        .close_intent_approval(id, mandate_control::ApprovalStatus::Expired)
+                        .await;
                 }
             } else {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
-            let control = self.control.clone();
-            let k = key.clone();
-            current = match tokio::task::spawn_blocking(move || control.intent(&k)).await {
-                Ok(Ok(Some(t))) => t,
+            current = match self.control.intent(&key).await {
+                Ok(Some(t)) => t,
                 _ => return Err(Refusal::server("the task's intent could not be read back")),
             };
         }
@@ -788,11 +789,10 @@ impl Broker {
             (None, _, _) => return Err(Refusal::request("task_id is missing")),
         };
         trail.task_id = Some(id.chars().take(128).collect());
-        let control = self.control.clone();
-        let lookup = id.clone();
-        let existing = tokio::task::spawn_blocking(move || control.task(&lookup))
+        let existing = self
+            .control
+            .task(&id)
             .await
-            .map_err(|_| store_failure("task lookup failed"))?
             .map_err(|e| store_failure(&e.to_string()))?;
         let now_ms = self.clock.now_ms();
         let task = match existing {
@@ -833,23 +833,18 @@ impl Broker {
                 }
                 let duration_ms = i64::try_from(t.max_duration.as_millis()).unwrap_or(i64::MAX);
                 let deadline = now_ms.saturating_add(duration_ms);
-                let control = self.control.clone();
-                let (tid, sub, by) = (
-                    id.clone(),
-                    subject.principal.sub().to_owned(),
-                    format!("broker:{}", client.id),
-                );
-                let started = tokio::task::spawn_blocking(move || {
-                    control.start_task(&tid, &template, &sub, deadline, &by)
-                })
-                .await
-                .map_err(|_| store_failure("task start failed"))?;
+                let by = format!("broker:{}", client.id);
+                let started = self
+                    .control
+                    .start_task(&id, &template, subject.principal.sub(), deadline, &by)
+                    .await;
                 match started {
                     Ok(task) => task,
                     // Started concurrently by another exchange: use it.
                     Err(ControlError::Conflict(_)) => self
                         .control
                         .task(&id)
+                        .await
                         .map_err(|e| store_failure(&e.to_string()))?
                         .ok_or_else(|| store_failure("task vanished"))?,
                     Err(ControlError::Invalid(_)) => {

@@ -229,19 +229,18 @@ async fn revoke(State(b): State<Arc<Broker>>, headers: HeaderMap, body: Bytes) -
         if b.audit.append(record).await.is_err() {
             return Refusal::audit_unavailable().into_response();
         }
-        let control = b.control.clone();
         let by = format!("client:{}", client.id);
-        let done = tokio::task::spawn_blocking(move || {
-            control.revoke(
+        let done = b
+            .control
+            .revoke(
                 RevocationKind::Token,
                 &jti,
                 "revoked by its client (RFC 7009)",
                 &by,
             )
-        })
-        .await;
+            .await;
         return match done {
-            Ok(Ok(_)) => ok(),
+            Ok(_) => ok(),
             _ => Refusal::new(
                 ErrorCode::ServerError,
                 "the token could not be revoked right now",

@@ -19,7 +19,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::{HeaderMap, StatusCode, header};
 use mandate_authn::Principal;
-use mandate_control::{ControlError, TaskStatus};
+use mandate_control::TaskStatus;
 use mandate_core::{AuditRecord, DecisionRecord, Effect, Subject};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -32,15 +32,6 @@ pub(crate) fn routes() -> Router<Arc<Broker>> {
 }
 
 /// Runs a control-store operation off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ControlError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| ApiError::server("a worker task failed"))?
-        .map_err(ApiError::from)
-}
-
 fn operator_subject(p: &Principal) -> Subject {
     Subject {
         iss: p.iss().to_owned(),
@@ -121,8 +112,7 @@ async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     operator(&b, &headers, "broker/task.list").await?;
-    let control = b.control.clone();
-    let tasks = blocking(move || control.tasks(q.all)).await?;
+    let tasks = b.control.tasks(q.all).await?;
     Ok(Json(json!({ "tasks": tasks })))
 }
 
@@ -179,11 +169,10 @@ async fn start(
         "intent_hash": intent.as_ref().map(mandate_intent::Intent::hash),
     });
     record(&b, &op, ACTION, true, &format!("start task {id}"), &detail).await?;
-    let control = b.control.clone();
-    let by = op.sub().to_owned();
-    let (task_id, sub, template_name) = (id.clone(), body.sub.clone(), body.template.clone());
-    let task =
-        blocking(move || control.start_task(&task_id, &template_name, &sub, deadline, &by)).await?;
+    let task = b
+        .control
+        .start_task(&id, &body.template, &body.sub, deadline, op.sub())
+        .await?;
     let mut out = json!(task);
     if let Some(intent) = intent {
         // Judged for every agent the template lets work on the task (the
@@ -243,9 +232,7 @@ async fn end(
         &json!({"id": id}),
     )
     .await?;
-    let control = b.control.clone();
-    let by = op.sub().to_owned();
-    let task = blocking(move || control.end_task(&id, status, &by)).await?;
+    let task = b.control.end_task(&id, status, op.sub()).await?;
     tracing::warn!(task = %task.id, status = task.status.as_str(), "task ended; its tokens are revoked");
     Ok(Json(json!(task)))
 }

@@ -15,10 +15,10 @@
 //! task.
 
 use crate::approvals::ApprovalStatus;
+use crate::db::{Record, Sql, args};
 use crate::error::ControlError;
-use crate::store::ControlStore;
+use crate::store::Store;
 use mandate_intent::Intent;
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
 /// Whose task: the token's issuer, user (`sub`) and task id. Every
@@ -181,7 +181,7 @@ pub struct Consumed {
     pub used: u32,
 }
 
-impl ControlStore {
+impl Store {
     /// Records the intent `key`'s task requested, with each grant's status
     /// as policy decided it (`statuses`, in the intent's order). When any
     /// grant is `pending`, one intent approval request is opened for all
@@ -191,7 +191,7 @@ impl ControlStore {
     /// A task has one intent: recording the same intent again returns the
     /// record unchanged; a different one is a conflict (a later token may
     /// only narrow the recorded intent, which the broker checks).
-    pub fn record_intent(
+    pub(crate) fn record_intent(
         &self,
         key: &IntentKey,
         intent: &Intent,
@@ -212,97 +212,97 @@ impl ControlStore {
             )));
         }
         let hash = intent.hash();
-        let mut conn = self.conn()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        if let Some(existing) = load(&tx, key)? {
-            if existing.intent_hash == hash {
-                return Ok(existing);
-            }
-            return Err(ControlError::Conflict(format!(
-                "task {} already has an intent; a later request may only narrow it",
-                key.task_id
-            )));
-        }
+        let canonical = intent.canonical();
+        let now = self.clock().now_ms();
         let pending = statuses.contains(&GrantStatus::Pending);
         let approval_id = pending.then(|| format!("apr-{}", uuid::Uuid::now_v7()));
         let approval = pending.then_some(ApprovalStatus::Pending.as_str());
-        tx.execute(
-            "INSERT INTO intents (iss, sub, task_id, intent_hash, intent, requested_by, created_ms,
-                                  deadline_ms, approval_id, approval)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![
-                key.iss,
-                key.sub,
-                key.task_id,
-                hash,
-                intent.canonical(),
-                requested_by,
-                self.clock().now_ms(),
-                deadline_ms,
-                approval_id,
-                approval
-            ],
-        )?;
-        for (position, (grant, status)) in intent.grants().iter().zip(statuses).enumerate() {
-            let uses = grant.max_uses().map(i64::from);
+        self.write(|tx| {
+            if let Some(existing) = load(tx, key)? {
+                if existing.intent_hash == hash {
+                    return Ok(existing);
+                }
+                return Err(ControlError::Conflict(format!(
+                    "task {} already has an intent; a later request may only narrow it",
+                    key.task_id
+                )));
+            }
             tx.execute(
-                "INSERT INTO intent_grants (iss, sub, task_id, identifier, position, body, status,
-                                            max_uses, uses_left)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
-                params![
-                    key.iss,
-                    key.sub,
-                    key.task_id,
-                    grant.identifier(),
-                    i64::try_from(position).unwrap_or(i64::MAX),
-                    grant.to_json().to_string(),
-                    status.as_str(),
-                    uses
+                "INSERT INTO intents (iss, sub, task_id, intent_hash, intent, requested_by, created_ms,
+                                      deadline_ms, approval_id, approval)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                args![
+                    &key.iss,
+                    &key.sub,
+                    &key.task_id,
+                    &hash,
+                    &canonical,
+                    requested_by,
+                    now,
+                    deadline_ms,
+                    approval_id.as_deref(),
+                    approval
                 ],
             )?;
-        }
-        let recorded = load(&tx, key)?.ok_or_else(|| not_found(&key.task_id))?;
-        tx.commit()?;
-        Ok(recorded)
+            for (position, (grant, status)) in intent.grants().iter().zip(statuses).enumerate() {
+                let uses = grant.max_uses().map(i64::from);
+                let body = grant.to_json().to_string();
+                tx.execute(
+                    "INSERT INTO intent_grants (iss, sub, task_id, identifier, position, body, status,
+                                                max_uses, uses_left)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+                    args![
+                        &key.iss,
+                        &key.sub,
+                        &key.task_id,
+                        grant.identifier(),
+                        i64::try_from(position).unwrap_or(i64::MAX),
+                        &body,
+                        status.as_str(),
+                        uses
+                    ],
+                )?;
+            }
+            load(tx, key)?.ok_or_else(|| not_found(&key.task_id))
+        })
     }
 
     /// The intent of `key`'s task, if one was recorded.
-    pub fn intent(&self, key: &IntentKey) -> Result<Option<TaskIntent>, ControlError> {
-        load(&*self.conn()?, key)
-    }
-
-    /// The grants in force for `key`'s task (`None`: no intent recorded).
-    pub fn granted_intent(&self, key: &IntentKey) -> Result<Option<Intent>, ControlError> {
-        Ok(self.intent(key)?.map(|t| t.granted()))
+    pub(crate) fn intent(&self, key: &IntentKey) -> Result<Option<TaskIntent>, ControlError> {
+        self.read(|tx| load(tx, key))
     }
 
     /// The intent whose approval request is `approval_id`.
-    pub fn intent_approval(&self, approval_id: &str) -> Result<TaskIntent, ControlError> {
-        let conn = self.conn()?;
-        let key = key_of_approval(&conn, approval_id)?;
-        load(&conn, &key)?.ok_or_else(|| not_found(approval_id))
+    pub(crate) fn intent_approval(&self, approval_id: &str) -> Result<TaskIntent, ControlError> {
+        self.read(|tx| {
+            let key = key_of_approval(tx, approval_id)?;
+            load(tx, &key)?.ok_or_else(|| not_found(approval_id))
+        })
     }
 
     /// Intents with an approval request, newest first, optionally of one
     /// approval status (the approval page lists the pending ones).
-    pub fn intent_approvals(
+    pub(crate) fn intent_approvals(
         &self,
         status: Option<ApprovalStatus>,
         limit: usize,
     ) -> Result<Vec<TaskIntent>, ControlError> {
-        let conn = self.conn()?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut stmt = conn.prepare(
-            "SELECT iss, sub, task_id FROM intents
-             WHERE approval IS NOT NULL AND (?1 IS NULL OR approval = ?1)
-             ORDER BY created_ms DESC, approval_id DESC LIMIT ?2",
-        )?;
-        let keys = stmt
-            .query_map(params![status.map(ApprovalStatus::as_str), limit], key_row)?
-            .collect::<Result<Vec<_>, _>>()?;
-        keys.iter()
-            .filter_map(|k| load(&conn, k).transpose())
-            .collect()
+        self.read(|tx| {
+            let keys = tx
+                .query(
+                    "SELECT iss, sub, task_id FROM intents
+                     WHERE approval IS NOT NULL AND (CAST($1 AS TEXT) IS NULL OR approval = $1)
+                     ORDER BY created_ms DESC, approval_id DESC LIMIT $2",
+                    args![status.map(ApprovalStatus::as_str), limit],
+                )?
+                .iter()
+                .map(key_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            keys.iter()
+                .filter_map(|k| load(tx, k).transpose())
+                .collect()
+        })
     }
 
     /// The user's decision on the intent approval `approval_id`: approving
@@ -311,7 +311,7 @@ impl ControlStore {
     /// [`Intent::hash`]); only a pending request before its deadline can
     /// be decided (past it, the request expires and its grants are
     /// refused).
-    pub fn decide_intent(
+    pub(crate) fn decide_intent(
         &self,
         approval_id: &str,
         approve: bool,
@@ -319,47 +319,46 @@ impl ControlStore {
         comment: Option<&str>,
         seen_hash: &str,
     ) -> Result<TaskIntent, ControlError> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let key = key_of_approval(&tx, approval_id)?;
-        let current = load(&tx, &key)?.ok_or_else(|| not_found(approval_id))?;
-        if current.approval != Some(ApprovalStatus::Pending) {
-            return Err(ControlError::Conflict(format!(
-                "intent approval {approval_id} is {}, not pending",
-                current
-                    .approval
-                    .map_or("not requested", ApprovalStatus::as_str)
-            )));
-        }
-        if current.intent_hash != seen_hash {
-            return Err(ControlError::Conflict(format!(
-                "intent approval {approval_id} is for another intent (hash {}, not {seen_hash})",
-                current.intent_hash
-            )));
-        }
         let now = self.clock().now_ms();
-        if now > current.deadline_ms {
-            close(&tx, &key, ApprovalStatus::Expired, None, None, now)?;
-            tx.commit()?;
-            return Err(ControlError::Conflict(format!(
-                "intent approval {approval_id} passed its deadline; its grants were refused"
-            )));
-        }
-        let status = if approve {
-            ApprovalStatus::Approved
-        } else {
-            ApprovalStatus::Denied
-        };
-        close(&tx, &key, status, Some(by), comment, now)?;
-        let decided = load(&tx, &key)?.ok_or_else(|| not_found(approval_id))?;
-        tx.commit()?;
-        Ok(decided)
+        // The inner result is the answer; an expiry is written even though
+        // the answer is a refusal.
+        self.write(|tx| {
+            let key = key_of_approval(tx, approval_id)?;
+            let current = load(tx, &key)?.ok_or_else(|| not_found(approval_id))?;
+            if current.approval != Some(ApprovalStatus::Pending) {
+                return Ok(Err(ControlError::Conflict(format!(
+                    "intent approval {approval_id} is {}, not pending",
+                    current
+                        .approval
+                        .map_or("not requested", ApprovalStatus::as_str)
+                ))));
+            }
+            if current.intent_hash != seen_hash {
+                return Ok(Err(ControlError::Conflict(format!(
+                    "intent approval {approval_id} is for another intent (hash {}, not {seen_hash})",
+                    current.intent_hash
+                ))));
+            }
+            if now > current.deadline_ms {
+                close(tx, &key, ApprovalStatus::Expired, None, None, now)?;
+                return Ok(Err(ControlError::Conflict(format!(
+                    "intent approval {approval_id} passed its deadline; its grants were refused"
+                ))));
+            }
+            let status = if approve {
+                ApprovalStatus::Approved
+            } else {
+                ApprovalStatus::Denied
+            };
+            close(tx, &key, status, Some(by), comment, now)?;
+            load(tx, &key)?.ok_or_else(|| not_found(approval_id)).map(Ok)
+        })?
     }
 
     /// Ends a pending intent approval without a decision (`Expired`,
     /// `Withdrawn`): its grants are refused. Returns whether it was still
     /// pending.
-    pub fn close_intent_approval(
+    pub(crate) fn close_intent_approval(
         &self,
         approval_id: &str,
         status: ApprovalStatus,
@@ -370,12 +369,11 @@ impl ControlStore {
                 status.as_str()
             )));
         }
-        let mut conn = self.conn()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let key = key_of_approval(&tx, approval_id)?;
-        let closed = close(&tx, &key, status, None, None, self.clock().now_ms())?;
-        tx.commit()?;
-        Ok(closed)
+        let now = self.clock().now_ms();
+        self.write(|tx| {
+            let key = key_of_approval(tx, approval_id)?;
+            close(tx, &key, status, None, None, now)
+        })
     }
 
     /// Takes one use of grant `identifier` of `key`'s task: only a
@@ -383,74 +381,80 @@ impl ControlStore {
     /// so concurrent callers (threads, processes, replicas) cannot both
     /// take the last use. `None`: no use was taken (unknown, not granted,
     /// or used up).
-    pub fn consume_grant(
+    pub(crate) fn consume_grant(
         &self,
         key: &IntentKey,
         identifier: &str,
     ) -> Result<Option<Consumed>, ControlError> {
-        consume(&*self.conn()?, key, identifier, self.clock().now_ms())
+        let now = self.clock().now_ms();
+        self.write(|tx| consume(tx, key, identifier, now))
     }
 
     /// Takes one use of the first of `identifiers` (in order: a call's
     /// covering grants, [`mandate_intent::Coverage::identifiers`]) that
     /// has one.
-    pub fn consume_first(
+    pub(crate) fn consume_first(
         &self,
         key: &IntentKey,
         identifiers: &[&str],
     ) -> Result<Option<Consumed>, ControlError> {
-        let conn = self.conn()?;
         let now = self.clock().now_ms();
-        for id in identifiers {
-            if let Some(used) = consume(&conn, key, id, now)? {
-                return Ok(Some(used));
+        self.write(|tx| {
+            for id in identifiers {
+                if let Some(used) = consume(tx, key, id, now)? {
+                    return Ok(Some(used));
+                }
             }
-        }
-        Ok(None)
+            Ok(None)
+        })
     }
-}
 
-impl ControlStore {
     /// Gives back one use of grant `identifier` taken for a call that was
     /// then not let through (denied by another rule, or never released):
     /// a use counts calls the grant permitted. Never above `max_uses`;
     /// whether a use was given back.
-    pub fn refund_grant(&self, key: &IntentKey, identifier: &str) -> Result<bool, ControlError> {
-        let changed = self.conn()?.execute(
-            "UPDATE intent_grants
-                SET uses_left = uses_left + 1, used = used - 1
-              WHERE iss = ?1 AND sub = ?2 AND task_id = ?3 AND identifier = ?4
-                AND uses_left IS NOT NULL AND uses_left < max_uses AND used > 0",
-            params![key.iss, key.sub, key.task_id, identifier],
-        )?;
+    pub(crate) fn refund_grant(
+        &self,
+        key: &IntentKey,
+        identifier: &str,
+    ) -> Result<bool, ControlError> {
+        let changed = self.write(|tx| {
+            tx.execute(
+                "UPDATE intent_grants
+                    SET uses_left = uses_left + 1, used = used - 1
+                  WHERE iss = $1 AND sub = $2 AND task_id = $3 AND identifier = $4
+                    AND uses_left IS NOT NULL AND uses_left < max_uses AND used > 0",
+                args![&key.iss, &key.sub, &key.task_id, identifier],
+            )
+        })?;
         Ok(changed == 1)
     }
 }
 
 // INVARIANT: a use is taken only by this statement. Its WHERE clause is
 // the whole check (granted, a use left); SQLite runs it under the write
-// lock and PostgreSQL under the row lock, so the count never goes below
-// zero (and the CHECK on the table would refuse it if it did).
+// lock and PostgreSQL under the row lock (in a serializable transaction),
+// so the count never goes below zero (and the CHECK on the table would
+// refuse it if it did).
 fn consume(
-    conn: &Connection,
+    tx: &mut dyn Sql,
     key: &IntentKey,
     identifier: &str,
     now_ms: i64,
 ) -> Result<Option<Consumed>, ControlError> {
-    let row = conn
-        .query_row(
-            "UPDATE intent_grants
-                SET uses_left = uses_left - 1, used = used + 1, last_used_ms = ?5
-              WHERE iss = ?1 AND sub = ?2 AND task_id = ?3 AND identifier = ?4
-                AND status = 'granted' AND (uses_left IS NULL OR uses_left > 0)
-          RETURNING uses_left, used",
-            params![key.iss, key.sub, key.task_id, identifier, now_ms],
-            |r| Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, i64>(1)?)),
-        )
-        .optional()?;
-    let Some((left, used)) = row else {
+    let row = tx.query_opt(
+        "UPDATE intent_grants
+            SET uses_left = uses_left - 1, used = used + 1, last_used_ms = $5
+          WHERE iss = $1 AND sub = $2 AND task_id = $3 AND identifier = $4
+            AND status = 'granted' AND (uses_left IS NULL OR uses_left > 0)
+      RETURNING uses_left, used",
+        args![&key.iss, &key.sub, &key.task_id, identifier, now_ms],
+    )?;
+    let Some(row) = row else {
         return Ok(None);
     };
+    let left: Option<i64> = row.get(0)?;
+    let used: i64 = row.get(1)?;
     Ok(Some(Consumed {
         identifier: identifier.to_owned(),
         uses_left: left.map(|n| count(n, identifier)).transpose()?,
@@ -461,20 +465,20 @@ fn consume(
 /// Moves a pending intent approval to `status` and its pending grants to
 /// granted (approved) or refused (anything else). Whether it was pending.
 fn close(
-    conn: &Connection,
+    tx: &mut dyn Sql,
     key: &IntentKey,
     status: ApprovalStatus,
     by: Option<&str>,
     comment: Option<&str>,
     now_ms: i64,
 ) -> Result<bool, ControlError> {
-    let changed = conn.execute(
-        "UPDATE intents SET approval = ?4, decided_by = ?5, decided_ms = ?6, comment = ?7
-          WHERE iss = ?1 AND sub = ?2 AND task_id = ?3 AND approval = 'pending'",
-        params![
-            key.iss,
-            key.sub,
-            key.task_id,
+    let changed = tx.execute(
+        "UPDATE intents SET approval = $4, decided_by = $5, decided_ms = $6, comment = $7
+          WHERE iss = $1 AND sub = $2 AND task_id = $3 AND approval = 'pending'",
+        args![
+            &key.iss,
+            &key.sub,
+            &key.task_id,
             status.as_str(),
             by,
             now_ms,
@@ -489,22 +493,19 @@ fn close(
     } else {
         GrantStatus::Refused
     };
-    conn.execute(
-        "UPDATE intent_grants SET status = ?4
-          WHERE iss = ?1 AND sub = ?2 AND task_id = ?3 AND status = 'pending'",
-        params![key.iss, key.sub, key.task_id, grants.as_str()],
+    tx.execute(
+        "UPDATE intent_grants SET status = $4
+          WHERE iss = $1 AND sub = $2 AND task_id = $3 AND status = 'pending'",
+        args![&key.iss, &key.sub, &key.task_id, grants.as_str()],
     )?;
     Ok(true)
 }
 
 fn not_found(id: &str) -> ControlError {
-    ControlError::NotFound {
-        what: "intent",
-        id: id.to_owned(),
-    }
+    crate::store::not_found("intent", id)
 }
 
-fn key_row(r: &Row<'_>) -> rusqlite::Result<IntentKey> {
+fn key_row(r: &Record) -> Result<IntentKey, ControlError> {
     Ok(IntentKey {
         iss: r.get(0)?,
         sub: r.get(1)?,
@@ -512,13 +513,14 @@ fn key_row(r: &Row<'_>) -> rusqlite::Result<IntentKey> {
     })
 }
 
-fn key_of_approval(conn: &Connection, approval_id: &str) -> Result<IntentKey, ControlError> {
-    conn.query_row(
-        "SELECT iss, sub, task_id FROM intents WHERE approval_id = ?1",
-        [approval_id],
-        key_row,
-    )
-    .optional()?
+fn key_of_approval(tx: &mut dyn Sql, approval_id: &str) -> Result<IntentKey, ControlError> {
+    tx.query_opt(
+        "SELECT iss, sub, task_id FROM intents WHERE approval_id = $1",
+        args![approval_id],
+    )?
+    .as_ref()
+    .map(key_row)
+    .transpose()?
     .ok_or_else(|| not_found(approval_id))
 }
 
@@ -530,34 +532,17 @@ fn count(n: i64, id: &str) -> Result<u32, ControlError> {
 }
 
 /// The intent of `key` with its grants, checked against its hash.
-fn load(conn: &Connection, key: &IntentKey) -> Result<Option<TaskIntent>, ControlError> {
-    let row = conn
-        .query_row(
-            "SELECT * FROM intents WHERE iss = ?1 AND sub = ?2 AND task_id = ?3",
-            params![key.iss, key.sub, key.task_id],
-            |r| {
-                Ok((
-                    r.get::<_, String>("intent")?,
-                    r.get::<_, String>("intent_hash")?,
-                    r.get::<_, Option<String>>("approval")?,
-                    (
-                        r.get::<_, String>("requested_by")?,
-                        r.get::<_, i64>("created_ms")?,
-                        r.get::<_, i64>("deadline_ms")?,
-                        r.get::<_, Option<String>>("approval_id")?,
-                        r.get::<_, Option<String>>("decided_by")?,
-                        r.get::<_, Option<i64>>("decided_ms")?,
-                        r.get::<_, Option<String>>("comment")?,
-                    ),
-                ))
-            },
-        )
-        .optional()?;
-    let Some((text, intent_hash, approval, rest)) = row else {
+fn load(tx: &mut dyn Sql, key: &IntentKey) -> Result<Option<TaskIntent>, ControlError> {
+    let Some(r) = tx.query_opt(
+        "SELECT * FROM intents WHERE iss = $1 AND sub = $2 AND task_id = $3",
+        args![&key.iss, &key.sub, &key.task_id],
+    )?
+    else {
         return Ok(None);
     };
-    let (requested_by, created_ms, deadline_ms, approval_id, decided_by, decided_ms, comment) =
-        rest;
+    let text: String = r.get("intent")?;
+    let intent_hash: String = r.get("intent_hash")?;
+    let approval: Option<String> = r.get("approval")?;
     let corrupt = |reason: String| ControlError::Corrupt {
         id: format!("intent of task {}", key.task_id),
         reason,
@@ -570,30 +555,26 @@ fn load(conn: &Connection, key: &IntentKey) -> Result<Option<TaskIntent>, Contro
         .map(|a| a.parse::<ApprovalStatus>())
         .transpose()
         .map_err(corrupt)?;
-    let mut stmt = conn.prepare(
+    let rows = tx.query(
         "SELECT identifier, status, max_uses, uses_left, used, last_used_ms FROM intent_grants
-          WHERE iss = ?1 AND sub = ?2 AND task_id = ?3 ORDER BY position",
+          WHERE iss = $1 AND sub = $2 AND task_id = $3 ORDER BY position",
+        args![&key.iss, &key.sub, &key.task_id],
     )?;
-    let rows = stmt
-        .query_map(params![key.iss, key.sub, key.task_id], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<i64>>(2)?,
-                r.get::<_, Option<i64>>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, Option<i64>>(5)?,
-            ))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
     let mut grants = Vec::with_capacity(rows.len());
-    for (identifier, status, max_uses, uses_left, used, last_used_ms) in rows {
+    for g in &rows {
+        let identifier: String = g.get(0)?;
         grants.push(GrantState {
-            status: status.parse().map_err(corrupt)?,
-            max_uses: max_uses.map(|n| count(n, &identifier)).transpose()?,
-            uses_left: uses_left.map(|n| count(n, &identifier)).transpose()?,
-            used: count(used, &identifier)?,
-            last_used_ms,
+            status: g.get::<String>(1)?.parse().map_err(corrupt)?,
+            max_uses: g
+                .get::<Option<i64>>(2)?
+                .map(|n| count(n, &identifier))
+                .transpose()?,
+            uses_left: g
+                .get::<Option<i64>>(3)?
+                .map(|n| count(n, &identifier))
+                .transpose()?,
+            used: count(g.get(4)?, &identifier)?,
+            last_used_ms: g.get(5)?,
             identifier,
         });
     }
@@ -607,14 +588,14 @@ fn load(conn: &Connection, key: &IntentKey) -> Result<Option<TaskIntent>, Contro
         intent,
         intent_hash,
         grants,
-        requested_by,
-        created_ms,
-        deadline_ms,
-        approval_id,
+        requested_by: r.get("requested_by")?,
+        created_ms: r.get("created_ms")?,
+        deadline_ms: r.get("deadline_ms")?,
+        approval_id: r.get("approval_id")?,
         approval,
-        decided_by,
-        decided_ms,
-        comment,
+        decided_by: r.get("decided_by")?,
+        decided_ms: r.get("decided_ms")?,
+        comment: r.get("comment")?,
     }))
 }
 

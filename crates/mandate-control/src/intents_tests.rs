@@ -8,10 +8,10 @@ type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
 const T0: i64 = 1_800_000_000_000;
 
-fn open() -> TestResult<(tempfile::TempDir, ControlStore, ManualClock)> {
+fn open() -> TestResult<(tempfile::TempDir, Store, ManualClock)> {
     let dir = tempfile::tempdir()?;
     let clock = ManualClock::at_ms(T0);
-    let store = ControlStore::open(&dir.path().join("control.sqlite"))?.with_clock(clock.clock());
+    let store = Store::open(&dir.path().join("control.sqlite"))?.with_clock(clock.clock());
     Ok((dir, store, clock))
 }
 
@@ -91,7 +91,10 @@ fn pending_grants_are_one_approval_granted_together() -> TestResult {
             .is_empty()
     );
     assert_eq!(store.intent_approvals(None, 10)?.len(), 1);
-    assert_eq!(store.granted_intent(&key("t1"))?.map(|g| g.len()), Some(2));
+    assert_eq!(
+        store.intent(&key("t1"))?.map(|t| t.granted().len()),
+        Some(2)
+    );
     Ok(())
 }
 
@@ -273,7 +276,7 @@ fn another_user_issuer_or_task_can_neither_read_nor_use_the_grants() -> TestResu
     ];
     for other in &others {
         assert_eq!(store.intent(other)?, None, "{other:?}");
-        assert_eq!(store.granted_intent(other)?, None);
+        assert_eq!(store.intent(other)?.map(|t| t.granted()), None);
         assert_eq!(store.consume_grant(other, "rent")?, None);
         assert_eq!(store.consume_first(other, &["g1", "rent", "g2"])?, None);
     }
@@ -363,7 +366,7 @@ fn intents_and_their_uses_survive_a_restart() -> TestResult {
     store.consume_grant(&k, "rent")?;
     let before = store.intent(&k)?;
     drop(store);
-    let store = ControlStore::open(&dir.path().join("control.sqlite"))?;
+    let store = Store::open(&dir.path().join("control.sqlite"))?;
     assert_eq!(store.intent(&k)?, before);
     assert_eq!(
         store.consume_grant(&k, "rent")?.map(|c| c.uses_left),
@@ -383,10 +386,12 @@ fn a_tampered_row_is_reported_not_trusted() -> TestResult {
         "assistant",
         T0,
     )?;
-    store.conn()?.execute(
-        "UPDATE intents SET intent = replace(intent, '2200', '999999')",
-        [],
-    )?;
+    store.write(|tx| {
+        tx.execute(
+            "UPDATE intents SET intent = replace(intent, '2200', '999999')",
+            crate::db::args![],
+        )
+    })?;
     assert!(matches!(
         store.intent(&k),
         Err(ControlError::Corrupt { .. })
@@ -400,8 +405,8 @@ fn a_tampered_row_is_reported_not_trusted() -> TestResult {
 fn racing_callers_take_exactly_the_uses_there_are() -> TestResult {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("control.sqlite");
-    let a = Arc::new(ControlStore::open(&path)?);
-    let b = Arc::new(ControlStore::open(&path)?);
+    let a = Arc::new(Store::open(&path)?);
+    let b = Arc::new(Store::open(&path)?);
     let limited = Intent::parse(&json!([
         {"type": "mandate_tool_call", "tool": "bank.send_money", "max_uses": 7},
         {"type": "mandate_tool_call", "tool": "bank.get_balance"},

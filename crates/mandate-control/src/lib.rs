@@ -3,7 +3,7 @@
 //!
 //! * **Kill switches** ([`Revocation`]): a revoked user, agent, build, task,
 //!   session or token is denied on its very next call. Revocations are
-//!   durable (SQLite, `synchronous=FULL`) and kept in memory as an index
+//!   durable and kept in memory as an index
 //!   swapped atomically on every change, so the per-call check is a few
 //!   hash lookups ([`ControlStore::check`]).
 //! * **Two-person change gate** ([`Change`]): persistent changes that widen
@@ -23,11 +23,21 @@
 //!   one approval of the intent, or refused; their uses are consumed with
 //!   one conditional `UPDATE` each, keyed by issuer, user and task.
 //!
+//! Two backends behind one async interface ([`ControlStore`]): SQLite, the
+//! embedded default (one process, `synchronous=FULL`), and PostgreSQL
+//! ([`Location::Postgres`]), shared by every replica: a revocation, an
+//! approval, a change or a grant's use made on one is seen by all. The
+//! statements are written once (`db.rs`); a shared store re-reads its
+//! in-memory indexes on a timer ([`ControlStore::spawn_refresh`]) and
+//! reports itself [stale](ControlStore::stale) when it cannot.
+//!
 //! The store knows nothing about HTTP or audit: the gateway's control API
 //! authenticates operators, writes the audit record, then calls the store.
 
+mod api;
 mod approvals;
 mod changes;
+mod db;
 mod error;
 mod intents;
 mod revocations;
@@ -38,10 +48,12 @@ mod tasks;
 #[cfg(test)]
 mod spelling_tests;
 
+pub use api::{ControlStore, DEFAULT_POLL};
 pub use approvals::{ApprovalRequest, ApprovalStatus, NewApproval};
 pub use changes::{Change, ChangeKind, ChangeStatus};
+pub use db::Location;
 pub use error::ControlError;
 pub use intents::{Consumed, GrantState, GrantStatus, IntentKey, TaskIntent};
 pub use revocations::{Revocation, RevocationKind};
-pub use store::{ControlStore, ToolPin};
+pub use store::ToolPin;
 pub use tasks::{Task, TaskStatus};

@@ -109,10 +109,6 @@ impl Index {
         index
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.by_key.len()
-    }
-
     fn get(&self, kind: RevocationKind, value: &str) -> Option<&Revocation> {
         if !self.kinds.contains(&kind) {
             return None;

@@ -6,10 +6,10 @@
 //! revocations on every call, so a token minted for the task is refused on
 //! its very next call (F-01), with no second mechanism to keep in step.
 
+use crate::db::{Record, Sql, args};
 use crate::error::ControlError;
 use crate::revocations::RevocationKind;
-use crate::store::ControlStore;
-use rusqlite::{OptionalExtension, Row, params};
+use crate::store::Store;
 use serde::{Deserialize, Serialize};
 
 /// Where a task is in its life.
@@ -81,15 +81,16 @@ impl Task {
     }
 }
 
-fn task_row(row: &Row<'_>) -> rusqlite::Result<Result<Task, ControlError>> {
+fn task_row(row: &Record) -> Result<Task, ControlError> {
     let id: String = row.get("id")?;
-    let status: String = row.get("status")?;
-    let status = match status.parse::<TaskStatus>() {
-        Ok(s) => s,
-        Err(reason) => return Ok(Err(ControlError::Corrupt { id, reason })),
-    };
-    Ok(Ok(Task {
-        id,
+    let status = row
+        .get::<String>("status")?
+        .parse::<TaskStatus>()
+        .map_err(|reason| ControlError::Corrupt {
+            id: id.clone(),
+            reason,
+        })?;
+    Ok(Task {
         template: row.get("template")?,
         sub: row.get("sub")?,
         status,
@@ -98,7 +99,8 @@ fn task_row(row: &Row<'_>) -> rusqlite::Result<Result<Task, ControlError>> {
         deadline_ms: row.get("deadline_ms")?,
         ended_by: row.get("ended_by")?,
         ended_ms: row.get("ended_ms")?,
-    }))
+        id,
+    })
 }
 
 /// Task ids: printable, no white space, at most 128 bytes.
@@ -106,11 +108,11 @@ fn valid_task_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_graphic())
 }
 
-impl ControlStore {
+impl Store {
     /// Starts task `id`. Starting an id that exists is a conflict (whatever
     /// its state: a task id is never reused, so a revocation of an ended
     /// task can never hit a later one).
-    pub fn start_task(
+    pub(crate) fn start_task(
         &self,
         id: &str,
         template: &str,
@@ -128,89 +130,84 @@ impl ControlStore {
                 "a task needs a user and a template".into(),
             ));
         }
-        let conn = self.conn()?;
-        let inserted = conn.execute(
-            "INSERT INTO tasks (id, template, sub, status, started_by, started_ms, deadline_ms)
-             VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
-            params![id, template, sub, by, self.clock().now_ms(), deadline_ms],
-        )?;
-        if inserted == 0 {
-            return Err(ControlError::Conflict(format!("task {id} already exists")));
-        }
-        get_task(&conn, id)
+        let now = self.clock().now_ms();
+        self.write(|tx| {
+            let inserted = tx.execute(
+                "INSERT INTO tasks (id, template, sub, status, started_by, started_ms, deadline_ms)
+                 VALUES ($1, $2, $3, 'active', $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+                args![id, template, sub, by, now, deadline_ms],
+            )?;
+            if inserted == 0 {
+                return Err(ControlError::Conflict(format!("task {id} already exists")));
+            }
+            get_task(tx, id)
+        })
     }
 
     /// Task `id`, if it exists.
-    pub fn task(&self, id: &str) -> Result<Option<Task>, ControlError> {
-        let conn = self.conn()?;
-        conn.query_row("SELECT * FROM tasks WHERE id = ?1", [id], task_row)
-            .optional()?
-            .transpose()
+    pub(crate) fn task(&self, id: &str) -> Result<Option<Task>, ControlError> {
+        self.read(|tx| {
+            tx.query_opt("SELECT * FROM tasks WHERE id = $1", args![id])?
+                .as_ref()
+                .map(task_row)
+                .transpose()
+        })
     }
 
     /// Tasks, newest first; ended ones only if `include_ended`.
-    pub fn tasks(&self, include_ended: bool) -> Result<Vec<Task>, ControlError> {
-        let conn = self.conn()?;
+    pub(crate) fn tasks(&self, include_ended: bool) -> Result<Vec<Task>, ControlError> {
         let sql = if include_ended {
             "SELECT * FROM tasks ORDER BY started_ms DESC"
         } else {
             "SELECT * FROM tasks WHERE status = 'active' ORDER BY started_ms DESC"
         };
-        let mut stmt = conn.prepare(sql)?;
-        let rows = stmt.query_map([], task_row)?;
-        rows.map(|r| r.map_err(ControlError::from)?).collect()
+        self.read(|tx| tx.query(sql, args![])?.iter().map(task_row).collect())
     }
 
     /// Completes or cancels task `id` and revokes its tokens, in one
     /// transaction; the in-memory revocation index is swapped before this
     /// returns, so the gateway refuses the task's tokens on their next call.
-    pub fn end_task(&self, id: &str, status: TaskStatus, by: &str) -> Result<Task, ControlError> {
+    pub(crate) fn end_task(
+        &self,
+        id: &str,
+        status: TaskStatus,
+        by: &str,
+    ) -> Result<Task, ControlError> {
         if status == TaskStatus::Active {
             return Err(ControlError::Invalid(
                 "a task ends as completed or cancelled".into(),
             ));
         }
-        let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
-        let task = get_task(&tx, id)?;
-        if task.status != TaskStatus::Active {
-            return Err(ControlError::Conflict(format!(
-                "task {id} is already {}",
-                task.status.as_str()
-            )));
-        }
         let now = self.clock().now_ms();
-        tx.execute(
-            "UPDATE tasks SET status = ?1, ended_by = ?2, ended_ms = ?3 WHERE id = ?4",
-            params![status.as_str(), by, now, id],
-        )?;
-        tx.execute(
-            "INSERT INTO revocations (kind, value, reason, revoked_by, revoked_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT DO NOTHING",
-            params![
-                RevocationKind::Task.as_str(),
-                id,
-                format!("task {}", status.as_str()),
-                by,
-                now
-            ],
-        )?;
-        let ended = get_task(&tx, id)?;
-        tx.commit()?;
-        drop(conn);
+        let reason = format!("task {}", status.as_str());
+        let ended = self.write(|tx| {
+            let task = get_task(tx, id)?;
+            if task.status != TaskStatus::Active {
+                return Err(ControlError::Conflict(format!(
+                    "task {id} is already {}",
+                    task.status.as_str()
+                )));
+            }
+            tx.execute(
+                "UPDATE tasks SET status = $1, ended_by = $2, ended_ms = $3 WHERE id = $4",
+                args![status.as_str(), by, now, id],
+            )?;
+            tx.execute(
+                "INSERT INTO revocations (kind, value, reason, revoked_by, revoked_ms)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT DO NOTHING",
+                args![RevocationKind::Task.as_str(), id, &reason, by, now],
+            )?;
+            get_task(tx, id)
+        })?;
         self.refresh()?;
         Ok(ended)
     }
 }
 
-fn get_task(conn: &rusqlite::Connection, id: &str) -> Result<Task, ControlError> {
-    conn.query_row("SELECT * FROM tasks WHERE id = ?1", [id], task_row)
-        .optional()?
-        .ok_or_else(|| ControlError::NotFound {
-            what: "task",
-            id: id.to_owned(),
-        })?
+fn get_task(tx: &mut dyn Sql, id: &str) -> Result<Task, ControlError> {
+    let row = tx.query_opt("SELECT * FROM tasks WHERE id = $1", args![id])?;
+    task_row(&row.ok_or_else(|| crate::store::not_found("task", id))?)
 }
 
 #[cfg(test)]
@@ -234,7 +231,7 @@ mod tests {
     #[test]
     fn ending_a_task_revokes_its_tokens_at_once() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let store = ControlStore::open(&dir.path().join("c.sqlite"))?;
+        let store = Store::open(&dir.path().join("c.sqlite"))?;
         let t = store.start_task("t-1", "research", "alice", i64::MAX, "ops")?;
         assert!(t.is_live(store.clock().now_ms()));
         assert!(store.check(&token("t-1").caller()).is_none());
@@ -257,7 +254,7 @@ mod tests {
         ));
         // Durable: a reopened store still refuses the task's tokens.
         drop(store);
-        let store = ControlStore::open(&dir.path().join("c.sqlite"))?;
+        let store = Store::open(&dir.path().join("c.sqlite"))?;
         assert!(store.check(&token("t-1").caller()).is_some());
         assert_eq!(store.tasks(true)?.len(), 1);
         assert!(store.tasks(false)?.is_empty());

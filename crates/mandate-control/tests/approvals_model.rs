@@ -132,7 +132,7 @@ fn new_approval(args_hash: &str, late: bool) -> NewApproval {
 /// A store in a fresh directory, on tmpfs when there is one (the store
 /// fsyncs every write; the model does not need the durability).
 #[expect(clippy::expect_used, reason = "test setup must fail loudly")]
-fn open_store() -> (tempfile::TempDir, ControlStore) {
+fn open_store() -> (tempfile::TempDir, ControlStore, tokio::runtime::Runtime) {
     let dir = tempfile::Builder::new()
         .prefix("approvals-model")
         .tempdir_in("/dev/shm")
@@ -140,7 +140,12 @@ fn open_store() -> (tempfile::TempDir, ControlStore) {
         .expect("a temporary directory");
     let store =
         ControlStore::open(&dir.path().join("control.sqlite")).expect("the control store opens");
-    (dir, store)
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    (dir, store, rt)
 }
 
 fn pick<'a>(ids: &'a [String], t: &Target) -> Option<&'a str> {
@@ -155,7 +160,7 @@ proptest! {
 
     #[test]
     fn the_store_follows_the_approval_state_machine(ops in proptest::collection::vec(op(), 1..40)) {
-        let (_dir, store) = open_store();
+        let (_dir, store, rt) = open_store();
         let mut ids: Vec<String> = Vec::new();
         let mut model: BTreeMap<String, Model> = BTreeMap::new();
         let mut releases: BTreeMap<String, u32> = BTreeMap::new();
@@ -163,7 +168,7 @@ proptest! {
         for op in &ops {
             match op {
                 Op::Create { hash: h, late } => {
-                    let created = store.create_approval(new_approval(hash(*h), *late));
+                    let created = rt.block_on(store.create_approval(new_approval(hash(*h), *late)));
                     prop_assert!(created.is_ok(), "{:?}", created);
                     if let Ok(a) = created {
                         prop_assert_eq!(a.status, ApprovalStatus::Pending);
@@ -180,12 +185,12 @@ proptest! {
                 Op::Decide { target, approve, seen } => {
                     let seen = hash(*seen);
                     let Some(id) = pick(&ids, target) else {
-                        let r = store.decide_approval("apr-unknown", *approve, "carol", None, seen);
+                        let r = rt.block_on(store.decide_approval("apr-unknown", *approve, "carol", None, seen));
                         prop_assert_eq!(outcome(&r), Outcome::NotFound);
                         continue;
                     };
                     let Some(m) = model.get_mut(id) else { continue };
-                    let r = store.decide_approval(id, *approve, "carol", Some("ok"), seen);
+                    let r = rt.block_on(store.decide_approval(id, *approve, "carol", Some("ok"), seen));
                     let want = if m.status != ApprovalStatus::Pending || m.hash != seen {
                         Outcome::Conflict
                     } else if m.late {
@@ -200,7 +205,7 @@ proptest! {
                 }
                 Op::Close { target, status } => {
                     let Some(id) = pick(&ids, target) else {
-                        let r = store.close_approval("apr-unknown", *status);
+                        let r = rt.block_on(store.close_approval("apr-unknown", *status));
                         let want = if matches!(status, ApprovalStatus::Pending | ApprovalStatus::Approved) {
                             Outcome::Invalid
                         } else {
@@ -210,7 +215,7 @@ proptest! {
                         continue;
                     };
                     let Some(m) = model.get_mut(id) else { continue };
-                    let r = store.close_approval(id, *status);
+                    let r = rt.block_on(store.close_approval(id, *status));
                     let want = if matches!(status, ApprovalStatus::Pending | ApprovalStatus::Approved) {
                         Outcome::Invalid
                     } else if m.status == ApprovalStatus::Pending {
@@ -224,12 +229,12 @@ proptest! {
                 Op::Release { target, hash: h } => {
                     let h = hash(*h);
                     let Some(id) = pick(&ids, target) else {
-                        let r = store.release_approval("apr-unknown", h);
+                        let r = rt.block_on(store.release_approval("apr-unknown", h));
                         prop_assert_eq!(outcome(&r), Outcome::NotFound);
                         continue;
                     };
                     let Some(m) = model.get_mut(id) else { continue };
-                    let r = store.release_approval(id, h);
+                    let r = rt.block_on(store.release_approval(id, h));
                     let want = if m.status == ApprovalStatus::Approved && !m.released && m.hash == h {
                         m.released = true;
                         Outcome::Ok
@@ -246,7 +251,7 @@ proptest! {
             // The store agrees with the model on every request, and the
             // safety properties hold whatever the model says.
             for (id, m) in &model {
-                let a = store.approval(id);
+                let a = rt.block_on(store.approval(id));
                 prop_assert!(a.is_ok(), "{:?}", a);
                 let Ok(a) = a else { continue };
                 prop_assert_eq!(a.status, m.status, "{}", id);
@@ -268,7 +273,7 @@ proptest! {
             ApprovalStatus::Expired,
             ApprovalStatus::Withdrawn,
         ] {
-            let listed = store.approvals(Some(s), 1000).map(|v| v.len()).unwrap_or(usize::MAX);
+            let listed = rt.block_on(store.approvals(Some(s), 1000)).map(|v| v.len()).unwrap_or(usize::MAX);
             prop_assert_eq!(listed, model.values().filter(|m| m.status == s).count(), "{:?}", s);
         }
     }
@@ -278,17 +283,18 @@ proptest! {
 /// the same approval: exactly one release wins.
 #[test]
 fn concurrent_releases_from_two_replicas_release_once() -> Result<(), ControlError> {
-    let (dir, first) = open_store();
+    let (dir, first, rt) = open_store();
     let second = ControlStore::open(&dir.path().join("control.sqlite"))?;
     for round in 0..5 {
-        let a = first.create_approval(new_approval("hash-a", false))?;
-        let a = second.decide_approval(&a.id, true, "carol", None, "hash-a")?;
+        let a = rt.block_on(first.create_approval(new_approval("hash-a", false)))?;
+        let a = rt.block_on(second.decide_approval(&a.id, true, "carol", None, "hash-a"))?;
+        let rt = &rt;
         let wins = std::thread::scope(|s| {
             let handles: Vec<_> = (0..8)
                 .map(|i| {
                     let store = if i % 2 == 0 { &first } else { &second };
                     let id = a.id.clone();
-                    s.spawn(move || store.release_approval(&id, "hash-a").is_ok())
+                    s.spawn(move || rt.block_on(store.release_approval(&id, "hash-a")).is_ok())
                 })
                 .collect();
             handles
@@ -298,7 +304,7 @@ fn concurrent_releases_from_two_replicas_release_once() -> Result<(), ControlErr
                 .count()
         });
         assert_eq!(wins, 1, "round {round}");
-        assert!(first.approval(&a.id)?.released_ms.is_some());
+        assert!(rt.block_on(first.approval(&a.id))?.released_ms.is_some());
     }
     Ok(())
 }

@@ -14,7 +14,7 @@
 //! [`Gateway::is_held_here`]; everything else it reads from the store.
 
 use crate::Gateway;
-use mandate_control::{ApprovalRequest, ApprovalStatus, ControlError, NewApproval};
+use mandate_control::{ApprovalRequest, ApprovalStatus, NewApproval};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -138,8 +138,13 @@ impl Drop for HoldGuard<'_> {
         if self.armed {
             let control = self.control.clone();
             let id = std::mem::take(&mut self.id);
-            tokio::task::spawn_blocking(move || {
-                if let Ok(true) = control.close_approval(&id, ApprovalStatus::Withdrawn) {
+            // No runtime left (the process is ending): the request
+            // expires at its deadline instead.
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            runtime.spawn(async move {
+                if let Ok(true) = control.close_approval(&id, ApprovalStatus::Withdrawn).await {
                     tracing::info!(approval = %id, "held call abandoned by its client: withdrawn");
                 }
             });
@@ -172,10 +177,10 @@ impl Gateway {
         &self,
         new: NewApproval,
     ) -> Result<ApprovalRequest, String> {
-        let control = self.control().clone();
-        let created = tokio::task::spawn_blocking(move || control.create_approval(new))
+        let created = self
+            .control()
+            .create_approval(new)
             .await
-            .map_err(|_| "internal error".to_owned())?
             .map_err(|e| e.to_string())?;
         self.notify_webhook(&created);
         Ok(created)
@@ -233,9 +238,20 @@ impl Gateway {
             });
         }
         let mut ticker = tokio::time::interval(PROGRESS_EVERY);
+        // A decision made on another replica wakes no waiter here: with a
+        // shared control store, look again every poll.
+        let shared_poll = self.control().poll_every();
+        let mut poll = tokio::time::interval(shared_poll.unwrap_or(PROGRESS_EVERY));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut step = 0.0;
         let outcome = loop {
             tokio::select! {
+                _ = poll.tick(), if shared_poll.is_some() => {
+                    match self.settle(&id, &approval.request.args_hash).await {
+                        Some(outcome) => break outcome,
+                        None => continue,
+                    }
+                }
                 changed = rx.changed() => {
                     if changed.is_err() {
                         break HoldOutcome::Unavailable("approval waiter dropped".into());
@@ -246,9 +262,7 @@ impl Gateway {
                     }
                 }
                 () = tokio::time::sleep_until(deadline) => {
-                    let control = self.control().clone();
-                    let closed = id.clone();
-                    let _ = tokio::task::spawn_blocking(move || control.close_approval(&closed, ApprovalStatus::Expired)).await;
+                    let _ = self.control().close_approval(&id, ApprovalStatus::Expired).await;
                     // A decision may have landed in the same instant.
                     break self.settle(&id, &approval.request.args_hash).await.unwrap_or(HoldOutcome::Expired);
                 }
@@ -274,12 +288,10 @@ impl Gateway {
             }
         };
         if matches!(outcome, HoldOutcome::Withdrawn | HoldOutcome::Stopping) {
-            let control = self.control().clone();
-            let closed = id.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                control.close_approval(&closed, ApprovalStatus::Withdrawn)
-            })
-            .await;
+            let _ = self
+                .control()
+                .close_approval(&id, ApprovalStatus::Withdrawn)
+                .await;
         }
         guard.armed = false;
         outcome
@@ -287,29 +299,22 @@ impl Gateway {
 
     /// Reads the request after a wake-up; `None` if still pending.
     async fn settle(&self, id: &str, args_hash: &str) -> Option<HoldOutcome> {
-        let control = self.control().clone();
-        let id = id.to_owned();
-        let hash = args_hash.to_owned();
-        let result = tokio::task::spawn_blocking(move || {
-            let current = control.approval(&id)?;
-            match current.status {
+        let control = self.control();
+        let result = match control.approval(id).await {
+            Err(e) => Err(e),
+            Ok(current) => match current.status {
                 // Use it now: single use, bound to this call's arguments.
                 ApprovalStatus::Approved => control
-                    .release_approval(&id, &hash)
-                    .map(|released| HoldOutcome::Approved(Approved(released))),
-                ApprovalStatus::Denied => Ok(HoldOutcome::Denied(current)),
-                ApprovalStatus::Expired => Ok(HoldOutcome::Expired),
-                ApprovalStatus::Withdrawn => Ok(HoldOutcome::Withdrawn),
-                ApprovalStatus::Pending => Err(ControlError::Conflict("pending".into())),
-            }
-        })
-        .await;
-        match result {
-            Ok(Ok(outcome)) => Some(outcome),
-            Ok(Err(ControlError::Conflict(m))) if m == "pending" => None,
-            Ok(Err(e)) => Some(HoldOutcome::Unavailable(e.to_string())),
-            Err(_) => Some(HoldOutcome::Unavailable("internal error".into())),
-        }
+                    .release_approval(id, args_hash)
+                    .await
+                    .map(|released| Some(HoldOutcome::Approved(Approved(released)))),
+                ApprovalStatus::Denied => Ok(Some(HoldOutcome::Denied(current))),
+                ApprovalStatus::Expired => Ok(Some(HoldOutcome::Expired)),
+                ApprovalStatus::Withdrawn => Ok(Some(HoldOutcome::Withdrawn)),
+                ApprovalStatus::Pending => Ok(None),
+            },
+        };
+        result.unwrap_or_else(|e| Some(HoldOutcome::Unavailable(e.to_string())))
     }
 
     /// Fires the configured webhook for a new request (in the background,

@@ -150,20 +150,20 @@ async fn readyz(State(app): State<AppState>) -> Response {
     if let Err(e) = &audit {
         tracing::warn!(error = %e, "readiness: the audit store cannot write");
     }
-    let control = app.gw.control().clone();
-    let control_ok = match tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        tokio::task::spawn_blocking(move || control.tool_pins().map(|_| ())),
-    )
-    .await
-    {
-        Ok(Ok(Ok(()))) => true,
-        Ok(Ok(Err(e))) => {
-            tracing::warn!(error = %e, "readiness: the control store cannot be read");
-            false
-        }
-        _ => false,
-    };
+    let control = app.gw.control();
+    let control_ok =
+        match tokio::time::timeout(std::time::Duration::from_secs(2), control.tool_pins()).await {
+            Ok(Ok(_)) if control.stale().is_none() => true,
+            Ok(Ok(_)) => {
+                tracing::warn!("readiness: the shared control store has not been re-read recently");
+                false
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "readiness: the control store cannot be read");
+                false
+            }
+            Err(_) => false,
+        };
     let ready = !draining && audit.is_ok() && control_ok;
     let status = if ready {
         StatusCode::OK

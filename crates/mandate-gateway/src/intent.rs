@@ -73,16 +73,12 @@ impl Gateway {
         {
             return hit.1.clone();
         }
-        let control = self.control.clone();
-        let lookup = key.clone();
-        let read = tokio::task::spawn_blocking(move || control.intent(&lookup)).await;
-        let intent = match read {
-            Ok(Ok(found)) => found.map(Arc::new),
-            Ok(Err(e)) => {
+        let intent = match self.control.intent(key).await {
+            Ok(found) => found.map(Arc::new),
+            Err(e) => {
                 tracing::warn!(error = %e, "task intent unreadable; treating the call as uncovered");
                 None
             }
-            Err(_) => None,
         };
         if self.intents.len() >= INTENT_CACHE_MAX {
             self.intents
@@ -186,12 +182,7 @@ impl Gateway {
                 let id = grant.identifier().to_owned();
                 let counted = grant.max_uses().is_some();
                 let taken = if counted {
-                    let control = self.control.clone();
-                    let (k, g) = (key.clone(), id.clone());
-                    matches!(
-                        tokio::task::spawn_blocking(move || control.consume_grant(&k, &g)).await,
-                        Ok(Ok(Some(_)))
-                    )
+                    matches!(self.control.consume_grant(&key, &id).await, Ok(Some(_)))
                 } else {
                     true
                 };
@@ -228,8 +219,7 @@ impl Gateway {
         let Some((key, id)) = claimed else {
             return;
         };
-        let control = self.control.clone();
-        let _ = tokio::task::spawn_blocking(move || control.refund_grant(&key, &id)).await;
+        let _ = self.control.refund_grant(&key, &id).await;
         self.intent_changed();
     }
 

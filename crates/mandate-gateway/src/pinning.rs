@@ -157,14 +157,9 @@ impl Gateway {
             );
             return verdict.map_err(Unvetted::Quarantined);
         }
-        let control = self.control().clone();
-        let name = exposed.to_owned();
-        let pin = tokio::task::spawn_blocking(move || control.tool_pin(&name))
-            .await
-            .map_err(|_| Unvetted::StoreUnavailable("internal error".to_owned()))?
-            .map_err(|e| {
-                Unvetted::StoreUnavailable(format!("the tool pin store is unavailable: {e}"))
-            })?;
+        let pin = self.control().tool_pin(exposed).await.map_err(|e| {
+            Unvetted::StoreUnavailable(format!("the tool pin store is unavailable: {e}"))
+        })?;
         let description = tool.description.as_deref().unwrap_or_default().to_owned();
         let approve_new = self
             .config()
@@ -221,20 +216,11 @@ impl Gateway {
         if !approved {
             tracing::warn!(tool = %exposed, reason, "tool quarantined");
         }
-        let control = self.control().clone();
-        let (exposed, fp, description, reason, by) = (
-            exposed.to_owned(),
-            fp.to_owned(),
-            description.to_owned(),
-            reason.to_owned(),
-            by.to_owned(),
-        );
-        let pin = tokio::task::spawn_blocking(move || {
-            control.set_tool_pin(&exposed, &fp, &description, approved, &reason, &by)
-        })
-        .await
-        .map_err(|_| "internal error".to_owned())?
-        .map_err(|e| format!("the tool pin store is unavailable: {e}"))?;
+        let pin = self
+            .control()
+            .set_tool_pin(exposed, fp, description, approved, reason, by)
+            .await
+            .map_err(|e| format!("the tool pin store is unavailable: {e}"))?;
         self.pins.verdicts.remove(&pin.tool);
         Ok(pin)
     }

@@ -173,6 +173,19 @@ impl crate::Gateway {
                 ),
                 DenyCategory::Revoked,
             ))
+        } else if let Some(age) = self.control.stale() {
+            // Shared with other replicas and not re-read for a while: a
+            // revocation made elsewhere since would be missed.
+            Some((
+                Decision::deny(
+                    format!(
+                        "the shared control store was last read {} s ago; revocations made since could be missed",
+                        age.as_secs()
+                    ),
+                    hash(),
+                ),
+                DenyCategory::ControlUnavailable,
+            ))
         } else if class.is_none() {
             Some((
                 Decision::deny(
@@ -666,12 +679,10 @@ impl crate::Gateway {
         ));
         self.metrics.count_decision(decision);
         if self.audit.append(held_record).await.is_err() {
-            let control = self.control.clone();
-            let id = approval.id.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                control.close_approval(&id, mandate_control::ApprovalStatus::Withdrawn)
-            })
-            .await;
+            let _ = self
+                .control
+                .close_approval(&approval.id, mandate_control::ApprovalStatus::Withdrawn)
+                .await;
             self.metrics.audit_failures.inc();
             return deny(
                 "audit store unavailable".into(),

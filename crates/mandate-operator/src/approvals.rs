@@ -79,14 +79,8 @@ async fn list(
         ),
     };
     let limit = q.limit.unwrap_or(100).min(1000);
-    let control = s.gw.control().clone();
-    let list = tokio::task::spawn_blocking(move || control.approvals(status, limit))
-        .await
-        .map_err(|_| ApiError::internal())??;
-    let control = s.gw.control().clone();
-    let intents = tokio::task::spawn_blocking(move || control.intent_approvals(status, limit))
-        .await
-        .map_err(|_| ApiError::internal())??;
+    let list = s.gw.control().approvals(status, limit).await?;
+    let intents = s.gw.control().intent_approvals(status, limit).await?;
     let mut all: Vec<(i64, Value)> = list
         .iter()
         .map(|a| (a.created_ms, view(&s.gw, a)))
@@ -166,14 +160,12 @@ async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     Operator::authenticate(&s.gw, &headers, "approval/show").await?;
-    let control = s.gw.control().clone();
-    let found = tokio::task::spawn_blocking(move || match control.approval(&id) {
-        Ok(a) => Ok(Err(a)),
-        Err(ControlError::NotFound { .. }) => control.intent_approval(&id).map(Ok),
-        Err(e) => Err(e),
-    })
-    .await
-    .map_err(|_| ApiError::internal())??;
+    let control = s.gw.control();
+    let found = match control.approval(&id).await {
+        Ok(a) => Err(a),
+        Err(ControlError::NotFound { .. }) => Ok(control.intent_approval(&id).await?),
+        Err(e) => return Err(e.into()),
+    };
     Ok(Json(match found {
         Err(call) => view(&s.gw, &call),
         Ok(intent) => intent_view(&s.gw, &intent),
@@ -243,15 +235,12 @@ pub(crate) async fn decide(
     } else {
         "approval/deny"
     };
-    let control = gw.control().clone();
-    let lookup = id.to_owned();
-    let found = tokio::task::spawn_blocking(move || match control.approval(&lookup) {
-        Ok(a) => Ok(Ok(a)),
-        Err(ControlError::NotFound { .. }) => control.intent_approval(&lookup).map(Err),
-        Err(e) => Err(e),
-    })
-    .await
-    .map_err(|_| ApiError::internal())??;
+    let control = gw.control();
+    let found = match control.approval(id).await {
+        Ok(a) => Ok(a),
+        Err(ControlError::NotFound { .. }) => Err(control.intent_approval(id).await?),
+        Err(e) => return Err(e.into()),
+    };
     let current = match found {
         Ok(call) => call,
         Err(intent) => return decide_intent(gw, op, id, approve, body, &intent).await,
@@ -324,14 +313,16 @@ pub(crate) async fn decide(
         refusal,
         &reason,
         &detail,
-        move |control| {
-            control.decide_approval(
-                &decided_id,
-                approve,
-                &by,
-                body.comment.as_deref(),
-                &body.args_hash,
-            )
+        move |control| async move {
+            control
+                .decide_approval(
+                    &decided_id,
+                    approve,
+                    &by,
+                    body.comment.as_deref(),
+                    &body.args_hash,
+                )
+                .await
         },
         |a| view(gw, a),
     )
@@ -420,14 +411,16 @@ async fn decide_intent(
         refusal,
         &reason,
         &detail,
-        move |control| {
-            control.decide_intent(
-                &decided_id,
-                approve,
-                &by,
-                body.comment.as_deref(),
-                &body.args_hash,
-            )
+        move |control| async move {
+            control
+                .decide_intent(
+                    &decided_id,
+                    approve,
+                    &by,
+                    body.comment.as_deref(),
+                    &body.args_hash,
+                )
+                .await
         },
         |t| intent_view(gw, t),
     )
@@ -443,26 +436,27 @@ async fn decide_intent(
     clippy::too_many_arguments,
     reason = "one call site per kind of approval; the parts are all distinct"
 )]
-async fn record_and_apply<T: Send + 'static>(
+async fn record_and_apply<T, F>(
     gw: &Arc<Gateway>,
     subject: &mandate_core::Subject,
     action: &str,
     refusal: Option<(StatusCode, &'static str, String)>,
     reason: &str,
     detail: &Value,
-    apply: impl FnOnce(Arc<mandate_control::ControlStore>) -> Result<T, ControlError> + Send + 'static,
+    apply: impl FnOnce(Arc<mandate_control::ControlStore>) -> F,
     show: impl FnOnce(&T) -> Value,
-) -> Result<Value, ApiError> {
+) -> Result<Value, ApiError>
+where
+    F: Future<Output = Result<T, ControlError>>,
+{
     if let Some((status, code, why)) = refusal {
         record(gw, subject, action, None, &why, detail).await?;
         return Err(ApiError::new(status, code, why));
     }
     let rec = record(gw, subject, action, Some(Role::Approver), reason, detail).await?;
-    let control = gw.control().clone();
-    let result = tokio::task::spawn_blocking(move || apply(control))
+    let result = apply(gw.control().clone())
         .await
-        .map_err(|_| ApiError::internal())
-        .and_then(|r| r.map_err(ApiError::from))
+        .map_err(ApiError::from)
         .map(|t| show(&t));
     record_outcome(gw, &rec, result.as_ref()).await;
     result

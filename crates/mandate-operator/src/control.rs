@@ -28,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::{HeaderMap, StatusCode};
-use mandate_control::{Change, ChangeKind, ChangeStatus, ControlError, RevocationKind};
+use mandate_control::{Change, ChangeKind, ChangeStatus, RevocationKind};
 use mandate_gateway::{Gateway, Role};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -63,15 +63,6 @@ pub(crate) fn routes(gw: Arc<Gateway>) -> Router {
 }
 
 /// Runs blocking store work off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ControlError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| ApiError::internal())?
-        .map_err(ApiError::from)
-}
-
 fn to_value<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
@@ -91,7 +82,7 @@ async fn list_revocations(
 ) -> Result<Json<Value>, ApiError> {
     Operator::authenticate(&s.gw, &headers, "control/revocations.list").await?;
     let control = s.gw.control().clone();
-    let list = blocking(move || control.revocations(q.all)).await?;
+    let list = control.revocations(q.all).await.map_err(ApiError::from)?;
     Ok(Json(json!({ "revocations": list })))
 }
 
@@ -132,7 +123,10 @@ async fn revoke(
     .await?;
     let control = s.gw.control().clone();
     let by = op.name().to_owned();
-    let result = blocking(move || control.revoke(kind, &body.value, &reason, &by)).await;
+    let result = control
+        .revoke(kind, &body.value, &reason, &by)
+        .await
+        .map_err(ApiError::from);
     let result = result.map(|r| to_value(&r));
     record_outcome(&s.gw, &rec, result.as_ref()).await;
     let v = result?;
@@ -148,7 +142,7 @@ async fn lift(
     const ACTION: &str = "control/lift";
     let op = Operator::require(&s.gw, &headers, Role::Admin, ACTION).await?;
     let control = s.gw.control().clone();
-    let current = blocking(move || control.revocation(id)).await?;
+    let current = control.revocation(id).await.map_err(ApiError::from)?;
     let rec = record(
         &s.gw,
         &op.subject(),
@@ -160,8 +154,10 @@ async fn lift(
     .await?;
     let control = s.gw.control().clone();
     let by = op.name().to_owned();
-    let result = blocking(move || control.lift(id, &by))
+    let result = control
+        .lift(id, &by)
         .await
+        .map_err(ApiError::from)
         .map(|r| to_value(&r));
     record_outcome(&s.gw, &rec, result.as_ref()).await;
     Ok(Json(result?))
@@ -175,7 +171,7 @@ async fn list_changes(
 ) -> Result<Json<Value>, ApiError> {
     Operator::authenticate(&s.gw, &headers, "control/changes.list").await?;
     let control = s.gw.control().clone();
-    let list = blocking(move || control.changes()).await?;
+    let list = control.changes().await.map_err(ApiError::from)?;
     // Listings omit policy file contents (see /api/changes/{id}).
     let list: Vec<Value> = list.iter().map(change_summary).collect();
     Ok(Json(
@@ -190,7 +186,7 @@ async fn show_change(
 ) -> Result<Json<Value>, ApiError> {
     Operator::authenticate(&s.gw, &headers, "control/changes.show").await?;
     let control = s.gw.control().clone();
-    let change = blocking(move || control.change(&id)).await?;
+    let change = control.change(&id).await.map_err(ApiError::from)?;
     Ok(Json(to_value(&change)))
 }
 
@@ -282,8 +278,10 @@ async fn propose(
     let control = s.gw.control().clone();
     let by = op.name().to_owned();
     let summary = body.summary;
-    let result = blocking(move || control.propose(kind, &target, payload, &hash, &summary, &by))
+    let result = control
+        .propose(kind, &target, payload, &hash, &summary, &by)
         .await
+        .map_err(ApiError::from)
         .map(|c| change_summary(&c));
     record_outcome(&s.gw, &rec, result.as_ref()).await;
     Ok((StatusCode::CREATED, Json(result?)).into_response())
@@ -318,7 +316,7 @@ async fn review_or_activate(
     let comment = body.and_then(|Json(b)| b.comment);
     let control = s.gw.control().clone();
     let lookup = id.clone();
-    let change = blocking(move || control.change(&lookup)).await?;
+    let change = control.change(&lookup).await.map_err(ApiError::from)?;
     let detail = json!({"change": id, "kind": change.kind, "target": change.target, "payload_hash": change.payload_hash, "comment": comment});
 
     // Decide first (recorded either way), then act.
@@ -356,7 +354,10 @@ async fn review_or_activate(
             let control = s.gw.control().clone();
             let by = op.name().to_owned();
             let approve = action == "approve";
-            blocking(move || control.review(&id, approve, &by, comment.as_deref())).await
+            control
+                .review(&id, approve, &by, comment.as_deref())
+                .await
+                .map_err(ApiError::from)
         }
     }
     .map(|c| change_summary(&c));
@@ -378,7 +379,7 @@ async fn activate(s: &ApiState, change: &Change, by: &str) -> Result<Change, Api
     let control = s.gw.control().clone();
     let id = change.id.clone();
     let by = by.to_owned();
-    blocking(move || control.activate(&id, &by)).await
+    control.activate(&id, &by).await.map_err(ApiError::from)
 }
 
 /// The files of a policy-set change.
@@ -499,7 +500,7 @@ async fn list_tool_pins(
 ) -> Result<Json<Value>, ApiError> {
     Operator::authenticate(&s.gw, &headers, "control/tools.list").await?;
     let control = s.gw.control().clone();
-    let pins = blocking(move || control.tool_pins()).await?;
+    let pins = control.tool_pins().await.map_err(ApiError::from)?;
     Ok(Json(json!({ "tools": pins })))
 }
 

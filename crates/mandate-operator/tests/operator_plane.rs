@@ -254,7 +254,7 @@ async fn an_approver_cannot_revoke() -> TestResult {
             .iter()
             .any(|r| r.record.tool == "control/revoke" && r.record.decision.effect == Effect::Deny)
     );
-    assert!(env.gateway.control().revocations(true)?.is_empty());
+    assert!(env.gateway.control().revocations(true).await?.is_empty());
     Ok(())
 }
 
@@ -290,7 +290,7 @@ async fn an_admin_revokes_on_the_record() -> TestResult {
     assert!(decided.seq < outcome.seq);
     assert_eq!(outcome.record.kind, RecordKind::Outcome);
     assert_eq!(outcome.record.outcome.as_deref(), Some("ok"));
-    assert_eq!(env.gateway.control().revocations(false)?.len(), 1);
+    assert_eq!(env.gateway.control().revocations(false).await?.len(), 1);
     Ok(())
 }
 

@@ -38,7 +38,75 @@ struct FileConfig {
     #[serde(default)]
     audit: crate::audit_config::AuditSection,
     #[serde(default)]
+    control: ControlSection,
+    #[serde(default)]
     limits: LimitsSection,
+}
+
+/// `[control]`: where revocations, approvals, the change gate, tool pins,
+/// tasks and intents live (docs/DEPLOY.md, "Several replicas").
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ControlSection {
+    /// `postgres://…` (shared by replicas) or a SQLite path; default
+    /// `{data_dir}/control.sqlite`.
+    store: Option<String>,
+    /// PostgreSQL schema of the control tables (default `mandate_control`).
+    schema: Option<String>,
+    /// With PostgreSQL: how often each replica re-reads revocations and
+    /// ceilings, and a held call looks for a decision made on another
+    /// replica (milliseconds, default 500).
+    poll_ms: Option<u64>,
+}
+
+/// `[control]`, resolved.
+#[derive(Debug, Clone)]
+pub struct ControlSettings {
+    /// Where the store lives.
+    pub location: mandate_control::Location,
+    /// Re-read interval of a shared store.
+    pub poll: Duration,
+}
+
+impl ControlSection {
+    fn resolve(&self, data_dir: &Path, subst: &dyn Fn(&str) -> String) -> Result<ControlSettings> {
+        let store = std::env::var(env::CONTROL_STORE)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .or_else(|| self.store.clone());
+        let mut location = match store {
+            None => mandate_control::Location::Sqlite(data_dir.join("control.sqlite")),
+            Some(v) => match mandate_control::Location::parse(&subst(&v)) {
+                // A relative SQLite path is relative to the data directory.
+                mandate_control::Location::Sqlite(p) if p.is_relative() => {
+                    mandate_control::Location::Sqlite(data_dir.join(p))
+                }
+                other => other,
+            },
+        };
+        if let Some(schema) = &self.schema {
+            let ok = !schema.is_empty()
+                && schema.len() <= 63
+                && !schema.starts_with(|c: char| c.is_ascii_digit())
+                && schema
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !ok {
+                bail!("control.schema must be a lower-case identifier (a-z, 0-9, _)");
+            }
+            match &mut location {
+                mandate_control::Location::Postgres { schema: s, .. } => s.clone_from(schema),
+                mandate_control::Location::Sqlite(_) => {
+                    bail!("control.schema applies only to a postgres:// control.store")
+                }
+            }
+        }
+        let poll = Duration::from_millis(self.poll_ms.unwrap_or(500));
+        if poll < Duration::from_millis(10) || poll > Duration::from_secs(60) {
+            bail!("control.poll_ms must be between 10 and 60000");
+        }
+        Ok(ControlSettings { location, poll })
+    }
 }
 
 /// `[limits]`: what any caller can make the gateway hold. Defaults are safe
@@ -359,6 +427,8 @@ pub struct Config {
     pub broker: Option<mandate_broker::BrokerConfig>,
     /// `[audit]`: store, checkpoints, retention, redaction.
     pub audit: crate::audit_config::AuditSettings,
+    /// `[control]`: where the control store lives.
+    pub control: ControlSettings,
 }
 
 /// Command-line overrides, applied after the environment.
@@ -678,10 +748,12 @@ impl Config {
         let policy_dir = PathBuf::from(subst(&file.policy.dir));
         let audit =
             crate::audit_config::AuditSettings::from_section(&file.audit, &data_dir, &subst)?;
+        let control = file.control.resolve(&data_dir, &subst)?;
         let mut gateway = gateway;
         gateway.redaction = audit.redaction.clone();
         Ok(Self {
             audit,
+            control,
             listen,
             data_dir,
             policy_dir,
@@ -717,6 +789,9 @@ impl Config {
         c.data_dir = scratch.join("data");
         c.audit.store = mandate_audit::Store::Sqlite(scratch.join("audit.sqlite"));
         c.audit.checkpoint_key = scratch.join("audit-checkpoint.key");
+        // A shared control store is not touched either: the check opens a
+        // scratch one (it validates this config, not the database's state).
+        c.control.location = mandate_control::Location::Sqlite(scratch.join("control.sqlite"));
         if let Some(b) = c.broker.as_mut() {
             let copy = scratch.join("broker-keys");
             std::fs::create_dir_all(&copy)?;
@@ -740,9 +815,15 @@ impl Config {
         Ok(c)
     }
 
-    /// Path of the control store (kill switches, change gate).
-    pub fn control_path(&self) -> PathBuf {
-        self.data_dir.join("control.sqlite")
+    /// Opens the control store `[control]` names (creating its tables if
+    /// needed).
+    pub async fn open_control(&self) -> Result<mandate_control::ControlStore> {
+        let location = self.control.location.clone();
+        let shown = location.to_string();
+        Ok(mandate_control::ControlStore::open_at(location)
+            .await
+            .map_err(|e| anyhow::anyhow!("control store {shown}: {e}"))?
+            .with_poll(self.control.poll))
     }
 
     /// Where the active policy set lives when the change gate is on.

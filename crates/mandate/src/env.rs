@@ -20,3 +20,5 @@ pub const SERVER: &str = "MANDATE_SERVER";
 pub const OPERATOR_TOKEN: &str = "MANDATE_OPERATOR_TOKEN";
 /// Overrides `audit.store` (a `postgres://` URL or a SQLite path).
 pub const AUDIT_STORE: &str = "MANDATE_AUDIT_STORE";
+/// Overrides `control.store` (a `postgres://` URL or a SQLite path).
+pub const CONTROL_STORE: &str = "MANDATE_CONTROL_STORE";

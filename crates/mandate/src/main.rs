@@ -477,10 +477,12 @@ async fn build_gateway(cfg: &Config) -> Result<Arc<Gateway>> {
         }
     }
     let audit = cfg.audit.open_log()?;
-    let control = Arc::new(
-        mandate_control::ControlStore::open(&cfg.control_path())
-            .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.control_path().display()))?,
-    );
+    let control = Arc::new(cfg.open_control().await?);
+    if control.is_shared() {
+        // Revocations and ceilings made on other replicas reach this one.
+        let _refresh = control.spawn_refresh();
+        tracing::info!(store = %cfg.control.location, "control store shared with other replicas");
+    }
     // Agents' scope ceilings narrow every principal inside verification.
     let authn = Authenticator::new(cfg.authn.clone())
         .await
@@ -558,6 +560,7 @@ async fn gated_policy_dir(
     use mandate_control::ChangeKind;
     let active = control
         .active_changes(ChangeKind::PolicySet)
+        .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let change = match active.into_iter().next() {
         Some(c) => c,
@@ -600,6 +603,7 @@ async fn gated_policy_dir(
                     &summary,
                     "mandate",
                 )
+                .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?
                 .context("the control store already holds a policy set")?
         }

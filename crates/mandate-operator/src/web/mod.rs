@@ -395,18 +395,21 @@ async fn session_info(State(web): State<Web>, headers: HeaderMap) -> Response {
 
 /// Pending requests (soonest deadline first) and recent history, as JSON.
 async fn snapshot(gw: &Arc<Gateway>) -> Arc<str> {
-    let control = gw.control().clone();
-    let read = tokio::task::spawn_blocking(move || {
-        let pending = control.approvals(Some(ApprovalStatus::Pending), MAX_PENDING + 1)?;
-        let recent = control.approvals(None, HISTORY_SCAN)?;
-        let intents_pending =
-            control.intent_approvals(Some(ApprovalStatus::Pending), MAX_PENDING + 1)?;
-        let intents_recent = control.intent_approvals(None, HISTORY_SCAN)?;
+    let control = gw.control();
+    let read = async {
+        let pending = control
+            .approvals(Some(ApprovalStatus::Pending), MAX_PENDING + 1)
+            .await?;
+        let recent = control.approvals(None, HISTORY_SCAN).await?;
+        let intents_pending = control
+            .intent_approvals(Some(ApprovalStatus::Pending), MAX_PENDING + 1)
+            .await?;
+        let intents_recent = control.intent_approvals(None, HISTORY_SCAN).await?;
         Ok::<_, mandate_control::ControlError>((pending, recent, intents_pending, intents_recent))
-    })
+    }
     .await;
     let v = match read {
-        Ok(Ok((pending, recent, intents_pending, intents_recent))) => {
+        Ok((pending, recent, intents_pending, intents_recent)) => {
             // Calls and task intents together: (deadline or creation, view).
             let mut pending: Vec<(i64, Value)> = pending
                 .iter()
@@ -440,11 +443,10 @@ async fn snapshot(gw: &Arc<Gateway>) -> Arc<str> {
                 "unavailable": false,
             })
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             tracing::error!(error = %e, "approval page: control store unavailable");
             json!({"pending": [], "history": [], "truncated": false, "unavailable": true})
         }
-        Err(_) => json!({"pending": [], "history": [], "truncated": false, "unavailable": true}),
     };
     Arc::from(v.to_string())
 }
