@@ -7,7 +7,10 @@
   released on A, once;
 - a replica that cannot read the shared store refuses calls
   (`control_store_unavailable`) rather than miss a revocation, and reports it on
-  `/readyz`.
+  `/readyz`;
+- with polls five seconds apart, PostgreSQL's notifications carry a
+  revocation, an approval and a policy set activated through the change
+  gate to the other replica in under a second.
 
 Each test run gets PostgreSQL schemas of its own (MANDATE_TEST_POSTGRES_URL,
 default postgres://postgres@127.0.0.1:5432/test; `skip` skips this file),
@@ -17,6 +20,8 @@ dropped at the end.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import time
 import uuid
@@ -25,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from e2e_support import Gateway, Issuer, Launcher, mandate_bin, read_jsonl
+from e2e_support import POLICY_DIR, Gateway, Issuer, Launcher, mandate_bin, read_jsonl
 from test_approvals import HeldCall, bank, pending_for, transfers
 
 PG_URL = os.environ.get("MANDATE_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
@@ -160,3 +165,124 @@ def test_a_replica_that_cannot_read_the_shared_store_refuses_calls(launcher: Lau
         time.sleep(0.2)
     assert len(read_jsonl(rec)) == calls_before + 1
     assert gw.get("/readyz").status_code == 200
+
+
+# ----- notifications: what the polls cannot explain ----------------------
+
+GATE_OPERATORS = OPERATORS + """
+[[operators]]
+sub = "ann@example.com"
+roles = ["admin"]
+
+[[operators]]
+sub = "ben@example.com"
+roles = ["admin"]
+"""
+
+BLOCK_POLICY = """
+@id("e2e-replica-block")
+@reason("searching for this is blocked by a change activated on another replica")
+forbid (principal, action == Mandate::Action::"read", resource)
+when { context.args has query && context.args.query == "blocked" };
+"""
+
+# Polls this far apart cannot explain anything seen within a second.
+SLOW_POLL_MS = 5000
+
+
+@pytest.fixture(scope="module")
+def notified(launcher: Launcher, issuer: Issuer) -> tuple[Gateway, Gateway, Path, Path]:
+    tag = uuid.uuid4().hex[:8]
+    control_schema, audit_schema = f"e2e_ntf_{tag}", f"e2e_ntfa_{tag}"
+    launcher.cleanups.append(lambda: psql(f"DROP SCHEMA IF EXISTS {control_schema} CASCADE; "
+                                          f"DROP SCHEMA IF EXISTS {audit_schema} CASCADE"))
+    live = launcher.root / f"policies-{tag}"
+    shutil.copytree(POLICY_DIR, live, ignore=shutil.ignore_patterns("tests", "*.md"))
+    rec = launcher.root / f"bank-notified-{tag}.jsonl"
+    upstreams = {
+        "bank": bank(rec),
+        "docs": {"command": str(mandate_bin()), "args": ["demo-server", "--profile", "workspace"],
+                 "tools": {"search": "read", "list_customers": "read"}},
+    }
+    shared = (GATE_OPERATORS
+              + f'\n[control]\nstore = "{PG_URL}"\nschema = "{control_schema}"\npoll_ms = {SLOW_POLL_MS}\n'
+              + f'\n[audit]\nstore = "{PG_URL}"\nschema = "{audit_schema}"\n'
+              + "\n[approvals]\ntimeout_secs = 60\n")
+    a = launcher.gateway(issuer, upstreams, extra_toml=shared, name="notified-a",
+                         policy_dir=live, policy_toml="change_gate = true")
+    b = launcher.gateway(issuer, upstreams, extra_toml=shared, name="notified-b",
+                         policy_dir=live, policy_toml="change_gate = true")
+    return a, b, rec, live
+
+
+def test_notifications_carry_a_revocation_and_an_approval_at_once(notified, issuer: Issuer) -> None:
+    a, b, rec, _ = notified
+    # Revoked through A: B refuses the next call well within one poll.
+    user = "user-" + uuid.uuid4().hex[:6]
+    token_b = issuer.mint(b.audience, scope="bank.*", sub=user)
+    session_b = b.initialize(token_b)
+    assert "result" in balance(b, token_b, session_b)
+    op_a = issuer.operator_token(a.api_audience, "secops@example.com")
+    r = a.api("POST", "/api/revocations", op_a, {"kind": "user", "value": user, "reason": "e2e: notify"})
+    assert r.status_code in (200, 201), r.text
+    revoked_at = time.monotonic()
+    while "error" not in (reply := balance(b, token_b, session_b)):
+        assert time.monotonic() - revoked_at < SLOW_POLL_MS / 1000, "B let a revoked user through"
+        time.sleep(0.02)
+    seen_after = time.monotonic() - revoked_at
+    assert reply["error"]["data"]["reason"] == "revoked", reply
+    assert seen_after < 1, f"B saw A's revocation after {seen_after:.2f} s: a poll, not a notification"
+
+    # Held on A, approved through B: A releases it well within one poll.
+    memo = "notified-" + uuid.uuid4().hex[:6]
+    held = HeldCall(a, issuer, {"amount": 75, "to": "acc-bob", "memo": memo})
+    req = pending_for(a, op_a, held.sid)
+    op_b = issuer.operator_token(b.api_audience, "secops@example.com")
+    decided = time.monotonic()
+    r = b.api("POST", f"/api/approvals/{req['id']}/approve", op_b, {"args_hash": req["args_hash"]})
+    assert r.status_code == 200, r.text
+    body = held.result(timeout=10)
+    released_after = time.monotonic() - decided
+    assert "result" in body, body
+    assert len(transfers(rec, memo)) == 1, "released exactly once"
+    assert released_after < 1, f"A released {released_after:.2f} s after B's approval: a poll, not a notification"
+
+
+def test_a_policy_set_activated_on_one_replica_is_enforced_by_the_other(notified, issuer: Issuer,
+                                                                         tmp_path: Path) -> None:
+    a, b, _, live = notified
+    token_b = issuer.mint(b.audience, scope="docs.*")
+    session_b = b.initialize(token_b)
+
+    def search_b(query: str) -> dict[str, Any]:
+        return b.call_tool(token_b, session_b, "docs.search", {"query": query}).response()
+
+    assert "result" in search_b("blocked")
+    proposed = tmp_path / "proposed"
+    shutil.copytree(live, proposed)
+    (proposed / "50-e2e-replica.cedar").write_text(BLOCK_POLICY)
+
+    def ops(who: str, *args: str) -> subprocess.CompletedProcess[str]:
+        r = a.operator_cli(issuer.operator_token(a.api_audience, f"{who}@example.com"), *args)
+        assert r.returncode == 0, r.stderr
+        return r
+
+    m = re.search(r"chg-[0-9a-f-]+", ops("ann", "change", "propose-policy", "--dir", str(proposed),
+                                         "--summary", "block a query on every replica").stdout)
+    assert m, "no change id"
+    ops("ben", "change", "approve", m.group(0))
+    ops("ann", "change", "activate", m.group(0))
+    activated = time.monotonic()
+    while "error" not in (reply := search_b("blocked")):
+        assert time.monotonic() - activated < SLOW_POLL_MS / 1000, "B never enforced the activated set"
+        time.sleep(0.05)
+    enforced_after = time.monotonic() - activated
+    err = reply["error"]
+    assert err["code"] == -32003, err
+    assert enforced_after < 1.5, f"B enforced the new set after {enforced_after:.2f} s: a poll, not a notification"
+    # The decision names the new policy, read back through A: one audit log.
+    op_a = issuer.operator_token(a.api_audience, "secops@example.com")
+    shown = a.api("GET", f"/api/decisions/{err['data']['decision_id']}", op_a)
+    assert shown.status_code == 200, shown.text
+    assert "e2e-replica-block" in shown.json()["decision"]["decision"]["policies"], shown.text
+    assert "result" in search_b("allowed query")

@@ -11,6 +11,7 @@ use crate::db::Location;
 use crate::error::ControlError;
 use crate::intents::{Consumed, GrantStatus, IntentKey, TaskIntent};
 use crate::revocations::{Revocation, RevocationKind};
+use crate::signal::{Listener, Signals, Topic};
 use crate::store::{Store, ToolPin};
 use crate::tasks::{Task, TaskStatus};
 use mandate_core::{Caller, Clock, Scope};
@@ -30,6 +31,10 @@ pub struct ControlStore {
     refreshed_ms: Arc<AtomicI64>,
     /// How often a shared store is re-read (and held calls look again).
     poll: Duration,
+    /// Notifications from other replicas (and this one), per topic.
+    signals: Arc<Signals>,
+    /// The thread listening for them; stops with the store.
+    _listener: Option<Listener>,
 }
 
 /// The default of [`ControlStore::with_poll`].
@@ -77,7 +82,13 @@ impl ControlStore {
         let store = tokio::task::spawn_blocking(move || Store::open_at(&location))
             .await
             .map_err(|_| ControlError::Storage("the control store's worker stopped".into()))??;
-        Ok(Self::wrap(store, shared))
+        let mut out = Self::wrap(store, shared);
+        if let Some((config, channel)) = out.inner.listen_target() {
+            let listener = crate::signal::listen(config, channel, out.signals.clone())
+                .map_err(|e| ControlError::Storage(format!("cannot start the listener: {e}")))?;
+            out._listener = Some(listener);
+        }
+        Ok(out)
     }
 
     fn wrap(store: Store, shared: bool) -> Self {
@@ -87,6 +98,8 @@ impl ControlStore {
             shared,
             refreshed_ms: Arc::new(AtomicI64::new(now)),
             poll: DEFAULT_POLL,
+            signals: Arc::new(Signals::default()),
+            _listener: None,
         }
     }
 
@@ -125,6 +138,21 @@ impl ControlStore {
         self.shared
     }
 
+    /// Changes every time any replica (this one included) commits a write
+    /// about `topic` to a shared store, as PostgreSQL notifies it. Never
+    /// changes for a store only this process uses. A notification can be
+    /// lost (while the listening connection is reopened): keep polling at
+    /// [`Self::poll_every`] as well.
+    pub fn signal(&self, topic: Topic) -> tokio::sync::watch::Receiver<u64> {
+        self.signals.subscribe(topic)
+    }
+
+    /// For a shared store: whether notifications from other replicas are
+    /// being received now (otherwise only the polls see their changes).
+    pub fn listening(&self) -> bool {
+        self.signals.listening()
+    }
+
     // ----- freshness -----------------------------------------------------
 
     /// Re-reads the in-memory indexes (revocations, ceilings) from the
@@ -150,20 +178,27 @@ impl ControlStore {
         (age > limit).then_some(age)
     }
 
-    /// For a shared store: re-reads the indexes every poll until the
-    /// store is dropped or the task aborted; a failed read is logged and
-    /// retried (and the store turns [stale](Self::stale)).
+    /// For a shared store: re-reads the indexes whenever a replica
+    /// notifies a revocation or a change, and every poll regardless, until
+    /// the store is dropped or the task aborted; a failed read is logged
+    /// and retried (and the store turns [stale](Self::stale)).
     pub fn spawn_refresh(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
         if !self.shared {
             return None;
         }
         let every = self.poll;
+        let mut revocations = self.signal(Topic::Revocations);
+        let mut changes = self.signal(Topic::Changes);
         let store = Arc::downgrade(self);
         Some(tokio::spawn(async move {
             let mut ticker = tokio::time::interval(every);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                ticker.tick().await;
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    Ok(()) = revocations.changed() => {}
+                    Ok(()) = changes.changed() => {}
+                }
                 let Some(store) = store.upgrade() else { break };
                 if let Err(e) = store.refresh().await {
                     tracing::warn!(error = %e, "control store: could not re-read revocations and ceilings");

@@ -12,6 +12,7 @@
 //! blocking pool (`api.rs`), never on an async worker.
 
 use crate::error::ControlError;
+use crate::signal::Topic;
 use postgres::types::{ToSql, Type};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, TransactionBehavior};
@@ -159,6 +160,12 @@ pub(crate) trait Sql {
     fn query_opt(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Option<Record>, ControlError> {
         Ok(self.query(sql, args)?.into_iter().next())
     }
+    /// Tells the other replicas about `topic` once this transaction
+    /// commits (PostgreSQL `NOTIFY`); nothing for a store only this
+    /// process uses.
+    fn notify(&mut self, _topic: Topic) -> Result<(), ControlError> {
+        Ok(())
+    }
 }
 
 /// A statement in SQLite's spelling: `?1` for `$1`.
@@ -208,7 +215,8 @@ impl Sql for LiteTx<'_> {
     }
 }
 
-struct PgTx<'a, 'c>(&'a mut postgres::Transaction<'c>);
+/// A PostgreSQL transaction and the store's notification channel.
+struct PgTx<'a, 'c>(&'a mut postgres::Transaction<'c>, &'a str);
 
 /// PostgreSQL parameters for `args` (owned, so they outlive the call).
 fn pg_args(args: &[Arg<'_>]) -> Vec<Box<dyn ToSql + Sync>> {
@@ -223,6 +231,12 @@ fn pg_args(args: &[Arg<'_>]) -> Vec<Box<dyn ToSql + Sync>> {
 }
 
 impl Sql for PgTx<'_, '_> {
+    fn notify(&mut self, topic: Topic) -> Result<(), ControlError> {
+        self.0
+            .execute("SELECT pg_notify($1, $2)", &[&self.1, &topic.as_str()])?;
+        Ok(())
+    }
+
     fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64, ControlError> {
         let owned = pg_args(args);
         let params: Vec<&(dyn ToSql + Sync)> = owned.iter().map(AsRef::as_ref).collect();
@@ -336,6 +350,15 @@ impl Db {
             Location::Postgres { url, schema } => {
                 PgDb::connect(url, schema).map(|db| Self::Postgres(Box::new(db)))
             }
+        }
+    }
+
+    /// For a shared store: how to open the connection that listens for
+    /// other replicas' notifications, and the channel (the schema's name).
+    pub(crate) fn listen_target(&self) -> Option<(postgres::Config, String)> {
+        match self {
+            Self::Sqlite(_) => None,
+            Self::Postgres(db) => Some((db.config.clone(), db.schema.clone())),
         }
     }
 
@@ -560,7 +583,7 @@ impl PgDb {
                     })
                     .read_only(!write)
                     .start()?;
-                let out = f(&mut PgTx(&mut tx))?;
+                let out = f(&mut PgTx(&mut tx, &self.schema))?;
                 tx.commit()?;
                 Ok(out)
             })();

@@ -17,6 +17,7 @@
 use crate::approvals::ApprovalStatus;
 use crate::db::{Record, Sql, args};
 use crate::error::ControlError;
+use crate::signal::Topic;
 use crate::store::Store;
 use mandate_intent::Intent;
 use serde::{Deserialize, Serialize};
@@ -472,6 +473,7 @@ fn close(
     comment: Option<&str>,
     now_ms: i64,
 ) -> Result<bool, ControlError> {
+    tx.notify(Topic::Approvals)?;
     let changed = tx.execute(
         "UPDATE intents SET approval = $4, decided_by = $5, decided_ms = $6, comment = $7
           WHERE iss = $1 AND sub = $2 AND task_id = $3 AND approval = 'pending'",

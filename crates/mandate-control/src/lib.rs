@@ -27,9 +27,13 @@
 //! embedded default (one process, `synchronous=FULL`), and PostgreSQL
 //! ([`Location::Postgres`]), shared by every replica: a revocation, an
 //! approval, a change or a grant's use made on one is seen by all. The
-//! statements are written once (`db.rs`); a shared store re-reads its
-//! in-memory indexes on a timer ([`ControlStore::spawn_refresh`]) and
-//! reports itself [stale](ControlStore::stale) when it cannot.
+//! statements are written once (`db.rs`). Replicas wake each other with
+//! PostgreSQL `LISTEN`/`NOTIFY` ([`ControlStore::signal`], `signal.rs`): a
+//! revocation, an approval's decision or a change put in force reaches
+//! every replica as it commits. Underneath, a shared store re-reads its
+//! in-memory indexes on a timer ([`ControlStore::spawn_refresh`]), which
+//! also covers a lost notification, and reports itself
+//! [stale](ControlStore::stale) when it cannot.
 //!
 //! The store knows nothing about HTTP or audit: the gateway's control API
 //! authenticates operators, writes the audit record, then calls the store.
@@ -42,6 +46,7 @@ mod error;
 mod intents;
 mod revocations;
 mod schema;
+mod signal;
 mod store;
 mod tasks;
 
@@ -55,5 +60,6 @@ pub use db::Location;
 pub use error::ControlError;
 pub use intents::{Consumed, GrantState, GrantStatus, IntentKey, TaskIntent};
 pub use revocations::{Revocation, RevocationKind};
+pub use signal::Topic;
 pub use store::ToolPin;
 pub use tasks::{Task, TaskStatus};

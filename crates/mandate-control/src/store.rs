@@ -6,6 +6,7 @@ use crate::changes::{Change, ChangeKind, ChangeStatus};
 use crate::db::{Db, Location, Record, Sql, args};
 use crate::error::ControlError;
 use crate::revocations::{Index, Revocation, RevocationKind};
+use crate::signal::Topic;
 use arc_swap::ArcSwap;
 use mandate_core::{Caller, Clock, Scope};
 use std::collections::BTreeMap;
@@ -52,6 +53,11 @@ impl Store {
     /// The clock this store dates rows by.
     pub(crate) fn clock(&self) -> &Clock {
         &self.clock
+    }
+
+    /// See [`Db::listen_target`].
+    pub(crate) fn listen_target(&self) -> Option<(postgres::Config, String)> {
+        self.db.listen_target()
     }
 
     pub(crate) fn write<T>(
@@ -120,6 +126,7 @@ impl Store {
             )? {
                 return revocation_row(&existing);
             }
+            tx.notify(Topic::Revocations)?;
             let row = tx
                 .query_opt(
                     "INSERT INTO revocations (kind, value, reason, revoked_by, revoked_ms)
@@ -147,6 +154,7 @@ impl Store {
                 "UPDATE revocations SET lifted_by = $1, lifted_ms = $2 WHERE id = $3",
                 args![by, now, id],
             )?;
+            tx.notify(Topic::Revocations)?;
             get_revocation(tx, id)
         })?;
         self.refresh()?;
@@ -261,6 +269,7 @@ impl Store {
                  ON CONFLICT (kind, target) DO UPDATE SET change_id = excluded.change_id",
                 args![change.kind.as_str(), &change.target, id],
             )?;
+            tx.notify(Topic::Changes)?;
             get_change(tx, id)
         })?;
         self.refresh()?;
@@ -302,6 +311,7 @@ impl Store {
                 "INSERT INTO active (kind, target, change_id) VALUES ($1, $2, $3)",
                 args![kind.as_str(), target, &id],
             )?;
+            tx.notify(Topic::Changes)?;
             get_change(tx, &id).map(Some)
         })?;
         self.refresh()?;
@@ -409,6 +419,7 @@ impl Store {
         // The inner result is the answer; an expiry is written even though
         // the answer is a refusal.
         self.write(|tx| {
+            tx.notify(Topic::Approvals)?;
             let current = get_approval(tx, id)?;
             if current.status != ApprovalStatus::Pending {
                 return Ok(Err(ControlError::Conflict(format!(
@@ -465,6 +476,7 @@ impl Store {
         }
         let now = self.clock.now_ms();
         let changed = self.write(|tx| {
+            tx.notify(Topic::Approvals)?;
             tx.execute(
                 "UPDATE approvals SET status = $1, decided_ms = $2 WHERE id = $3 AND status = 'pending'",
                 args![status.as_str(), now, id],
@@ -482,6 +494,7 @@ impl Store {
     ) -> Result<ApprovalRequest, ControlError> {
         let now = self.clock.now_ms();
         self.write(|tx| {
+            tx.notify(Topic::Approvals)?;
             let changed = tx.execute(
                 "UPDATE approvals SET released_ms = $1
                  WHERE id = $2 AND status = 'approved' AND released_ms IS NULL AND args_hash = $3",

@@ -9,6 +9,7 @@
 use crate::db::{Record, Sql, args};
 use crate::error::ControlError;
 use crate::revocations::RevocationKind;
+use crate::signal::Topic;
 use crate::store::Store;
 use serde::{Deserialize, Serialize};
 
@@ -198,6 +199,7 @@ impl Store {
                  ON CONFLICT DO NOTHING",
                 args![RevocationKind::Task.as_str(), id, &reason, by, now],
             )?;
+            tx.notify(Topic::Revocations)?;
             get_task(tx, id)
         })?;
         self.refresh()?;

@@ -7,7 +7,7 @@
 
 use mandate_control::{
     ApprovalStatus, ChangeKind, ControlError, ControlStore, GrantStatus, IntentKey, Location,
-    NewApproval, RevocationKind, TaskStatus,
+    NewApproval, RevocationKind, TaskStatus, Topic,
 };
 use mandate_core::{CallerData, Scope};
 use std::sync::Arc;
@@ -435,6 +435,74 @@ async fn replicas_share_revocations_and_approvals() -> TestResult {
         b.release_approval(&req.id, "h")
     );
     assert!(ra.is_ok() != rb.is_ok(), "exactly one replica releases");
+    Ok(())
+}
+
+/// Notifications, not polls: with polls a minute apart, a revocation on
+/// A reaches B's index, and a decision on A wakes B's held call, within
+/// a second, because PostgreSQL notifies B's listening connection as A's
+/// transaction commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_wake_each_other_without_waiting_for_a_poll() -> TestResult {
+    let Some(place) = Place::postgres() else {
+        return Ok(());
+    };
+    let minute = Duration::from_secs(60);
+    let a = Arc::new(
+        ControlStore::open_at(place.location.clone())
+            .await?
+            .with_poll(minute),
+    );
+    let b = Arc::new(
+        ControlStore::open_at(place.location.clone())
+            .await?
+            .with_poll(minute),
+    );
+    // The listeners connect on threads of their own.
+    for _ in 0..250 {
+        if a.listening() && b.listening() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(a.listening() && b.listening(), "both replicas listen");
+    let refresher = b.spawn_refresh().ok_or("a shared store")?;
+    // The refresher's first tick is immediate; let it pass.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let mut approvals = b.signal(Topic::Approvals);
+    approvals.mark_unchanged();
+    let req = b
+        .create_approval(held("h", b.clock().now_ms() + 60_000))
+        .await?;
+    a.decide_approval(&req.id, true, "carol", None, "h").await?;
+    tokio::time::timeout(Duration::from_secs(1), approvals.changed())
+        .await
+        .map_err(|_| "B is woken by A's decision within a second")??;
+    assert_eq!(b.approval(&req.id).await?.status, ApprovalStatus::Approved);
+
+    a.revoke(RevocationKind::User, "alice", "lost laptop", "ops")
+        .await?;
+    let started = std::time::Instant::now();
+    while b.check(&alice(None).caller()).is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "B refuses what A revoked within a second, not a poll (a minute)"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    refresher.abort();
+
+    // A SQLite store never signals: only this process writes it.
+    let lite = Place::sqlite()?;
+    let local = lite.open().await?;
+    assert!(!local.listening());
+    let mut quiet = local.signal(Topic::Revocations);
+    quiet.mark_unchanged();
+    local
+        .revoke(RevocationKind::User, "bob", "test", "ops")
+        .await?;
+    assert!(!quiet.has_changed()?);
     Ok(())
 }
 

@@ -239,13 +239,21 @@ impl Gateway {
         }
         let mut ticker = tokio::time::interval(PROGRESS_EVERY);
         // A decision made on another replica wakes no waiter here: with a
-        // shared control store, look again every poll.
+        // shared control store, its notification does (`elsewhere`), and
+        // a look every poll covers a lost one.
         let shared_poll = self.control().poll_every();
         let mut poll = tokio::time::interval(shared_poll.unwrap_or(PROGRESS_EVERY));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut elsewhere = self.control().signal(mandate_control::Topic::Approvals);
         let mut step = 0.0;
         let outcome = loop {
             tokio::select! {
+                Ok(()) = elsewhere.changed(), if shared_poll.is_some() => {
+                    match self.settle(&id, &approval.request.args_hash).await {
+                        Some(outcome) => break outcome,
+                        None => continue,
+                    }
+                }
                 _ = poll.tick(), if shared_poll.is_some() => {
                     match self.settle(&id, &approval.request.args_hash).await {
                         Some(outcome) => break outcome,

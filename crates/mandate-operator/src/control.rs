@@ -41,16 +41,16 @@ const MAX_POLICY_BYTES: usize = 1024 * 1024;
 #[derive(Clone)]
 struct ApiState {
     gw: Arc<Gateway>,
-    /// One activation at a time (it swaps the policy directory).
-    activation: Arc<tokio::sync::Mutex<()>>,
 }
+
+/// One policy-set installation at a time in this process (an activation
+/// through the API, or one followed from another replica): each swaps the
+/// policy directory.
+static INSTALLING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The `/api` control routes.
 pub(crate) fn routes(gw: Arc<Gateway>) -> Router {
-    let state = ApiState {
-        gw,
-        activation: Arc::new(tokio::sync::Mutex::new(())),
-    };
+    let state = ApiState { gw };
     Router::new()
         .route("/api/revocations", get(list_revocations).post(revoke))
         .route("/api/revocations/{id}/lift", post(lift))
@@ -366,7 +366,7 @@ async fn review_or_activate(
 }
 
 async fn activate(s: &ApiState, change: &Change, by: &str) -> Result<Change, ApiError> {
-    let _one_at_a_time = s.activation.lock().await;
+    let _one_at_a_time = INSTALLING.lock().await;
     if change.kind == ChangeKind::PolicySet {
         let files = policy_files_of(change)?;
         let dir = s.gw.policy().dir().to_path_buf();
@@ -380,6 +380,61 @@ async fn activate(s: &ApiState, change: &Change, by: &str) -> Result<Change, Api
     let id = change.id.clone();
     let by = by.to_owned();
     control.activate(&id, &by).await.map_err(ApiError::from)
+}
+
+/// With the change gate on and a control store shared with other
+/// replicas: installs the policy set another replica put in force, as its
+/// notification arrives (and every poll, should one be lost), so every
+/// replica decides with the set in force. `None` when there is nothing to
+/// follow. A set that does not load here leaves the last good one serving
+/// (logged at error level; `/readyz` is unaffected, the set in force is
+/// still what the store says).
+pub fn spawn_policy_follower(gw: Arc<Gateway>) -> Option<tokio::task::JoinHandle<()>> {
+    let every = gw.control().poll_every()?;
+    if !gw.config().change_gate {
+        return None;
+    }
+    let mut changes = gw.control().signal(mandate_control::Topic::Changes);
+    Some(tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                changed = changes.changed() => if changed.is_err() { break },
+            }
+            if let Err(e) = follow_policy_set(&gw).await {
+                tracing::error!(error = %e, "could not install the policy set another replica activated; the last good set keeps serving");
+            }
+        }
+    }))
+}
+
+/// Installs the policy set in force in the control store, unless it is
+/// the one loaded here already.
+async fn follow_policy_set(gw: &Arc<Gateway>) -> Result<(), String> {
+    let _one_at_a_time = INSTALLING.lock().await;
+    let active = gw
+        .control()
+        .active_changes(ChangeKind::PolicySet)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(change) = active.into_iter().next() else {
+        return Ok(());
+    };
+    if change.payload_hash == gw.policy().policy_hash() {
+        return Ok(());
+    }
+    let files = policy_files_of(&change).map_err(|e| e.message)?;
+    let dir = gw.policy().dir().to_path_buf();
+    let worker = gw.clone();
+    let expected = change.payload_hash.clone();
+    tokio::task::spawn_blocking(move || install_policy_set(&worker, &dir, &files, &expected))
+        .await
+        .map_err(|_| "the installing worker stopped".to_owned())?
+        .map_err(|e| e.message)?;
+    tracing::warn!(change = %change.id, policy_hash = %change.payload_hash, "policy set activated on another replica installed here");
+    Ok(())
 }
 
 /// The files of a policy-set change.

@@ -814,7 +814,11 @@ pub(crate) async fn start_on(
         listener, app, limits, stats, shutdown,
     ));
     if cfg.gateway.change_gate {
-        // Policies change only through the gate (see `gated_policy_dir`).
+        // Policies change only through the gate (see `gated_policy_dir`);
+        // a set activated on another replica is installed here too.
+        if mandate_operator::control::spawn_policy_follower(gw.clone()).is_some() {
+            tracing::info!("following policy sets activated on other replicas");
+        }
         return Ok((gw, handle));
     }
     let reload_gw = gw.clone();
