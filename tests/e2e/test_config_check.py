@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,40 @@ def test_upstream_tools_lists_every_tool_with_its_class_and_annotations(tmp_path
     assert "denied until classified" in table.stdout, table.stdout
     assert not (tmp_path / "data").exists(), "listing the tools created the data directory"
 
+
+
+def test_init_drafts_a_config_that_classifies_tools_from_their_annotations(tmp_path: Path) -> None:
+    """`mandate init` connects to server-everything, proposes a class for each
+    tool from its annotations (read-only → read; otherwise held classes
+    unless the hints say it neither destroys nor reaches out), writes starter
+    policies, and the draft passes `serve --check`. It replaces nothing, and
+    an unreachable upstream leaves nothing behind."""
+    node, script, arg = everything_entry()
+    target = tmp_path / "fresh"
+    r = run_mandate("init", "--dir", str(target), "--name", "everything", "--", node, script, arg, timeout=90)
+    assert r.returncode == 0, output(r)
+    draft = tomllib.loads((target / "mandate.toml").read_text())
+    classes = draft["upstreams"]["everything"]["tools"]
+    listed = run_mandate("upstream", "tools", "--config", str(target / "mandate.toml"), "--json", timeout=90)
+    assert listed.returncode == 0, output(listed)
+    for row in json.loads(listed.stdout):
+        name = row["tool"].removeprefix("everything.")
+        hints = row["annotations"]
+        if hints["readOnlyHint"] is True:
+            assert classes.get(name) == "read", (name, hints, classes.get(name))
+        elif hints["readOnlyHint"] is None:
+            assert name not in classes, f"{name} has no readOnlyHint and must stay unclassified"
+        else:
+            assert classes.get(name) in ("write", "outbound", "irreversible"), (name, hints)
+        assert row["class"] == classes.get(name), row
+    assert sorted(p.name for p in (target / "policies").iterdir()) == [
+        "10-routine.cedar", "20-high-impact.cedar", "30-flows.cedar", "mandate.cedarschema"]
+    assert check(target / "mandate.toml").returncode == 0
+
+    again = run_mandate("init", "--dir", str(target), "--", node, script, arg, timeout=60)
+    assert again.returncode != 0 and "replaces nothing" in output(again), output(again)
+
+    gone = tmp_path / "gone"
+    r = run_mandate("init", "--dir", str(gone), "--url", "http://127.0.0.1:1/mcp", timeout=90)
+    assert r.returncode != 0, output(r)
+    assert not (gone / "mandate.toml").exists() and not (gone / "policies").exists()

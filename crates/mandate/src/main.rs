@@ -16,6 +16,7 @@ mod demo_server;
 mod devtoken;
 mod env;
 mod evidence;
+mod init;
 mod ops;
 mod policy_args;
 
@@ -85,6 +86,9 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Draft a config and starter policies for one upstream MCP server:
+    /// each tool's class is proposed from its annotations, for review.
+    Init(init::InitArgs),
     /// The upstreams in a config: `mandate upstream tools` lists every
     /// tool with its annotations and class.
     Upstream {
@@ -436,6 +440,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Upstream {
             command: UpstreamCommand::Tools { config, json },
         } => upstream_tools(&config, json).await?,
+        Command::Init(args) => init::run(&args).await?,
         #[cfg(feature = "dev")]
         Command::Bench(args) => bench::run(args).await?,
         #[cfg(feature = "dev")]
@@ -630,7 +635,7 @@ async fn gated_policy_dir(
 /// The gateway `serve` would build, on scratch stores in a private
 /// temporary directory (removed when the returned guard drops): for
 /// commands that only look (`policy args`, `upstream tools`).
-async fn scratch_gateway(cfg: &Config) -> Result<(tempfile::TempDir, Config, Arc<Gateway>)> {
+pub(crate) async fn scratch_gateway(cfg: &Config) -> Result<(tempfile::TempDir, Config, Arc<Gateway>)> {
     let dir = tempfile::Builder::new()
         .prefix("mandate-scratch-")
         .tempdir()
