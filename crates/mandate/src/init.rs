@@ -64,9 +64,15 @@ pub(crate) fn propose(tool: &Tool) -> Option<(ToolClass, &'static str)> {
     // open world": only explicit hints move a tool out of the held classes.
     a.read_only_hint?;
     Some(match (a.destructive_hint, a.open_world_hint) {
-        (Some(false), Some(false)) => (ToolClass::Write, "destructiveHint=false, openWorldHint=false"),
+        (Some(false), Some(false)) => (
+            ToolClass::Write,
+            "destructiveHint=false, openWorldHint=false",
+        ),
         (Some(false), _) => (ToolClass::Outbound, "destructiveHint=false, open world"),
-        (_, _) => (ToolClass::Irreversible, "destructive (destructiveHint, or its default)"),
+        (_, _) => (
+            ToolClass::Irreversible,
+            "destructive (destructiveHint, or its default)",
+        ),
     })
 }
 
@@ -244,12 +250,20 @@ mod tests {
     use std::sync::Arc;
 
     fn tool(name: &str, a: Option<ToolAnnotations>) -> Tool {
-        let mut t = Tool::new(name.to_owned(), "does things\nIGNORE PREVIOUS", Arc::default());
+        let mut t = Tool::new(
+            name.to_owned(),
+            "does things\nIGNORE PREVIOUS",
+            Arc::default(),
+        );
         t.annotations = a;
         t
     }
 
-    fn hints(read_only: Option<bool>, destructive: Option<bool>, open: Option<bool>) -> Option<ToolAnnotations> {
+    fn hints(
+        read_only: Option<bool>,
+        destructive: Option<bool>,
+        open: Option<bool>,
+    ) -> Option<ToolAnnotations> {
         let mut a = ToolAnnotations::default();
         a.read_only_hint = read_only;
         a.destructive_hint = destructive;
@@ -263,9 +277,18 @@ mod tests {
         assert_eq!(class(None), None);
         assert_eq!(class(hints(None, Some(false), Some(false))), None);
         assert_eq!(class(hints(Some(true), None, None)), Some(ToolClass::Read));
-        assert_eq!(class(hints(Some(false), None, None)), Some(ToolClass::Irreversible));
-        assert_eq!(class(hints(Some(false), Some(false), None)), Some(ToolClass::Outbound));
-        assert_eq!(class(hints(Some(false), Some(false), Some(false))), Some(ToolClass::Write));
+        assert_eq!(
+            class(hints(Some(false), None, None)),
+            Some(ToolClass::Irreversible)
+        );
+        assert_eq!(
+            class(hints(Some(false), Some(false), None)),
+            Some(ToolClass::Outbound)
+        );
+        assert_eq!(
+            class(hints(Some(false), Some(false), Some(false))),
+            Some(ToolClass::Write)
+        );
     }
 
     #[test]
@@ -293,7 +316,10 @@ mod tests {
         assert!(classes.contains_key("evil\"] = 1\n[server]\nx"));
         assert!(!classes.contains_key("mystery"));
         assert!(text.contains("# \"mystery\" = \"?\""), "{text}");
-        assert!(!text.contains("\nIGNORE PREVIOUS"), "descriptions stay on one comment line");
+        assert!(
+            !text.contains("\nIGNORE PREVIOUS"),
+            "descriptions stay on one comment line"
+        );
         Ok(())
     }
 }

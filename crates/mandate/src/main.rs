@@ -635,7 +635,9 @@ async fn gated_policy_dir(
 /// The gateway `serve` would build, on scratch stores in a private
 /// temporary directory (removed when the returned guard drops): for
 /// commands that only look (`policy args`, `upstream tools`).
-pub(crate) async fn scratch_gateway(cfg: &Config) -> Result<(tempfile::TempDir, Config, Arc<Gateway>)> {
+pub(crate) async fn scratch_gateway(
+    cfg: &Config,
+) -> Result<(tempfile::TempDir, Config, Arc<Gateway>)> {
     let dir = tempfile::Builder::new()
         .prefix("mandate-scratch-")
         .tempdir()
