@@ -9,8 +9,10 @@ A valid change is then picked up without a restart.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -130,3 +132,58 @@ def test_a_valid_change_is_picked_up_without_restart(env, issuer: Issuer) -> Non
         assert "e2e-reload-forbid" in row["policies"], row
     finally:
         (live / "80-valid.cedar").unlink()
+
+
+SUSPENDED = """
+@id("e2e-suspended-group")
+@reason("members of the suspended group may not read")
+forbid (principal, action == Mandate::Action::"read", resource)
+when { context.user in Mandate::Group::"suspended" };
+"""
+
+
+def test_sighup_applies_groups_and_names_what_needs_a_restart(launcher: Launcher, issuer: Issuer) -> None:
+    """SIGHUP re-reads mandate.toml: a new group membership decides the next
+    call (after its audit record); a changed setting that needs a restart is
+    named in the log and keeps its running value; a file that does not parse
+    changes nothing."""
+    live = launcher.root / "policies-sighup"
+    shutil.copytree(POLICY_DIR, live, ignore=shutil.ignore_patterns("tests", "*.md"))
+    (live / "60-suspended.cedar").write_text(SUSPENDED)
+    gw = launcher.gateway(issuer, {"docs": {
+        "command": str(mandate_bin()), "args": ["demo-server", "--profile", "workspace"],
+        "tools": {"search": "read"}}}, policy_dir=live, name="sighup",
+        extra_toml='\n[policy.groups]\nsuspended = ["nobody@example.com"]\n\n[approvals]\ntimeout_secs = 60\n')
+    carol = issuer.mint(gw.audience, scope="docs.*", sub="carol@example.com")
+    session = gw.initialize(carol)
+
+    def search() -> dict:
+        return gw.call_tool(carol, session, "docs.search", {"query": "q"}).response()
+
+    def hup_and_wait(line: str) -> None:
+        seen = gw.proc.stderr().count(line)
+        os.kill(gw.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while gw.proc.stderr().count(line) == seen:
+            assert time.monotonic() < deadline, f"no {line!r} after SIGHUP: {gw.proc.stderr()[-1500:]}"
+            time.sleep(0.05)
+
+    assert "result" in search()
+    text = gw.config.read_text()
+    gw.config.write_text(text.replace('suspended = ["nobody@example.com"]', 'suspended = ["carol@example.com"]')
+                         .replace("timeout_secs = 60", "timeout_secs = 5"))
+    hup_and_wait("SIGHUP: configuration reloaded")
+    log = gw.proc.stderr()
+    assert "need a restart" in log and "approvals.timeout_secs" in log, log[-1500:]
+    err = search()["error"]
+    assert err["code"] == -32003, err
+    row = gw.wait_audit("decision_id = ?", [err["data"]["decision_id"]])[0]
+    assert "e2e-suspended-group" in row["policies"], row
+    reloads = gw.audit_rows("tool = 'control/config.reload'")
+    assert reloads and "policy.groups" in reloads[-1]["detail"], reloads
+
+    # A broken file: nothing changes, and the log says so.
+    gw.config.write_text(text + "\n[[[ not toml\n")
+    hup_and_wait("SIGHUP: configuration not reloaded")
+    assert "error" in search(), "a broken file undid the running configuration"
+    assert gw.proc.alive()

@@ -19,6 +19,7 @@ mod evidence;
 mod init;
 mod ops;
 mod policy_args;
+mod reload;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -315,20 +316,18 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             data_dir,
             check,
         } => {
-            let cfg = Config::load(
-                &config,
-                &Overrides {
-                    listen,
-                    data_dir,
-                    public_url: None,
-                },
-            )?;
+            let overrides = Overrides {
+                listen,
+                data_dir,
+                public_url: None,
+            };
+            let cfg = Config::load(&config, &overrides)?;
             if check {
                 check_config(&cfg).await?;
                 println!("configuration OK");
                 return Ok(ExitCode::SUCCESS);
             }
-            serve(cfg).await?;
+            serve(cfg, config, overrides).await?;
         }
         Command::Gateway {
             stdio: _,
@@ -892,13 +891,14 @@ fn dir_fingerprint(
     out
 }
 
-async fn serve(cfg: Config) -> Result<()> {
+async fn serve(cfg: Config, path: PathBuf, overrides: Overrides) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let (gw, mut handle) = start_on(&cfg, listener, shutdown.clone()).await?;
+    reload::spawn(path, overrides, gw.clone(), &cfg);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         listen = %addr,
