@@ -109,7 +109,8 @@ async fn reload(
     gated: bool,
 ) {
     let file = path.display().to_string();
-    let (table, cfg) = match read_table(path).and_then(|t| Ok((t, Config::load(path, overrides)?))) {
+    let (table, cfg) = match read_table(path).and_then(|t| Ok((t, Config::load(path, overrides)?)))
+    {
         Ok(both) => both,
         Err(e) => {
             tracing::error!(config = %file, error = %format!("{e:#}"), "SIGHUP: configuration not reloaded; the running one keeps serving");
