@@ -8,6 +8,9 @@
 - a replica that cannot read the shared store refuses calls
   (`control_store_unavailable`) rather than miss a revocation, and reports it on
   `/readyz`;
+- one replica at a time signs the shared log's checkpoints (a lease in the
+  control store); when it is killed, another takes over within 5 s and
+  `mandate audit verify` passes over the log both wrote;
 - with polls five seconds apart, PostgreSQL's notifications carry a
   revocation, an approval and a policy set activated through the change
   gate to the other replica in under a second.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -286,3 +290,59 @@ def test_a_policy_set_activated_on_one_replica_is_enforced_by_the_other(notified
     assert shown.status_code == 200, shown.text
     assert "e2e-replica-block" in shown.json()["decision"]["decision"]["policies"], shown.text
     assert "result" in search_b("allowed query")
+
+
+# ----- one checkpoint signer -------------------------------------------------
+
+SIGNS = "this replica signs the shared log's checkpoints"
+
+
+def psql_value(sql: str) -> str:
+    r = subprocess.run(["psql", PG_URL, "-tAq", "-c", sql], check=True, capture_output=True, text=True, timeout=30)
+    return r.stdout.strip()
+
+
+def test_one_replica_signs_checkpoints_and_another_takes_over_when_it_dies(launcher: Launcher, issuer: Issuer) -> None:
+    tag = uuid.uuid4().hex[:8]
+    control_schema, audit_schema = f"e2e_sig_{tag}", f"e2e_siga_{tag}"
+    launcher.cleanups.append(lambda: psql(f"DROP SCHEMA IF EXISTS {control_schema} CASCADE; "
+                                          f"DROP SCHEMA IF EXISTS {audit_schema} CASCADE"))
+    key = launcher.root / f"shared-checkpoint-{tag}.key"
+    rec = launcher.root / f"bank-signer-{tag}.jsonl"
+    shared = (f'\n[control]\nstore = "{PG_URL}"\nschema = "{control_schema}"\n'
+              + f'\n[audit]\nstore = "{PG_URL}"\nschema = "{audit_schema}"\n'
+              + f'checkpoint_key = "{key}"\ncheckpoint_interval_secs = 1\n')
+    replicas = [launcher.gateway(issuer, {"bank": bank(rec)}, extra_toml=shared, name=f"signer-{n}") for n in "ab"]
+    token = {gw.public_url: issuer.mint(gw.audience, scope="bank.*") for gw in replicas}
+    sessions = {gw.public_url: gw.initialize(token[gw.public_url]) for gw in replicas}
+
+    def call(gw: Gateway) -> None:
+        assert "result" in balance(gw, token[gw.public_url], sessions[gw.public_url])
+
+    deadline = time.monotonic() + 10
+    while not (signing := [gw for gw in replicas if SIGNS in gw.proc.stderr()]):
+        assert time.monotonic() < deadline, "no replica took the checkpoint signer lease"
+        time.sleep(0.1)
+    time.sleep(1.5)
+    assert len([gw for gw in replicas if SIGNS in gw.proc.stderr()]) == 1, "two replicas sign at once"
+    holder = signing[0]
+    survivor = next(gw for gw in replicas if gw is not holder)
+    for gw in replicas:
+        call(gw)
+
+    os.killpg(holder.proc.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    while SIGNS not in survivor.proc.stderr():
+        assert time.monotonic() - killed < 5, "no replica took over signing within 5 s"
+        time.sleep(0.05)
+
+    call(survivor)
+    records = int(psql_value(f"SELECT count(*) FROM {audit_schema}.audit_log"))
+    deadline = time.monotonic() + 5
+    while int(psql_value(f"SELECT coalesce(max(size), 0) FROM {audit_schema}.audit_checkpoints")) < records:
+        assert time.monotonic() < deadline, "the new signer signed no checkpoint covering the log"
+        time.sleep(0.1)
+    survivor.proc.stop()
+    verify = survivor.cli("audit", "verify", "--config", str(survivor.config))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "verified" in verify.stdout, verify.stdout

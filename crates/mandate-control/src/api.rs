@@ -207,6 +207,30 @@ impl ControlStore {
         }))
     }
 
+    // ----- leases ----------------------------------------------------------
+
+    /// Takes or renews lease `name` (a role one replica plays at a time,
+    /// such as signing audit checkpoints) for `holder` for `ttl`; whether
+    /// `holder` holds it now. Another holder's lease passes only once it
+    /// has expired, so a holder that dies is replaced within `ttl`.
+    pub async fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, ControlError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        blocking!(self, |s| s.lease(&name, &holder, ttl_ms))
+    }
+
+    /// Gives lease `name` up if `holder` holds it (at a clean stop, so
+    /// another replica need not wait for it to expire).
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), ControlError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        blocking!(self, |s| s.release_lease(&name, &holder))
+    }
+
     // ----- kill switches -------------------------------------------------
 
     /// The active revocation covering `p`, if any. In memory: no I/O.

@@ -55,6 +55,14 @@ CREATE TABLE IF NOT EXISTS tool_pins (
     decided_by  TEXT NOT NULL,
     decided_ms  INTEGER NOT NULL
 ) STRICT;
+
+-- Leases: one holder at a time of a role among replicas (the audit
+-- checkpoint signer), until it stops renewing.
+CREATE TABLE IF NOT EXISTS leases (
+    name       TEXT PRIMARY KEY NOT NULL,
+    holder     TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL
+) STRICT;
 CREATE TABLE IF NOT EXISTS tasks (
     id          TEXT PRIMARY KEY NOT NULL,
     template    TEXT NOT NULL,
@@ -166,6 +174,12 @@ CREATE TABLE IF NOT EXISTS tool_pins (
     reason      text NOT NULL,
     decided_by  text NOT NULL,
     decided_ms  bigint NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS leases (
+    name       text PRIMARY KEY NOT NULL,
+    holder     text NOT NULL,
+    expires_ms bigint NOT NULL
 );
 CREATE TABLE IF NOT EXISTS tasks (
     id          text PRIMARY KEY NOT NULL,

@@ -55,6 +55,39 @@ impl Store {
         &self.clock
     }
 
+    /// Takes or renews lease `name` for `holder` until `ttl_ms` from now;
+    /// whether `holder` holds it afterwards. Another holder's lease is
+    /// taken only once it has expired.
+    pub(crate) fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl_ms: i64,
+    ) -> Result<bool, ControlError> {
+        let now = self.clock.now_ms();
+        self.write(|tx| {
+            let row = tx.query_opt(
+                "INSERT INTO leases (name, holder, expires_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_ms = excluded.expires_ms
+                 WHERE leases.holder = excluded.holder OR leases.expires_ms < $4
+                 RETURNING holder",
+                args![name, holder, now + ttl_ms, now],
+            )?;
+            Ok(row.is_some())
+        })
+    }
+
+    /// Gives lease `name` up, if `holder` holds it.
+    pub(crate) fn release_lease(&self, name: &str, holder: &str) -> Result<(), ControlError> {
+        self.write(|tx| {
+            tx.execute(
+                "DELETE FROM leases WHERE name = $1 AND holder = $2",
+                args![name, holder],
+            )
+            .map(drop)
+        })
+    }
+
     /// See [`Db::listen_target`].
     pub(crate) fn listen_target(&self) -> Option<(postgres::Config, String)> {
         self.db.listen_target()

@@ -118,7 +118,35 @@ both!(
     ending_a_task_revokes_its_tokens,
     intent_grants_are_used_up_exactly_once,
     tool_pins_are_upserted,
+    a_lease_has_one_holder_until_it_expires,
 );
+
+/// One holder at a time: a second holder is refused while the lease is
+/// renewed, takes it once it expires, and at once after a release.
+async fn a_lease_has_one_holder_until_it_expires(place: Place) -> TestResult {
+    let a = place.open().await?;
+    let b = place.open().await?;
+    let ttl = Duration::from_millis(300);
+    assert!(a.lease("signer", "replica-a", ttl).await?);
+    assert!(!b.lease("signer", "replica-b", ttl).await?, "held by A");
+    assert!(a.lease("signer", "replica-a", ttl).await?, "A renews");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        b.lease("signer", "replica-b", ttl).await?,
+        "B takes it once A's expired"
+    );
+    assert!(!a.lease("signer", "replica-a", ttl).await?, "A lost it");
+    b.release_lease("signer", "replica-b").await?;
+    assert!(
+        a.lease("signer", "replica-a", ttl).await?,
+        "released: A takes it at once"
+    );
+    assert!(
+        b.lease("other", "replica-b", ttl).await?,
+        "leases are per name"
+    );
+    Ok(())
+}
 
 fn alice(task: Option<&str>) -> CallerData {
     CallerData {

@@ -20,6 +20,7 @@ mod init;
 mod ops;
 mod policy_args;
 mod reload;
+mod signer;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -480,7 +481,16 @@ async fn build_gateway(cfg: &Config) -> Result<Arc<Gateway>> {
             );
         }
     }
-    let audit = cfg.audit.open_log()?;
+    // Replicas sharing a control store take turns signing the shared
+    // log's periodic checkpoints (`signer.rs`): the log's own timer is off.
+    let shared = cfg.control.location.is_shared();
+    let audit = if shared {
+        let mut settings = cfg.audit.clone();
+        settings.checkpoint_interval = None;
+        settings.open_log()?
+    } else {
+        cfg.audit.open_log()?
+    };
     let control = Arc::new(cfg.open_control().await?);
     if control.is_shared() {
         // Revocations and ceilings made on other replicas reach this one.
@@ -899,6 +909,11 @@ async fn serve(cfg: Config, path: PathBuf, overrides: Overrides) -> Result<()> {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let (gw, mut handle) = start_on(&cfg, listener, shutdown.clone()).await?;
     reload::spawn(path, overrides, gw.clone(), &cfg);
+    let holder = signer::holder();
+    let signs_by_lease = gw.control().is_shared() && cfg.audit.checkpoint_interval.is_some();
+    if let Some(interval) = cfg.audit.checkpoint_interval.filter(|_| signs_by_lease) {
+        signer::spawn(gw.clone(), interval, holder.clone());
+    }
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         listen = %addr,
@@ -917,6 +932,10 @@ async fn serve(cfg: Config, path: PathBuf, overrides: Overrides) -> Result<()> {
     gw.begin_drain();
     shutdown.cancel();
     let _ = handle.await;
+    if signs_by_lease {
+        // Another replica need not wait for the lease to expire.
+        let _ = gw.control().release_lease(signer::LEASE, &holder).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
