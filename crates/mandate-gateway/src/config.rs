@@ -234,6 +234,9 @@ pub struct Limits {
     /// Most tool calls one subject (issuer and `sub`) may have in flight,
     /// held calls included; more are refused.
     pub max_concurrent_calls_per_subject: usize,
+    /// Most distinct tool names used as metric label values; later tools
+    /// are counted as `other`.
+    pub max_tool_labels: usize,
 }
 
 impl Default for Limits {
@@ -244,6 +247,7 @@ impl Default for Limits {
             max_sessions_per_subject: 32,
             session_idle_timeout: Duration::from_secs(300),
             max_concurrent_calls_per_subject: 64,
+            max_tool_labels: crate::metrics::DEFAULT_MAX_TOOL_LABELS,
         }
     }
 }

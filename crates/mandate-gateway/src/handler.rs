@@ -100,7 +100,18 @@ impl ServerHandler for GatewayHandler {
         params: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let principal = self.principal(&ctx).await?;
+        let started = std::time::Instant::now();
+        let principal = self.principal(&ctx).await;
+        // Over stdio the launch token is verified again for every call.
+        if matches!(self.source, PrincipalSource::Token(_)) {
+            let metrics = self.gw.metrics();
+            metrics.observe_phase(
+                crate::metrics::Phase::Authenticate,
+                &metrics.tool_seen(&params.name),
+                started.elapsed(),
+            );
+        }
+        let principal = principal?;
         let tasks = self.gw.cfg.approvals.held_calls_as_tasks
             && ctx
                 .client_capabilities()
