@@ -75,7 +75,7 @@ fn phase_timer_records_on_drop_under_its_phase_and_tool() {
     let sum = "mandate_phase_duration_seconds_sum{phase=\"forward\",tool=\"pay.send\"} ";
     assert!(sample(&text, sum).is_some_and(|s| s >= 0.003), "{text}");
     // The 3 ms call is above the 2.5 ms bucket.
-    let le = "mandate_phase_duration_seconds_bucket{le=\"0.0025\",phase=\"forward\",tool=\"pay.send\"} ";
+    let le = "mandate_phase_duration_seconds_bucket{phase=\"forward\",tool=\"pay.send\",le=\"0.0025\"} ";
     assert_eq!(sample(&text, le), Some(1.0), "{text}");
 }
 
