@@ -115,7 +115,11 @@ async fn stats_observe_every_commit_of_a_real_log() {
     let stats = log.stats();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&seen);
-    stats.on_commit(move |took| sink.lock().unwrap_or_else(PoisonError::into_inner).push(took));
+    stats.on_commit(move |took| {
+        sink.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(took)
+    });
     assert!(stats.is_healthy());
     for _ in 0..2 {
         log.append(record()).await.unwrap_or_else(|e| panic!("{e}"));
@@ -126,5 +130,8 @@ async fn stats_observe_every_commit_of_a_real_log() {
     assert_eq!(stats.appended(), 2);
     assert_eq!(stats.queue_depth(), 0);
     drop(log);
-    assert!(!stats.is_healthy(), "the stats handle kept the writer alive");
+    assert!(
+        !stats.is_healthy(),
+        "the stats handle kept the writer alive"
+    );
 }

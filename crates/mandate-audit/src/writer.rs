@@ -77,7 +77,12 @@ impl OnCommit {
     }
 
     fn observe(&self, took: std::time::Duration) {
-        if let Some(observe) = self.0.read().unwrap_or_else(PoisonError::into_inner).as_ref() {
+        if let Some(observe) = self
+            .0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
             observe(took);
         }
     }
@@ -270,9 +275,7 @@ pub(crate) fn run(
         }
         last_batch_len = batch.iter().filter(|j| !j.deferrable).count();
         let wanted = std::mem::take(&mut checkpoints);
-        shared
-            .in_batch
-            .store(batch.len() as u64, Ordering::Relaxed);
+        shared.in_batch.store(batch.len() as u64, Ordering::Relaxed);
         commit_and_answer(backend.as_mut(), &shared, &mut batch, tree.as_mut(), wanted);
         shared.in_batch.store(0, Ordering::Relaxed);
     }

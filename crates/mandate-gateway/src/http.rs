@@ -187,9 +187,7 @@ async fn readyz(State(app): State<AppState>) -> Response {
 
 /// Prometheus text, or OpenMetrics when the scraper's `Accept` asks for it.
 async fn metrics(State(app): State<AppState>, headers: http::HeaderMap) -> Response {
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok());
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = crate::metrics::Format::negotiate(accept);
     let body = app.gw.metrics().render(format);
     (

@@ -82,6 +82,7 @@ impl ToolLabel {
     }
 
     /// The label value.
+    #[cfg(test)]
     pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
@@ -372,7 +373,9 @@ impl Metrics {
             Format::Prometheus => {
                 prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             }
-            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &self.registry),
+            Format::OpenMetrics => {
+                prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            }
         };
         if let Err(e) = encoded {
             tracing::error!(error = %e, "metrics could not be encoded");
@@ -454,7 +457,9 @@ impl Metrics {
 
     /// Counts a failed upstream call; `kind` is its audit outcome.
     pub(crate) fn upstream_error(&self, kind: &'static str) {
-        self.upstream_errors.get_or_create(&KindLabels { kind }).inc();
+        self.upstream_errors
+            .get_or_create(&KindLabels { kind })
+            .inc();
     }
 
     /// A call starts waiting for a person; the guard ends the wait.

@@ -16,9 +16,16 @@ fn sample(text: &str, line_start: &str) -> Option<f64> {
 fn counters_are_typed_counter_and_end_in_total() {
     let m = Metrics::new(4);
     m.auth_failures.inc();
-    m.count_decision(&Decision::deny("x", "h"), "not_permitted", &m.tool("docs.search"));
+    m.count_decision(
+        &Decision::deny("x", "h"),
+        "not_permitted",
+        &m.tool("docs.search"),
+    );
     let text = m.render(Format::Prometheus);
-    assert!(text.contains("# TYPE mandate_auth_failures_total counter"), "{text}");
+    assert!(
+        text.contains("# TYPE mandate_auth_failures_total counter"),
+        "{text}"
+    );
     assert_eq!(sample(&text, "mandate_auth_failures_total "), Some(1.0));
     assert_eq!(
         sample(
@@ -47,7 +54,10 @@ fn openmetrics_ends_in_eof_and_names_counter_families_without_total() {
     m.scope_refusals.inc();
     let text = m.render(Format::OpenMetrics);
     assert!(text.ends_with("# EOF\n"), "{text}");
-    assert!(text.contains("# TYPE mandate_scope_refusals counter"), "{text}");
+    assert!(
+        text.contains("# TYPE mandate_scope_refusals counter"),
+        "{text}"
+    );
     assert_eq!(sample(&text, "mandate_scope_refusals_total "), Some(1.0));
     assert!(!m.render(Format::Prometheus).contains("# EOF"));
 }
@@ -65,9 +75,8 @@ fn phase_timer_records_on_drop_under_its_phase_and_tool() {
     }
     let text = m.render(Format::Prometheus);
     for phase in ["authenticate", "decide", "hold", "record", "sanitise"] {
-        let count = format!(
-            "mandate_phase_duration_seconds_count{{phase=\"{phase}\",tool=\"pay.send\"}} "
-        );
+        let count =
+            format!("mandate_phase_duration_seconds_count{{phase=\"{phase}\",tool=\"pay.send\"}} ");
         assert_eq!(sample(&text, &count), Some(1.0), "{phase}: {text}");
     }
     let forward = "mandate_phase_duration_seconds_count{phase=\"forward\",tool=\"pay.send\"} ";
@@ -75,7 +84,8 @@ fn phase_timer_records_on_drop_under_its_phase_and_tool() {
     let sum = "mandate_phase_duration_seconds_sum{phase=\"forward\",tool=\"pay.send\"} ";
     assert!(sample(&text, sum).is_some_and(|s| s >= 0.003), "{text}");
     // The 3 ms call is above the 2.5 ms bucket.
-    let le = "mandate_phase_duration_seconds_bucket{phase=\"forward\",tool=\"pay.send\",le=\"0.0025\"} ";
+    let le =
+        "mandate_phase_duration_seconds_bucket{phase=\"forward\",tool=\"pay.send\",le=\"0.0025\"} ";
     assert_eq!(sample(&text, le), Some(1.0), "{text}");
 }
 
@@ -99,8 +109,7 @@ fn tool_labels_are_bounded_and_later_tools_count_as_other() {
         .filter(|l| l.starts_with("mandate_decisions_total{"))
         .count();
     assert_eq!(series, 4, "3 tools and `other`: {text}");
-    let other =
-        "mandate_decisions_total{effect=\"deny\",reason=\"not_permitted\",tool=\"other\"} ";
+    let other = "mandate_decisions_total{effect=\"deny\",reason=\"not_permitted\",tool=\"other\"} ";
     assert_eq!(sample(&text, other), Some(7.0));
 }
 
@@ -121,7 +130,8 @@ fn decisions_are_counted_by_effect_and_reason() {
     let text = m.render(Format::Prometheus);
     let hold = "mandate_decisions_total{effect=\"hold\",reason=\"approval_required\",tool=\"docs.search\"} ";
     assert_eq!(sample(&text, hold), Some(1.0), "{text}");
-    let denied = "mandate_decisions_total{effect=\"deny\",reason=\"approval_denied\",tool=\"docs.search\"} ";
+    let denied =
+        "mandate_decisions_total{effect=\"deny\",reason=\"approval_denied\",tool=\"docs.search\"} ";
     assert_eq!(sample(&text, denied), Some(1.0));
 }
 
@@ -130,7 +140,10 @@ fn a_hold_is_pending_until_its_guard_drops_and_its_wait_is_recorded() {
     let m = Metrics::new(4);
     let mut first = m.hold_started();
     let second = m.hold_started();
-    assert_eq!(sample(&m.render(Format::Prometheus), "mandate_approvals_pending "), Some(2.0));
+    assert_eq!(
+        sample(&m.render(Format::Prometheus), "mandate_approvals_pending "),
+        Some(2.0)
+    );
     first.ended("approved");
     drop(first);
     // Dropped without an outcome: the client went away.
@@ -150,9 +163,15 @@ fn upstream_errors_are_counted_by_kind() {
     m.upstream_error("timeout");
     m.upstream_error("upstream_unavailable");
     let text = m.render(Format::Prometheus);
-    assert_eq!(sample(&text, "mandate_upstream_errors_total{kind=\"timeout\"} "), Some(2.0));
     assert_eq!(
-        sample(&text, "mandate_upstream_errors_total{kind=\"upstream_unavailable\"} "),
+        sample(&text, "mandate_upstream_errors_total{kind=\"timeout\"} "),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "mandate_upstream_errors_total{kind=\"upstream_unavailable\"} "
+        ),
         Some(1.0)
     );
 }
@@ -171,7 +190,8 @@ fn openmetrics_is_chosen_only_when_accept_asks_for_it() {
     assert_eq!(Format::negotiate(Some("text/plain")), Format::Prometheus);
     assert_eq!(Format::negotiate(Some("*/*")), Format::Prometheus);
     // What Prometheus sends.
-    let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+    let prometheus =
+        "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
     assert_eq!(Format::negotiate(Some(prometheus)), Format::OpenMetrics);
     assert_eq!(
         Format::negotiate(Some("Application/OpenMetrics-Text; version=1.0.0")),
@@ -181,8 +201,16 @@ fn openmetrics_is_chosen_only_when_accept_asks_for_it() {
         Format::negotiate(Some("application/openmetrics-text;q=0, text/plain")),
         Format::Prometheus
     );
-    assert!(Format::OpenMetrics.content_type().starts_with("application/openmetrics-text"));
-    assert!(Format::Prometheus.content_type().starts_with("text/plain; version=0.0.4"));
+    assert!(
+        Format::OpenMetrics
+            .content_type()
+            .starts_with("application/openmetrics-text")
+    );
+    assert!(
+        Format::Prometheus
+            .content_type()
+            .starts_with("text/plain; version=0.0.4")
+    );
 }
 
 #[tokio::test]
@@ -207,6 +235,12 @@ async fn audit_figures_and_commit_times_come_from_the_log() {
     assert_eq!(sample(&text, "mandate_audit_appended_total "), Some(1.0));
     assert_eq!(sample(&text, "mandate_audit_commits_total "), Some(1.0));
     assert_eq!(sample(&text, "mandate_audit_queue_depth "), Some(0.0));
-    assert_eq!(sample(&text, "mandate_audit_commit_seconds_count "), Some(1.0));
-    assert_eq!(sample(&text, "mandate_policy_reload_failures_total "), Some(0.0));
+    assert_eq!(
+        sample(&text, "mandate_audit_commit_seconds_count "),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "mandate_policy_reload_failures_total "),
+        Some(0.0)
+    );
 }

@@ -145,8 +145,11 @@ impl crate::Gateway {
                     self.policy.policy_hash(),
                 );
                 let hash = mandate_core::canonical_args_hash(&args);
-                self.metrics
-                    .count_decision(&decision, UNKNOWN_TOOL_CODE, &self.metrics.unknown_tool());
+                self.metrics.count_decision(
+                    &decision,
+                    UNKNOWN_TOOL_CODE,
+                    &self.metrics.unknown_tool(),
+                );
                 // Best effort: an unknown tool reaches nothing either way.
                 if let Err(e) = self.audit.append(record(&decision, &hash, &no_facts)).await {
                     tracing::error!(error = %e, "audit append failed for unknown-tool deny");
