@@ -353,14 +353,16 @@ fn opens_session(body: &Value) -> bool {
 async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
     let gw = &app.gw;
 
-    // 1. Authenticate. The phase is recorded when the request ends, under
-    //    the tool it calls (known once the body is read).
+    // 1. Authenticate. The phase is recorded under the tool the request
+    //    calls: by the handler for a `tools/call` that reaches it (the tool
+    //    has its label by then), else here when the request ends.
     let started = std::time::Instant::now();
     let authenticated = authenticate(gw, req.headers(), req.method()).await;
     let mut auth_phase = AuthPhase {
         gw,
         took: started.elapsed(),
         tool: None,
+        handed_over: false,
     };
     let principal = match authenticated {
         Ok(p) => p,
@@ -455,6 +457,12 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
 
     // 4. Hand over to rmcp with the verified principal attached.
     parts.extensions.insert(principal.clone());
+    if auth_phase.tool.is_some() {
+        parts
+            .extensions
+            .insert(crate::metrics::AuthTook(auth_phase.took));
+        auth_phase.handed_over = true;
+    }
     let is_delete = parts.method == Method::DELETE;
     let req = Request::from_parts(parts, Body::from(bytes));
     let resp = match app.mcp.clone().oneshot(req).await {
@@ -483,16 +491,21 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
 }
 
 /// The authenticate phase of one `/mcp` request, recorded when dropped
-/// (after the pipeline ran, so a served tool has its label by then).
+/// unless it was handed to the handler with the request.
 struct AuthPhase<'a> {
     gw: &'a Gateway,
     took: std::time::Duration,
     /// The tool of a request that is one `tools/call`.
     tool: Option<String>,
+    /// The handler records it (`metrics::AuthTook`).
+    handed_over: bool,
 }
 
 impl Drop for AuthPhase<'_> {
     fn drop(&mut self) {
+        if self.handed_over {
+            return;
+        }
         let metrics = self.gw.metrics();
         let tool = match &self.tool {
             Some(name) => metrics.tool_seen(name),

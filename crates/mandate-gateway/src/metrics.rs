@@ -71,6 +71,12 @@ pub(crate) enum Phase {
     Sanitise,
 }
 
+/// How long authenticating an HTTP request took (a request extension): the
+/// handler records it under the called tool's label once the pipeline has
+/// given that tool one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AuthTook(pub(crate) Duration);
+
 /// A tool's label value: its name, [`OTHER_TOOL`], [`UNKNOWN_TOOL`] or
 /// [`NO_TOOL`]. Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
