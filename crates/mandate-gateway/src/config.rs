@@ -217,6 +217,10 @@ impl GatewayConfig {
     }
 }
 
+/// Default of `[limits] max_tool_labels`: distinct tool label values of
+/// the metrics.
+pub const DEFAULT_MAX_TOOL_LABELS: usize = 128;
+
 /// Bounds on what callers can make the gateway hold (`[limits]`). Every
 /// limit has a metric and a test that tries to exceed it
 /// (docs/THREAT-MODEL.md).
@@ -247,7 +251,7 @@ impl Default for Limits {
             max_sessions_per_subject: 32,
             session_idle_timeout: Duration::from_secs(300),
             max_concurrent_calls_per_subject: 64,
-            max_tool_labels: crate::metrics::DEFAULT_MAX_TOOL_LABELS,
+            max_tool_labels: DEFAULT_MAX_TOOL_LABELS,
         }
     }
 }

@@ -64,7 +64,7 @@ pub use config::{
     UpstreamConfig,
 };
 pub use error::UpstreamError;
-pub use metrics::{DEFAULT_MAX_TOOL_LABELS, Format as MetricsFormat, Metrics};
+pub use metrics::{Format as MetricsFormat, Metrics};
 pub use pipeline::{Incoming, META_DECISION};
 pub use records::AuditUnavailable;
 pub use server::{ConnectionLimits, ConnectionStats};

@@ -27,8 +27,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-/// Default of `[limits] max_tool_labels`: distinct tool label values.
-pub const DEFAULT_MAX_TOOL_LABELS: usize = 128;
 /// The tool label of every tool past the bound.
 pub const OTHER_TOOL: &str = "other";
 /// The tool label of a call to a tool no upstream serves (its name is the

@@ -1,6 +1,7 @@
 //! The registry, its guards, the tool label bound and content negotiation.
 
 use super::*;
+use crate::config::DEFAULT_MAX_TOOL_LABELS;
 use mandate_policy::Decision;
 use strum::VariantArray as _;
 
