@@ -2,7 +2,7 @@
 the last good set keeps deciding every call.
 
 Three kinds of breakage, each refused with a clear message in the log and
-counted in `mandate_policy_reload_failures`: a syntax error, a schema
+counted in `mandate_policy_reload_failures_total`: a syntax error, a schema
 violation, and a policy referencing an attribute the schema does not declare.
 A valid change is then picked up without a restart.
 """
@@ -55,7 +55,7 @@ def env(launcher: Launcher, issuer: Issuer) -> tuple[Gateway, Path]:
 
 
 def reload_failures(gw: Gateway) -> float:
-    m = re.search(r"^mandate_policy_reload_failures (\S+)$", gw.get("/metrics").text, re.M)
+    m = re.search(r"^mandate_policy_reload_failures_total (\S+)$", gw.get("/metrics").text, re.M)
     assert m, "metric missing"
     return float(m.group(1))
 

@@ -793,7 +793,7 @@ def summarise(args: argparse.Namespace, samples: list[dict[str, Any]], tally: Ta
                   "call_outcomes": outcomes, "forwarded_acknowledged": tally.forwarded,
                   "upstream_received": received, "lag_probe_max_ms": max(lags_ms) if lags_ms else None,
                   "lag_records_max": max((int(s["audit_lag_records"]) for s in samples), default=None),
-                  "appended_metric": m.get("mandate_audit_appended"), "breakdown": breakdown,
+                  "appended_metric": m.get("mandate_audit_appended_total"), "breakdown": breakdown,
                   "verify_exit": verify.returncode, "verify_stdout": verify.stdout[-1500:]},
         "gateway_metrics_at_end": {k: v for k, v in m.items() if k.startswith((
             "mandate_sessions", "mandate_connections", "mandate_audit", "mandate_concurrency"))},

@@ -362,6 +362,58 @@ impl AuditLog {
     pub fn commits_count(&self) -> u64 {
         self.shared.commits.load(Ordering::Relaxed)
     }
+
+    /// A monitoring handle: queue depth, counters, commit durations. It
+    /// does not keep the writer running.
+    pub fn stats(&self) -> AuditStats {
+        AuditStats {
+            shared: Arc::clone(&self.shared),
+            tx: self.tx.downgrade(),
+        }
+    }
+}
+
+/// What the writer is doing, for monitoring (`AuditLog::stats`). Cheap to
+/// clone; it holds no handle, so it never keeps the writer alive.
+#[derive(Debug, Clone)]
+pub struct AuditStats {
+    shared: Arc<Shared>,
+    tx: mpsc::WeakSender<Job>,
+}
+
+impl AuditStats {
+    /// Appends waiting for the writer: queued, or in the batch being
+    /// committed (a checkpoint request in the queue counts as one).
+    pub fn queue_depth(&self) -> u64 {
+        let queued = self
+            .tx
+            .upgrade()
+            .map_or(0, |tx| tx.max_capacity().saturating_sub(tx.capacity()));
+        (queued as u64).saturating_add(self.shared.in_batch.load(Ordering::Relaxed))
+    }
+
+    /// Records committed since open (as [`AuditLog::appended_count`]).
+    pub fn appended(&self) -> u64 {
+        self.shared.appended.load(Ordering::Relaxed)
+    }
+
+    /// Transactions committed since open (as [`AuditLog::commits_count`]).
+    pub fn commits(&self) -> u64 {
+        self.shared.commits.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last write succeeded and the writer runs (as
+    /// [`AuditLog::health`]).
+    pub fn is_healthy(&self) -> bool {
+        self.tx.strong_count() > 0 && self.shared.failure().is_none()
+    }
+
+    /// Calls `observe` with the duration of every committed transaction
+    /// (writes, commit and fsync), on the writer thread, so it must be
+    /// quick. Replaces an earlier observer.
+    pub fn on_commit(&self, observe: impl Fn(Duration) + Send + Sync + 'static) {
+        self.shared.on_commit.set(Arc::new(observe));
+    }
 }
 
 /// Asks for a checkpoint every `interval` while any handle lives (it holds

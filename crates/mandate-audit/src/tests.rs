@@ -79,3 +79,58 @@ async fn an_append_not_durable_within_the_deadline_fails() {
     assert!(log.health().is_err(), "a stuck store reported healthy");
     hold.abort();
 }
+
+#[tokio::test]
+async fn stats_count_queued_appends_and_report_commits() {
+    // A writer that never takes a job: appends stay queued.
+    let (tx, rx) = mpsc::channel(8);
+    let log = handle(tx, None);
+    let stats = log.stats();
+    assert_eq!(stats.queue_depth(), 0);
+    let waiting: Vec<_> = (0..3)
+        .map(|_| {
+            let log = log.clone();
+            tokio::spawn(async move { log.append(record()).await })
+        })
+        .collect();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while stats.queue_depth() < 3 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(stats.queue_depth(), 3);
+    drop(rx);
+    for w in waiting {
+        let _ = w.await;
+    }
+    assert_eq!(stats.queue_depth(), 0, "a closed queue holds nothing");
+}
+
+#[tokio::test]
+async fn stats_observe_every_commit_of_a_real_log() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let log = AuditLog::open_sqlite(&dir.path().join("audit.db")).unwrap_or_else(|e| panic!("{e}"));
+    let stats = log.stats();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    stats.on_commit(move |took| {
+        sink.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(took)
+    });
+    assert!(stats.is_healthy());
+    for _ in 0..2 {
+        log.append(record()).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let commits = seen.lock().unwrap_or_else(PoisonError::into_inner).len() as u64;
+    assert_eq!(commits, stats.commits());
+    assert_eq!(commits, 2, "two sequential appends are two commits");
+    assert_eq!(stats.appended(), 2);
+    assert_eq!(stats.queue_depth(), 0);
+    drop(log);
+    assert!(
+        !stats.is_healthy(),
+        "the stats handle kept the writer alive"
+    );
+}

@@ -8,7 +8,7 @@ use crate::merkle::Frontier;
 use crate::note::CheckpointSigner;
 use crate::schema::PreparedRow;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use tokio::sync::{mpsc, oneshot};
 
 /// A signed checkpoint, as [`crate::AuditLog::checkpoint`] returns it.
@@ -51,6 +51,41 @@ pub(crate) struct Shared {
     pub(crate) appended: AtomicU64,
     /// Transactions committed since open.
     pub(crate) commits: AtomicU64,
+    /// Records taken off the queue whose batch is not answered yet.
+    pub(crate) in_batch: AtomicU64,
+    /// Told how long each committed transaction took (`AuditStats::on_commit`).
+    pub(crate) on_commit: OnCommit,
+}
+
+/// Called with the duration of every committed transaction (writes,
+/// commit and fsync), on the writer thread: it must be quick.
+type CommitObserver = Arc<dyn Fn(std::time::Duration) + Send + Sync>;
+
+/// The commit observer, if one was set.
+#[derive(Default)]
+pub(crate) struct OnCommit(RwLock<Option<CommitObserver>>);
+
+impl std::fmt::Debug for OnCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnCommit")
+    }
+}
+
+impl OnCommit {
+    pub(crate) fn set(&self, observe: CommitObserver) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Some(observe);
+    }
+
+    fn observe(&self, took: std::time::Duration) {
+        if let Some(observe) = self
+            .0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            observe(took);
+        }
+    }
 }
 
 impl Shared {
@@ -240,7 +275,9 @@ pub(crate) fn run(
         }
         last_batch_len = batch.iter().filter(|j| !j.deferrable).count();
         let wanted = std::mem::take(&mut checkpoints);
+        shared.in_batch.store(batch.len() as u64, Ordering::Relaxed);
         commit_and_answer(backend.as_mut(), &shared, &mut batch, tree.as_mut(), wanted);
+        shared.in_batch.store(0, Ordering::Relaxed);
     }
     // Closing: sign what was appended since the last checkpoint.
     if tree.as_ref().is_some_and(|t| {
@@ -271,6 +308,7 @@ fn commit_and_answer(
         return;
     }
     let no_key = tree.is_none() && checkpoints.wanted;
+    let started = std::time::Instant::now();
     let result = match tree {
         Some(tree) => write_batch(backend, batch, Some(tree), checkpoints.wanted),
         None if checkpoints.wanted && batch.is_empty() => Err(AuditError::NoCheckpointKey),
@@ -281,6 +319,7 @@ fn commit_and_answer(
             // Publish before replying, so a caller that sees Ok also
             // sees the counters and health that include its record.
             if !appended.is_empty() {
+                shared.on_commit.observe(started.elapsed());
                 shared.commits.fetch_add(1, Ordering::Relaxed);
                 shared
                     .appended

@@ -64,6 +64,20 @@ pub(crate) enum HoldOutcome {
     Unavailable(String),
 }
 
+impl HoldOutcome {
+    /// The `outcome` label of `mandate_approval_wait_seconds`.
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Approved(_) => "approved",
+            Self::Denied(_) => "denied",
+            Self::Expired => "expired",
+            Self::Withdrawn => "withdrawn",
+            Self::Stopping => "stopping",
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
 /// Interval of progress notifications to a client that asked for them.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
@@ -197,6 +211,7 @@ impl Gateway {
         progress: Option<rmcp::model::ProgressToken>,
     ) -> HoldOutcome {
         let id = approval.id.clone();
+        let mut pending = self.metrics().hold_started();
         let mut rx = self.holds.waiters.register(&id);
         // The request was visible to approvers before this waiter existed: a
         // decision made in between woke nobody. Look at the store once first.
@@ -302,6 +317,7 @@ impl Gateway {
                 .await;
         }
         guard.armed = false;
+        pending.ended(outcome.label());
         outcome
     }
 

@@ -217,6 +217,10 @@ impl GatewayConfig {
     }
 }
 
+/// Default of `[limits] max_tool_labels`: distinct tool label values of
+/// the metrics.
+pub const DEFAULT_MAX_TOOL_LABELS: usize = 128;
+
 /// Bounds on what callers can make the gateway hold (`[limits]`). Every
 /// limit has a metric and a test that tries to exceed it
 /// (docs/THREAT-MODEL.md).
@@ -234,6 +238,9 @@ pub struct Limits {
     /// Most tool calls one subject (issuer and `sub`) may have in flight,
     /// held calls included; more are refused.
     pub max_concurrent_calls_per_subject: usize,
+    /// Most distinct tool names used as metric label values; later tools
+    /// are counted as `other`.
+    pub max_tool_labels: usize,
 }
 
 impl Default for Limits {
@@ -244,6 +251,7 @@ impl Default for Limits {
             max_sessions_per_subject: 32,
             session_idle_timeout: Duration::from_secs(300),
             max_concurrent_calls_per_subject: 64,
+            max_tool_labels: DEFAULT_MAX_TOOL_LABELS,
         }
     }
 }

@@ -7,6 +7,7 @@
 
 use crate::Gateway;
 use crate::error::GatewayError;
+use crate::metrics::AuthTook;
 use crate::pipeline::Incoming;
 use mandate_authn::Principal;
 use rmcp::model::{
@@ -68,6 +69,26 @@ impl GatewayHandler {
     }
 }
 
+/// The authenticate phase of one call, recorded when dropped.
+struct AuthPhase<'a> {
+    gw: &'a Gateway,
+    took: Option<std::time::Duration>,
+    tool: String,
+}
+
+impl Drop for AuthPhase<'_> {
+    fn drop(&mut self) {
+        if let Some(took) = self.took {
+            let metrics = self.gw.metrics();
+            metrics.observe_phase(
+                crate::metrics::Phase::Authenticate,
+                &metrics.tool_seen(&self.tool),
+                took,
+            );
+        }
+    }
+}
+
 impl ServerHandler for GatewayHandler {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
@@ -100,7 +121,24 @@ impl ServerHandler for GatewayHandler {
         params: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let principal = self.principal(&ctx).await?;
+        let started = std::time::Instant::now();
+        let principal = self.principal(&ctx).await;
+        // Recorded when the call is done, when the pipeline has given a
+        // served tool its label: over HTTP the time `http.rs` measured,
+        // over stdio re-verifying the launch token for this call.
+        let _auth_phase = AuthPhase {
+            gw: &self.gw,
+            took: match &self.source {
+                PrincipalSource::Token(_) => Some(started.elapsed()),
+                PrincipalSource::PerRequest => ctx
+                    .extensions
+                    .get::<http::request::Parts>()
+                    .and_then(|parts| parts.extensions.get::<AuthTook>())
+                    .map(|t| t.0),
+            },
+            tool: params.name.to_string(),
+        };
+        let principal = principal?;
         let tasks = self.gw.cfg.approvals.held_calls_as_tasks
             && ctx
                 .client_capabilities()

@@ -185,38 +185,19 @@ async fn readyz(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn metrics(State(app): State<AppState>) -> Response {
-    let audit_ok = if app.gw.audit().health().is_ok() {
-        1.0
-    } else {
-        0.0
-    };
-    #[expect(
-        clippy::cast_precision_loss,
-        reason = "a gauge; precision loss past 2^53 is fine"
-    )]
-    let appended = app.gw.audit().appended_count() as f64;
-    let body = app.gw.metrics().render(&[
-        (
-            "mandate_audit_up",
-            "1 if the audit store's last write succeeded.",
-            audit_ok,
-        ),
-        (
-            "mandate_audit_appended",
-            "Audit records appended since start.",
-            appended,
-        ),
-        (
-            "mandate_policy_reload_failures",
-            "Policy reloads refused (the last good set keeps serving).",
-            #[expect(clippy::cast_precision_loss, reason = "small counter")]
-            {
-                app.gw.policy().reload_failures() as f64
-            },
-        ),
-    ]);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+/// Prometheus text, or OpenMetrics when the scraper's `Accept` asks for it.
+async fn metrics(State(app): State<AppState>, headers: http::HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = crate::metrics::Format::negotiate(accept);
+    let body = app.gw.metrics().render(format);
+    (
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            (header::VARY, "accept"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// Marks a response sent before the request body was read: the connection
@@ -372,8 +353,18 @@ fn opens_session(body: &Value) -> bool {
 async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
     let gw = &app.gw;
 
-    // 1. Authenticate.
-    let principal = match authenticate(gw, req.headers(), req.method()).await {
+    // 1. Authenticate. The phase is recorded under the tool the request
+    //    calls: by the handler for a `tools/call` that reaches it (the tool
+    //    has its label by then), else here when the request ends.
+    let started = std::time::Instant::now();
+    let authenticated = authenticate(gw, req.headers(), req.method()).await;
+    let mut auth_phase = AuthPhase {
+        gw,
+        took: started.elapsed(),
+        tool: None,
+        handed_over: false,
+    };
+    let principal = match authenticated {
         Ok(p) => p,
         Err(resp) => return closing(resp),
     };
@@ -442,7 +433,11 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
             if let Some((id, error)) = envelope_problem(&message) {
                 return error.into_http(id);
             }
-            for (id, tool, args) in called_tools(&message) {
+            let called = called_tools(&message);
+            if let [(_, tool, _)] = called.as_slice() {
+                auth_phase.tool = Some(tool.clone());
+            }
+            for (id, tool, args) in called {
                 if !principal.scope().covers(&tool) {
                     return scope_refusal(gw, &principal, id, tool, args).await;
                 }
@@ -462,6 +457,12 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
 
     // 4. Hand over to rmcp with the verified principal attached.
     parts.extensions.insert(principal.clone());
+    if auth_phase.tool.is_some() {
+        parts
+            .extensions
+            .insert(crate::metrics::AuthTook(auth_phase.took));
+        auth_phase.handed_over = true;
+    }
     let is_delete = parts.method == Method::DELETE;
     let req = Request::from_parts(parts, Body::from(bytes));
     let resp = match app.mcp.clone().oneshot(req).await {
@@ -487,6 +488,31 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
         app.sessions.closed(id);
     }
     resp
+}
+
+/// The authenticate phase of one `/mcp` request, recorded when dropped
+/// unless it was handed to the handler with the request.
+struct AuthPhase<'a> {
+    gw: &'a Gateway,
+    took: std::time::Duration,
+    /// The tool of a request that is one `tools/call`.
+    tool: Option<String>,
+    /// The handler records it (`metrics::AuthTook`).
+    handed_over: bool,
+}
+
+impl Drop for AuthPhase<'_> {
+    fn drop(&mut self) {
+        if self.handed_over {
+            return;
+        }
+        let metrics = self.gw.metrics();
+        let tool = match &self.tool {
+            Some(name) => metrics.tool_seen(name),
+            None => metrics.no_tool(),
+        };
+        metrics.observe_phase(crate::metrics::Phase::Authenticate, &tool, self.took);
+    }
 }
 
 /// Refuses (and records) a `tools/call` outside the token's scope, with

@@ -64,7 +64,7 @@ pub use config::{
     UpstreamConfig,
 };
 pub use error::UpstreamError;
-pub use metrics::Metrics;
+pub use metrics::{Format as MetricsFormat, Metrics};
 pub use pipeline::{Incoming, META_DECISION};
 pub use records::AuditUnavailable;
 pub use server::{ConnectionLimits, ConnectionStats};
@@ -159,7 +159,8 @@ impl Gateway {
         } = planes;
         let events = Arc::new(Events::default());
         let catalogue = catalogue::Catalogue::new(&cfg.upstreams, &events);
-        let metrics = Arc::new(Metrics::default());
+        let metrics =
+            Arc::new(Metrics::new(cfg.limits.max_tool_labels).watch(audit.stats(), policy.clone()));
         let usage = usage::Usage::new(cfg.limits.max_concurrent_calls_per_subject, metrics.clone());
         let gw = Arc::new(Self {
             cfg,

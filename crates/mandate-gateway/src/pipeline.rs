@@ -20,6 +20,7 @@
 use crate::approvals::{Approved, HoldOutcome};
 use crate::catalogue::Resolved;
 use crate::error::{DenyCategory, denial_error, unknown_tool_error, upstream_error};
+use crate::metrics::{Phase, ToolLabel};
 use crate::permit::{Permitted, Relay};
 use crate::upstream::META_CORRELATION;
 use mandate_authn::Principal;
@@ -33,6 +34,10 @@ use std::sync::Arc;
 pub const META_DECISION: &str = "io.mandate/decision_id";
 /// Result `_meta` key carrying the provenance labels of the result.
 pub const META_LABELS: &str = "io.mandate/labels";
+
+/// The reason code of a call to a tool no upstream serves (as the agent's
+/// error says it: the tool is unknown, not refused).
+const UNKNOWN_TOOL_CODE: &str = "unknown_tool";
 
 /// Everything the pipeline needs to know about one incoming call.
 pub struct Incoming {
@@ -101,7 +106,11 @@ impl crate::Gateway {
                 ),
                 self.policy.policy_hash(),
             );
-            self.metrics.count_decision(&decision);
+            self.metrics.count_decision(
+                &decision,
+                DenyCategory::TooManyCalls.code(),
+                &self.metrics.tool_seen(&exposed),
+            );
             let hash = mandate_core::canonical_args_hash(&args);
             if self
                 .audit
@@ -136,7 +145,11 @@ impl crate::Gateway {
                     self.policy.policy_hash(),
                 );
                 let hash = mandate_core::canonical_args_hash(&args);
-                self.metrics.count_decision(&decision);
+                self.metrics.count_decision(
+                    &decision,
+                    UNKNOWN_TOOL_CODE,
+                    &self.metrics.unknown_tool(),
+                );
                 // Best effort: an unknown tool reaches nothing either way.
                 if let Err(e) = self.audit.append(record(&decision, &hash, &no_facts)).await {
                     tracing::error!(error = %e, "audit append failed for unknown-tool deny");
@@ -147,6 +160,9 @@ impl crate::Gateway {
         // An unclassified tool is denied below; its class here is only a
         // placeholder so the denial can be recorded with the argument hash.
         let call = ToolCall::new(name, class.unwrap_or(mandate_core::ToolClass::Read), args);
+        // A served tool: its own label value while the bound allows.
+        let tool = self.metrics.tool(&exposed);
+        let decide_timer = self.metrics.time(Phase::Decide, &tool);
 
         // 2. Checks that need no policy: continuous verification (expiry is
         //    re-checked on every call, not once per session), configuration,
@@ -244,6 +260,7 @@ impl crate::Gateway {
                 (d, category)
             }
         };
+        drop(decide_timer);
 
         // 4. Hold for a human: the call waits (durably recorded as held)
         //    until an approver decides, the deadline passes or the client
@@ -257,11 +274,14 @@ impl crate::Gateway {
                 correlation: &correlation,
                 held_record: record(&decision, &call.args_hash, &facts),
                 facts: &facts,
+                tool: &tool,
             };
-            (decision, category) = match self
-                .hold_for_approval(held, cancel, on_hold, client.clone(), progress.clone())
-                .await
-            {
+            let held = {
+                let _timer = self.metrics.time(Phase::Hold, &tool);
+                self.hold_for_approval(held, cancel, on_hold, client.clone(), progress.clone())
+                    .await
+            };
+            (decision, category) = match held {
                 Ok((released, approved)) => {
                     approval = Some(approved);
                     (released, DenyCategory::NotPermitted)
@@ -272,14 +292,19 @@ impl crate::Gateway {
 
         // 5. Write ahead: the decision is durable before anything is forwarded.
         //    If the store cannot write, the call is denied.
-        self.metrics.count_decision(&decision);
+        self.metrics
+            .count_decision(&decision, category.code(), &tool);
         if !decision.is_allow() {
             // A use taken for a call that is not let through goes back.
             self.refund(facts.claimed.take()).await;
         }
         let mut decision_record = record(&decision, &call.args_hash, &facts);
         decision_record.amount = metered_amount(&call);
-        let receipt = match self.audit.append(decision_record).await {
+        let recorded = {
+            let _timer = self.metrics.time(Phase::Record, &tool);
+            self.audit.append(decision_record).await
+        };
+        let receipt = match recorded {
             Ok(receipt) => receipt,
             Err(e) => {
                 tracing::error!(error = %e, decision = %decision.id(), "audit store unavailable; denying");
@@ -359,8 +384,12 @@ impl crate::Gateway {
 
         // 7. Forward, then 8. label the result and 9. record the outcome
         //    (after the fact; the response is not held for it).
-        let mut result = upstream.call(&permitted, client, progress).await;
+        let mut result = {
+            let _timer = self.metrics.time(Phase::Forward, &tool);
+            upstream.call(&permitted, client, progress).await
+        };
         let session = principal.state_key();
+        let sanitise_timer = self.metrics.time(Phase::Sanitise, &tool);
 
         // What came back is data: label it, clean it, look for injected
         // instructions, and taint the session (later decisions see it).
@@ -420,6 +449,7 @@ impl crate::Gateway {
                 );
             }
         }
+        drop(sanitise_timer);
         let (outcome, mut detail) = match &result {
             Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => ("tool_error", None),
             Ok(CallToolResponse::Complete(_)) => ("ok", None),
@@ -456,7 +486,7 @@ impl crate::Gateway {
         match result {
             Ok(response) => Ok(self.finish(response, &permitted, &findings)),
             Err(e) => {
-                self.metrics.upstream_errors.inc();
+                self.metrics.upstream_error(e.outcome());
                 tracing::warn!(error = %e, correlation_id = %permitted.correlation(), "upstream call failed");
                 Err(upstream_error(&e, permitted.correlation()))
             }
@@ -596,6 +626,7 @@ struct Held<'a> {
     correlation: &'a CorrelationId,
     held_record: AuditRecord,
     facts: &'a crate::intent::CallFacts,
+    tool: &'a ToolLabel,
 }
 
 impl crate::Gateway {
@@ -621,6 +652,7 @@ impl crate::Gateway {
             correlation,
             mut held_record,
             facts,
+            tool,
         } = held;
         let class = call.class.as_str();
         if !self.cfg.operators.iter().any(|o| o.may_approve(class)) {
@@ -677,7 +709,7 @@ impl crate::Gateway {
             approval.id,
             self.approval_url(&approval.id)
         ));
-        self.metrics.count_decision(decision);
+        self.metrics.count_hold(tool);
         if self.audit.append(held_record).await.is_err() {
             let _ = self
                 .control

@@ -124,6 +124,7 @@ struct LimitsSection {
     max_sessions_per_subject: usize,
     session_idle_timeout_secs: u64,
     max_concurrent_calls_per_subject: usize,
+    max_tool_labels: usize,
 }
 
 impl Default for LimitsSection {
@@ -141,6 +142,7 @@ impl Default for LimitsSection {
             max_sessions_per_subject: d.max_sessions_per_subject,
             session_idle_timeout_secs: d.session_idle_timeout.as_secs(),
             max_concurrent_calls_per_subject: d.max_concurrent_calls_per_subject,
+            max_tool_labels: d.max_tool_labels,
         }
     }
 }
@@ -161,6 +163,7 @@ impl LimitsSection {
                 "max_concurrent_calls_per_subject",
                 self.max_concurrent_calls_per_subject,
             ),
+            ("max_tool_labels", self.max_tool_labels),
         ] {
             if v == 0 {
                 bail!("limits.{name} must be at least 1");
@@ -188,6 +191,7 @@ impl LimitsSection {
                 self.session_idle_timeout_secs,
             )?,
             max_concurrent_calls_per_subject: self.max_concurrent_calls_per_subject,
+            max_tool_labels: self.max_tool_labels,
         })
     }
 }
