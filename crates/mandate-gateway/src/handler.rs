@@ -8,6 +8,8 @@
 use crate::Gateway;
 use crate::error::GatewayError;
 use crate::pipeline::Incoming;
+use crate::trace::CallerTrace;
+use tracing::Instrument as _;
 use mandate_authn::Principal;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CancelTaskParams, GetTaskParams, GetTaskResult,
@@ -100,7 +102,23 @@ impl ServerHandler for GatewayHandler {
         params: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let principal = self.principal(&ctx).await?;
+        // The call's span comes first, so that authenticating is its first
+        // phase. rmcp moves the request's `_meta` into the context.
+        let correlation = mandate_core::CorrelationId::new();
+        let parts = ctx.extensions.get::<http::request::Parts>();
+        let meta = if ctx.meta.0.is_empty() {
+            params.meta.as_ref().map(|m| &m.0.0)
+        } else {
+            Some(&ctx.meta.0.0)
+        };
+        let trace = CallerTrace::extract(meta, parts.map(|p| &p.headers));
+        let span = crate::trace::tool_call_span(&params.name, &correlation, &trace);
+        let authenticate = tracing::debug_span!(target: crate::trace::TARGET, parent: &span, "authenticate");
+        let principal = self
+            .principal(&ctx)
+            .instrument(authenticate)
+            .instrument(span.clone())
+            .await?;
         let tasks = self.gw.cfg.approvals.held_calls_as_tasks
             && ctx
                 .client_capabilities()
@@ -115,7 +133,11 @@ impl ServerHandler for GatewayHandler {
                     progress: ctx.meta.get_progress_token(),
                     cancel: ctx.ct.clone(),
                     on_hold: None,
+                    correlation,
+                    trace,
+                    span: span.clone(),
                 })
+                .instrument(span)
                 .await;
         }
         // The client takes tasks: run the call in the background and, if it
@@ -131,8 +153,11 @@ impl ServerHandler for GatewayHandler {
             progress: ctx.meta.get_progress_token(),
             cancel: task_cancel.clone(),
             on_hold: Some(held_tx),
+            correlation,
+            trace,
+            span: span.clone(),
         };
-        let mut run = tokio::spawn(async move { gw.call_tool(incoming).await });
+        let mut run = tokio::spawn(async move { gw.call_tool(incoming).await }.instrument(span));
         let joined = |r: Result<Result<CallToolResponse, ErrorData>, tokio::task::JoinError>| {
             r.unwrap_or_else(|_| Err(GatewayError::Internal.into()))
         };

@@ -57,6 +57,7 @@ pub mod server;
 mod sessions;
 mod tasks;
 mod upstream;
+pub mod trace;
 mod usage;
 
 pub use config::{

@@ -375,18 +375,21 @@ impl Upstream {
     /// Forwards one call for a Mandate `session`. `client` is the calling
     /// client: the upstream's progress notifications for this call (if it
     /// asked with `progress`) and, on a session-isolated upstream, its
-    /// elicitations are relayed to it and to no one else.
+    /// elicitations are relayed to it and to no one else. `trace` holds the
+    /// W3C trace fields for the upstream ([`crate::trace::outgoing`]).
     pub(crate) async fn call(
         &self,
         permitted: &Permitted<ToolCall>,
         client: Option<Peer<RoleServer>>,
         progress: Option<ProgressToken>,
+        trace: Vec<(String, String)>,
     ) -> Result<CallToolResponse, UpstreamError> {
         // Exactly what was permitted: the tool's own name and the arguments
         // that were hashed, shown to any approver and recorded; the
-        // correlation id in `_meta` and as a W3C `traceparent`. Nothing else
-        // the client sent goes along (no token, no other `_meta`), except
-        // the answers to the upstream's own questions (MRTR).
+        // correlation id in `_meta` and the W3C trace context (`traceparent`,
+        // `tracestate`, `baggage`). Nothing else the client sent goes along
+        // (no token, no other `_meta`), except the answers to the upstream's
+        // own questions (MRTR).
         let call = permitted.call();
         // The connection of the caller's Mandate session (isolation).
         let session_key = permitted.principal().state_key();
@@ -406,10 +409,9 @@ impl Upstream {
             META_CORRELATION.into(),
             permitted.correlation().as_str().into(),
         );
-        meta.0.0.insert(
-            "traceparent".into(),
-            permitted.correlation().traceparent().into(),
-        );
+        for (key, value) in trace {
+            meta.0.0.insert(key, value.into());
+        }
         params.meta = Some(meta);
         // Getting the connection and handing the request to it are bounded
         // too: whatever is stuck, the call fails after the timeout (and the
@@ -516,22 +518,37 @@ impl Upstream {
     }
 }
 
-/// A `reqwest` client for upstream HTTP that copies the call's W3C
-/// `traceparent` from `params._meta` into the HTTP header (F-05), so
-/// HTTP-level tracing and logs on the upstream side see the correlation.
+/// A `reqwest` client for upstream HTTP that copies the call's W3C trace
+/// context (`traceparent`, `tracestate`, `baggage`) from `params._meta`
+/// into HTTP headers (F-05), so HTTP-level tracing and logs on the
+/// upstream side see the correlation.
 #[derive(Clone)]
 pub struct TraceHttpClient(pub reqwest::Client);
 
-fn traceparent_of(message: &ClientJsonRpcMessage) -> Option<HeaderValue> {
+fn trace_headers_of(message: &ClientJsonRpcMessage) -> Vec<(HeaderName, HeaderValue)> {
     let JsonRpcMessage::Request(req) = message else {
-        return None;
+        return Vec::new();
     };
     let ClientRequest::CallToolRequest(call) = &req.request else {
-        return None;
+        return Vec::new();
     };
-    let meta = call.params.meta.as_ref()?;
-    let value = meta.0.0.get("traceparent")?.as_str()?;
-    HeaderValue::from_str(value).ok()
+    let Some(meta) = call.params.meta.as_ref() else {
+        return Vec::new();
+    };
+    [
+        crate::trace::TRACEPARENT,
+        crate::trace::TRACESTATE,
+        crate::trace::BAGGAGE,
+    ]
+    .into_iter()
+    .filter_map(|key| {
+        let value = meta.0.0.get(key)?.as_str()?;
+        Some((
+            HeaderName::from_static(key),
+            HeaderValue::from_str(value).ok()?,
+        ))
+    })
+    .collect()
 }
 
 type PostResult = Result<StreamableHttpPostResponse, StreamableHttpError<reqwest::Error>>;
@@ -566,9 +583,7 @@ impl StreamableHttpClient for TraceHttpClient {
         mut custom_headers: HashMap<HeaderName, HeaderValue>,
         limits: StreamableHttpResponseLimits,
     ) -> impl Future<Output = PostResult> + Send + '_ {
-        if let Some(tp) = traceparent_of(&message) {
-            custom_headers.insert(HeaderName::from_static("traceparent"), tp);
-        }
+        custom_headers.extend(trace_headers_of(&message));
         async move {
             let response = self
                 .0
