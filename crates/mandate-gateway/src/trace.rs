@@ -46,6 +46,20 @@ pub struct CallerTrace {
     cx: opentelemetry::Context,
 }
 
+/// Whether a caller's value may be parsed at all: bounded, and a
+/// `traceparent` of the W3C field widths (2-32-16-2 hex digits; the
+/// propagator alone would take a short trace id).
+fn acceptable(key: &str, value: &str) -> bool {
+    if value.len() > MAX_VALUE_BYTES {
+        return false;
+    }
+    if key != TRACEPARENT {
+        return true;
+    }
+    let widths: Vec<usize> = value.split('-').map(str::len).collect();
+    widths.starts_with(&[2, 32, 16, 2])
+}
+
 /// Reads trace fields from a JSON object (`_meta`).
 struct MetaCarrier<'a>(&'a serde_json::Map<String, serde_json::Value>);
 
@@ -54,7 +68,7 @@ impl Extractor for MetaCarrier<'_> {
         self.0
             .get(key)
             .and_then(serde_json::Value::as_str)
-            .filter(|v| v.len() <= MAX_VALUE_BYTES)
+            .filter(|v| acceptable(key, v))
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -70,7 +84,7 @@ impl Extractor for HeaderCarrier<'_> {
         self.0
             .get(key)
             .and_then(|v| v.to_str().ok())
-            .filter(|v| v.len() <= MAX_VALUE_BYTES)
+            .filter(|v| acceptable(key, v))
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -222,8 +236,9 @@ pub fn outgoing(
     let ours = forward.context();
     let cx = if ours.span().span_context().is_valid() {
         // Our span, with the caller's baggage.
-        let baggage = caller.cx.baggage().clone();
-        ours.with_baggage(baggage)
+        ours.with_baggage(caller.cx.baggage().iter().map(|(k, (v, m))| {
+            opentelemetry::baggage::KeyValueMetadata::new(k.clone(), v.clone(), m.clone())
+        }))
     } else {
         caller.cx.clone()
     };
