@@ -123,14 +123,14 @@ def gateway(launcher: Launcher, issuer: Issuer, rec_http: RecordingServer, recei
 
 
 def call(gw: Gateway, token: str, name: str, args: dict[str, Any], meta: dict[str, str] | None = None,
-         headers: dict[str, str] | None = None) -> dict[str, Any]:
+         headers: dict[str, str] | None = None, status: int = 200) -> dict[str, Any]:
     sid = gw.initialize(token)
     params: dict[str, Any] = {"name": name, "arguments": args}
     if meta:
         params["_meta"] = meta
     reply = gw.post({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": params}, token, sid,
                     headers=headers)
-    assert reply.status == 200, reply.text
+    assert reply.status == status, reply.text
     return reply.response(7)
 
 
@@ -223,17 +223,21 @@ def test_without_a_caller_trace_the_correlation_trace_is_the_root(
 def test_denied_call_is_traced_with_its_reason_and_is_not_forwarded(
     gateway: Gateway, issuer: Issuer, receiver: Receiver
 ) -> None:
-    token = issuer.mint(gateway.audience, scope="rec.lookup")
+    # `slow` is served by the upstream but in no class: denied by default.
+    token = issuer.mint(gateway.audience, scope="rec.*")
     trace = "11111111111111111111111111111111"
-    reply = call(gateway, token, "rec.note", {"text": "secret-note"},
+    reply = call(gateway, token, "rec.slow", {"seconds": 0.01},
                  meta={"traceparent": f"00-{trace}-2222222222222222-01"})
-    assert "error" in reply, reply
+    assert reply["error"]["data"]["denied"] is True, reply
+    reason = reply["error"]["data"]["reason"]
     spans = receiver.wait_trace(trace, {"mandate.tool_call", "decide", "record"})
     named = by_name(spans)
+    assert {"mandate.tool_call", "decide", "record"} <= set(named), sorted(named)
     a = named["mandate.tool_call"]["attributes"]
-    assert a["effect"] == "deny" and a.get("reason"), a
-    assert "forward" not in named, named
-    assert all("secret-note" not in repr(s["attributes"]) for s in spans)
+    assert a["effect"] == "deny" and a["reason"] == reason, (a, reason)
+    assert a["decision_id"] == reply["error"]["data"]["decision_id"], a
+    assert "forward" not in named and "sanitise" not in named, sorted(named)
+    assert all(SUBJECT not in repr(s["attributes"]) for s in spans)
 
 
 def test_telemetry_off_sends_nothing(launcher: Launcher, issuer: Issuer, rec_http: RecordingServer) -> None:

@@ -302,8 +302,20 @@ impl Upstream {
     }
 
     async fn open(&self, handler: UpstreamHandler) -> Result<Connection, UpstreamError> {
-        let connect = async {
-            match &self.cfg.transport {
+        // rmcp runs a connection under the span current when it opens it
+        // (and hyper its HTTP connections); the connection outlives the call
+        // that opened it, so it is opened on a task of its own, outside any
+        // call's span (which it would otherwise keep open).
+        let cfg = self.cfg.clone();
+        let fail = {
+            let upstream = self.cfg.name.clone();
+            move |detail: &dyn std::fmt::Display| UpstreamError::Unavailable {
+                upstream: upstream.clone(),
+                detail: detail.to_string(),
+            }
+        };
+        let connect = async move {
+            match &cfg.transport {
                 Transport::Stdio { command, args, env } => {
                     let mut cmd = tokio::process::Command::new(command);
                     cmd.args(args).env_clear();
@@ -316,19 +328,19 @@ impl Upstream {
                     let (transport, _stderr) = TokioChildProcess::builder(cmd)
                         .stderr(std::process::Stdio::inherit())
                         .spawn()
-                        .map_err(|e| self.unavailable(format!("cannot start {command:?}: {e}")))?;
+                        .map_err(|e| fail(&format!("cannot start {command:?}: {e}")))?;
                     handler
                         .serve(transport)
                         .await
-                        .map_err(|e| self.unavailable(e))
+                        .map_err(|e| fail(&e))
                 }
                 Transport::Http { url, headers } => {
                     let mut custom = HashMap::new();
                     for (k, v) in headers {
                         let name = HeaderName::try_from(k.as_str())
-                            .map_err(|e| self.unavailable(format!("header {k:?}: {e}")))?;
+                            .map_err(|e| fail(&format!("header {k:?}: {e}")))?;
                         let value = HeaderValue::try_from(v.as_str())
-                            .map_err(|e| self.unavailable(format!("header {k:?}: {e}")))?;
+                            .map_err(|e| fail(&format!("header {k:?}: {e}")))?;
                         custom.insert(name, value);
                     }
                     let config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
@@ -340,13 +352,16 @@ impl Upstream {
                     handler
                         .serve(transport)
                         .await
-                        .map_err(|e| self.unavailable(e))
+                        .map_err(|e| fail(&e))
                 }
             }
         };
-        tokio::time::timeout(self.cfg.timeout, connect)
-            .await
-            .map_err(|_| self.unavailable("timed out while connecting"))?
+        let opened = tokio::spawn(tokio::time::timeout(self.cfg.timeout, connect));
+        match opened.await {
+            Ok(Ok(connected)) => connected,
+            Ok(Err(_)) => Err(self.unavailable("timed out while connecting")),
+            Err(e) => Err(self.unavailable(format!("the connecting task failed: {e}"))),
+        }
     }
 
     /// The upstream's tools (cached until it reports a change).
