@@ -9,7 +9,6 @@ use crate::Gateway;
 use crate::error::GatewayError;
 use crate::pipeline::Incoming;
 use crate::trace::CallerTrace;
-use tracing::Instrument as _;
 use mandate_authn::Principal;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CancelTaskParams, GetTaskParams, GetTaskResult,
@@ -18,6 +17,7 @@ use rmcp::model::{
 use rmcp::service::{NotificationContext, RequestContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 /// Where the handler gets the caller's identity from.
 #[derive(Clone)]
@@ -113,7 +113,8 @@ impl ServerHandler for GatewayHandler {
         };
         let trace = CallerTrace::extract(meta, parts.map(|p| &p.headers));
         let span = crate::trace::tool_call_span(&params.name, &correlation, &trace);
-        let authenticate = tracing::debug_span!(target: crate::trace::TARGET, parent: &span, "authenticate");
+        let authenticate =
+            tracing::debug_span!(target: crate::trace::TARGET, parent: &span, "authenticate");
         let principal = self
             .principal(&ctx)
             .instrument(authenticate)

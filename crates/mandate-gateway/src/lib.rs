@@ -56,8 +56,8 @@ pub mod redaction;
 pub mod server;
 mod sessions;
 mod tasks;
-mod upstream;
 pub mod trace;
+mod upstream;
 mod usage;
 
 pub use config::{

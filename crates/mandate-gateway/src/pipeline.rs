@@ -76,7 +76,8 @@ impl crate::Gateway {
         } = incoming;
         // The phases are spans of their own, children of the call's span
         // (each ends when dropped); they are exported only with telemetry on.
-        let decide_span = tracing::debug_span!(target: crate::trace::TARGET, parent: &span, "decide");
+        let decide_span =
+            tracing::debug_span!(target: crate::trace::TARGET, parent: &span, "decide");
         let exposed = params.name.to_string();
         let relay = Relay {
             input_responses: params.input_responses,
@@ -274,7 +275,8 @@ impl crate::Gateway {
                 held_record: record(&decision, &call.args_hash, &facts),
                 facts: &facts,
             };
-            let hold_span = tracing::debug_span!(target: crate::trace::TARGET, parent: &span, "hold");
+            let hold_span =
+                tracing::debug_span!(target: crate::trace::TARGET, parent: &span, "hold");
             (decision, category) = match self
                 .hold_for_approval(held, cancel, on_hold, client.clone(), progress.clone())
                 .instrument(hold_span)
@@ -300,7 +302,11 @@ impl crate::Gateway {
         note_decision(
             &span,
             &decision,
-            if decision.is_allow() { "" } else { category.code() },
+            if decision.is_allow() {
+                ""
+            } else {
+                category.code()
+            },
         );
         let record_span = tracing::debug_span!(
             target: crate::trace::TARGET,

@@ -213,9 +213,7 @@ pub fn tool_call_span(
     let trace_id = if ctx.is_valid() {
         Some(ctx.trace_id().to_string())
     } else {
-        caller
-            .trace_id()
-            .or_else(|| derived.map(|d| d.to_string()))
+        caller.trace_id().or_else(|| derived.map(|d| d.to_string()))
     };
     if let Some(t) = trace_id {
         span.record("trace_id", t.as_str());

@@ -1,8 +1,4 @@
-#![expect(
-    clippy::unwrap_used,
-    clippy::indexing_slicing,
-    reason = "test code: a panic is a failed test"
-)]
+//! Extraction and injection of the W3C trace context.
 
 use super::*;
 use serde_json::json;
@@ -122,11 +118,7 @@ fn baggage_from_headers_when_meta_has_none() {
 #[test]
 fn without_a_caller_trace_the_correlation_trace_is_used() {
     let corr = CorrelationId::new();
-    let out = outgoing(
-        &tracing::Span::none(),
-        &CallerTrace::default(),
-        &corr,
-    );
+    let out = outgoing(&tracing::Span::none(), &CallerTrace::default(), &corr);
     assert_eq!(out, vec![(TRACEPARENT.to_owned(), corr.traceparent())]);
 }
 
@@ -154,7 +146,10 @@ fn with_telemetry_the_forward_span_is_the_upstreams_parent() {
         let tp = field(&out, TRACEPARENT).unwrap();
         let parts: Vec<&str> = tp.split('-').collect();
         assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_ne!(parts[2], "00f067aa0ba902b7", "the gateway's span is the parent");
+        assert_ne!(
+            parts[2], "00f067aa0ba902b7",
+            "the gateway's span is the parent"
+        );
         assert_eq!(field(&out, TRACESTATE), Some("v=1"));
         assert_eq!(field(&out, BAGGAGE), Some("a=b"));
         drop(forward);
@@ -164,7 +159,9 @@ fn with_telemetry_the_forward_span_is_the_upstreams_parent() {
         let root = tool_call_span("rec.lookup", &corr, &CallerTrace::default());
         drop(root);
         let spans = exporter.get_finished_spans().unwrap();
-        let root = spans.iter().find(|s| s.span_context.trace_id().to_string() == corr.trace_id());
+        let root = spans
+            .iter()
+            .find(|s| s.span_context.trace_id().to_string() == corr.trace_id());
         let root = root.unwrap();
         assert_eq!(root.parent_span_id, opentelemetry::trace::SpanId::INVALID);
         assert_eq!(root.name, "mandate.tool_call");

@@ -329,10 +329,7 @@ impl Upstream {
                         .stderr(std::process::Stdio::inherit())
                         .spawn()
                         .map_err(|e| fail(&format!("cannot start {command:?}: {e}")))?;
-                    handler
-                        .serve(transport)
-                        .await
-                        .map_err(|e| fail(&e))
+                    handler.serve(transport).await.map_err(|e| fail(&e))
                 }
                 Transport::Http { url, headers } => {
                     let mut custom = HashMap::new();
@@ -349,10 +346,7 @@ impl Upstream {
                         TraceHttpClient(reqwest::Client::new()),
                         config,
                     );
-                    handler
-                        .serve(transport)
-                        .await
-                        .map_err(|e| fail(&e))
+                    handler.serve(transport).await.map_err(|e| fail(&e))
                 }
             }
         };

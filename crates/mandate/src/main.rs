@@ -281,7 +281,11 @@ fn init_logging(default: &str, telemetry: Option<&telemetry::Telemetry>) {
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    let fmt = if json { fmt.json().boxed() } else { fmt.boxed() };
+    let fmt = if json {
+        fmt.json().boxed()
+    } else {
+        fmt.boxed()
+    };
     let registry = tracing_subscriber::registry().with(fmt.with_filter(filter));
     match telemetry {
         // No OpenTelemetry layer at all when telemetry is off.

@@ -173,14 +173,15 @@ impl Telemetry {
         let done = tokio::task::spawn_blocking(move || provider.shutdown()).await;
         match done {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "telemetry: flushing spans at shutdown failed"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "telemetry: flushing spans at shutdown failed")
+            }
             Err(e) => tracing::warn!(error = %e, "telemetry: flushing spans at shutdown failed"),
         }
     }
 }
 
 #[cfg(test)]
-#[expect(clippy::unwrap_used, reason = "test code")]
 mod tests {
     use super::*;
 
