@@ -252,9 +252,12 @@ def test_telemetry_off_sends_nothing(launcher: Launcher, issuer: Issuer, rec_htt
         before = len(rec_http.calls())
         reply = call(gw, token, "rec.lookup", {"key": "off"}, meta={"traceparent": CALLER_TP, "baggage": BAGGAGE})
         assert not reply["result"].get("isError"), reply
-        # Off, the caller's context is handed on as received.
+        # Off, the caller's trace goes on, with the correlation id's span id
+        # as the gateway's hop, and its baggage.
+        hop = corr_trace_id(reply["result"]["_meta"][CORR])[::-1][:16]
         up = rec_http.calls()[before:][0]
-        assert up["_meta"]["traceparent"] == CALLER_TP and up["_meta"]["baggage"] == BAGGAGE, up
+        assert up["_meta"]["traceparent"] == f"00-{CALLER_TRACE}-{hop}-01", up
+        assert up["traceparent_header"] == up["_meta"]["traceparent"] and up["_meta"]["baggage"] == BAGGAGE, up
         time.sleep(0.5)
         gw.proc.stop()
         assert idle.requests == 0 and idle.spans == []

@@ -13,8 +13,9 @@
 //! arguments.
 //!
 //! Without an OpenTelemetry layer (telemetry off) the spans cost what a
-//! `tracing` span costs; the upstream still gets the caller's context as
-//! received, or the correlation id's trace when there is none.
+//! `tracing` span costs; the upstream still gets the caller's trace (with
+//! the correlation id's span id as its parent), or the correlation id's
+//! trace when there is none.
 
 use mandate_core::CorrelationId;
 use opentelemetry::baggage::BaggageExt;
@@ -223,9 +224,9 @@ pub fn tool_call_span(
 
 /// The trace fields handed on to the upstream for a call forwarded under
 /// `forward` (the `forward` phase span): the gateway's span as the parent
-/// when telemetry is on; else the caller's context as received; else the
-/// trace derived from the correlation id. Baggage and trace state travel
-/// on unchanged.
+/// when telemetry is on; else the caller's trace with the correlation id's
+/// span id as the parent; else the trace derived from the correlation id.
+/// Baggage, trace state and the sampled flag travel on unchanged.
 pub fn outgoing(
     forward: &tracing::Span,
     caller: &CallerTrace,
@@ -237,6 +238,23 @@ pub fn outgoing(
         ours.with_baggage(caller.cx.baggage().iter().map(|(k, (v, m))| {
             opentelemetry::baggage::KeyValueMetadata::new(k.clone(), v.clone(), m.clone())
         }))
+    } else if caller.is_present() {
+        // No span of ours: the caller's trace, with the gateway's hop (the
+        // correlation id's span id) as the parent, so the upstream never
+        // gets the caller's own span id back and its records correlate.
+        let theirs = caller.cx.span().span_context().clone();
+        match opentelemetry::trace::SpanId::from_hex(&correlation.span_id()) {
+            Ok(hop) => caller
+                .cx
+                .with_remote_span_context(opentelemetry::trace::SpanContext::new(
+                    theirs.trace_id(),
+                    hop,
+                    theirs.trace_flags(),
+                    true,
+                    theirs.trace_state().clone(),
+                )),
+            Err(_) => caller.cx.clone(),
+        }
     } else {
         caller.cx.clone()
     };

@@ -82,19 +82,21 @@ fn oversized_values_are_ignored() {
     let corr = CorrelationId::new();
     let out = outgoing(&tracing::Span::none(), &t, &corr);
     assert_eq!(field(&out, BAGGAGE), None);
-    assert_eq!(field(&out, TRACEPARENT), Some(CALLER));
+    assert!(field(&out, TRACEPARENT).unwrap().contains(&corr.span_id()));
 }
 
 #[test]
-fn without_telemetry_the_callers_context_is_handed_on_unchanged() {
+fn without_telemetry_the_callers_trace_goes_on_with_the_gateways_hop() {
     let m = meta(json!({
         "traceparent": CALLER,
         "tracestate": "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7",
         "baggage": "tenant=acme,region=eu",
     }));
     let t = CallerTrace::extract(Some(&m), None);
-    let out = outgoing(&tracing::Span::none(), &t, &CorrelationId::new());
-    assert_eq!(field(&out, TRACEPARENT), Some(CALLER));
+    let corr = CorrelationId::new();
+    let out = outgoing(&tracing::Span::none(), &t, &corr);
+    let expected = format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01", corr.span_id());
+    assert_eq!(field(&out, TRACEPARENT), Some(expected.as_str()));
     assert_eq!(
         field(&out, TRACESTATE),
         Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
@@ -112,7 +114,11 @@ fn baggage_from_headers_when_meta_has_none() {
     let t = CallerTrace::extract(Some(&m), Some(&h));
     let out = outgoing(&tracing::Span::none(), &t, &CorrelationId::new());
     assert_eq!(field(&out, BAGGAGE), Some("tenant=acme"));
-    assert_eq!(field(&out, TRACEPARENT), Some(CALLER));
+    assert!(
+        field(&out, TRACEPARENT)
+            .unwrap()
+            .contains("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
 }
 
 #[test]
@@ -166,4 +172,17 @@ fn with_telemetry_the_forward_span_is_the_upstreams_parent() {
         assert_eq!(root.parent_span_id, opentelemetry::trace::SpanId::INVALID);
         assert_eq!(root.name, "mandate.tool_call");
     });
+}
+
+#[test]
+fn the_callers_sampling_decision_travels_on() {
+    let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+    let m = meta(json!({ "traceparent": unsampled }));
+    let t = CallerTrace::extract(Some(&m), None);
+    assert!(t.is_present());
+    let out = outgoing(&tracing::Span::none(), &t, &CorrelationId::new());
+    assert!(
+        field(&out, TRACEPARENT).unwrap().ends_with("-00"),
+        "{out:?}"
+    );
 }
