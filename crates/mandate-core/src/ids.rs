@@ -65,10 +65,14 @@ impl CorrelationId {
         hex
     }
 
+    /// The 16-hex-digit span id derived from this correlation id: the
+    /// gateway's hop in a `traceparent` when it exports no span of its own.
+    pub fn span_id(&self) -> String {
+        self.trace_id().chars().rev().take(16).collect()
+    }
+
     /// A W3C `traceparent` value (version 00, sampled) for this call.
     pub fn traceparent(&self) -> String {
-        let trace = self.trace_id();
-        let span: String = trace.chars().rev().take(16).collect();
-        format!("00-{trace}-{span}-01")
+        format!("00-{}-{}-01", self.trace_id(), self.span_id())
     }
 }

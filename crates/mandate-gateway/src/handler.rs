@@ -9,6 +9,7 @@ use crate::Gateway;
 use crate::error::GatewayError;
 use crate::metrics::AuthTook;
 use crate::pipeline::Incoming;
+use crate::trace::CallerTrace;
 use mandate_authn::Principal;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CancelTaskParams, GetTaskParams, GetTaskResult,
@@ -17,6 +18,7 @@ use rmcp::model::{
 use rmcp::service::{NotificationContext, RequestContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 /// Where the handler gets the caller's identity from.
 #[derive(Clone)]
@@ -121,8 +123,25 @@ impl ServerHandler for GatewayHandler {
         params: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
+        // The call's span comes first, so that authenticating is its first
+        // phase. rmcp moves the request's `_meta` into the context.
+        let correlation = mandate_core::CorrelationId::new();
+        let parts = ctx.extensions.get::<http::request::Parts>();
+        let meta = if ctx.meta.0.is_empty() {
+            params.meta.as_ref().map(|m| &m.0.0)
+        } else {
+            Some(&ctx.meta.0.0)
+        };
+        let trace = CallerTrace::extract(meta, parts.map(|p| &p.headers));
+        let span = crate::trace::tool_call_span(&params.name, &correlation, &trace);
+        let authenticate =
+            tracing::debug_span!(target: crate::trace::TARGET, parent: &span, "authenticate");
         let started = std::time::Instant::now();
-        let principal = self.principal(&ctx).await;
+        let principal = self
+            .principal(&ctx)
+            .instrument(authenticate)
+            .instrument(span.clone())
+            .await;
         // Recorded when the call is done, when the pipeline has given a
         // served tool its label: over HTTP the time `http.rs` measured,
         // over stdio re-verifying the launch token for this call.
@@ -130,9 +149,7 @@ impl ServerHandler for GatewayHandler {
             gw: &self.gw,
             took: match &self.source {
                 PrincipalSource::Token(_) => Some(started.elapsed()),
-                PrincipalSource::PerRequest => ctx
-                    .extensions
-                    .get::<http::request::Parts>()
+                PrincipalSource::PerRequest => parts
                     .and_then(|parts| parts.extensions.get::<AuthTook>())
                     .map(|t| t.0),
             },
@@ -153,7 +170,11 @@ impl ServerHandler for GatewayHandler {
                     progress: ctx.meta.get_progress_token(),
                     cancel: ctx.ct.clone(),
                     on_hold: None,
+                    correlation,
+                    trace,
+                    span: span.clone(),
                 })
+                .instrument(span)
                 .await;
         }
         // The client takes tasks: run the call in the background and, if it
@@ -169,8 +190,11 @@ impl ServerHandler for GatewayHandler {
             progress: ctx.meta.get_progress_token(),
             cancel: task_cancel.clone(),
             on_hold: Some(held_tx),
+            correlation,
+            trace,
+            span: span.clone(),
         };
-        let mut run = tokio::spawn(async move { gw.call_tool(incoming).await });
+        let mut run = tokio::spawn(async move { gw.call_tool(incoming).await }.instrument(span));
         let joined = |r: Result<Result<CallToolResponse, ErrorData>, tokio::task::JoinError>| {
             r.unwrap_or_else(|_| Err(GatewayError::Internal.into()))
         };

@@ -56,6 +56,7 @@ pub mod redaction;
 pub mod server;
 mod sessions;
 mod tasks;
+pub mod trace;
 mod upstream;
 mod usage;
 

@@ -29,6 +29,7 @@ use mandate_policy::{Decision, DecisionRequest, SessionFacts};
 use rmcp::model::{CallToolRequestParams, CallToolResponse, ProgressToken};
 use rmcp::{ErrorData, Peer, RoleServer};
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 /// Result `_meta` key carrying the decision id.
 pub const META_DECISION: &str = "io.mandate/decision_id";
@@ -56,6 +57,12 @@ pub struct Incoming {
     /// Told the approval id once the call is durably held (the handler
     /// then answers with an MCP task instead of keeping the request open).
     pub on_hold: Option<tokio::sync::oneshot::Sender<String>>,
+    /// Identifies the call end to end (audit records, `_meta`, traces).
+    pub correlation: CorrelationId,
+    /// The trace context the caller sent, if any.
+    pub trace: crate::trace::CallerTrace,
+    /// The call's `mandate.tool_call` span ([`crate::trace::tool_call_span`]).
+    pub span: tracing::Span,
 }
 
 impl crate::Gateway {
@@ -68,8 +75,14 @@ impl crate::Gateway {
             progress,
             cancel,
             on_hold,
+            correlation,
+            trace,
+            span,
         } = incoming;
-        let correlation = CorrelationId::new();
+        // The phases are spans of their own, children of the call's span
+        // (each ends when dropped); they are exported only with telemetry on.
+        let decide_span =
+            tracing::debug_span!(target: crate::trace::TARGET, parent: &span, "decide");
         let exposed = params.name.to_string();
         let relay = Relay {
             input_responses: params.input_responses,
@@ -111,6 +124,7 @@ impl crate::Gateway {
                 DenyCategory::TooManyCalls.code(),
                 &self.metrics.tool_seen(&exposed),
             );
+            note_decision(&span, &decision, DenyCategory::TooManyCalls.code());
             let hash = mandate_core::canonical_args_hash(&args);
             if self
                 .audit
@@ -150,6 +164,7 @@ impl crate::Gateway {
                     UNKNOWN_TOOL_CODE,
                     &self.metrics.unknown_tool(),
                 );
+                note_decision(&span, &decision, "unknown_tool");
                 // Best effort: an unknown tool reaches nothing either way.
                 if let Err(e) = self.audit.append(record(&decision, &hash, &no_facts)).await {
                     tracing::error!(error = %e, "audit append failed for unknown-tool deny");
@@ -262,6 +277,8 @@ impl crate::Gateway {
         };
         drop(decide_timer);
 
+        drop(decide_span);
+
         // 4. Hold for a human: the call waits (durably recorded as held)
         //    until an approver decides, the deadline passes or the client
         //    goes away; only an approval releases it, re-verified now.
@@ -276,9 +293,12 @@ impl crate::Gateway {
                 facts: &facts,
                 tool: &tool,
             };
+            let hold_span =
+                tracing::debug_span!(target: crate::trace::TARGET, parent: &span, "hold");
             let held = {
                 let _timer = self.metrics.time(Phase::Hold, &tool);
                 self.hold_for_approval(held, cancel, on_hold, client.clone(), progress.clone())
+                    .instrument(hold_span)
                     .await
             };
             (decision, category) = match held {
@@ -300,11 +320,29 @@ impl crate::Gateway {
         }
         let mut decision_record = record(&decision, &call.args_hash, &facts);
         decision_record.amount = metered_amount(&call);
-        let recorded = {
+        note_decision(
+            &span,
+            &decision,
+            if decision.is_allow() {
+                ""
+            } else {
+                category.code()
+            },
+        );
+        let record_span = tracing::debug_span!(
+            target: crate::trace::TARGET,
+            parent: &span,
+            "record",
+            decision_id = %decision.id(),
+        );
+        let appended = {
             let _timer = self.metrics.time(Phase::Record, &tool);
-            self.audit.append(decision_record).await
+            self.audit
+                .append(decision_record)
+                .instrument(record_span)
+                .await
         };
-        let receipt = match recorded {
+        let receipt = match appended {
             Ok(receipt) => receipt,
             Err(e) => {
                 tracing::error!(error = %e, decision = %decision.id(), "audit store unavailable; denying");
@@ -384,12 +422,38 @@ impl crate::Gateway {
 
         // 7. Forward, then 8. label the result and 9. record the outcome
         //    (after the fact; the response is not held for it).
+        let forward_span = tracing::debug_span!(
+            target: crate::trace::TARGET,
+            parent: &span,
+            "forward",
+            otel.kind = "client",
+            upstream = %upstream.config().name,
+            outcome = tracing::field::Empty,
+        );
+        let trace_fields = crate::trace::outgoing(&forward_span, &trace, &correlation);
         let mut result = {
             let _timer = self.metrics.time(Phase::Forward, &tool);
-            upstream.call(&permitted, client, progress).await
+            upstream
+                .call(&permitted, client, progress, trace_fields)
+                .instrument(forward_span.clone())
+                .await
         };
+        forward_span.record(
+            "outcome",
+            match &result {
+                Ok(_) => "ok",
+                Err(e) => e.outcome(),
+            },
+        );
+        drop(forward_span);
         let session = principal.state_key();
         let sanitise_timer = self.metrics.time(Phase::Sanitise, &tool);
+        let sanitise_span = tracing::debug_span!(
+            target: crate::trace::TARGET,
+            parent: &span,
+            "sanitise",
+            labels = tracing::field::Empty,
+        );
 
         // What came back is data: label it, clean it, look for injected
         // instructions, and taint the session (later decisions see it).
@@ -411,6 +475,9 @@ impl crate::Gateway {
             ),
             _ => crate::provenance::Findings::default(),
         };
+        if !findings.labels.is_empty() {
+            sanitise_span.record("labels", findings.labels.join(",").as_str());
+        }
         let mut newly_suspicious = false;
         if !findings.labels.is_empty() {
             let mut s = self.usage.session(session.clone());
@@ -450,6 +517,7 @@ impl crate::Gateway {
             }
         }
         drop(sanitise_timer);
+        drop(sanitise_span);
         let (outcome, mut detail) = match &result {
             Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => ("tool_error", None),
             Ok(CallToolResponse::Complete(_)) => ("ok", None),
@@ -827,6 +895,15 @@ impl crate::Gateway {
                 )
             }
         }
+    }
+}
+
+/// Puts a decision on the call's span (ids and codes only, no subject).
+fn note_decision(span: &tracing::Span, decision: &Decision, reason: &str) {
+    span.record("decision_id", decision.id().as_str());
+    span.record("effect", decision.effect().as_str());
+    if !reason.is_empty() {
+        span.record("reason", reason);
     }
 }
 

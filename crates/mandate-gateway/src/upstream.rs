@@ -302,8 +302,20 @@ impl Upstream {
     }
 
     async fn open(&self, handler: UpstreamHandler) -> Result<Connection, UpstreamError> {
-        let connect = async {
-            match &self.cfg.transport {
+        // rmcp runs a connection under the span current when it opens it
+        // (and hyper its HTTP connections); the connection outlives the call
+        // that opened it, so it is opened on a task of its own, outside any
+        // call's span (which it would otherwise keep open).
+        let cfg = self.cfg.clone();
+        let fail = {
+            let upstream = self.cfg.name.clone();
+            move |detail: &dyn std::fmt::Display| UpstreamError::Unavailable {
+                upstream: upstream.clone(),
+                detail: detail.to_string(),
+            }
+        };
+        let connect = async move {
+            match &cfg.transport {
                 Transport::Stdio { command, args, env } => {
                     let mut cmd = tokio::process::Command::new(command);
                     cmd.args(args).env_clear();
@@ -316,19 +328,16 @@ impl Upstream {
                     let (transport, _stderr) = TokioChildProcess::builder(cmd)
                         .stderr(std::process::Stdio::inherit())
                         .spawn()
-                        .map_err(|e| self.unavailable(format!("cannot start {command:?}: {e}")))?;
-                    handler
-                        .serve(transport)
-                        .await
-                        .map_err(|e| self.unavailable(e))
+                        .map_err(|e| fail(&format!("cannot start {command:?}: {e}")))?;
+                    handler.serve(transport).await.map_err(|e| fail(&e))
                 }
                 Transport::Http { url, headers } => {
                     let mut custom = HashMap::new();
                     for (k, v) in headers {
                         let name = HeaderName::try_from(k.as_str())
-                            .map_err(|e| self.unavailable(format!("header {k:?}: {e}")))?;
+                            .map_err(|e| fail(&format!("header {k:?}: {e}")))?;
                         let value = HeaderValue::try_from(v.as_str())
-                            .map_err(|e| self.unavailable(format!("header {k:?}: {e}")))?;
+                            .map_err(|e| fail(&format!("header {k:?}: {e}")))?;
                         custom.insert(name, value);
                     }
                     let config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
@@ -337,16 +346,16 @@ impl Upstream {
                         TraceHttpClient(reqwest::Client::new()),
                         config,
                     );
-                    handler
-                        .serve(transport)
-                        .await
-                        .map_err(|e| self.unavailable(e))
+                    handler.serve(transport).await.map_err(|e| fail(&e))
                 }
             }
         };
-        tokio::time::timeout(self.cfg.timeout, connect)
-            .await
-            .map_err(|_| self.unavailable("timed out while connecting"))?
+        let opened = tokio::spawn(tokio::time::timeout(self.cfg.timeout, connect));
+        match opened.await {
+            Ok(Ok(connected)) => connected,
+            Ok(Err(_)) => Err(self.unavailable("timed out while connecting")),
+            Err(e) => Err(self.unavailable(format!("the connecting task failed: {e}"))),
+        }
     }
 
     /// The upstream's tools (cached until it reports a change).
@@ -375,18 +384,21 @@ impl Upstream {
     /// Forwards one call for a Mandate `session`. `client` is the calling
     /// client: the upstream's progress notifications for this call (if it
     /// asked with `progress`) and, on a session-isolated upstream, its
-    /// elicitations are relayed to it and to no one else.
+    /// elicitations are relayed to it and to no one else. `trace` holds the
+    /// W3C trace fields for the upstream ([`crate::trace::outgoing`]).
     pub(crate) async fn call(
         &self,
         permitted: &Permitted<ToolCall>,
         client: Option<Peer<RoleServer>>,
         progress: Option<ProgressToken>,
+        trace: Vec<(String, String)>,
     ) -> Result<CallToolResponse, UpstreamError> {
         // Exactly what was permitted: the tool's own name and the arguments
         // that were hashed, shown to any approver and recorded; the
-        // correlation id in `_meta` and as a W3C `traceparent`. Nothing else
-        // the client sent goes along (no token, no other `_meta`), except
-        // the answers to the upstream's own questions (MRTR).
+        // correlation id in `_meta` and the W3C trace context (`traceparent`,
+        // `tracestate`, `baggage`). Nothing else the client sent goes along
+        // (no token, no other `_meta`), except the answers to the upstream's
+        // own questions (MRTR).
         let call = permitted.call();
         // The connection of the caller's Mandate session (isolation).
         let session_key = permitted.principal().state_key();
@@ -406,10 +418,9 @@ impl Upstream {
             META_CORRELATION.into(),
             permitted.correlation().as_str().into(),
         );
-        meta.0.0.insert(
-            "traceparent".into(),
-            permitted.correlation().traceparent().into(),
-        );
+        for (key, value) in trace {
+            meta.0.0.insert(key, value.into());
+        }
         params.meta = Some(meta);
         // Getting the connection and handing the request to it are bounded
         // too: whatever is stuck, the call fails after the timeout (and the
@@ -516,22 +527,37 @@ impl Upstream {
     }
 }
 
-/// A `reqwest` client for upstream HTTP that copies the call's W3C
-/// `traceparent` from `params._meta` into the HTTP header (F-05), so
-/// HTTP-level tracing and logs on the upstream side see the correlation.
+/// A `reqwest` client for upstream HTTP that copies the call's W3C trace
+/// context (`traceparent`, `tracestate`, `baggage`) from `params._meta`
+/// into HTTP headers (F-05), so HTTP-level tracing and logs on the
+/// upstream side see the correlation.
 #[derive(Clone)]
 pub struct TraceHttpClient(pub reqwest::Client);
 
-fn traceparent_of(message: &ClientJsonRpcMessage) -> Option<HeaderValue> {
+fn trace_headers_of(message: &ClientJsonRpcMessage) -> Vec<(HeaderName, HeaderValue)> {
     let JsonRpcMessage::Request(req) = message else {
-        return None;
+        return Vec::new();
     };
     let ClientRequest::CallToolRequest(call) = &req.request else {
-        return None;
+        return Vec::new();
     };
-    let meta = call.params.meta.as_ref()?;
-    let value = meta.0.0.get("traceparent")?.as_str()?;
-    HeaderValue::from_str(value).ok()
+    let Some(meta) = call.params.meta.as_ref() else {
+        return Vec::new();
+    };
+    [
+        crate::trace::TRACEPARENT,
+        crate::trace::TRACESTATE,
+        crate::trace::BAGGAGE,
+    ]
+    .into_iter()
+    .filter_map(|key| {
+        let value = meta.0.0.get(key)?.as_str()?;
+        Some((
+            HeaderName::from_static(key),
+            HeaderValue::from_str(value).ok()?,
+        ))
+    })
+    .collect()
 }
 
 type PostResult = Result<StreamableHttpPostResponse, StreamableHttpError<reqwest::Error>>;
@@ -566,9 +592,7 @@ impl StreamableHttpClient for TraceHttpClient {
         mut custom_headers: HashMap<HeaderName, HeaderValue>,
         limits: StreamableHttpResponseLimits,
     ) -> impl Future<Output = PostResult> + Send + '_ {
-        if let Some(tp) = traceparent_of(&message) {
-            custom_headers.insert(HeaderName::from_static("traceparent"), tp);
-        }
+        custom_headers.extend(trace_headers_of(&message));
         async move {
             let response = self
                 .0

@@ -41,6 +41,9 @@ struct FileConfig {
     control: ControlSection,
     #[serde(default)]
     limits: LimitsSection,
+    /// Traces (docs/OBSERVABILITY.md).
+    #[serde(default)]
+    telemetry: crate::telemetry::TelemetrySection,
 }
 
 /// `[control]`: where revocations, approvals, the change gate, tool pins,
@@ -433,6 +436,8 @@ pub struct Config {
     pub audit: crate::audit_config::AuditSettings,
     /// `[control]`: where the control store lives.
     pub control: ControlSettings,
+    /// `[telemetry]`: `None` when traces are off.
+    pub telemetry: Option<crate::telemetry::TelemetrySettings>,
 }
 
 /// Command-line overrides, applied after the environment.
@@ -753,11 +758,13 @@ impl Config {
         let audit =
             crate::audit_config::AuditSettings::from_section(&file.audit, &data_dir, &subst)?;
         let control = file.control.resolve(&data_dir, &subst)?;
+        let telemetry = file.telemetry.settings()?;
         let mut gateway = gateway;
         gateway.redaction = audit.redaction.clone();
         Ok(Self {
             audit,
             control,
+            telemetry,
             listen,
             data_dir,
             policy_dir,

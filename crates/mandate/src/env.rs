@@ -22,3 +22,9 @@ pub const OPERATOR_TOKEN: &str = "MANDATE_OPERATOR_TOKEN";
 pub const AUDIT_STORE: &str = "MANDATE_AUDIT_STORE";
 /// Overrides `control.store` (a `postgres://` URL or a SQLite path).
 pub const CONTROL_STORE: &str = "MANDATE_CONTROL_STORE";
+/// Turns traces on: the OTLP/HTTP base URL (overrides `telemetry.otlp_endpoint`).
+pub const OTEL_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// Overrides `telemetry.service_name`.
+pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+/// Overrides `telemetry.sample_ratio`.
+pub const OTEL_SAMPLER_ARG: &str = "OTEL_TRACES_SAMPLER_ARG";

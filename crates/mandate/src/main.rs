@@ -21,6 +21,7 @@ mod ops;
 mod policy_args;
 mod reload;
 mod signer;
+mod telemetry;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -271,23 +272,55 @@ enum TokenCommand {
     Mint(devtoken::MintArgs),
 }
 
-fn init_logging(default: &str) {
-    use tracing_subscriber::EnvFilter;
+/// Logs to stderr (filtered by `MANDATE_LOG`) and, with `telemetry`,
+/// exports the gateway's trace spans too (their own filter: telemetry
+/// does not depend on the log level).
+fn init_logging(default: &str, telemetry: Option<&telemetry::Telemetry>) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{EnvFilter, Layer as _};
     let filter = EnvFilter::try_from_env(env::LOG).unwrap_or_else(|_| EnvFilter::new(default));
     let json = std::env::var(env::LOG_FORMAT).is_ok_and(|v| v == "json");
     // Colour only for a person at a terminal: log files and journals get
     // plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
+    let fmt = if json {
+        fmt.json().boxed()
     } else {
-        builder.init();
+        fmt.boxed()
+    };
+    let registry = tracing_subscriber::registry().with(fmt.with_filter(filter));
+    match telemetry {
+        // No OpenTelemetry layer at all when telemetry is off.
+        None => registry.init(),
+        Some(t) => registry.with(t.layer()).init(),
     }
 }
+
+/// Starts the trace exporter when `[telemetry]` turns it on, and logging.
+fn init_logging_for(cfg: &Config) -> Result<Option<telemetry::Telemetry>> {
+    let telemetry = cfg
+        .telemetry
+        .as_ref()
+        .map(telemetry::Telemetry::start)
+        .transpose()?;
+    init_logging(DEFAULT_LOG, telemetry.as_ref());
+    if let Some(t) = &cfg.telemetry {
+        tracing::info!(
+            endpoint = %t.traces_url,
+            service = %t.service_name,
+            sample_ratio = t.sample_ratio,
+            "exporting traces over OTLP/HTTP"
+        );
+    }
+    Ok(telemetry)
+}
+
+/// The log filter of the long-running commands.
+const DEFAULT_LOG: &str = "info,rmcp=warn";
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -296,8 +329,10 @@ async fn main() -> std::process::ExitCode {
         // The demo prints its own report; its demo servers only log problems.
         Command::Demo { .. } => {}
         #[cfg(feature = "dev")]
-        Command::DemoServer { .. } => init_logging("warn"),
-        _ => init_logging("info,rmcp=warn"),
+        Command::DemoServer { .. } => init_logging("warn", None),
+        // These read their configuration first (it may turn traces on).
+        Command::Serve { check: false, .. } | Command::Gateway { .. } => {}
+        _ => init_logging(DEFAULT_LOG, None),
     }
     match run(cli).await {
         Ok(code) => code,
@@ -328,7 +363,12 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 println!("configuration OK");
                 return Ok(ExitCode::SUCCESS);
             }
-            serve(cfg, config, overrides).await?;
+            let telemetry = init_logging_for(&cfg)?;
+            let served = serve(cfg, config, overrides).await;
+            if let Some(t) = telemetry {
+                t.shutdown().await;
+            }
+            served?;
         }
         Command::Gateway {
             stdio: _,
@@ -344,6 +384,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             )?;
             let token = std::env::var(env::TOKEN)
                 .with_context(|| format!("{} must hold the agent's bearer token", env::TOKEN))?;
+            let telemetry = init_logging_for(&cfg)?;
             let gw = build_gateway(&cfg).await?;
             // Refuse to start with a token that does not verify now.
             gw.authn()
@@ -356,7 +397,11 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             );
             use rmcp::ServiceExt as _;
             let running = handler.serve(rmcp::transport::stdio()).await?;
-            running.waiting().await?;
+            let waited = running.waiting().await;
+            if let Some(t) = telemetry {
+                t.shutdown().await;
+            }
+            waited?;
         }
         Command::Demo { data_dir } => return demo::run(data_dir).await,
         Command::Policy { command } => match command {

@@ -4,7 +4,7 @@ every call it receives.
 Mandate's end-to-end tests put it behind the gateway to prove, from the
 upstream's side, what did and did not get through: one JSON line per call
 with the tool name, the arguments, the request's `_meta` and (over HTTP) the
-`traceparent` and `authorization` headers it arrived with.
+`traceparent`, `tracestate`, `baggage` and `authorization` headers it arrived with.
 
     python recording_server.py --record calls.jsonl --http 127.0.0.1:0 --port-file port.txt
     python recording_server.py --record calls.jsonl            # stdio
@@ -49,6 +49,8 @@ def build(record_path: str) -> MCPServer:
             "arguments": arguments,
             "_meta": meta,
             "traceparent_header": headers.get("traceparent") if headers is not None else None,
+            "tracestate_header": headers.get("tracestate") if headers is not None else None,
+            "baggage_header": headers.get("baggage") if headers is not None else None,
             "authorization_header": headers.get("authorization") if headers is not None else None,
             "pid": os.getpid(),
             "time": time.time(),
