@@ -57,8 +57,11 @@ class Callbacks:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
-                q = parse_qs(urlparse(self.path).query)
-                received.put({k: v[0] for k, v in q.items()})
+                url = urlparse(self.path)
+                if url.path != "/callback":  # the browser's /favicon.ico
+                    self.send_error(404)
+                    return
+                received.put({k: v[0] for k, v in parse_qs(url.query).items()})
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain")
                 self.end_headers()

@@ -772,9 +772,11 @@ fn page(status: StatusCode, title: &str, body_html: &str) -> Response {
             "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
+    // (`no-referrer` would make browsers send `Origin: null` with the
+    // consent form; `same-origin` leaks nothing to the client either.)
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     resp
 }
