@@ -125,9 +125,8 @@ impl SignInConfig {
     }
 
     fn validate(&self, broker: &BrokerConfig) -> Result<(), String> {
-        let url_ok = |s: &str| {
-            reqwest::Url::parse(s).is_ok_and(|u| mandate_authn::oidc::url_allowed(&u))
-        };
+        let url_ok =
+            |s: &str| reqwest::Url::parse(s).is_ok_and(|u| mandate_authn::oidc::url_allowed(&u));
         if !url_ok(&self.provider_issuer) {
             return Err(
                 "broker.sign_in.issuer must be an https URL (or http to a loopback host)".into(),

@@ -290,9 +290,7 @@ impl Broker {
     /// How many sign-in clients, sign-ins in progress and unredeemed codes
     /// are held (all zero without sign-in).
     pub fn sign_in_state_sizes(&self) -> (usize, usize, usize) {
-        self.signin
-            .as_ref()
-            .map_or((0, 0, 0), |s| s.state.sizes())
+        self.signin.as_ref().map_or((0, 0, 0), |s| s.state.sizes())
     }
 
     /// The DPoP verifier (shared with the gateway so nonces agree).

@@ -105,7 +105,10 @@ pub(crate) struct Pending {
 /// Where a sign-in in progress is.
 pub(crate) enum Stage {
     /// At the provider (keyed by the provider request's `state`).
-    AtProvider { nonce: String, code_verifier: String },
+    AtProvider {
+        nonce: String,
+        code_verifier: String,
+    },
     /// On the consent page (keyed by the page's id).
     Consent {
         user: User,
@@ -383,7 +386,10 @@ impl Broker {
     /// issued a token); `false` when it could not be written.
     async fn record_sign_in(&self, trail: &Trail, error: Option<(&str, &str)>) -> bool {
         let (effect, reason) = match error {
-            None => (Effect::Allow, "token issued to a signed-in MCP client".to_owned()),
+            None => (
+                Effect::Allow,
+                "token issued to a signed-in MCP client".to_owned(),
+            ),
             Some((code, why)) => (Effect::Deny, format!("{code}: {why}")),
         };
         let decision = DecisionRecord::control(effect, "broker", reason);
@@ -479,9 +485,7 @@ impl Broker {
             .ok_or_else(|| Refusal::client("unknown sign-in client"))?;
         trail.client = Some(client.id.clone());
         if req.get("client_assertion").is_some() || req.get("client_secret").is_some() {
-            return Err(Refusal::client(
-                "a public sign-in client sent credentials",
-            ));
+            return Err(Refusal::client("a public sign-in client sent credentials"));
         }
         // 2. The request's shape.
         let code = req
@@ -867,7 +871,8 @@ async fn authorize(State(b): State<Arc<Broker>>, RawQuery(query): RawQuery) -> R
         return failed_page("The application is not registered with this server.");
     };
     trail.client = Some(client.id.clone());
-    let Some(redirect_uri) = get("redirect_uri").filter(|r| client.redirect_uris.iter().any(|u| u == r))
+    let Some(redirect_uri) =
+        get("redirect_uri").filter(|r| client.redirect_uris.iter().any(|u| u == r))
     else {
         b.record_sign_in(
             &trail,
@@ -903,8 +908,7 @@ async fn authorize(State(b): State<Arc<Broker>>, RawQuery(query): RawQuery) -> R
         )
         .await;
     }
-    if get("code_challenge_method") != Some("S256") || !challenge_well_formed(&request.challenge)
-    {
+    if get("code_challenge_method") != Some("S256") || !challenge_well_formed(&request.challenge) {
         return refuse_to_client(
             &b,
             &trail,
@@ -951,14 +955,7 @@ async fn authorize(State(b): State<Arc<Broker>>, RawQuery(query): RawQuery) -> R
             .await;
         }
         (Ok(_), None) => {
-            return refuse_to_client(
-                &b,
-                &trail,
-                &request,
-                "server_error",
-                "no randomness",
-            )
-            .await;
+            return refuse_to_client(&b, &trail, &request, "server_error", "no randomness").await;
         }
     };
     let pending = Pending {
@@ -1037,22 +1034,24 @@ async fn callback(
         return StatusCode::NOT_FOUND.into_response();
     };
     let now_ms = b.clock.now_ms();
-    let Some(pending) = cb
-        .state
-        .take()
-        .and_then(|s| signin.state.take(&s, now_ms))
-    else {
-        return failed_page("This sign-in is unknown or has expired; start again from your application.");
+    let Some(pending) = cb.state.take().and_then(|s| signin.state.take(&s, now_ms)) else {
+        return failed_page(
+            "This sign-in is unknown or has expired; start again from your application.",
+        );
     };
     if !same_browser(&headers, &pending.binding) {
-        return failed_page("This sign-in was not started in this browser; start again from your application.");
+        return failed_page(
+            "This sign-in was not started in this browser; start again from your application.",
+        );
     }
     let Stage::AtProvider {
         nonce,
         code_verifier,
     } = pending.stage
     else {
-        return failed_page("This sign-in is unknown or has expired; start again from your application.");
+        return failed_page(
+            "This sign-in is unknown or has expired; start again from your application.",
+        );
     };
     let request = pending.request;
     let mut trail = Trail {
@@ -1233,16 +1232,18 @@ async fn consent(State(b): State<Arc<Broker>>, headers: HeaderMap, body: Bytes) 
     let now_ms = b.clock.now_ms();
     // Used once, whatever happens next.
     let Some(pending) = signin.state.take(&form.id, now_ms) else {
-        return failed_page("This sign-in is unknown or has expired; start again from your application.");
+        return failed_page(
+            "This sign-in is unknown or has expired; start again from your application.",
+        );
     };
     let Stage::Consent { user, scope, csrf } = pending.stage else {
-        return failed_page("This sign-in is unknown or has expired; start again from your application.");
+        return failed_page(
+            "This sign-in is unknown or has expired; start again from your application.",
+        );
     };
-    let csrf_ok = aws_lc_rs::constant_time::verify_slices_are_equal(
-        csrf.as_bytes(),
-        form.csrf.as_bytes(),
-    )
-    .is_ok();
+    let csrf_ok =
+        aws_lc_rs::constant_time::verify_slices_are_equal(csrf.as_bytes(), form.csrf.as_bytes())
+            .is_ok();
     if !csrf_ok || !same_browser(&headers, &pending.binding) {
         return page(
             StatusCode::FORBIDDEN,

@@ -238,10 +238,7 @@ fn consent_page_escapes_what_clients_and_users_chose() {
         "tok",
     );
     assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(
-        resp.headers().get(header::X_FRAME_OPTIONS).unwrap(),
-        "DENY"
-    );
+    assert_eq!(resp.headers().get(header::X_FRAME_OPTIONS).unwrap(), "DENY");
     let body = futures_body(resp);
     assert!(!body.contains("<script>alert") && body.contains("&lt;script&gt;"));
     assert!(!body.contains("\"><img"));

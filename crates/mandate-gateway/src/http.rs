@@ -128,7 +128,8 @@ fn advertised_issuers(issuers: &[String]) -> Vec<&str> {
         .iter()
         .map(String::as_str)
         .filter(|i| {
-            reqwest::Url::parse(i).is_ok_and(|u| matches!(u.scheme(), "https" | "http") && u.host().is_some())
+            reqwest::Url::parse(i)
+                .is_ok_and(|u| matches!(u.scheme(), "https" | "http") && u.host().is_some())
         })
         .collect()
 }

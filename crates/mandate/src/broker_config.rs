@@ -90,7 +90,9 @@ impl SignInSection {
                     anyhow!("broker.sign_in.client_secret_env: the environment variable {var} is not set")
                 })?;
                 if secret.is_empty() {
-                    bail!("broker.sign_in.client_secret_env: the environment variable {var} is empty");
+                    bail!(
+                        "broker.sign_in.client_secret_env: the environment variable {var} is empty"
+                    );
                 }
                 Some(mandate_authn::oidc::ClientSecret::new(secret))
             }

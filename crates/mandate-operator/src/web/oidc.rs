@@ -91,8 +91,8 @@ impl Oidc {
     /// Starts a sign-in; `fragment` is where to land afterwards.
     pub(crate) async fn start(&self, fragment: &str) -> Result<Started, OidcError> {
         let request = self.rp.authorization().await?;
-        let binding = mandate_authn::oidc::random_token()
-            .ok_or(mandate_authn::oidc::OidcError::Random)?;
+        let binding =
+            mandate_authn::oidc::random_token().ok_or(mandate_authn::oidc::OidcError::Random)?;
         if self.attempts.len() >= MAX_FLOWS {
             self.attempts.retain(|_, a| a.started.elapsed() <= FLOW_TTL);
             if self.attempts.len() >= MAX_FLOWS {
