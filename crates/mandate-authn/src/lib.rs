@@ -7,6 +7,7 @@ pub mod dev;
 pub mod dpop;
 mod error;
 mod jwks;
+pub mod oidc;
 mod principal;
 
 pub use challenge::Challenge;

@@ -127,6 +127,7 @@ pub async fn fixture(alg: Algorithm) -> Result<Fixture, Error> {
         spiffe: None,
         task_operators: Vec::new(),
         dpop_require_nonce: false,
+        sign_in: None,
     };
     let audit_path = dir.path().join("audit.sqlite");
     let audit = mandate_audit::AuditLog::open_sqlite(&audit_path)?;

@@ -48,6 +48,139 @@ pub struct BrokerConfig {
     pub task_operators: Vec<(String, Option<String>)>,
     /// DPoP: require the server nonce in proofs (RFC 9449 §8).
     pub dpop_require_nonce: bool,
+    /// MCP sign-in (the broker as the MCP clients' authorization server);
+    /// `None`: off.
+    pub sign_in: Option<SignInConfig>,
+}
+
+/// The actor prefix of MCP clients signed in through the broker: their
+/// tokens name `act = mcp-client-<client id>`.
+pub const SIGNED_IN_ACTOR_PREFIX: &str = mandate_core::SIGNED_IN_ACTOR_PREFIX;
+/// Default bound on dynamically registered clients.
+pub const DEFAULT_MAX_CLIENTS: usize = 1000;
+/// Default bound on sign-ins in progress (and on unredeemed codes).
+pub const DEFAULT_MAX_PENDING: usize = 1000;
+/// Upper bound of `max_clients` and `max_pending`.
+pub const MAX_SIGN_IN_STATE: usize = 100_000;
+
+/// MCP sign-in (docs/BROKER.md "MCP sign-in"): the OAuth 2.1 authorization
+/// code flow of the MCP authorization spec, the user signing in at an
+/// OpenID Connect provider.
+#[derive(Debug, Clone)]
+pub struct SignInConfig {
+    /// The provider's exact issuer identifier.
+    pub provider_issuer: String,
+    /// The broker's client id at the provider.
+    pub client_id: String,
+    /// The broker's client secret at the provider (none: public client).
+    pub client_secret: Option<mandate_authn::oidc::ClientSecret>,
+    /// The ID token claim holding the user's groups.
+    pub groups_claim: String,
+    /// Clients may register `http` redirect URIs to a loopback host
+    /// (RFC 8252 §7.3).
+    pub loopback_redirects: bool,
+    /// `https` redirect URIs must start with one of these.
+    pub https_redirect_prefixes: Vec<String>,
+    /// The most a signed-in client's token may carry (further narrowed
+    /// by the request, the user's entitlements and an approved ceiling).
+    pub scope: Scope,
+    /// Lifetime of the tokens issued.
+    pub token_ttl: Duration,
+    /// Most registered clients.
+    pub max_clients: usize,
+    /// Most sign-ins in progress, and most unredeemed codes.
+    pub max_pending: usize,
+}
+
+impl SignInConfig {
+    /// Whether a client may register `uri` as a redirect URI: `http` to a
+    /// loopback host (when allowed) or `https` under a configured prefix;
+    /// never a fragment, user info, or another scheme.
+    pub fn redirect_allowed(&self, uri: &str) -> bool {
+        if uri.len() > 512 {
+            return false;
+        }
+        let Ok(url) = reqwest::Url::parse(uri) else {
+            return false;
+        };
+        if url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
+            return false;
+        }
+        match url.scheme() {
+            "http" => {
+                self.loopback_redirects
+                    && match url.host() {
+                        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+                        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                        None => false,
+                    }
+            }
+            "https" => self
+                .https_redirect_prefixes
+                .iter()
+                .any(|p| url.as_str().starts_with(p.as_str())),
+            _ => false,
+        }
+    }
+
+    fn validate(&self, broker: &BrokerConfig) -> Result<(), String> {
+        let url_ok =
+            |s: &str| reqwest::Url::parse(s).is_ok_and(|u| mandate_authn::oidc::url_allowed(&u));
+        if !url_ok(&self.provider_issuer) {
+            return Err(
+                "broker.sign_in.issuer must be an https URL (or http to a loopback host)".into(),
+            );
+        }
+        if self.provider_issuer == broker.issuer {
+            return Err("broker.sign_in.issuer may not be the broker itself".into());
+        }
+        if !url_ok(&broker.issuer) {
+            return Err(
+                "broker.sign_in needs broker.issuer to be an https URL (or http to a loopback host)"
+                    .into(),
+            );
+        }
+        if self.client_id.is_empty() {
+            return Err("broker.sign_in.client_id must not be empty".into());
+        }
+        if self.scope.iter().next().is_none() {
+            return Err("broker.sign_in.scopes must name at least one scope".into());
+        }
+        if self.token_ttl.is_zero() || self.token_ttl > broker.max_token_ttl {
+            return Err(format!(
+                "broker.sign_in.token_ttl_secs must be between 1 and broker.max_token_ttl_secs ({})",
+                broker.max_token_ttl.as_secs()
+            ));
+        }
+        for (name, v) in [
+            ("max_clients", self.max_clients),
+            ("max_pending", self.max_pending),
+        ] {
+            if v == 0 || v > MAX_SIGN_IN_STATE {
+                return Err(format!(
+                    "broker.sign_in.{name} must be between 1 and {MAX_SIGN_IN_STATE}"
+                ));
+            }
+        }
+        for p in &self.https_redirect_prefixes {
+            let ok = reqwest::Url::parse(p).is_ok_and(|u| {
+                u.scheme() == "https" && u.host().is_some() && u.fragment().is_none()
+            });
+            if !ok {
+                return Err(format!(
+                    "broker.sign_in.https_redirect_prefixes: {p:?} is not an https URL"
+                ));
+            }
+        }
+        if !self.loopback_redirects && self.https_redirect_prefixes.is_empty() {
+            return Err(
+                "broker.sign_in: no redirect URI could ever be registered (allow loopback redirects or name an https prefix)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// A trusted identity provider for subject tokens.
@@ -216,7 +349,15 @@ impl BrokerConfig {
                 ));
             }
         }
+        if let Some(sign_in) = &self.sign_in {
+            sign_in.validate(self)?;
+        }
         for (id, a) in &self.agents {
+            if id.starts_with(SIGNED_IN_ACTOR_PREFIX) {
+                return Err(format!(
+                    "broker.agents.{id}: the prefix {SIGNED_IN_ACTOR_PREFIX:?} is kept for signed-in MCP clients"
+                ));
+            }
             if id.is_empty() || id.chars().any(|c| c.is_control() || c.is_whitespace()) {
                 return Err(format!(
                     "broker.agents: {id:?} is not a valid agent id (no spaces or control characters)"
@@ -300,6 +441,7 @@ mod tests {
             spiffe: None,
             task_operators: Vec::new(),
             dpop_require_nonce: false,
+            sign_in: None,
         };
         assert_eq!(cfg.validate(), Ok(()));
         cfg.subject_issuers.push(idp("https://idp-b.test"));

@@ -51,8 +51,11 @@ pub enum ErrorCode {
     InvalidClient,
     /// The authenticated client may not do this.
     UnauthorizedClient,
-    /// Not the token-exchange grant.
+    /// Not a grant the broker serves.
     UnsupportedGrantType,
+    /// An authorization code that is unknown, used, expired or not this
+    /// request's (RFC 6749 §5.2).
+    InvalidGrant,
     /// Empty or widening scope.
     InvalidScope,
     /// A resource or audience the broker does not serve (RFC 8693 §2.2.2).
@@ -95,6 +98,7 @@ impl ErrorCode {
             Self::InvalidRequest
             | Self::UnauthorizedClient
             | Self::UnsupportedGrantType
+            | Self::InvalidGrant
             | Self::InvalidScope
             | Self::InvalidTarget
             | Self::InvalidDpopProof
@@ -281,6 +285,7 @@ mod tests {
             (ErrorCode::InvalidClient, "invalid_client"),
             (ErrorCode::UnauthorizedClient, "unauthorized_client"),
             (ErrorCode::UnsupportedGrantType, "unsupported_grant_type"),
+            (ErrorCode::InvalidGrant, "invalid_grant"),
             (ErrorCode::InvalidScope, "invalid_scope"),
             (ErrorCode::InvalidTarget, "invalid_target"),
             (ErrorCode::InvalidDpopProof, "invalid_dpop_proof"),

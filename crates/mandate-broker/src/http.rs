@@ -8,6 +8,9 @@
 //! | GET | `/.well-known/oauth-authorization-server` | RFC 8414 metadata |
 //! | GET | `/.well-known/jwks.json` | the public signing keys |
 //! | GET, POST | `/api/tasks`, `/api/tasks/{id}/complete`, `/cancel` | task lifecycle (operators) |
+//!
+//! With `[broker.sign_in]`, also the MCP sign-in endpoints (`crate::signin`)
+//! and `grant_type=authorization_code` at `/oauth2/token`.
 
 use crate::error::{ErrorCode, Refusal};
 use crate::exchange::{Exchange, MAX_FORM_BYTES};
@@ -25,7 +28,13 @@ use std::sync::Arc;
 
 /// The broker's routes.
 pub fn router(broker: Arc<Broker>) -> Router {
+    let sign_in = if broker.signin.is_some() {
+        crate::signin::routes()
+    } else {
+        Router::new()
+    };
     Router::new()
+        .merge(sign_in)
         .route("/oauth2/token", post(token))
         .route("/oauth2/introspect", post(introspect))
         .route("/oauth2/revoke", post(revoke))
@@ -75,6 +84,12 @@ async fn token(State(b): State<Arc<Broker>>, headers: HeaderMap, body: Bytes) ->
         Ok(r) => r,
         Err(r) => return r.into_response(),
     };
+    if req.get("grant_type") == Some("authorization_code") {
+        return match b.redeem_code(&req).await {
+            Ok(body) => no_store((StatusCode::OK, Json(body)).into_response()),
+            Err(r) => r.into_response(),
+        };
+    }
     match b.exchange(&req).await {
         Ok(issued) => no_store((StatusCode::OK, Json(issued.to_json())).into_response()),
         Err(r) => r.into_response(),
@@ -84,7 +99,7 @@ async fn token(State(b): State<Arc<Broker>>, headers: HeaderMap, body: Bytes) ->
 async fn metadata(State(b): State<Arc<Broker>>) -> Response {
     let iss = b.cfg.issuer.trim_end_matches('/');
     let algs = ["EdDSA", "ES256", "ES384", "RS256", "PS256"];
-    Json(json!({
+    let mut doc = json!({
         "issuer": b.cfg.issuer,
         "token_endpoint": format!("{iss}/oauth2/token"),
         "jwks_uri": format!("{iss}/.well-known/jwks.json"),
@@ -102,8 +117,11 @@ async fn metadata(State(b): State<Arc<Broker>>) -> Response {
         "scopes_supported": b.cfg.templates.values().flat_map(|t| t.scope.iter().map(str::to_owned)).collect::<std::collections::BTreeSet<_>>(),
         "client_assertion_types": [crate::ASSERTION_JWT_BEARER],
         "client_assertion_typ": ASSERTION_TYP,
-    }))
-    .into_response()
+    });
+    if let Some(obj) = doc.as_object_mut() {
+        crate::signin::metadata(&b, obj);
+    }
+    Json(doc).into_response()
 }
 
 async fn jwks(State(b): State<Arc<Broker>>) -> Response {

@@ -7,11 +7,12 @@ mod exchange;
 mod http;
 pub mod keys;
 pub mod scope;
+mod signin;
 mod tasks;
 
 pub use config::{
-    AgentConfig, BrokerConfig, BuildRegistry, Entitlements, RegisteredBuild, SpiffeConfig,
-    SubjectIssuer, TaskTemplate,
+    AgentConfig, BrokerConfig, BuildRegistry, Entitlements, RegisteredBuild, SignInConfig,
+    SpiffeConfig, SubjectIssuer, TaskTemplate,
 };
 pub use error::{BrokerError, ErrorCode, Refusal};
 pub use exchange::{Exchange, Issued};
@@ -77,6 +78,8 @@ pub struct Broker {
     /// outright (the policy engine, wired by the binary). Without one,
     /// every grant waits for the user's approval.
     judge: std::sync::OnceLock<Arc<dyn GrantJudge>>,
+    /// MCP sign-in, when configured.
+    signin: Option<signin::SignIn>,
 }
 
 /// Judges the grants of a declared intent (docs/INTENT.md): the policy
@@ -209,7 +212,12 @@ impl Broker {
             }
         };
 
+        let signin = cfg
+            .sign_in
+            .as_ref()
+            .map(|s| signin::SignIn::new(s, &cfg.issuer));
         Ok(Self {
+            signin,
             dpop: Arc::new(
                 DpopVerifier::new(cfg.dpop_require_nonce, cfg.leeway_secs)?
                     .with_clock(clock.clone()),
@@ -277,6 +285,12 @@ impl Broker {
     /// The control store (tasks, revocations).
     pub fn control(&self) -> &Arc<ControlStore> {
         &self.control
+    }
+
+    /// How many sign-in clients, sign-ins in progress and unredeemed codes
+    /// are held (all zero without sign-in).
+    pub fn sign_in_state_sizes(&self) -> (usize, usize, usize) {
+        self.signin.as_ref().map_or((0, 0, 0), |s| s.state.sizes())
     }
 
     /// The DPoP verifier (shared with the gateway so nonces agree).

@@ -34,3 +34,9 @@ pub use record::{
     AuditRecord, RecordKind, Subject, canonical_args_hash, canonical_hash, write_canonical,
 };
 pub use tool::{ToolCall, ToolClass, ToolName};
+
+/// The actor prefix of MCP clients signed in through the broker's MCP
+/// sign-in: their tokens name `act = mcp-client-<client id>` and no build
+/// (the broker refuses agent ids with this prefix; the gateway lets such
+/// tokens through without a build only when configured to).
+pub const SIGNED_IN_ACTOR_PREFIX: &str = "mcp-client-";

@@ -8,6 +8,12 @@
 //!
 //! The manifest is recomputed only when an upstream's catalogue changes:
 //! the verdict is cached against the identity of the catalogues it read.
+//!
+//! One exception, off unless the policy says so: an MCP client signed in
+//! through the broker's MCP sign-in holds a token without a build (its
+//! only actor is `mcp-client-<id>`, see
+//! [`mandate_core::SIGNED_IN_ACTOR_PREFIX`]). Every other token of the
+//! broker still needs a registered build.
 
 use crate::Gateway;
 use mandate_authn::Principal;
@@ -33,6 +39,19 @@ pub struct BuildPolicy {
     pub issuer: String,
     /// Build hash → registration.
     pub builds: BTreeMap<String, RegisteredManifest>,
+    /// Accept build-less tokens whose only actor is a signed-in MCP client
+    /// (`mcp-client-…`): on when the broker's MCP sign-in is configured.
+    pub signed_in_clients: bool,
+}
+
+impl BuildPolicy {
+    /// Whether a token whose actors are `act` may go without a build:
+    /// only a signed-in MCP client (one actor, with the prefix), and only
+    /// when allowed.
+    fn build_less_allowed(&self, act: &[String]) -> bool {
+        self.signed_in_clients
+            && matches!(act, [only] if only.starts_with(mandate_core::SIGNED_IN_ACTOR_PREFIX))
+    }
 }
 
 /// A cached verdict: the catalogues it was computed from and whether they
@@ -72,6 +91,9 @@ impl Gateway {
             return Ok(());
         }
         let Some(build) = principal.build() else {
+            if policy.build_less_allowed(principal.act()) {
+                return Ok(());
+            }
             return Err("the token names no build".into());
         };
         let Some(reg) = policy.builds.get(build) else {
@@ -156,5 +178,37 @@ impl Gateway {
         }
         self.builds.verdicts.insert(build.to_owned(), (idents, ok));
         Ok(ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(act: &[&str]) -> Vec<String> {
+        act.iter().map(|a| (*a).to_owned()).collect()
+    }
+
+    #[test]
+    fn only_signed_in_clients_go_without_a_build_and_only_when_allowed() {
+        let mut policy = BuildPolicy {
+            issuer: "https://broker.test".into(),
+            builds: BTreeMap::new(),
+            signed_in_clients: false,
+        };
+        let client = principal(&["mcp-client-abc"]);
+        assert!(!policy.build_less_allowed(&client));
+        policy.signed_in_clients = true;
+        assert!(policy.build_less_allowed(&client));
+        // An agent, a chain through a client, or a look-alike still need one.
+        for act in [
+            &["assistant"][..],
+            &["assistant", "mcp-client-abc"][..],
+            &["mcp-client-abc", "assistant"][..],
+            &["MCP-CLIENT-abc"][..],
+            &[][..],
+        ] {
+            assert!(!policy.build_less_allowed(&principal(act)), "{act:?}");
+        }
     }
 }

@@ -112,12 +112,26 @@ async fn protected_resource_metadata(State(app): State<AppState>) -> Response {
     let cfg = app.gw.config();
     axum::Json(json!({
         "resource": cfg.resource,
-        "authorization_servers": cfg.authorization_servers,
+        "authorization_servers": advertised_issuers(&cfg.authorization_servers),
         "bearer_methods_supported": ["header"],
         "resource_name": "Mandate MCP gateway",
         "scopes_supported": app.gw.config().upstreams.iter().map(|u| format!("{}.*", u.name)).collect::<Vec<_>>(),
     }))
     .into_response()
+}
+
+/// The issuers a client could use as authorization servers: only those
+/// that are URLs (RFC 9728 §2; a development issuer such as `mandate-dev`
+/// is trusted but is not a server anyone can sign in at).
+fn advertised_issuers(issuers: &[String]) -> Vec<&str> {
+    issuers
+        .iter()
+        .map(String::as_str)
+        .filter(|i| {
+            reqwest::Url::parse(i)
+                .is_ok_and(|u| matches!(u.scheme(), "https" | "http") && u.host().is_some())
+        })
+        .collect()
 }
 
 async fn healthz(State(app): State<AppState>) -> Response {
@@ -534,4 +548,21 @@ async fn scope_refusal(
     )
     .await;
     GatewayError::out_of_scope(gw, &tool, &d).into_http(id)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_issuers_that_are_urls_are_advertised() {
+        let issuers = [
+            "https://broker.example".to_owned(),
+            "mandate-dev".to_owned(),
+            "http://127.0.0.1:8080".to_owned(),
+            "urn:example:issuer".to_owned(),
+        ];
+        assert_eq!(
+            super::advertised_issuers(&issuers),
+            ["https://broker.example", "http://127.0.0.1:8080"]
+        );
+    }
 }

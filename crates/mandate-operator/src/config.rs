@@ -54,24 +54,4 @@ pub struct OidcConfig {
     pub client_secret: Option<ClientSecret>,
 }
 
-/// A secret that never appears in `Debug` output or logs.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ClientSecret(String);
-
-impl ClientSecret {
-    /// Wraps a secret.
-    pub fn new(secret: impl Into<String>) -> Self {
-        Self(secret.into())
-    }
-
-    /// The secret itself (for the token request only).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for ClientSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ClientSecret(<redacted>)")
-    }
-}
+pub use mandate_authn::oidc::ClientSecret;

@@ -56,11 +56,16 @@ pub(crate) async fn attach(cfg: &Config, gw: &Arc<Gateway>) -> Result<Option<axu
     gw.enforce_builds(mandate_gateway::builds::BuildPolicy {
         issuer: b.issuer.clone(),
         builds,
+        // MCP sign-in tokens name no build (their actor is `mcp-client-…`).
+        signed_in_clients: b.sign_in.is_some(),
     });
     gw.use_dpop(broker.dpop());
     // The policy engine judges the grants of declared intents.
     broker.use_grant_judge(Arc::new(PolicyJudge(gw.clone())));
     tracing::info!(issuer = %b.issuer, agents = b.agents.len(), "delegation broker serving /oauth2/token");
+    if let Some(s) = &b.sign_in {
+        tracing::info!(provider = %s.provider_issuer, max_clients = s.max_clients, "MCP sign-in serving /oauth2/authorize");
+    }
     Ok(Some(mandate_broker::router(Arc::new(broker))))
 }
 

@@ -6,8 +6,8 @@
 use anyhow::{Context, Result, anyhow, bail};
 use mandate_authn::{Algorithm, JwksSource};
 use mandate_broker::{
-    AgentConfig, BrokerConfig, Entitlements, RegisteredBuild, SpiffeConfig, SubjectIssuer,
-    TaskTemplate,
+    AgentConfig, BrokerConfig, Entitlements, RegisteredBuild, SignInConfig, SpiffeConfig,
+    SubjectIssuer, TaskTemplate,
 };
 use mandate_core::Scope;
 use serde::Deserialize;
@@ -40,6 +40,76 @@ pub(crate) struct BrokerSection {
     #[serde(default)]
     tasks: BTreeMap<String, TaskSection>,
     spiffe: Option<SpiffeSection>,
+    sign_in: Option<SignInSection>,
+}
+
+/// `[broker.sign_in]`: MCP sign-in (docs/BROKER.md "MCP sign-in").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignInSection {
+    #[serde(default = "yes")]
+    enabled: bool,
+    /// The OpenID Connect provider users sign in at.
+    issuer: String,
+    /// The broker's client id there.
+    client_id: String,
+    /// The environment variable holding the broker's client secret there.
+    client_secret_env: Option<String>,
+    #[serde(default = "default_groups_claim")]
+    groups_claim: String,
+    #[serde(default = "yes")]
+    allow_loopback_redirects: bool,
+    #[serde(default)]
+    https_redirect_prefixes: Vec<String>,
+    /// What a signed-in client may be granted at most.
+    scopes: String,
+    #[serde(default = "default_ttl")]
+    token_ttl_secs: u64,
+    #[serde(default = "default_max_clients")]
+    max_clients: usize,
+    #[serde(default = "default_max_pending")]
+    max_pending: usize,
+}
+
+fn default_max_clients() -> usize {
+    mandate_broker::config::DEFAULT_MAX_CLIENTS
+}
+fn default_max_pending() -> usize {
+    mandate_broker::config::DEFAULT_MAX_PENDING
+}
+
+impl SignInSection {
+    fn resolve(&self) -> Result<Option<SignInConfig>> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let client_secret = match &self.client_secret_env {
+            None => None,
+            Some(var) => {
+                let secret = std::env::var(var).map_err(|_| {
+                    anyhow!("broker.sign_in.client_secret_env: the environment variable {var} is not set")
+                })?;
+                if secret.is_empty() {
+                    bail!(
+                        "broker.sign_in.client_secret_env: the environment variable {var} is empty"
+                    );
+                }
+                Some(mandate_authn::oidc::ClientSecret::new(secret))
+            }
+        };
+        Ok(Some(SignInConfig {
+            provider_issuer: self.issuer.clone(),
+            client_id: self.client_id.clone(),
+            client_secret,
+            groups_claim: self.groups_claim.clone(),
+            loopback_redirects: self.allow_loopback_redirects,
+            https_redirect_prefixes: self.https_redirect_prefixes.clone(),
+            scope: Scope::parse(&self.scopes),
+            token_ttl: Duration::from_secs(self.token_ttl_secs),
+            max_clients: self.max_clients,
+            max_pending: self.max_pending,
+        }))
+    }
 }
 
 fn yes() -> bool {
@@ -317,6 +387,10 @@ impl BrokerSection {
             spiffe,
             task_operators: cx.admins.clone(),
             dpop_require_nonce: self.dpop_require_nonce,
+            sign_in: match &self.sign_in {
+                Some(s) => s.resolve()?,
+                None => None,
+            },
             issuer,
         };
         cfg.validate().map_err(|e| anyhow!(e))?;

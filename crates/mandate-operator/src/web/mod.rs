@@ -892,8 +892,10 @@ async fn oidc_login(State(web): State<Web>, Query(q): Query<OidcLoginQuery>) -> 
 fn oidc_failed(e: &OidcError) -> Response {
     tracing::warn!(error = %e, "approval page: OpenID Connect sign-in failed");
     let status = match e {
-        OidcError::Provider(_) => StatusCode::BAD_GATEWAY,
-        OidcError::Busy | OidcError::Random => StatusCode::SERVICE_UNAVAILABLE,
+        OidcError::Rp(mandate_authn::oidc::OidcError::Provider(_)) => StatusCode::BAD_GATEWAY,
+        OidcError::Busy | OidcError::Rp(mandate_authn::oidc::OidcError::Random) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         _ => StatusCode::BAD_REQUEST,
     };
     let mut resp = message_page(
