@@ -318,6 +318,11 @@ def test_codes_need_their_verifier_are_used_once_and_stay_with_their_resource(
     assert oauth_error(redeem(env, client_id, code, secrets.token_urlsafe(48))) == "invalid_grant"
     assert oauth_error(redeem(env, client_id, code, verifier)) == "invalid_grant"
 
+    # A redirect URI other than the one the code was issued for.
+    code, verifier = new_code(env, context, client_id)
+    assert oauth_error(redeem(env, client_id, code, verifier,
+                              redirect_uri="http://127.0.0.1:9/elsewhere")) == "invalid_grant"
+
     # Another resource: invalid_target.
     code, verifier = new_code(env, context, client_id)
     assert oauth_error(redeem(env, client_id, code, verifier,
@@ -332,7 +337,7 @@ def test_codes_need_their_verifier_are_used_once_and_stay_with_their_resource(
 
     refused = env.gw.audit_rows("tool = 'broker/sign_in' AND effect = 'deny' AND act LIKE ?",
                                 (f"%mcp-client-{client_id}%",))
-    assert len(refused) >= 4, refused
+    assert len(refused) >= 5, refused
 
 
 def test_unregistered_redirect_and_foreign_resource_are_refused_at_authorize(env: Env) -> None:
@@ -352,6 +357,10 @@ def test_unregistered_redirect_and_foreign_resource_are_refused_at_authorize(env
         # Plain PKCE is not S256.
         r = h.get(authorize_url(env, client_id, challenge, code_challenge_method="plain"))
         assert parse_qs(urlparse(r.headers["location"]).query)["error"] == ["invalid_request"]
+    # A consent decision posted from another site is refused before anything is looked up.
+    forged = httpx.post(env.broker + "/oauth2/consent", data={"id": "x", "csrf": "y", "decision": "approve"},
+                        headers={"Origin": "http://evil.example"}, timeout=15, follow_redirects=False)
+    assert forged.status_code == 403 and "location" not in forged.headers
     # Registration refuses redirect URIs that are neither loopback http nor allowed https.
     bad = httpx.post(env.broker + "/oauth2/register", json={"redirect_uris": ["http://evil.example/cb"]}, timeout=15)
     assert bad.status_code == 400 and bad.json()["error"] == "invalid_redirect_uri"

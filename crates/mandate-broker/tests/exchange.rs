@@ -356,3 +356,35 @@ async fn metadata_and_jwks_describe_the_server() -> Result<(), Error> {
     assert!(keys.iter().all(|k| k.get("d").is_none()));
     Ok(())
 }
+
+/// Without `[broker.sign_in]` the authorization code grant and the
+/// sign-in endpoints do not exist, and the metadata does not name them.
+#[tokio::test]
+async fn without_sign_in_there_is_no_authorization_code_grant() -> Result<(), Error> {
+    let f = fixture(Algorithm::ES256).await?;
+    let body = b"grant_type=authorization_code&client_id=c&code=x&redirect_uri=http%3A%2F%2F127.0.0.1%2Fcb&code_verifier=v".to_vec();
+    let (status, v) = post(&f, "/oauth2/token", body, None).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(v.get("error"), Some(&json!("unsupported_grant_type")));
+    let resp = mandate_broker::router(f.broker.clone())
+        .oneshot(
+            Request::post("/oauth2/register")
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(
+                    r#"{"redirect_uris":["http://127.0.0.1/cb"]}"#,
+                ))?,
+        )
+        .await?;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = mandate_broker::router(f.broker.clone())
+        .oneshot(
+            Request::get("/.well-known/oauth-authorization-server")
+                .body(axum::body::Body::empty())?,
+        )
+        .await?;
+    let meta: Value =
+        serde_json::from_slice(&axum::body::to_bytes(resp.into_body(), 1 << 20).await?)?;
+    assert!(meta.get("authorization_endpoint").is_none());
+    assert!(meta.get("registration_endpoint").is_none());
+    Ok(())
+}

@@ -995,6 +995,41 @@ mod tests {
     }
 
     #[test]
+    fn broker_sign_in_settings_are_checked() {
+        let base = "[auth]\n[server]\npublic_url=\"https://mandate.example\"\n[broker]\n\
+                    [broker.entitlements]\ndefault=\"docs.*\"\n";
+        let parse = |extra: &str| {
+            Config::parse(
+                &format!("{base}{extra}"),
+                Path::new("m.toml"),
+                &Overrides::default(),
+            )
+        };
+        let ok = "[broker.sign_in]\nissuer=\"https://idp.example\"\nclient_id=\"m\"\nscopes=\"docs.search\"\n";
+        let cfg = parse(ok);
+        let sign_in = cfg
+            .as_ref()
+            .ok()
+            .and_then(|c| c.broker.as_ref())
+            .and_then(|b| b.sign_in.as_ref());
+        assert!(
+            sign_in.is_some_and(|s| s.max_clients == 1000 && s.loopback_redirects),
+            "{:?}",
+            cfg.err()
+        );
+        let off = "[broker.sign_in]\nenabled=false\nissuer=\"https://idp.example\"\nclient_id=\"m\"\nscopes=\"docs.search\"\n";
+        assert!(parse(off).is_ok_and(|c| c.broker.is_some_and(|b| b.sign_in.is_none())));
+        let unknown = format!("{ok}bogus=1\n");
+        assert!(parse(&unknown).is_err_and(|e| e.to_string().contains("bogus")));
+        let plain_http = "[broker.sign_in]\nissuer=\"http://idp.example\"\nclient_id=\"m\"\nscopes=\"docs.search\"\n";
+        assert!(parse(plain_http).is_err_and(|e| e.to_string().contains("https")));
+        let unbounded = format!("{ok}max_clients=0\n");
+        assert!(parse(&unbounded).is_err_and(|e| e.to_string().contains("max_clients")));
+        let ttl = format!("{ok}token_ttl_secs=7200\n");
+        assert!(parse(&ttl).is_err_and(|e| e.to_string().contains("token_ttl_secs")));
+    }
+
+    #[test]
     fn a_relative_data_dir_is_taken_from_the_config_files_folder() {
         if std::env::var_os(env::DATA_DIR).is_some() {
             // The environment overrides the file; nothing to check here.
