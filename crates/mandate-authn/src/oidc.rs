@@ -30,6 +30,27 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The value of cookie `name` among a request's `Cookie` header values,
+/// if it is sent exactly once: two cookies of one name (one planted for a
+/// wider path, say) are trusted neither. For the cookie that binds a
+/// sign-in attempt to its browser, and the session cookies beside it.
+pub fn cookie<'a>(header_values: impl IntoIterator<Item = &'a str>, name: &str) -> Option<String> {
+    let mut found = None;
+    for text in header_values {
+        for pair in text.split(';') {
+            if let Some((k, v)) = pair.trim().split_once('=')
+                && k == name
+            {
+                if found.is_some() {
+                    return None;
+                }
+                found = Some(v.to_owned());
+            }
+        }
+    }
+    found
+}
+
 /// How long discovery (and the key set it names) is trusted before it is
 /// fetched again.
 const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
@@ -517,6 +538,15 @@ fn bounded(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cookie_counts_only_when_sent_once() {
+        assert_eq!(cookie(["a=1; flow=x", "b=2"], "flow").as_deref(), Some("x"));
+        assert_eq!(cookie(["flow=x", "flow=y"], "flow"), None, "planted twice");
+        assert_eq!(cookie(["flow=x; flow=x"], "flow"), None);
+        assert_eq!(cookie(["flows=x; xflow=y"], "flow"), None);
+        assert_eq!(cookie(std::iter::empty::<&str>(), "flow"), None);
+    }
 
     /// base64url(SHA-256(verifier)) without padding (RFC 7636 §4.2), the
     /// expected value computed independently with Python's hashlib.

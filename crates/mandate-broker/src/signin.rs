@@ -1008,21 +1008,13 @@ fn same_browser(headers: &HeaderMap, binding: &[u8; 32]) -> bool {
 
 /// The value of cookie `name`, if sent once.
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    let mut found = None;
-    for value in headers.get_all(header::COOKIE) {
-        let Ok(text) = value.to_str() else { continue };
-        for pair in text.split(';') {
-            if let Some((k, v)) = pair.trim().split_once('=')
-                && k == name
-            {
-                if found.is_some() {
-                    return None;
-                }
-                found = Some(v.to_owned());
-            }
-        }
-    }
-    found
+    mandate_authn::oidc::cookie(
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+        name,
+    )
 }
 
 async fn callback(

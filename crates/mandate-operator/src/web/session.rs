@@ -259,25 +259,17 @@ pub(crate) fn random_token() -> Option<String> {
     Some(URL_SAFE_NO_PAD.encode(bytes))
 }
 
-/// The value of cookie `name` in the request, if present once.
+/// The value of cookie `name` in the request, if present once (two of
+/// one name: trust neither) and of a plausible length.
 pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    let mut found = None;
-    for value in headers.get_all(header::COOKIE) {
-        let Ok(text) = value.to_str() else { continue };
-        for pair in text.split(';') {
-            if let Some((k, v)) = pair.trim().split_once('=')
-                && k == name
-            {
-                if found.is_some() {
-                    // Two cookies of one name (e.g. one planted for a wider
-                    // path): trust neither.
-                    return None;
-                }
-                found = Some(v.to_owned());
-            }
-        }
-    }
-    found.filter(|v| !v.is_empty() && v.len() <= 128)
+    mandate_authn::oidc::cookie(
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+        name,
+    )
+    .filter(|v| !v.is_empty() && v.len() <= 128)
 }
 
 /// Why a state-changing request was refused.
