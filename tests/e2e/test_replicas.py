@@ -11,9 +11,9 @@
 - one replica at a time signs the shared log's checkpoints (a lease in the
   control store); when it is killed, another takes over within 5 s and
   `mandate audit verify` passes over the log both wrote;
-- with polls five seconds apart, PostgreSQL's notifications carry a
+- with polls a minute apart, PostgreSQL's notifications carry a
   revocation, an approval and a policy set activated through the change
-  gate to the other replica in under a second.
+  gate to the other replica within seconds.
 
 Each test run gets PostgreSQL schemas of its own (MANDATE_TEST_POSTGRES_URL,
 default postgres://postgres@127.0.0.1:5432/test; `skip` skips this file),
@@ -190,8 +190,12 @@ forbid (principal, action == Mandate::Action::"read", resource)
 when { context.args has query && context.args.query == "blocked" };
 """
 
-# Polls this far apart cannot explain anything seen within a second.
-SLOW_POLL_MS = 5000
+# Polls a minute apart (the most `poll_ms` allows): something seen within
+# NOTIFIED_WITHIN seconds was notified (a poll could explain it only if one
+# happened to fall in that window, a 1-in-20 chance), with room for a slow CI
+# machine.
+SLOW_POLL_MS = 60000
+NOTIFIED_WITHIN = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +239,7 @@ def test_notifications_carry_a_revocation_and_an_approval_at_once(notified, issu
         time.sleep(0.02)
     seen_after = time.monotonic() - revoked_at
     assert reply["error"]["data"]["reason"] == "revoked", reply
-    assert seen_after < 1, f"B saw A's revocation after {seen_after:.2f} s: a poll, not a notification"
+    assert seen_after < NOTIFIED_WITHIN, f"B saw A's revocation after {seen_after:.2f} s: a poll, not a notification"
 
     # Held on A, approved through B: A releases it well within one poll.
     memo = "notified-" + uuid.uuid4().hex[:6]
@@ -249,7 +253,7 @@ def test_notifications_carry_a_revocation_and_an_approval_at_once(notified, issu
     released_after = time.monotonic() - decided
     assert "result" in body, body
     assert len(transfers(rec, memo)) == 1, "released exactly once"
-    assert released_after < 1, f"A released {released_after:.2f} s after B's approval: a poll, not a notification"
+    assert released_after < NOTIFIED_WITHIN, f"A released {released_after:.2f} s after B's approval: a poll, not a notification"
 
 
 def test_a_policy_set_activated_on_one_replica_is_enforced_by_the_other(notified, issuer: Issuer,
@@ -283,7 +287,7 @@ def test_a_policy_set_activated_on_one_replica_is_enforced_by_the_other(notified
     enforced_after = time.monotonic() - activated
     err = reply["error"]
     assert err["code"] == -32003, err
-    assert enforced_after < 1.5, f"B enforced the new set after {enforced_after:.2f} s: a poll, not a notification"
+    assert enforced_after < NOTIFIED_WITHIN, f"B enforced the new set after {enforced_after:.2f} s: a poll, not a notification"
     # The decision names the new policy, read back through A: one audit log.
     op_a = issuer.operator_token(a.api_audience, "secops@example.com")
     shown = a.api("GET", f"/api/decisions/{err['data']['decision_id']}", op_a)
