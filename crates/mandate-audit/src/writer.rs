@@ -276,8 +276,8 @@ pub(crate) fn run(
         last_batch_len = batch.iter().filter(|j| !j.deferrable).count();
         let wanted = std::mem::take(&mut checkpoints);
         shared.in_batch.store(batch.len() as u64, Ordering::Relaxed);
+        // (commit_and_answer sets `in_batch` back to 0 before it replies.)
         commit_and_answer(backend.as_mut(), &shared, &mut batch, tree.as_mut(), wanted);
-        shared.in_batch.store(0, Ordering::Relaxed);
     }
     // Closing: sign what was appended since the last checkpoint.
     if tree.as_ref().is_some_and(|t| {
@@ -314,6 +314,9 @@ fn commit_and_answer(
         None if checkpoints.wanted && batch.is_empty() => Err(AuditError::NoCheckpointKey),
         None => write_batch(backend, batch, None, false),
     };
+    // Written or failed, the batch is no longer waiting: a caller that has
+    // its answer must not see its record still counted in the queue.
+    shared.in_batch.store(0, Ordering::Relaxed);
     match result {
         Ok((appended, checkpoint)) => {
             // Publish before replying, so a caller that sees Ok also
