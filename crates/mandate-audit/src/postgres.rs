@@ -40,13 +40,7 @@ fn err(op: Op) -> impl Fn(postgres::Error) -> AuditError {
 
 /// A plain lower-case identifier, safe to splice into SQL.
 fn check_schema(schema: &str) -> Result<(), AuditError> {
-    let ok = !schema.is_empty()
-        && schema.len() <= 63
-        && schema
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && !schema.starts_with(|c: char| c.is_ascii_digit());
-    if ok {
+    if mandate_core::text::is_plain_identifier(schema) {
         Ok(())
     } else {
         Err(AuditError::storage(

@@ -476,13 +476,7 @@ const PG_ATTEMPTS: usize = 5;
 
 /// A plain lower-case identifier, safe to splice into SQL.
 fn check_schema(schema: &str) -> Result<(), ControlError> {
-    let ok = !schema.is_empty()
-        && schema.len() <= 63
-        && schema
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && !schema.starts_with(|c: char| c.is_ascii_digit());
-    if ok {
+    if mandate_core::text::is_plain_identifier(schema) {
         Ok(())
     } else {
         Err(ControlError::Invalid(

@@ -56,9 +56,41 @@ fn marked(s: &str, keep_layout: bool) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Whether `name` is a plain lower-case SQL identifier (letters, digits,
+/// `_`, not starting with a digit, at most 63 bytes: PostgreSQL's limit),
+/// safe to splice into a statement unquoted, as the stores do with their
+/// schema names.
+pub fn is_plain_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_identifiers_only() {
+        for ok in ["mandate_control", "a", "e2e_ctl_1f"] {
+            assert!(is_plain_identifier(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "1abc",
+            "Mandate",
+            "a-b",
+            "a;drop",
+            "a b",
+            "ä",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_plain_identifier(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn plain_text_is_untouched() {
