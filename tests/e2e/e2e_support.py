@@ -310,21 +310,26 @@ class Launcher:
                 data_dir: Path | None = None, extra_toml: str = "", name: str = "gateway",
                 policy_dir: Path = POLICY_DIR, policy_toml: str = "",
                 env: dict[str, str] | None = None, jwks_url: str | None = None,
-                log: str = "info,mandate=debug,mandate_gateway=debug") -> Gateway:
-        port = free_port()
+                log: str = "info,mandate=debug,mandate_gateway=debug",
+                public_url: str | None = None, port: int | None = None) -> Gateway:
+        """A `mandate serve` on its own loopback port. `public_url` is the
+        URL agents use (replicas behind a load balancer share the balancer's:
+        tokens name it as their audience); by default, this port's."""
+        port = port or free_port()
         d = self.root / f"{name}-{uuid.uuid4().hex[:6]}"
         d.mkdir(parents=True)
         data = data_dir or (d / "data")
-        public_url = f"http://127.0.0.1:{port}"
+        own_url = f"http://127.0.0.1:{port}"
         config = d / "mandate.toml"
         config.write_text(
             gateway_toml(port=port, data_dir=data, jwks=issuer.jwks_path, issuer=issuer.issuer,
                          upstreams=upstreams, max_body_bytes=max_body_bytes, policy_dir=policy_dir,
-                         policy_toml=policy_toml, jwks_url=jwks_url) + extra_toml
+                         policy_toml=policy_toml, jwks_url=jwks_url, public_url=public_url) + extra_toml
         )
         proc = self.spawn([str(mandate_bin()), "serve", "--config", str(config)], name,
                           env={"MANDATE_LOG": log, **(env or {})})
-        gw = Gateway(public_url=public_url, config=config, data_dir=data, proc=proc)
+        gw = Gateway(public_url=own_url, config=config, data_dir=data, proc=proc,
+                     served_url=public_url or own_url)
         gw.wait_ready()
         return gw
 
@@ -370,11 +375,11 @@ def toml_value(v: Any) -> str:
 
 def gateway_toml(*, port: int, data_dir: Path, jwks: Path, issuer: str, upstreams: dict[str, dict[str, Any]],
                  max_body_bytes: int = 1048576, policy_dir: Path = POLICY_DIR, policy_toml: str = "",
-                 jwks_url: str | None = None) -> str:
+                 jwks_url: str | None = None, public_url: str | None = None) -> str:
     lines = [
         "[server]",
         f"listen = {toml_value(f'127.0.0.1:{port}')}",
-        f"public_url = {toml_value(f'http://127.0.0.1:{port}')}",
+        f"public_url = {toml_value(public_url or f'http://127.0.0.1:{port}')}",
         f"data_dir = {toml_value(data_dir)}",
         f"max_body_bytes = {max_body_bytes}",
         "",
@@ -419,6 +424,9 @@ class Gateway:
     config: Path
     data_dir: Path
     proc: Proc
+    # The URL agents know it by (a load balancer's, for replicas): the
+    # audience of their tokens. `public_url` is where this process listens.
+    served_url: str = ""
     _http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30))
 
     @property
@@ -427,7 +435,7 @@ class Gateway:
 
     @property
     def audience(self) -> str:
-        return self.public_url + "/mcp"
+        return (self.served_url or self.public_url) + "/mcp"
 
     @property
     def audit_db(self) -> Path:
@@ -514,7 +522,7 @@ class Gateway:
 
     @property
     def api_audience(self) -> str:
-        return self.public_url + "/api"
+        return (self.served_url or self.public_url) + "/api"
 
     def api(self, method: str, path: str, token: str | None, body: Any = None) -> httpx.Response:
         h = {"Authorization": f"Bearer {token}"} if token else {}

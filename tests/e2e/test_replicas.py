@@ -281,19 +281,31 @@ def test_a_policy_set_activated_on_one_replica_is_enforced_by_the_other(notified
     ops("ben", "change", "approve", m.group(0))
     ops("ann", "change", "activate", m.group(0))
     activated = time.monotonic()
-    while "error" not in (reply := search_b("blocked")):
+    op_a = issuer.operator_token(a.api_audience, "secops@example.com")
+    behind = 0
+    while True:
         assert time.monotonic() - activated < SLOW_POLL_MS / 1000, "B never enforced the activated set"
+        reply = search_b("blocked")
+        if "error" not in reply:
+            time.sleep(0.05)
+            continue
+        err = reply["error"]
+        assert err["code"] == -32003, err
+        # The decision, read back through A (one audit log): denied by the
+        # new policy, or, while B installs it, because B is behind (fail
+        # closed: never decided by the old set once B knows of the new one).
+        shown = a.api("GET", f"/api/decisions/{err['data']['decision_id']}", op_a)
+        assert shown.status_code == 200, shown.text
+        decision = shown.json()["decision"]["decision"]
+        if "e2e-replica-block" in decision["policies"]:
+            break
+        assert "not enforcing the policy set in force" in decision["reasons"][0], decision
+        behind += 1
         time.sleep(0.05)
     enforced_after = time.monotonic() - activated
-    err = reply["error"]
-    assert err["code"] == -32003, err
     assert enforced_after < NOTIFIED_WITHIN, f"B enforced the new set after {enforced_after:.2f} s: a poll, not a notification"
-    # The decision names the new policy, read back through A: one audit log.
-    op_a = issuer.operator_token(a.api_audience, "secops@example.com")
-    shown = a.api("GET", f"/api/decisions/{err['data']['decision_id']}", op_a)
-    assert shown.status_code == 200, shown.text
-    assert "e2e-replica-block" in shown.json()["decision"]["decision"]["policies"], shown.text
     assert "result" in search_b("allowed query")
+    assert b.get("/readyz").json()["policies"] == "loaded"
 
 
 # ----- one checkpoint signer -------------------------------------------------
@@ -350,3 +362,85 @@ def test_one_replica_signs_checkpoints_and_another_takes_over_when_it_dies(launc
     verify = survivor.cli("audit", "verify", "--config", str(survivor.config))
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "verified" in verify.stdout, verify.stdout
+
+
+def test_a_replica_that_cannot_install_the_set_in_force_refuses_calls_until_it_can(
+        launcher: Launcher, issuer: Issuer, tmp_path: Path) -> None:
+    """Fail closed: a replica that learns of a policy set put in force
+    elsewhere but cannot install it denies every call and is not ready,
+    rather than keep deciding with the old set; once it can, it installs the
+    set and serves again, with no restart."""
+    tag = uuid.uuid4().hex[:8]
+    control_schema, audit_schema = f"e2e_bhd_{tag}", f"e2e_bhda_{tag}"
+    launcher.cleanups.append(lambda: psql(f"DROP SCHEMA IF EXISTS {control_schema} CASCADE; "
+                                          f"DROP SCHEMA IF EXISTS {audit_schema} CASCADE"))
+    live_a, live_b = launcher.root / f"policies-a-{tag}", launcher.root / f"policies-b-{tag}"
+    for live in (live_a, live_b):
+        shutil.copytree(POLICY_DIR, live, ignore=shutil.ignore_patterns("tests", "*.md"))
+    upstreams = {"docs": {"command": str(mandate_bin()), "args": ["demo-server", "--profile", "workspace"],
+                          "tools": {"search": "read"}}}
+    shared = (GATE_OPERATORS
+              + f'\n[control]\nstore = "{PG_URL}"\nschema = "{control_schema}"\npoll_ms = 200\n'
+              + f'\n[audit]\nstore = "{PG_URL}"\nschema = "{audit_schema}"\n')
+    a = launcher.gateway(issuer, upstreams, extra_toml=shared, name="behind-a",
+                         policy_dir=live_a, policy_toml="change_gate = true")
+    b = launcher.gateway(issuer, upstreams, extra_toml=shared, name="behind-b",
+                         policy_dir=live_b, policy_toml="change_gate = true")
+    token_b = issuer.mint(b.audience, scope="docs.*")
+    session_b = b.initialize(token_b)
+
+    def search_b(query: str) -> dict[str, Any]:
+        return b.call_tool(token_b, session_b, "docs.search", {"query": query}).response()
+
+    assert "result" in search_b("allowed query")
+    assert b.get("/readyz").status_code == 200
+
+    # B's active policy directory (with the change gate on, the copy in its
+    # data directory) cannot be written: in its place, a plain file.
+    active_b = b.data_dir / "policy-active"
+    assert active_b.is_dir(), active_b
+    aside = active_b.with_name("policy-active.aside")
+    active_b.rename(aside)
+    active_b.write_text("not a directory")
+
+    proposed = tmp_path / "proposed"
+    shutil.copytree(live_a, proposed)
+    (proposed / "50-e2e-replica.cedar").write_text(BLOCK_POLICY)
+
+    def ops(who: str, *args: str) -> subprocess.CompletedProcess[str]:
+        r = a.operator_cli(issuer.operator_token(a.api_audience, f"{who}@example.com"), *args)
+        assert r.returncode == 0, r.stderr
+        return r
+
+    m = re.search(r"chg-[0-9a-f-]+", ops("ann", "change", "propose-policy", "--dir", str(proposed),
+                                         "--summary", "block a query on every replica").stdout)
+    assert m, "no change id"
+    ops("ben", "change", "approve", m.group(0))
+    ops("ann", "change", "activate", m.group(0))
+
+    # B cannot install it: not ready, and even a call the old set allows is
+    # refused rather than decided by the old set.
+    deadline = time.monotonic() + 10
+    while (ready := b.get("/readyz")).status_code == 200:
+        assert time.monotonic() < deadline, "B stayed ready without the set in force"
+        time.sleep(0.1)
+    assert ready.status_code == 503 and ready.json()["policies"] == "behind", ready.text
+    refused = search_b("allowed query")
+    assert refused["error"]["data"]["reason"] == "control_store_unavailable", refused
+    # The agent is told the category; the record says why.
+    op_a = issuer.operator_token(a.api_audience, "secops@example.com")
+    shown = a.api("GET", f"/api/decisions/{refused['error']['data']['decision_id']}", op_a)
+    assert shown.status_code == 200, shown.text
+    assert "not enforcing the policy set in force" in shown.json()["decision"]["decision"]["reasons"][0], shown.text
+
+    # Writable again: B installs the set within a few seconds, unrestarted.
+    active_b.unlink()
+    aside.rename(active_b)
+    deadline = time.monotonic() + 10
+    while b.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "B never caught up"
+        time.sleep(0.1)
+    assert "result" in search_b("allowed query")
+    blocked = search_b("blocked")
+    assert blocked["error"]["code"] == -32003, blocked
+    assert (active_b / "50-e2e-replica.cedar").exists()

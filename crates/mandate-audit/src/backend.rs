@@ -176,6 +176,11 @@ pub(crate) enum Filter {
         from: i64,
         to: i64,
     },
+    /// Decision and outcome records of one session after a sequence number.
+    SessionCallsAfter {
+        session: String,
+        after: i64,
+    },
 }
 
 /// A value bound to a [`Filter`]'s clause.
@@ -201,6 +206,10 @@ impl Filter {
             Self::Time { from, to } => (
                 "WHERE time_ms >= $1 AND time_ms < $2",
                 vec![Param::Int(*from), Param::Int(*to)],
+            ),
+            Self::SessionCallsAfter { session, after } => (
+                "WHERE session = $1 AND seq > $2 AND kind IN ('decision', 'outcome')",
+                vec![Param::Text(session), Param::Int(*after)],
             ),
         }
     }

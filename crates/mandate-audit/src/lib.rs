@@ -47,7 +47,7 @@ pub use chain::{GENESIS_HASH, canonical_body, record_hash};
 pub use error::{AuditError, CorruptRow, EncodeError, SchemaVersion, StorageError};
 pub use note::{CheckpointSigner, NoteVerifier};
 pub use read::{
-    LogTree, Problem, ProblemKind, StoredCheckpoint, StoredRecord, VerifyReport,
+    LogTree, Problem, ProblemKind, SessionTail, StoredCheckpoint, StoredRecord, VerifyReport,
     read_by_correlation, read_by_decision, read_calls_since, read_checkpoints, read_records,
     read_time_range, verify,
 };

@@ -6,7 +6,7 @@ use crate::backend::{Backend, Reader, Store};
 use crate::error::AuditError;
 
 /// Opens `store` for reading.
-pub(crate) fn open_reader(store: &Store) -> Result<Box<dyn Reader>, AuditError> {
+pub(crate) fn open_reader(store: &Store) -> Result<Box<dyn Reader + Send>, AuditError> {
     match store {
         Store::Sqlite(path) => Ok(Box::new(crate::sqlite::SqliteReader::open(path)?)),
         Store::Postgres { url, schema } => {

@@ -1,7 +1,7 @@
 //! Read-only access: queries, proofs and verification. Each call opens its
 //! own read-only connection, so the CLI can use these while `serve` writes.
 
-use crate::backend::{CheckpointRow, Filter, RawRow, Store, blocking};
+use crate::backend::{CheckpointRow, Filter, RawRow, Reader, Store, blocking};
 use crate::chain::{GENESIS_HASH, record_hash};
 use crate::error::AuditError;
 use crate::merkle::{Frontier, Hash, Tree, leaf_hash};
@@ -103,6 +103,58 @@ pub fn read_time_range(
             to: to_ms,
         },
     )
+}
+
+/// Follows one session's calls as any replica appends them, over one read
+/// connection kept open (reopened after an error): how a replica learns
+/// what a session did elsewhere (its calls, and the taint of what it read)
+/// before deciding its next call.
+pub struct SessionTail {
+    store: Store,
+    reader: std::sync::Mutex<Option<Box<dyn Reader + Send>>>,
+}
+
+impl fmt::Debug for SessionTail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionTail")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionTail {
+    /// Follows `store`; connects on first use.
+    pub fn new(store: impl Into<Store>) -> Self {
+        Self {
+            store: store.into(),
+            reader: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The decision and outcome records of `session` (as records name it)
+    /// after sequence number `after`, in seq order. Blocks: call it from a
+    /// blocking thread.
+    pub fn after(&self, session: &str, after: i64) -> Result<Vec<StoredRecord>, AuditError> {
+        let mut slot = self.reader.lock().map_err(|_| {
+            AuditError::storage(crate::error::Op::Read, "the tail's lock is poisoned")
+        })?;
+        let reader = match slot.as_mut() {
+            Some(r) => r,
+            None => slot.insert(open_reader(&self.store)?),
+        };
+        let filter = Filter::SessionCallsAfter {
+            session: session.to_owned(),
+            after,
+        };
+        match reader.rows(&filter) {
+            Ok(rows) => rows.into_iter().map(StoredRecord::parse).collect(),
+            Err(e) => {
+                // A broken connection is not reused.
+                *slot = None;
+                Err(e)
+            }
+        }
+    }
 }
 
 /// A checkpoint as stored.

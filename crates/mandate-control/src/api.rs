@@ -11,6 +11,7 @@ use crate::db::Location;
 use crate::error::ControlError;
 use crate::intents::{Consumed, GrantStatus, IntentKey, TaskIntent};
 use crate::revocations::{Revocation, RevocationKind};
+use crate::sessions::McpSession;
 use crate::signal::{Listener, Signals, Topic};
 use crate::store::{Store, ToolPin};
 use crate::tasks::{Task, TaskStatus};
@@ -229,6 +230,46 @@ impl ControlStore {
     pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), ControlError> {
         let (name, holder) = (name.to_owned(), holder.to_owned());
         blocking!(self, |s| s.release_lease(&name, &holder))
+    }
+
+    // ----- MCP transport sessions ---------------------------------------
+
+    /// Stores transport session `s` so any replica can carry it on; keeps
+    /// the subject's newest `max_per_subject` stored sessions.
+    pub async fn open_mcp_session(
+        &self,
+        s: McpSession,
+        max_per_subject: usize,
+    ) -> Result<(), ControlError> {
+        blocking!(self, |st| st.open_mcp_session(&s, max_per_subject))
+    }
+
+    /// Transport session `id`, if stored.
+    pub async fn mcp_session(&self, id: &str) -> Result<Option<McpSession>, ControlError> {
+        let id = id.to_owned();
+        blocking!(self, |s| s.mcp_session(&id))
+    }
+
+    /// Raises session `id`'s expiry to `exp` (Unix seconds).
+    pub async fn touch_mcp_session(&self, id: &str, exp: i64) -> Result<(), ControlError> {
+        let id = id.to_owned();
+        blocking!(self, |s| s.touch_mcp_session(&id, exp))
+    }
+
+    /// Forgets session `id`.
+    pub async fn close_mcp_session(&self, id: &str) -> Result<(), ControlError> {
+        let id = id.to_owned();
+        blocking!(self, |s| s.close_mcp_session(&id))
+    }
+
+    /// Forgets sessions whose tokens all expired before `before` (Unix
+    /// seconds), then the oldest beyond `max_total`; how many went.
+    pub async fn prune_mcp_sessions(
+        &self,
+        before: i64,
+        max_total: usize,
+    ) -> Result<u64, ControlError> {
+        blocking!(self, |s| s.prune_mcp_sessions(before, max_total))
     }
 
     // ----- kill switches -------------------------------------------------

@@ -23,6 +23,10 @@
 //!   one approval of the intent, or refused; their uses are consumed with
 //!   one conditional `UPDATE` each, keyed by issuer, user and task.
 //!
+//! * **MCP transport sessions** ([`McpSession`]): whose each 2025-era
+//!   session is and the client's `initialize` parameters, so any replica
+//!   (or a restarted process) carries a session on.
+//!
 //! Two backends behind one async interface ([`ControlStore`]): SQLite, the
 //! embedded default (one process, `synchronous=FULL`), and PostgreSQL
 //! ([`Location::Postgres`]), shared by every replica: a revocation, an
@@ -46,6 +50,7 @@ mod error;
 mod intents;
 mod revocations;
 mod schema;
+mod sessions;
 mod signal;
 mod store;
 mod tasks;
@@ -60,6 +65,7 @@ pub use db::Location;
 pub use error::ControlError;
 pub use intents::{Consumed, GrantState, GrantStatus, IntentKey, TaskIntent};
 pub use revocations::{Revocation, RevocationKind};
+pub use sessions::McpSession;
 pub use signal::Topic;
 pub use store::ToolPin;
 pub use tasks::{Task, TaskStatus};

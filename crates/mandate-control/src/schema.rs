@@ -63,6 +63,18 @@ CREATE TABLE IF NOT EXISTS leases (
     holder     TEXT NOT NULL,
     expires_ms INTEGER NOT NULL
 ) STRICT;
+-- MCP transport sessions (2025-era clients), so any replica can carry
+-- one on: whose it is and the client's initialize parameters.
+CREATE TABLE IF NOT EXISTS mcp_sessions (
+    id          TEXT PRIMARY KEY NOT NULL,
+    subject     TEXT NOT NULL,
+    binding     TEXT NOT NULL,
+    init_params TEXT NOT NULL,
+    exp         INTEGER NOT NULL,
+    created_ms  INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS mcp_sessions_subject ON mcp_sessions (subject, created_ms);
+CREATE INDEX IF NOT EXISTS mcp_sessions_exp ON mcp_sessions (exp);
 CREATE TABLE IF NOT EXISTS tasks (
     id          TEXT PRIMARY KEY NOT NULL,
     template    TEXT NOT NULL,
@@ -181,6 +193,16 @@ CREATE TABLE IF NOT EXISTS leases (
     holder     text NOT NULL,
     expires_ms bigint NOT NULL
 );
+CREATE TABLE IF NOT EXISTS mcp_sessions (
+    id          text PRIMARY KEY NOT NULL,
+    subject     text NOT NULL,
+    binding     text NOT NULL,
+    init_params text NOT NULL,
+    exp         bigint NOT NULL,
+    created_ms  bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mcp_sessions_subject ON mcp_sessions (subject, created_ms);
+CREATE INDEX IF NOT EXISTS mcp_sessions_exp ON mcp_sessions (exp);
 CREATE TABLE IF NOT EXISTS tasks (
     id          text PRIMARY KEY NOT NULL,
     template    text NOT NULL,

@@ -7,7 +7,7 @@
 
 use mandate_control::{
     ApprovalStatus, ChangeKind, ControlError, ControlStore, GrantStatus, IntentKey, Location,
-    NewApproval, RevocationKind, TaskStatus, Topic,
+    McpSession, NewApproval, RevocationKind, TaskStatus, Topic,
 };
 use mandate_core::{CallerData, Scope};
 use std::sync::Arc;
@@ -119,7 +119,69 @@ both!(
     intent_grants_are_used_up_exactly_once,
     tool_pins_are_upserted,
     a_lease_has_one_holder_until_it_expires,
+    mcp_sessions_are_found_by_every_replica_and_bounded,
 );
+
+fn mcp_session(id: &str, subject: &str, created_ms: i64, exp: i64) -> McpSession {
+    McpSession {
+        id: id.to_owned(),
+        subject: subject.to_owned(),
+        binding: format!("[\"iss\",\"{subject}\",[\"agent\"],\"sid-1\"]"),
+        init_params: r#"{"protocolVersion":"2025-11-25"}"#.to_owned(),
+        exp,
+        created_ms,
+    }
+}
+
+/// A session stored by one replica is found by another with its binding
+/// and parameters; a later token raises its expiry; stored sessions are
+/// bounded per subject (newest kept) and in total, and expired ones go.
+async fn mcp_sessions_are_found_by_every_replica_and_bounded(place: Place) -> TestResult {
+    let (a, b) = (place.open().await?, place.open().await?);
+    let first = mcp_session("s1", "alice", 1_000, 5_000);
+    a.open_mcp_session(first.clone(), 2).await?;
+    assert_eq!(b.mcp_session("s1").await?, Some(first.clone()));
+    assert_eq!(b.mcp_session("nope").await?, None);
+
+    b.touch_mcp_session("s1", 6_000).await?;
+    b.touch_mcp_session("s1", 5_500).await?;
+    assert_eq!(
+        a.mcp_session("s1").await?.map(|s| s.exp),
+        Some(6_000),
+        "never lowered"
+    );
+
+    // Alice's cap of two: her third session pushes out her oldest only.
+    a.open_mcp_session(mcp_session("s2", "alice", 2_000, 5_000), 2)
+        .await?;
+    a.open_mcp_session(mcp_session("m1", "mallory", 2_500, 5_000), 2)
+        .await?;
+    b.open_mcp_session(mcp_session("s3", "alice", 3_000, 5_000), 2)
+        .await?;
+    assert_eq!(a.mcp_session("s1").await?, None, "alice's oldest went");
+    for id in ["s2", "s3", "m1"] {
+        assert!(a.mcp_session(id).await?.is_some(), "{id} kept");
+    }
+
+    // Closed by its client on any replica: gone for all.
+    b.close_mcp_session("s2").await?;
+    assert_eq!(a.mcp_session("s2").await?, None);
+
+    // Expired before 5,001 (s3, m1 at 5,000): pruned; then the total cap.
+    a.open_mcp_session(mcp_session("s4", "alice", 4_000, 9_000), 2)
+        .await?;
+    a.open_mcp_session(mcp_session("b1", "bob", 4_500, 9_000), 2)
+        .await?;
+    assert_eq!(a.prune_mcp_sessions(5_001, 10).await?, 2);
+    assert_eq!(
+        b.prune_mcp_sessions(5_001, 1).await?,
+        1,
+        "total cap: oldest goes"
+    );
+    assert!(a.mcp_session("s4").await?.is_none());
+    assert!(a.mcp_session("b1").await?.is_some());
+    Ok(())
+}
 
 /// One holder at a time: a second holder is refused while the lease is
 /// renewed, takes it once it expires, and at once after a release.

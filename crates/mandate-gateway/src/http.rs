@@ -61,10 +61,14 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     let manager = Arc::new(manager);
     let sessions = Arc::new(Sessions::new(
         manager.clone(),
+        gw.control().clone(),
         limits.max_sessions,
         limits.max_sessions_per_subject,
         gw.metrics().sessions.clone(),
     ));
+    // Sessions opened on another replica (or before a restart) are carried
+    // on: rmcp replays the handshake from what the control store keeps.
+    mcp_cfg.session_store = Some(sessions.clone());
     let mcp = StreamableHttpService::new(
         move || {
             Ok(GatewayHandler::new(
@@ -178,7 +182,11 @@ async fn readyz(State(app): State<AppState>) -> Response {
             }
             Err(_) => false,
         };
-    let ready = !draining && audit.is_ok() && control_ok;
+    let policy_behind = app.gw.policy_behind();
+    if let Some(why) = &policy_behind {
+        tracing::warn!(reason = %why, "readiness: the policy set in force is not enforced here");
+    }
+    let ready = !draining && audit.is_ok() && control_ok && policy_behind.is_none();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -192,8 +200,9 @@ async fn readyz(State(app): State<AppState>) -> Response {
             "audit": if audit.is_ok() { "ok" } else { "unavailable" },
             "control": if control_ok { "ok" } else { "unavailable" },
             // A policy set is loaded before the listener opens, and a
-            // broken set never replaces it.
-            "policies": "loaded",
+            // broken set never replaces it; with replicas, "behind" until
+            // the set in force among them is installed here.
+            "policies": if policy_behind.is_some() { "behind" } else { "loaded" },
         })),
     )
         .into_response()
@@ -391,7 +400,7 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     if let Some(id) = &session_id {
-        match app.sessions.check(id, &principal) {
+        match app.sessions.check(id, &principal).await {
             Check::Bound => {}
             Check::Foreign => {
                 gw.metrics().session_refusals.inc();
@@ -407,6 +416,10 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
             }
             Check::Unknown => {
                 return closing(GatewayError::SessionNotFound.into_http(Value::Null));
+            }
+            // Fail closed: a session nobody here can place is not served.
+            Check::Refused | Check::Unavailable => {
+                return closing(GatewayError::Overloaded.into_http(Value::Null));
             }
         }
     }
@@ -491,7 +504,7 @@ async fn mcp_entry(State(app): State<AppState>, req: Request) -> Response {
             .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok())
         {
-            Some(new_id) => app.sessions.opened(r, new_id, &principal),
+            Some(new_id) => app.sessions.opened(r, new_id, &principal).await,
             None => app.sessions.abandoned(r),
         }
     }

@@ -53,6 +53,7 @@ mod pipeline;
 pub mod provenance;
 mod records;
 pub mod redaction;
+mod restore;
 pub mod server;
 mod sessions;
 mod tasks;
@@ -129,6 +130,14 @@ pub struct Gateway {
     /// Cancelled when the process is stopping: `/readyz` answers 503 and
     /// held calls are answered `shutting_down` from then.
     draining: tokio_util::sync::CancellationToken,
+    /// Why this replica is not enforcing the policy set in force in the
+    /// shared control store (not yet compared, or it could not be
+    /// installed); calls are denied meanwhile.
+    policy_behind: std::sync::RwLock<Option<String>>,
+    /// With replicas sharing the audit log and the control store: what
+    /// each session did on other replicas is read before its next call
+    /// (`restore.rs`).
+    tail: Option<Arc<mandate_audit::SessionTail>>,
 }
 
 impl Gateway {
@@ -144,6 +153,24 @@ impl Gateway {
     /// Whether [`begin_drain`](Gateway::begin_drain) was called.
     pub fn is_draining(&self) -> bool {
         self.draining.is_cancelled()
+    }
+
+    /// Marks this replica as not (or again) enforcing the policy set in
+    /// force among replicas: while `why` is set, every call is denied and
+    /// `/readyz` answers 503.
+    pub fn set_policy_behind(&self, why: Option<String>) {
+        if let Ok(mut behind) = self.policy_behind.write() {
+            *behind = why;
+        }
+    }
+
+    /// Why the policy set in force among replicas is not enforced here, if
+    /// it is not (a poisoned lock counts as behind: fail closed).
+    pub fn policy_behind(&self) -> Option<String> {
+        match self.policy_behind.read() {
+            Ok(behind) => behind.clone(),
+            Err(_) => Some("the policy state lock is poisoned".to_owned()),
+        }
     }
 }
 
@@ -163,6 +190,10 @@ impl Gateway {
         let metrics =
             Arc::new(Metrics::new(cfg.limits.max_tool_labels).watch(audit.stats(), policy.clone()));
         let usage = usage::Usage::new(cfg.limits.max_concurrent_calls_per_subject, metrics.clone());
+        let replicas = matches!(audit.store(), mandate_audit::Store::Postgres { .. })
+            && control.poll_every().is_some();
+        let tail =
+            replicas.then(|| Arc::new(mandate_audit::SessionTail::new(audit.store().clone())));
         let gw = Arc::new(Self {
             cfg,
             usage,
@@ -181,6 +212,8 @@ impl Gateway {
             dpop: std::sync::OnceLock::new(),
             clock,
             draining: tokio_util::sync::CancellationToken::new(),
+            policy_behind: std::sync::RwLock::new(None),
+            tail,
         });
         let weak = Arc::downgrade(&gw);
         events.on_list_changed(Arc::new(move |upstream: String| {

@@ -576,6 +576,16 @@ impl Collector for Transport {
                 "MCP sessions refused at the total cap.",
                 &s.refused,
             ),
+            (
+                "sessions_taken_over",
+                "MCP sessions opened on another replica (or before a restart) and carried on here.",
+                &s.taken_over,
+            ),
+            (
+                "sessions_store_errors",
+                "Reads or writes of the control store's MCP session table that failed.",
+                &s.store_errors,
+            ),
         ] {
             counter(&mut encoder, name, help, load(value))?;
         }

@@ -217,6 +217,17 @@ impl crate::Gateway {
                 ),
                 DenyCategory::ControlUnavailable,
             ))
+        } else if let Some(why) = self.policy_behind() {
+            // Another replica put a policy set in force that this one does
+            // not enforce (yet): deciding with the old one could permit
+            // what the set in force forbids.
+            Some((
+                Decision::deny(
+                    format!("this replica is not enforcing the policy set in force: {why}"),
+                    hash(),
+                ),
+                DenyCategory::ControlUnavailable,
+            ))
         } else if class.is_none() {
             Some((
                 Decision::deny(
@@ -263,6 +274,21 @@ impl crate::Gateway {
         //    The intent and provenance facts come first: which grant of the
         //    task's intent covers the call (taking one of its uses), and
         //    where each argument's values came from.
+        // With replicas: what the session did elsewhere first (its calls
+        //    count, what it read taints); unknown means deny.
+        let precheck = match precheck {
+            None => self.catch_up(&principal).await.err().map(|e| {
+                tracing::error!(error = %e, "cannot read the shared audit log; denying");
+                (
+                    Decision::deny(
+                        "the shared audit log cannot be read: what this session did on other replicas is unknown",
+                        hash(),
+                    ),
+                    DenyCategory::AuditUnavailable,
+                )
+            }),
+            denied => denied,
+        };
         let mut facts = match precheck {
             Some(_) => crate::intent::CallFacts::default(),
             None => self.call_facts(&principal, &call, &exposed).await,
@@ -385,6 +411,7 @@ impl crate::Gateway {
         if !decision.is_allow() {
             return Err(denial_error(&exposed, &decision, &correlation, &category));
         }
+        self.note_own(&principal, receipt.seq());
 
         // 6. The permit: only from the three proofs (and the approval).
         let args_hash = call.args_hash.clone();
@@ -542,14 +569,37 @@ impl crate::Gateway {
         )
         .outcome(self.clock.now_ms(), outcome, detail);
         outcome_record.taint = findings.labels.clone();
-        let audit = self.audit.clone();
-        let metrics = self.metrics.clone();
-        tokio::spawn(async move {
-            if let Err(e) = audit.append_deferrable(outcome_record).await {
-                metrics.audit_failures.inc();
-                tracing::error!(error = %e, "could not record call outcome");
+        if self.tail.is_some() && !findings.labels.is_empty() {
+            // Replicas learn a session's taint from this record: it is
+            // durable before the agent can act on what it read, or the
+            // result is withheld.
+            match self.audit.append(outcome_record).await {
+                Ok(receipt) => self.note_own(&principal, receipt.seq()),
+                Err(e) => {
+                    self.metrics.audit_failures.inc();
+                    tracing::error!(error = %e, "could not record a tainting outcome; result withheld");
+                    let denied = Decision::deny(
+                        "audit store unavailable: the result is withheld",
+                        self.policy.policy_hash(),
+                    );
+                    return Err(denial_error(
+                        &exposed,
+                        &denied,
+                        permitted.correlation(),
+                        &DenyCategory::AuditUnavailable,
+                    ));
+                }
             }
-        });
+        } else {
+            let audit = self.audit.clone();
+            let metrics = self.metrics.clone();
+            tokio::spawn(async move {
+                if let Err(e) = audit.append_deferrable(outcome_record).await {
+                    metrics.audit_failures.inc();
+                    tracing::error!(error = %e, "could not record call outcome");
+                }
+            });
+        }
 
         match result {
             Ok(response) => Ok(self.finish(response, &permitted, &findings)),
@@ -913,7 +963,7 @@ fn task_key(p: &Principal) -> Option<String> {
     p.task_id().map(|t| task_key_of(p.iss(), p.sub(), t))
 }
 
-fn task_key_of(iss: &str, sub: &str, task: &str) -> String {
+pub(crate) fn task_key_of(iss: &str, sub: &str, task: &str) -> String {
     serde_json::json!([iss, sub, task]).to_string()
 }
 
@@ -994,82 +1044,11 @@ fn redact_result(result: &mut rmcp::model::CallToolResult, fields: &[String]) {
 /// Detail of the decision record of a call put on hold (not yet counted).
 pub(crate) const HELD_DETAIL: &str = "held for human approval";
 
-impl crate::Gateway {
-    /// Restores session and task usage from decision records written
-    /// before a restart (calls that were let through count; held records
-    /// do not, their release does) and session taint from outcome records.
-    /// Returns how many calls were restored.
-    pub fn restore_usage<'a>(&self, records: impl IntoIterator<Item = &'a AuditRecord>) -> usize {
-        let now = self.now_unix();
-        // Records written before the issuer was kept name none: with one
-        // trusted issuer it can only have been that one.
-        let sole_issuer = match self.cfg.authorization_servers.as_slice() {
-            [only] => only.as_str(),
-            _ => "",
-        };
-        let mut restored = 0;
-        for r in records {
-            let iss = if r.subject.iss.is_empty() {
-                sole_issuer
-            } else {
-                r.subject.iss.as_str()
-            };
-            let key = mandate_core::state_key(
-                iss,
-                &r.subject.sub,
-                &r.subject.act,
-                r.subject.session.strip_prefix("sid:"),
-                r.subject.task_id.as_deref(),
-            );
-            let at = r.time_ms / 1000;
-            let exp = at.saturating_add(3600).max(now).cast_unsigned();
-            // Taint is on outcome records: what the session read stays read.
-            if r.kind == mandate_core::RecordKind::Outcome && !r.taint.is_empty() {
-                let mut s = self.usage.session(key);
-                // What it read is known by label only now, not by value.
-                s.values_lost = true;
-                s.taint.extend(r.taint.iter().cloned());
-                s.exp = s.exp.max(exp);
-                let source = format!("{} ({})", r.tool, r.taint.join(", "));
-                if s.sources.last() != Some(&source) && s.sources.len() < MAX_SOURCES {
-                    s.sources.push(source);
-                }
-                continue;
-            }
-            let held = r
-                .detail
-                .as_deref()
-                .is_some_and(|d| d.starts_with(HELD_DETAIL));
-            if r.kind != mandate_core::RecordKind::Decision || !r.decision.is_allow() || held {
-                continue;
-            }
-            {
-                let mut s = self.usage.session(key);
-                s.values_lost = true;
-                s.calls = s.calls.saturating_add(1);
-                s.exp = s.exp.max(exp);
-                *s.per_tool.entry(r.tool.clone()).or_default() += 1;
-                if at > now.saturating_sub(60) && s.recent.len() < RECENT_CAP {
-                    s.recent.push_back(at);
-                }
-            }
-            if let Some(task) = &r.subject.task_id {
-                let mut t = self.usage.task(task_key_of(iss, &r.subject.sub, task));
-                t.calls = t.calls.saturating_add(1);
-                t.amount = t.amount.saturating_add(r.amount.unwrap_or(0).max(0));
-                t.exp = t.exp.max(exp);
-            }
-            restored += 1;
-        }
-        restored
-    }
-}
-
 /// Most result sources remembered per session for approvers.
-const MAX_SOURCES: usize = 32;
+pub(crate) const MAX_SOURCES: usize = 32;
 
 /// Most call times kept per session for `calls_last_minute`.
-const RECENT_CAP: usize = 10_000;
+pub(crate) const RECENT_CAP: usize = 10_000;
 
 impl crate::Gateway {
     /// Current Unix time in seconds, by the gateway's clock.

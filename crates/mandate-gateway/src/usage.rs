@@ -111,8 +111,15 @@ pub(crate) struct SessionState {
     /// The values results introduced, by provenance (`intent.rs`).
     pub(crate) values: Option<mandate_provenance::SessionValues>,
     /// The session's history predates this process (restored after a
-    /// restart): what it read cannot be placed any more.
+    /// restart) or was written on another replica: what it read cannot be
+    /// placed any more.
     pub(crate) values_lost: bool,
+    /// The last audit sequence number applied from the log (restored, or
+    /// caught up from other replicas).
+    pub(crate) cursor: i64,
+    /// This replica's own records beyond `cursor`, already counted (only
+    /// with a shared log; bounded).
+    pub(crate) own: BTreeSet<i64>,
 }
 
 /// Per-task usage (keyed by issuer, user and task id), for task budgets.

@@ -40,8 +40,11 @@ const MCP_ACCEPT: &str = "application/json, text/event-stream";
 struct Env {
     router: Router,
     gateway: Arc<Gateway>,
-    issuer: DevKey,
-    _dir: tempfile::TempDir,
+    issuer: Arc<DevKey>,
+    /// Where its stores live (owned by the first gateway of a test).
+    path: std::path::PathBuf,
+    upstreams: Vec<UpstreamConfig>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// One HTTP answer: status, headers, and the JSON-RPC messages of the body
@@ -121,8 +124,32 @@ impl Env {
     ) -> Result<Self, Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let issuer = mandate_authn::dev::generate_ed25519()?;
-        let jwks = dir.path().join("jwks.json");
-        std::fs::write(&jwks, issuer.jwks_json())?;
+        std::fs::write(dir.path().join("jwks.json"), issuer.jwks_json())?;
+        let mut env = Self::build(dir.path(), Arc::new(issuer), upstreams, "audit.sqlite").await?;
+        env._dir = Some(dir);
+        Ok(env)
+    }
+
+    /// Another gateway sharing this one's control store, issuer and
+    /// upstreams, with an audit log of its own: a second replica (or this
+    /// one after a restart).
+    async fn replica(&self, name: &str) -> Result<Self, Box<dyn std::error::Error>> {
+        Self::build(
+            &self.path,
+            self.issuer.clone(),
+            self.upstreams.clone(),
+            &format!("audit-{name}.sqlite"),
+        )
+        .await
+    }
+
+    async fn build(
+        path: &std::path::Path,
+        issuer: Arc<DevKey>,
+        upstreams: Vec<UpstreamConfig>,
+        audit_file: &str,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        let jwks = path.join("jwks.json");
         let authenticator = |audience: String, require_actor: bool| {
             let mut cfg = AuthnConfig::new(
                 vec![IssuerConfig {
@@ -140,13 +167,13 @@ impl Env {
             &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../../examples/quickstart/policies"),
         )?;
-        let audit = AuditLog::open_sqlite(&dir.path().join("audit.sqlite"))?;
-        let control = ControlStore::open(&dir.path().join("control.sqlite"))?;
+        let audit = AuditLog::open_sqlite(&path.join(audit_file))?;
+        let control = ControlStore::open(&path.join("control.sqlite"))?;
         let cfg = GatewayConfig {
             public_url: PUBLIC_URL.to_owned(),
             resource: AUDIENCE.to_owned(),
             authorization_servers: vec![ISSUER.to_owned()],
-            upstreams,
+            upstreams: upstreams.clone(),
             max_body_bytes: MAX_BODY,
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
@@ -171,7 +198,9 @@ impl Env {
             router: mandate_gateway::http::router(gateway.clone()),
             gateway,
             issuer,
-            _dir: dir,
+            path: path.to_owned(),
+            upstreams,
+            _dir: None,
         })
     }
 
@@ -830,5 +859,75 @@ async fn an_unreachable_upstream_leaks_no_internals_to_the_agent() -> TestResult
     assert_eq!(outcome.as_deref(), Some("upstream_unavailable"));
     let detail = detail.unwrap_or_default();
     assert!(detail.contains(&authority), "outcome detail: {detail}");
+    Ok(())
+}
+
+/// No sticky routing (F-04 kept): a transport session opened on one
+/// gateway is carried on by another that shares its control store, as
+/// replicas behind a load balancer do (or the same process after a
+/// restart), for the subject it is bound to only.
+#[tokio::test]
+async fn a_session_opened_on_one_replica_carries_on_on_another_for_its_subject_only() -> TestResult
+{
+    let a = Env::new().await?;
+    let b = a.replica("b").await?;
+    let alice = a.token("alice@example.com")?;
+    let session = a.initialize(&alice).await?;
+    let ping = |id: i64| json!({"jsonrpc": "2.0", "id": id, "method": "ping"}).to_string();
+
+    // Another subject presenting it on B: refused as foreign, not taken over.
+    let mallory = b.token("mallory@example.com")?;
+    let foreign = b.post(Some(&mallory), Some(&session), ping(1)).await?;
+    assert_eq!(foreign.status, StatusCode::FORBIDDEN, "{}", foreign.text);
+    // Nor by alice's user with another Mandate session (sid).
+    let other_sid = b.token_with("alice@example.com", json!({"sid": "sid-other"}))?;
+    let foreign = b.post(Some(&other_sid), Some(&session), ping(2)).await?;
+    assert_eq!(foreign.status, StatusCode::FORBIDDEN, "{}", foreign.text);
+    let stats = &b.gateway.metrics().sessions;
+    assert_eq!(
+        stats.taken_over.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+
+    // Its own subject: answered on B without a new handshake.
+    let pong = b.post(Some(&alice), Some(&session), ping(3)).await?;
+    assert_eq!(pong.status, StatusCode::OK, "{}", pong.text);
+    assert!(
+        pong.messages
+            .iter()
+            .any(|m| m.get("id") == Some(&json!(3)) && m.get("result").is_some()),
+        "{}",
+        pong.text
+    );
+    assert_eq!(
+        stats.taken_over.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // And again on A, where it was opened.
+    let pong = a.post(Some(&alice), Some(&session), ping(4)).await?;
+    assert_eq!(pong.status, StatusCode::OK, "{}", pong.text);
+
+    // Closed by its client on B: no replica carries it on any more.
+    let mut close = Request::builder()
+        .method(Method::DELETE)
+        .uri("/mcp")
+        .header(header::AUTHORIZATION, format!("Bearer {alice}"))
+        .header("mcp-session-id", &session)
+        .body(Body::empty())?;
+    close.headers_mut().insert(
+        "mcp-protocol-version",
+        http::HeaderValue::from_static("2025-06-18"),
+    );
+    let closed = b.send(close).await?;
+    assert!(closed.status.is_success(), "{closed:?}");
+    let c = a.replica("c").await?;
+    let gone = c.post(Some(&alice), Some(&session), ping(5)).await?;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND, "{}", gone.text);
+
+    // A session id nobody opened: 404, as before.
+    let unknown = b
+        .post(Some(&alice), Some("no-such-session"), ping(6))
+        .await?;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{}", unknown.text);
     Ok(())
 }

@@ -48,6 +48,10 @@ struct ApiState {
 /// policy directory.
 static INSTALLING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// How soon a replica that could not install the policy set in force tries
+/// again.
+const FOLLOW_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The `/api` control routes.
 pub(crate) fn routes(gw: Arc<Gateway>) -> Router {
     let state = ApiState { gw };
@@ -386,26 +390,38 @@ async fn activate(s: &ApiState, change: &Change, by: &str) -> Result<Change, Api
 /// replicas: installs the policy set another replica put in force, as its
 /// notification arrives (and every poll, should one be lost), so every
 /// replica decides with the set in force. `None` when there is nothing to
-/// follow. A set that does not load here leaves the last good one serving
-/// (logged at error level; `/readyz` is unaffected, the set in force is
-/// still what the store says).
+/// follow. Fail closed: from the moment this replica learns of a set it
+/// has not installed (and from start until it first compares), every call
+/// is denied and `/readyz` answers 503 with `"policies": "behind"`; a set
+/// that does not load here is retried every second and logged at error
+/// level, never served around.
 pub fn spawn_policy_follower(gw: Arc<Gateway>) -> Option<tokio::task::JoinHandle<()>> {
     let every = gw.control().poll_every()?;
     if !gw.config().change_gate {
         return None;
     }
     let mut changes = gw.control().signal(mandate_control::Topic::Changes);
+    // Until the set in force among replicas has been compared with the
+    // one loaded here, calls are denied and /readyz says "behind".
+    gw.set_policy_behind(Some("not yet compared with the other replicas".to_owned()));
     Some(tokio::spawn(async move {
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
                 changed = changes.changed() => if changed.is_err() { break },
+                // Behind (calls denied): try again soon, not at the next poll.
+                () = tokio::time::sleep(FOLLOW_RETRY.min(every)), if failing => {}
             }
-            if let Err(e) = follow_policy_set(&gw).await {
-                tracing::error!(error = %e, "could not install the policy set another replica activated; the last good set keeps serving");
-            }
+            failing = match follow_policy_set(&gw).await {
+                Ok(()) => false,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not install the policy set another replica activated; calls are denied here until it is");
+                    true
+                }
+            };
         }
     }))
 }
@@ -420,11 +436,19 @@ async fn follow_policy_set(gw: &Arc<Gateway>) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let Some(change) = active.into_iter().next() else {
+        gw.set_policy_behind(None);
         return Ok(());
     };
     if change.payload_hash == gw.policy().policy_hash() {
+        gw.set_policy_behind(None);
         return Ok(());
     }
+    // Fail closed until it is installed: the loaded set may permit what
+    // the set in force forbids.
+    gw.set_policy_behind(Some(format!(
+        "policy set {} (change {}) is not installed yet",
+        change.payload_hash, change.id
+    )));
     let files = policy_files_of(&change).map_err(|e| e.message)?;
     let dir = gw.policy().dir().to_path_buf();
     let worker = gw.clone();
@@ -433,6 +457,7 @@ async fn follow_policy_set(gw: &Arc<Gateway>) -> Result<(), String> {
         .await
         .map_err(|_| "the installing worker stopped".to_owned())?
         .map_err(|e| e.message)?;
+    gw.set_policy_behind(None);
     tracing::warn!(change = %change.id, policy_hash = %change.payload_hash, "policy set activated on another replica installed here");
     Ok(())
 }

@@ -573,7 +573,7 @@ async fn build_gateway(cfg: &Config) -> Result<Arc<Gateway>> {
     let since = gw.clock().now_ms() - USAGE_WINDOW_MS;
     let records = mandate_audit::read_calls_since(cfg.audit_store(), since)
         .map_err(|e| anyhow::anyhow!("audit log {}: {e}", cfg.audit_store()))?;
-    let restored = gw.restore_usage(records.iter().map(|r| &r.record));
+    let restored = gw.restore_usage(&records);
     if restored > 0 {
         tracing::info!(
             calls = restored,

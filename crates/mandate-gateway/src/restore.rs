@@ -1,0 +1,177 @@
+//! Session and task usage rebuilt from the audit log: at start, from the
+//! last day's records ([`Gateway::restore_usage`]), and, when replicas
+//! share the log, before each call from what the session did on other
+//! replicas since this one last looked ([`Gateway::catch_up`]): calls
+//! let through count against budgets and rate limits, and the taint of
+//! what the session read is carried over, so a load balancer moving a
+//! session between replicas never resets what its policies see.
+
+use crate::Gateway;
+use crate::pipeline::{HELD_DETAIL, MAX_SOURCES, RECENT_CAP, task_key_of};
+use crate::usage::SessionState;
+use mandate_audit::StoredRecord;
+use mandate_authn::Principal;
+use mandate_core::{AuditRecord, RecordKind};
+
+/// Most sequence numbers of this replica's own records remembered per
+/// session until the session's cursor passes them.
+const MAX_OWN: usize = 1024;
+
+/// What applying a record did.
+enum Applied {
+    /// A call let through, counted.
+    Call,
+    /// The taint of a result.
+    Taint,
+    /// Nothing the policies read.
+    Nothing,
+}
+
+impl Gateway {
+    /// Restores session and task usage from decision records written
+    /// before a restart (calls that were let through count; held records
+    /// do not, their release does) and session taint from outcome records.
+    /// Returns how many calls were restored.
+    pub fn restore_usage<'a>(&self, records: impl IntoIterator<Item = &'a StoredRecord>) -> usize {
+        let now = self.now_unix();
+        let mut restored = 0;
+        for stored in records {
+            let key = self.state_key_of(&stored.record);
+            let mut s = self.usage.session(key);
+            s.cursor = s.cursor.max(stored.seq);
+            // What it read is known by label only now, not by value.
+            s.values_lost = true;
+            if let Applied::Call = self.apply(&mut s, &stored.record, now) {
+                restored += 1;
+            }
+        }
+        restored
+    }
+
+    /// With replicas sharing the audit log: applies what `principal`'s
+    /// session did on other replicas since this one last looked (one
+    /// indexed read of the session's records). An error means the
+    /// session's state is unknown here: the caller denies.
+    pub(crate) async fn catch_up(&self, principal: &Principal) -> Result<(), String> {
+        let Some(tail) = self.tail.clone() else {
+            return Ok(());
+        };
+        let key = principal.state_key();
+        let cursor = self.usage.session_view(&key).map_or(0, |s| s.cursor);
+        let session = principal.caller().session_key();
+        let records = tokio::task::spawn_blocking(move || tail.after(&session, cursor))
+            .await
+            .map_err(|_| "the reading worker stopped".to_owned())?
+            .map_err(|e| e.to_string())?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let now = self.now_unix();
+        let mut s = self.usage.session(key.clone());
+        for stored in &records {
+            // Another call of the session may have caught up meanwhile.
+            if stored.seq <= s.cursor {
+                continue;
+            }
+            s.cursor = stored.seq;
+            if s.own.remove(&stored.seq) || self.state_key_of(&stored.record) != key {
+                continue;
+            }
+            if let Applied::Taint = self.apply(&mut s, &stored.record, now) {
+                // Read on another replica: its values never reached this
+                // one's provenance index.
+                s.values_lost = true;
+            }
+        }
+        let cursor = s.cursor;
+        s.own.retain(|seq| *seq > cursor);
+        Ok(())
+    }
+
+    /// Remembers that this replica wrote record `seq` of `principal`'s
+    /// session and already counted it, so catching up skips it. Only with
+    /// a shared log.
+    pub(crate) fn note_own(&self, principal: &Principal, seq: i64) {
+        if self.tail.is_none() {
+            return;
+        }
+        let mut s = self.usage.session(principal.state_key());
+        if seq <= s.cursor {
+            return;
+        }
+        if s.own.len() >= MAX_OWN {
+            // Forgetting the oldest can only count a call twice: stricter.
+            s.own.pop_first();
+        }
+        s.own.insert(seq);
+    }
+
+    /// The usage key of the session a record belongs to.
+    fn state_key_of(&self, r: &AuditRecord) -> String {
+        // Records written before the issuer was kept name none: with one
+        // trusted issuer it can only have been that one.
+        let iss = match (
+            r.subject.iss.as_str(),
+            self.cfg.authorization_servers.as_slice(),
+        ) {
+            ("", [only]) => only.as_str(),
+            (iss, _) => iss,
+        };
+        mandate_core::state_key(
+            iss,
+            &r.subject.sub,
+            &r.subject.act,
+            r.subject.session.strip_prefix("sid:"),
+            r.subject.task_id.as_deref(),
+        )
+    }
+
+    /// Applies one record written elsewhere (another replica, or this
+    /// process before a restart) to its session `s` and its task.
+    fn apply(&self, s: &mut SessionState, r: &AuditRecord, now: i64) -> Applied {
+        let at = r.time_ms / 1000;
+        let exp = at.saturating_add(3600).max(now).cast_unsigned();
+        // Taint is on outcome records: what the session read stays read.
+        if r.kind == RecordKind::Outcome {
+            if r.taint.is_empty() {
+                return Applied::Nothing;
+            }
+            s.taint.extend(r.taint.iter().cloned());
+            s.exp = s.exp.max(exp);
+            let source = format!("{} ({})", r.tool, r.taint.join(", "));
+            if s.sources.last() != Some(&source) && s.sources.len() < MAX_SOURCES {
+                s.sources.push(source);
+            }
+            return Applied::Taint;
+        }
+        let held = r
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.starts_with(HELD_DETAIL));
+        if r.kind != RecordKind::Decision || !r.decision.is_allow() || held {
+            return Applied::Nothing;
+        }
+        s.calls = s.calls.saturating_add(1);
+        s.exp = s.exp.max(exp);
+        *s.per_tool.entry(r.tool.clone()).or_default() += 1;
+        if at > now.saturating_sub(60) && s.recent.len() < RECENT_CAP {
+            s.recent.push_back(at);
+        }
+        if let Some(task) = &r.subject.task_id {
+            let iss = if r.subject.iss.is_empty() {
+                match self.cfg.authorization_servers.as_slice() {
+                    [only] => only.as_str(),
+                    _ => "",
+                }
+            } else {
+                r.subject.iss.as_str()
+            };
+            // Always taken after the session's entry (no lock cycles).
+            let mut t = self.usage.task(task_key_of(iss, &r.subject.sub, task));
+            t.calls = t.calls.saturating_add(1);
+            t.amount = t.amount.saturating_add(r.amount.unwrap_or(0).max(0));
+            t.exp = t.exp.max(exp);
+        }
+        Applied::Call
+    }
+}
