@@ -506,8 +506,14 @@ impl crate::Gateway {
             sanitise_span.record("labels", findings.labels.join(",").as_str());
         }
         let mut newly_suspicious = false;
+        // Whether this result adds a label the session did not carry yet.
+        let mut newly_tainted = false;
         if !findings.labels.is_empty() {
             let mut s = self.usage.session(session.clone());
+            newly_tainted = findings
+                .labels
+                .iter()
+                .any(|l| !s.taint_recorded.contains(l));
             newly_suspicious = findings
                 .labels
                 .iter()
@@ -569,12 +575,17 @@ impl crate::Gateway {
         )
         .outcome(self.clock.now_ms(), outcome, detail);
         outcome_record.taint = findings.labels.clone();
-        if self.tail.is_some() && !findings.labels.is_empty() {
-            // Replicas learn a session's taint from this record: it is
-            // durable before the agent can act on what it read, or the
-            // result is withheld.
+        if self.tail.is_some() && newly_tainted {
+            // Replicas learn a session's taint from the first record that
+            // carries each label: it is durable before the agent can act on
+            // what it read, or the result is withheld. (A label the session
+            // already carried is on an earlier durable record.)
             match self.audit.append(outcome_record).await {
-                Ok(receipt) => self.note_own(&principal, receipt.seq()),
+                Ok(receipt) => {
+                    self.note_own(&principal, receipt.seq());
+                    let mut s = self.usage.session(session.clone());
+                    s.taint_recorded.extend(findings.labels.iter().cloned());
+                }
                 Err(e) => {
                     self.metrics.audit_failures.inc();
                     tracing::error!(error = %e, "could not record a tainting outcome; result withheld");

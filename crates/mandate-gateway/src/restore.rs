@@ -137,6 +137,7 @@ impl Gateway {
                 return Applied::Nothing;
             }
             s.taint.extend(r.taint.iter().cloned());
+            s.taint_recorded.extend(r.taint.iter().cloned());
             s.exp = s.exp.max(exp);
             let source = format!("{} ({})", r.tool, r.taint.join(", "));
             if s.sources.last() != Some(&source) && s.sources.len() < MAX_SOURCES {

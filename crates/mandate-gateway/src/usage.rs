@@ -114,6 +114,9 @@ pub(crate) struct SessionState {
     /// restart) or was written on another replica: what it read cannot be
     /// placed any more.
     pub(crate) values_lost: bool,
+    /// The taint labels some durable outcome record already carries (with
+    /// a shared log, a result adding any other label waits for its record).
+    pub(crate) taint_recorded: BTreeSet<String>,
     /// The last audit sequence number applied from the log (restored, or
     /// caught up from other replicas).
     pub(crate) cursor: i64,
