@@ -91,7 +91,8 @@ pub(super) fn request_id(message: &ClientJsonRpcMessage) -> Option<RequestId> {
 
 /// Whether an SSE stream failed because one event was over the bound the
 /// MCP client was given (rmcp reports it as a body error with this text;
-/// `an_oversized_sse_event_is_recognised` checks the wording still holds).
+/// `test_oversized_result_over_http_sse_is_refused_at_once_and_the_connection_recovers`
+/// fails if the wording changes).
 pub(super) fn is_event_too_large(error: &sse_stream::Error) -> bool {
     matches!(error, sse_stream::Error::Body(e) if e.to_string().contains("exceeded the maximum size"))
 }
