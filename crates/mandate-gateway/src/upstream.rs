@@ -19,12 +19,12 @@ use rmcp::model::{
     ProgressToken, ServerResult, Tool,
 };
 use rmcp::service::{NotificationContext, RunningService};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::async_rw::AsyncRwTransport;
 use rmcp::transport::streamable_http_client::{
     StreamableHttpClient, StreamableHttpClientTransportConfig, StreamableHttpError,
     StreamableHttpPostResponse, StreamableHttpResponseLimits,
 };
-use rmcp::transport::async_rw::AsyncRwTransport;
-use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{ClientHandler, ErrorData, Peer, RoleClient, RoleServer, ServiceExt};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -349,10 +349,8 @@ impl Upstream {
                     }
                     let config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
                         .custom_headers(custom);
-                    let client = TraceHttpClient::new(reqwest::Client::new()).bounded(
-                        cfg.max_result_bytes,
-                        handler.oversized.clone(),
-                    );
+                    let client = TraceHttpClient::new(reqwest::Client::new())
+                        .bounded(cfg.max_result_bytes, handler.oversized.clone());
                     let transport = StreamableHttpClientTransport::with_client(client, config);
                     handler.serve(transport).await.map_err(|e| fail(&e))
                 }
@@ -501,8 +499,7 @@ impl Upstream {
         // connection stays usable), or, if it could not be told whose it
         // was, closed the connection.
         let oversized = &conn.service().oversized;
-        if matches!(result, Ok(Err(_)))
-            && request_id.as_ref().is_some_and(|id| oversized.take(id))
+        if matches!(result, Ok(Err(_))) && request_id.as_ref().is_some_and(|id| oversized.take(id))
         {
             if conn.is_closed() || conn.peer().is_transport_closed() {
                 self.discard(Some(session));
@@ -555,7 +552,11 @@ impl Upstream {
 /// A stdio upstream: its child process, MCP over its stdin, and its stdout
 /// read through [`BoundedLines`] (each message at most `max_result_bytes`).
 struct ChildTransport {
-    io: AsyncRwTransport<RoleClient, BoundedLines<tokio::process::ChildStdout>, tokio::process::ChildStdin>,
+    io: AsyncRwTransport<
+        RoleClient,
+        BoundedLines<tokio::process::ChildStdout>,
+        tokio::process::ChildStdin,
+    >,
     child: tokio::process::Child,
 }
 
@@ -723,8 +724,14 @@ impl StreamableHttpClient for TraceHttpClient {
                 .await;
             let bound = self.bound.as_ref().zip(id);
             match (response, bound) {
-                (Err(StreamableHttpError::ResponseBodyTooLarge { .. }), Some(((max, oversized), id))) => {
-                    tracing::warn!(max_result_bytes = max, "an upstream answer over max_result_bytes was not read");
+                (
+                    Err(StreamableHttpError::ResponseBodyTooLarge { .. }),
+                    Some(((max, oversized), id)),
+                ) => {
+                    tracing::warn!(
+                        max_result_bytes = max,
+                        "an upstream answer over max_result_bytes was not read"
+                    );
                     match upstream_limits::answered_too_large(oversized, &id, *max) {
                         Some(reply) => Ok(StreamableHttpPostResponse::Json(reply, sid)),
                         None => Err(StreamableHttpError::ResponseBodyTooLarge { max_size: *max }),
@@ -733,7 +740,10 @@ impl StreamableHttpClient for TraceHttpClient {
                 (Ok(StreamableHttpPostResponse::Sse(stream, sid)), bound) => {
                     let bound = bound.map(|((max, oversized), id)| (*max, oversized.clone(), id));
                     Ok(StreamableHttpPostResponse::Sse(
-                        Box::pin(Drained { rest: Some(stream), bound }),
+                        Box::pin(Drained {
+                            rest: Some(stream),
+                            bound,
+                        }),
                         sid,
                     ))
                 }
@@ -830,7 +840,10 @@ impl futures::Stream for Drained {
                 if let Some((max, oversized, id)) = self.bound.take() {
                     // Not drained: what is left is the oversized answer.
                     self.rest = None;
-                    tracing::warn!(max_result_bytes = max, "an upstream event over max_result_bytes was not read");
+                    tracing::warn!(
+                        max_result_bytes = max,
+                        "an upstream event over max_result_bytes was not read"
+                    );
                     let reply = upstream_limits::answered_too_large(&oversized, &id, max)
                         .and_then(|m| serde_json::to_string(&m).ok());
                     return std::task::Poll::Ready(reply.map(|data| {

@@ -132,10 +132,9 @@ fn response_id(prefix: &[u8]) -> Option<RequestId> {
                             b"result" | b"error" => is_response = true,
                             b"method" => return None,
                             b"id" => {
-                                let mut values = serde_json::Deserializer::from_slice(
-                                    prefix.get(i..)?,
-                                )
-                                .into_iter::<RequestId>();
+                                let mut values =
+                                    serde_json::Deserializer::from_slice(prefix.get(i..)?)
+                                        .into_iter::<RequestId>();
                                 id = values.next().and_then(Result::ok);
                             }
                             _ => {}
@@ -198,7 +197,10 @@ impl<R> BoundedLines<R> {
         while !chunk.is_empty() && !self.ended {
             let newline = chunk.iter().position(|b| *b == b'\n');
             let (part, rest) = match newline {
-                Some(at) => (chunk.get(..at).unwrap_or_default(), chunk.get(at + 1..).unwrap_or_default()),
+                Some(at) => (
+                    chunk.get(..at).unwrap_or_default(),
+                    chunk.get(at + 1..).unwrap_or_default(),
+                ),
                 None => (chunk, &[][..]),
             };
             chunk = rest;
@@ -240,7 +242,10 @@ impl<R> BoundedLines<R> {
                 }
             }
             None => {
-                tracing::warn!(max_result_bytes = self.max, "an upstream message over max_result_bytes answered no request; closing the connection");
+                tracing::warn!(
+                    max_result_bytes = self.max,
+                    "an upstream message over max_result_bytes answered no request; closing the connection"
+                );
                 self.oversized.unattributed.store(true, Ordering::Relaxed);
                 self.ended = true;
             }

@@ -9,16 +9,34 @@ fn id(n: i64) -> RequestId {
 #[test]
 fn the_id_of_a_response_is_found_at_the_top_level_only() {
     let cases: [(&str, Option<RequestId>); 7] = [
-        (r#"{"jsonrpc":"2.0","id":7,"result":{"content":[{"text":"AAAA"#, Some(id(7))),
-        (r#"{"jsonrpc":"2.0","id":"abc","error":{"code":1"#, Some(RequestId::String("abc".into()))),
+        (
+            r#"{"jsonrpc":"2.0","id":7,"result":{"content":[{"text":"AAAA"#,
+            Some(id(7)),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":"abc","error":{"code":1"#,
+            Some(RequestId::String("abc".into())),
+        ),
         // The id after a (cut) result cannot be seen.
-        (r#"{"jsonrpc":"2.0","result":{"content":[{"text":"AAAA"#, None),
+        (
+            r#"{"jsonrpc":"2.0","result":{"content":[{"text":"AAAA"#,
+            None,
+        ),
         // An `id` inside the result is not the response's.
         (r#"{"result":{"id":9,"text":"AAAA"#, None),
         // Requests and notifications of the server are not answers.
-        (r#"{"jsonrpc":"2.0","id":3,"method":"elicitation/create","params":{"x":"AAAA"#, None),
-        (r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"x":"AAAA"#, None),
-        (r#"{ "jsonrpc" : "2.0" , "id" : 12 , "result" : { "a\"id\":1" : "AAAA"#, Some(id(12))),
+        (
+            r#"{"jsonrpc":"2.0","id":3,"method":"elicitation/create","params":{"x":"AAAA"#,
+            None,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"x":"AAAA"#,
+            None,
+        ),
+        (
+            r#"{ "jsonrpc" : "2.0" , "id" : 12 , "result" : { "a\"id\":1" : "AAAA"#,
+            Some(id(12)),
+        ),
     ];
     for (prefix, want) in cases {
         assert_eq!(response_id(prefix.as_bytes()), want, "{prefix}");
@@ -52,8 +70,8 @@ async fn an_oversized_answer_is_replaced_by_an_error_for_its_request_and_the_nex
     let (out, oversized) = read_all(input.as_bytes(), 100_000).await;
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out:.300}");
-    let first: serde_json::Value = serde_json::from_str(lines.first().copied().unwrap_or_default())
-        .unwrap_or_default();
+    let first: serde_json::Value =
+        serde_json::from_str(lines.first().copied().unwrap_or_default()).unwrap_or_default();
     assert_eq!(first["id"], 5);
     assert!(
         first["error"]["message"]
@@ -69,7 +87,10 @@ async fn an_oversized_answer_is_replaced_by_an_error_for_its_request_and_the_nex
 
 #[tokio::test]
 async fn lines_within_the_bound_pass_unchanged() {
-    let line = format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":\"{}\"}}\n", "B".repeat(1000));
+    let line = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":\"{}\"}}\n",
+        "B".repeat(1000)
+    );
     let input = format!("{line}{line}last-without-newline");
     let (out, oversized) = read_all(input.as_bytes(), line.len()).await;
     assert_eq!(out, input);
@@ -83,8 +104,14 @@ async fn an_oversized_message_that_answers_nothing_ends_the_stream() {
         "C".repeat(5000)
     );
     let (out, oversized) = read_all(input.as_bytes(), 1000).await;
-    assert_eq!(out, "", "nothing after the unattributable line is passed on");
-    assert!(oversized.take(&id(2)), "every call on the closed connection is too large");
+    assert_eq!(
+        out, "",
+        "nothing after the unattributable line is passed on"
+    );
+    assert!(
+        oversized.take(&id(2)),
+        "every call on the closed connection is too large"
+    );
 }
 
 #[test]

@@ -643,9 +643,8 @@ impl Config {
             };
             let max_result_bytes = match u.max_result_bytes {
                 None => UpstreamConfig::DEFAULT_MAX_RESULT_BYTES,
-                Some(n) if (1024..=MAX_RESULT_BYTES_CEILING).contains(&n) => {
-                    usize::try_from(n).map_err(|_| anyhow!("upstreams.{name}.max_result_bytes: too large"))?
-                }
+                Some(n) if (1024..=MAX_RESULT_BYTES_CEILING).contains(&n) => usize::try_from(n)
+                    .map_err(|_| anyhow!("upstreams.{name}.max_result_bytes: too large"))?,
                 Some(_) => bail!(
                     "upstreams.{name}.max_result_bytes must be between 1024 and {MAX_RESULT_BYTES_CEILING}"
                 ),
