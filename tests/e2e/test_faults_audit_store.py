@@ -37,6 +37,7 @@ from test_audit_fail_closed import fill
 from test_faults import (  # noqa: F401 (private_pg is a fixture)
     CORRELATION,
     PrivatePostgres,
+    assert_recorded_and_refused_unforwarded,
     denied,
     health,
     keys_received,
@@ -118,12 +119,7 @@ def assert_failed_closed_and_recovered(load: Load, fault: str, gw: Gateway, rec,
     assert any(at == "after" for at, _, _ in ok), "no call succeeded after the fault ended"
     assert gw.proc.alive() and health(gw) == 200
 
-    unrecorded = [key for _, key, cid in ok if decisions.get(cid) != "allow"]
-    assert not unrecorded, f"{len(unrecorded)} calls the agent saw succeed have no decision record: {unrecorded[:5]}"
-    forwarded = [(c["arguments"]["key"], (c.get("_meta") or {}).get(CORRELATION)) for c in received(rec)]
-    unrecorded = [key for key, cid in forwarded if decisions.get(cid) != "allow"]
-    assert not unrecorded, f"{len(unrecorded)} calls reached the upstream without a decision record: {unrecorded[:5]}"
-    assert not {key for _, key, _ in refused} & {key for key, _ in forwarded}, "a refused call reached the upstream"
+    assert_recorded_and_refused_unforwarded(ok, refused, rec, decisions)
 
 
 def pg_gateway(launcher: Launcher, issuer: Issuer, pg: PrivatePostgres):
@@ -183,18 +179,13 @@ def test_audit_store_postgres_terminating_its_connections_mid_load_loses_no_reco
     assert sum(killed) > 0, "no connection of the gateway was terminated"
     assert not load.errors, load.errors[:5]
     ok = [(at, key, cid) for at, key, cid in load.outcomes if not cid.startswith("denied:")]
-    refused = [why for _, _, why in load.outcomes if why.startswith("denied:")]
+    refused = [(at, key, why) for at, key, why in load.outcomes if why.startswith("denied:")]
     # Whether a call happened to be writing when its connection died is
     # chance: denials may or may not occur, but only for this reason.
-    assert set(refused) <= {"denied:audit_unavailable"}, refused[:5]
+    assert {why for _, _, why in refused} <= {"denied:audit_unavailable"}, refused[:5]
     assert any(at == "after" for at, _, _ in ok), "no call succeeded after the connections were terminated"
     assert gw.proc.alive() and health(gw) == 200
-    decisions = pg_decisions(private_pg.url, SCHEMA)
-    unrecorded = [key for _, key, cid in ok if decisions.get(cid) != "allow"]
-    assert not unrecorded, f"{len(unrecorded)} calls the agent saw succeed have no decision record: {unrecorded[:5]}"
-    forwarded = [(c["arguments"]["key"], (c.get("_meta") or {}).get(CORRELATION)) for c in received(rec)]
-    unrecorded = [key for key, cid in forwarded if decisions.get(cid) != "allow"]
-    assert not unrecorded, f"{len(unrecorded)} calls reached the upstream without a decision record: {unrecorded[:5]}"
+    assert_recorded_and_refused_unforwarded(ok, refused, rec, pg_decisions(private_pg.url, SCHEMA))
     verify = gw.cli("audit", "verify", "--config", str(gw.config))
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
