@@ -21,7 +21,16 @@ from typing import Any
 
 import pytest
 
-from e2e_support import RECORDING_SERVER, Gateway, Issuer, Launcher, read_jsonl, run_mandate
+from e2e_support import (
+    RECORDING_SERVER,
+    Gateway,
+    Issuer,
+    Launcher,
+    free_port,
+    gateway_toml,
+    read_jsonl,
+    run_mandate,
+)
 
 UPSTREAM_FAILED = -32004
 MAX = 1024 * 1024
@@ -95,8 +104,10 @@ def test_oversized_result_over_http_sse_is_refused_at_once_and_the_connection_re
 def test_max_result_bytes_out_of_range_is_a_config_error(fresh_launcher: Launcher, issuer: Issuer,
                                                          value: int) -> None:
     config = fresh_launcher.root / f"bad-{value}.toml"
-    config.write_text(f'[server]\nlisten = "127.0.0.1:0"\n\n[upstreams.up]\nurl = "http://127.0.0.1:1/mcp"\n'
-                      f"max_result_bytes = {value}\n")
+    config.write_text(gateway_toml(port=free_port(), data_dir=fresh_launcher.root / "data", jwks=issuer.jwks_path,
+                                   issuer=issuer.issuer, upstreams={"up": {
+                                       "url": "http://127.0.0.1:1/mcp", "max_result_bytes": value,
+                                       "tools": {"lookup": "read"}}}))
     r = run_mandate("serve", "--config", str(config), "--check", timeout=90)
     assert r.returncode != 0
     assert "max_result_bytes must be between 1024 and" in r.stdout + r.stderr, r.stdout + r.stderr
