@@ -65,6 +65,15 @@ pub struct UpstreamConfig {
     /// Whether a tool seen for the first time needs an operator's approval
     /// (`true`) or is pinned on first use unless its description is suspect.
     pub approve_new_tools: bool,
+    /// Largest answer read from it (one JSON-RPC message: an HTTP body, an
+    /// SSE event or a stdio line); a call whose answer is larger fails at
+    /// once with `result_too_large`.
+    pub max_result_bytes: usize,
+}
+
+impl UpstreamConfig {
+    /// [`UpstreamConfig::max_result_bytes`] unless configured: 4 MiB.
+    pub const DEFAULT_MAX_RESULT_BYTES: usize = 4 * 1024 * 1024;
 }
 
 impl UpstreamConfig {

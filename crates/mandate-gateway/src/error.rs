@@ -305,6 +305,15 @@ pub enum UpstreamError {
         /// What was wrong.
         detail: String,
     },
+    /// The upstream's answer was over its `max_result_bytes`: not read
+    /// further, the call answered with this error at once.
+    #[error("upstream {upstream:?} answered with more than max_result_bytes ({max_bytes} bytes)")]
+    ResultTooLarge {
+        /// Upstream name.
+        upstream: String,
+        /// The bound.
+        max_bytes: usize,
+    },
     /// The upstream answered with a JSON-RPC error.
     #[error("upstream {upstream:?} returned an error: {message}")]
     Protocol {
@@ -324,6 +333,7 @@ impl UpstreamError {
             Self::Unavailable { .. } => "upstream_unavailable",
             Self::Timeout { .. } => "timeout",
             Self::InvalidResponse { .. } => "upstream_invalid_response",
+            Self::ResultTooLarge { .. } => "result_too_large",
             Self::Protocol { .. } => "upstream_error",
         }
     }
@@ -674,6 +684,13 @@ fn upstream_error_data(e: &UpstreamError, correlation: &CorrelationId) -> ErrorD
         UpstreamError::InvalidResponse { upstream, .. } => {
             (upstream, "upstream returned an invalid response".to_owned())
         }
+        UpstreamError::ResultTooLarge {
+            upstream,
+            max_bytes,
+        } => (
+            upstream,
+            format!("upstream result too large: the tool's answer exceeded {max_bytes} bytes"),
+        ),
     };
     ErrorData::new(
         RpcCode::UpstreamFailed.error_code(),

@@ -19,15 +19,20 @@ use rmcp::model::{
     ProgressToken, ServerResult, Tool,
 };
 use rmcp::service::{NotificationContext, RunningService};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::async_rw::AsyncRwTransport;
 use rmcp::transport::streamable_http_client::{
     StreamableHttpClient, StreamableHttpClientTransportConfig, StreamableHttpError,
     StreamableHttpPostResponse, StreamableHttpResponseLimits,
 };
-use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{ClientHandler, ErrorData, Peer, RoleClient, RoleServer, ServiceExt};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{Mutex, RwLock};
+use upstream_limits::{BoundedLines, Oversized};
+
+#[path = "upstream_limits.rs"]
+mod upstream_limits;
 
 /// Audit metadata key carrying the correlation id in `params._meta` (to the
 /// upstream) and in the result's `_meta` (to the client).
@@ -67,6 +72,8 @@ struct UpstreamHandler {
     events: Arc<Events>,
     /// `Some` only on a connection dedicated to one Mandate session.
     client: Option<SessionClient>,
+    /// Requests of this connection whose answer was over `max_result_bytes`.
+    oversized: Arc<Oversized>,
 }
 
 impl UpstreamHandler {
@@ -282,6 +289,7 @@ impl Upstream {
             conn_id: NEXT_CONN_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             events: self.events.clone(),
             client: route.clone(),
+            oversized: Arc::default(),
         };
         let conn = Arc::new(self.open(handler).await?);
         *slot = Some(Slot {
@@ -325,10 +333,9 @@ impl Upstream {
                         }
                     }
                     cmd.envs(env);
-                    let (transport, _stderr) = TokioChildProcess::builder(cmd)
-                        .stderr(std::process::Stdio::inherit())
-                        .spawn()
-                        .map_err(|e| fail(&format!("cannot start {command:?}: {e}")))?;
+                    let transport =
+                        ChildTransport::spawn(cmd, cfg.max_result_bytes, handler.oversized.clone())
+                            .map_err(|e| fail(&format!("cannot start {command:?}: {e}")))?;
                     handler.serve(transport).await.map_err(|e| fail(&e))
                 }
                 Transport::Http { url, headers } => {
@@ -342,10 +349,9 @@ impl Upstream {
                     }
                     let config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
                         .custom_headers(custom);
-                    let transport = StreamableHttpClientTransport::with_client(
-                        TraceHttpClient(reqwest::Client::new()),
-                        config,
-                    );
+                    let client = TraceHttpClient::new(reqwest::Client::new())
+                        .bounded(cfg.max_result_bytes, handler.oversized.clone());
+                    let transport = StreamableHttpClientTransport::with_client(client, config);
                     handler.serve(transport).await.map_err(|e| fail(&e))
                 }
             }
@@ -460,9 +466,11 @@ impl Upstream {
             }
         };
         let mut route = None;
+        let mut request_id = None;
         let result = match sent {
             Err(e) => Ok(Err(e)),
             Ok(handle) => {
+                request_id = Some(handle.id.clone());
                 if let (Some(peer), Some(token)) = (client, progress) {
                     let key = route_key(conn.service().conn_id, &handle.progress_token);
                     self.events
@@ -486,6 +494,20 @@ impl Upstream {
         };
         if let Some(key) = route {
             self.events.progress.remove(&key);
+        }
+        // An answer over `max_result_bytes` was replaced by an error (the
+        // connection stays usable), or, if it could not be told whose it
+        // was, closed the connection.
+        let oversized = &conn.service().oversized;
+        if matches!(result, Ok(Err(_))) && request_id.as_ref().is_some_and(|id| oversized.take(id))
+        {
+            if conn.is_closed() || conn.peer().is_transport_closed() {
+                self.discard(Some(session));
+            }
+            return Err(UpstreamError::ResultTooLarge {
+                upstream: self.cfg.name.clone(),
+                max_bytes: self.cfg.max_result_bytes,
+            });
         }
         match result {
             Err(_) => {
@@ -527,12 +549,101 @@ impl Upstream {
     }
 }
 
+/// A stdio upstream: its child process, MCP over its stdin, and its stdout
+/// read through [`BoundedLines`] (each message at most `max_result_bytes`).
+struct ChildTransport {
+    io: AsyncRwTransport<
+        RoleClient,
+        BoundedLines<tokio::process::ChildStdout>,
+        tokio::process::ChildStdin,
+    >,
+    child: tokio::process::Child,
+}
+
+impl ChildTransport {
+    fn spawn(
+        mut cmd: tokio::process::Command,
+        max: usize,
+        oversized: Arc<Oversized>,
+    ) -> std::io::Result<Self> {
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn()?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(std::io::Error::other("the child's stdio was not piped"));
+        };
+        // Lines are bounded before rmcp sees them; its own bound stays
+        // above ours so that it never drops one silently.
+        let io = AsyncRwTransport::new(BoundedLines::new(stdout, max, oversized), stdin)
+            .with_max_line_length(max.saturating_add(PREFIX_SLACK));
+        Ok(Self { io, child })
+    }
+}
+
+/// How far above `max_result_bytes` rmcp's own line bound is set (the
+/// replacement error line is far shorter than this).
+const PREFIX_SLACK: usize = 64 * 1024;
+
+impl rmcp::transport::Transport<RoleClient> for ChildTransport {
+    type Error = std::io::Error;
+
+    fn send(
+        &mut self,
+        item: rmcp::service::TxJsonRpcMessage<RoleClient>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        self.io.send(item)
+    }
+
+    fn receive(
+        &mut self,
+    ) -> impl Future<Output = Option<rmcp::service::RxJsonRpcMessage<RoleClient>>> + Send {
+        self.io.receive()
+    }
+
+    async fn close(&mut self) -> Result<(), Self::Error> {
+        // Closing stdin asks the server to exit (MCP's stdio shutdown);
+        // one that does not within a moment is killed.
+        self.io.close().await?;
+        if tokio::time::timeout(std::time::Duration::from_secs(3), self.child.wait())
+            .await
+            .is_err()
+        {
+            self.child.kill().await?;
+        }
+        Ok(())
+    }
+}
+
 /// A `reqwest` client for upstream HTTP that copies the call's W3C trace
 /// context (`traceparent`, `tracestate`, `baggage`) from `params._meta`
 /// into HTTP headers (F-05), so HTTP-level tracing and logs on the
-/// upstream side see the correlation.
+/// upstream side see the correlation; and, for the gateway's upstreams,
+/// bounds each answer ([`TraceHttpClient::bounded`]).
 #[derive(Clone)]
-pub struct TraceHttpClient(pub reqwest::Client);
+pub struct TraceHttpClient {
+    client: reqwest::Client,
+    bound: Option<(usize, Arc<Oversized>)>,
+}
+
+impl TraceHttpClient {
+    /// Over `client`, with rmcp's own bounds on answers.
+    pub fn new(client: reqwest::Client) -> Self {
+        Self {
+            client,
+            bound: None,
+        }
+    }
+
+    /// Answers over `max` bytes (a JSON body, or one SSE event) are not
+    /// read further; the request gets an error in their place, noted in
+    /// `oversized`.
+    fn bounded(mut self, max: usize, oversized: Arc<Oversized>) -> Self {
+        self.bound = Some((max, oversized));
+        self
+    }
+}
 
 fn trace_headers_of(message: &ClientJsonRpcMessage) -> Vec<(HeaderName, HeaderValue)> {
     let JsonRpcMessage::Request(req) = message else {
@@ -590,12 +701,18 @@ impl StreamableHttpClient for TraceHttpClient {
         session_id: Option<Arc<str>>,
         auth_header: Option<String>,
         mut custom_headers: HashMap<HeaderName, HeaderValue>,
-        limits: StreamableHttpResponseLimits,
+        mut limits: StreamableHttpResponseLimits,
     ) -> impl Future<Output = PostResult> + Send + '_ {
         custom_headers.extend(trace_headers_of(&message));
+        if let Some((max, _)) = &self.bound {
+            limits.max_json_response_size = *max;
+            limits.max_sse_event_size = *max;
+        }
+        let id = upstream_limits::request_id(&message);
         async move {
+            let sid = session_id.as_deref().map(str::to_owned);
             let response = self
-                .0
+                .client
                 .post_message_with_response_limits(
                     uri,
                     message,
@@ -604,13 +721,34 @@ impl StreamableHttpClient for TraceHttpClient {
                     custom_headers,
                     limits,
                 )
-                .await?;
-            Ok(match response {
-                StreamableHttpPostResponse::Sse(stream, sid) => {
-                    StreamableHttpPostResponse::Sse(Box::pin(Drained(Some(stream))), sid)
+                .await;
+            let bound = self.bound.as_ref().zip(id);
+            match (response, bound) {
+                (
+                    Err(StreamableHttpError::ResponseBodyTooLarge { .. }),
+                    Some(((max, oversized), id)),
+                ) => {
+                    tracing::warn!(
+                        max_result_bytes = max,
+                        "an upstream answer over max_result_bytes was not read"
+                    );
+                    match upstream_limits::answered_too_large(oversized, &id, *max) {
+                        Some(reply) => Ok(StreamableHttpPostResponse::Json(reply, sid)),
+                        None => Err(StreamableHttpError::ResponseBodyTooLarge { max_size: *max }),
+                    }
                 }
-                other => other,
-            })
+                (Ok(StreamableHttpPostResponse::Sse(stream, sid)), bound) => {
+                    let bound = bound.map(|((max, oversized), id)| (*max, oversized.clone(), id));
+                    Ok(StreamableHttpPostResponse::Sse(
+                        Box::pin(Drained {
+                            rest: Some(stream),
+                            bound,
+                        }),
+                        sid,
+                    ))
+                }
+                (other, _) => other,
+            }
         }
     }
 
@@ -621,7 +759,7 @@ impl StreamableHttpClient for TraceHttpClient {
         auth_header: Option<String>,
         custom_headers: HashMap<HeaderName, HeaderValue>,
     ) -> impl Future<Output = Result<(), StreamableHttpError<Self::Error>>> + Send + '_ {
-        self.0
+        self.client
             .delete_session(uri, session_id, auth_header, custom_headers)
     }
 
@@ -639,7 +777,7 @@ impl StreamableHttpClient for TraceHttpClient {
         >,
     > + Send
     + '_ {
-        self.0
+        self.client
             .get_stream(uri, session_id, last_event_id, auth_header, custom_headers)
     }
 
@@ -658,7 +796,7 @@ impl StreamableHttpClient for TraceHttpClient {
         >,
     > + Send
     + '_ {
-        self.0.get_stream_with_max_sse_event_size(
+        self.client.get_stream_with_max_sse_event_size(
             uri,
             session_id,
             last_event_id,
@@ -676,7 +814,14 @@ type SseStream = futures::stream::BoxStream<'static, Result<sse_stream::Sse, sse
 /// background for a moment. A body read to its end lets the HTTP client put
 /// the connection back in its pool; without this every call opened a new
 /// TCP connection and left one in TIME_WAIT.
-struct Drained(Option<SseStream>);
+///
+/// With a bound (the stream of a request of ours), an event over
+/// `max_result_bytes` ends the stream with an error answering that
+/// request, and the rest is not read.
+struct Drained {
+    rest: Option<SseStream>,
+    bound: Option<(usize, Arc<Oversized>, rmcp::model::RequestId)>,
+}
 
 impl futures::Stream for Drained {
     type Item = Result<sse_stream::Sse, sse_stream::Error>;
@@ -685,22 +830,41 @@ impl futures::Stream for Drained {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        match self.0.as_mut() {
-            Some(inner) => {
-                let polled = inner.as_mut().poll_next(cx);
-                if let std::task::Poll::Ready(None) = polled {
-                    self.0 = None;
+        let Some(inner) = self.rest.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        let polled = inner.as_mut().poll_next(cx);
+        match &polled {
+            std::task::Poll::Ready(None) => self.rest = None,
+            std::task::Poll::Ready(Some(Err(e))) if upstream_limits::is_event_too_large(e) => {
+                if let Some((max, oversized, id)) = self.bound.take() {
+                    // Not drained: what is left is the oversized answer.
+                    self.rest = None;
+                    tracing::warn!(
+                        max_result_bytes = max,
+                        "an upstream event over max_result_bytes was not read"
+                    );
+                    let reply = upstream_limits::answered_too_large(&oversized, &id, max)
+                        .and_then(|m| serde_json::to_string(&m).ok());
+                    return std::task::Poll::Ready(reply.map(|data| {
+                        Ok(sse_stream::Sse {
+                            event: None,
+                            data: Some(data),
+                            id: None,
+                            retry: None,
+                        })
+                    }));
                 }
-                polled
             }
-            None => std::task::Poll::Ready(None),
+            _ => {}
         }
+        polled
     }
 }
 
 impl Drop for Drained {
     fn drop(&mut self) {
-        if let Some(mut rest) = self.0.take()
+        if let Some(mut rest) = self.rest.take()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
             rt.spawn(async move {

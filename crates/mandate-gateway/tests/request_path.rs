@@ -95,6 +95,7 @@ fn upstream(name: &str, tools: &[(&str, ToolClass)]) -> UpstreamConfig {
         provenance: BTreeMap::new(),
         default_provenance: Default::default(),
         approve_new_tools: false,
+        max_result_bytes: UpstreamConfig::DEFAULT_MAX_RESULT_BYTES,
     }
 }
 

@@ -214,7 +214,7 @@ pub(crate) async fn connect(t: &Target) -> Result<Client> {
         cfg = cfg.auth_header(mint()?);
     }
     let transport = StreamableHttpClientTransport::with_client(
-        mandate_gateway::TraceHttpClient(reqwest::Client::new()),
+        mandate_gateway::TraceHttpClient::new(reqwest::Client::new()),
         cfg,
     );
     let lifecycle = if t.stateless {

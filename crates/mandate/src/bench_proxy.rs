@@ -58,7 +58,7 @@ impl BareProxy {
         let service = cell
             .get_or_try_init(|| async {
                 let transport = StreamableHttpClientTransport::with_client(
-                    mandate_gateway::TraceHttpClient(reqwest::Client::new()),
+                    mandate_gateway::TraceHttpClient::new(reqwest::Client::new()),
                     StreamableHttpClientTransportConfig::with_uri(&*self.upstream_url),
                 );
                 ().serve(transport).await

@@ -404,7 +404,12 @@ struct UpstreamSection {
     pinning: Option<String>,
     #[serde(default)]
     isolation: Option<String>,
+    max_result_bytes: Option<u64>,
 }
+
+/// The largest `max_result_bytes` accepted (an answer is held in memory
+/// whole before it is relayed).
+const MAX_RESULT_BYTES_CEILING: u64 = 256 * 1024 * 1024;
 
 fn default_timeout() -> u64 {
     30
@@ -636,6 +641,14 @@ impl Config {
                     bail!("upstreams.{name}.pinning: {other:?} is not \"first-use\" or \"approve\"")
                 }
             };
+            let max_result_bytes = match u.max_result_bytes {
+                None => UpstreamConfig::DEFAULT_MAX_RESULT_BYTES,
+                Some(n) if (1024..=MAX_RESULT_BYTES_CEILING).contains(&n) => usize::try_from(n)
+                    .map_err(|_| anyhow!("upstreams.{name}.max_result_bytes: too large"))?,
+                Some(_) => bail!(
+                    "upstreams.{name}.max_result_bytes must be between 1024 and {MAX_RESULT_BYTES_CEILING}"
+                ),
+            };
             upstreams.push(UpstreamConfig {
                 name: name.clone(),
                 isolation,
@@ -646,6 +659,7 @@ impl Config {
                 provenance,
                 default_provenance,
                 approve_new_tools,
+                max_result_bytes,
             });
         }
 

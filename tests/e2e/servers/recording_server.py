@@ -14,6 +14,7 @@ Tools:
     note{text}         write: returns "noted: <text>"
     slow{seconds}      sleeps, then returns (a hanging upstream)
     crash{}            kills the process with os._exit (a crashing upstream)
+    huge{kib}          read: returns a text of <kib> KiB (a gigantic result)
 """
 
 from __future__ import annotations
@@ -75,6 +76,11 @@ def build(record_path: str) -> MCPServer:
         record("slow", {"seconds": seconds}, ctx)
         await anyio.sleep(seconds)
         return f"slept {seconds}"
+
+    @server.tool(description="Answer with a text of the given number of KiB.")
+    async def huge(kib: int, ctx: Context) -> str:
+        record("huge", {"kib": kib}, ctx)
+        return "A" * (kib * 1024)
 
     @server.tool(description="Terminate the server process immediately.")
     async def crash(ctx: Context) -> str:
