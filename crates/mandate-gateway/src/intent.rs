@@ -10,9 +10,14 @@
 //!   on that argument.
 //! * **Provenance.** Each Mandate session remembers the values its results
 //!   introduced (`mandate-provenance`), with the label of the tool that
-//!   returned them. An argument is *untrusted* when it carries a value only
-//!   untrusted results introduced; *uncovered* when, moreover, no
-//!   constraint of the covering grant covers it.
+//!   returned them, and the values the task's granted intent names (its
+//!   own source, `intent`). An argument is *untrusted* when it carries a
+//!   value only untrusted results introduced (the user never named it);
+//!   *uncovered* when, moreover, no constraint of the covering grant covers
+//!   it. So an argument that is untrusted but not uncovered is one a
+//!   non-literal constraint vouches for (`returned_by`: "the IBAN from the
+//!   bill"), and a policy can refuse that for a sink where the source's
+//!   word is not enough.
 //!
 //! Fail closed: in a session whose memory of values is incomplete (it
 //! overflowed, or was lost in a restart) and that has read untrusted
@@ -104,6 +109,18 @@ impl Gateway {
         call: &ToolCall,
         exposed: &str,
     ) -> CallFacts {
+        // The task's intent first: the values it names are a source of
+        // their own (the user's word), before the arguments are placed.
+        let key = Self::intent_key(principal);
+        let intent = match &key {
+            Some(k) => self.task_intent(k).await,
+            None => None,
+        };
+        let granted = intent.as_ref().map(|i| i.granted());
+        if let (Some(intent), Some(granted)) = (&intent, &granted) {
+            self.observe_intent(principal, &intent.intent_hash, granted);
+        }
+
         // Where the arguments' values came from.
         let (sources, partial, tainted) = {
             let session = self.usage.session_view(&principal.state_key());
@@ -143,11 +160,6 @@ impl Gateway {
         };
 
         // What the task's intent covers.
-        let key = Self::intent_key(principal);
-        let intent = match &key {
-            Some(k) => self.task_intent(k).await,
-            None => None,
-        };
         let mut facts = CallFacts {
             intent: IntentFacts {
                 declared: intent.is_some(),
@@ -159,7 +171,7 @@ impl Gateway {
             ..CallFacts::default()
         };
         let mut constrained = BTreeSet::new();
-        if let (Some(key), Some(intent)) = (key, intent) {
+        if let (Some(key), Some(intent), Some(granted)) = (key, intent, granted) {
             let origins = |arg: &str, _value: &serde_json::Value| -> BTreeSet<String> {
                 sources
                     .as_ref()
@@ -173,7 +185,6 @@ impl Gateway {
                     })
                     .unwrap_or_default()
             };
-            let granted = intent.granted();
             let coverage = granted.cover(&Call::of(call, exposed), &origins);
             if let Some(grant) = coverage
                 .first_available(|id| intent.has_use_left(id))
@@ -221,6 +232,45 @@ impl Gateway {
         };
         let _ = self.control.refund_grant(&key, &id).await;
         self.intent_changed();
+    }
+
+    /// Makes the values the task's granted intent names (its `equals` and
+    /// `one_of` constraints) a source of their own in the caller's session,
+    /// `intent`: the user's word, declared before anything was read. A value
+    /// the user named is then never "only untrusted content introduced
+    /// it", in any argument, even when a result repeats it; a value that
+    /// only a `returned_by` (or another non-literal) constraint vouches for
+    /// stays untrusted, so a policy can tell the two apart. Scanned once
+    /// per session and set of granted grants; only into a session that has
+    /// seen results (before any, nothing is untrusted).
+    fn observe_intent(&self, principal: &Principal, hash: &str, granted: &mandate_intent::Intent) {
+        let named: Vec<serde_json::Value> = granted
+            .grants()
+            .iter()
+            .flat_map(|g| g.arguments().values())
+            .flat_map(|c| {
+                c.equals()
+                    .into_iter()
+                    .chain(c.one_of().into_iter().flatten())
+            })
+            .cloned()
+            .collect();
+        if named.is_empty() {
+            return;
+        }
+        let key = principal.state_key();
+        if self
+            .usage
+            .session_view(&key)
+            .is_none_or(|s| s.values.is_none())
+        {
+            return;
+        }
+        let version = format!("{hash}:{}", granted.len());
+        let mut s = self.usage.session(key);
+        if let Some(values) = s.values.as_mut() {
+            values.observe_intent_version(&version, &serde_json::Value::Array(named));
+        }
     }
 
     /// Remembers the values a result introduced into the caller's session.

@@ -154,6 +154,10 @@ pub struct SessionValues {
     intent_values: usize,
     overflowed: bool,
     history_unknown: bool,
+    /// The version of the intent last observed with
+    /// [`SessionValues::observe_intent_version`] (not in a snapshot:
+    /// observing the same values again changes nothing).
+    intent_version: Option<Box<str>>,
 }
 
 impl Default for SessionValues {
@@ -174,6 +178,7 @@ impl SessionValues {
             intent_values: 0,
             overflowed: false,
             history_unknown: false,
+            intent_version: None,
         }
     }
 
@@ -260,6 +265,18 @@ impl SessionValues {
             drop(scanner);
             self.overflowed = true;
         }
+    }
+
+    /// Like [`observe_intent_json`](SessionValues::observe_intent_json),
+    /// unless `version` (any text that changes whenever the intent's values
+    /// may have) is the version observed last: a caller can pass the
+    /// session's intent before every call and pay for the scan once.
+    pub fn observe_intent_version(&mut self, version: &str, intent: &Value) {
+        if self.intent_version.as_deref() == Some(version) {
+            return;
+        }
+        self.observe_intent_json(intent);
+        self.intent_version = Some(version.into());
     }
 
     fn add_intent_key(&mut self, key: &str) {

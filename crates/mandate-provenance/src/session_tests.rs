@@ -355,6 +355,31 @@ fn observe_intent_json_reads_strings_and_numbers() {
 }
 
 #[test]
+fn an_intent_version_is_observed_once_and_a_new_one_again() {
+    let mut s = SessionValues::default();
+    s.observe_result(
+        "bank.read_file",
+        Label::Untrusted,
+        "c-1",
+        &text_result("pay GB29NWBK60161331926819 or a@x.com"),
+    );
+    let call = args(json!({"recipient": "GB29NWBK60161331926819", "to": "a@x.com"}));
+    assert_eq!(s.sources(&call).untrusted_only(), ["recipient", "to"]);
+
+    s.observe_intent_version("h1:1", &json!(["GB29NWBK60161331926819"]));
+    assert_eq!(s.sources(&call).untrusted_only(), ["to"]);
+    assert_eq!(s.stats().intent_values, 1);
+    // The same version is not scanned again (a different value under it is ignored).
+    s.observe_intent_version("h1:1", &json!(["a@x.com"]));
+    assert_eq!(s.sources(&call).untrusted_only(), ["to"]);
+    // A new version (a grant approved since) is.
+    s.observe_intent_version("h1:2", &json!(["GB29NWBK60161331926819", "a@x.com"]));
+    assert!(s.sources(&call).untrusted_only().is_empty());
+    assert_eq!(s.stats().intent_values, 3, "the address and its domain");
+    s.check_invariants().unwrap();
+}
+
+#[test]
 fn argument_reports_serialise() {
     let mut s = SessionValues::default();
     s.observe_result("web", Label::Untrusted, "c-1", &text_result("evil.com"));
