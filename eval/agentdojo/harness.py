@@ -70,7 +70,7 @@ sys.path.insert(0, str(EVAL_DIR))
 from approvers import APPROVERS, ApproverModel  # noqa: E402
 from e2e_support import Gateway, Issuer, Proc, free_port, mandate_bin, sdk_client  # noqa: E402
 from intent import BrokerOverlay, IntentExchange, TokenDelivery, broker_overlay, claims_of  # noqa: E402
-from planner import PLANNERS, Grant, PlannedCall, describe, plan_intent, within_intent  # noqa: E402
+from planner import DEFAULT_PLANNER, PLANNERS, Grant, PlannedCall, describe, plan_intent, within_intent  # noqa: E402
 from report import Summary, check, last_line, record_baseline, table  # noqa: E402
 
 BENCHMARK_VERSION = "v1.2.2"
@@ -631,7 +631,7 @@ class Options:
     only_injections: set[str] | None = None
     verbose: bool = False
     keep: bool = False
-    planner: str = "literal"
+    planner: str = DEFAULT_PLANNER
 
 
 def show(spec: RunSpec, r: RunResult) -> str:
@@ -780,7 +780,7 @@ class Evaluation:
     def write(self) -> None:
         out = self.opts.out_dir
         out.mkdir(parents=True, exist_ok=True)
-        suffix = "" if self.opts.planner == "literal" else f"-{self.opts.planner}"
+        suffix = "" if self.opts.planner == DEFAULT_PLANNER else f"-{self.opts.planner}"
         (out / f"{self.opts.suite}-{self.opts.approver}{suffix}.json").write_text(json.dumps(
             {"suite": self.opts.suite, "approver": self.opts.approver, "planner": self.opts.planner,
              "benchmark_version": BENCHMARK_VERSION,
@@ -845,11 +845,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="mint tokens with every tool of the suite in scope instead of declaring the planner's "
                         "intent as authorization_details in a token exchange at the deployment's broker "
                         "(the default); shows what the approver alone stops")
-    p.add_argument("--planner", choices=PLANNERS, default="literal",
-                   help="how the intent is planned: `literal` (constraints only from values the prompt writes; "
-                        "the default, which CI holds to its baselines) or `returned-by` (also \"a value an "
-                        "earlier tool returned\" for the other arguments; an experiment: no baseline, "
-                        "docs/SECURITY-EVAL.md)")
+    p.add_argument("--planner", choices=PLANNERS, default=DEFAULT_PLANNER,
+                   help="how the intent is planned: `named-party` (the default, which CI holds to its baselines: "
+                        "the values the prompt writes, and \"a value an earlier tool returned\" for an address, "
+                        "URL or IBAN of a party the prompt names), `literal` (only the values the prompt writes) "
+                        "or `returned-by` (\"a value an earlier tool returned\" for every such argument); the "
+                        "last two are experiments with no baseline (docs/SECURITY-EVAL.md)")
     p.add_argument("--config-dir", type=Path,
                    help="the deployment configuration (mandate.toml, policies/; default eval/agentdojo/SUITE)")
     p.add_argument("--baseline", type=Path,
@@ -880,17 +881,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.record_baseline and partial:
         raise SystemExit("security-eval: --record-baseline records full runs only")
     literal = args.planner == "literal"
-    if args.record_baseline and not literal:
-        raise SystemExit("security-eval: baselines are for the literal planner")
+    default = args.planner == DEFAULT_PLANNER
+    if args.record_baseline and not default:
+        raise SystemExit(f"security-eval: baselines are for the {DEFAULT_PLANNER} planner")
     if not literal and not args.intent:
         raise SystemExit("security-eval: --planner needs the intent to be declared (not --no-intent)")
     opts = Options(args.suite, config_dir, args.out, args.approver, args.intent, ids(args.user_tasks),
                    ids(args.injection_tasks), args.verbose, args.keep, args.planner)
     s = Evaluation(opts).evaluate()
     print_summary(s, partial, args.intent)
-    if not literal:
+    if not default:
         print(f"security-eval: planner={args.planner} (an experiment: not compared with the baseline)")
-    baseline = args.baseline or (None if partial or not literal else config_dir / "baseline.json")
+    baseline = args.baseline or (None if partial or not default else config_dir / "baseline.json")
     if args.record_baseline and baseline is not None:
         record_baseline(s, baseline, BENCHMARK_VERSION)
         print(f"security-eval: recorded the baseline for approver {s.approver} in {baseline}")

@@ -12,12 +12,20 @@ The rule (docs/SECURITY-EVAL.md, "The planner"):
 - **Tools**: one grant per distinct tool the task's reference plan (AgentDojo's
   `ground_truth()`) calls, in the order of first use. This stands for a
   planner that understood the request; it never looks at tool output.
-- **Arguments**: a constraint on an argument only when, for every planned call
+- **Arguments**: a literal constraint on an argument only when, for every planned call
   of the tool, the argument is present and its value appears literally in the
   prompt: `equals` when all calls use the same value, `one_of` when they
   differ. Everything else is left open: a value the agent will only learn by
   reading (a bill's IBAN, the channel with most users) cannot be in an intent
   declared before reading.
+- **Copied from data, for a party the prompt names** (the default planner,
+  `named-party`): an argument the prompt does not write, whose planned
+  values are all addresses, URLs or IBANs, in a grant that pins another
+  argument to a string the prompt writes, is constrained to `returned_by`
+  the tools the plan calls before it ("invite Dora; her e-mail is on her
+  website": `user` = "Dora", `user_email` returned by the page fetch). The
+  data may say how to reach the party the user named, never who the party
+  is: the payee of "pay the bill" stays open, since the bill would name it.
 - **Literally**: a string appears when the prompt contains it with the same
   case, not inside a longer word (`Bob` matches `Bob's` but not `Bobby`); a
   number appears when a number written in the prompt has the same value
@@ -107,42 +115,62 @@ def traceable(value: str) -> bool:
     return _TRACEABLE.fullmatch(value.strip()) is not None
 
 
+def _names_a_party(constraint: dict[str, Any]) -> bool:
+    """Whether a literal constraint pins a string the prompt wrote (a
+    person, a channel, a payee: who the call is about)."""
+    values = [constraint["equals"]] if "equals" in constraint else constraint.get("one_of", [])
+    return bool(values) and all(isinstance(v, str) for v in values)
+
+
 def argument_constraints(prompt: str, calls: Sequence[PlannedCall],
-                         earlier: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+                         earlier: Sequence[str] = (), named_party_only: bool = False) -> dict[str, dict[str, Any]]:
     """The constraints on one tool's arguments that the prompt supports.
     With `earlier` (the exposed names of the tools the plan calls before
-    this one: the `returned-by` planner), an argument the prompt does not
-    name, whose planned values are all `traceable` (an address, a URL, an
-    IBAN: values copied from data, whose origin the gateway tracks), is
-    constrained to a value one of those tools returned."""
+    this one), an argument the prompt does not name, whose planned values
+    are all `traceable` (an address, a URL, an IBAN: values copied from
+    data, whose origin the gateway tracks), is constrained to a value one
+    of those tools returned; with `named_party_only` (the default
+    planner), only when another argument of the same grant pins a string
+    the prompt wrote: the data may then say how to reach the party the
+    user named ("her e-mail is on her website"), never who the party is."""
     names = [n for n in calls[0].args if all(n in c.args for c in calls)]
     out: dict[str, dict[str, Any]] = {}
+    copied = []
     for name in names:
         values = [c.args[name] for c in calls]
         if not all(appears_literally(prompt, v) for v in values):
             if earlier and all(isinstance(v, str) and traceable(v) for v in values):
-                out[name] = {"returned_by": sorted(set(earlier))[:16]}
+                copied.append(name)
             continue
         distinct = _distinct(values)
         out[name] = {"equals": distinct[0]} if len(distinct) == 1 else {"one_of": distinct}
+    if copied and (not named_party_only or any(_names_a_party(c) for c in out.values())):
+        for name in copied:
+            out[name] = {"returned_by": sorted(set(earlier))[:16]}
     return out
 
 
-PLANNERS = ("literal", "returned-by")
-"""`literal`: constraints only from values written in the prompt (the
-default, what CI holds). `returned-by`: also "a value one of the earlier
-tools returned" for the arguments the prompt does not name (the bill's
-IBAN, Dora's address on her page): what a planner that understood "pay the
-bill in this file" would write, at the price of trusting what those tools
-return."""
+PLANNERS = ("named-party", "literal", "returned-by")
+"""`named-party` (the default, what CI holds): constraints from the values
+the prompt writes, and "a value one of the earlier tools returned" for an
+address, URL or IBAN the prompt does not write, in a grant whose party the
+prompt names (invite *Dora*, at the address on her page). `literal`: only
+values the prompt writes. `returned-by`: "a value an earlier tool
+returned" for every address, URL or IBAN the prompt does not write, the
+payee of "pay the bill" included: an experiment that lets the data choose
+the party (docs/SECURITY-EVAL.md)."""
+
+DEFAULT_PLANNER = "named-party"
 
 
 def plan_intent(prompt: str, plan: Sequence[PlannedCall], exposed: Callable[[str], str],
-                planner: str = "literal") -> list[Grant]:
-    """The task's intent: one grant per tool of `plan`, constrained only by
-    what `prompt` says literally (and, for the `returned-by` planner, by
-    which earlier tools may supply the other arguments). `exposed` maps a
-    suite tool name to the gateway's `upstream.tool` name."""
+                planner: str = DEFAULT_PLANNER) -> list[Grant]:
+    """The task's intent: one grant per tool of `plan`, constrained by
+    what `prompt` says literally and (but for the `literal` planner) by
+    which earlier tools may supply the other arguments (`PLANNERS`).
+    `exposed` maps a suite tool name to the gateway's `upstream.tool` name."""
+    if planner not in PLANNERS:
+        raise ValueError(f"unknown planner {planner!r}; one of {', '.join(PLANNERS)}")
     by_tool: dict[str, list[PlannedCall]] = {}
     for c in plan:
         by_tool.setdefault(c.function, []).append(c)
@@ -151,8 +179,8 @@ def plan_intent(prompt: str, plan: Sequence[PlannedCall], exposed: Callable[[str
     for function, calls in by_tool.items():
         grant: Grant = {"type": GRANT_TYPE, "tool": exposed(function)}
         earlier = [exposed(f) for f, i in first_use.items() if i < first_use[function]] \
-            if planner == "returned-by" else []
-        constraints = argument_constraints(prompt, calls, earlier)
+            if planner != "literal" else []
+        constraints = argument_constraints(prompt, calls, earlier, named_party_only=planner == "named-party")
         if constraints:
             grant["arguments"] = constraints
         grant["max_uses"] = len(calls)
