@@ -280,6 +280,12 @@ def test_an_address_only_untrusted_content_named_is_refused_unless_the_intent_na
                             {"to": "drop@evil.example", "subject": "as agreed", "body": "hello"}).response()
     assert "result" in sent, sent
     assert [c for c in env.received("docs", "send_mail") if c["arguments"]["subject"] == "as agreed"]
+    # The record says where the address came from: the user's intent, though
+    # the untrusted result carried it too (so it is not "only untrusted").
+    row = env.gw.wait_audit("kind = 'decision' AND tool = 'docs.send_mail' AND session = ?", [f"sid:{sid}"])[-1]
+    to = [a for a in json.loads(row["body"])["sources"]["args"] if a["name"] == "to"]
+    assert to and to[0]["values"], row["body"]
+    assert all(v["sources"]["intent"] and v["sources"]["untrusted"] for v in to[0]["values"]), to
 
 
 def test_an_operator_declares_the_intent_when_starting_the_task(env: Env, tmp_path: Path) -> None:
