@@ -35,23 +35,10 @@ import httpx
 import pytest
 
 from e2e_support import POLICY_DIR, Gateway, Issuer, Launcher, free_port, mandate_bin, read_jsonl, sdk_client, text_of
+from test_provenance import INTERNAL_MAIL, OPERATORS
 
 PG_URL = os.environ.get("MANDATE_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
 needs_pg = pytest.mark.skipif(PG_URL == "skip", reason="MANDATE_TEST_POSTGRES_URL=skip")
-
-INTERNAL_MAIL = """
-// Test policy: mail to the organisation's own domain needs no approval...
-@id("internal-mail")
-@reason("mail inside the organisation")
-permit (principal, action == Mandate::Action::"outbound", resource == Mandate::Tool::"docs.send_mail")
-when { context.in_scope && context.args has to && context.args.to like "*@example.com" };
-"""
-
-OPERATORS = """
-[[operators]]
-sub = "carol@example.com"
-roles = ["approver"]
-"""
 
 HAPROXY = """
 global

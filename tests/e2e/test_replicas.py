@@ -198,6 +198,25 @@ SLOW_POLL_MS = 60000
 NOTIFIED_WITHIN = 3.0
 
 
+def activate_block_policy(a: Gateway, issuer: Issuer, live: Path, tmp_path: Path) -> None:
+    """Puts BLOCK_POLICY in force through replica A's change gate: ann
+    proposes, ben approves, ann activates."""
+    proposed = tmp_path / "proposed"
+    shutil.copytree(live, proposed)
+    (proposed / "50-e2e-replica.cedar").write_text(BLOCK_POLICY)
+
+    def ops(who: str, *args: str) -> subprocess.CompletedProcess[str]:
+        r = a.operator_cli(issuer.operator_token(a.api_audience, f"{who}@example.com"), *args)
+        assert r.returncode == 0, r.stderr
+        return r
+
+    m = re.search(r"chg-[0-9a-f-]+", ops("ann", "change", "propose-policy", "--dir", str(proposed),
+                                         "--summary", "block a query on every replica").stdout)
+    assert m, "no change id"
+    ops("ben", "change", "approve", m.group(0))
+    ops("ann", "change", "activate", m.group(0))
+
+
 @pytest.fixture(scope="module")
 def notified(launcher: Launcher, issuer: Issuer) -> tuple[Gateway, Gateway, Path, Path]:
     tag = uuid.uuid4().hex[:8]
@@ -266,20 +285,7 @@ def test_a_policy_set_activated_on_one_replica_is_enforced_by_the_other(notified
         return b.call_tool(token_b, session_b, "docs.search", {"query": query}).response()
 
     assert "result" in search_b("blocked")
-    proposed = tmp_path / "proposed"
-    shutil.copytree(live, proposed)
-    (proposed / "50-e2e-replica.cedar").write_text(BLOCK_POLICY)
-
-    def ops(who: str, *args: str) -> subprocess.CompletedProcess[str]:
-        r = a.operator_cli(issuer.operator_token(a.api_audience, f"{who}@example.com"), *args)
-        assert r.returncode == 0, r.stderr
-        return r
-
-    m = re.search(r"chg-[0-9a-f-]+", ops("ann", "change", "propose-policy", "--dir", str(proposed),
-                                         "--summary", "block a query on every replica").stdout)
-    assert m, "no change id"
-    ops("ben", "change", "approve", m.group(0))
-    ops("ann", "change", "activate", m.group(0))
+    activate_block_policy(a, issuer, live, tmp_path)
     activated = time.monotonic()
     op_a = issuer.operator_token(a.api_audience, "secops@example.com")
     behind = 0
@@ -403,20 +409,7 @@ def test_a_replica_that_cannot_install_the_set_in_force_refuses_calls_until_it_c
     active_b.rename(aside)
     active_b.write_text("not a directory")
 
-    proposed = tmp_path / "proposed"
-    shutil.copytree(live_a, proposed)
-    (proposed / "50-e2e-replica.cedar").write_text(BLOCK_POLICY)
-
-    def ops(who: str, *args: str) -> subprocess.CompletedProcess[str]:
-        r = a.operator_cli(issuer.operator_token(a.api_audience, f"{who}@example.com"), *args)
-        assert r.returncode == 0, r.stderr
-        return r
-
-    m = re.search(r"chg-[0-9a-f-]+", ops("ann", "change", "propose-policy", "--dir", str(proposed),
-                                         "--summary", "block a query on every replica").stdout)
-    assert m, "no change id"
-    ops("ben", "change", "approve", m.group(0))
-    ops("ann", "change", "activate", m.group(0))
+    activate_block_policy(a, issuer, live_a, tmp_path)
 
     # B cannot install it: not ready, and even a call the old set allows is
     # refused rather than decided by the old set.
