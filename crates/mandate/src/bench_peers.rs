@@ -172,11 +172,18 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// `a ÷ b` with two significant digits or more (ratios here span 0.01×
+/// to 100×).
 fn ratio(a: f64, b: f64) -> String {
-    if b > 0.0 && a.is_finite() {
-        format!("{:.2}×", a / b)
-    } else {
+    let r = a / b;
+    if !(b > 0.0 && r.is_finite()) {
         "—".into()
+    } else if r.abs() >= 10.0 {
+        format!("{r:.1}×")
+    } else if r.abs() >= 0.1 {
+        format!("{r:.2}×")
+    } else {
+        format!("{r:.3}×")
     }
 }
 
@@ -264,6 +271,14 @@ mod tests {
         assert_eq!(p.tool.as_deref(), Some("search"));
         assert_eq!(p.token, Some(PathBuf::from("/tmp/t")));
         assert_eq!(p.pid, Some(42));
+    }
+
+    #[test]
+    fn small_and_large_ratios_keep_two_digits() {
+        assert_eq!(ratio(1.0, 3.0), "0.33×");
+        assert_eq!(ratio(7.0, 1621.0), "0.004×");
+        assert_eq!(ratio(1621.0, 7.0), "231.6×");
+        assert_eq!(ratio(1.0, 0.0), "—");
     }
 
     #[test]
