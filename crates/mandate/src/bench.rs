@@ -27,7 +27,7 @@ pub use peers::Peer;
 
 use crate::devtoken::{MintArgs, generate_issuer_key, load_issuer_key, sign};
 use anyhow::{Context, Result};
-use rmcp::model::{CallToolRequestParams, ProtocolVersion};
+use rmcp::model::{CallToolRequestParams, ClientConfig, ProtocolVersion};
 use rmcp::service::{ClientLifecycleMode, ClientServiceExt as _};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -243,7 +243,7 @@ pub(crate) struct Target {
     pub(crate) pid: Option<u32>,
 }
 
-pub(crate) type Client = rmcp::service::RunningService<rmcp::RoleClient, ()>;
+pub(crate) type Client = rmcp::service::RunningService<rmcp::RoleClient, ClientConfig>;
 
 /// One benchmark client: the official SDK's client over its own HTTP
 /// connection pool. Its HTTP client reads every SSE reply to the end (as
@@ -258,14 +258,18 @@ pub(crate) async fn connect(t: &Target) -> Result<Client> {
         mandate_gateway::TraceHttpClient(reqwest::Client::new()),
         cfg,
     );
-    let lifecycle = if t.stateless {
-        ClientLifecycleMode::Discover {
-            preferred_versions: vec![ProtocolVersion::V_2026_07_28],
-        }
+    // A session-era client offers 2025-11-25 in `initialize` (the SDK's
+    // default offer is its latest revision, which a strict server refuses
+    // from a client that sends no matching protocol header).
+    let (version, lifecycle) = if t.stateless {
+        let v = ProtocolVersion::V_2026_07_28;
+        let preferred_versions = vec![v.clone()];
+        (v, ClientLifecycleMode::Discover { preferred_versions })
     } else {
-        ClientLifecycleMode::Initialize
+        (ProtocolVersion::V_2025_11_25, ClientLifecycleMode::Initialize)
     };
-    Ok(().serve_with_lifecycle(transport, lifecycle).await?)
+    let client = ClientConfig::default().with_protocol_version(version);
+    Ok(client.serve_with_lifecycle(transport, lifecycle).await?)
 }
 
 pub(crate) async fn one_call(c: &Client, call: &CallToolRequestParams) -> Result<Duration> {
