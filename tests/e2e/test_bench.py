@@ -12,7 +12,7 @@ import socket
 import time
 from pathlib import Path
 
-from e2e_support import Launcher, everything_entry, free_port, run_mandate
+from e2e_support import Launcher, everything_entry, free_port, mandate_bin, run_mandate
 
 SEQUENTIAL = 20
 WARM_UP = 50  # sequential calls per path before the measured ones
@@ -77,6 +77,47 @@ def test_bench_against_the_reference_server_over_http(tmp_path: Path, fresh_laun
     check_report(out)
     assert f"Upstream: {url}, tool `echo`" in out
     assert server.alive()
+
+
+def test_bench_drives_a_peer_gateway_beside_mandate(tmp_path: Path, fresh_launcher: Launcher) -> None:
+    """`--peer`, as scripts/bench-peers drives agentgateway and ContextForge:
+    a gateway already running on loopback (here the bare proxy, started as a
+    process of its own) joins the same run with the same tool and arguments,
+    its token file is sent, and its CPU per call is read from its process,
+    as Mandate's and the upstream's are."""
+    up_port, peer_port = free_port(), free_port()
+    upstream = fresh_launcher.spawn(
+        [str(mandate_bin()), "demo-server", "--profile", "workspace", "--http", f"127.0.0.1:{up_port}"], "upstream")
+    wait_port(up_port)
+    url = f"http://127.0.0.1:{up_port}/mcp"
+    peer = fresh_launcher.spawn(
+        [str(mandate_bin()), "bench-proxy", "--listen", f"127.0.0.1:{peer_port}", "--upstream", url], "peer")
+    wait_port(peer_port)
+    token = tmp_path / "peer-token"
+    token.write_text("not-checked-by-this-peer\n")
+    out = run_bench(tmp_path, "--upstream-url", url, "--upstream-pid", str(upstream.pid),
+                    "--peer", f"other=http://127.0.0.1:{peer_port}/mcp,tool=search,token={token},pid={peer.pid}")
+    check_report(out)
+    assert "## Side by side" in out, out
+    rows = {m[1]: m for m in re.finditer(
+        r"^\| (direct|bare MCP proxy|Mandate|other) \| ([\d.]+) / ([\d.]+) ms \|.*?\| (\d+) calls/s \|"
+        r".*\| (—|[\d.]+ ms) \| (—|[\d.]+×) \| (—|[\d.]+ ms) \|$", out, re.M)}
+    assert set(rows) == {"direct", "bare MCP proxy", "Mandate", "other"}, out
+    assert all(int(r[4]) > 0 for r in rows.values()), out
+    # CPU per call is read for every gateway process, never for direct; the
+    # upstream's for every target.
+    assert rows["direct"][5] == "—", out
+    for name in ("bare MCP proxy", "Mandate", "other"):
+        assert rows[name][5].endswith(" ms"), out
+    assert all(r[7].endswith(" ms") for r in rows.values()), out
+    assert peer.alive() and upstream.alive()
+
+
+def test_bench_refuses_a_peer_off_loopback(tmp_path: Path) -> None:
+    r = run_mandate("bench", "--peer", "far=http://192.0.2.1:3000/mcp", "--data-dir", str(tmp_path / "bench"),
+                    timeout=60)
+    assert r.returncode != 0
+    assert "only http:// on loopback" in r.stderr
 
 
 def test_bench_refuses_arguments_that_are_not_an_object(tmp_path: Path) -> None:

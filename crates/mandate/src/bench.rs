@@ -11,15 +11,23 @@
 //! the floor of the gateway's added latency (the decision record is durable
 //! before the call is forwarded). Everything is reported as ratios to the
 //! direct baseline, and to the bare proxy (what Mandate's own work adds).
+//! With `--peer` other gateways already running on loopback join the same
+//! interleaved run, and every gateway's CPU per call is read from its
+//! process ([`peers`]).
 
 // `--provenance-history`: a child module, since it drives the same
 // clients as the main benchmark (`Target`, `connect`, `one_call`).
 #[path = "bench_provenance.rs"]
 mod provenance;
+// `--peer`: other gateways in the same run, and CPU per call.
+#[path = "bench_peers.rs"]
+mod peers;
+
+pub use peers::Peer;
 
 use crate::devtoken::{MintArgs, generate_issuer_key, load_issuer_key, sign};
 use anyhow::{Context, Result};
-use rmcp::model::{CallToolRequestParams, ProtocolVersion};
+use rmcp::model::{CallToolRequestParams, ClientConfig, ProtocolVersion};
 use rmcp::service::{ClientLifecycleMode, ClientServiceExt as _};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -71,6 +79,21 @@ pub struct BenchArgs {
     /// fresh session, over `--sequential-calls` alternating rounds.
     #[arg(long, value_name = "BYTES")]
     pub provenance_history: Option<usize>,
+    /// Also drive this gateway, already running on loopback, with the same
+    /// client, tool and arguments, interleaved with the others:
+    /// `NAME=URL[,tool=NAME][,token=FILE][,pid=PID]` (the tool's name there
+    /// if it renames it, a file holding the bearer token its clients send,
+    /// its process for CPU per call). Repeatable. Mandate and the bare proxy
+    /// then run as processes of their own too, so their CPU is read alike.
+    #[arg(long = "peer", value_name = "NAME=URL[,…]", value_parser = peers::parse_peer)]
+    pub peers: Vec<Peer>,
+    /// The upstream's process (with `--upstream-url`), to report its CPU
+    /// per call during each target's throughput runs.
+    #[arg(long, value_name = "PID")]
+    pub upstream_pid: Option<u32>,
+    /// Throughput runs per target, taken round-robin, `--seconds` each.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub rounds: u16,
 }
 
 fn parse_arguments(s: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
@@ -81,12 +104,12 @@ fn parse_arguments(s: &str) -> Result<serde_json::Map<String, serde_json::Value>
     }
 }
 
-/// The gateway under test: in this process, or a pinned child process.
+/// The gateway under test: in this process, or a child process.
 enum UnderTest {
     InProcess(std::sync::Arc<mandate_gateway::Gateway>),
     /// Held so the child process is killed when the run ends.
     Child {
-        _process: tokio::process::Child,
+        process: tokio::process::Child,
     },
 }
 
@@ -95,20 +118,27 @@ fn free_addr() -> Result<std::net::SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-/// Runs this executable with `args` and `env`, pinned to CPU 1.
-fn spawn_on_cpu1(
+/// Runs this executable with `args` and `env` as a child process, pinned
+/// to CPU 1 if `pin`.
+fn spawn_child(
     args: &[&std::ffi::OsStr],
     env: &[(&str, String)],
+    pin: bool,
 ) -> Result<tokio::process::Child> {
-    tokio::process::Command::new("taskset")
-        .args(["-c", "1"])
-        .arg(std::env::current_exe()?)
-        .args(args)
+    let exe = std::env::current_exe()?;
+    let mut cmd = if pin {
+        let mut c = tokio::process::Command::new("taskset");
+        c.args(["-c", "1"]).arg(exe);
+        c
+    } else {
+        tokio::process::Command::new(exe)
+    };
+    cmd.args(args)
         .env("MANDATE_LOG", "warn")
         .envs(env.iter().cloned())
         .kill_on_drop(true)
         .spawn()
-        .context("cannot run taskset (util-linux) to pin to CPU 1")
+        .context("cannot start the child process (pinning needs taskset, from util-linux)")
 }
 
 /// Waits until `url` answers: with a success status if `healthy`, with
@@ -123,18 +153,19 @@ async fn wait_until_up(url: &str, what: &str, healthy: bool) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    anyhow::bail!("the pinned {what} did not become healthy")
+    anyhow::bail!("the {what} did not become healthy")
 }
 
-/// Starts `mandate serve` for `cfg_path` on a free port, pinned to CPU 1,
-/// and pins this process to CPU 0.
-async fn start_pinned(
+/// Starts `mandate serve` for `cfg_path` on a free port as a child process;
+/// with `split`, pinned to CPU 1, and this process pinned to CPU 0.
+async fn start_gateway_process(
     cfg_path: &Path,
     data_dir: &Path,
+    split: bool,
 ) -> Result<(tokio::process::Child, std::net::SocketAddr)> {
     let addr = free_addr()?;
     let listen = addr.to_string();
-    let child = spawn_on_cpu1(
+    let child = spawn_child(
         &[
             "serve".as_ref(),
             "--config".as_ref(),
@@ -145,26 +176,30 @@ async fn start_pinned(
             data_dir.as_os_str(),
         ],
         &[("MANDATE_PUBLIC_URL", format!("http://{addr}"))],
+        split,
     )?;
-    let pinned = std::process::Command::new("taskset")
-        .args(["-a", "-cp", "0", &std::process::id().to_string()])
-        .output()?;
-    if !pinned.status.success() {
-        anyhow::bail!("taskset could not pin the load generator to CPU 0");
+    if split {
+        let pinned = std::process::Command::new("taskset")
+            .args(["-a", "-cp", "0", &std::process::id().to_string()])
+            .output()?;
+        if !pinned.status.success() {
+            anyhow::bail!("taskset could not pin the load generator to CPU 0");
+        }
     }
     wait_until_up(&format!("http://{addr}/healthz"), "gateway", true).await?;
     Ok((child, addr))
 }
 
-/// Starts the bare MCP proxy in front of `upstream_url`: pinned to CPU 1 as
-/// a child process with `split`, in this process otherwise.
+/// Starts the bare MCP proxy in front of `upstream_url`: as a child process
+/// if `process` (pinned to CPU 1 with `split`), in this process otherwise.
 async fn start_bare_proxy(
     upstream_url: &str,
+    process: bool,
     split: bool,
 ) -> Result<(Option<tokio::process::Child>, String)> {
-    if split {
+    if process || split {
         let addr = free_addr()?.to_string();
-        let child = spawn_on_cpu1(
+        let child = spawn_child(
             &[
                 "bench-proxy".as_ref(),
                 "--listen".as_ref(),
@@ -173,6 +208,7 @@ async fn start_bare_proxy(
                 upstream_url.as_ref(),
             ],
             &[],
+            split,
         )?;
         let url = format!("http://{addr}/mcp");
         wait_until_up(&url, "bare proxy", false).await?;
@@ -194,15 +230,20 @@ async fn start_bare_proxy(
 pub(crate) type TokenSource = std::sync::Arc<dyn Fn() -> Result<String> + Send + Sync>;
 
 pub(crate) struct Target {
+    /// The target's name in the report and in errors.
+    pub(crate) label: String,
     pub(crate) url: String,
     pub(crate) token: Option<TokenSource>,
     /// The call every client makes (the same on both paths but the name).
     pub(crate) call: CallToolRequestParams,
     /// Speak the stateless 2026-07-28 revision instead of 2025-11-25.
     pub(crate) stateless: bool,
+    /// The gateway's process, for CPU per call (none for direct, or when it
+    /// runs inside this process).
+    pub(crate) pid: Option<u32>,
 }
 
-pub(crate) type Client = rmcp::service::RunningService<rmcp::RoleClient, ()>;
+pub(crate) type Client = rmcp::service::RunningService<rmcp::RoleClient, ClientConfig>;
 
 /// One benchmark client: the official SDK's client over its own HTTP
 /// connection pool. Its HTTP client reads every SSE reply to the end (as
@@ -217,14 +258,18 @@ pub(crate) async fn connect(t: &Target) -> Result<Client> {
         mandate_gateway::TraceHttpClient::new(reqwest::Client::new()),
         cfg,
     );
-    let lifecycle = if t.stateless {
-        ClientLifecycleMode::Discover {
-            preferred_versions: vec![ProtocolVersion::V_2026_07_28],
-        }
+    // A session-era client offers 2025-11-25 in `initialize` (the SDK's
+    // default offer is its latest revision, which a strict server refuses
+    // from a client that sends no matching protocol header).
+    let (version, lifecycle) = if t.stateless {
+        let v = ProtocolVersion::V_2026_07_28;
+        let preferred_versions = vec![v.clone()];
+        (v, ClientLifecycleMode::Discover { preferred_versions })
     } else {
-        ClientLifecycleMode::Initialize
+        (ProtocolVersion::V_2025_11_25, ClientLifecycleMode::Initialize)
     };
-    Ok(().serve_with_lifecycle(transport, lifecycle).await?)
+    let client = ClientConfig::default().with_protocol_version(version);
+    Ok(client.serve_with_lifecycle(transport, lifecycle).await?)
 }
 
 pub(crate) async fn one_call(c: &Client, call: &CallToolRequestParams) -> Result<Duration> {
@@ -237,58 +282,86 @@ pub(crate) async fn one_call(c: &Client, call: &CallToolRequestParams) -> Result
     Ok(took)
 }
 
-/// Sequential latencies, interleaved: each round makes one call directly,
-/// one through the gateway and one fsync probe, each on its own client, so
-/// all three see the same CPU and disk conditions (this kind of virtual
-/// disk changes its fsync time from one minute to the next, and a floor
-/// measured minutes apart from the calls would not be the calls' floor).
-async fn sequential(
-    direct: &Target,
-    proxy: &Target,
-    via: &Target,
-    probe: &mut FsyncProbe,
-    n: usize,
-) -> Result<Samples> {
-    let (d, p, g) = (
-        connect(direct).await?,
-        connect(proxy).await?,
-        connect(via).await?,
-    );
-    for _ in 0..50 {
-        one_call(&d, &direct.call).await?;
-        one_call(&p, &proxy.call).await?;
-        one_call(&g, &via.call).await?;
+/// Sequential latencies, interleaved: each round makes one call to every
+/// target in turn (direct, the bare proxy, Mandate, any peers) and one
+/// fsync probe, each target on its own client, so all see the same CPU and
+/// disk conditions (this kind of virtual disk changes its fsync time from
+/// one minute to the next, and a floor measured minutes apart from the
+/// calls would not be the calls' floor).
+async fn sequential(targets: &[&Target], probe: &mut FsyncProbe, n: usize) -> Result<Samples> {
+    let mut clients = Vec::with_capacity(targets.len());
+    for t in targets {
+        clients.push(connect(t).await.with_context(|| t.label.clone())?);
     }
-    let mut out = Samples::default();
+    for _ in 0..50 {
+        for (c, t) in clients.iter().zip(targets) {
+            one_call(c, &t.call)
+                .await
+                .with_context(|| t.label.clone())?;
+        }
+    }
+    let mut out = Samples {
+        calls: vec![Vec::with_capacity(n); targets.len()],
+        fsync: Vec::with_capacity(n),
+    };
     for _ in 0..n {
-        out.direct.push(one_call(&d, &direct.call).await?);
-        out.proxy.push(one_call(&p, &proxy.call).await?);
-        out.gateway.push(one_call(&g, &via.call).await?);
+        for ((c, t), v) in clients.iter().zip(targets).zip(out.calls.iter_mut()) {
+            v.push(
+                one_call(c, &t.call)
+                    .await
+                    .with_context(|| t.label.clone())?,
+            );
+        }
         out.fsync.push(probe.once()?);
     }
-    for c in [d, p, g] {
+    for c in clients {
         let _ = c.cancel().await;
     }
     Ok(out)
 }
 
-/// One sequential run's latencies.
-#[derive(Default)]
+/// One sequential run's latencies: per target, in the targets' order.
 struct Samples {
-    direct: Vec<Duration>,
-    proxy: Vec<Duration>,
-    gateway: Vec<Duration>,
+    calls: Vec<Vec<Duration>>,
     fsync: Vec<Duration>,
 }
 
-/// Calls per second with `clients` concurrent clients for `secs` seconds.
-async fn throughput(t: &Target, clients: usize, secs: u64) -> Result<(f64, Vec<Duration>)> {
+/// One throughput run's result.
+struct Throughput {
+    calls: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    /// CPU time of the target's gateway process, and of the upstream,
+    /// over the run (when their processes are known).
+    cpu: Option<Duration>,
+    upstream_cpu: Option<Duration>,
+}
+
+/// `clients` concurrent clients calling `t` for `secs` seconds. The CPU
+/// clocks are read once every client is connected and warm, and again when
+/// the last call has returned (before the clients close their sessions).
+async fn throughput(
+    t: &Target,
+    clients: usize,
+    secs: u64,
+    clock: Option<&peers::CpuClock>,
+    upstream_pid: Option<u32>,
+) -> Result<Throughput> {
     let mut conns = Vec::new();
     for _ in 0..clients {
-        let c = connect(t).await?;
-        one_call(&c, &t.call).await?;
+        let c = connect(t).await.with_context(|| t.label.clone())?;
+        one_call(&c, &t.call)
+            .await
+            .with_context(|| t.label.clone())?;
         conns.push(c);
     }
+    let read = |pid: Option<u32>| -> Result<Option<Duration>> {
+        match (clock, pid) {
+            (Some(clock), Some(pid)) => clock.of(pid).map(Some),
+            _ => Ok(None),
+        }
+    };
+    let (cpu0, up0) = (read(t.pid)?, read(upstream_pid)?);
     let deadline = Instant::now() + Duration::from_secs(secs);
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -302,18 +375,78 @@ async fn throughput(t: &Target, clients: usize, secs: u64) -> Result<(f64, Vec<D
                     Err(e) => return Err(e),
                 }
             }
-            let _ = c.cancel().await;
-            Ok(lat)
+            Ok((c, lat))
         }));
     }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await??);
+    let mut latencies = Vec::new();
+    let mut done = Vec::new();
+    for task in tasks {
+        let (c, lat) = task.await?.with_context(|| t.label.clone())?;
+        latencies.extend(lat);
+        done.push(c);
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    #[expect(clippy::cast_precision_loss, reason = "call counts are small")]
-    let rate = all.len() as f64 / elapsed;
-    Ok((rate, all))
+    let elapsed = start.elapsed();
+    let (cpu1, up1) = (read(t.pid)?, read(upstream_pid)?);
+    for c in done {
+        let _ = c.cancel().await;
+    }
+    let delta =
+        |a: Option<Duration>, b: Option<Duration>| a.zip(b).map(|(a, b)| b.saturating_sub(a));
+    Ok(Throughput {
+        calls: latencies.len(),
+        elapsed,
+        latencies,
+        cpu: delta(cpu0, cpu1),
+        upstream_cpu: delta(up0, up1),
+    })
+}
+
+/// Every target's throughput runs, `rounds` of them taken round-robin,
+/// summed per target.
+async fn throughput_rounds(
+    targets: &[&Target],
+    args: &BenchArgs,
+    clock: Option<&peers::CpuClock>,
+) -> Result<Vec<Throughput>> {
+    let mut total: Vec<Throughput> = targets
+        .iter()
+        .map(|_| Throughput {
+            calls: 0,
+            elapsed: Duration::ZERO,
+            latencies: Vec::new(),
+            cpu: None,
+            upstream_cpu: None,
+        })
+        .collect();
+    let add = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, b) => a.or(b),
+    };
+    for _ in 0..args.rounds {
+        for (t, sum) in targets.iter().zip(total.iter_mut()) {
+            let r = throughput(t, args.concurrency, args.seconds, clock, args.upstream_pid).await?;
+            sum.calls += r.calls;
+            sum.elapsed += r.elapsed;
+            sum.latencies.extend(r.latencies);
+            sum.cpu = add(sum.cpu, r.cpu);
+            sum.upstream_cpu = add(sum.upstream_cpu, r.upstream_cpu);
+        }
+    }
+    Ok(total)
+}
+
+impl Throughput {
+    fn rate(&self) -> f64 {
+        #[expect(clippy::cast_precision_loss, reason = "call counts are small")]
+        let calls = self.calls as f64;
+        calls / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// CPU per call of `cpu`, over this target's calls.
+    fn per_call(&self, cpu: Option<Duration>) -> Option<Duration> {
+        let calls = u32::try_from(self.calls).ok().filter(|&n| n > 0)?;
+        cpu.map(|c| c / calls)
+    }
 }
 
 pub(crate) fn pct(v: &mut [Duration], p: f64) -> Duration {
@@ -440,9 +573,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     }))?;
     let cfg_path = data_dir.join("bench.toml");
     std::fs::write(&cfg_path, config_text)?;
-    let (gw, gw_addr) = if args.split_cpus {
-        let (child, addr) = start_pinned(&cfg_path, &data_dir).await?;
-        (UnderTest::Child { _process: child }, addr)
+    // With peers, Mandate runs as a process of its own (pinned or not), so
+    // its CPU is read as the peers' is.
+    let separate = args.split_cpus || !args.peers.is_empty();
+    let (gw, gw_addr) = if separate {
+        let (child, addr) = start_gateway_process(&cfg_path, &data_dir, args.split_cpus).await?;
+        (UnderTest::Child { process: child }, addr)
     } else {
         let (_cfg, gw, addr) = crate::start_ephemeral(&cfg_path, &data_dir).await?;
         (UnderTest::InProcess(gw), addr)
@@ -471,56 +607,112 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         p
     };
     let direct = Target {
+        label: "direct".into(),
         url: upstream_url.clone(),
         token: None,
         call: call(args.tool.clone()),
         stateless,
+        pid: None,
     };
     let via = Target {
+        label: "Mandate".into(),
         url: format!("http://{gw_addr}/mcp"),
         token: Some(mint),
         call: call(format!("docs.{}", args.tool)),
         stateless,
+        pid: match &gw {
+            UnderTest::Child { process } => process.id(),
+            UnderTest::InProcess(_) => None,
+        },
     };
     if let Some(bytes) = args.provenance_history {
         return provenance::run(&via, bytes, args.sequential_calls).await;
     }
-    let (proxy_process, proxy_url) = start_bare_proxy(&upstream_url, args.split_cpus).await?;
+    let (proxy_process, proxy_url) =
+        start_bare_proxy(&upstream_url, separate, args.split_cpus).await?;
     let proxy = Target {
+        label: "bare MCP proxy".into(),
         url: proxy_url,
         token: None,
         call: call(args.tool.clone()),
         stateless,
+        pid: proxy_process.as_ref().and_then(tokio::process::Child::id),
     };
+    let mut peer_targets = Vec::with_capacity(args.peers.len());
+    for p in &args.peers {
+        let token: Option<TokenSource> = match &p.token {
+            Some(file) => {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("peer {}: cannot read {}", p.name, file.display()))?;
+                let text = text.trim().to_owned();
+                anyhow::ensure!(!text.is_empty(), "peer {}: the token file is empty", p.name);
+                Some(std::sync::Arc::new(move || Ok(text.clone())))
+            }
+            None => None,
+        };
+        peer_targets.push(Target {
+            label: p.name.clone(),
+            url: p.url.clone(),
+            token,
+            call: call(p.tool.clone().unwrap_or_else(|| args.tool.clone())),
+            stateless,
+            pid: p.pid,
+        });
+    }
+    let mut targets = vec![&direct, &proxy, &via];
+    targets.extend(peer_targets.iter());
+    let clock = if separate || args.upstream_pid.is_some() {
+        Some(peers::CpuClock::new()?)
+    } else {
+        None
+    };
+    let load_before = peers::load_average();
 
     eprintln!(
-        "sequential run ({} rounds of: a direct call, one through a bare MCP proxy, one through Mandate, one fsync)…",
-        args.sequential_calls
+        "sequential run ({} rounds of: one call to each of {}, one fsync)…",
+        args.sequential_calls,
+        targets
+            .iter()
+            .map(|t| t.label.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let mut probe = FsyncProbe::new(&data_dir)?;
     let Samples {
-        direct: mut d_seq,
-        proxy: mut p_seq,
-        gateway: mut g_seq,
+        calls: mut seq,
         fsync: mut f_seq,
-    } = sequential(&direct, &proxy, &via, &mut probe, args.sequential_calls).await?;
+    } = sequential(&targets, &mut probe, args.sequential_calls).await?;
     drop(probe);
     let (fsync_p50, fsync_p99) = (pct(&mut f_seq, 0.5), pct(&mut f_seq, 0.99));
     eprintln!(
-        "throughput runs ({} clients, {} s each)…",
-        args.concurrency, args.seconds
+        "throughput runs ({} clients, {} round(s) of {} s per target)…",
+        args.concurrency, args.rounds, args.seconds
     );
-    let (d_rate, mut d_lat) = throughput(&direct, args.concurrency, args.seconds).await?;
-    let (p_rate, mut p_lat) = throughput(&proxy, args.concurrency, args.seconds).await?;
-    let (g_rate, mut g_lat) = throughput(&via, args.concurrency, args.seconds).await?;
+    let mut runs = throughput_rounds(&targets, &args, clock.as_ref()).await?;
+    let load_after = peers::load_average();
     let (appended, commits) = match &gw {
         UnderTest::InProcess(gw) => (gw.audit().appended_count(), gw.audit().commits_count()),
         UnderTest::Child { .. } => (audit_rows(&data_dir.join("audit.sqlite")), 0),
     };
 
-    let (dp50, dp99) = (pct(&mut d_seq, 0.5), pct(&mut d_seq, 0.99));
-    let (pp50, pp99) = (pct(&mut p_seq, 0.5), pct(&mut p_seq, 0.99));
-    let (gp50, gp99) = (pct(&mut g_seq, 0.5), pct(&mut g_seq, 0.99));
+    let mut p50s = Vec::with_capacity(seq.len());
+    let mut p99s = Vec::with_capacity(seq.len());
+    for v in &mut seq {
+        p50s.push(pct(v, 0.5));
+        p99s.push(pct(v, 0.99));
+    }
+    let at = |v: &[Duration], i: usize| v.get(i).copied().unwrap_or_default();
+    let (dp50, dp99) = (at(&p50s, 0), at(&p99s, 0));
+    let (pp50, pp99) = (at(&p50s, 1), at(&p99s, 1));
+    let (gp50, gp99) = (at(&p50s, 2), at(&p99s, 2));
+    let rates: Vec<f64> = runs.iter().map(Throughput::rate).collect();
+    let rate = |i: usize| rates.get(i).copied().unwrap_or_default();
+    let (d_rate, p_rate, g_rate) = (rate(0), rate(1), rate(2));
+    let under_load: Vec<(Duration, Duration)> = runs
+        .iter_mut()
+        .map(|r| (pct(&mut r.latencies, 0.5), pct(&mut r.latencies, 0.99)))
+        .collect();
+    let ul = |i: usize| under_load.get(i).copied().unwrap_or_default();
     let add50 = ms(gp50) - ms(dp50);
     let add99 = ms(gp99) - ms(dp99);
     let own50 = ms(gp50) - ms(pp50);
@@ -559,12 +751,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     );
     println!(
         "| p50 / p99 under load | {:.3} / {:.3} ms | {:.3} / {:.3} ms | {:.3} / {:.3} ms | | |",
-        ms(pct(&mut d_lat, 0.5)),
-        ms(pct(&mut d_lat, 0.99)),
-        ms(pct(&mut p_lat, 0.5)),
-        ms(pct(&mut p_lat, 0.99)),
-        ms(pct(&mut g_lat, 0.5)),
-        ms(pct(&mut g_lat, 0.99))
+        ms(ul(0).0),
+        ms(ul(0).1),
+        ms(ul(1).0),
+        ms(ul(1).1),
+        ms(ul(2).0),
+        ms(ul(2).1)
     );
     println!(
         "\nThe bare MCP proxy is the same SDK (`rmcp`) in both roles, as in Mandate, with nothing else: no authentication, policy or audit. \"Mandate vs bare proxy\" is what Mandate's own checks and durable records add."
@@ -597,21 +789,51 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             args.tool
         ),
     }
+    let peers_note = if args.peers.is_empty() {
+        ""
+    } else {
+        " Peers run where their starter put them."
+    };
     if args.split_cpus && args.upstream_url.is_some() {
         println!(
-            "Gateway and bare proxy pinned to CPU 1; load generator pinned to CPU 0 (the upstream runs where it was started)."
+            "Gateway and bare proxy pinned to CPU 1; load generator pinned to CPU 0 (the upstream runs where it was started).{peers_note}"
         );
     } else if args.split_cpus {
         println!(
-            "Gateway and bare proxy pinned to CPU 1; load generator and upstream pinned to CPU 0."
+            "Gateway and bare proxy pinned to CPU 1; load generator and upstream pinned to CPU 0.{peers_note}"
+        );
+    } else if separate {
+        println!(
+            "Gateway and bare proxy run as processes of their own; every process shares every CPU.{peers_note}"
         );
     } else {
         println!("Gateway, bare proxy, load generator and upstream share every CPU.");
     }
+    println!("Load average (1 min) at the start / end of the run: {load_before} / {load_after}.");
+    if !args.peers.is_empty() || clock.is_some() {
+        let rows: Vec<peers::Row> = targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let run = runs.get(i);
+                peers::Row {
+                    name: t.label.clone(),
+                    p50: at(&p50s, i),
+                    p99: at(&p99s, i),
+                    rate: rate(i),
+                    load_p50: ul(i).0,
+                    load_p99: ul(i).1,
+                    cpu: run.and_then(|r| r.per_call(r.cpu)),
+                    upstream_cpu: run.and_then(|r| r.per_call(r.upstream_cpu)),
+                }
+            })
+            .collect();
+        peers::report(&rows, args.concurrency, args.rounds, args.seconds);
+    }
     drop(gw);
     drop(proxy_process);
     println!(
-        "Added latency vs goal: p50 {:+.3} ms beyond one fsync (goal ≤ 0.5), p99 {:+.3} ms beyond one fsync (goal ≤ 3).",
+        "\nAdded latency vs goal: p50 {:+.3} ms beyond one fsync (goal ≤ 0.5), p99 {:+.3} ms beyond one fsync (goal ≤ 3).",
         add50 - ms(fsync_p50),
         add99 - ms(fsync_p99)
     );
