@@ -76,6 +76,7 @@ fn config() -> GatewayConfig {
         provenance: BTreeMap::new(),
         default_provenance: Default::default(),
         approve_new_tools: false,
+        max_result_bytes: UpstreamConfig::DEFAULT_MAX_RESULT_BYTES,
     };
     GatewayConfig {
         public_url: PUBLIC_URL.to_owned(),
