@@ -266,7 +266,10 @@ pub(crate) async fn connect(t: &Target) -> Result<Client> {
         let preferred_versions = vec![v.clone()];
         (v, ClientLifecycleMode::Discover { preferred_versions })
     } else {
-        (ProtocolVersion::V_2025_11_25, ClientLifecycleMode::Initialize)
+        (
+            ProtocolVersion::V_2025_11_25,
+            ClientLifecycleMode::Initialize,
+        )
     };
     let client = ClientConfig::default().with_protocol_version(version);
     Ok(client.serve_with_lifecycle(transport, lifecycle).await?)
