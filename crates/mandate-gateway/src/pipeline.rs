@@ -277,7 +277,7 @@ impl crate::Gateway {
         // With replicas: what the session did elsewhere first (its calls
         //    count, what it read taints); unknown means deny.
         let precheck = match precheck {
-            None => self.catch_up(&principal).await.err().map(|e| {
+            None => self.catch_up(&principal, &correlation).await.err().map(|e| {
                 tracing::error!(error = %e, "cannot read the shared audit log; denying");
                 (
                     Decision::deny(
@@ -411,7 +411,6 @@ impl crate::Gateway {
         if !decision.is_allow() {
             return Err(denial_error(&exposed, &decision, &correlation, &category));
         }
-        self.note_own(&principal, receipt.seq());
 
         // 6. The permit: only from the three proofs (and the approval).
         let args_hash = call.args_hash.clone();
@@ -581,8 +580,7 @@ impl crate::Gateway {
             // what it read, or the result is withheld. (A label the session
             // already carried is on an earlier durable record.)
             match self.audit.append(outcome_record).await {
-                Ok(receipt) => {
-                    self.note_own(&principal, receipt.seq());
+                Ok(_) => {
                     let mut s = self.usage.session(session.clone());
                     s.taint_recorded.extend(findings.labels.iter().cloned());
                 }

@@ -11,10 +11,10 @@ use crate::pipeline::{HELD_DETAIL, MAX_SOURCES, RECENT_CAP, task_key_of};
 use crate::usage::SessionState;
 use mandate_audit::StoredRecord;
 use mandate_authn::Principal;
-use mandate_core::{AuditRecord, RecordKind};
+use mandate_core::{AuditRecord, CorrelationId, RecordKind};
 
-/// Most sequence numbers of this replica's own records remembered per
-/// session until the session's cursor passes them.
+/// Most calls per session this replica remembers as its own (a session
+/// has far fewer calls in flight between two of its calls' catch-ups).
 const MAX_OWN: usize = 1024;
 
 /// What applying a record did.
@@ -50,9 +50,15 @@ impl Gateway {
 
     /// With replicas sharing the audit log: applies what `principal`'s
     /// session did on other replicas since this one last looked (one
-    /// indexed read of the session's records). An error means the
-    /// session's state is unknown here: the caller denies.
-    pub(crate) async fn catch_up(&self, principal: &Principal) -> Result<(), String> {
+    /// indexed read of the session's records), then remembers call
+    /// `correlation` as this replica's own, so its records, which this
+    /// replica counts and taints as it goes, are never applied twice. An
+    /// error means the session's state is unknown here: the caller denies.
+    pub(crate) async fn catch_up(
+        &self,
+        principal: &Principal,
+        correlation: &CorrelationId,
+    ) -> Result<(), String> {
         let Some(tail) = self.tail.clone() else {
             return Ok(());
         };
@@ -63,9 +69,6 @@ impl Gateway {
             .await
             .map_err(|_| "the reading worker stopped".to_owned())?
             .map_err(|e| e.to_string())?;
-        if records.is_empty() {
-            return Ok(());
-        }
         let now = self.now_unix();
         let mut s = self.usage.session(key.clone());
         for stored in &records {
@@ -74,51 +77,41 @@ impl Gateway {
                 continue;
             }
             s.cursor = stored.seq;
-            if s.own.remove(&stored.seq) || self.state_key_of(&stored.record) != key {
+            let r = &stored.record;
+            if s.own.contains(&r.correlation_id) || self.state_key_of(r) != key {
                 continue;
             }
-            if let Applied::Taint = self.apply(&mut s, &stored.record, now) {
+            if let Applied::Taint = self.apply(&mut s, r, now) {
                 // Read on another replica: its values never reached this
                 // one's provenance index.
                 s.values_lost = true;
             }
         }
-        let cursor = s.cursor;
-        s.own.retain(|seq| *seq > cursor);
+        if s.own.len() >= MAX_OWN {
+            // Forgetting the oldest could only count a call twice: stricter.
+            s.own.pop_front();
+        }
+        s.own.push_back(correlation.clone());
         Ok(())
     }
 
-    /// Remembers that this replica wrote record `seq` of `principal`'s
-    /// session and already counted it, so catching up skips it. Only with
-    /// a shared log.
-    pub(crate) fn note_own(&self, principal: &Principal, seq: i64) {
-        if self.tail.is_none() {
-            return;
-        }
-        let mut s = self.usage.session(principal.state_key());
-        if seq <= s.cursor {
-            return;
-        }
-        if s.own.len() >= MAX_OWN {
-            // Forgetting the oldest can only count a call twice: stricter.
-            s.own.pop_first();
-        }
-        s.own.insert(seq);
-    }
-
-    /// The usage key of the session a record belongs to.
-    fn state_key_of(&self, r: &AuditRecord) -> String {
-        // Records written before the issuer was kept name none: with one
-        // trusted issuer it can only have been that one.
-        let iss = match (
+    /// The issuer of a record's subject. Records written before the issuer
+    /// was kept name none: with one trusted issuer it can only have been
+    /// that one.
+    fn issuer_of<'r>(&'r self, r: &'r AuditRecord) -> &'r str {
+        match (
             r.subject.iss.as_str(),
             self.cfg.authorization_servers.as_slice(),
         ) {
             ("", [only]) => only.as_str(),
             (iss, _) => iss,
-        };
+        }
+    }
+
+    /// The usage key of the session a record belongs to.
+    fn state_key_of(&self, r: &AuditRecord) -> String {
         mandate_core::state_key(
-            iss,
+            self.issuer_of(r),
             &r.subject.sub,
             &r.subject.act,
             r.subject.session.strip_prefix("sid:"),
@@ -159,16 +152,10 @@ impl Gateway {
             s.recent.push_back(at);
         }
         if let Some(task) = &r.subject.task_id {
-            let iss = if r.subject.iss.is_empty() {
-                match self.cfg.authorization_servers.as_slice() {
-                    [only] => only.as_str(),
-                    _ => "",
-                }
-            } else {
-                r.subject.iss.as_str()
-            };
             // Always taken after the session's entry (no lock cycles).
-            let mut t = self.usage.task(task_key_of(iss, &r.subject.sub, task));
+            let mut t = self
+                .usage
+                .task(task_key_of(self.issuer_of(r), &r.subject.sub, task));
             t.calls = t.calls.saturating_add(1);
             t.amount = t.amount.saturating_add(r.amount.unwrap_or(0).max(0));
             t.exp = t.exp.max(exp);

@@ -120,9 +120,10 @@ pub(crate) struct SessionState {
     /// The last audit sequence number applied from the log (restored, or
     /// caught up from other replicas).
     pub(crate) cursor: i64,
-    /// This replica's own records beyond `cursor`, already counted (only
-    /// with a shared log; bounded).
-    pub(crate) own: BTreeSet<i64>,
+    /// The correlation ids of this replica's latest calls of the session,
+    /// whose records it applied itself (only with a shared log; bounded,
+    /// oldest first).
+    pub(crate) own: std::collections::VecDeque<mandate_core::CorrelationId>,
 }
 
 /// Per-task usage (keyed by issuer, user and task id), for task budgets.
