@@ -27,6 +27,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -437,3 +438,72 @@ def test_a_replica_that_cannot_install_the_set_in_force_refuses_calls_until_it_c
     blocked = search_b("blocked")
     assert blocked["error"]["code"] == -32003, blocked
     assert (active_b / "50-e2e-replica.cedar").exists()
+
+
+ONE_BALANCE = """
+// A budget of one: a session reads the balance once.
+@id("one-balance-per-session")
+@reason("this session has had its one balance reading")
+forbid (principal, action in Mandate::Action::"call", resource)
+when { context.tool_calls_in_session >= 1 };
+"""
+
+
+def test_two_replicas_racing_for_a_budgets_last_unit_let_one_call_through(
+        launcher: Launcher, issuer: Issuer) -> None:
+    """The calls of one session decided at the same instant on two replicas
+    (an agent's parallel tool calls spread by the balancer): the shared log
+    orders their decision records, and the one it puts second is decided
+    again with the first counted. A budget of one lets exactly one call
+    through, whichever replicas they reach, round after round."""
+    tag = uuid.uuid4().hex[:8]
+    control_schema, audit_schema = f"e2e_race_ctl_{tag}", f"e2e_race_aud_{tag}"
+    launcher.cleanups.append(lambda: psql(f"DROP SCHEMA IF EXISTS {control_schema} CASCADE; "
+                                          f"DROP SCHEMA IF EXISTS {audit_schema} CASCADE"))
+    policies = launcher.root / f"race-policies-{tag}"
+    shutil.copytree(POLICY_DIR, policies, ignore=shutil.ignore_patterns("tests", "*.md"))
+    (policies / "50-one-balance.cedar").write_text(ONE_BALANCE)
+    rec = launcher.root / f"bank-race-{tag}.jsonl"
+    shared = (OPERATORS
+              + f'\n[control]\nstore = "{PG_URL}"\nschema = "{control_schema}"\npoll_ms = 200\n'
+              + f'\n[audit]\nstore = "{PG_URL}"\nschema = "{audit_schema}"\n')
+    a = launcher.gateway(issuer, {"bank": bank(rec)}, extra_toml=shared, name=f"race-a-{tag}", policy_dir=policies)
+    b = launcher.gateway(issuer, {"bank": bank(rec)}, extra_toml=shared, name=f"race-b-{tag}", policy_dir=policies)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    rounds, through = 12, []
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for i in range(rounds):
+            sid = f"race-{tag}-{i}"
+            token = issuer.mint(a.audience, scope="bank.*", sid=sid)
+            session = a.initialize(token)
+            # B carries the session on (taken over before the race).
+            assert b.post({"jsonrpc": "2.0", "id": 2, "method": "ping"}, token, session).status == 200
+            start = threading.Barrier(2)
+
+            def call(gw: Gateway, account: str) -> bool:
+                start.wait(timeout=10)
+                reply = gw.call_tool(token, session, "bank.get_balance", {"account": account})
+                return reply.status == 200 and "result" in reply.response()
+
+            results = list(pool.map(lambda args: call(*args), [(a, f"ops-{i}-a"), (b, f"ops-{i}-b")]))
+            through.append(sum(results))
+    assert through == [1] * rounds, f"calls let through per round: {through}"
+    # The upstream saw exactly one reading per session.
+    seen = [r for r in read_jsonl(rec) if str(r.get("arguments", {}).get("account", "")).startswith("ops-")]
+    assert len(seen) == rounds, seen
+    refused_after_record = sum(metric(g, "mandate_replica_rechecks_refused_total") for g in (a, b))
+    print(f"refused by the re-check (the rest were refused at their own decision): {refused_after_record:.0f} of {rounds}")
+    # Every record of both replicas is in one verifiable log.
+    for g in (a, b):
+        g.proc.stop()
+    verify = a.cli("audit", "verify", "--config", str(a.config))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def metric(gw: Gateway, name: str) -> float:
+    for line in gw.get("/metrics").text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")

@@ -215,7 +215,7 @@ impl Broker {
         let signin = cfg
             .sign_in
             .as_ref()
-            .map(|s| signin::SignIn::new(s, &cfg.issuer));
+            .map(|s| signin::SignIn::new(s, &cfg.issuer, control.clone()));
         Ok(Self {
             signin,
             dpop: Arc::new(
@@ -285,12 +285,6 @@ impl Broker {
     /// The control store (tasks, revocations).
     pub fn control(&self) -> &Arc<ControlStore> {
         &self.control
-    }
-
-    /// How many sign-in clients, sign-ins in progress and unredeemed codes
-    /// are held (all zero without sign-in).
-    pub fn sign_in_state_sizes(&self) -> (usize, usize, usize) {
-        self.signin.as_ref().map_or((0, 0, 0), |s| s.state.sizes())
     }
 
     /// The DPoP verifier (shared with the gateway so nonces agree).

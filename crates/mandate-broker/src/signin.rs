@@ -32,15 +32,19 @@ use crate::{Broker, token_type};
 use axum::body::Bytes;
 use axum::extract::{Query, RawQuery, State};
 use axum::response::{Html, IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use mandate_authn::oidc::{Callback, RelyingParty, RpConfig, pkce_challenge, random_token};
+use mandate_control::ephemeral::{Kind, OnFull};
+use mandate_control::{ControlError, ControlStore};
 use mandate_core::html::escape;
 use mandate_core::{AuditRecord, CallerData, DecisionRecord, Effect, Scope, Subject};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 /// How long a sign-in may take, from `/authorize` to the decision.
 pub(crate) const PENDING_TTL_MS: i64 = 600_000;
@@ -59,7 +63,7 @@ const MAX_STATE: usize = 512;
 pub(crate) const MAX_REGISTRATION_BYTES: usize = 16 * 1024;
 
 /// A dynamically registered public client.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct RegisteredClient {
     pub(crate) id: String,
     pub(crate) name: Option<String>,
@@ -74,7 +78,7 @@ impl RegisteredClient {
 }
 
 /// What a client asked for at `/authorize`, once checked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct AuthRequest {
     pub(crate) client_id: String,
     pub(crate) redirect_uri: String,
@@ -87,22 +91,24 @@ pub(crate) struct AuthRequest {
 }
 
 /// The signed-in user.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct User {
     pub(crate) iss: String,
     pub(crate) sub: String,
 }
 
 /// A sign-in in progress.
+#[derive(Serialize, Deserialize)]
 pub(crate) struct Pending {
     pub(crate) request: AuthRequest,
-    /// SHA-256 of the browser binding cookie.
-    pub(crate) binding: [u8; 32],
+    /// SHA-256 of the browser binding cookie (base64url).
+    pub(crate) binding: String,
     pub(crate) started_ms: i64,
     pub(crate) stage: Stage,
 }
 
 /// Where a sign-in in progress is.
+#[derive(Serialize, Deserialize)]
 pub(crate) enum Stage {
     /// At the provider (keyed by the provider request's `state`).
     AtProvider {
@@ -118,7 +124,7 @@ pub(crate) enum Stage {
 }
 
 /// An issued, unredeemed authorization code.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Grant {
     pub(crate) request: AuthRequest,
     pub(crate) user: User,
@@ -141,6 +147,8 @@ pub(crate) enum CodeProblem {
     Verifier,
     /// Issued for another resource.
     OtherResource,
+    /// The control store could not answer (the code is not spent).
+    Unavailable,
 }
 
 impl CodeProblem {
@@ -152,6 +160,7 @@ impl CodeProblem {
             Self::OtherRedirect => "code issued for another redirect_uri",
             Self::Verifier => "PKCE verifier does not match",
             Self::OtherResource => "code issued for another resource",
+            Self::Unavailable => "the sign-in store is unavailable",
         }
     }
 }
@@ -161,103 +170,137 @@ impl CodeProblem {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Full;
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+/// The SHA-256 of a secret, base64url (codes are kept by hash only).
+fn digest(s: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(s.as_bytes()))
 }
 
-/// The SHA-256 of a secret (codes are kept by hash only).
-fn digest(s: &str) -> [u8; 32] {
-    Sha256::digest(s.as_bytes()).into()
-}
+/// How long a registered client is kept (a client that is forgotten
+/// registers again, as RFC 7591 clients do when told `invalid_client`).
+pub(crate) const CLIENT_TTL_MS: i64 = 90 * 24 * 3600 * 1000;
 
-/// Everything sign-in holds in memory, each map bounded.
+/// Everything sign-in holds, in the control store (so a sign-in started
+/// on one replica finishes on any, and a restart loses none), each kind
+/// bounded. A store that cannot answer refuses (`Full`, or no client / no
+/// sign-in found), never lets a step through.
 pub(crate) struct SignInState {
+    control: Arc<ControlStore>,
     max_clients: usize,
     max_pending: usize,
-    clients: Mutex<HashMap<String, RegisteredClient>>,
-    pending: Mutex<HashMap<String, Pending>>,
-    codes: Mutex<HashMap<[u8; 32], Grant>>,
+}
+
+fn json<T: Serialize>(v: &T) -> Result<String, Full> {
+    serde_json::to_string(v).map_err(|_| Full)
 }
 
 impl SignInState {
-    pub(crate) fn new(max_clients: usize, max_pending: usize) -> Self {
+    pub(crate) fn new(control: Arc<ControlStore>, max_clients: usize, max_pending: usize) -> Self {
         Self {
+            control,
             max_clients,
             max_pending,
-            clients: Mutex::new(HashMap::new()),
-            pending: Mutex::new(HashMap::new()),
-            codes: Mutex::new(HashMap::new()),
         }
+    }
+
+    async fn put(
+        &self,
+        kind: Kind,
+        key: &str,
+        value: String,
+        until: i64,
+        max: usize,
+    ) -> Result<(), Full> {
+        match self
+            .control
+            .put_ephemeral(kind, key, value, until, max, OnFull::Refuse)
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                tracing::warn!(
+                    kind = kind.as_str(),
+                    max,
+                    "MCP sign-in: a bound is reached; refused"
+                );
+                Err(Full)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "MCP sign-in: the control store is unavailable");
+                Err(Full)
+            }
+        }
+    }
+
+    async fn take_value<T: for<'de> Deserialize<'de>>(
+        &self,
+        kind: Kind,
+        key: &str,
+    ) -> Result<Option<T>, ControlError> {
+        Ok(self
+            .control
+            .take_ephemeral(kind, key)
+            .await?
+            .and_then(|e| serde_json::from_str(&e.value).ok()))
     }
 
     /// Registers a client, unless `max_clients` are registered.
-    pub(crate) fn register(&self, client: RegisteredClient) -> Result<(), Full> {
-        let mut clients = lock(&self.clients);
-        if clients.len() >= self.max_clients {
-            tracing::warn!(
-                max_clients = self.max_clients,
-                "MCP sign-in: client registration refused, the bound is reached"
-            );
-            return Err(Full);
-        }
-        clients.insert(client.id.clone(), client);
-        Ok(())
+    pub(crate) async fn register(&self, client: RegisteredClient, now_ms: i64) -> Result<(), Full> {
+        let value = json(&client)?;
+        self.put(
+            Kind::McpClient,
+            &client.id,
+            value,
+            now_ms.saturating_add(CLIENT_TTL_MS),
+            self.max_clients,
+        )
+        .await
     }
 
     /// A registered client.
-    pub(crate) fn client(&self, id: &str) -> Option<RegisteredClient> {
-        lock(&self.clients).get(id).cloned()
-    }
-
-    /// How many clients, sign-ins in progress and codes are held.
-    pub(crate) fn sizes(&self) -> (usize, usize, usize) {
-        (
-            lock(&self.clients).len(),
-            lock(&self.pending).len(),
-            lock(&self.codes).len(),
-        )
-    }
-
-    /// Holds a sign-in in progress under `key`, unless `max_pending` are
-    /// (expired ones are dropped first).
-    pub(crate) fn hold(&self, key: String, p: Pending, now_ms: i64) -> Result<(), Full> {
-        let mut pending = lock(&self.pending);
-        if pending.len() >= self.max_pending {
-            pending.retain(|_, p| now_ms.saturating_sub(p.started_ms) <= PENDING_TTL_MS);
-            if pending.len() >= self.max_pending {
-                tracing::warn!(
-                    max_pending = self.max_pending,
-                    "MCP sign-in: too many sign-ins in progress; refused"
-                );
-                return Err(Full);
+    pub(crate) async fn client(&self, id: &str) -> Option<RegisteredClient> {
+        match self.control.ephemeral(Kind::McpClient, id).await {
+            Ok(e) => e.and_then(|e| serde_json::from_str(&e.value).ok()),
+            Err(e) => {
+                tracing::error!(error = %e, "MCP sign-in: clients unreadable");
+                None
             }
         }
-        pending.insert(key, p);
-        Ok(())
+    }
+
+    /// Holds a sign-in in progress under `key`, unless `max_pending` are.
+    pub(crate) async fn hold(&self, key: String, p: Pending) -> Result<(), Full> {
+        let until = p.started_ms.saturating_add(PENDING_TTL_MS + 1);
+        let value = json(&p)?;
+        self.put(Kind::McpSignIn, &key, value, until, self.max_pending)
+            .await
     }
 
     /// Takes (removes) a sign-in in progress: used once, and `None` once
     /// expired.
-    pub(crate) fn take(&self, key: &str, now_ms: i64) -> Option<Pending> {
-        let p = lock(&self.pending).remove(key)?;
+    pub(crate) async fn take(&self, key: &str, now_ms: i64) -> Option<Pending> {
+        let p: Pending = match self.take_value(Kind::McpSignIn, key).await {
+            Ok(p) => p?,
+            Err(e) => {
+                tracing::error!(error = %e, "MCP sign-in: sign-ins unreadable");
+                return None;
+            }
+        };
         (now_ms.saturating_sub(p.started_ms) <= PENDING_TTL_MS).then_some(p)
     }
 
     /// Issues a code for `grant`, unless `max_pending` codes are unredeemed.
-    pub(crate) fn issue_code(&self, grant: Grant, now_ms: i64) -> Result<String, Full> {
+    pub(crate) async fn issue_code(&self, grant: Grant) -> Result<String, Full> {
         let code = random_token().ok_or(Full)?;
-        let mut codes = lock(&self.codes);
-        if codes.len() >= self.max_pending {
-            codes.retain(|_, g| now_ms.saturating_sub(g.issued_ms) <= CODE_TTL_MS);
-            if codes.len() >= self.max_pending {
-                tracing::warn!(
-                    max_pending = self.max_pending,
-                    "MCP sign-in: too many unredeemed codes; refused"
-                );
-                return Err(Full);
-            }
-        }
-        codes.insert(digest(&code), grant);
+        let until = grant.issued_ms.saturating_add(CODE_TTL_MS + 1);
+        let value = json(&grant)?;
+        self.put(
+            Kind::McpCode,
+            &digest(&code),
+            value,
+            until,
+            self.max_pending,
+        )
+        .await?;
         Ok(code)
     }
 
@@ -265,7 +308,7 @@ impl SignInState {
     /// (a second attempt is `Unknown`), and it must be within its 60 s,
     /// for this client and redirect URI, with the verifier of its
     /// challenge and (when named) for its resource.
-    pub(crate) fn redeem(
+    pub(crate) async fn redeem(
         &self,
         code: &str,
         client_id: &str,
@@ -274,8 +317,13 @@ impl SignInState {
         resource: Option<&str>,
         now_ms: i64,
     ) -> Result<Grant, CodeProblem> {
-        let grant = lock(&self.codes)
-            .remove(&digest(code))
+        let grant: Grant = self
+            .take_value(Kind::McpCode, &digest(code))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "MCP sign-in: codes unreadable");
+                CodeProblem::Unavailable
+            })?
             .ok_or(CodeProblem::Unknown)?;
         if now_ms.saturating_sub(grant.issued_ms) > CODE_TTL_MS {
             return Err(CodeProblem::Expired);
@@ -328,7 +376,7 @@ pub(crate) struct SignIn {
 }
 
 impl SignIn {
-    pub(crate) fn new(cfg: &SignInConfig, broker_issuer: &str) -> Self {
+    pub(crate) fn new(cfg: &SignInConfig, broker_issuer: &str, control: Arc<ControlStore>) -> Self {
         let issuer = broker_issuer.trim_end_matches('/');
         let origin = reqwest::Url::parse(issuer)
             .map(|u| u.origin().ascii_serialization())
@@ -341,7 +389,7 @@ impl SignIn {
                 redirect_uri: format!("{issuer}/oauth2/signin/callback"),
                 scope: "openid".into(),
             }),
-            state: SignInState::new(cfg.max_clients, cfg.max_pending),
+            state: SignInState::new(control, cfg.max_clients, cfg.max_pending),
             secure: issuer.starts_with("https://"),
             origin,
             cfg: cfg.clone(),
@@ -482,6 +530,7 @@ impl Broker {
         let client = signin
             .state
             .client(client_id)
+            .await
             .ok_or_else(|| Refusal::client("unknown sign-in client"))?;
         trail.client = Some(client.id.clone());
         if req.get("client_assertion").is_some() || req.get("client_secret").is_some() {
@@ -504,7 +553,13 @@ impl Broker {
         let grant = signin
             .state
             .redeem(code, &client.id, redirect_uri, verifier, resource, now_ms)
+            .await
             .map_err(|p| match p {
+                CodeProblem::Unavailable => Refusal::new(
+                    ErrorCode::TemporarilyUnavailable,
+                    "sign-in is unavailable right now; try again shortly",
+                    p.describe(),
+                ),
                 CodeProblem::OtherResource => Refusal::new(
                     ErrorCode::InvalidTarget,
                     "the resource is not the one the code was issued for",
@@ -724,7 +779,12 @@ async fn register(State(b): State<Arc<Broker>>, headers: HeaderMap, body: Bytes)
         redirect_uris: meta.redirect_uris,
     };
     trail.client = Some(client.id.clone());
-    if signin.state.register(client.clone()).is_err() {
+    if signin
+        .state
+        .register(client.clone(), b.clock.now_ms())
+        .await
+        .is_err()
+    {
         return refuse(
             &b,
             &trail,
@@ -865,7 +925,11 @@ async fn authorize(State(b): State<Arc<Broker>>, RawQuery(query): RawQuery) -> R
     let get = |k: &str| params.get(k).map(String::as_str).filter(|v| !v.is_empty());
     // 1. Client and redirect URI: until both are known good, nothing is
     //    redirected anywhere (RFC 6749 §4.1.2.1).
-    let Some(client) = get("client_id").and_then(|id| signin.state.client(id)) else {
+    let client = match get("client_id") {
+        Some(id) => signin.state.client(id).await,
+        None => None,
+    };
+    let Some(client) = client else {
         b.record_sign_in(&trail, Some(("invalid_client", "unknown client_id")))
             .await;
         return failed_page("The application is not registered with this server.");
@@ -969,7 +1033,8 @@ async fn authorize(State(b): State<Arc<Broker>>, RawQuery(query): RawQuery) -> R
     };
     if signin
         .state
-        .hold(provider_request.state, pending, b.clock.now_ms())
+        .hold(provider_request.state, pending)
+        .await
         .is_err()
     {
         return refuse_to_client(
@@ -999,11 +1064,15 @@ async fn authorize(State(b): State<Arc<Broker>>, RawQuery(query): RawQuery) -> R
 
 /// Whether the browser's binding cookie is the one the attempt was
 /// started with.
-fn same_browser(headers: &HeaderMap, binding: &[u8; 32]) -> bool {
+fn same_browser(headers: &HeaderMap, binding: &str) -> bool {
     let Some(cookie) = cookie(headers, BINDING_COOKIE) else {
         return false;
     };
-    aws_lc_rs::constant_time::verify_slices_are_equal(&digest(&cookie), binding).is_ok()
+    aws_lc_rs::constant_time::verify_slices_are_equal(
+        digest(&cookie).as_bytes(),
+        binding.as_bytes(),
+    )
+    .is_ok()
 }
 
 /// The value of cookie `name`, if sent once.
@@ -1026,7 +1095,11 @@ async fn callback(
         return StatusCode::NOT_FOUND.into_response();
     };
     let now_ms = b.clock.now_ms();
-    let Some(pending) = cb.state.take().and_then(|s| signin.state.take(&s, now_ms)) else {
+    let pending = match cb.state.take() {
+        Some(s) => signin.state.take(&s, now_ms).await,
+        None => None,
+    };
+    let Some(pending) = pending else {
         return failed_page(
             "This sign-in is unknown or has expired; start again from your application.",
         );
@@ -1125,7 +1198,7 @@ async fn callback(
     let (Some(id), Some(csrf)) = (random_token(), random_token()) else {
         return refuse_to_client(&b, &trail, &request, "server_error", "no randomness").await;
     };
-    let client = signin.state.client(&request.client_id);
+    let client = signin.state.client(&request.client_id).await;
     let held = signin.state.hold(
         id.clone(),
         Pending {
@@ -1138,9 +1211,8 @@ async fn callback(
                 csrf: csrf.clone(),
             },
         },
-        now_ms,
     );
-    if held.is_err() {
+    if held.await.is_err() {
         return refuse_to_client(
             &b,
             &trail,
@@ -1223,7 +1295,7 @@ async fn consent(State(b): State<Arc<Broker>>, headers: HeaderMap, body: Bytes) 
     };
     let now_ms = b.clock.now_ms();
     // Used once, whatever happens next.
-    let Some(pending) = signin.state.take(&form.id, now_ms) else {
+    let Some(pending) = signin.state.take(&form.id, now_ms).await else {
         return failed_page(
             "This sign-in is unknown or has expired; start again from your application.",
         );
@@ -1268,7 +1340,7 @@ async fn consent(State(b): State<Arc<Broker>>, headers: HeaderMap, body: Bytes) 
         scope,
         issued_ms: now_ms,
     };
-    match signin.state.issue_code(grant, now_ms) {
+    match signin.state.issue_code(grant).await {
         Ok(code) => to_client(&b, &request, &[("code", &code)]),
         Err(Full) => {
             refuse_to_client(

@@ -1,6 +1,24 @@
 use super::*;
 use std::time::Duration;
 
+/// A sign-in state on a fresh SQLite control store whose clock stands at
+/// `T0` (the tests move it with the time they pass).
+fn state(
+    max_clients: usize,
+    max_pending: usize,
+) -> (SignInState, mandate_core::ManualClock, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = mandate_core::ManualClock::at_ms(T0);
+    let control = ControlStore::open(&dir.path().join("control.sqlite"))
+        .unwrap()
+        .with_clock(clock.clock());
+    (
+        SignInState::new(Arc::new(control), max_clients, max_pending),
+        clock,
+        dir,
+    )
+}
+
 const T0: i64 = 1_800_000_000_000;
 const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r7wW1gFWFOEjXk";
 const CHALLENGE: &str = "bwWFMyPfdG9qreDhH2lmftFx_dFeLDalzcT1gb_j68g";
@@ -33,7 +51,7 @@ fn grant(client: &str, at: i64) -> Grant {
 fn pending(at: i64) -> Pending {
     Pending {
         request: request("c1"),
-        binding: [0; 32],
+        binding: String::new(),
         started_ms: at,
         stage: Stage::AtProvider {
             nonce: "n".into(),
@@ -50,70 +68,85 @@ fn client(id: &str) -> RegisteredClient {
     }
 }
 
-#[test]
-fn pkce_verifier_must_match_the_challenge() {
-    let s = SignInState::new(10, 10);
-    let code = s.issue_code(grant("c1", T0), T0).unwrap();
+#[tokio::test]
+async fn pkce_verifier_must_match_the_challenge() {
+    let (s, _clock, _dir) = state(10, 10);
+    let code = s.issue_code(grant("c1", T0)).await.unwrap();
     let wrong = "x".repeat(43);
     assert_eq!(
         s.redeem(&code, "c1", REDIRECT, &wrong, Some(RESOURCE), T0)
+            .await
             .err(),
         Some(CodeProblem::Verifier)
     );
     // A malformed verifier (too short) is refused before hashing.
-    let code = s.issue_code(grant("c1", T0), T0).unwrap();
+    let code = s.issue_code(grant("c1", T0)).await.unwrap();
     assert_eq!(
-        s.redeem(&code, "c1", REDIRECT, "short", None, T0).err(),
+        s.redeem(&code, "c1", REDIRECT, "short", None, T0)
+            .await
+            .err(),
         Some(CodeProblem::Verifier)
     );
-    let code = s.issue_code(grant("c1", T0), T0).unwrap();
+    let code = s.issue_code(grant("c1", T0)).await.unwrap();
     let g = s
         .redeem(&code, "c1", REDIRECT, VERIFIER, Some(RESOURCE), T0)
+        .await
         .unwrap();
     assert_eq!(g.user.sub, "alice");
 }
 
-#[test]
-fn a_code_is_used_once_even_when_the_first_attempt_fails() {
-    let s = SignInState::new(10, 10);
-    let code = s.issue_code(grant("c1", T0), T0).unwrap();
-    assert!(s.redeem(&code, "c1", REDIRECT, VERIFIER, None, T0).is_ok());
+#[tokio::test]
+async fn a_code_is_used_once_even_when_the_first_attempt_fails() {
+    let (s, _clock, _dir) = state(10, 10);
+    let code = s.issue_code(grant("c1", T0)).await.unwrap();
+    assert!(
+        s.redeem(&code, "c1", REDIRECT, VERIFIER, None, T0)
+            .await
+            .is_ok()
+    );
     assert_eq!(
-        s.redeem(&code, "c1", REDIRECT, VERIFIER, None, T0).err(),
+        s.redeem(&code, "c1", REDIRECT, VERIFIER, None, T0)
+            .await
+            .err(),
         Some(CodeProblem::Unknown)
     );
     // A failed attempt (wrong verifier) also spends the code.
-    let code = s.issue_code(grant("c1", T0), T0).unwrap();
+    let code = s.issue_code(grant("c1", T0)).await.unwrap();
     assert!(
         s.redeem(&code, "c1", REDIRECT, &"y".repeat(50), None, T0)
+            .await
             .is_err()
     );
     assert_eq!(
-        s.redeem(&code, "c1", REDIRECT, VERIFIER, None, T0).err(),
+        s.redeem(&code, "c1", REDIRECT, VERIFIER, None, T0)
+            .await
+            .err(),
         Some(CodeProblem::Unknown)
     );
-    assert_eq!(s.sizes().2, 0);
+    assert_eq!(s.control.count_ephemeral(Kind::McpCode).await.unwrap(), 0);
 }
 
-#[test]
-fn a_code_expires_after_60_seconds() {
-    let s = SignInState::new(10, 10);
-    let code = s.issue_code(grant("c1", T0), T0).unwrap();
+#[tokio::test]
+async fn a_code_expires_after_60_seconds() {
+    let (s, _clock, _dir) = state(10, 10);
+    let code = s.issue_code(grant("c1", T0)).await.unwrap();
     assert!(
         s.redeem(&code, "c1", REDIRECT, VERIFIER, None, T0 + CODE_TTL_MS)
+            .await
             .is_ok()
     );
-    let code = s.issue_code(grant("c1", T0), T0).unwrap();
+    let code = s.issue_code(grant("c1", T0)).await.unwrap();
     assert_eq!(
         s.redeem(&code, "c1", REDIRECT, VERIFIER, None, T0 + CODE_TTL_MS + 1)
+            .await
             .err(),
         Some(CodeProblem::Expired)
     );
 }
 
-#[test]
-fn a_code_is_bound_to_client_redirect_uri_and_resource() {
-    let s = SignInState::new(10, 10);
+#[tokio::test]
+async fn a_code_is_bound_to_client_redirect_uri_and_resource() {
+    let (s, _clock, _dir) = state(10, 10);
     let cases = [
         ("c2", REDIRECT, Some(RESOURCE), CodeProblem::OtherClient),
         (
@@ -130,51 +163,55 @@ fn a_code_is_bound_to_client_redirect_uri_and_resource() {
         ),
     ];
     for (client, redirect, resource, want) in cases {
-        let code = s.issue_code(grant("c1", T0), T0).unwrap();
+        let code = s.issue_code(grant("c1", T0)).await.unwrap();
         assert_eq!(
             s.redeem(&code, client, redirect, VERIFIER, resource, T0)
+                .await
                 .err(),
             Some(want)
         );
     }
     assert_eq!(
         s.redeem("never-issued", "c1", REDIRECT, VERIFIER, None, T0)
+            .await
             .err(),
         Some(CodeProblem::Unknown)
     );
 }
 
-#[test]
-fn registration_is_bounded_by_max_clients() {
-    let s = SignInState::new(3, 10);
+#[tokio::test]
+async fn registration_is_bounded_by_max_clients() {
+    let (s, _clock, _dir) = state(3, 10);
     for i in 0..3 {
-        assert_eq!(s.register(client(&format!("c{i}"))), Ok(()));
+        assert_eq!(s.register(client(&format!("c{i}")), T0).await, Ok(()));
     }
-    assert_eq!(s.register(client("c3")), Err(Full));
-    assert!(s.client("c3").is_none());
-    assert_eq!(s.sizes().0, 3);
+    assert_eq!(s.register(client("c3"), T0).await, Err(Full));
+    assert!(s.client("c3").await.is_none());
+    assert_eq!(s.control.count_ephemeral(Kind::McpClient).await.unwrap(), 3);
 }
 
-#[test]
-fn sign_ins_in_progress_and_codes_are_bounded() {
-    let s = SignInState::new(10, 2);
-    assert!(s.hold("a".into(), pending(T0), T0).is_ok());
-    assert!(s.hold("b".into(), pending(T0), T0).is_ok());
-    assert_eq!(s.hold("c".into(), pending(T0), T0).err(), Some(Full));
+#[tokio::test]
+async fn sign_ins_in_progress_and_codes_are_bounded() {
+    let (s, clock, _dir) = state(10, 2);
+    assert!(s.hold("a".into(), pending(T0)).await.is_ok());
+    assert!(s.hold("b".into(), pending(T0)).await.is_ok());
+    assert_eq!(s.hold("c".into(), pending(T0)).await.err(), Some(Full));
     // Expired attempts make room; a taken attempt is gone.
     let later = T0 + PENDING_TTL_MS + 1;
-    assert!(s.take("a", later).is_none());
-    assert!(s.hold("c".into(), pending(later), later).is_ok());
-    assert!(s.hold("d".into(), pending(later), later).is_ok());
-    assert_eq!(s.sizes().1, 2);
-    assert!(s.take("d", later).is_some());
-    assert!(s.take("d", later).is_none());
+    clock.set_ms(later);
+    assert!(s.take("a", later).await.is_none());
+    assert!(s.hold("c".into(), pending(later)).await.is_ok());
+    assert!(s.hold("d".into(), pending(later)).await.is_ok());
+    assert_eq!(s.control.count_ephemeral(Kind::McpSignIn).await.unwrap(), 2);
+    assert!(s.take("d", later).await.is_some());
+    assert!(s.take("d", later).await.is_none());
 
-    assert!(s.issue_code(grant("c1", T0), T0).is_ok());
-    assert!(s.issue_code(grant("c1", T0), T0).is_ok());
-    assert_eq!(s.issue_code(grant("c1", T0), T0).err(), Some(Full));
-    let later = T0 + CODE_TTL_MS + 1;
-    assert!(s.issue_code(grant("c1", later), later).is_ok());
+    assert!(s.issue_code(grant("c1", later)).await.is_ok());
+    assert!(s.issue_code(grant("c1", later)).await.is_ok());
+    assert_eq!(s.issue_code(grant("c1", later)).await.err(), Some(Full));
+    let later = later + CODE_TTL_MS + 1;
+    clock.set_ms(later);
+    assert!(s.issue_code(grant("c1", later)).await.is_ok());
 }
 
 fn sign_in_config() -> SignInConfig {

@@ -8,6 +8,7 @@
 use crate::approvals::{ApprovalRequest, ApprovalStatus, NewApproval};
 use crate::changes::{Change, ChangeKind};
 use crate::db::Location;
+use crate::ephemeral::{Entry, Kind, OnFull};
 use crate::error::ControlError;
 use crate::intents::{Consumed, GrantStatus, IntentKey, TaskIntent};
 use crate::revocations::{Revocation, RevocationKind};
@@ -270,6 +271,78 @@ impl ControlStore {
         max_total: usize,
     ) -> Result<u64, ControlError> {
         blocking!(self, |s| s.prune_mcp_sessions(before, max_total))
+    }
+
+    // ----- short-lived shared state (ephemeral.rs) -----------------------
+
+    /// Writes `value` under (`kind`, `key`) until `expires_ms` (Unix ms).
+    /// `Ok(false)`: the key is new, `max` rows of the kind are live, and
+    /// `on_full` refuses.
+    pub async fn put_ephemeral(
+        &self,
+        kind: Kind,
+        key: &str,
+        value: String,
+        expires_ms: i64,
+        max: usize,
+        on_full: OnFull,
+    ) -> Result<bool, ControlError> {
+        let key = key.to_owned();
+        blocking!(self, |s| s
+            .put_ephemeral(kind, &key, &value, expires_ms, max, on_full))
+    }
+
+    /// Counts one more under (`kind`, `key`); the new count, or `None` if
+    /// the key is new and `max` rows of the kind are live.
+    pub async fn count_up_ephemeral(
+        &self,
+        kind: Kind,
+        key: &str,
+        expires_ms: i64,
+        max: usize,
+    ) -> Result<Option<i64>, ControlError> {
+        let key = key.to_owned();
+        blocking!(self, |s| s.count_up_ephemeral(kind, &key, expires_ms, max))
+    }
+
+    /// Replaces a live row's value and expiry; `false` if it is gone.
+    pub async fn update_ephemeral(
+        &self,
+        kind: Kind,
+        key: &str,
+        value: String,
+        expires_ms: i64,
+    ) -> Result<bool, ControlError> {
+        let key = key.to_owned();
+        blocking!(self, |s| s.update_ephemeral(kind, &key, &value, expires_ms))
+    }
+
+    /// The live row under (`kind`, `key`).
+    pub async fn ephemeral(&self, kind: Kind, key: &str) -> Result<Option<Entry>, ControlError> {
+        let key = key.to_owned();
+        blocking!(self, |s| s.ephemeral(kind, &key))
+    }
+
+    /// Removes and returns the live row under (`kind`, `key`): of several
+    /// replicas taking one key, one gets it.
+    pub async fn take_ephemeral(
+        &self,
+        kind: Kind,
+        key: &str,
+    ) -> Result<Option<Entry>, ControlError> {
+        let key = key.to_owned();
+        blocking!(self, |s| s.take_ephemeral(kind, &key))
+    }
+
+    /// Removes the row under (`kind`, `key`), if any.
+    pub async fn drop_ephemeral(&self, kind: Kind, key: &str) -> Result<(), ControlError> {
+        let key = key.to_owned();
+        blocking!(self, |s| s.drop_ephemeral(kind, &key))
+    }
+
+    /// How many rows of `kind` are live.
+    pub async fn count_ephemeral(&self, kind: Kind) -> Result<u64, ControlError> {
+        blocking!(self, |s| s.count_ephemeral(kind))
     }
 
     // ----- kill switches -------------------------------------------------

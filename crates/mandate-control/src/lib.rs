@@ -23,6 +23,10 @@
 //!   one approval of the intent, or refused; their uses are consumed with
 //!   one conditional `UPDATE` each, keyed by issuer, user and task.
 //!
+//! * **Short-lived shared state** ([`ephemeral`]): approval-page
+//!   sessions and sign-in throttles, MCP sign-in and MCP task handles,
+//!   bounded per kind, so no replica or restart forgets them.
+//!
 //! * **MCP transport sessions** ([`McpSession`]): whose each 2025-era
 //!   session is and the client's `initialize` parameters, so any replica
 //!   (or a restarted process) carries a session on.
@@ -46,6 +50,7 @@ mod api;
 mod approvals;
 mod changes;
 mod db;
+pub mod ephemeral;
 mod error;
 mod intents;
 mod revocations;

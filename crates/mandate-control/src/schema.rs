@@ -75,6 +75,16 @@ CREATE TABLE IF NOT EXISTS mcp_sessions (
 ) STRICT;
 CREATE INDEX IF NOT EXISTS mcp_sessions_subject ON mcp_sessions (subject, created_ms);
 CREATE INDEX IF NOT EXISTS mcp_sessions_exp ON mcp_sessions (exp);
+-- Short-lived keyed state every replica must see (ephemeral.rs): the
+-- approval page's sessions and sign-in state, MCP sign-in, MCP task handles.
+CREATE TABLE IF NOT EXISTS ephemeral (
+    kind       TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    PRIMARY KEY (kind, key)
+) STRICT;
+CREATE INDEX IF NOT EXISTS ephemeral_expiry ON ephemeral (kind, expires_ms);
 CREATE TABLE IF NOT EXISTS tasks (
     id          TEXT PRIMARY KEY NOT NULL,
     template    TEXT NOT NULL,
@@ -203,6 +213,14 @@ CREATE TABLE IF NOT EXISTS mcp_sessions (
 );
 CREATE INDEX IF NOT EXISTS mcp_sessions_subject ON mcp_sessions (subject, created_ms);
 CREATE INDEX IF NOT EXISTS mcp_sessions_exp ON mcp_sessions (exp);
+CREATE TABLE IF NOT EXISTS ephemeral (
+    kind       text NOT NULL,
+    key        text NOT NULL,
+    value      text NOT NULL,
+    expires_ms bigint NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+CREATE INDEX IF NOT EXISTS ephemeral_expiry ON ephemeral (kind, expires_ms);
 CREATE TABLE IF NOT EXISTS tasks (
     id          text PRIMARY KEY NOT NULL,
     template    text NOT NULL,

@@ -5,11 +5,12 @@
 //! afterwards. The cross-replica cases open two stores on one database,
 //! as two `mandate serve` replicas do.
 
+use mandate_control::ephemeral::{Kind, OnFull};
 use mandate_control::{
     ApprovalStatus, ChangeKind, ControlError, ControlStore, GrantStatus, IntentKey, Location,
     McpSession, NewApproval, RevocationKind, TaskStatus, Topic,
 };
-use mandate_core::{CallerData, Scope};
+use mandate_core::{CallerData, ManualClock, Scope};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -120,6 +121,7 @@ both!(
     tool_pins_are_upserted,
     a_lease_has_one_holder_until_it_expires,
     mcp_sessions_are_found_by_every_replica_and_bounded,
+    ephemeral_state_is_shared_bounded_and_taken_once,
 );
 
 fn mcp_session(id: &str, subject: &str, created_ms: i64, exp: i64) -> McpSession {
@@ -180,6 +182,162 @@ async fn mcp_sessions_are_found_by_every_replica_and_bounded(place: Place) -> Te
     );
     assert!(a.mcp_session("s4").await?.is_none());
     assert!(a.mcp_session("b1").await?.is_some());
+    Ok(())
+}
+
+/// Short-lived state written by one replica is read by another until it
+/// expires; a key is taken by one replica only; an update never brings
+/// back a row another replica removed; each kind is bounded on its own,
+/// refusing or evicting the row that expires soonest.
+async fn ephemeral_state_is_shared_bounded_and_taken_once(place: Place) -> TestResult {
+    let clock = ManualClock::at_ms(1_000_000);
+    let open = || async {
+        TestResult::Ok(Arc::new(
+            ControlStore::open_at(place.location.clone())
+                .await?
+                .with_clock(clock.clock()),
+        ))
+    };
+    let (a, b) = (open().await?, open().await?);
+    let t0 = clock.clock().now_ms();
+
+    assert!(
+        a.put_ephemeral(
+            Kind::PageSignedIn,
+            "k1",
+            "one".into(),
+            t0 + 1_000,
+            2,
+            OnFull::Refuse
+        )
+        .await?
+    );
+    let seen = b.ephemeral(Kind::PageSignedIn, "k1").await?;
+    assert_eq!(seen.map(|e| e.value), Some("one".to_owned()));
+    assert_eq!(
+        b.ephemeral(Kind::PageAnonymous, "k1").await?,
+        None,
+        "kinds apart"
+    );
+
+    // Bounded: the second key fits, the third is refused; a live key is
+    // rewritten whatever the bound.
+    assert!(
+        b.put_ephemeral(
+            Kind::PageSignedIn,
+            "k2",
+            "two".into(),
+            t0 + 2_000,
+            2,
+            OnFull::Refuse
+        )
+        .await?
+    );
+    assert!(
+        !a.put_ephemeral(
+            Kind::PageSignedIn,
+            "k3",
+            "three".into(),
+            t0 + 3_000,
+            2,
+            OnFull::Refuse
+        )
+        .await?,
+        "refused at the bound"
+    );
+    assert!(
+        a.put_ephemeral(
+            Kind::PageSignedIn,
+            "k1",
+            "uno".into(),
+            t0 + 1_500,
+            2,
+            OnFull::Refuse
+        )
+        .await?
+    );
+    // Evicting: the row that expires soonest (k1) makes room.
+    assert!(
+        a.put_ephemeral(
+            Kind::PageSignedIn,
+            "k3",
+            "three".into(),
+            t0 + 3_000,
+            2,
+            OnFull::EvictSoonest
+        )
+        .await?
+    );
+    assert_eq!(b.ephemeral(Kind::PageSignedIn, "k1").await?, None);
+    assert_eq!(a.count_ephemeral(Kind::PageSignedIn).await?, 2);
+
+    // Taken once, whichever replica asks first.
+    assert!(
+        a.put_ephemeral(
+            Kind::McpCode,
+            "c",
+            "grant".into(),
+            t0 + 500,
+            10,
+            OnFull::Refuse
+        )
+        .await?
+    );
+    let (x, y) = tokio::join!(
+        a.take_ephemeral(Kind::McpCode, "c"),
+        b.take_ephemeral(Kind::McpCode, "c")
+    );
+    assert_eq!(
+        usize::from(x?.is_some()) + usize::from(y?.is_some()),
+        1,
+        "exactly one replica gets the code"
+    );
+
+    // Dropped on one replica: an update on the other does not revive it.
+    b.drop_ephemeral(Kind::PageSignedIn, "k2").await?;
+    assert!(
+        !a.update_ephemeral(Kind::PageSignedIn, "k2", "again".into(), t0 + 9_000)
+            .await?
+    );
+    assert!(
+        a.update_ephemeral(Kind::PageSignedIn, "k3", "tres".into(), t0 + 9_000)
+            .await?
+    );
+
+    // Expired rows are never returned, nor taken, and free their place.
+    assert!(
+        a.put_ephemeral(
+            Kind::McpCode,
+            "late",
+            "g".into(),
+            t0 + 500,
+            1,
+            OnFull::Refuse
+        )
+        .await?
+    );
+    clock.advance(Duration::from_millis(600));
+    assert_eq!(b.ephemeral(Kind::McpCode, "late").await?, None);
+    assert_eq!(b.take_ephemeral(Kind::McpCode, "late").await?, None);
+    assert_eq!(a.count_ephemeral(Kind::McpCode).await?, 0);
+    assert!(
+        a.put_ephemeral(
+            Kind::McpCode,
+            "next",
+            "g".into(),
+            t0 + 5_000,
+            1,
+            OnFull::Refuse
+        )
+        .await?,
+        "the expired row no longer counts"
+    );
+    assert_eq!(
+        a.ephemeral(Kind::PageSignedIn, "k3")
+            .await?
+            .map(|e| (e.value, e.expires_ms)),
+        Some(("tres".to_owned(), t0 + 9_000))
+    );
     Ok(())
 }
 

@@ -737,6 +737,15 @@ pub(crate) fn unknown_task(id: &str) -> ErrorData {
 
 /// A released call whose upstream answered with a task or an input
 /// request, which a held task cannot relay.
+/// `tasks/get` or `tasks/cancel` when the control store cannot answer.
+pub(crate) fn tasks_unavailable() -> ErrorData {
+    ErrorData::new(
+        RpcCode::InternalError.error_code(),
+        "the task store is unavailable; try again shortly",
+        None,
+    )
+}
+
 pub(crate) fn unrelayable_in_task() -> ErrorData {
     ErrorData::new(
         RpcCode::InternalError.error_code(),

@@ -206,11 +206,15 @@ impl ServerHandler for GatewayHandler {
                         "held until a person approves it: {}",
                         self.gw.approval_url(&id)
                     );
-                    let task = self.gw.mcp_tasks.start(&id, &principal, message, task_cancel);
+                    let task = self
+                        .gw
+                        .mcp_tasks
+                        .start(&id, &principal, message, task_cancel)
+                        .await;
                     let gw = self.gw.clone();
                     tokio::spawn(async move {
                         let r = joined(run.await);
-                        gw.mcp_tasks.finish(&id, r);
+                        gw.mcp_tasks.finish(&id, r).await;
                     });
                     Ok(CallToolResponse::Task(rmcp::model::CreateTaskResult::new(task)))
                 }
@@ -233,6 +237,7 @@ impl ServerHandler for GatewayHandler {
         self.gw
             .mcp_tasks
             .get(&request.task_id, &principal)
+            .await
             .map(GetTaskResult::new)
     }
 
@@ -242,7 +247,7 @@ impl ServerHandler for GatewayHandler {
         ctx: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
         let principal = self.principal(&ctx).await?;
-        self.gw.mcp_tasks.cancel(&request.task_id, &principal)
+        self.gw.mcp_tasks.cancel(&request.task_id, &principal).await
     }
 
     async fn on_initialized(&self, ctx: NotificationContext<RoleServer>) {

@@ -212,6 +212,12 @@ async fn readyz(State(app): State<AppState>) -> Response {
 async fn metrics(State(app): State<AppState>, headers: http::HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = crate::metrics::Format::negotiate(accept);
+    // A slow control store must not hold the scrape up.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        app.gw.metrics().count_shared_state(app.gw.control()),
+    )
+    .await;
     let body = app.gw.metrics().render(format);
     (
         [

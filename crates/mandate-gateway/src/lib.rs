@@ -194,6 +194,7 @@ impl Gateway {
             && control.poll_every().is_some();
         let tail =
             replicas.then(|| Arc::new(mandate_audit::SessionTail::new(audit.store().clone())));
+        let mcp_tasks = tasks::Tasks::new(clock.clone(), control.clone());
         let gw = Arc::new(Self {
             cfg,
             usage,
@@ -206,7 +207,7 @@ impl Gateway {
             catalogue,
             metrics,
             holds: approvals::Holds::new(),
-            mcp_tasks: tasks::Tasks::new(clock.clone()),
+            mcp_tasks,
             pins: pinning::Pins::default(),
             builds: builds::Builds::default(),
             dpop: std::sync::OnceLock::new(),

@@ -201,6 +201,9 @@ pub struct Metrics {
     pub injection_findings: Counter,
     /// Tool calls refused because their subject had too many in flight.
     pub concurrency_refusals: Counter,
+    /// Calls not forwarded because a concurrent call of their session on
+    /// another replica came first in the shared log (`restore.rs`).
+    pub(crate) rechecks_refused: Counter,
     decisions: Family<DecisionLabels, Counter>,
     phases: HistogramFamily<PhaseLabels>,
     upstream_errors: Family<KindLabels, Counter>,
@@ -213,6 +216,8 @@ pub struct Metrics {
     pub sessions: Arc<SessionStats>,
     /// Subjects with tool calls in flight now.
     pub(crate) busy_subjects: Arc<AtomicU64>,
+    /// Rows of the control store's `ephemeral` table, by kind.
+    shared_state: Family<Vec<(&'static str, &'static str)>, Gauge>,
 }
 
 /// How `/metrics` answers.
@@ -273,6 +278,7 @@ impl Metrics {
             audit_failures: Counter::default(),
             injection_findings: Counter::default(),
             concurrency_refusals: Counter::default(),
+            rechecks_refused: Counter::default(),
             decisions: Family::default(),
             phases: Family::new_with_constructor(phase_histogram as fn() -> Histogram),
             upstream_errors: Family::default(),
@@ -282,8 +288,14 @@ impl Metrics {
             connections: connections.clone(),
             sessions: sessions.clone(),
             busy_subjects: busy_subjects.clone(),
+            shared_state: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "shared_state_rows",
+            "Live rows of short-lived shared state in the control store, by kind (read at each scrape)",
+            metrics.shared_state.clone(),
+        );
         registry.register(
             "decisions",
             "Tool-call decisions by effect (allow, deny, hold), reason code and tool",
@@ -331,6 +343,11 @@ impl Metrics {
             metrics.concurrency_refusals.clone(),
         );
         registry.register(
+            "replica_rechecks_refused",
+            "Calls not forwarded after their decision record because a call of the same session let through on another replica came first in the shared log and, counted, refuses them",
+            metrics.rechecks_refused.clone(),
+        );
+        registry.register(
             "approvals_pending",
             "Calls held in this process waiting for a person",
             metrics.approvals_pending.clone(),
@@ -366,6 +383,18 @@ impl Metrics {
         self.registry
             .register_collector(Box::new(Planes { audit, policy }));
         self
+    }
+
+    /// Reads how many rows of each kind of short-lived shared state the
+    /// control store holds (a kind it cannot count keeps its last value).
+    pub async fn count_shared_state(&self, control: &mandate_control::ControlStore) {
+        for kind in mandate_control::ephemeral::Kind::ALL {
+            if let Ok(n) = control.count_ephemeral(kind).await {
+                self.shared_state
+                    .get_or_create(&vec![("kind", kind.as_str())])
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
     }
 
     /// Every series, in `format`.

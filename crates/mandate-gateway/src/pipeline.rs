@@ -293,10 +293,12 @@ impl crate::Gateway {
             Some(_) => crate::intent::CallFacts::default(),
             None => self.call_facts(&principal, &call, &exposed).await,
         };
+        let mut basis = None;
         let (mut decision, mut category) = match precheck {
             Some(denied) => denied,
             None => {
-                let d = self.decide_and_count(&principal, &call, now, false, &facts);
+                let (d, b) = self.decide_and_count(&principal, &call, now, false, &facts);
+                basis = b;
                 let category = category_of(&d);
                 (d, category)
             }
@@ -328,8 +330,9 @@ impl crate::Gateway {
                     .await
             };
             (decision, category) = match held {
-                Ok((released, approved)) => {
+                Ok((released, approved, b)) => {
                     approval = Some(approved);
+                    basis = b;
                     (released, DenyCategory::NotPermitted)
                 }
                 Err(denied) => *denied,
@@ -410,6 +413,29 @@ impl crate::Gateway {
         );
         if !decision.is_allow() {
             return Err(denial_error(&exposed, &decision, &correlation, &category));
+        }
+
+        // 5b. With replicas: the log now orders this call among the session's
+        //     calls on every replica. A call or a read another replica let
+        //     through first, which this decision did not see, is counted and
+        //     the call decided again; a call that would now be refused is
+        //     not forwarded (two calls racing for a budget's last unit: the
+        //     one the log puts first gets it).
+        if let Some(basis) = basis.take()
+            && let Some((refused, why)) = self
+                .recheck(&principal, &call, basis, receipt.seq(), &correlation)
+                .await
+        {
+            self.refund(facts.claimed.take()).await;
+            let not_forwarded = record(&decision, &call.args_hash, &facts).outcome(
+                self.clock.now_ms(),
+                "not_forwarded",
+                Some(refused.reasons().join("; ")),
+            );
+            if self.audit.append(not_forwarded).await.is_err() {
+                self.metrics.audit_failures.inc();
+            }
+            return Err(denial_error(&exposed, &refused, &correlation, &why));
         }
 
         // 6. The permit: only from the three proofs (and the approval).
@@ -668,7 +694,7 @@ impl crate::Gateway {
         now: i64,
         approved: bool,
         facts: &crate::intent::CallFacts,
-    ) -> Decision {
+    ) -> (Decision, Option<crate::restore::Basis>) {
         let exp = principal.exp();
         let mut session = self.usage.session(principal.state_key());
         let task_key = task_key(principal);
@@ -700,6 +726,13 @@ impl crate::Gateway {
             session: &facts,
             now_unix: now,
         });
+        // With replicas: what this decision saw, to check it again once its
+        // record has its place in the shared log.
+        let basis = self.tail.is_some().then(|| crate::restore::Basis {
+            facts,
+            cursor: session.cursor,
+            now,
+        });
         if decision.is_allow() && (approved || !decision.requires_approval()) {
             session.calls = session.calls.saturating_add(1);
             *session.per_tool.entry(exposed).or_default() += 1;
@@ -720,7 +753,7 @@ impl crate::Gateway {
         drop(task);
         drop(session);
         self.usage.prune(self.now_unix());
-        decision
+        (decision, basis)
     }
 }
 
@@ -767,7 +800,8 @@ impl crate::Gateway {
         on_hold: Option<tokio::sync::oneshot::Sender<String>>,
         client: Option<Peer<RoleServer>>,
         progress: Option<ProgressToken>,
-    ) -> Result<(Decision, Approved), Box<(Decision, DenyCategory)>> {
+    ) -> Result<(Decision, Approved, Option<crate::restore::Basis>), Box<(Decision, DenyCategory)>>
+    {
         let hash = || self.policy.policy_hash();
         let deny = |reason: String, category: DenyCategory| {
             Err(Box::new((Decision::deny(reason, hash()), category)))
@@ -897,7 +931,7 @@ impl crate::Gateway {
                         category,
                     );
                 }
-                let released = self.decide_and_count(principal, call, now, true, facts);
+                let (released, basis) = self.decide_and_count(principal, call, now, true, facts);
                 if !released.is_allow() {
                     let released = released.with_reason(format!(
                         "approved by {by} ({}), but denied at release",
@@ -913,7 +947,7 @@ impl crate::Gateway {
                         .map(|c| format!(": {c}"))
                         .unwrap_or_default()
                 ));
-                Ok((released, approved))
+                Ok((released, approved, basis))
             }
             HoldOutcome::Denied(a) => deny(
                 format!(

@@ -7,11 +7,13 @@
 //! session between replicas never resets what its policies see.
 
 use crate::Gateway;
+use crate::error::DenyCategory;
 use crate::pipeline::{HELD_DETAIL, MAX_SOURCES, RECENT_CAP, task_key_of};
 use crate::usage::SessionState;
 use mandate_audit::StoredRecord;
 use mandate_authn::Principal;
-use mandate_core::{AuditRecord, CorrelationId, RecordKind};
+use mandate_core::{AuditRecord, CorrelationId, RecordKind, ToolCall};
+use mandate_policy::{Decision, DecisionRequest, SessionFacts};
 
 /// Most calls per session this replica remembers as its own (a session
 /// has far fewer calls in flight between two of its calls' catch-ups).
@@ -25,6 +27,17 @@ enum Applied {
     Taint,
     /// Nothing the policies read.
     Nothing,
+}
+
+/// What a decision saw of its session, kept (with replicas only) to check
+/// it again once its record has its place in the shared log.
+pub(crate) struct Basis {
+    /// The facts the policies were given.
+    pub(crate) facts: SessionFacts,
+    /// The last record of the session applied when deciding.
+    pub(crate) cursor: i64,
+    /// When it was decided (Unix seconds).
+    pub(crate) now: i64,
 }
 
 impl Gateway {
@@ -93,6 +106,120 @@ impl Gateway {
         }
         s.own.push_back(correlation.clone());
         Ok(())
+    }
+
+    /// With replicas, after `call`'s decision record became durable at
+    /// `own`: the session's records other replicas wrote that the log puts
+    /// before it but that its decision had not seen (between `basis.cursor`
+    /// and `own`). None: the call stands. Otherwise the call is decided
+    /// again with them counted (calls, calls per tool and per minute, the
+    /// task's calls and amount, taint); a refusal, or a log that cannot be
+    /// read, is returned and the call is not forwarded. Reads only: the
+    /// next catch-up applies these records as usual.
+    pub(crate) async fn recheck(
+        &self,
+        principal: &Principal,
+        call: &ToolCall,
+        basis: Basis,
+        own: i64,
+        correlation: &CorrelationId,
+    ) -> Option<(Decision, DenyCategory)> {
+        let tail = self.tail.clone()?;
+        let session = principal.caller().session_key();
+        let since = basis.cursor;
+        let read = tokio::task::spawn_blocking(move || tail.after(&session, since)).await;
+        let records = match read {
+            Ok(Ok(records)) => records,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read the shared audit log to re-check; denying");
+                return Some(self.unreadable());
+            }
+            Err(_) => return Some(self.unreadable()),
+        };
+        let key = principal.state_key();
+        let mine = |c: &CorrelationId| {
+            c == correlation
+                || self
+                    .usage
+                    .session_view(&key)
+                    .is_some_and(|s| s.own.contains(c))
+        };
+        let task = principal.task_id().map(str::to_owned);
+        let mut facts = basis.facts;
+        let mut changed = false;
+        let exposed = call.name.to_string();
+        for stored in records.iter().filter(|r| r.seq < own) {
+            let r = &stored.record;
+            if mine(&r.correlation_id) || self.state_key_of(r) != key {
+                continue;
+            }
+            if r.kind == RecordKind::Outcome {
+                let before = facts.taint.len();
+                facts.taint.extend(r.taint.iter().cloned());
+                changed |= facts.taint.len() != before;
+                continue;
+            }
+            let held = r
+                .detail
+                .as_deref()
+                .is_some_and(|d| d.starts_with(HELD_DETAIL));
+            if r.kind != RecordKind::Decision || !r.decision.is_allow() || held {
+                continue;
+            }
+            changed = true;
+            facts.calls_in_session = facts.calls_in_session.saturating_add(1);
+            if r.tool == exposed {
+                facts.tool_calls_in_session = facts.tool_calls_in_session.saturating_add(1);
+            }
+            if r.time_ms / 1000 > basis.now.saturating_sub(60) {
+                facts.calls_last_minute = facts.calls_last_minute.saturating_add(1);
+            }
+            if task.is_some() && r.subject.task_id == task {
+                facts.calls_in_task = facts.calls_in_task.saturating_add(1);
+                facts.amount_in_task = facts
+                    .amount_in_task
+                    .saturating_add(r.amount.unwrap_or(0).max(0));
+            }
+        }
+        if !changed {
+            return None;
+        }
+        let again = self.policy.decide(&DecisionRequest {
+            caller: principal.caller(),
+            call,
+            session: &facts,
+            now_unix: basis.now,
+        });
+        if again.is_allow() && (facts.approved || !again.requires_approval()) {
+            return None;
+        }
+        let category = match &again.record().code {
+            Some(code) if !again.is_allow() => DenyCategory::Coded(code.clone()),
+            _ => DenyCategory::NotPermitted,
+        };
+        let refused = Decision::deny(
+            format!(
+                "a call or read of this session let through on another replica at the same time comes first in the audit log; decided again with it counted: {}",
+                if again.is_allow() {
+                    "it now needs a person's approval (call again to be held)".to_owned()
+                } else {
+                    again.reasons().join("; ")
+                }
+            ),
+            self.policy.policy_hash(),
+        );
+        self.metrics.rechecks_refused.inc();
+        Some((refused, category))
+    }
+
+    fn unreadable(&self) -> (Decision, DenyCategory) {
+        (
+            Decision::deny(
+                "the shared audit log cannot be read: what this session did on other replicas is unknown",
+                self.policy.policy_hash(),
+            ),
+            DenyCategory::AuditUnavailable,
+        )
     }
 
     /// The issuer of a record's subject. Records written before the issuer

@@ -7,9 +7,12 @@
 use aws_lc_rs::pbkdf2;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
-use dashmap::DashMap;
+use mandate_control::ControlStore;
+use mandate_control::ephemeral::Kind;
+use mandate_core::Clock;
 use std::num::NonZeroU32;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Fewest iterations a configured hash may use.
 pub const MIN_ITERATIONS: u32 = 100_000;
@@ -184,54 +187,65 @@ pub(crate) const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// the limiter does not reveal which exist).
 const MAX_TRACKED: usize = 10_000;
 
-/// Counts failed sign-ins per submitted account name.
-#[derive(Default)]
+/// Counts failed sign-ins per submitted account name, in the control
+/// store: every replica sees the same count, and a restart does not reset
+/// it. A store that cannot answer refuses the attempt (fail closed).
 pub(crate) struct LoginLimiter {
-    failures: DashMap<String, (u32, Instant)>,
+    control: Arc<ControlStore>,
+    clock: Clock,
 }
 
 impl LoginLimiter {
-    /// Whether `account` may try now.
-    pub(crate) fn allows(&self, account: &str) -> bool {
-        match self.failures.get(account) {
-            Some(entry) => {
-                let (count, since) = *entry;
-                count < MAX_FAILURES || since.elapsed() > FAILURE_WINDOW
+    pub(crate) fn new(control: Arc<ControlStore>, clock: Clock) -> Self {
+        Self { control, clock }
+    }
+
+    /// Whether `account` may try now. When [`MAX_TRACKED`] names are being
+    /// counted, names not among them are refused until entries expire.
+    pub(crate) async fn allows(&self, account: &str) -> bool {
+        let kind = Kind::PageSignInFailures;
+        match self.control.ephemeral(kind, account).await {
+            Ok(Some(e)) => e
+                .value
+                .parse::<u32>()
+                .is_ok_and(|count| count < MAX_FAILURES),
+            Ok(None) => self
+                .control
+                .count_ephemeral(kind)
+                .await
+                .is_ok_and(|n| n < u64::try_from(MAX_TRACKED).unwrap_or(u64::MAX)),
+            Err(e) => {
+                tracing::error!(error = %e, "sign-in throttle unavailable: attempt refused");
+                false
             }
-            None => self.failures.len() < MAX_TRACKED || self.make_room(),
         }
     }
 
-    /// Counts a failure for `account`.
-    pub(crate) fn failed(&self, account: &str) {
-        if self.failures.len() >= MAX_TRACKED && !self.make_room() {
-            return;
+    /// Counts a failure for `account` (remembered for [`FAILURE_WINDOW`]
+    /// from the first).
+    pub(crate) async fn failed(&self, account: &str) {
+        let until = self
+            .clock
+            .now_ms()
+            .saturating_add(i64::try_from(FAILURE_WINDOW.as_millis()).unwrap_or(i64::MAX));
+        if let Err(e) = self
+            .control
+            .count_up_ephemeral(Kind::PageSignInFailures, account, until, MAX_TRACKED)
+            .await
+        {
+            tracing::error!(error = %e, "sign-in throttle: a failure could not be counted");
         }
-        let mut entry = self
-            .failures
-            .entry(account.to_owned())
-            .or_insert((0, Instant::now()));
-        if entry.1.elapsed() > FAILURE_WINDOW {
-            *entry = (0, Instant::now());
-        }
-        entry.0 = entry.0.saturating_add(1);
     }
 
     /// Forgets `account`'s failures (after a successful sign-in).
-    pub(crate) fn succeeded(&self, account: &str) {
-        self.failures.remove(account);
-    }
-
-    /// Drops expired entries, then entries below the limit; returns whether
-    /// there is room. When every tracked account is locked, new names are
-    /// refused until entries expire (fail closed).
-    fn make_room(&self) -> bool {
-        self.failures
-            .retain(|_, (_, since)| since.elapsed() <= FAILURE_WINDOW);
-        if self.failures.len() >= MAX_TRACKED {
-            self.failures.retain(|_, (count, _)| *count >= MAX_FAILURES);
+    pub(crate) async fn succeeded(&self, account: &str) {
+        if let Err(e) = self
+            .control
+            .drop_ephemeral(Kind::PageSignInFailures, account)
+            .await
+        {
+            tracing::warn!(error = %e, "sign-in throttle: failures not cleared");
         }
-        self.failures.len() < MAX_TRACKED
     }
 }
 

@@ -41,16 +41,37 @@ fn the_decoy_matches_nothing() -> Result<(), &'static str> {
     Ok(())
 }
 
-#[test]
-fn an_account_is_locked_after_repeated_failures() {
-    let limiter = LoginLimiter::default();
+/// Failures are counted in the control store: a second limiter on the
+/// same store (another replica, or this one after a restart) sees them.
+#[tokio::test]
+async fn an_account_is_locked_after_repeated_failures() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("control.sqlite");
+    let clock = mandate_core::ManualClock::at_secs(1_800_000_000);
+    let open = || -> Result<LoginLimiter, mandate_control::ControlError> {
+        let store = ControlStore::open(&path)?.with_clock(clock.clock());
+        Ok(LoginLimiter::new(Arc::new(store), clock.clock()))
+    };
+    let (limiter, other) = (open()?, open()?);
     for _ in 0..MAX_FAILURES {
-        assert!(limiter.allows("carol"));
-        limiter.failed("carol");
+        assert!(limiter.allows("carol").await);
+        limiter.failed("carol").await;
     }
-    assert!(!limiter.allows("carol"));
+    assert!(!limiter.allows("carol").await);
+    assert!(
+        !other.allows("carol").await,
+        "another replica sees the count"
+    );
     // Names that exist and names that do not are treated alike.
-    assert!(limiter.allows("nobody"));
-    limiter.succeeded("carol");
-    assert!(limiter.allows("carol"));
+    assert!(limiter.allows("nobody").await);
+    // The window passes: carol may try again.
+    clock.advance(FAILURE_WINDOW + Duration::from_secs(1));
+    assert!(other.allows("carol").await);
+    for _ in 0..MAX_FAILURES {
+        other.failed("carol").await;
+    }
+    assert!(!limiter.allows("carol").await);
+    limiter.succeeded("carol").await;
+    assert!(other.allows("carol").await);
+    Ok(())
 }

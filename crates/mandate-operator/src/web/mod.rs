@@ -128,19 +128,23 @@ pub(crate) fn routes(gw: Arc<Gateway>, web_cfg: &WebConfig) -> Router {
         inner: Arc::new(Inner {
             origin,
             sessions: Sessions::new(
+                gw.control().clone(),
                 web_cfg.session_idle,
                 web_cfg.session_max,
                 secure,
                 gw.clock().clone(),
             ),
-            limiter: LoginLimiter::default(),
+            limiter: LoginLimiter::new(gw.control().clone(), gw.clock().clone()),
             accounts: web_cfg
                 .local_accounts
                 .iter()
                 .map(|a| (a.sub.clone(), a.password_hash.clone()))
                 .collect(),
             decoy: PasswordHash::decoy(iterations),
-            oidc: web_cfg.oidc.clone().map(|o| Oidc::new(o, &cfg.public_url)),
+            oidc: web_cfg
+                .oidc
+                .clone()
+                .map(|o| Oidc::new(o, &cfg.public_url, gw.control().clone(), gw.clock().clone())),
             feed: watch::channel(Arc::from("{}")).0,
             feeding: AtomicBool::new(false),
             gw: gw.clone(),
@@ -254,7 +258,7 @@ async fn audit_session(
     Path(id): Path<String>,
 ) -> Response {
     const ACTION: &str = "control/audit.read_session";
-    let Some((_, op)) = web.signed_in(&headers) else {
+    let Some((_, op)) = web.signed_in(&headers).await else {
         return signed_out();
     };
     if let Err(e) = record(
@@ -339,11 +343,21 @@ impl Web {
         Operator::approver(&self.gw, person_principal(person))
     }
 
-    /// The request's session, if it belongs to a signed-in approver.
-    fn signed_in(&self, headers: &HeaderMap) -> Option<(Session, Operator)> {
-        let session = self.sessions.current(headers)?;
+    /// The request's session, if it belongs to a signed-in approver (a
+    /// session store that cannot answer: none).
+    async fn signed_in(&self, headers: &HeaderMap) -> Option<(Session, Operator)> {
+        let session = self.current(headers).await.ok()??;
         let op = self.approver(session.person.as_ref()?)?;
         Some((session, op))
+    }
+
+    /// The request's live session; `Err` is the response to give when the
+    /// session store cannot answer (503, never "signed out").
+    async fn current(&self, headers: &HeaderMap) -> Result<Option<Session>, Response> {
+        self.sessions.current(headers).await.map_err(|e| {
+            tracing::error!(error = %e, "approval page: the session store is unavailable");
+            unavailable()
+        })
     }
 
     /// A live-feed receiver; starts the feed if it is not running.
@@ -361,9 +375,13 @@ impl Web {
 }
 
 async fn session_info(State(web): State<Web>, headers: HeaderMap) -> Response {
-    let (session, set_cookie) = match web.sessions.current(&headers) {
+    let current = match web.current(&headers).await {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    let (session, set_cookie) = match current {
         Some(s) => (s, None),
-        None => match web.sessions.start_anonymous() {
+        None => match web.sessions.start_anonymous().await {
             Ok((s, c)) => (s, Some(c)),
             Err(_) => return unavailable(),
         },
@@ -461,7 +479,7 @@ fn stamped(gw: &Gateway, snapshot: &str) -> String {
 }
 
 async fn requests(State(web): State<Web>, headers: HeaderMap) -> Response {
-    if web.signed_in(&headers).is_none() {
+    if web.signed_in(&headers).await.is_none() {
         return signed_out();
     }
     let snap = snapshot(&web.gw).await;
@@ -514,7 +532,7 @@ struct Feed {
 }
 
 async fn events(State(web): State<Web>, headers: HeaderMap) -> Response {
-    let Some((session, _)) = web.signed_in(&headers) else {
+    let Some((session, _)) = web.signed_in(&headers).await else {
         return signed_out();
     };
     let mut rx = web.subscribe();
@@ -552,7 +570,7 @@ async fn events(State(web): State<Web>, headers: HeaderMap) -> Response {
                     return Some((Ok(event), f));
                 }
                 _ = f.check.tick() => {
-                    if !f.web.sessions.is_live(f.key) {
+                    if !f.web.sessions.is_live(f.key).await {
                         f.done = true;
                         return Some((Ok(Event::default().event("signed_out").data("{}")), f));
                     }
@@ -593,7 +611,10 @@ async fn decide_route(
     } else {
         "approval/deny"
     };
-    let Some(session) = web.sessions.current(&headers) else {
+    let Some(session) = (match web.current(&headers).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    }) else {
         return signed_out();
     };
     let form = form.ok().map(|Form(f)| f);
@@ -698,7 +719,10 @@ async fn login(
     headers: HeaderMap,
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
-    let Some(session) = web.sessions.current(&headers) else {
+    let Some(session) = (match web.current(&headers).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    }) else {
         return refuse(
             StatusCode::FORBIDDEN,
             "csrf",
@@ -737,7 +761,7 @@ async fn login(
         );
     }
     // The same answer, in the same time, whether or not the account exists.
-    if !web.limiter.allows(&account) {
+    if !web.limiter.allows(&account).await {
         return refuse(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_attempts",
@@ -752,7 +776,7 @@ async fn login(
         .unwrap_or(false)
         && known.is_some();
     if !matched {
-        web.limiter.failed(&account);
+        web.limiter.failed(&account).await;
         tracing::info!("approval page: a local sign-in failed");
         return refuse(
             StatusCode::UNAUTHORIZED,
@@ -760,7 +784,7 @@ async fn login(
             WRONG_CREDENTIALS,
         );
     }
-    web.limiter.succeeded(&account);
+    web.limiter.succeeded(&account).await;
     let person = Person {
         sub: account,
         iss: LOCAL_ISSUER.to_owned(),
@@ -824,9 +848,10 @@ async fn sign_in(
         return Err(SignInRefused::Other(e.into_response()));
     }
     tracing::info!(sub = %person.sub, method = person.method.as_str(), "approval page: signed in");
-    web.sessions
-        .sign_in(previous, person)
-        .map_err(|_| SignInRefused::Other(unavailable()))
+    web.sessions.sign_in(previous, person).await.map_err(|e| {
+        tracing::error!(error = %e, "approval page: no session could be started");
+        SignInRefused::Other(unavailable())
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -840,7 +865,10 @@ async fn logout(
     headers: HeaderMap,
     form: Result<Form<LogoutForm>, FormRejection>,
 ) -> Response {
-    let Some(session) = web.sessions.current(&headers) else {
+    let Some(session) = (match web.current(&headers).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    }) else {
         return Json(json!({"ok": true})).into_response();
     };
     let form = form.ok().map(|Form(f)| f);
@@ -852,9 +880,15 @@ async fn logout(
     ) {
         return csrf_refused(&web, &session, "approval/web.logout", "", why).await;
     }
+    let cleared = match web.sessions.end(session.key).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "approval page: sign-out not stored");
+            return unavailable();
+        }
+    };
     let mut resp = Json(json!({"ok": true})).into_response();
-    resp.headers_mut()
-        .append(header::SET_COOKIE, web.sessions.end(session.key));
+    resp.headers_mut().append(header::SET_COOKIE, cleared);
     resp
 }
 
@@ -893,9 +927,9 @@ fn oidc_failed(e: &OidcError) -> Response {
     tracing::warn!(error = %e, "approval page: OpenID Connect sign-in failed");
     let status = match e {
         OidcError::Rp(mandate_authn::oidc::OidcError::Provider(_)) => StatusCode::BAD_GATEWAY,
-        OidcError::Busy | OidcError::Rp(mandate_authn::oidc::OidcError::Random) => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        OidcError::Busy
+        | OidcError::Store
+        | OidcError::Rp(mandate_authn::oidc::OidcError::Random) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_REQUEST,
     };
     let mut resp = message_page(

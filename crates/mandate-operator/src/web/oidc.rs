@@ -12,12 +12,17 @@
 //!    then the relying party exchanges the code and verifies the ID token.
 
 use crate::config::OidcConfig;
-use dashmap::DashMap;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::HeaderValue;
 use mandate_authn::Principal;
 use mandate_authn::oidc::{RelyingParty, RpConfig};
+use mandate_control::ControlStore;
+use mandate_control::ephemeral::{Kind, OnFull};
+use mandate_core::Clock;
 use sha2::{Digest, Sha256};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 pub(crate) use mandate_authn::oidc::Callback;
 
@@ -41,17 +46,20 @@ pub(crate) enum OidcError {
     OtherBrowser,
     #[error("too many sign-in attempts are in progress; try again in a few minutes")]
     Busy,
+    #[error("sign-in is unavailable right now; try again shortly")]
+    Store,
 }
 
-/// One sign-in attempt in progress, keyed by its `state`.
+/// One sign-in attempt in progress, kept in the control store under its
+/// `state` (so the callback may reach any replica) until [`FLOW_TTL`].
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Attempt {
-    /// SHA-256 of the browser binding cookie.
-    binding: [u8; 32],
+    /// SHA-256 of the browser binding cookie (base64url).
+    binding: String,
     nonce: String,
     code_verifier: String,
     /// Where to go after sign-in (`/approvals#<fragment>`).
     fragment: String,
-    started: Instant,
 }
 
 /// A started sign-in: where to send the browser, and the binding cookie.
@@ -64,12 +72,18 @@ pub(crate) struct Started {
 pub(crate) struct Oidc {
     rp: RelyingParty,
     secure: bool,
-    attempts: DashMap<String, Attempt>,
+    control: Arc<ControlStore>,
+    clock: Clock,
 }
 
 impl Oidc {
     /// A client for `cfg`, redirecting back to `public_url`.
-    pub(crate) fn new(cfg: OidcConfig, public_url: &str) -> Self {
+    pub(crate) fn new(
+        cfg: OidcConfig,
+        public_url: &str,
+        control: Arc<ControlStore>,
+        clock: Clock,
+    ) -> Self {
         Self {
             rp: RelyingParty::new(RpConfig {
                 issuer: cfg.issuer,
@@ -79,7 +93,8 @@ impl Oidc {
                 scope: "openid".into(),
             }),
             secure: public_url.starts_with("https://"),
-            attempts: DashMap::new(),
+            control,
+            clock,
         }
     }
 
@@ -93,22 +108,36 @@ impl Oidc {
         let request = self.rp.authorization().await?;
         let binding =
             mandate_authn::oidc::random_token().ok_or(mandate_authn::oidc::OidcError::Random)?;
-        if self.attempts.len() >= MAX_FLOWS {
-            self.attempts.retain(|_, a| a.started.elapsed() <= FLOW_TTL);
-            if self.attempts.len() >= MAX_FLOWS {
-                return Err(OidcError::Busy);
+        let attempt = Attempt {
+            binding: URL_SAFE_NO_PAD.encode(Sha256::digest(binding.as_bytes())),
+            nonce: request.nonce,
+            code_verifier: request.code_verifier,
+            fragment: fragment.to_owned(),
+        };
+        let value = serde_json::to_string(&attempt).map_err(|_| OidcError::Store)?;
+        let until = self
+            .clock
+            .now_ms()
+            .saturating_add(i64::try_from(FLOW_TTL.as_millis()).unwrap_or(i64::MAX));
+        match self
+            .control
+            .put_ephemeral(
+                Kind::PageOidcAttempt,
+                &request.state,
+                value,
+                until,
+                MAX_FLOWS,
+                OnFull::Refuse,
+            )
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return Err(OidcError::Busy),
+            Err(e) => {
+                tracing::error!(error = %e, "approval page: sign-in attempt not stored");
+                return Err(OidcError::Store);
             }
         }
-        self.attempts.insert(
-            request.state,
-            Attempt {
-                binding: Sha256::digest(binding.as_bytes()).into(),
-                nonce: request.nonce,
-                code_verifier: request.code_verifier,
-                fragment: fragment.to_owned(),
-                started: Instant::now(),
-            },
-        );
         let cookie = HeaderValue::from_str(&format!(
             "{FLOW_COOKIE}={binding}; Path=/approvals/oidc; HttpOnly; SameSite=Lax; Max-Age={}{}",
             FLOW_TTL.as_secs(),
@@ -137,18 +166,26 @@ impl Oidc {
     ) -> Result<(Principal, String), OidcError> {
         let state = cb.state.take().ok_or(OidcError::UnknownAttempt)?;
         // Used once, whatever happens next.
-        let (_, attempt) = self
-            .attempts
-            .remove(&state)
+        let entry = self
+            .control
+            .take_ephemeral(Kind::PageOidcAttempt, &state)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "approval page: sign-in attempt not readable");
+                OidcError::Store
+            })?
             .ok_or(OidcError::UnknownAttempt)?;
-        if attempt.started.elapsed() > FLOW_TTL {
-            return Err(OidcError::UnknownAttempt);
-        }
-        let binding: [u8; 32] =
-            Sha256::digest(binding_cookie.unwrap_or_default().as_bytes()).into();
+        let attempt: Attempt =
+            serde_json::from_str(&entry.value).map_err(|_| OidcError::UnknownAttempt)?;
+        let binding = URL_SAFE_NO_PAD.encode(Sha256::digest(
+            binding_cookie.unwrap_or_default().as_bytes(),
+        ));
         if binding_cookie.is_none()
-            || aws_lc_rs::constant_time::verify_slices_are_equal(&binding, &attempt.binding)
-                .is_err()
+            || aws_lc_rs::constant_time::verify_slices_are_equal(
+                binding.as_bytes(),
+                attempt.binding.as_bytes(),
+            )
+            .is_err()
         {
             return Err(OidcError::OtherBrowser);
         }

@@ -6,7 +6,9 @@
 //! A session starts anonymous (so the sign-in form has a CSRF token too)
 //! and gets a new id and a new CSRF token when someone signs in (no
 //! session fixation). It ends after `session_idle` without use or
-//! `session_max` after sign-in, whichever comes first.
+//! `session_max` after sign-in, whichever comes first. Sessions are kept
+//! in the control store, so every replica knows them and a restart signs
+//! nobody out.
 //!
 //! Every state-changing request must carry the session's CSRF token AND
 //! come from Mandate's own origin (`Origin`, or `Referer` when there is no
@@ -14,25 +16,31 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use dashmap::DashMap;
 use http::{HeaderMap, HeaderValue, header};
+use mandate_control::ephemeral::{Kind, OnFull};
+use mandate_control::{ControlError, ControlStore};
 use mandate_core::Clock;
 use sha2::{Digest, Sha256};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The session cookie.
 pub(crate) const COOKIE: &str = "mandate_approvals";
 /// Anonymous sessions (before sign-in) end this soon.
 const ANONYMOUS_IDLE: Duration = Duration::from_secs(15 * 60);
-/// Most anonymous sessions kept; the oldest is dropped beyond it.
+/// Most anonymous sessions kept; the one nearest its end is dropped
+/// beyond it.
 const MAX_ANONYMOUS: usize = 10_000;
 /// Most signed-in sessions kept; sign-in is refused beyond it.
 const MAX_SIGNED_IN: usize = 10_000;
 
 /// How a person signed in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, serde::Serialize, serde::Deserialize,
+)]
 #[cfg_attr(test, derive(strum::VariantArray))]
 #[strum(serialize_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub(crate) enum Method {
     /// A local account from `[approvals.web]`.
     Local,
@@ -47,7 +55,7 @@ impl Method {
 }
 
 /// Who a signed-in session belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Person {
     pub(crate) sub: String,
     pub(crate) iss: String,
@@ -73,38 +81,64 @@ impl Key {
     fn of(id: &str) -> Self {
         Self(Sha256::digest(id.as_bytes()).into())
     }
+
+    /// How the control store names it.
+    fn stored(self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0)
+    }
 }
 
-struct Entry {
+/// A session as the control store keeps it (shared by every replica).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stored {
     person: Option<Person>,
     csrf: String,
-    created: Instant,
-    last_used: Instant,
+    created_ms: i64,
+    last_used_ms: i64,
 }
 
-/// Why a session could not be made.
+/// Why a session could not be made or read.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SessionError {
     #[error("no randomness available")]
     Random,
     #[error("too many signed-in sessions")]
     Full,
+    #[error("the session store is unavailable: {0}")]
+    Store(#[from] ControlError),
+    #[error("a stored session is unreadable")]
+    Corrupt,
 }
 
-/// The sessions of this process (in memory: a restart signs everyone out).
+/// A session's use is written back at most this often (each page load
+/// would otherwise be a write).
+const TOUCH_EVERY_MS: i64 = 1_000;
+
+/// The approval page's sessions, in the control store: every replica
+/// knows them and a restart keeps them.
 pub(crate) struct Sessions {
-    map: DashMap<Key, Entry>,
+    control: Arc<ControlStore>,
     idle: Duration,
     max: Duration,
     secure: bool,
-    /// Dates `expires_unix` (idleness and age use the monotonic clock).
+    /// Dates sessions (creation, use, expiry).
     clock: Clock,
 }
 
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 impl Sessions {
-    pub(crate) fn new(idle: Duration, max: Duration, secure: bool, clock: Clock) -> Self {
+    pub(crate) fn new(
+        control: Arc<ControlStore>,
+        idle: Duration,
+        max: Duration,
+        secure: bool,
+        clock: Clock,
+    ) -> Self {
         Self {
-            map: DashMap::new(),
+            control,
             idle,
             max,
             secure,
@@ -113,120 +147,161 @@ impl Sessions {
     }
 
     /// The live session named by the request's cookie, marked as used.
-    pub(crate) fn current(&self, headers: &HeaderMap) -> Option<Session> {
-        let key = Key::of(&cookie(headers, COOKIE)?);
-        self.lookup(key, true)
-    }
-
-    /// Whether the session under `key` is still live (does not count as use).
-    pub(crate) fn is_live(&self, key: Key) -> bool {
-        self.lookup(key, false).is_some_and(|s| s.person.is_some())
-    }
-
-    fn lookup(&self, key: Key, touch: bool) -> Option<Session> {
-        let now = Instant::now();
-        let mut entry = self.map.get_mut(&key)?;
-        let (idle, max) = if entry.person.is_some() {
-            (self.idle, self.max)
-        } else {
-            (ANONYMOUS_IDLE, ANONYMOUS_IDLE)
+    pub(crate) async fn current(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Option<Session>, SessionError> {
+        let Some(id) = cookie(headers, COOKIE) else {
+            return Ok(None);
         };
-        if now.duration_since(entry.last_used) > idle || now.duration_since(entry.created) > max {
-            drop(entry);
-            self.map.remove(&key);
-            return None;
-        }
-        if touch {
-            entry.last_used = now;
-        }
-        let left = max.saturating_sub(now.duration_since(entry.created));
-        Some(Session {
-            key,
-            person: entry.person.clone(),
-            csrf: entry.csrf.clone(),
-            expires_unix: self.unix_now().saturating_add(left.as_secs()),
-        })
+        self.lookup(Key::of(&id), true).await
     }
 
-    fn unix_now(&self) -> u64 {
-        self.clock.now_unsigned_secs().unwrap_or(0)
+    /// Whether the session under `key` is still live and signed in (does
+    /// not count as use). A store that cannot answer says no.
+    pub(crate) async fn is_live(&self, key: Key) -> bool {
+        matches!(self.lookup(key, false).await, Ok(Some(s)) if s.person.is_some())
+    }
+
+    /// (idle, max) in ms for a signed-in or anonymous session.
+    fn limits(&self, signed_in: bool) -> (i64, i64) {
+        if signed_in {
+            (ms(self.idle), ms(self.max))
+        } else {
+            (ms(ANONYMOUS_IDLE), ms(ANONYMOUS_IDLE))
+        }
+    }
+
+    fn expiry(&self, s: &Stored) -> i64 {
+        let (idle, max) = self.limits(s.person.is_some());
+        s.created_ms
+            .saturating_add(max)
+            .min(s.last_used_ms.saturating_add(idle))
+    }
+
+    async fn lookup(&self, key: Key, touch: bool) -> Result<Option<Session>, SessionError> {
+        let stored_key = key.stored();
+        let mut found = None;
+        for kind in [Kind::PageSignedIn, Kind::PageAnonymous] {
+            if let Some(e) = self.control.ephemeral(kind, &stored_key).await? {
+                found = Some((kind, e));
+                break;
+            }
+        }
+        let Some((kind, entry)) = found else {
+            return Ok(None);
+        };
+        let mut stored: Stored =
+            serde_json::from_str(&entry.value).map_err(|_| SessionError::Corrupt)?;
+        let now = self.clock.now_ms();
+        if touch && now.saturating_sub(stored.last_used_ms) >= TOUCH_EVERY_MS {
+            stored.last_used_ms = now;
+            let value = serde_json::to_string(&stored).map_err(|_| SessionError::Corrupt)?;
+            let expires = self.expiry(&stored);
+            if !self
+                .control
+                .update_ephemeral(kind, &stored_key, value, expires)
+                .await?
+            {
+                // Ended (perhaps on another replica) since it was read.
+                return Ok(None);
+            }
+        }
+        let (_, max) = self.limits(stored.person.is_some());
+        Ok(Some(self.session(
+            key,
+            stored.person,
+            stored.csrf,
+            stored.created_ms.saturating_add(max),
+        )))
+    }
+
+    fn session(&self, key: Key, person: Option<Person>, csrf: String, ends_ms: i64) -> Session {
+        Session {
+            key,
+            person,
+            csrf,
+            expires_unix: u64::try_from(ends_ms / 1000).unwrap_or(0),
+        }
     }
 
     /// Starts an anonymous session; returns it and its `Set-Cookie` value.
-    pub(crate) fn start_anonymous(&self) -> Result<(Session, HeaderValue), SessionError> {
-        let anonymous = self.map.iter().filter(|e| e.person.is_none()).count();
-        if anonymous >= MAX_ANONYMOUS {
-            self.purge();
-            let oldest = self
-                .map
-                .iter()
-                .filter(|e| e.person.is_none())
-                .min_by_key(|e| e.last_used)
-                .map(|e| *e.key());
-            if let Some(k) = oldest {
-                self.map.remove(&k);
-            }
-        }
-        self.insert(None)
+    /// At the bound, the anonymous session nearest its end makes room.
+    pub(crate) async fn start_anonymous(&self) -> Result<(Session, HeaderValue), SessionError> {
+        self.insert(None, MAX_ANONYMOUS, OnFull::EvictSoonest).await
     }
 
     /// Signs `person` in: ends `previous` (if any) and starts a new session
     /// with a new id and CSRF token.
-    pub(crate) fn sign_in(
+    pub(crate) async fn sign_in(
         &self,
         previous: Option<Key>,
         person: Person,
     ) -> Result<(Session, HeaderValue), SessionError> {
         if let Some(k) = previous {
-            self.map.remove(&k);
+            self.forget(k).await?;
         }
-        let signed_in = || self.map.iter().filter(|e| e.person.is_some()).count();
-        if signed_in() >= MAX_SIGNED_IN {
-            self.purge();
-            if signed_in() >= MAX_SIGNED_IN {
-                return Err(SessionError::Full);
-            }
-        }
-        self.insert(Some(person))
+        self.insert(Some(person), MAX_SIGNED_IN, OnFull::Refuse)
+            .await
     }
 
     /// Ends the session under `key`; returns the `Set-Cookie` that clears it.
-    pub(crate) fn end(&self, key: Key) -> HeaderValue {
-        self.map.remove(&key);
-        self.clearing_cookie()
+    pub(crate) async fn end(&self, key: Key) -> Result<HeaderValue, SessionError> {
+        self.forget(key).await?;
+        Ok(self.clearing_cookie())
     }
 
-    fn insert(&self, person: Option<Person>) -> Result<(Session, HeaderValue), SessionError> {
+    async fn forget(&self, key: Key) -> Result<(), SessionError> {
+        let k = key.stored();
+        self.control.drop_ephemeral(Kind::PageSignedIn, &k).await?;
+        self.control.drop_ephemeral(Kind::PageAnonymous, &k).await?;
+        Ok(())
+    }
+
+    async fn insert(
+        &self,
+        person: Option<Person>,
+        bound: usize,
+        on_full: OnFull,
+    ) -> Result<(Session, HeaderValue), SessionError> {
         let id = random_token().ok_or(SessionError::Random)?;
         let csrf = random_token().ok_or(SessionError::Random)?;
         let key = Key::of(&id);
-        let now = Instant::now();
-        let max = if person.is_some() {
-            self.max
+        let now = self.clock.now_ms();
+        let kind = if person.is_some() {
+            Kind::PageSignedIn
         } else {
-            ANONYMOUS_IDLE
+            Kind::PageAnonymous
         };
-        self.map.insert(
-            key,
-            Entry {
-                person: person.clone(),
-                csrf: csrf.clone(),
-                created: now,
-                last_used: now,
-            },
-        );
+        let stored = Stored {
+            person,
+            csrf,
+            created_ms: now,
+            last_used_ms: now,
+        };
+        let value = serde_json::to_string(&stored).map_err(|_| SessionError::Corrupt)?;
+        if !self
+            .control
+            .put_ephemeral(
+                kind,
+                &key.stored(),
+                value,
+                self.expiry(&stored),
+                bound,
+                on_full,
+            )
+            .await?
+        {
+            return Err(SessionError::Full);
+        }
         let cookie = HeaderValue::from_str(&format!(
             "{COOKIE}={id}; Path=/approvals; HttpOnly; SameSite=Strict{}",
             if self.secure { "; Secure" } else { "" }
         ))
         .map_err(|_| SessionError::Random)?;
+        let (_, max) = self.limits(stored.person.is_some());
         Ok((
-            Session {
-                key,
-                person,
-                csrf,
-                expires_unix: self.unix_now().saturating_add(max.as_secs()),
-            },
+            self.session(key, stored.person, stored.csrf, now.saturating_add(max)),
             cookie,
         ))
     }
@@ -236,19 +311,6 @@ impl Sessions {
         HeaderValue::from_static(
             "mandate_approvals=; Path=/approvals; HttpOnly; SameSite=Strict; Max-Age=0",
         )
-    }
-
-    /// Drops every expired session.
-    fn purge(&self) {
-        let now = Instant::now();
-        self.map.retain(|_, e| {
-            let (idle, max) = if e.person.is_some() {
-                (self.idle, self.max)
-            } else {
-                (ANONYMOUS_IDLE, ANONYMOUS_IDLE)
-            };
-            now.duration_since(e.last_used) <= idle && now.duration_since(e.created) <= max
-        });
     }
 }
 

@@ -33,16 +33,36 @@ fn cookie_value(set_cookie: &HeaderValue) -> String {
         .to_owned()
 }
 
-#[test]
-fn sign_in_rotates_the_id_and_the_token() -> Result<(), Box<dyn std::error::Error>> {
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Two `Sessions` on one control store: two replicas, or one process
+/// before and after a restart.
+fn pair(
+    dir: &tempfile::TempDir,
+    idle: Duration,
+    secure: bool,
+    clock: &mandate_core::ManualClock,
+) -> Result<(Sessions, Sessions), ControlError> {
+    let path = dir.path().join("control.sqlite");
+    let open = || -> Result<Sessions, ControlError> {
+        let store = ControlStore::open(&path)?.with_clock(clock.clock());
+        Ok(Sessions::new(
+            Arc::new(store),
+            idle,
+            Duration::from_secs(600),
+            secure,
+            clock.clock(),
+        ))
+    };
+    Ok((open()?, open()?))
+}
+
+#[tokio::test]
+async fn sign_in_rotates_the_id_and_the_token() -> TestResult {
+    let dir = tempfile::tempdir()?;
     let clock = mandate_core::ManualClock::at_secs(1_800_000_000);
-    let sessions = Sessions::new(
-        Duration::from_secs(60),
-        Duration::from_secs(600),
-        true,
-        clock.clock(),
-    );
-    let (anon, set) = sessions.start_anonymous()?;
+    let (sessions, other) = pair(&dir, Duration::from_secs(60), true, &clock)?;
+    let (anon, set) = sessions.start_anonymous().await?;
     let text = set.to_str().unwrap_or_default();
     for attr in ["HttpOnly", "SameSite=Strict", "Path=/approvals", "Secure"] {
         assert!(text.contains(attr), "{text} lacks {attr}");
@@ -50,6 +70,7 @@ fn sign_in_rotates_the_id_and_the_token() -> Result<(), Box<dyn std::error::Erro
     let req = headers(&[("cookie", &cookie_value(&set))]);
     let found = sessions
         .current(&req)
+        .await?
         .ok_or("the anonymous session was not found")?;
     assert_eq!(found.csrf, anon.csrf);
     assert!(found.person.is_none());
@@ -59,40 +80,47 @@ fn sign_in_rotates_the_id_and_the_token() -> Result<(), Box<dyn std::error::Erro
         iss: "local".into(),
         method: Method::Local,
     };
-    let (signed, set2) = sessions.sign_in(Some(anon.key), person.clone())?;
+    let (signed, set2) = sessions.sign_in(Some(anon.key), person.clone()).await?;
     assert_ne!(signed.csrf, anon.csrf);
     assert_eq!(signed.expires_unix, 1_800_000_600);
-    // The old id no longer works; the new one does.
-    assert!(sessions.current(&req).is_none());
+    // The old id no longer works; the new one does, on any replica.
+    assert!(sessions.current(&req).await?.is_none());
     let req2 = headers(&[("cookie", &cookie_value(&set2))]);
-    assert_eq!(sessions.current(&req2).and_then(|s| s.person), Some(person));
-    let _ = sessions.end(signed.key);
-    assert!(sessions.current(&req2).is_none());
+    assert_eq!(
+        other.current(&req2).await?.and_then(|s| s.person),
+        Some(person)
+    );
+    assert!(other.is_live(signed.key).await);
+    // Signed out on one replica: signed out on every one.
+    let _ = other.end(signed.key).await?;
+    assert!(sessions.current(&req2).await?.is_none());
+    assert!(!sessions.is_live(signed.key).await);
     Ok(())
 }
 
-#[test]
-fn idle_sessions_end() -> Result<(), SessionError> {
-    let sessions = Sessions::new(
-        Duration::from_millis(1),
-        Duration::from_secs(600),
-        false,
-        Clock::system(),
-    );
+#[tokio::test]
+async fn idle_sessions_end_and_use_keeps_them() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let clock = mandate_core::ManualClock::at_secs(1_800_000_000);
+    let (sessions, other) = pair(&dir, Duration::from_secs(60), false, &clock)?;
     let person = Person {
         sub: "carol".into(),
         iss: "local".into(),
         method: Method::Local,
     };
-    let (s, set) = sessions.sign_in(None, person)?;
+    let (s, set) = sessions.sign_in(None, person).await?;
     assert!(!set.to_str().unwrap_or_default().contains("Secure"));
-    std::thread::sleep(Duration::from_millis(20));
-    assert!(!sessions.is_live(s.key));
-    assert!(
-        sessions
-            .current(&headers(&[("cookie", &cookie_value(&set))]))
-            .is_none()
-    );
+    let req = headers(&[("cookie", &cookie_value(&set))]);
+    // Used every 50 s on alternating replicas: still live after 200 s.
+    for turn in 0..4 {
+        clock.advance(Duration::from_secs(50));
+        let by = if turn % 2 == 0 { &other } else { &sessions };
+        assert!(by.current(&req).await?.is_some(), "turn {turn}");
+    }
+    // Then 61 s idle: ended everywhere.
+    clock.advance(Duration::from_secs(61));
+    assert!(!sessions.is_live(s.key).await);
+    assert!(other.current(&req).await?.is_none());
     Ok(())
 }
 
