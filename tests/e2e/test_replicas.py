@@ -468,7 +468,9 @@ def test_two_replicas_racing_for_a_budgets_last_unit_let_one_call_through(
               + f'\n[control]\nstore = "{PG_URL}"\nschema = "{control_schema}"\npoll_ms = 200\n'
               + f'\n[audit]\nstore = "{PG_URL}"\nschema = "{audit_schema}"\n')
     a = launcher.gateway(issuer, {"bank": bank(rec)}, extra_toml=shared, name=f"race-a-{tag}", policy_dir=policies)
-    b = launcher.gateway(issuer, {"bank": bank(rec)}, extra_toml=shared, name=f"race-b-{tag}", policy_dir=policies)
+    # One public URL (as behind a balancer), so one token serves both.
+    b = launcher.gateway(issuer, {"bank": bank(rec)}, extra_toml=shared, name=f"race-b-{tag}", policy_dir=policies,
+                         public_url=a.public_url)
 
     from concurrent.futures import ThreadPoolExecutor
 
