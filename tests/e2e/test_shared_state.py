@@ -25,7 +25,6 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
 import time
 import uuid
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from playwright.sync_api import Browser
 from e2e_support import SERVERS_DIR, Gateway, Issuer, Launcher, free_port, mandate_bin
 from test_approvals import pending_for, rpc, task_client_session, transfers
 from test_approvals_web import hash_password
+from test_no_sticky import HAPROXY, psql
 from test_mcp_signin import IDP_CLIENT, IDP_SECRET, SECRET_ENV, Callbacks, approve_in_browser, authorize_url, b64url
 
 PG_URL = os.environ.get("MANDATE_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
@@ -47,28 +47,6 @@ pytestmark = pytest.mark.skipif(PG_URL == "skip", reason="MANDATE_TEST_POSTGRES_
 CAROL_PASSWORD = "carol-" + uuid.uuid4().hex[:12]
 USER = "erin@example.com"
 
-HAPROXY = """
-global
-    maxconn 1024
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-frontend mandate
-    bind 127.0.0.1:{lb}
-    default_backend replicas
-backend replicas
-    balance roundrobin
-    option httpchk
-    http-check send meth GET uri /readyz
-    http-check expect status 200
-{servers}
-"""
-
-
-def psql(sql: str) -> None:
-    subprocess.run(["psql", PG_URL, "-q", "-c", sql], check=False, capture_output=True, timeout=30)
 
 
 @dataclass

@@ -82,6 +82,18 @@ fn entry(row: &Record) -> Result<Entry, ControlError> {
     })
 }
 
+/// How many rows of `kind` there are (expired ones already deleted).
+fn rows_of(tx: &mut dyn crate::db::Sql, kind: Kind) -> Result<i64, ControlError> {
+    Ok(tx
+        .query_opt(
+            "SELECT COUNT(*) AS n FROM ephemeral WHERE kind = $1",
+            args![kind.as_str()],
+        )?
+        .map(|r| r.get("n"))
+        .transpose()?
+        .unwrap_or(0))
+}
+
 fn bound(max: usize) -> i64 {
     i64::try_from(max.max(1)).unwrap_or(i64::MAX)
 }
@@ -113,14 +125,7 @@ impl Store {
                 )?
                 .is_some();
             if !exists {
-                let live: i64 = tx
-                    .query_opt(
-                        "SELECT COUNT(*) AS n FROM ephemeral WHERE kind = $1",
-                        args![kind.as_str()],
-                    )?
-                    .map(|r| r.get("n"))
-                    .transpose()?
-                    .unwrap_or(0);
+                let live = rows_of(tx, kind)?;
                 if live >= max {
                     if on_full == OnFull::Refuse {
                         return Ok(false);
@@ -171,15 +176,7 @@ impl Store {
             let count = match current {
                 Some(v) => v.parse::<i64>().unwrap_or(i64::MAX).saturating_add(1),
                 None => {
-                    let live: i64 = tx
-                        .query_opt(
-                            "SELECT COUNT(*) AS n FROM ephemeral WHERE kind = $1",
-                            args![kind.as_str()],
-                        )?
-                        .map(|r| r.get("n"))
-                        .transpose()?
-                        .unwrap_or(0);
-                    if live >= max {
+                    if rows_of(tx, kind)? >= max {
                         return Ok(None);
                     }
                     tx.execute(
