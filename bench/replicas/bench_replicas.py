@@ -14,8 +14,10 @@ venv). Two parts, each reported as ratios measured in the same run:
    PostgreSQL backends serving its database) and the calls it decided, and
    samples what the PostgreSQL backends were doing (`pg_stat_activity`).
 2. Cross-replica release. A `bank.transfer` held on replica A is approved
-   through replica B's API (or, as the baseline, A's own), and the time from
-   sending the approval to the agent's result is taken at the client. Modes
+   through replica B's API (or, as the baseline, A's own) after a random
+   pause of up to one poll interval (a person's decision does not wait for
+   the holder's poll), and the time from sending the approval to the
+   agent's result is taken at the client. Modes
    alternate in blocks: notifications on; polling only, with A's listening
    connection terminated and new connections to the database refused (what
    happens while that connection is down); and the local approval.
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import random
 import os
 import shutil
 import socket
@@ -358,10 +360,13 @@ class Bench:
         wait_port(lb_port, f"HAProxy for {name}", proc)
         c = Config(name, gws, lb_url, proc.pid, sock, db)
         deadline = time.monotonic() + 30
-        while not all(status == "UP" for status, _ in c.servers().values()):
+        seen: dict[str, tuple[str, int]] = {}
+        while len(seen) != len(gws) or not all(status == "UP" for status, _ in seen.values()):
             if time.monotonic() > deadline:
-                die(f"HAProxy does not see every replica of {name} up: {c.servers()}")
+                die(f"HAProxy does not see every replica of {name} up: {seen}")
             time.sleep(0.2)
+            with contextlib.suppress(OSError):
+                seen = c.servers()
         return c
 
     # ----------------------------------------------------------------------
@@ -533,6 +538,10 @@ class Bench:
         held = TimedHeldCall(holder, self.issuer, {"amount": 1, "to": "SUPPLIER-7", "memo": f"rbench {memo}"},
                              task_id="rbench-" + uuid.uuid4().hex[:8])
         req = pending_for(holder, op, held.sid)
+        # A person decides at a moment unrelated to the holder's polls: a
+        # pause of up to one poll interval, so the approval does not always
+        # land at the same phase of the holder's poll.
+        time.sleep(random.uniform(0, self.args.poll_ms / 1000))
         sent = time.monotonic()
         r = approver.api("POST", f"/api/approvals/{req['id']}/approve", op, {"args_hash": req["args_hash"]})
         acked = time.monotonic()
