@@ -53,31 +53,12 @@ import httpx  # noqa: E402
 
 from e2e_support import POLICY_DIR, Gateway, Issuer, Launcher, free_port, mandate_bin  # noqa: E402
 from test_approvals import HeldCall, pending_for  # noqa: E402
+from test_no_sticky import HAPROXY  # noqa: E402  (round robin, no stickiness, /readyz checks)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 APPROVER = "approver@example.com"
 OPERATORS = f'\n[[operators]]\nsub = "{APPROVER}"\nroles = ["approver"]\n'
 
-HAPROXY = """global
-    maxconn 4096
-    stats socket {sock} mode 600 level user
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 120s
-    timeout server 120s
-    timeout http-keep-alive 120s
-frontend mcp
-    bind 127.0.0.1:{port}
-    default_backend replicas
-backend replicas
-    # Every request balanced on its own: no stick table, no cookie.
-    balance roundrobin
-    option httpchk
-    http-check send meth GET uri /readyz
-    http-check expect status 200
-{servers}
-"""
 
 
 def die(msg: str) -> None:
@@ -355,7 +336,10 @@ class Bench:
         servers = "\n".join(f"    server r{i} {g.public_url.removeprefix('http://')} check inter 1s"
                             for i, g in enumerate(gws))
         cfg = self.work / f"haproxy-{name}.cfg"
-        cfg.write_text(HAPROXY.format(sock=sock, port=lb_port, servers=servers))
+        # The end-to-end tests' configuration, with a stats socket to see
+        # each replica's state and the requests it was sent.
+        cfg.write_text(HAPROXY.format(lb=lb_port, servers=servers)
+                       .replace("global\n", f"global\n    stats socket {sock} mode 600 level user\n", 1))
         proc = self.launcher.spawn(["haproxy", "-f", str(cfg), "-db"], f"haproxy-{name}")
         wait_port(lb_port, f"HAProxy for {name}", proc)
         c = Config(name, gws, lb_url, proc.pid, sock, db)
