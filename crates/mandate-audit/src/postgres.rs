@@ -7,6 +7,11 @@
 //!   multi-row `INSERT … SELECT FROM unnest(…)` statement.
 //! - One sequencer across replicas: each batch takes an `EXCLUSIVE` lock on
 //!   the log table (readers are not blocked) before reading the head.
+//! - Round trips: the writer's statements are prepared once per connection
+//!   (not parsed and planned again in every batch, while the lock is held),
+//!   and so are a reader's; one session's records after a sequence number,
+//!   read before every call when replicas share the log, come from one
+//!   `(session, seq)` index.
 //! - Append-only: a statement trigger refuses UPDATE, DELETE and TRUNCATE
 //!   on both tables for every role, and those privileges are revoked from
 //!   PUBLIC and from the serving role (see docs/AUDIT-FORMAT.md for a
@@ -23,8 +28,9 @@ use crate::error::{AuditError, Op};
 use crate::merkle::{Hash, leaf_hash};
 use crate::schema::COLUMNS;
 use postgres::types::{FromSql, ToSql};
-use postgres::{Client, NoTls, Row};
+use postgres::{Client, NoTls, Row, Statement};
 use rusqlite::types::Value;
+use std::collections::HashMap;
 
 fn err(op: Op) -> impl Fn(postgres::Error) -> AuditError {
     move |e: postgres::Error| {
@@ -84,7 +90,8 @@ CREATE TABLE IF NOT EXISTS {schema}.audit_log (
     hash text NOT NULL,
     body text NOT NULL{columns}
 );
-CREATE INDEX IF NOT EXISTS audit_log_session ON {schema}.audit_log (session);
+CREATE INDEX IF NOT EXISTS audit_log_session_seq ON {schema}.audit_log (session, seq);
+DROP INDEX IF EXISTS {schema}.audit_log_session;
 CREATE INDEX IF NOT EXISTS audit_log_correlation_id ON {schema}.audit_log (correlation_id);
 CREATE INDEX IF NOT EXISTS audit_log_time_ms ON {schema}.audit_log (time_ms);
 CREATE TABLE IF NOT EXISTS {schema}.audit_checkpoints (
@@ -111,12 +118,23 @@ REVOKE UPDATE, DELETE, TRUNCATE ON {schema}.audit_log, {schema}.audit_checkpoint
     )
 }
 
+/// The writer's statements, prepared on its connection.
+#[derive(Clone)]
+struct Prepared {
+    head: Statement,
+    leaves_after: Statement,
+    insert: Statement,
+}
+
 /// The writer's connection.
 pub(crate) struct PgBackend {
     url: String,
     schema: String,
     client: Client,
     insert: String,
+    /// Prepared at the first batch on a connection; dropped with it, and
+    /// after a failed batch (a schema changed under it is prepared anew).
+    prepared: Option<Prepared>,
 }
 
 impl PgBackend {
@@ -163,7 +181,23 @@ impl PgBackend {
             schema: schema.to_owned(),
             client,
             insert,
+            prepared: None,
         })
+    }
+
+    /// The writer's statements on this connection, prepared if needed.
+    fn prepared(&mut self) -> Result<Prepared, AuditError> {
+        if let Some(p) = &self.prepared {
+            return Ok(p.clone());
+        }
+        let mut prepare = |sql: &str| self.client.prepare(sql).map_err(err(Op::Write));
+        let p = Prepared {
+            head: prepare("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")?,
+            leaves_after: prepare("SELECT body FROM audit_log WHERE seq > $1 ORDER BY seq")?,
+            insert: prepare(&self.insert)?,
+        };
+        self.prepared = Some(p.clone());
+        Ok(p)
     }
 }
 
@@ -180,6 +214,7 @@ impl Backend for PgBackend {
     fn begin(&mut self) -> Result<(), AuditError> {
         // A lost connection (server restart) is replaced on the next batch.
         if self.client.is_closed() {
+            self.prepared = None;
             self.client = connect(&self.url, &self.schema, Op::Write)?;
         }
         self.client
@@ -188,13 +223,8 @@ impl Backend for PgBackend {
     }
 
     fn head(&mut self) -> Result<(i64, String), AuditError> {
-        let row = self
-            .client
-            .query_opt(
-                "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
-                &[],
-            )
-            .map_err(err(Op::Write))?;
+        let head = self.prepared()?.head;
+        let row = self.client.query_opt(&head, &[]).map_err(err(Op::Write))?;
         match row {
             None => Ok((0, GENESIS_HASH.to_owned())),
             Some(r) => Ok((col(&r, 0, Op::Write)?, col(&r, 1, Op::Write)?)),
@@ -202,12 +232,10 @@ impl Backend for PgBackend {
     }
 
     fn leaves_after(&mut self, after: i64) -> Result<Vec<Hash>, AuditError> {
+        let leaves_after = self.prepared()?.leaves_after;
         let rows = self
             .client
-            .query(
-                "SELECT body FROM audit_log WHERE seq > $1 ORDER BY seq",
-                &[&after],
-            )
+            .query(&leaves_after, &[&after])
             .map_err(err(Op::Read))?;
         rows.iter()
             .map(|r| Ok(leaf_hash(col::<&str>(r, 0, Op::Read)?.as_bytes())))
@@ -247,8 +275,9 @@ impl Backend for PgBackend {
         for column in &texts {
             params.push(column);
         }
+        let insert = self.prepared()?.insert;
         self.client
-            .execute(self.insert.as_str(), &params)
+            .execute(&insert, &params)
             .map_err(err(Op::Write))?;
         Ok(())
     }
@@ -269,6 +298,7 @@ impl Backend for PgBackend {
     }
 
     fn rollback(&mut self) {
+        self.prepared = None;
         if !self.client.is_closed()
             && let Err(e) = self.client.batch_execute("ROLLBACK")
         {
@@ -298,6 +328,10 @@ fn checkpoint_from_row(r: &Row) -> Result<CheckpointRow, AuditError> {
 /// A reading connection.
 pub(crate) struct PgReader {
     client: Client,
+    /// [`Reader::rows`]' statements by their SQL (one per kind of
+    /// [`Filter`], so few), prepared once on this connection: a replica's
+    /// tail reads one session's new records before every call.
+    prepared: HashMap<String, Statement>,
 }
 
 impl PgReader {
@@ -316,7 +350,10 @@ impl PgReader {
                 format!("no audit log in schema {schema}"),
             ));
         }
-        Ok(Self { client })
+        Ok(Self {
+            client,
+            prepared: HashMap::new(),
+        })
     }
 }
 
@@ -367,9 +404,17 @@ impl Reader for PgReader {
                 Param::Int(i) => i,
             })
             .collect();
+        let statement = match self.prepared.get(&sql) {
+            Some(s) => s.clone(),
+            None => {
+                let s = self.client.prepare(&sql).map_err(err(Op::Read))?;
+                self.prepared.insert(sql, s.clone());
+                s
+            }
+        };
         let rows = self
             .client
-            .query(sql.as_str(), &params)
+            .query(&statement, &params)
             .map_err(err(Op::Read))?;
         rows.iter().map(raw_row).collect()
     }
@@ -384,5 +429,96 @@ impl Reader for PgReader {
             .iter()
             .map(checkpoint_from_row)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `MANDATE_TEST_POSTGRES_URL` (default: the machine's server, as the
+    /// store suite uses), or none when it is `skip`.
+    fn server() -> Option<String> {
+        let url = std::env::var("MANDATE_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        (url != "skip").then_some(url)
+    }
+
+    /// 2000 records over 20 sessions, then what a replica's tail reads
+    /// before a call: one session's records after a sequence number.
+    fn tail_reads_one_index(url: &str, schema: &str) -> Result<(), AuditError> {
+        drop(PgBackend::open(url, schema)?);
+        let mut admin = connect(url, schema, Op::Write)?;
+        let values: Vec<&str> = COLUMNS
+            .iter()
+            .map(|c| match *c {
+                "time_ms" => "i",
+                "session" => "'sid:s' || (i % 20)",
+                "kind" => "'decision'",
+                _ => "''",
+            })
+            .collect();
+        admin
+            .batch_execute(&format!(
+                "INSERT INTO audit_log (seq, prev_hash, hash, body, {}) \
+                 SELECT i, '', '', '', {} FROM generate_series(1, 2000) i; ANALYZE audit_log",
+                COLUMNS.join(", "),
+                values.join(", ")
+            ))
+            .map_err(err(Op::Write))?;
+        let filter = Filter::SessionCallsAfter {
+            session: "sid:s3".into(),
+            after: 1900,
+        };
+        let (clause, _) = filter.clause();
+        let plan: Vec<String> = admin
+            .query(
+                &format!(
+                    "EXPLAIN {} {clause} ORDER BY seq",
+                    *crate::schema::SELECT_SQL
+                ),
+                &[&"sid:s3", &1900_i64],
+            )
+            .map_err(err(Op::Read))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains("audit_log_session_seq"), "{plan}");
+        assert!(!plan.contains("Sort"), "read in index order: {plan}");
+        let old: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_indexes WHERE schemaname = $1 AND indexname = 'audit_log_session'",
+                &[&schema],
+            )
+            .map_err(err(Op::Read))?
+            .get(0);
+        assert_eq!(old, 0, "the session-only index is dropped");
+
+        // Read twice on one connection: one statement, prepared once.
+        let mut reader = PgReader::open(url, schema)?;
+        for _ in 0..2 {
+            let seqs: Vec<i64> = reader.rows(&filter)?.iter().map(|r| r.seq).collect();
+            assert_eq!(seqs, (1903..=2000).step_by(20).collect::<Vec<i64>>());
+        }
+        assert_eq!(reader.prepared.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_sessions_new_records_come_from_one_index_in_order() -> Result<(), AuditError> {
+        let Some(url) = server() else {
+            return Ok(());
+        };
+        let schema = format!(
+            "t_pg_tail_{}_{}",
+            std::process::id(),
+            mandate_core::Clock::system().now_ms()
+        );
+        let result = tail_reads_one_index(&url, &schema);
+        if let Ok(mut c) = Client::connect(&url, NoTls) {
+            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+        }
+        result
     }
 }
