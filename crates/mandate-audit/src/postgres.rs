@@ -484,7 +484,9 @@ mod tests {
             .map(|r| r.get(0))
             .collect();
         let plan = plan.join("\n");
-        assert!(plan.contains("audit_log_session_seq"), "{plan}");
+        // Indexed and in order (the planner may prefer the primary key
+        // when few records follow `after`; either is one ordered index).
+        assert!(!plan.contains("Seq Scan"), "{plan}");
         assert!(!plan.contains("Sort"), "read in index order: {plan}");
         let old: i64 = admin
             .query_one(
