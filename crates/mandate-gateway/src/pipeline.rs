@@ -694,7 +694,7 @@ impl crate::Gateway {
         now: i64,
         approved: bool,
         facts: &crate::intent::CallFacts,
-    ) -> (Decision, Option<crate::restore::Basis>) {
+    ) -> (Decision, Option<crate::usage::Basis>) {
         let exp = principal.exp();
         let mut session = self.usage.session(principal.state_key());
         let task_key = task_key(principal);
@@ -728,7 +728,7 @@ impl crate::Gateway {
         });
         // With replicas: what this decision saw, to check it again once its
         // record has its place in the shared log.
-        let basis = self.tail.is_some().then(|| crate::restore::Basis {
+        let basis = self.tail.is_some().then(|| crate::usage::Basis {
             facts,
             cursor: session.cursor,
             now,
@@ -800,7 +800,7 @@ impl crate::Gateway {
         on_hold: Option<tokio::sync::oneshot::Sender<String>>,
         client: Option<Peer<RoleServer>>,
         progress: Option<ProgressToken>,
-    ) -> Result<(Decision, Approved, Option<crate::restore::Basis>), Box<(Decision, DenyCategory)>>
+    ) -> Result<(Decision, Approved, Option<crate::usage::Basis>), Box<(Decision, DenyCategory)>>
     {
         let hash = || self.policy.policy_hash();
         let deny = |reason: String, category: DenyCategory| {

@@ -9,7 +9,7 @@
 use crate::Gateway;
 use crate::error::DenyCategory;
 use crate::pipeline::{HELD_DETAIL, MAX_SOURCES, RECENT_CAP, task_key_of};
-use crate::usage::SessionState;
+use crate::usage::{Basis, SessionState};
 use mandate_audit::StoredRecord;
 use mandate_authn::Principal;
 use mandate_core::{AuditRecord, CorrelationId, RecordKind, ToolCall};
@@ -27,17 +27,6 @@ enum Applied {
     Taint,
     /// Nothing the policies read.
     Nothing,
-}
-
-/// What a decision saw of its session, kept (with replicas only) to check
-/// it again once its record has its place in the shared log.
-pub(crate) struct Basis {
-    /// The facts the policies were given.
-    pub(crate) facts: SessionFacts,
-    /// The last record of the session applied when deciding.
-    pub(crate) cursor: i64,
-    /// When it was decided (Unix seconds).
-    pub(crate) now: i64,
 }
 
 impl Gateway {

@@ -6,6 +6,7 @@
 //! session's values there.
 
 use crate::Metrics;
+use mandate_policy::SessionFacts;
 use dashmap::DashMap;
 use dashmap::mapref::one::{Ref, RefMut};
 use std::collections::BTreeSet;
@@ -186,4 +187,15 @@ impl Drop for CallSlot {
                 .fetch_sub(1, Ordering::Relaxed);
         }
     }
+}
+
+/// What a decision saw of its session, kept (with replicas only) to check
+/// it again once its record has its place in the shared log.
+pub(crate) struct Basis {
+    /// The facts the policies were given.
+    pub(crate) facts: SessionFacts,
+    /// The last record of the session applied when deciding.
+    pub(crate) cursor: i64,
+    /// When it was decided (Unix seconds).
+    pub(crate) now: i64,
 }
