@@ -6,9 +6,9 @@
 //! session's values there.
 
 use crate::Metrics;
-use mandate_policy::SessionFacts;
 use dashmap::DashMap;
 use dashmap::mapref::one::{Ref, RefMut};
+use mandate_policy::SessionFacts;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
