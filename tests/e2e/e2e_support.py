@@ -237,9 +237,15 @@ class Proc:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGTERM)
             try:
-                self.popen.wait(timeout=5)
+                self.popen.wait(timeout=1)
             except subprocess.TimeoutExpired:
-                pass
+                # A replica polled by a load balancer keeps accepting for a
+                # while after the first signal (limits.drain_delay_ms); a
+                # second one skips that wait, not the drain.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.pid, signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.popen.wait(timeout=5)
         # Children (stdio upstreams) may outlive the leader: end the group.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)

@@ -157,6 +157,23 @@ impl SessionTail {
     }
 }
 
+impl Drop for SessionTail {
+    /// A PostgreSQL reader closes through a small runtime of its own, which
+    /// must not run on an async worker (where the gateway owning the tail
+    /// is dropped at shutdown): it is closed on a thread of its own.
+    fn drop(&mut self) {
+        let reader = match self.reader.get_mut() {
+            Ok(slot) => slot.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(reader) = reader {
+            let _ = std::thread::Builder::new()
+                .name("audit-tail-close".into())
+                .spawn(move || drop(reader));
+        }
+    }
+}
+
 /// A checkpoint as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StoredCheckpoint {

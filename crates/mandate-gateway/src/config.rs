@@ -352,6 +352,10 @@ pub struct ConnectionLimits {
     pub max_header_bytes: usize,
     /// How long a drain waits for in-flight requests at shutdown.
     pub drain_timeout: Duration,
+    /// At a stop, how long the listener keeps accepting after `/readyz`
+    /// turned "not ready" (only if anything asks `/readyz`): the time a
+    /// load balancer needs to see it and send its requests elsewhere.
+    pub drain_delay: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -363,6 +367,7 @@ impl Default for ConnectionLimits {
             body_timeout: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,
             drain_timeout: Duration::from_secs(20),
+            drain_delay: Duration::from_secs(5),
         }
     }
 }

@@ -163,6 +163,7 @@ async fn healthz(State(app): State<AppState>) -> Response {
 /// process is alive; this says a load balancer may send it calls. What
 /// failed is named; why goes to the log only (unauthenticated).
 async fn readyz(State(app): State<AppState>) -> Response {
+    app.gw.note_readiness_asked();
     let draining = app.gw.is_draining();
     let audit = app.gw.audit().health();
     if let Err(e) = &audit {

@@ -130,6 +130,9 @@ pub struct Gateway {
     /// Cancelled when the process is stopping: `/readyz` answers 503 and
     /// held calls are answered `shutting_down` from then.
     draining: tokio_util::sync::CancellationToken,
+    /// Whether anything (a load balancer, a probe) asked `/readyz`: only
+    /// then is a stop worth delaying until it has seen "not ready".
+    readiness_watched: std::sync::atomic::AtomicBool,
     /// Why this replica is not enforcing the policy set in force in the
     /// shared control store (not yet compared, or it could not be
     /// installed); calls are denied meanwhile.
@@ -153,6 +156,20 @@ impl Gateway {
     /// Whether [`begin_drain`](Gateway::begin_drain) was called.
     pub fn is_draining(&self) -> bool {
         self.draining.is_cancelled()
+    }
+
+    /// Notes that `/readyz` was asked.
+    pub(crate) fn note_readiness_asked(&self) {
+        self.readiness_watched
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether `/readyz` was ever asked: a stop then keeps serving for
+    /// `limits.drain_delay_ms` after readiness turned "not ready", so the
+    /// load balancer stops sending before the listener closes.
+    pub fn readiness_watched(&self) -> bool {
+        self.readiness_watched
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Marks this replica as not (or again) enforcing the policy set in
@@ -213,6 +230,7 @@ impl Gateway {
             dpop: std::sync::OnceLock::new(),
             clock,
             draining: tokio_util::sync::CancellationToken::new(),
+            readiness_watched: std::sync::atomic::AtomicBool::new(false),
             policy_behind: std::sync::RwLock::new(None),
             tail,
         });

@@ -13,7 +13,7 @@ use crate::usage::{Basis, SessionState};
 use mandate_audit::StoredRecord;
 use mandate_authn::Principal;
 use mandate_core::{AuditRecord, CorrelationId, RecordKind, ToolCall};
-use mandate_policy::{Decision, DecisionRequest, SessionFacts};
+use mandate_policy::{Decision, DecisionRequest};
 
 /// Most calls per session this replica remembers as its own (a session
 /// has far fewer calls in flight between two of its calls' catch-ups).

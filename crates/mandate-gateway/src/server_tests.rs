@@ -55,6 +55,7 @@ fn limits() -> ConnectionLimits {
         body_timeout: Duration::from_secs(1),
         max_header_bytes: 16 * 1024,
         drain_timeout: Duration::from_secs(5),
+        drain_delay: Duration::ZERO,
     }
 }
 

@@ -123,6 +123,7 @@ struct LimitsSection {
     body_timeout_secs: u64,
     max_header_bytes: usize,
     drain_timeout_secs: u64,
+    drain_delay_ms: u64,
     max_sessions: usize,
     max_sessions_per_subject: usize,
     session_idle_timeout_secs: u64,
@@ -141,6 +142,7 @@ impl Default for LimitsSection {
             body_timeout_secs: c.body_timeout.as_secs(),
             max_header_bytes: c.max_header_bytes,
             drain_timeout_secs: c.drain_timeout.as_secs(),
+            drain_delay_ms: u64::try_from(c.drain_delay.as_millis()).unwrap_or(u64::MAX),
             max_sessions: d.max_sessions,
             max_sessions_per_subject: d.max_sessions_per_subject,
             session_idle_timeout_secs: d.session_idle_timeout.as_secs(),
@@ -172,6 +174,9 @@ impl LimitsSection {
                 bail!("limits.{name} must be at least 1");
             }
         }
+        if self.drain_delay_ms > 60_000 {
+            bail!("limits.drain_delay_ms must be at most 60000");
+        }
         if self.max_header_bytes < 8192 {
             bail!("limits.max_header_bytes must be at least 8192");
         }
@@ -186,6 +191,7 @@ impl LimitsSection {
                 body_timeout: positive("body_timeout_secs", self.body_timeout_secs)?,
                 max_header_bytes: self.max_header_bytes,
                 drain_timeout: positive("drain_timeout_secs", self.drain_timeout_secs)?,
+                drain_delay: Duration::from_millis(self.drain_delay_ms),
             },
             max_sessions: self.max_sessions,
             max_sessions_per_subject: self.max_sessions_per_subject,

@@ -966,15 +966,31 @@ async fn serve(cfg: Config, path: PathBuf, overrides: Overrides) -> Result<()> {
         audit = %cfg.audit_store(),
         "mandate serving MCP at /mcp"
     );
+    let mut stop = stop_signals();
     tokio::select! {
         _ = &mut handle => return Ok(()),
-        () = stop_signal() => {}
+        _ = stop.recv() => {}
+    }
+    // Not ready from now on (and held calls are answered): a load balancer
+    // that polls /readyz stops sending new requests here within its check
+    // interval. Until then the listener keeps accepting, so no request
+    // meets a closed port; a second signal cuts the wait short.
+    gw.begin_drain();
+    let limits = &cfg.gateway.limits.connections;
+    if gw.readiness_watched() && !limits.drain_delay.is_zero() {
+        tracing::info!(
+            delay_ms = u64::try_from(limits.drain_delay.as_millis()).unwrap_or(u64::MAX),
+            "stopping: /readyz says not ready; still accepting while the load balancer notices"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(limits.drain_delay) => {}
+            _ = stop.recv() => {}
+        }
     }
     tracing::info!(
-        drain_secs = cfg.gateway.limits.connections.drain_timeout.as_secs(),
+        drain_secs = limits.drain_timeout.as_secs(),
         "stopping: no new connections; finishing calls in flight"
     );
-    gw.begin_drain();
     shutdown.cancel();
     let _ = handle.await;
     if signs_by_lease {
@@ -985,20 +1001,33 @@ async fn serve(cfg: Config, path: PathBuf, overrides: Overrides) -> Result<()> {
     Ok(())
 }
 
-/// SIGTERM (what process managers send) or SIGINT (Ctrl-C).
-async fn stop_signal() {
+/// SIGTERM (what process managers send) and SIGINT (Ctrl-C), each one
+/// delivered as a message (the first starts the stop, a second cuts its
+/// waits short).
+fn stop_signals() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while term.recv().await.is_some() {
+                    if tx.send(()).await.is_err() {
+                        break;
+                    }
+                }
+            });
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
+    tokio::spawn(async move {
+        while tokio::signal::ctrl_c().await.is_ok() {
+            if tx.send(()).await.is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// Raises the open-file soft limit to the hard limit and keeps the
