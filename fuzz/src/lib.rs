@@ -9,7 +9,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mandate_authn::dev::DevKey;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The issuer key of the tokens the targets verify (Ed25519).
@@ -147,7 +147,9 @@ pub fn scratch_dir() -> tempfile::TempDir {
         .unwrap_or_else(|e| finding(format!("temp dir: {e}")))
 }
 
+#[cfg(feature = "gateway")]
 pub mod gateway;
 
 /// Shared handle type of the gateway harness.
-pub type SharedGateway = Arc<mandate_gateway::Gateway>;
+#[cfg(feature = "gateway")]
+pub type SharedGateway = std::sync::Arc<mandate_gateway::Gateway>;

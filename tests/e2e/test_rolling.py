@@ -12,7 +12,8 @@ PostgreSQL, behind HAProxy run with the shipped `deploy/haproxy/haproxy.cfg`
   the calls in flight on the killed replica are the only ones lost, every
   acknowledged call has its decision record, the held call is never
   forwarded (not even once its request is approved on another replica),
-  and `audit verify` passes.
+  a held request nobody decides leaves the approvers' queue by itself
+  (withdrawn: no process renews its mark), and `audit verify` passes.
 
 Each run gets PostgreSQL schemas of its own (MANDATE_TEST_POSTGRES_URL,
 default postgres://postgres@127.0.0.1:5432/test; `skip` skips this file),
@@ -257,8 +258,10 @@ def test_kill_9_of_a_replica_under_load_loses_no_record_and_forwards_no_held_cal
     victim, survivor = fleet.replicas[0], fleet.replicas[1]
     memo = "crash-" + uuid.uuid4().hex[:6]
     held = HeldCall(victim, issuer, {"amount": 75, "to": "acc-bob", "memo": memo})
+    left = HeldCall(victim, issuer, {"amount": 80, "to": "acc-bob", "memo": memo + "-left"})
     op = issuer.operator_token(survivor.api_audience, "secops@example.com")
     req = pending_for(survivor, op, held.sid)
+    left_req = pending_for(survivor, op, left.sid)
 
     load = Load(fleet.audience, token).start()
     time.sleep(2)
@@ -267,14 +270,29 @@ def test_kill_9_of_a_replica_under_load_loses_no_record_and_forwards_no_held_cal
     time.sleep(4)  # the balancer takes it out of rotation (fall 2 at 1 s)
     load.stop()
 
-    # The holder is gone: its client got an error, not a result.
-    held.thread.join(10)
-    assert held.reply is None or "result" not in held.reply.response(), held.reply and held.reply.text
+    # The holder is gone: its clients got an error, not a result.
+    for h in (held, left):
+        h.thread.join(10)
+        assert h.reply is None or "result" not in h.reply.response(), h.reply and h.reply.text
     # Approving the orphaned request on another replica forwards nothing:
     # no process holds the call any more.
     r = survivor.api("POST", f"/api/approvals/{req['id']}/approve", op, {"args_hash": req["args_hash"]})
     assert r.status_code in (200, 409), r.text
     time.sleep(2)
+    assert not fleet.executed(memo), "a call held on the killed replica was forwarded"
+
+    # The other request leaves the approvers' queue by itself: no process
+    # renews its mark, so a sweep withdraws it (30 s grace, 20 s mark).
+    deadline = time.monotonic() + 75
+    while True:
+        pending = survivor.api("GET", "/api/approvals?status=pending", op).json()["approvals"]
+        if not any(a["id"] == left_req["id"] for a in pending):
+            break
+        assert time.monotonic() < deadline, "an orphaned request was still pending after 75 s"
+        time.sleep(1)
+    late = survivor.api("POST", f"/api/approvals/{left_req['id']}/approve", op,
+                        {"args_hash": left_req["args_hash"]})
+    assert late.status_code == 409, late.text
     assert not fleet.executed(memo), "a call held on the killed replica was forwarded"
 
     # Only calls in flight on the killed replica failed: a few, not a share.

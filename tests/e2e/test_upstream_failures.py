@@ -38,7 +38,7 @@ def env(launcher: Launcher, issuer: Issuer, rec_http: RecordingServer):
                 "tools": {"lookup": "read", "slow": "read"}},
         # The same server over stdio, as a child process that can crash.
         "crashy": {"command": sys.executable, "args": [str(RECORDING_SERVER), "--record", str(crashy_rec)],
-                   "timeout_secs": 10, "tools": {"lookup": "read", "crash": "read"}},
+                   "timeout_secs": 10, "tools": {"lookup": "read", "crash": "read", "garble": "read"}},
     })
     tok = issuer.mint(gw.audience, scope="everything.* rec.* crashy.*")
     return gw, tok, crashy_rec
@@ -121,6 +121,42 @@ def test_crashed_stdio_upstream_errors_cleanly_and_reconnects(env) -> None:
     assert calls[0]["pid"] == calls[1]["pid"] != calls[2]["pid"], "the upstream was not restarted"
 
     rows = gw.wait_audit("tool = 'crashy.crash' AND kind = 'outcome'")
+    assert rows and rows[-1]["outcome"] in ("upstream_error", "upstream_unavailable"), rows
+    assert gw.proc.alive()
+
+
+def test_a_stdio_upstream_writing_garbage_fails_the_call_at_once_and_is_restarted(env) -> None:
+    """A stdio server that writes a line that is not JSON-RPC where its
+    answer should go (forbidden by MCP's stdio transport) gets the call an
+    upstream error at once, not at the call's 10 s timeout; the garbage
+    never reaches the agent, and the next call gets a new process."""
+    gw, tok, crashy_rec = env
+
+    async def go():
+        async with sdk_client(gw.mcp_url, tok) as c:
+            before = await c.call_tool("crashy.lookup", {"key": "before-garbage"})
+            t0 = time.monotonic()
+            try:
+                garbled: object = await c.call_tool("crashy.garble", {})
+            except MCPError as e:
+                garbled = e
+            took = time.monotonic() - t0
+            after = await c.call_tool("crashy.lookup", {"key": "after-garbage"})
+            return before, garbled, took, after
+
+    before, garbled, took, after = anyio.run(go)
+    assert text_of(before) == "value-of-before-garbage", before
+    assert isinstance(garbled, MCPError), f"the garbled call returned {garbled}"
+    assert garbled.code == UPSTREAM_FAILED, (garbled.code, garbled.message)
+    assert took < 5, f"the garbage was noticed only after {took:.1f} s (timeout_secs is 10)"
+    assert "<html>" not in garbled.message and "Bad Gateway" not in json.dumps(garbled.data or {}), garbled
+    assert not after.is_error and text_of(after) == "value-of-after-garbage", after
+
+    mine = [c for c in read_jsonl(crashy_rec) if c["tool"] == "garble"
+            or c["arguments"].get("key") in ("before-garbage", "after-garbage")]
+    assert [c["tool"] for c in mine] == ["lookup", "garble", "lookup"], mine
+    assert mine[0]["pid"] == mine[1]["pid"] != mine[2]["pid"], "the upstream was not restarted"
+    rows = gw.wait_audit("tool = 'crashy.garble' AND kind = 'outcome'")
     assert rows and rows[-1]["outcome"] in ("upstream_error", "upstream_unavailable"), rows
     assert gw.proc.alive()
 

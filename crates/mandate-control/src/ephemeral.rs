@@ -1,7 +1,8 @@
 //! Short-lived keyed state that every replica must see and a restart must
 //! not forget: approval-page sessions and their sign-in attempts, sign-in
 //! throttles, the MCP sign-in flow (registered clients, sign-ins in
-//! progress, authorization codes) and MCP task handles.
+//! progress, authorization codes), MCP task handles and the marks of
+//! calls held for approval.
 //!
 //! One table, `ephemeral`, keyed by ([`Kind`], key). Each row carries an
 //! opaque value (JSON the owning plane defines) and the moment it expires;
@@ -36,11 +37,15 @@ pub enum Kind {
     McpCode,
     /// An MCP task handle of a held call.
     McpTask,
+    /// A call held for approval, by approval request id: renewed while a
+    /// process waits on it, so a request whose holder died can be told
+    /// from one still held.
+    HeldCall,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::PageAnonymous,
         Self::PageSignedIn,
         Self::PageOidcAttempt,
@@ -49,6 +54,7 @@ impl Kind {
         Self::McpSignIn,
         Self::McpCode,
         Self::McpTask,
+        Self::HeldCall,
     ];
 
     /// The kind's name in the table.

@@ -14,6 +14,7 @@
 //! [`Gateway::is_held_here`]; everything else it reads from the store.
 
 use crate::Gateway;
+use mandate_control::ephemeral::{Kind, OnFull};
 use mandate_control::{ApprovalRequest, ApprovalStatus, NewApproval};
 use serde_json::json;
 use std::sync::Arc;
@@ -80,6 +81,25 @@ impl HoldOutcome {
 
 /// Interval of progress notifications to a client that asked for them.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// How long the mark of a held call lasts unless renewed (it is renewed
+/// every [`PROGRESS_EVERY`] while the call waits).
+const HOLDER_MARK_TTL: Duration = Duration::from_secs(20);
+
+/// Most marks of held calls kept at once (held calls are bounded per
+/// subject already; past this a held call goes unmarked and may be
+/// withdrawn as orphaned, which fails it closed).
+const MAX_HOLDER_MARKS: usize = 100_000;
+
+/// A pending request younger than this is never taken for an orphan (its
+/// holder writes its first mark right after creating it).
+const ORPHAN_GRACE_MS: i64 = 30_000;
+
+/// How often pending requests are checked for a live holder.
+const ORPHAN_SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// Most pending requests one sweep looks at (the most recent first).
+const ORPHAN_SWEEP_BATCH: usize = 1_000;
 
 /// Shortest interval at which a held call re-reads its own request.
 const HOLD_POLL_FLOOR: Duration = Duration::from_millis(10);
@@ -303,6 +323,7 @@ impl Gateway {
                     break HoldOutcome::Stopping;
                 }
                 _ = ticker.tick() => {
+                    self.mark_holder(&id).await;
                     if let Some(peer) = &client {
                         if peer.is_transport_closed() {
                             break HoldOutcome::Withdrawn;
@@ -325,7 +346,93 @@ impl Gateway {
         }
         guard.armed = false;
         pending.ended(outcome.label());
+        let _ = self.control().drop_ephemeral(Kind::HeldCall, &id).await;
         outcome
+    }
+
+    /// Marks the call held for request `id` as waiting in a live process
+    /// (first at once, then every [`PROGRESS_EVERY`]). A mark that cannot
+    /// be written lets the sweep withdraw the request, which fails the
+    /// call closed.
+    async fn mark_holder(&self, id: &str) {
+        let until = self
+            .clock()
+            .now_ms()
+            .saturating_add(i64::try_from(HOLDER_MARK_TTL.as_millis()).unwrap_or(i64::MAX));
+        match self
+            .control()
+            .put_ephemeral(
+                Kind::HeldCall,
+                id,
+                String::new(),
+                until,
+                MAX_HOLDER_MARKS,
+                OnFull::Refuse,
+            )
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(approval = %id, "too many held calls to mark this one as held"),
+            Err(e) => tracing::warn!(approval = %id, error = %e, "cannot mark a held call as held"),
+        }
+    }
+
+    /// Withdraws, every few seconds, the pending approval requests whose
+    /// call no process holds any more: their replica was killed or lost
+    /// its store before it could close them. Approving one would release
+    /// nothing, so it leaves the approvers' queue instead of waiting there
+    /// for its deadline. Runs until the gateway is dropped.
+    pub fn spawn_orphan_sweep(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let gw = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(ORPHAN_SWEEP_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(gw) = gw.upgrade() else { break };
+                if gw.is_draining() {
+                    break;
+                }
+                gw.sweep_orphaned_holds().await;
+            }
+        })
+    }
+
+    /// One pass of [`Gateway::spawn_orphan_sweep`]; how many requests it
+    /// withdrew. Stops at the first store error (the next pass retries).
+    pub async fn sweep_orphaned_holds(&self) -> usize {
+        let control = self.control();
+        let Ok(pending) = control
+            .approvals(Some(ApprovalStatus::Pending), ORPHAN_SWEEP_BATCH)
+            .await
+        else {
+            return 0;
+        };
+        let cutoff = self.clock().now_ms().saturating_sub(ORPHAN_GRACE_MS);
+        let mut withdrawn = 0;
+        for req in pending.iter().filter(|r| r.created_ms <= cutoff) {
+            if self.holds.waiters.is_waiting(&req.id) {
+                continue;
+            }
+            match control.ephemeral(Kind::HeldCall, &req.id).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(_) => break,
+            }
+            if let Ok(true) = control
+                .close_approval(&req.id, ApprovalStatus::Withdrawn)
+                .await
+            {
+                tracing::warn!(
+                    approval = %req.id,
+                    tool = %req.request.tool,
+                    "no process holds this call any more (its replica stopped without closing it): withdrawn"
+                );
+                self.metrics().holds_orphaned.inc();
+                withdrawn += 1;
+            }
+        }
+        withdrawn
     }
 
     /// Reads the request after a wake-up; `None` if still pending.

@@ -204,6 +204,9 @@ pub struct Metrics {
     /// Calls not forwarded because a concurrent call of their session on
     /// another replica came first in the shared log (`restore.rs`).
     pub(crate) rechecks_refused: Counter,
+    /// Approval requests closed because no process held their call any
+    /// more (`approvals.rs`).
+    pub(crate) holds_orphaned: Counter,
     decisions: Family<DecisionLabels, Counter>,
     phases: HistogramFamily<PhaseLabels>,
     upstream_errors: Family<KindLabels, Counter>,
@@ -279,6 +282,7 @@ impl Metrics {
             injection_findings: Counter::default(),
             concurrency_refusals: Counter::default(),
             rechecks_refused: Counter::default(),
+            holds_orphaned: Counter::default(),
             decisions: Family::default(),
             phases: Family::new_with_constructor(phase_histogram as fn() -> Histogram),
             upstream_errors: Family::default(),
@@ -346,6 +350,11 @@ impl Metrics {
             "replica_rechecks_refused",
             "Calls not forwarded after their decision record because a call of the same session let through on another replica came first in the shared log and, counted, refuses them",
             metrics.rechecks_refused.clone(),
+        );
+        registry.register(
+            "approvals_orphaned",
+            "Approval requests withdrawn because no process held their call any more (its replica stopped without closing them)",
+            metrics.holds_orphaned.clone(),
         );
         registry.register(
             "approvals_pending",

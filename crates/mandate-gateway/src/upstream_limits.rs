@@ -162,6 +162,15 @@ fn response_id(prefix: &[u8]) -> Option<RequestId> {
 /// our requests, an error for that request takes its place; if not (a
 /// notification, a request of the server's, or no id to be seen), the
 /// stream ends there, which closes the connection and fails its calls.
+///
+/// Each line must also be JSON: MCP's stdio transport forbids a server to
+/// write anything else on stdout, and a line that is not cannot be
+/// attributed to a request (rmcp would skip it and leave the call waiting
+/// for its timeout). Once the server has written one JSON line, a line
+/// that is not ends the stream the same way, so the calls on it fail at
+/// once and the next call starts a new process. Lines before the first
+/// JSON one (a banner printed at start, before any call) pass on to rmcp,
+/// which skips them.
 pub(super) struct BoundedLines<R> {
     inner: R,
     max: usize,
@@ -175,6 +184,9 @@ pub(super) struct BoundedLines<R> {
     out_at: usize,
     scratch: Box<[u8]>,
     ended: bool,
+    /// Whether a JSON line has passed (from then on, any other line ends
+    /// the stream).
+    spoken: bool,
 }
 
 impl<R> BoundedLines<R> {
@@ -189,6 +201,7 @@ impl<R> BoundedLines<R> {
             out_at: 0,
             scratch: vec![0; 64 * 1024].into_boxed_slice(),
             ended: false,
+            spoken: false,
         }
     }
 
@@ -221,13 +234,30 @@ impl<R> BoundedLines<R> {
             }
             // The line ends here.
             match self.prefix.take() {
-                None => {
-                    self.out.append(&mut self.line);
-                    self.out.push(b'\n');
-                }
+                None => self.complete_line(),
                 Some(prefix) => self.dropped(&prefix),
             }
         }
+    }
+
+    /// A line within the bound ended (in `self.line`): passed on if it is
+    /// JSON (or blank, or before the server's first JSON line); otherwise
+    /// the stream ends here.
+    fn complete_line(&mut self) {
+        let text = self.line.trim_ascii();
+        let json = serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok();
+        if !json && !text.is_empty() && self.spoken {
+            tracing::warn!(
+                bytes = self.line.len(),
+                "an upstream wrote a line that is not JSON on stdout; closing the connection"
+            );
+            self.line.clear();
+            self.ended = true;
+            return;
+        }
+        self.spoken |= json;
+        self.out.append(&mut self.line);
+        self.out.push(b'\n');
     }
 
     /// A line over the bound ended; `prefix` is how it began.

@@ -114,6 +114,30 @@ async fn an_oversized_message_that_answers_nothing_ends_the_stream() {
     );
 }
 
+#[tokio::test]
+async fn a_line_that_is_not_json_after_the_first_json_line_ends_the_stream() {
+    let answer = "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n";
+    let input = format!("{answer}\n<html>Bad Gateway</html>\n{answer}");
+    let (out, oversized) = read_all(input.as_bytes(), 100_000).await;
+    assert_eq!(
+        out,
+        format!("{answer}\n"),
+        "the garbage and what follows it are not passed on"
+    );
+    assert!(
+        !oversized.take(&id(1)),
+        "garbage is not reported as an oversized answer"
+    );
+}
+
+#[tokio::test]
+async fn a_banner_before_the_first_json_line_is_passed_on() {
+    let answer = "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n";
+    let input = format!("demo server v1 starting\n{answer}{answer}");
+    let (out, _) = read_all(input.as_bytes(), 100_000).await;
+    assert_eq!(out, input, "rmcp skips the banner; nothing is cut");
+}
+
 #[test]
 fn ids_remembered_are_bounded() {
     let o = Oversized::default();

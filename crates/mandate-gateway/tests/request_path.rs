@@ -126,7 +126,25 @@ impl Env {
         let dir = tempfile::tempdir()?;
         let issuer = mandate_authn::dev::generate_ed25519()?;
         std::fs::write(dir.path().join("jwks.json"), issuer.jwks_json())?;
-        let mut env = Self::build(dir.path(), Arc::new(issuer), upstreams, "audit.sqlite").await?;
+        let mut env = Self::build(
+            dir.path(),
+            Arc::new(issuer),
+            upstreams,
+            "audit.sqlite",
+            mandate_core::Clock::system(),
+        )
+        .await?;
+        env._dir = Some(dir);
+        Ok(env)
+    }
+
+    /// A gateway (and control store) reading `clock`, with no upstream.
+    async fn with_clock(clock: mandate_core::Clock) -> Result<Self, Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let issuer = mandate_authn::dev::generate_ed25519()?;
+        std::fs::write(dir.path().join("jwks.json"), issuer.jwks_json())?;
+        let mut env =
+            Self::build(dir.path(), Arc::new(issuer), Vec::new(), "audit.sqlite", clock).await?;
         env._dir = Some(dir);
         Ok(env)
     }
@@ -140,6 +158,7 @@ impl Env {
             self.issuer.clone(),
             self.upstreams.clone(),
             &format!("audit-{name}.sqlite"),
+            mandate_core::Clock::system(),
         )
         .await
     }
@@ -149,6 +168,7 @@ impl Env {
         issuer: Arc<DevKey>,
         upstreams: Vec<UpstreamConfig>,
         audit_file: &str,
+        clock: mandate_core::Clock,
     ) -> Result<Self, Box<dyn std::error::Error>> {
         let jwks = path.join("jwks.json");
         let authenticator = |audience: String, require_actor: bool| {
@@ -169,7 +189,7 @@ impl Env {
                 .join("../../examples/quickstart/policies"),
         )?;
         let audit = AuditLog::open_sqlite(&path.join(audit_file))?;
-        let control = ControlStore::open(&path.join("control.sqlite"))?;
+        let control = ControlStore::open(&path.join("control.sqlite"))?.with_clock(clock.clone());
         let cfg = GatewayConfig {
             public_url: PUBLIC_URL.to_owned(),
             resource: AUDIENCE.to_owned(),
@@ -192,7 +212,7 @@ impl Env {
                 policy: Arc::new(policy),
                 audit,
                 control: Arc::new(control),
-                clock: mandate_core::Clock::system(),
+                clock,
             },
         );
         Ok(Self {
@@ -930,5 +950,90 @@ async fn a_session_opened_on_one_replica_carries_on_on_another_for_its_subject_o
         .post(Some(&alice), Some("no-such-session"), ping(6))
         .await?;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{}", unknown.text);
+    Ok(())
+}
+
+fn held_call_request(tool: &str, deadline_ms: i64) -> mandate_control::NewApproval {
+    mandate_control::NewApproval {
+        sub: "alice@example.com".into(),
+        act: vec!["assistant".into()],
+        build: None,
+        task_id: None,
+        session: "sid:orphan-test".into(),
+        tool: tool.into(),
+        class: "financial".into(),
+        args: json!({"amount": 75}),
+        args_hash: format!("hash-of-{tool}"),
+        policies: vec!["high-impact".into()],
+        reasons: vec!["a person approves payments".into()],
+        taint: Vec::new(),
+        untrusted_sources: Vec::new(),
+        decision_id: format!("decision-{tool}"),
+        correlation_id: format!("correlation-{tool}"),
+        deadline_ms,
+        holder: "a-replica-that-died".into(),
+    }
+}
+
+/// A replica killed while holding a call leaves its approval request
+/// pending with nobody waiting on it: the sweep withdraws it once its
+/// grace has passed (approving it would release nothing), and leaves
+/// alone a request whose holder still marks it as held, until the mark
+/// lapses.
+#[tokio::test]
+async fn an_approval_request_no_process_holds_is_withdrawn_by_the_sweep() -> TestResult {
+    use mandate_control::ApprovalStatus;
+    use mandate_control::ephemeral::{Kind, OnFull};
+    let manual = mandate_core::ManualClock::at_ms(1_900_000_000_000);
+    let env = Env::with_clock(manual.clock()).await?;
+    let control = env.gateway.control().clone();
+    let deadline = manual.clock().now_ms() + 3_600_000;
+    let orphan = control
+        .create_approval(held_call_request("bank.transfer", deadline))
+        .await?;
+    let held = control
+        .create_approval(held_call_request("bank.close_account", deadline))
+        .await?;
+
+    manual.advance(Duration::from_secs(5));
+    assert_eq!(
+        env.gateway.sweep_orphaned_holds().await,
+        0,
+        "a request just created is not taken for an orphan"
+    );
+
+    manual.advance(Duration::from_secs(60));
+    let mark_until = manual.clock().now_ms() + 20_000;
+    assert!(
+        control
+            .put_ephemeral(Kind::HeldCall, &held.id, String::new(), mark_until, 8, OnFull::Refuse)
+            .await?
+    );
+    assert_eq!(env.gateway.sweep_orphaned_holds().await, 1);
+    assert_eq!(
+        control.approval(&orphan.id).await?.status,
+        ApprovalStatus::Withdrawn
+    );
+    assert_eq!(
+        control.approval(&held.id).await?.status,
+        ApprovalStatus::Pending,
+        "a request whose holder renews its mark stays"
+    );
+    let metrics = env
+        .gateway
+        .metrics()
+        .render(mandate_gateway::MetricsFormat::Prometheus);
+    assert!(
+        metrics.contains("mandate_approvals_orphaned_total 1"),
+        "{metrics}"
+    );
+
+    // The holder stops renewing (it died too): withdrawn once the mark lapses.
+    manual.advance(Duration::from_secs(21));
+    assert_eq!(env.gateway.sweep_orphaned_holds().await, 1);
+    assert_eq!(
+        control.approval(&held.id).await?.status,
+        ApprovalStatus::Withdrawn
+    );
     Ok(())
 }

@@ -874,6 +874,9 @@ pub(crate) async fn start_on(
     let handle = tokio::spawn(mandate_gateway::server::serve(
         listener, app, limits, stats, shutdown,
     ));
+    // Approval requests whose holder died (a replica killed, or this
+    // process before a restart) leave the approvers' queue.
+    gw.spawn_orphan_sweep();
     if cfg.gateway.change_gate {
         // Policies change only through the gate (see `gated_policy_dir`);
         // a set activated on another replica is installed here too.
