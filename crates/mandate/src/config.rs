@@ -742,11 +742,6 @@ impl Config {
                     resource: &resource,
                     leeway_secs: file.auth.leeway_secs,
                     subst: &subst,
-                    admins: operators
-                        .iter()
-                        .filter(|o| o.roles.contains(&Role::Admin))
-                        .map(|o| (o.sub.clone(), o.issuer.clone()))
-                        .collect(),
                 })?,
             ),
         };
