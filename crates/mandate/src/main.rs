@@ -862,10 +862,10 @@ pub(crate) async fn start_on(
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<(Arc<Gateway>, tokio::task::JoinHandle<()>)> {
     let gw = build_gateway(cfg).await?;
-    // The agents' side (`/mcp`, metadata, health) and the operator plane
-    // (`/api`, `/approvals`) on one listener.
     let broker = broker_cli::attach(cfg, &gw).await?;
     let tasks = broker.as_ref().map(|b| b.tasks.clone());
+    // The agents' side (`/mcp`, metadata, health) and the operator plane
+    // (`/api`, `/approvals`) on one listener.
     let mut app = mandate_gateway::http::router(gw.clone())
         .merge(mandate_operator::router(gw.clone(), &cfg.web, tasks));
     if let Some(broker) = broker {
