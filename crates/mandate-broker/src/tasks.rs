@@ -101,10 +101,11 @@ impl TaskApi {
     /// `max_duration` from now).
     pub fn plan(&self, req: TaskRequest) -> Result<TaskPlan, InvalidTask> {
         let b = &self.broker;
-        let template =
-            b.cfg.templates.get(&req.template).ok_or_else(|| {
-                InvalidTask(format!("no task template {:?}", req.template))
-            })?;
+        let template = b
+            .cfg
+            .templates
+            .get(&req.template)
+            .ok_or_else(|| InvalidTask(format!("no task template {:?}", req.template)))?;
         if req.sub.trim().is_empty() {
             return Err(InvalidTask("sub must name the user the task is for".into()));
         }

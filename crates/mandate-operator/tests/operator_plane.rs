@@ -15,8 +15,8 @@ use http::{HeaderMap, Method, Request, StatusCode, header};
 use mandate_audit::{AuditLog, StoredRecord};
 use mandate_authn::dev::DevKey;
 use mandate_authn::{Authenticator, AuthnConfig, IssuerConfig, JwksSource};
-use mandate_control::ControlStore;
 use mandate_broker::{Broker, BrokerConfig, TaskApi, TaskTemplate};
+use mandate_control::ControlStore;
 use mandate_core::{CallerData, Effect, RecordKind, Scope};
 use mandate_gateway::{ApprovalConfig, Gateway, GatewayConfig, OperatorConfig, Planes, Role};
 use mandate_policy::PolicyEngine;
@@ -238,12 +238,7 @@ async fn broker(
         dpop_require_nonce: false,
         sign_in: None,
     };
-    let broker = Broker::new(
-        cfg,
-        gateway.audit().clone(),
-        gateway.control().clone(),
-    )
-    .await?;
+    let broker = Broker::new(cfg, gateway.audit().clone(), gateway.control().clone()).await?;
     Ok(TaskApi::new(Arc::new(broker)))
 }
 
@@ -649,12 +644,22 @@ async fn no_task_changes_when_the_audit_log_cannot_write() -> TestResult {
     let reply = env
         .send(Method::POST, "/api/tasks", Some(&token), Some(body))
         .await?;
-    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.body);
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.body
+    );
     assert_eq!(reply.error(), "temporarily_unavailable");
     let reply = env
         .send(Method::POST, "/api/tasks/t-1/cancel", Some(&token), None)
         .await?;
-    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.body);
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.body
+    );
 
     let tasks = env.gateway.control().tasks(true).await?;
     assert_eq!(tasks.len(), 1);

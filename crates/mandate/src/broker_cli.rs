@@ -35,10 +35,9 @@ pub(crate) async fn attach(cfg: &Config, gw: &Arc<Gateway>) -> Result<Option<Att
     let Some(b) = &cfg.broker else {
         return Ok(None);
     };
-    let broker =
-        mandate_broker::Broker::new(b.clone(), gw.audit().clone(), gw.control().clone())
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let broker = mandate_broker::Broker::new(b.clone(), gw.audit().clone(), gw.control().clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let builds = b
         .build_registry()
         .into_iter()

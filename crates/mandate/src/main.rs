@@ -866,8 +866,8 @@ pub(crate) async fn start_on(
     let tasks = broker.as_ref().map(|b| b.tasks.clone());
     // The agents' side (`/mcp`, metadata, health) and the operator plane
     // (`/api`, `/approvals`) on one listener.
-    let mut app = mandate_gateway::http::router(gw.clone())
-        .merge(mandate_operator::router(gw.clone(), &cfg.web, tasks));
+    let operator = mandate_operator::router(gw.clone(), &cfg.web, tasks);
+    let mut app = mandate_gateway::http::router(gw.clone()).merge(operator);
     if let Some(broker) = broker {
         app = app.merge(broker.routes);
     }
