@@ -125,7 +125,6 @@ pub async fn fixture(alg: Algorithm) -> Result<Fixture, Error> {
             },
         )]),
         spiffe: None,
-        task_operators: Vec::new(),
         dpop_require_nonce: false,
         sign_in: None,
     };
@@ -134,7 +133,7 @@ pub async fn fixture(alg: Algorithm) -> Result<Fixture, Error> {
     let control = Arc::new(mandate_control::ControlStore::open(
         &dir.path().join("control.sqlite"),
     )?);
-    let broker = Broker::new(cfg, audit, control, None).await?;
+    let broker = Broker::new(cfg, audit, control).await?;
     Ok(Fixture {
         broker: Arc::new(broker),
         idp,

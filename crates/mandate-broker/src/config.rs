@@ -43,9 +43,6 @@ pub struct BrokerConfig {
     pub templates: BTreeMap<String, TaskTemplate>,
     /// A SPIFFE trust domain whose JWT-SVIDs are accepted as actor tokens.
     pub spiffe: Option<SpiffeConfig>,
-    /// Operators allowed to start, complete and cancel tasks (`sub`, and the
-    /// issuer when pinned).
-    pub task_operators: Vec<(String, Option<String>)>,
     /// DPoP: require the server nonce in proofs (RFC 9449 §8).
     pub dpop_require_nonce: bool,
     /// MCP sign-in (the broker as the MCP clients' authorization server);
@@ -439,7 +436,6 @@ mod tests {
             agents: BTreeMap::new(),
             templates: BTreeMap::new(),
             spiffe: None,
-            task_operators: Vec::new(),
             dpop_require_nonce: false,
             sign_in: None,
         };

@@ -1,5 +1,6 @@
 //! Errors: [`BrokerError`] for setup, [`Refusal`] for the token,
-//! introspection and revocation endpoints, [`ApiError`] for the task API.
+//! introspection and revocation endpoints, [`InvalidTask`] for a task
+//! start the broker refuses (the operator plane renders it).
 //!
 //! Every response the broker refuses with is made here, from its one
 //! [`ErrorCode`] type: an RFC 6749 §5.2 / RFC 8693 §2.2.2 body
@@ -14,7 +15,6 @@ use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use mandate_authn::Challenge;
-use mandate_control::ControlError;
 
 /// Why the broker could not be built or could not run.
 #[derive(Debug, thiserror::Error)]
@@ -70,14 +70,6 @@ pub enum ErrorCode {
     TemporarilyUnavailable,
     /// Malformed or unacceptable `authorization_details` (RFC 9396 §5).
     InvalidAuthorizationDetails,
-    /// Task API: no operator token, or a refused one (RFC 6750 §3.1).
-    InvalidToken,
-    /// Task API: a verified subject that may not manage tasks.
-    Forbidden,
-    /// Task API: no such task or action.
-    NotFound,
-    /// Task API: the task is not in a state that allows this.
-    Conflict,
 }
 
 impl ErrorCode {
@@ -89,10 +81,7 @@ impl ErrorCode {
     /// The HTTP status this code is sent with.
     pub fn status(self) -> StatusCode {
         match self {
-            Self::InvalidClient | Self::InvalidToken => StatusCode::UNAUTHORIZED,
-            Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::NotFound => StatusCode::NOT_FOUND,
-            Self::Conflict => StatusCode::CONFLICT,
+            Self::InvalidClient => StatusCode::UNAUTHORIZED,
             Self::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
             Self::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::InvalidRequest
@@ -107,22 +96,12 @@ impl ErrorCode {
         }
     }
 
-    /// The challenge sent with this code, on every 401 and 403: the token
+    /// The challenge sent with this code, on every 401: the token
     /// endpoint's client authentication (RFC 6749 §5.2) in the broker's
-    /// realm, the task API's operator token in the API's (RFC 6750 §3.1).
-    fn challenge(self, description: &str) -> Option<Challenge> {
+    /// realm.
+    fn challenge(self) -> Option<Challenge> {
         match self {
             Self::InvalidClient => Some(Challenge::bearer().realm(TOKEN_REALM)),
-            Self::InvalidToken => Some(
-                Challenge::bearer()
-                    .realm(API_REALM)
-                    .error("invalid_token", description),
-            ),
-            Self::Forbidden => Some(
-                Challenge::bearer()
-                    .realm(API_REALM)
-                    .error("insufficient_scope", description),
-            ),
             _ => None,
         }
     }
@@ -130,8 +109,6 @@ impl ErrorCode {
 
 /// The realm of the token, introspection and revocation endpoints.
 const TOKEN_REALM: &str = "mandate-broker";
-/// The realm of the operator APIs (the gateway's `/api` uses it too).
-const API_REALM: &str = "mandate-api";
 
 /// The one rendering of a broker error: status, body, no-store, challenge,
 /// DPoP nonce.
@@ -144,7 +121,7 @@ fn respond(code: ErrorCode, description: &str, dpop_nonce: Option<&str>) -> Resp
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    if let Some(c) = code.challenge(description)
+    if let Some(c) = code.challenge()
         && let Ok(v) = HeaderValue::from_str(&c.to_string())
     {
         h.insert(header::WWW_AUTHENTICATE, v);
@@ -226,51 +203,11 @@ impl IntoResponse for Refusal {
     }
 }
 
-/// A refusal of the task API (`/api/tasks`), whose descriptions name the
-/// operator's own request (a task id, a template) and so are not fixed.
-#[derive(Debug)]
-pub(crate) struct ApiError {
-    code: ErrorCode,
-    description: String,
-}
-
-impl ApiError {
-    /// A refusal whose description is fit for the caller.
-    pub(crate) fn new(code: ErrorCode, description: impl Into<String>) -> Self {
-        Self {
-            code,
-            description: description.into(),
-        }
-    }
-
-    /// `invalid_request`.
-    pub(crate) fn bad_request(description: impl Into<String>) -> Self {
-        Self::new(ErrorCode::InvalidRequest, description)
-    }
-}
-
-impl From<ControlError> for ApiError {
-    fn from(e: ControlError) -> Self {
-        match e {
-            ControlError::NotFound { .. } => Self::new(ErrorCode::NotFound, e.to_string()),
-            ControlError::Conflict(_) => Self::new(ErrorCode::Conflict, e.to_string()),
-            ControlError::Invalid(_) => Self::bad_request(e.to_string()),
-            ControlError::Storage(_) | ControlError::Gone | ControlError::Corrupt { .. } => {
-                tracing::error!(error = %e, "control store failure");
-                Self::new(
-                    ErrorCode::TemporarilyUnavailable,
-                    "the control store is unavailable",
-                )
-            }
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        respond(self.code, &self.description, None)
-    }
-}
+/// A task start the broker refuses (the task API's `400`): the operator's
+/// own mistake, so the text names what is wrong (a template, the intent).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidTask(pub(crate) String);
 
 #[cfg(test)]
 mod tests {
@@ -296,10 +233,6 @@ mod tests {
                 ErrorCode::InvalidAuthorizationDetails,
                 "invalid_authorization_details",
             ),
-            (ErrorCode::InvalidToken, "invalid_token"),
-            (ErrorCode::Forbidden, "forbidden"),
-            (ErrorCode::NotFound, "not_found"),
-            (ErrorCode::Conflict, "conflict"),
         ];
         assert_eq!(table.len(), ErrorCode::VARIANTS.len());
         for (code, spelled) in table {
@@ -347,21 +280,5 @@ mod tests {
                 assert!(!c.contains("\\") && !c.contains("\"quoted\""), "{c}");
             }
         }
-    }
-
-    #[test]
-    fn the_task_api_challenge_is_rfc_6750() {
-        let r =
-            ApiError::new(ErrorCode::InvalidToken, "invalid token: token expired").into_response();
-        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(
-            r.headers()
-                .get(header::WWW_AUTHENTICATE)
-                .and_then(|v| v.to_str().ok()),
-            Some(
-                "Bearer realm=\"mandate-api\", error=\"invalid_token\", \
-                 error_description=\"invalid token: token expired\""
-            )
-        );
     }
 }

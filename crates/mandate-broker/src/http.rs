@@ -7,10 +7,11 @@
 //! | POST | `/oauth2/revoke` | RFC 7009 revocation |
 //! | GET | `/.well-known/oauth-authorization-server` | RFC 8414 metadata |
 //! | GET | `/.well-known/jwks.json` | the public signing keys |
-//! | GET, POST | `/api/tasks`, `/api/tasks/{id}/complete`, `/cancel` | task lifecycle (operators) |
 //!
 //! With `[broker.sign_in]`, also the MCP sign-in endpoints (`crate::signin`)
-//! and `grant_type=authorization_code` at `/oauth2/token`.
+//! and `grant_type=authorization_code` at `/oauth2/token`. The task
+//! lifecycle API (`/api/tasks`) is the operator plane's
+//! (`mandate_operator`), which calls the broker through [`crate::TaskApi`].
 
 use crate::error::{ErrorCode, Refusal};
 use crate::exchange::{Exchange, MAX_FORM_BYTES};
@@ -40,7 +41,6 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/oauth2/revoke", post(revoke))
         .route("/.well-known/oauth-authorization-server", get(metadata))
         .route("/.well-known/jwks.json", get(jwks))
-        .merge(crate::tasks::routes())
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
         .with_state(broker)
 }

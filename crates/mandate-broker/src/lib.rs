@@ -14,10 +14,11 @@ pub use config::{
     AgentConfig, BrokerConfig, BuildRegistry, Entitlements, RegisteredBuild, SignInConfig,
     SpiffeConfig, SubjectIssuer, TaskTemplate,
 };
-pub use error::{BrokerError, ErrorCode, Refusal};
+pub use error::{BrokerError, ErrorCode, InvalidTask, Refusal};
 pub use exchange::{Exchange, Issued};
 pub use http::router;
 pub use scope::reduce_scope;
+pub use tasks::{Started, TaskApi, TaskPlan, TaskRequest};
 
 use arc_swap::ArcSwap;
 use keys::{KeyDir, KeySet};
@@ -71,7 +72,6 @@ pub struct Broker {
     dpop: Arc<DpopVerifier>,
     audit: AuditLog,
     control: Arc<ControlStore>,
-    operator_authn: Option<Arc<Authenticator>>,
     /// The one wall clock of this broker.
     clock: Clock,
     /// Decides which requested grants of a task's intent are granted
@@ -124,14 +124,12 @@ pub fn key_dir(cfg: &BrokerConfig) -> KeyDir {
 impl Broker {
     /// Builds the broker: opens (or creates) its signing keys, resolves each
     /// identity provider through OIDC discovery and loads every JWKS.
-    /// `operator_authn` verifies operators' tokens on `/api/tasks`.
     pub async fn new(
         cfg: BrokerConfig,
         audit: AuditLog,
         control: Arc<ControlStore>,
-        operator_authn: Option<Arc<Authenticator>>,
     ) -> Result<Self, BrokerError> {
-        Self::new_with_clock(cfg, audit, control, operator_authn, Clock::system()).await
+        Self::new_with_clock(cfg, audit, control, Clock::system()).await
     }
 
     /// [`Broker::new`] with `clock` instead of the system's: it dates keys,
@@ -140,7 +138,6 @@ impl Broker {
         cfg: BrokerConfig,
         audit: AuditLog,
         control: Arc<ControlStore>,
-        operator_authn: Option<Arc<Authenticator>>,
         clock: Clock,
     ) -> Result<Self, BrokerError> {
         cfg.validate().map_err(BrokerError::Config)?;
@@ -233,7 +230,6 @@ impl Broker {
             assertions: ReplayCache::new(100_000),
             audit,
             control,
-            operator_authn,
             clock,
             judge: std::sync::OnceLock::new(),
         })

@@ -6,7 +6,8 @@
 //! One test per refusal or effect an operator request can meet: the
 //! status, the `{"error", "error_description"}` body, the challenge, and
 //! that whatever was decided for a verified subject is on the record
-//! before it took effect.
+//! before it took effect. The task API (`/api/tasks`) runs against a real
+//! delegation broker on the same stores.
 
 use axum::Router;
 use axum::body::Body;
@@ -14,13 +15,15 @@ use http::{HeaderMap, Method, Request, StatusCode, header};
 use mandate_audit::{AuditLog, StoredRecord};
 use mandate_authn::dev::DevKey;
 use mandate_authn::{Authenticator, AuthnConfig, IssuerConfig, JwksSource};
+use mandate_broker::{Broker, BrokerConfig, TaskApi, TaskTemplate};
 use mandate_control::ControlStore;
-use mandate_core::{Effect, RecordKind};
+use mandate_core::{CallerData, Effect, RecordKind, Scope};
 use mandate_gateway::{ApprovalConfig, Gateway, GatewayConfig, OperatorConfig, Planes, Role};
 use mandate_policy::PolicyEngine;
 use serde_json::{Value, json};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 use tower::ServiceExt as _;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -35,7 +38,7 @@ struct Env {
     router: Router,
     gateway: Arc<Gateway>,
     issuer: DevKey,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 struct Reply {
@@ -70,7 +73,18 @@ fn operator(sub: &str, role: Role) -> OperatorConfig {
 }
 
 impl Env {
+    /// No broker: no task API.
     async fn new() -> Result<Self, Box<dyn std::error::Error>> {
+        Self::build(false).await
+    }
+
+    /// With a delegation broker (one task template, `research`) on the
+    /// gateway's audit log and control store.
+    async fn with_tasks() -> Result<Self, Box<dyn std::error::Error>> {
+        Self::build(true).await
+    }
+
+    async fn build(with_broker: bool) -> Result<Self, Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let issuer = mandate_authn::dev::generate_ed25519()?;
         let jwks = dir.path().join("jwks.json");
@@ -122,11 +136,16 @@ impl Env {
                 clock: mandate_core::Clock::system(),
             },
         );
+        let tasks = if with_broker {
+            Some(broker(&gateway, dir.path()).await?)
+        } else {
+            None
+        };
         Ok(Self {
-            router: mandate_operator::router(gateway.clone(), &Default::default()),
+            router: mandate_operator::router(gateway.clone(), &Default::default(), tasks),
             gateway,
             issuer,
-            _dir: dir,
+            dir,
         })
     }
 
@@ -187,6 +206,53 @@ impl Env {
             self.gateway.audit().store().clone(),
             Some(&format!("operator:{sub}")),
         )?)
+    }
+}
+
+/// A broker with one task template (`research`: `docs.*`, an hour) on
+/// the gateway's audit log and control store, as `mandate serve` wires it.
+async fn broker(
+    gateway: &Gateway,
+    dir: &std::path::Path,
+) -> Result<TaskApi, Box<dyn std::error::Error>> {
+    let cfg = BrokerConfig {
+        issuer: "http://127.0.0.1:8943".into(),
+        resources: vec!["http://127.0.0.1:8943/mcp".into()],
+        key_dir: dir.join("broker-keys"),
+        key_algorithm: mandate_authn::Algorithm::EdDSA,
+        max_token_ttl: Duration::from_secs(600),
+        max_delegation_depth: 2,
+        leeway_secs: 5,
+        subject_issuers: Vec::new(),
+        entitlements: Default::default(),
+        agents: BTreeMap::new(),
+        templates: BTreeMap::from([(
+            "research".to_owned(),
+            TaskTemplate {
+                scope: Scope::parse("docs.*"),
+                max_duration: Duration::from_secs(3600),
+                agents: BTreeSet::new(),
+            },
+        )]),
+        spiffe: None,
+        dpop_require_nonce: false,
+        sign_in: None,
+    };
+    let broker = Broker::new(cfg, gateway.audit().clone(), gateway.control().clone()).await?;
+    Ok(TaskApi::new(Arc::new(broker)))
+}
+
+/// A token the broker minted for task `task`, as the gateway sees it.
+fn task_token(task: &str) -> CallerData {
+    CallerData {
+        iss: "http://127.0.0.1:8943".into(),
+        sub: "carol".into(),
+        act: vec!["assistant".into()],
+        scope: Scope::parse("docs.*"),
+        task_id: Some(task.into()),
+        build: None,
+        sid: Some("sid-1".into()),
+        jti: Some("jti-1".into()),
     }
 }
 
@@ -316,5 +382,293 @@ async fn the_approval_page_ignores_bearer_tokens() -> TestResult {
             .contains("frame-ancestors 'none'")
     );
     assert!(env.records_of("bob")?.is_empty());
+    Ok(())
+}
+
+// ----- the task API ----------------------------------------------------------
+
+/// Without a broker there is no task API: `/api/tasks` is not a route.
+#[tokio::test]
+async fn without_a_broker_there_is_no_task_api() -> TestResult {
+    let env = Env::new().await?;
+    let token = env.token("alice", json!({}))?;
+    let reply = env
+        .send(Method::GET, "/api/tasks", Some(&token), None)
+        .await?;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    let body = json!({"template": "research", "sub": "carol"});
+    let reply = env
+        .send(Method::POST, "/api/tasks", Some(&token), Some(body))
+        .await?;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert!(env.records_of("alice")?.is_empty());
+    Ok(())
+}
+
+/// An admin starts, lists and completes a task; each change is decided
+/// and recorded before it happens, its outcome after; completing it
+/// revokes the tokens minted for it, and a task ends once.
+#[tokio::test]
+async fn an_admin_starts_lists_and_completes_a_task_on_the_record() -> TestResult {
+    let env = Env::with_tasks().await?;
+    let token = env.token("alice", json!({}))?;
+    let body = json!({"template": "research", "sub": "carol", "id": "t-1"});
+    let reply = env
+        .send(Method::POST, "/api/tasks", Some(&token), Some(body))
+        .await?;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    assert_eq!(reply.body["id"], "t-1");
+    assert_eq!(reply.body["status"], "active");
+    assert_eq!(reply.body["template"], "research");
+    assert_eq!(reply.body["sub"], "carol");
+    assert_eq!(reply.body["started_by"], "alice");
+    assert!(reply.body.get("intent").is_none(), "{}", reply.body);
+
+    let started: Vec<_> = env
+        .records_of("alice")?
+        .into_iter()
+        .filter(|r| r.record.tool == "broker/task.start")
+        .collect();
+    let [decided, outcome] = started.as_slice() else {
+        return Err(format!("expected a decision and an outcome, got {}", started.len()).into());
+    };
+    assert_eq!(decided.record.kind, RecordKind::Control);
+    assert_eq!(decided.record.decision.effect, Effect::Allow);
+    assert_eq!(
+        decided.record.decision.policies,
+        vec!["operator-role:admin".to_owned()]
+    );
+    assert_eq!(
+        decided.record.decision.policy_hash,
+        env.gateway.policy().policy_hash()
+    );
+    assert!(decided.seq < outcome.seq);
+    assert_eq!(outcome.record.outcome.as_deref(), Some("ok"));
+
+    let reply = env
+        .send(Method::GET, "/api/tasks", Some(&token), None)
+        .await?;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["tasks"][0]["id"], "t-1");
+
+    let minted = task_token("t-1");
+    assert!(env.gateway.control().check(&minted.caller()).is_none());
+    let reply = env
+        .send(Method::POST, "/api/tasks/t-1/complete", Some(&token), None)
+        .await?;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["status"], "completed");
+    assert_eq!(reply.body["ended_by"], "alice");
+    assert!(env.gateway.control().check(&minted.caller()).is_some());
+    assert!(
+        env.records_of("alice")?
+            .iter()
+            .any(|r| r.record.tool == "broker/task.complete"
+                && r.record.decision.effect == Effect::Allow)
+    );
+
+    let reply = env
+        .send(Method::GET, "/api/tasks", Some(&token), None)
+        .await?;
+    assert_eq!(reply.body["tasks"], json!([]));
+    let reply = env
+        .send(Method::GET, "/api/tasks?all=true", Some(&token), None)
+        .await?;
+    assert_eq!(reply.body["tasks"][0]["status"], "completed");
+
+    let reply = env
+        .send(Method::POST, "/api/tasks/t-1/cancel", Some(&token), None)
+        .await?;
+    assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.body);
+    assert_eq!(reply.error(), "conflict");
+    Ok(())
+}
+
+/// A task started with an intent has it judged and recorded (no judge
+/// here: every grant waits for the user's one approval); cancelling it
+/// revokes its tokens.
+#[tokio::test]
+async fn a_task_with_an_intent_is_started_then_cancelled() -> TestResult {
+    let env = Env::with_tasks().await?;
+    let token = env.token("alice", json!({}))?;
+    let intent = json!([{"type": "mandate_tool_call", "tool": "docs.send_mail",
+                         "arguments": {"to": {"one_of": ["bob@example.com"]}}, "max_uses": 1}]);
+    let body = json!({"template": "research", "sub": "carol", "authorization_details": intent});
+    let reply = env
+        .send(Method::POST, "/api/tasks", Some(&token), Some(body))
+        .await?;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let id = reply.body["id"].as_str().ok_or("no task id")?.to_owned();
+    assert!(id.starts_with("task-"), "{id}");
+    let recorded = &reply.body["intent"];
+    assert_eq!(recorded["grants"][0]["status"], "pending", "{recorded}");
+    assert!(recorded["approval_id"].is_string(), "{recorded}");
+    assert_eq!(recorded["requested_by"], "alice");
+    let start = env
+        .records_of("alice")?
+        .into_iter()
+        .find(|r| r.record.tool == "broker/task.start")
+        .ok_or("the start was not recorded")?;
+    let detail: Value = serde_json::from_str(start.record.detail.as_deref().unwrap_or("{}"))?;
+    assert_eq!(detail["intent_hash"], recorded["intent_hash"], "{detail}");
+
+    let reply = env
+        .send(
+            Method::POST,
+            &format!("/api/tasks/{id}/cancel"),
+            Some(&token),
+            None,
+        )
+        .await?;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["status"], "cancelled");
+    assert!(
+        env.gateway
+            .control()
+            .check(&task_token(&id).caller())
+            .is_some()
+    );
+    Ok(())
+}
+
+/// A start request is checked before anything is recorded or started:
+/// an unknown template, a missing user, an invalid intent; an unknown
+/// action is not a route of the API.
+#[tokio::test]
+async fn a_bad_task_request_changes_nothing() -> TestResult {
+    let env = Env::with_tasks().await?;
+    let token = env.token("alice", json!({}))?;
+    for (body, says) in [
+        (
+            json!({"template": "nope", "sub": "carol"}),
+            "no task template",
+        ),
+        (json!({"template": "research", "sub": " "}), "sub must name"),
+        (
+            json!({"template": "research", "sub": "carol",
+                   "authorization_details": [{"type": "mandate_tool_call", "tool": "docs.send_mail", "locations": ["x"]}]}),
+            "not a valid intent",
+        ),
+        (json!({"template": "research"}), "sub"),
+    ] {
+        let reply = env
+            .send(Method::POST, "/api/tasks", Some(&token), Some(body))
+            .await?;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
+        assert_eq!(reply.error(), "invalid_request");
+        assert!(
+            reply.body["error_description"]
+                .as_str()
+                .is_some_and(|d| d.contains(says)),
+            "{}",
+            reply.body
+        );
+    }
+    let reply = env
+        .send(Method::POST, "/api/tasks/t-1/pause", Some(&token), None)
+        .await?;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(reply.error(), "not_found");
+    let reply = env
+        .send(Method::POST, "/api/tasks/t-9/complete", Some(&token), None)
+        .await?;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.body);
+    assert!(env.gateway.control().tasks(true).await?.is_empty());
+    assert!(
+        env.records_of("alice")?
+            .iter()
+            .all(|r| r.record.tool == "broker/task.complete"),
+        "only the completion of the unknown task was decided"
+    );
+    Ok(())
+}
+
+/// An operator without the admin role manages no task; the refusal is
+/// recorded and nothing changes.
+#[tokio::test]
+async fn an_approver_cannot_manage_tasks_and_is_recorded() -> TestResult {
+    let env = Env::with_tasks().await?;
+    let token = env.token("bob", json!({}))?;
+    let body = json!({"template": "research", "sub": "carol", "id": "t-1"});
+    let reply = env
+        .send(Method::POST, "/api/tasks", Some(&token), Some(body))
+        .await?;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.body);
+    assert_eq!(reply.error(), "forbidden");
+    assert!(
+        reply
+            .header(header::WWW_AUTHENTICATE)
+            .contains("error=\"insufficient_scope\""),
+        "{}",
+        reply.header(header::WWW_AUTHENTICATE)
+    );
+    let reply = env
+        .send(Method::GET, "/api/tasks", Some(&token), None)
+        .await?;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    let reply = env.send(Method::GET, "/api/tasks", None, None).await?;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(reply.error(), "invalid_token");
+
+    let refused: Vec<_> = env
+        .records_of("bob")?
+        .into_iter()
+        .filter(|r| r.record.decision.effect == Effect::Deny)
+        .map(|r| r.record.tool)
+        .collect();
+    assert_eq!(refused, ["broker/task.start", "broker/task.list"]);
+    assert!(env.gateway.control().tasks(true).await?.is_empty());
+    Ok(())
+}
+
+/// When the audit log cannot write, no task starts and none ends: the
+/// operator is told 503 and the task's tokens stay as they were.
+#[tokio::test]
+async fn no_task_changes_when_the_audit_log_cannot_write() -> TestResult {
+    let env = Env::with_tasks().await?;
+    let token = env.token("alice", json!({}))?;
+    let body = json!({"template": "research", "sub": "carol", "id": "t-1"});
+    let reply = env
+        .send(Method::POST, "/api/tasks", Some(&token), Some(body))
+        .await?;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+
+    // The store refuses every record from now on.
+    let path = env.dir.path().join("audit.sqlite");
+    rusqlite::Connection::open(&path)?.execute_batch(
+        "CREATE TRIGGER refuse_all BEFORE INSERT ON audit_log \
+         BEGIN SELECT RAISE(ABORT, 'the disk refuses'); END;",
+    )?;
+
+    let body = json!({"template": "research", "sub": "carol", "id": "t-2"});
+    let reply = env
+        .send(Method::POST, "/api/tasks", Some(&token), Some(body))
+        .await?;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.body
+    );
+    assert_eq!(reply.error(), "temporarily_unavailable");
+    let reply = env
+        .send(Method::POST, "/api/tasks/t-1/cancel", Some(&token), None)
+        .await?;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.body
+    );
+
+    let tasks = env.gateway.control().tasks(true).await?;
+    assert_eq!(tasks.len(), 1);
+    assert!(tasks.iter().all(|t| t.id == "t-1" && t.ended_by.is_none()));
+    assert!(
+        env.gateway
+            .control()
+            .check(&task_token("t-1").caller())
+            .is_none()
+    );
     Ok(())
 }

@@ -21,24 +21,23 @@ pub(crate) fn prepare_keys(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
+/// The broker as `mandate serve` serves it: its own routes, and its side
+/// of the task API, which the operator plane serves (`/api/tasks`).
+pub(crate) struct Attached {
+    pub(crate) routes: axum::Router,
+    pub(crate) tasks: mandate_broker::TaskApi,
+}
+
 /// Builds the broker (when configured) on the gateway's audit log and
 /// control store, tells the gateway which builds to enforce and shares the
-/// DPoP verifier; returns the broker's routes.
-pub(crate) async fn attach(cfg: &Config, gw: &Arc<Gateway>) -> Result<Option<axum::Router>> {
+/// DPoP verifier.
+pub(crate) async fn attach(cfg: &Config, gw: &Arc<Gateway>) -> Result<Option<Attached>> {
     let Some(b) = &cfg.broker else {
         return Ok(None);
     };
-    let operator_authn = mandate_authn::Authenticator::new(cfg.operator_authn())
+    let broker = mandate_broker::Broker::new(b.clone(), gw.audit().clone(), gw.control().clone())
         .await
-        .map_err(|e| anyhow::anyhow!("token issuers (operators): {e}"))?;
-    let broker = mandate_broker::Broker::new(
-        b.clone(),
-        gw.audit().clone(),
-        gw.control().clone(),
-        Some(Arc::new(operator_authn)),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let builds = b
         .build_registry()
         .into_iter()
@@ -66,7 +65,11 @@ pub(crate) async fn attach(cfg: &Config, gw: &Arc<Gateway>) -> Result<Option<axu
     if let Some(s) = &b.sign_in {
         tracing::info!(provider = %s.provider_issuer, max_clients = s.max_clients, "MCP sign-in serving /oauth2/authorize");
     }
-    Ok(Some(mandate_broker::router(Arc::new(broker))))
+    let broker = Arc::new(broker);
+    Ok(Some(Attached {
+        routes: mandate_broker::router(broker.clone()),
+        tasks: mandate_broker::TaskApi::new(broker),
+    }))
 }
 
 /// The gateway's policy engine as the broker's judge of intent grants.

@@ -202,8 +202,6 @@ pub(crate) struct BrokerContext<'a> {
     pub(crate) resource: &'a str,
     pub(crate) leeway_secs: u64,
     pub(crate) subst: &'a dyn Fn(&str) -> String,
-    /// `[[operators]]` with the admin role: (sub, issuer).
-    pub(crate) admins: Vec<(String, Option<String>)>,
 }
 
 /// Reads a build's files and computes its hash (the same computation as
@@ -385,7 +383,6 @@ impl BrokerSection {
             agents,
             templates,
             spiffe,
-            task_operators: cx.admins.clone(),
             dpop_require_nonce: self.dpop_require_nonce,
             sign_in: match &self.sign_in {
                 Some(s) => s.resolve()?,

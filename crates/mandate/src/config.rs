@@ -735,20 +735,13 @@ impl Config {
 
         let broker = match broker_section {
             None => None,
-            Some(b) => Some(
-                b.resolve(&crate::broker_config::BrokerContext {
-                    public_url: &public_url,
-                    data_dir: &data_dir,
-                    resource: &resource,
-                    leeway_secs: file.auth.leeway_secs,
-                    subst: &subst,
-                    admins: operators
-                        .iter()
-                        .filter(|o| o.roles.contains(&Role::Admin))
-                        .map(|o| (o.sub.clone(), o.issuer.clone()))
-                        .collect(),
-                })?,
-            ),
+            Some(b) => Some(b.resolve(&crate::broker_config::BrokerContext {
+                public_url: &public_url,
+                data_dir: &data_dir,
+                resource: &resource,
+                leeway_secs: file.auth.leeway_secs,
+                subst: &subst,
+            })?),
         };
         let mut authorization_servers: Vec<String> =
             file.auth.issuers.iter().map(|i| i.issuer.clone()).collect();

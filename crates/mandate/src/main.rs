@@ -862,12 +862,14 @@ pub(crate) async fn start_on(
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<(Arc<Gateway>, tokio::task::JoinHandle<()>)> {
     let gw = build_gateway(cfg).await?;
+    let broker = broker_cli::attach(cfg, &gw).await?;
+    let tasks = broker.as_ref().map(|b| b.tasks.clone());
     // The agents' side (`/mcp`, metadata, health) and the operator plane
     // (`/api`, `/approvals`) on one listener.
-    let mut app = mandate_gateway::http::router(gw.clone())
-        .merge(mandate_operator::router(gw.clone(), &cfg.web));
-    if let Some(broker) = broker_cli::attach(cfg, &gw).await? {
-        app = app.merge(broker);
+    let operator = mandate_operator::router(gw.clone(), &cfg.web, tasks);
+    let mut app = mandate_gateway::http::router(gw.clone()).merge(operator);
+    if let Some(broker) = broker {
+        app = app.merge(broker.routes);
     }
     let limits = connection_limits(&cfg.gateway.limits.connections);
     let stats = gw.metrics().connections.clone();
