@@ -12,6 +12,7 @@ import pytest
 from mcp import MCPError
 
 from e2e_support import (
+    FAULTY_SERVER,
     RECORDING_SERVER,
     Issuer,
     Launcher,
@@ -30,6 +31,7 @@ TIMEOUT_SECS = 2
 @pytest.fixture(scope="module")
 def env(launcher: Launcher, issuer: Issuer, rec_http: RecordingServer):
     crashy_rec = launcher.root / "crashy-calls.jsonl"
+    garbled_rec = launcher.root / "garbled-calls.jsonl"
     node, script, arg = everything_entry()
     gw = launcher.gateway(issuer, {
         "everything": {"command": node, "args": [script, arg], "timeout_secs": 20, "tools": {"echo": "read"}},
@@ -38,14 +40,17 @@ def env(launcher: Launcher, issuer: Issuer, rec_http: RecordingServer):
                 "tools": {"lookup": "read", "slow": "read"}},
         # The same server over stdio, as a child process that can crash.
         "crashy": {"command": sys.executable, "args": [str(RECORDING_SERVER), "--record", str(crashy_rec)],
-                   "timeout_secs": 10, "tools": {"lookup": "read", "crash": "read", "garble": "read"}},
+                   "timeout_secs": 10, "tools": {"lookup": "read", "crash": "read"}},
+        # A hand-written stdio server that can break the framing.
+        "garbled": {"command": sys.executable, "args": [str(FAULTY_SERVER), "--record", str(garbled_rec), "--stdio"],
+                    "timeout_secs": 10, "tools": {"lookup": "read", "garbage": "read"}},
     })
-    tok = issuer.mint(gw.audience, scope="everything.* rec.* crashy.*")
-    return gw, tok, crashy_rec
+    tok = issuer.mint(gw.audience, scope="everything.* rec.* crashy.* garbled.*")
+    return gw, tok, crashy_rec, garbled_rec
 
 
 def test_hanging_upstream_times_out_and_others_keep_working(env, rec_http: RecordingServer) -> None:
-    gw, tok, _ = env
+    gw, tok, _, _ = env
     results: dict[str, object] = {}
 
     async def hang(c) -> None:
@@ -94,7 +99,7 @@ def test_hanging_upstream_times_out_and_others_keep_working(env, rec_http: Recor
 
 
 def test_crashed_stdio_upstream_errors_cleanly_and_reconnects(env) -> None:
-    gw, tok, crashy_rec = env
+    gw, tok, crashy_rec, _ = env
 
     async def go():
         async with sdk_client(gw.mcp_url, tok) as c:
@@ -130,18 +135,18 @@ def test_a_stdio_upstream_writing_garbage_fails_the_call_at_once_and_is_restarte
     answer should go (forbidden by MCP's stdio transport) gets the call an
     upstream error at once, not at the call's 10 s timeout; the garbage
     never reaches the agent, and the next call gets a new process."""
-    gw, tok, crashy_rec = env
+    gw, tok, _, garbled_rec = env
 
     async def go():
         async with sdk_client(gw.mcp_url, tok) as c:
-            before = await c.call_tool("crashy.lookup", {"key": "before-garbage"})
+            before = await c.call_tool("garbled.lookup", {"key": "before-garbage"})
             t0 = time.monotonic()
             try:
-                garbled: object = await c.call_tool("crashy.garble", {})
+                garbled: object = await c.call_tool("garbled.garbage", {})
             except MCPError as e:
                 garbled = e
             took = time.monotonic() - t0
-            after = await c.call_tool("crashy.lookup", {"key": "after-garbage"})
+            after = await c.call_tool("garbled.lookup", {"key": "after-garbage"})
             return before, garbled, took, after
 
     before, garbled, took, after = anyio.run(go)
@@ -152,11 +157,10 @@ def test_a_stdio_upstream_writing_garbage_fails_the_call_at_once_and_is_restarte
     assert "<html>" not in garbled.message and "Bad Gateway" not in json.dumps(garbled.data or {}), garbled
     assert not after.is_error and text_of(after) == "value-of-after-garbage", after
 
-    mine = [c for c in read_jsonl(crashy_rec) if c["tool"] == "garble"
-            or c["arguments"].get("key") in ("before-garbage", "after-garbage")]
-    assert [c["tool"] for c in mine] == ["lookup", "garble", "lookup"], mine
-    assert mine[0]["pid"] == mine[1]["pid"] != mine[2]["pid"], "the upstream was not restarted"
-    rows = gw.wait_audit("tool = 'crashy.garble' AND kind = 'outcome'")
+    calls = read_jsonl(garbled_rec)
+    assert [c["tool"] for c in calls] == ["lookup", "garbage", "lookup"], calls
+    assert calls[0]["pid"] == calls[1]["pid"] != calls[2]["pid"], "the upstream was not restarted"
+    rows = gw.wait_audit("tool = 'garbled.garbage' AND kind = 'outcome'")
     assert rows and rows[-1]["outcome"] in ("upstream_error", "upstream_unavailable"), rows
     assert gw.proc.alive()
 

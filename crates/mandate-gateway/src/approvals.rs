@@ -372,7 +372,9 @@ impl Gateway {
             .await
         {
             Ok(true) => {}
-            Ok(false) => tracing::warn!(approval = %id, "too many held calls to mark this one as held"),
+            Ok(false) => {
+                tracing::warn!(approval = %id, "too many held calls to mark this one as held")
+            }
             Err(e) => tracing::warn!(approval = %id, error = %e, "cannot mark a held call as held"),
         }
     }

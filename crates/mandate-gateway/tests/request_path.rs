@@ -143,8 +143,14 @@ impl Env {
         let dir = tempfile::tempdir()?;
         let issuer = mandate_authn::dev::generate_ed25519()?;
         std::fs::write(dir.path().join("jwks.json"), issuer.jwks_json())?;
-        let mut env =
-            Self::build(dir.path(), Arc::new(issuer), Vec::new(), "audit.sqlite", clock).await?;
+        let mut env = Self::build(
+            dir.path(),
+            Arc::new(issuer),
+            Vec::new(),
+            "audit.sqlite",
+            clock,
+        )
+        .await?;
         env._dir = Some(dir);
         Ok(env)
     }
@@ -1006,7 +1012,14 @@ async fn an_approval_request_no_process_holds_is_withdrawn_by_the_sweep() -> Tes
     let mark_until = manual.clock().now_ms() + 20_000;
     assert!(
         control
-            .put_ephemeral(Kind::HeldCall, &held.id, String::new(), mark_until, 8, OnFull::Refuse)
+            .put_ephemeral(
+                Kind::HeldCall,
+                &held.id,
+                String::new(),
+                mark_until,
+                8,
+                OnFull::Refuse
+            )
             .await?
     );
     assert_eq!(env.gateway.sweep_orphaned_holds().await, 1);

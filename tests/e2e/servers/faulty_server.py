@@ -7,11 +7,14 @@ library's HTTP server. It records every call it receives, like
 recording_server.py (one JSON line: tool, arguments, `_meta`, pid).
 
     python faulty_server.py --record calls.jsonl --port 0 --port-file port.txt
+    python faulty_server.py --record calls.jsonl --stdio     # over stdio (lookup, garbage)
 
 Tools:
     lookup{key}       returns "value-of-<key>"
     note{text}        returns "noted: <text>"
-    garbage{}         answers HTTP 200, application/json, with a body that is not JSON-RPC
+    garbage{}         answers HTTP 200, application/json, with a body that is not JSON-RPC;
+                      over stdio, writes a line that is not JSON where its answer should go
+                      and never answers
     huge{mib}         answers a valid result whose text is <mib> MiB, streamed
     crash{}           sends half a response, then the process exits (a crash mid-call)
 """
@@ -41,6 +44,55 @@ TOOLS = [
 ]
 
 _lock = threading.Lock()
+
+
+def record(path: str, params: dict[str, Any]) -> None:
+    """Appends one call to the record (one JSON line, fsynced)."""
+    line = {"tool": params.get("name"), "arguments": params.get("arguments") or {}, "_meta": params.get("_meta"),
+            "pid": os.getpid(), "time": time.time()}
+    with _lock, open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def serve_stdio(record_path: str) -> None:
+    """The same server over stdio, by hand: newline-delimited JSON-RPC on
+    stdin and stdout. `garbage` breaks the framing that the SDKs keep."""
+    out = sys.stdout.buffer
+
+    def send(msg: dict[str, Any]) -> None:
+        out.write(json.dumps(msg).encode() + b"\n")
+        out.flush()
+
+    for raw in sys.stdin.buffer:
+        if not raw.strip():
+            continue
+        msg = json.loads(raw)
+        method, rid = msg.get("method"), msg.get("id")
+        if rid is None:
+            continue  # a notification
+        if method == "initialize":
+            send({"jsonrpc": "2.0", "id": rid, "result": {
+                "protocolVersion": msg["params"].get("protocolVersion", "2025-06-18"),
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "faulty-upstream", "version": "1.0.0"}}})
+        elif method == "tools/list":
+            send({"jsonrpc": "2.0", "id": rid, "result": {"tools": TOOLS}})
+        elif method == "ping":
+            send({"jsonrpc": "2.0", "id": rid, "result": {}})
+        elif method == "tools/call":
+            params = msg.get("params") or {}
+            record(record_path, params)
+            if params.get("name") == "garbage":
+                out.write(b"<html><body>502 Bad Gateway: upstream internals</body></html>\n")
+                out.flush()
+            else:
+                key = (params.get("arguments") or {}).get("key")
+                send({"jsonrpc": "2.0", "id": rid,
+                      "result": {"content": [{"type": "text", "text": f"value-of-{key}"}]}})
+        else:
+            send({"jsonrpc": "2.0", "id": rid, "error": {"code": -32601, "message": "no such method"}})
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -97,11 +149,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _call(self, rid: Any, params: dict[str, Any]) -> None:
         tool, args = params.get("name"), params.get("arguments") or {}
-        line = {"tool": tool, "arguments": args, "_meta": params.get("_meta"), "pid": os.getpid(), "time": time.time()}
-        with _lock, open(self.record_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(line) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        record(self.record_path, params)
         if tool == "lookup":
             self._json(200, {"jsonrpc": "2.0", "id": rid,
                              "result": {"content": [{"type": "text", "text": f"value-of-{args.get('key')}"}]}})
@@ -152,7 +200,11 @@ def main() -> None:
     parser.add_argument("--record", required=True)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--port-file")
+    parser.add_argument("--stdio", action="store_true", help="serve over stdin/stdout instead of HTTP")
     args = parser.parse_args()
+    if args.stdio:
+        serve_stdio(args.record)
+        return
     Handler.record_path = args.record
     ThreadingHTTPServer.allow_reuse_address = True
     httpd = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)

@@ -82,15 +82,6 @@ def build(record_path: str) -> MCPServer:
         record("huge", {"kib": kib}, ctx)
         return "A" * (kib * 1024)
 
-    @server.tool(description="Write a line that is not JSON-RPC where the answer should go, then never answer.")
-    async def garble(ctx: Context) -> str:
-        record("garble", {}, ctx)
-        # Over stdio this lands in the protocol stream (file descriptor 1);
-        # over HTTP it only reaches the log.
-        os.write(1, b"<html><body>502 Bad Gateway: upstream internals</body></html>\n")
-        await anyio.sleep(60)
-        return "too late"
-
     @server.tool(description="Terminate the server process immediately.")
     async def crash(ctx: Context) -> str:
         record("crash", {}, ctx)
