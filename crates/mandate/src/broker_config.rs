@@ -17,7 +17,7 @@ use std::time::Duration;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct BrokerSection {
+pub struct BrokerSection {
     #[serde(default = "yes")]
     enabled: bool,
     issuer: Option<String>,
@@ -196,17 +196,17 @@ struct SpiffeSection {
 }
 
 /// The values of the rest of the configuration the broker depends on.
-pub(crate) struct BrokerContext<'a> {
-    pub(crate) public_url: &'a str,
-    pub(crate) data_dir: &'a Path,
-    pub(crate) resource: &'a str,
-    pub(crate) leeway_secs: u64,
-    pub(crate) subst: &'a dyn Fn(&str) -> String,
+pub struct BrokerContext<'a> {
+    pub public_url: &'a str,
+    pub data_dir: &'a Path,
+    pub resource: &'a str,
+    pub leeway_secs: u64,
+    pub subst: &'a dyn Fn(&str) -> String,
 }
 
 /// Reads a build's files and computes its hash (the same computation as
 /// `mandate build-hash`).
-pub(crate) fn build_of(
+pub fn build_of(
     model: &str,
     system_prompt: &Path,
     tools: &Path,
@@ -252,12 +252,12 @@ fn jwks_of(
 
 impl BrokerSection {
     /// Whether the broker is switched on.
-    pub(crate) fn enabled(&self) -> bool {
+    pub fn enabled(&self) -> bool {
         self.enabled
     }
 
     /// The broker's issuer identifier for this configuration.
-    pub(crate) fn issuer(&self, public_url: &str) -> String {
+    pub fn issuer(&self, public_url: &str) -> String {
         self.issuer
             .clone()
             .unwrap_or_else(|| public_url.to_owned())
@@ -266,14 +266,14 @@ impl BrokerSection {
     }
 
     /// Where its keys are.
-    pub(crate) fn key_dir(&self, data_dir: &Path, subst: &dyn Fn(&str) -> String) -> PathBuf {
+    pub fn key_dir(&self, data_dir: &Path, subst: &dyn Fn(&str) -> String) -> PathBuf {
         match &self.key_dir {
             Some(d) => PathBuf::from(subst(d)),
             None => data_dir.join("broker-keys"),
         }
     }
 
-    pub(crate) fn resolve(&self, cx: &BrokerContext<'_>) -> Result<BrokerConfig> {
+    pub fn resolve(&self, cx: &BrokerContext<'_>) -> Result<BrokerConfig> {
         let subst = cx.subst;
         let key_algorithm = match self.key_algorithm.as_str() {
             "EdDSA" => Algorithm::EdDSA,

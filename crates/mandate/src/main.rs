@@ -1,7 +1,6 @@
 //! `mandate`: the Zero Trust control plane for AI agents, as one binary.
 
 mod audit_cli;
-mod audit_config;
 #[cfg(feature = "dev")]
 mod bench;
 #[cfg(feature = "dev")]
@@ -9,23 +8,20 @@ mod bench_approvals;
 #[cfg(feature = "dev")]
 mod bench_proxy;
 mod broker_cli;
-mod broker_config;
-mod config;
 mod demo;
 mod demo_server;
 mod devtoken;
-mod env;
 mod evidence;
 mod init;
 mod ops;
 mod policy_args;
 mod reload;
 mod signer;
-mod telemetry;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use config::{Config, Overrides};
+use mandate::{audit_config, broker_config, config, env, telemetry};
 use mandate_audit::AuditLog;
 use mandate_authn::Authenticator;
 use mandate_gateway::Gateway;

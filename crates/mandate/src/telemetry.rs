@@ -20,7 +20,7 @@ use tracing_subscriber::registry::LookupSpan;
 /// The `[telemetry]` section as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct TelemetrySection {
+pub struct TelemetrySection {
     otlp_endpoint: Option<String>,
     service_name: Option<String>,
     sample_ratio: Option<f64>,
@@ -55,7 +55,7 @@ const DEFAULT_DELAY_MS: u64 = 5000;
 impl TelemetrySection {
     /// The settings, with the standard `OTEL_*` variables taking precedence
     /// over the file; `None` without an endpoint.
-    pub(crate) fn settings(&self) -> Result<Option<TelemetrySettings>> {
+    pub fn settings(&self) -> Result<Option<TelemetrySettings>> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let Some(endpoint) = var(env::OTEL_ENDPOINT).or_else(|| self.otlp_endpoint.clone()) else {
             if self.sample_ratio.is_some()
