@@ -340,6 +340,22 @@ class Launcher:
         return gw
 
 
+def wait_for_balancer(lb_url: str, settle: float = 1.5, timeout: float = 30) -> None:
+    """Until a load balancer in front of replicas answers `/readyz` with 200,
+    then `settle` seconds more, so every replica is up in its eyes (its
+    health checks need a pass or two) before a test relies on spreading."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(lb_url + "/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"the load balancer at {lb_url} did not come up"
+        time.sleep(0.2)
+    time.sleep(settle)
+
+
 @dataclass
 class RecordingServer:
     url: str

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 
-from e2e_support import POLICY_DIR, Gateway, Issuer, Launcher, free_port, mandate_bin, read_jsonl, sdk_client, text_of
+from e2e_support import (POLICY_DIR, Gateway, Issuer, Launcher, free_port, mandate_bin, read_jsonl, sdk_client, text_of,
+                          wait_for_balancer)
 from test_provenance import INTERNAL_MAIL, OPERATORS
 
 PG_URL = os.environ.get("MANDATE_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
@@ -124,17 +124,7 @@ def trio(launcher: Launcher, issuer: Issuer) -> Trio:
     cfg = launcher.root / f"haproxy-{tag}.cfg"
     cfg.write_text(HAPROXY.format(lb=lb, servers=servers))
     launcher.spawn(["haproxy", "-f", str(cfg), "-db"], f"haproxy-{tag}")
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(lb_url + "/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "HAProxy did not come up"
-        time.sleep(0.2)
-    # Every replica is up in HAProxy's eyes before the test relies on spreading.
-    time.sleep(1.5)
+    wait_for_balancer(lb_url)
     return Trio(replicas, lb_url, rec)
 
 

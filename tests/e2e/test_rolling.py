@@ -37,7 +37,7 @@ from typing import Any
 import httpx
 import pytest
 
-from e2e_support import MCP_ACCEPT, POLICY_DIR, Gateway, Issuer, Launcher, free_port
+from e2e_support import MCP_ACCEPT, POLICY_DIR, Gateway, Issuer, Launcher, free_port, wait_for_balancer
 from test_approvals import HeldCall, bank, pending_for
 
 PG_URL = os.environ.get("MANDATE_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
@@ -127,23 +127,9 @@ def start_fleet(launcher: Launcher, issuer: Issuer, drain_delay_ms: int) -> Flee
                            capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr
     launcher.spawn(["haproxy", "-f", str(HAPROXY_CFG), "-db"], f"haproxy-rolling-{tag}", env=env)
-    wait_in_rotation(lb_url, ports)
+    # In rotation: `rise 2` checks a second apart for each replica.
+    wait_for_balancer(lb_url, settle=3)
     return fleet
-
-
-def wait_in_rotation(lb_url: str, ports: list[int], timeout: float = 30) -> None:
-    """Until the balancer reaches each replica (its checks need `rise 2`
-    passes a second apart before a server takes requests)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(lb_url + "/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "HAProxy did not come up"
-        time.sleep(0.2)
-    time.sleep(3)
 
 
 def stateless_call(client: httpx.Client, url: str, token: str, rid: int) -> httpx.Response:

@@ -35,7 +35,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser
 
-from e2e_support import SERVERS_DIR, Gateway, Issuer, Launcher, free_port, mandate_bin
+from e2e_support import SERVERS_DIR, Gateway, Issuer, Launcher, free_port, mandate_bin, wait_for_balancer
 from test_approvals import pending_for, rpc, task_client_session, transfers
 from test_approvals_web import hash_password
 from test_no_sticky import HAPROXY, psql
@@ -150,15 +150,7 @@ token_ttl_secs = 300
         assert proc.alive(), f"oidc-provider exited:\n{proc.stderr()}"
         assert time.monotonic() < deadline, f"oidc-provider did not start:\n{proc.stderr()}"
         time.sleep(0.1)
-    while True:
-        try:
-            if httpx.get(lb_url + "/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "HAProxy did not come up"
-        time.sleep(0.2)
-    time.sleep(1.5)  # both replicas up in HAProxy's eyes
+    wait_for_balancer(lb_url)
     cb = Callbacks()
     try:
         yield Pair(a, b, lb_url, rec, cb, fresh)

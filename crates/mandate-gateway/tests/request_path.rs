@@ -123,6 +123,19 @@ impl Env {
     async fn with_upstreams(
         upstreams: Vec<UpstreamConfig>,
     ) -> Result<Self, Box<dyn std::error::Error>> {
+        Self::in_temp_dir(upstreams, mandate_core::Clock::system()).await
+    }
+
+    /// A gateway (and control store) reading `clock`, with no upstream.
+    async fn with_clock(clock: mandate_core::Clock) -> Result<Self, Box<dyn std::error::Error>> {
+        Self::in_temp_dir(Vec::new(), clock).await
+    }
+
+    /// A gateway whose stores and JWKS live in a new temporary directory.
+    async fn in_temp_dir(
+        upstreams: Vec<UpstreamConfig>,
+        clock: mandate_core::Clock,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let issuer = mandate_authn::dev::generate_ed25519()?;
         std::fs::write(dir.path().join("jwks.json"), issuer.jwks_json())?;
@@ -130,23 +143,6 @@ impl Env {
             dir.path(),
             Arc::new(issuer),
             upstreams,
-            "audit.sqlite",
-            mandate_core::Clock::system(),
-        )
-        .await?;
-        env._dir = Some(dir);
-        Ok(env)
-    }
-
-    /// A gateway (and control store) reading `clock`, with no upstream.
-    async fn with_clock(clock: mandate_core::Clock) -> Result<Self, Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let issuer = mandate_authn::dev::generate_ed25519()?;
-        std::fs::write(dir.path().join("jwks.json"), issuer.jwks_json())?;
-        let mut env = Self::build(
-            dir.path(),
-            Arc::new(issuer),
-            Vec::new(),
             "audit.sqlite",
             clock,
         )

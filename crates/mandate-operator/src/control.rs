@@ -67,16 +67,17 @@ pub(crate) fn routes(gw: Arc<Gateway>) -> Router {
 }
 
 /// Runs blocking store work off the async threads.
-fn to_value<T: serde::Serialize>(v: &T) -> Value {
+pub(crate) fn to_value<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
 // ----- kill switches ---------------------------------------------------------
 
+/// `?all=true`: closed entries too (revocations, tasks).
 #[derive(Deserialize)]
-struct ListQuery {
+pub(crate) struct ListQuery {
     #[serde(default)]
-    all: bool,
+    pub(crate) all: bool,
 }
 
 async fn list_revocations(

@@ -15,6 +15,7 @@
 //! request (the intent among them), the intent's judgement, the revocation
 //! of a task's tokens.
 
+use crate::control::{ListQuery, to_value};
 use crate::error::ApiError;
 use crate::operator::{Operator, record, record_outcome};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -46,16 +47,6 @@ pub(crate) fn routes(gw: Arc<Gateway>, tasks: TaskApi) -> Router {
         .route("/api/tasks/{id}/{action}", post(end))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(TaskState { gw, tasks })
-}
-
-fn to_value<T: serde::Serialize>(v: &T) -> Value {
-    serde_json::to_value(v).unwrap_or(Value::Null)
-}
-
-#[derive(Deserialize)]
-struct ListQuery {
-    #[serde(default)]
-    all: bool,
 }
 
 async fn list(
