@@ -735,8 +735,6 @@ pub(crate) fn unknown_task(id: &str) -> ErrorData {
     .into()
 }
 
-/// A released call whose upstream answered with a task or an input
-/// request, which a held task cannot relay.
 /// `tasks/get` or `tasks/cancel` when the control store cannot answer.
 pub(crate) fn tasks_unavailable() -> ErrorData {
     ErrorData::new(
@@ -746,6 +744,8 @@ pub(crate) fn tasks_unavailable() -> ErrorData {
     )
 }
 
+/// A released call whose upstream answered with a task or an input
+/// request, which a held task cannot relay.
 pub(crate) fn unrelayable_in_task() -> ErrorData {
     ErrorData::new(
         RpcCode::InternalError.error_code(),
