@@ -311,7 +311,9 @@ pub async fn run(data_dir: PathBuf) -> Result<ExitCode> {
                     format!("upstream said: {}{labels}", truncate(&first, 60)),
                 )
             }
-            Err(rmcp::ServiceError::McpError(e)) if e.code.0 == -32602 => {
+            Err(rmcp::ServiceError::McpError(e))
+                if e.code == rmcp::model::ErrorCode::INVALID_PARAMS =>
+            {
                 (Expect::Unknown, e.message.to_string())
             }
             Err(rmcp::ServiceError::McpError(e)) => (Expect::Deny, e.message.to_string()),
