@@ -100,6 +100,15 @@ fn rows_of(tx: &mut dyn crate::db::Sql, kind: Kind) -> Result<i64, ControlError>
         .unwrap_or(0))
 }
 
+/// Deletes the expired rows of `kind` (before a write counts the live ones).
+fn purge_expired(tx: &mut dyn crate::db::Sql, kind: Kind, now: i64) -> Result<(), ControlError> {
+    tx.execute(
+        "DELETE FROM ephemeral WHERE kind = $1 AND expires_ms <= $2",
+        args![kind.as_str(), now],
+    )
+    .map(drop)
+}
+
 fn bound(max: usize) -> i64 {
     i64::try_from(max.max(1)).unwrap_or(i64::MAX)
 }
@@ -120,10 +129,7 @@ impl Store {
         let now = self.clock().now_ms();
         let max = bound(max);
         self.write(|tx| {
-            tx.execute(
-                "DELETE FROM ephemeral WHERE kind = $1 AND expires_ms <= $2",
-                args![kind.as_str(), now],
-            )?;
+            purge_expired(tx, kind, now)?;
             let exists = tx
                 .query_opt(
                     "SELECT 1 AS one FROM ephemeral WHERE kind = $1 AND key = $2",
@@ -168,10 +174,7 @@ impl Store {
         let now = self.clock().now_ms();
         let max = bound(max);
         self.write(|tx| {
-            tx.execute(
-                "DELETE FROM ephemeral WHERE kind = $1 AND expires_ms <= $2",
-                args![kind.as_str(), now],
-            )?;
+            purge_expired(tx, kind, now)?;
             let current = tx
                 .query_opt(
                     "SELECT value FROM ephemeral WHERE kind = $1 AND key = $2",
